@@ -3,12 +3,24 @@
 //!
 //! ```text
 //!  payload ──postcard──► plaintext ──ChaCha20-Poly1305(content key, aad = header)──► ciphertext
-//!  content key ──HPKE base mode, X25519/HKDF-SHA256/ChaCha20-Poly1305, aad = header──► per recipient
+//!  content key ──ChaCha20-Poly1305(HPKE export(session, message id), aad = header)──► per recipient
 //!             └─XChaCha20-Poly1305(group key of epoch E, aad = header)──────────────► group
 //!  "aamas/1 envelope" ‖ version ‖ header ‖ body ──ed25519──► signature
 //! ```
 //!
-//! Binding the header as associated data of both seals means that a relay cannot move a
+//! # HPKE sessions
+//! Each sender keeps one HPKE base-mode context per recipient (a *session*: suite
+//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305, `info` naming both
+//! parties). The key that wraps a message's content key is the context's exported secret
+//! (RFC 9180 §5.3) for the exporter context `"aamas/1 content-key wrap" ‖ message id`:
+//! unique per message, so its AEAD nonce can be zero, and independent of delivery order,
+//! so gossip may reorder or drop messages freely. Every wrapped key carries the session's
+//! encapsulated key `enc`; a receiver decapsulates once per session and caches the
+//! context, so the X25519 operation is paid per session, not per message. Sessions rotate
+//! after [`SESSION_LIFETIME_MS`] or [`SESSION_MAX_MESSAGES`], bounding how much traffic
+//! one ephemeral key protects.
+//!
+//! Binding the header as associated data of every seal means that a relay cannot move a
 //! ciphertext or a wrapped key into another envelope, even one it could sign itself.
 
 use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload as AeadPayload};
@@ -27,8 +39,135 @@ use crate::identity::{Identity, KemPrivateKey, KemPublicKey, KemSuite, PublicIde
 use crate::ids::{MeshId, MessageId, NodeKey, RandomError, fill_random};
 use crate::message::{MessageKind, Payload};
 
-/// HPKE `info` for wrapping a content key: names the protocol and purpose.
-const WRAP_INFO: &[u8] = b"aamas/1 content-key wrap";
+/// HPKE `info` prefix of a session; the sender's and recipient's node keys follow.
+const SESSION_INFO: &[u8] = b"aamas/1 hpke session";
+/// HPKE exporter-context prefix for a message's wrap key; the message id follows.
+const WRAP_EXPORT_CONTEXT: &[u8] = b"aamas/1 content-key wrap";
+/// A sender starts a new HPKE session with a recipient after this long.
+pub const SESSION_LIFETIME_MS: u64 = 10 * 60_000;
+/// ... or after this many messages in one session.
+pub const SESSION_MAX_MESSAGES: u64 = 1 << 20;
+/// How many HPKE sessions a sealer or a receiver keeps (oldest evicted first).
+pub const MAX_SESSIONS: usize = 4096;
+
+type SenderContext = hpke::aead::AeadCtxS<HpkeChaCha, HkdfSha256, KemSuite>;
+type ReceiverContext = hpke::aead::AeadCtxR<HpkeChaCha, HkdfSha256, KemSuite>;
+
+fn session_info(sender: &NodeKey, recipient: &NodeKey) -> [u8; 20 + 64] {
+    let mut info = [0u8; 20 + 64];
+    info[..20].copy_from_slice(SESSION_INFO);
+    info[20..52].copy_from_slice(&sender.0);
+    info[52..].copy_from_slice(&recipient.0);
+    info
+}
+
+/// The wrap key of message `id` in a session: an HPKE exported secret.
+fn wrap_key(
+    export: impl FnOnce(&[u8], &mut [u8]) -> Result<(), hpke::HpkeError>,
+    id: &MessageId,
+) -> Option<Zeroizing<[u8; 32]>> {
+    let mut context = [0u8; 24 + 16];
+    context[..24].copy_from_slice(WRAP_EXPORT_CONTEXT);
+    context[24..].copy_from_slice(&id.0);
+    let mut key = Zeroizing::new([0u8; 32]);
+    export(&context, &mut key[..]).ok()?;
+    Some(key)
+}
+
+struct SenderSession {
+    encryption: crate::identity::EncryptionKey,
+    encapsulated: [u8; 32],
+    context: SenderContext,
+    started_ms: u64,
+    messages: u64,
+}
+
+/// A sender's HPKE sessions, one per (sender, recipient).
+#[derive(Default)]
+struct SenderSessions {
+    sessions: std::collections::HashMap<(NodeKey, NodeKey), SenderSession>,
+    order: std::collections::VecDeque<(NodeKey, NodeKey)>,
+}
+
+impl std::fmt::Debug for SenderSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderSessions")
+            .field("sessions", &self.sessions.len())
+            .finish()
+    }
+}
+
+impl SenderSessions {
+    /// The session with `member`, started or rotated as needed.
+    fn session(
+        &mut self,
+        sender: NodeKey,
+        member: &PublicIdentity,
+        now_ms: u64,
+    ) -> Result<&mut SenderSession, SealError> {
+        let slot = (sender, member.node);
+        let fresh = self.sessions.get(&slot).is_some_and(|session| {
+            session.encryption == member.encryption
+                && now_ms.saturating_sub(session.started_ms) < SESSION_LIFETIME_MS
+                && session.messages < SESSION_MAX_MESSAGES
+        });
+        if !fresh {
+            let public = KemPublicKey::from_bytes(&member.encryption.0)
+                .map_err(|_| SealError::Wrap { node: member.node })?;
+            let (encapsulated, context) = hpke::setup_sender::<HpkeChaCha, HkdfSha256, KemSuite>(
+                &OpModeS::Base,
+                &public,
+                &session_info(&sender, &member.node),
+            )
+            .map_err(|_| SealError::Wrap { node: member.node })?;
+            let mut enc = [0u8; 32];
+            enc.copy_from_slice(&encapsulated.to_bytes());
+            if self
+                .sessions
+                .insert(
+                    slot,
+                    SenderSession {
+                        encryption: member.encryption,
+                        encapsulated: enc,
+                        context,
+                        started_ms: now_ms,
+                        messages: 0,
+                    },
+                )
+                .is_none()
+            {
+                self.order.push_back(slot);
+            }
+            while self.sessions.len() > MAX_SESSIONS {
+                match self.order.pop_front() {
+                    Some(old) if old != slot => {
+                        self.sessions.remove(&old);
+                    }
+                    Some(old) => self.order.push_back(old),
+                    None => break,
+                }
+            }
+        }
+        self.sessions
+            .get_mut(&slot)
+            .ok_or(SealError::Wrap { node: member.node })
+    }
+}
+
+/// A receiver's cached HPKE contexts, keyed by sender and encapsulated key.
+#[derive(Default)]
+pub(crate) struct ReceiverSessions {
+    contexts: std::collections::HashMap<(NodeKey, [u8; 32]), ReceiverContext>,
+    order: std::collections::VecDeque<(NodeKey, [u8; 32])>,
+}
+
+impl std::fmt::Debug for ReceiverSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiverSessions")
+            .field("sessions", &self.contexts.len())
+            .finish()
+    }
+}
 /// Prefix of the signed bytes, so that an envelope signature can never be mistaken for a
 /// signature of another protocol that uses the same ed25519 key (libp2p signs its own
 /// records with the node's key too).
@@ -241,6 +380,7 @@ pub struct Sealer {
     mesh: MeshId,
     limits: Limits,
     sequencer: Sequencer,
+    sessions: SenderSessions,
 }
 
 /// What to seal: everything about an envelope that the caller chooses.
@@ -263,6 +403,7 @@ impl Sealer {
             mesh,
             limits: limits.clamped(),
             sequencer: Sequencer::new(start_ms),
+            sessions: SenderSessions::default(),
         }
     }
 
@@ -320,7 +461,14 @@ impl Sealer {
         let mut content_key = Zeroizing::new([0u8; 32]);
         fill_random(&mut content_key[..])?;
         let wrapped_keys = match to {
-            To::Members(members) => wrap_for_members(members, &content_key, &bytes[..header_len])?,
+            To::Members(members) => self.wrap_for_members(
+                identity.node_key(),
+                members,
+                now_ms,
+                id,
+                &content_key,
+                &bytes[..header_len],
+            )?,
             To::Group(group) => wrap_for_group(group, &content_key, &bytes[..header_len])?,
         };
         let plaintext = Zeroizing::new(postcard::to_stdvec(payload)?);
@@ -359,6 +507,42 @@ impl Sealer {
         })
     }
 
+    fn wrap_for_members(
+        &mut self,
+        sender: NodeKey,
+        members: &[PublicIdentity],
+        now_ms: u64,
+        id: MessageId,
+        content_key: &[u8; 32],
+        header_bytes: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        let mut wrapped = Vec::with_capacity(members.len() * HPKE_WRAP_BYTES);
+        for member in members {
+            let session = self.sessions.session(sender, member, now_ms)?;
+            session.messages += 1;
+            let key = wrap_key(|context, out| session.context.export(context, out), &id)
+                .ok_or(SealError::Wrap { node: member.node })?;
+            // The wrap key is unique to this message id, so the zero nonce is never reused.
+            let sealed_key = ChaCha20Poly1305::new(&Key::from(*key))
+                .encrypt(
+                    &Nonce::default(),
+                    AeadPayload {
+                        msg: content_key,
+                        aad: header_bytes,
+                    },
+                )
+                .map_err(|_| SealError::Encrypt)?;
+            // The wire format has fixed-size records; other sizes would be a bug.
+            assert_eq!(
+                session.encapsulated.len() + sealed_key.len(),
+                HPKE_WRAP_BYTES
+            );
+            wrapped.extend_from_slice(&session.encapsulated);
+            wrapped.extend_from_slice(&sealed_key);
+        }
+        Ok(wrapped)
+    }
+
     fn recipient_list(&self, members: &[PublicIdentity]) -> Result<Vec<u8>, SealError> {
         if members.is_empty() {
             return Err(SealError::NoRecipients);
@@ -390,33 +574,6 @@ pub(crate) fn signed_message(signed_bytes: &[u8]) -> Vec<u8> {
     message.extend_from_slice(SIGNATURE_CONTEXT);
     message.extend_from_slice(signed_bytes);
     message
-}
-
-fn wrap_for_members(
-    members: &[PublicIdentity],
-    content_key: &[u8; 32],
-    header_bytes: &[u8],
-) -> Result<Vec<u8>, SealError> {
-    let mut wrapped = Vec::with_capacity(members.len() * HPKE_WRAP_BYTES);
-    for member in members {
-        let wrap_error = || SealError::Wrap { node: member.node };
-        let public = KemPublicKey::from_bytes(&member.encryption.0).map_err(|_| wrap_error())?;
-        let (encapsulated, sealed_key) =
-            hpke::single_shot_seal::<HpkeChaCha, HkdfSha256, KemSuite>(
-                &OpModeS::Base,
-                &public,
-                WRAP_INFO,
-                content_key,
-                header_bytes,
-            )
-            .map_err(|_| wrap_error())?;
-        let encapsulated = encapsulated.to_bytes();
-        // The wire format has fixed-size records; a suite producing other sizes is a bug.
-        assert_eq!(encapsulated.len() + sealed_key.len(), HPKE_WRAP_BYTES);
-        wrapped.extend_from_slice(&encapsulated);
-        wrapped.extend_from_slice(&sealed_key);
-    }
-    Ok(wrapped)
 }
 
 fn wrap_for_group(
@@ -453,28 +610,63 @@ pub(crate) fn verify_signature(
     sender_key.verify_strict(&message, &signature).is_ok()
 }
 
-/// Unwraps the content key wrapped for recipient number `index`.
-pub(crate) fn unwrap_member_key(
-    raw: &RawEnvelope<'_>,
-    index: usize,
-    secret: &KemPrivateKey,
-) -> Option<Zeroizing<[u8; 32]>> {
-    let start = index.checked_mul(HPKE_WRAP_BYTES)?;
-    let record = raw.body.wrapped_keys.get(start..start + HPKE_WRAP_BYTES)?;
-    let (encapsulated, sealed_key) = record.split_at(32);
-    let encapsulated = <KemSuite as hpke::Kem>::EncappedKey::from_bytes(encapsulated).ok()?;
-    let key = Zeroizing::new(
-        hpke::single_shot_open::<HpkeChaCha, HkdfSha256, KemSuite>(
-            &OpModeR::Base,
-            secret,
-            &encapsulated,
-            WRAP_INFO,
-            sealed_key,
-            raw.header_bytes,
-        )
-        .ok()?,
-    );
-    key.as_slice().try_into().ok().map(Zeroizing::new)
+impl ReceiverSessions {
+    pub(crate) fn len(&self) -> usize {
+        self.contexts.len()
+    }
+
+    /// Unwraps the content key wrapped for recipient number `index` (this node, `me`),
+    /// decapsulating the sender's session key only if it is not cached yet.
+    pub(crate) fn unwrap_member_key(
+        &mut self,
+        raw: &RawEnvelope<'_>,
+        index: usize,
+        me: &NodeKey,
+        secret: &KemPrivateKey,
+    ) -> Option<Zeroizing<[u8; 32]>> {
+        let start = index.checked_mul(HPKE_WRAP_BYTES)?;
+        let record = raw
+            .body
+            .wrapped_keys
+            .get(start..start.checked_add(HPKE_WRAP_BYTES)?)?;
+        let (encapsulated, sealed_key) = record.split_at(32);
+        let slot = (raw.header.sender, <[u8; 32]>::try_from(encapsulated).ok()?);
+        if !self.contexts.contains_key(&slot) {
+            let enc = <KemSuite as hpke::Kem>::EncappedKey::from_bytes(encapsulated).ok()?;
+            let context = hpke::setup_receiver::<HpkeChaCha, HkdfSha256, KemSuite>(
+                &OpModeR::Base,
+                secret,
+                &enc,
+                &session_info(&raw.header.sender, me),
+            )
+            .ok()?;
+            self.contexts.insert(slot, context);
+            self.order.push_back(slot);
+            while self.contexts.len() > MAX_SESSIONS {
+                let Some(old) = self.order.pop_front() else {
+                    break;
+                };
+                self.contexts.remove(&old);
+            }
+        }
+        let context = self.contexts.get(&slot)?;
+        let key = wrap_key(
+            |exporter, out| context.export(exporter, out),
+            &raw.header.id,
+        )?;
+        let content_key = Zeroizing::new(
+            ChaCha20Poly1305::new(&Key::from(*key))
+                .decrypt(
+                    &Nonce::default(),
+                    AeadPayload {
+                        msg: sealed_key,
+                        aad: raw.header_bytes,
+                    },
+                )
+                .ok()?,
+        );
+        content_key.as_slice().try_into().ok().map(Zeroizing::new)
+    }
 }
 
 /// Unwraps the content key of a group envelope.
@@ -513,4 +705,128 @@ pub(crate) fn decrypt_content(
         )
         .ok()
         .map(Zeroizing::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Command, Priority};
+    use crate::receive::{Delivery, Receiver, ReceiverConfig, Roster};
+
+    const NOW_MS: u64 = 1_750_000_000_000;
+
+    fn payload(text: &str) -> Payload {
+        Payload::Command(Command {
+            priority: Priority::Normal,
+            action: text.into(),
+            body: vec![],
+        })
+    }
+
+    fn session_key_of(bytes: &[u8]) -> [u8; 32] {
+        let raw = codec::decode(bytes, Limits::default()).expect("decode");
+        raw.body.wrapped_keys[..32].try_into().expect("32 bytes")
+    }
+
+    struct Pair {
+        mesh: MeshId,
+        sender: Identity,
+        recipient: Identity,
+        roster: Roster,
+    }
+
+    fn pair() -> Pair {
+        let sender = Identity::generate().expect("rng");
+        let recipient = Identity::generate().expect("rng");
+        let mut roster = Roster::new();
+        roster.insert(sender.public()).expect("member");
+        roster.insert(recipient.public()).expect("member");
+        Pair {
+            mesh: MeshId::random().expect("rng"),
+            sender,
+            recipient,
+            roster,
+        }
+    }
+
+    fn seal(pair: &Pair, sealer: &mut Sealer, now_ms: u64, text: &str) -> Sealed {
+        sealer
+            .seal(
+                &pair.sender,
+                now_ms,
+                Outgoing {
+                    topic: "t",
+                    payload: &payload(text),
+                    to: To::Members(&[pair.recipient.public()]),
+                    ttl_ms: 60_000,
+                },
+            )
+            .expect("seal")
+    }
+
+    fn open(pair: &Pair, receiver: &mut Receiver, now_ms: u64, sealed: &Sealed) -> Payload {
+        match receiver
+            .receive(now_ms, &sealed.bytes, &pair.recipient, &pair.roster)
+            .expect("accept")
+        {
+            Delivery::Opened(opened) => opened.payload,
+            Delivery::Relay(_) => panic!("recipient could not open"),
+        }
+    }
+
+    #[test]
+    fn messages_of_one_session_share_its_key_and_open_in_any_order() {
+        let pair = pair();
+        let mut sealer = Sealer::new(pair.mesh, Limits::default(), NOW_MS);
+        let sealed: Vec<Sealed> = (0..4)
+            .map(|i| seal(&pair, &mut sealer, NOW_MS + i, &format!("m{i}")))
+            .collect();
+        let first = session_key_of(&sealed[0].bytes);
+        assert!(sealed.iter().all(|s| session_key_of(&s.bytes) == first));
+        // Reverse order, and a receiver that never saw the first message.
+        let mut receiver = Receiver::new(pair.mesh, ReceiverConfig::default());
+        for (i, s) in sealed.iter().enumerate().rev().take(3) {
+            assert_eq!(
+                open(&pair, &mut receiver, NOW_MS, s),
+                payload(&format!("m{i}"))
+            );
+        }
+        assert_eq!(receiver.cached_sessions(), 1);
+    }
+
+    #[test]
+    fn sessions_rotate_after_their_lifetime() {
+        let pair = pair();
+        let mut sealer = Sealer::new(pair.mesh, Limits::default(), NOW_MS);
+        let early = seal(&pair, &mut sealer, NOW_MS, "early");
+        let same = seal(&pair, &mut sealer, NOW_MS + SESSION_LIFETIME_MS - 1, "same");
+        let late = seal(&pair, &mut sealer, NOW_MS + SESSION_LIFETIME_MS, "late");
+        assert_eq!(session_key_of(&early.bytes), session_key_of(&same.bytes));
+        assert_ne!(session_key_of(&early.bytes), session_key_of(&late.bytes));
+        let mut receiver = Receiver::new(pair.mesh, ReceiverConfig::default());
+        let now_ms = NOW_MS + SESSION_LIFETIME_MS;
+        assert_eq!(open(&pair, &mut receiver, now_ms, &late), payload("late"));
+        assert_eq!(
+            open(&pair, &mut receiver, now_ms - 1, &same),
+            payload("same")
+        );
+        assert_eq!(receiver.cached_sessions(), 2);
+    }
+
+    #[test]
+    fn a_new_encryption_key_starts_a_new_session() {
+        let mut pair = pair();
+        let mut sealer = Sealer::new(pair.mesh, Limits::default(), NOW_MS);
+        let before = seal(&pair, &mut sealer, NOW_MS, "before");
+        // The recipient's identity is replaced (new keys, same sealer).
+        pair.recipient = Identity::generate().expect("rng");
+        pair.roster.insert(pair.recipient.public()).expect("member");
+        let after = seal(&pair, &mut sealer, NOW_MS + 1, "after");
+        assert_ne!(session_key_of(&before.bytes), session_key_of(&after.bytes));
+        let mut receiver = Receiver::new(pair.mesh, ReceiverConfig::default());
+        assert_eq!(
+            open(&pair, &mut receiver, NOW_MS + 1, &after),
+            payload("after")
+        );
+    }
 }

@@ -9,7 +9,7 @@
 //!   ids      ── MeshId, MessageId, NodeKey (= libp2p PeerId), ByteArray
 //!   message  ── MessageKind (seed §5.1), Event (seed §5.2), Payload, Phase
 //!   codec    ── wire layout, Limits, zero-copy decoder
-//!   envelope ── Sealer: payload ─ChaCha20-Poly1305─► ciphertext, key ─HPKE/group key─► wrapped
+//!   envelope ── Sealer: payload ─ChaCha20-Poly1305─► ciphertext, key ─HPKE session/group key─► wrapped
 //!   receive  ── Receiver: size → version → mesh → signature → replay → decrypt ─► Delivery
 //! ```
 //!
@@ -64,7 +64,8 @@ pub use codec::{
     MAX_RECIPIENTS_CEILING, MAX_TOPIC_BYTES, PROTOCOL_VERSION, RECIPIENT_BYTES, SIGNATURE_BYTES,
 };
 pub use envelope::{
-    Audience, GroupKey, Header, Outgoing, SealError, Sealed, Sealer, Sequencer, To,
+    Audience, GroupKey, Header, MAX_SESSIONS, Outgoing, SESSION_LIFETIME_MS, SESSION_MAX_MESSAGES,
+    SealError, Sealed, Sealer, Sequencer, To,
 };
 pub use identity::{EncryptionKey, Identity, IdentityError, KEY_FILE_BYTES, PublicIdentity};
 pub use ids::{ByteArray, MeshId, MessageId, NodeKey, PEER_ID_BYTES, RandomError};

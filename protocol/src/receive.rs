@@ -568,6 +568,7 @@ pub struct Receiver {
     mesh: MeshId,
     config: ReceiverConfig,
     replay: ReplayGuard,
+    sessions: envelope::ReceiverSessions,
 }
 
 impl Receiver {
@@ -581,12 +582,19 @@ impl Receiver {
             mesh,
             config,
             replay: ReplayGuard::new(),
+            sessions: envelope::ReceiverSessions::default(),
         }
     }
 
     /// Its configuration.
     pub fn config(&self) -> &ReceiverConfig {
         &self.config
+    }
+
+    /// How many senders' HPKE sessions are cached (each saves an X25519 operation per
+    /// message).
+    pub fn cached_sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Runs the pipeline on `bytes` received at `now_ms` by `identity`, in this order:
@@ -628,7 +636,8 @@ impl Receiver {
                 else {
                     return Ok(Delivery::Relay(Header::from_raw(&raw)));
                 };
-                envelope::unwrap_member_key(&raw, index, identity.encryption_secret())
+                self.sessions
+                    .unwrap_member_key(&raw, index, &me, identity.encryption_secret())
                     .ok_or(Rejection::KeyUnwrapFailed)?
             }
             WireAudience::Group(epoch) => {

@@ -1,0 +1,37 @@
+# The two commands of a fresh machine: `make demo` and `make test`.
+# Both check and install system packages first (scripts/ensure-deps.sh).
+#
+# Everything builds in the dev profile so that RocksDB's C++ (from issue 2 on) is compiled
+# once for `test` and once for `clippy`, never a third time for a release build.
+
+CARGO ?= cargo
+
+.PHONY: demo test deps fmt lint unit bench fuzz-check clean
+
+deps:
+	@./scripts/ensure-deps.sh
+
+## The main job. Until the node exists it is the protocol's tour: identities, sealing,
+## receiving, and the refusals of the receive pipeline.
+demo: deps
+	$(CARGO) run --locked -p aamas-protocol --example envelope_tour
+
+## Formatting, lints (warnings are errors) and every test.
+test: deps fmt lint unit
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --locked --workspace --all-targets
+	$(CARGO) test --locked --workspace --doc
+
+## Criterion benchmarks (release profile; not part of `make test`).
+bench: deps
+	$(CARGO) bench --locked -p aamas-protocol --bench envelope
+
+clean:
+	$(CARGO) clean
