@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps fmt lint unit bench fuzz-check clean
+.PHONY: demo test deps fmt lint layering unit bench clean
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -17,13 +17,17 @@ demo: deps
 	$(CARGO) run --locked -p aamas-protocol --example envelope_tour
 
 ## Formatting, lints (warnings are errors) and every test.
-test: deps fmt lint unit
+test: deps fmt lint layering unit
 
 fmt:
 	$(CARGO) fmt --all -- --check
 
 lint:
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+## protocol/ stays pure; bincode (unmaintained, RUSTSEC-2025-0141) stays out.
+layering:
+	./scripts/check-layering.sh
 
 unit:
 	$(CARGO) test --locked --workspace --all-targets

@@ -631,29 +631,31 @@ impl ReceiverSessions {
             .get(start..start.checked_add(HPKE_WRAP_BYTES)?)?;
         let (encapsulated, sealed_key) = record.split_at(32);
         let slot = (raw.header.sender, <[u8; 32]>::try_from(encapsulated).ok()?);
-        if !self.contexts.contains_key(&slot) {
-            let enc = <KemSuite as hpke::Kem>::EncappedKey::from_bytes(encapsulated).ok()?;
-            let context = hpke::setup_receiver::<HpkeChaCha, HkdfSha256, KemSuite>(
-                &OpModeR::Base,
-                secret,
-                &enc,
-                &session_info(&raw.header.sender, me),
-            )
-            .ok()?;
-            self.contexts.insert(slot, context);
-            self.order.push_back(slot);
-            while self.contexts.len() > MAX_SESSIONS {
-                let Some(old) = self.order.pop_front() else {
-                    break;
-                };
-                self.contexts.remove(&old);
+        let context = match self.contexts.entry(slot) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let enc = <KemSuite as hpke::Kem>::EncappedKey::from_bytes(encapsulated).ok()?;
+                let context = hpke::setup_receiver::<HpkeChaCha, HkdfSha256, KemSuite>(
+                    &OpModeR::Base,
+                    secret,
+                    &enc,
+                    &session_info(&raw.header.sender, me),
+                )
+                .ok()?;
+                self.order.push_back(slot);
+                entry.insert(context)
             }
-        }
-        let context = self.contexts.get(&slot)?;
+        };
         let key = wrap_key(
             |exporter, out| context.export(exporter, out),
             &raw.header.id,
         )?;
+        while self.contexts.len() > MAX_SESSIONS {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.contexts.remove(&old);
+        }
         let content_key = Zeroizing::new(
             ChaCha20Poly1305::new(&Key::from(*key))
                 .decrypt(

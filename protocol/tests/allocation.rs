@@ -45,6 +45,9 @@ fn header_prefix(mesh: MeshId, sender: NodeKey) -> Vec<u8> {
     bytes
 }
 
+/// A name, the hostile input, and the rejection it must get.
+type Case = (&'static str, Vec<u8>, fn(&Rejection) -> bool);
+
 #[test]
 fn hostile_lengths_are_rejected_without_allocating() {
     let mesh = Mesh::new(2);
@@ -52,7 +55,7 @@ fn hostile_lengths_are_rejected_without_allocating() {
     let sender = mesh.members[0].node_key();
     let max = Limits::default().max_message_bytes;
 
-    let mut cases: Vec<(&str, Vec<u8>, fn(&Rejection) -> bool)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
 
     let mut oversized = vec![0u8; 64 << 20];
     oversized[0] = PROTOCOL_VERSION;
