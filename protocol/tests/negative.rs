@@ -175,18 +175,9 @@ fn message_from_the_future_beyond_clock_skew_is_rejected() {
 fn lifetime_longer_than_allowed_is_rejected() {
     let mesh = Mesh::new(2);
     let max = ReceiverConfig::default().max_lifetime_ms;
+    let to = [mesh.members[1].public()];
     let sealed = mesh
-        .sealer()
-        .seal(
-            &mesh.members[0],
-            NOW_MS,
-            Outgoing {
-                topic: "t",
-                payload: &command(b""),
-                to: To::Members(&[mesh.members[1].public()]),
-                ttl_ms: max + 1,
-            },
-        )
+        .seal_as(&mesh.members[0], &command(b""), To::Members(&to), max + 1)
         .expect("seal");
     assert_eq!(
         receive(&mesh, &mut mesh.receiver(), &sealed.bytes, NOW_MS),
@@ -200,16 +191,13 @@ fn lifetime_longer_than_allowed_is_rejected() {
 #[test]
 fn non_member_sender_is_rejected_before_any_crypto() {
     let mesh = Mesh::new(2);
-    let sealed = Sealer::new(mesh.id, Limits::default(), NOW_MS)
-        .seal(
+    let to = [mesh.members[1].public()];
+    let sealed = mesh
+        .seal_as(
             &mesh.outsider,
-            NOW_MS,
-            Outgoing {
-                topic: "t",
-                payload: &command(b"let me in"),
-                to: To::Members(&[mesh.members[1].public()]),
-                ttl_ms: TTL_MS,
-            },
+            &command(b"let me in"),
+            To::Members(&to),
+            TTL_MS,
         )
         .expect("seal");
     assert_eq!(
@@ -225,16 +213,13 @@ fn a_signature_by_another_key_is_rejected() {
     // Member 2 signs an envelope; then the sender field is rewritten to member 0.
     // postcard writes the sender at a fixed offset (after version, mesh and id).
     let mesh = Mesh::new(3);
-    let sealed = Sealer::new(mesh.id, Limits::default(), NOW_MS)
-        .seal(
+    let to = [mesh.members[1].public()];
+    let sealed = mesh
+        .seal_as(
             &mesh.members[2],
-            NOW_MS,
-            Outgoing {
-                topic: "t",
-                payload: &command(b"impersonation"),
-                to: To::Members(&[mesh.members[1].public()]),
-                ttl_ms: TTL_MS,
-            },
+            &command(b"impersonation"),
+            To::Members(&to),
+            TTL_MS,
         )
         .expect("seal");
     let mut bytes = sealed.bytes.clone();
@@ -261,18 +246,9 @@ fn oversized_input_is_rejected_by_length_alone() {
     );
     // The sealer refuses to make what receivers would refuse.
     let big = command(&vec![0u8; max]);
+    let to = [mesh.members[1].public()];
     let error = mesh
-        .sealer()
-        .seal(
-            &mesh.members[0],
-            NOW_MS,
-            Outgoing {
-                topic: "t",
-                payload: &big,
-                to: To::Members(&[mesh.members[1].public()]),
-                ttl_ms: TTL_MS,
-            },
-        )
+        .seal_as(&mesh.members[0], &big, To::Members(&to), TTL_MS)
         .expect_err("too large");
     assert!(
         matches!(error, SealError::TooLarge { max: m, .. } if m == max),
@@ -320,21 +296,14 @@ fn too_many_recipients_are_rejected_by_the_configured_limit() {
 fn group_messages_need_the_right_epoch_and_key() {
     let mut mesh = Mesh::new(2);
     let key = GroupKey::generate(3).expect("rng");
-    let seal = |key: &GroupKey| {
-        mesh.sealer()
-            .seal(
-                &mesh.members[0],
-                NOW_MS,
-                Outgoing {
-                    topic: "all",
-                    payload: &command(b"everyone"),
-                    to: To::Group(key),
-                    ttl_ms: TTL_MS,
-                },
-            )
-            .expect("seal")
-    };
-    let sealed = seal(&key);
+    let sealed = mesh
+        .seal_as(
+            &mesh.members[0],
+            &command(b"everyone"),
+            To::Group(&key),
+            TTL_MS,
+        )
+        .expect("seal");
     assert_eq!(
         receive(&mesh, &mut mesh.receiver(), &sealed.bytes, NOW_MS),
         Err(Rejection::UnknownGroupEpoch { epoch: 3 })

@@ -39,6 +39,26 @@ impl Mesh {
         Receiver::new(self.id, ReceiverConfig::default())
     }
 
+    /// `sender` seals `payload` on topic "t" with a new sealer, at `NOW_MS`.
+    pub fn seal_as(
+        &self,
+        sender: &Identity,
+        payload: &Payload,
+        to: To<'_>,
+        ttl_ms: u64,
+    ) -> Result<Sealed, SealError> {
+        self.sealer().seal(
+            sender,
+            NOW_MS,
+            Outgoing {
+                topic: "t",
+                payload,
+                to,
+                ttl_ms,
+            },
+        )
+    }
+
     /// Member 0 seals `payload` for members `to`.
     pub fn seal_for(&self, sealer: &mut Sealer, payload: &Payload, to: &[usize]) -> Sealed {
         let recipients: Vec<PublicIdentity> =
