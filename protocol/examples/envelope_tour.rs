@@ -59,12 +59,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut receiver = Receiver::new(mesh, ReceiverConfig::default());
         let started = Instant::now();
         match receiver.receive(now_ms + 3, &sealed.bytes, who, &roster)? {
-            Delivery::Opened(opened) => println!(
-                "  {name:<10} opened it in {:?}: {:?} from {}",
-                started.elapsed(),
-                opened.payload,
-                opened.header.sender
-            ),
+            Delivery::Opened(opened) => {
+                let content = match &opened.payload {
+                    Payload::Command(command) => format!(
+                        "{:?} command {:?}: {:?}",
+                        command.priority,
+                        command.action,
+                        String::from_utf8_lossy(&command.body)
+                    ),
+                    other => format!("{other:?}"),
+                };
+                println!(
+                    "  {name:<10} opened it in {:?} (debug build): {content}",
+                    started.elapsed()
+                )
+            }
             Delivery::Relay(header) => println!(
                 "  {name:<10} cannot read it; valid, so it relays message {} (kind {:?})",
                 header.id, header.kind
