@@ -1,8 +1,46 @@
 //! # aamas-consensus
 //!
-//! Will hold the hierarchy's replicated state (issue [2/5]): the openraft type config,
-//! RocksDB log and state-machine storage for many Raft groups in one database, the
-//! `Registry` (federal group) and `Ledger` (state groups) state machines, and the
-//! transport trait that `aamas-node` implements over libp2p.
+//! The hierarchy's replicated state (issue [2/5]), built on openraft 0.9 and RocksDB.
 //!
-//! Nothing is implemented here yet.
+//! ```text
+//!   one RocksDB per node
+//!   ├── cf "raft_log"   group id (8 B, big endian) ‖ log index (8 B)  → postcard(Entry)
+//!   ├── cf "raft_meta"  group id ‖ "vote" | "committed" | "purged"    → postcard(..)
+//!   └── cf "raft_sm"    group id ‖ "snapshot"                          → postcard(snapshot)
+//!
+//!   Store::open(dir) ──group(id)──► (LogStore, StateMachineStore)  one pair per Raft group
+//! ```
+//!
+//! Layout:
+//! - `types`: the openraft type config (`TypeConfig`), node and group ids.
+//! - `store`: RocksDB storage of many groups in one database (passes openraft's suite).
+//! - `machine`: requests, idempotence by request id, and the per-group state machine.
+//! - `registry`, `ledger`: the federal and state state machines (pure).
+//! - `network`: the transport trait (`RaftTransport`) and openraft's network over it.
+//! - `groups`: the groups a node runs; writes, linearizable reads, RPC handlers.
+//! - `heal`: replacing dead voters.
+//! - `testing`: an in-memory transport for tests.
+
+#![deny(missing_docs)]
+// openraft's StorageError and RPCError are 200+ bytes and its traits return them by value;
+// our helpers return the same types so that `?` carries them without conversions.
+#![allow(clippy::result_large_err)]
+
+mod groups;
+mod heal;
+pub mod ledger;
+mod machine;
+mod network;
+pub mod registry;
+mod store;
+pub mod testing;
+mod types;
+
+pub use groups::{Group, GroupError, Groups, RaftConfig, ReadError, WriteError};
+pub use heal::{HealError, HealOutcome, Replacement, plan_replacement, replace_dead_voter};
+pub use machine::{
+    Command, FEDERAL_GROUP, MAX_REMEMBERED_REQUESTS, Machine, Outcome, Request, Response,
+};
+pub use network::{GroupNetwork, GroupNetworkFactory, RaftTransport, RemoteResult, TransportError};
+pub use store::{LogStore, StateMachineStore, Store, StoreConfig, StoreError};
+pub use types::{GroupId, MemberNode, NodeId, RequestId, TypeConfig};

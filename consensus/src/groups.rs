@@ -1,0 +1,414 @@
+//! The Raft groups a node runs, all on one [`Store`] and one [`RaftTransport`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, InitializeError, InstallSnapshotError, RaftError,
+};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{Raft, SnapshotPolicy};
+
+use crate::machine::{Machine, Request, Response};
+use crate::network::{GroupNetworkFactory, RaftTransport, RemoteResult, TransportError};
+use crate::store::{StateMachineStore, Store};
+use crate::types::{GroupId, MemberNode, NodeId, TypeConfig};
+
+/// Raft timing and log compaction, shared by every group on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// Lower bound of the randomised election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomised election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Leader heartbeat period; must be below the election timeout.
+    pub heartbeat_interval_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries already in a snapshot that stay in the log for slow followers.
+    pub log_entries_kept_after_snapshot: u64,
+    /// Most entries in one AppendEntries.
+    pub max_entries_per_append: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            heartbeat_interval_ms: 50,
+            snapshot_after_entries: 5_000,
+            log_entries_kept_after_snapshot: 1_000,
+            max_entries_per_append: 300,
+        }
+    }
+}
+
+impl RaftConfig {
+    fn to_openraft(&self) -> Result<Arc<openraft::Config>, GroupError> {
+        let config = openraft::Config {
+            cluster_name: "aamas".into(),
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            heartbeat_interval: self.heartbeat_interval_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
+            max_payload_entries: self.max_entries_per_append,
+            install_snapshot_timeout: self.election_timeout_max_ms.max(200),
+            ..openraft::Config::default()
+        };
+        config
+            .validate()
+            .map(Arc::new)
+            .map_err(|error| GroupError::Config(error.to_string()))
+    }
+}
+
+/// Errors of opening and driving groups.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// The Raft configuration is inconsistent.
+    #[error("invalid Raft configuration: {0}")]
+    Config(String),
+    /// The group's storage failed; the group is stopped.
+    #[error("group {group}: storage failed: {source}")]
+    Storage {
+        /// The group.
+        group: GroupId,
+        /// The storage error.
+        source: openraft::StorageError<NodeId>,
+    },
+    /// openraft stopped the group (a storage failure, or shutdown).
+    #[error("group {group} has stopped: {source}")]
+    Fatal {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        source: openraft::error::Fatal<NodeId>,
+    },
+    /// The group is not open on this node.
+    #[error("group {group} is not open on this node")]
+    NotOpen {
+        /// The group.
+        group: GroupId,
+    },
+    /// Initialising the group's membership failed.
+    #[error("group {group}: initialisation failed: {source}")]
+    Initialize {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        source: RaftError<NodeId, InitializeError<NodeId, MemberNode>>,
+    },
+}
+
+/// Errors of a write through a group.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// This node is not the leader; retry at `leader` (if known).
+    #[error("not the leader of the group; the leader is {leader:?}")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The write could not be committed (the group stopped, or a membership change failed).
+    #[error("write failed: {0}")]
+    Failed(String),
+}
+
+/// Errors of a linearizable read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// This node is not the leader; read at `leader` (if known).
+    #[error("not the leader of the group; the leader is {leader:?}")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Leadership could not be confirmed with a quorum.
+    #[error("read failed: {0}")]
+    Failed(String),
+}
+
+/// One Raft group on this node: its Raft handle and its state machine.
+#[derive(Clone)]
+pub struct Group {
+    id: GroupId,
+    raft: Raft<TypeConfig>,
+    machine: StateMachineStore,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Group {
+    /// The group's id.
+    pub fn id(&self) -> GroupId {
+        self.id
+    }
+
+    /// The openraft handle (metrics, membership changes, waits).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Proposes `request`; returns its response once committed and applied here.
+    /// Only the leader accepts writes.
+    pub async fn write(&self, request: Request) -> Result<Response, WriteError> {
+        match self.raft.client_write(request).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(WriteError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(error) => Err(WriteError::Failed(error.to_string())),
+        }
+    }
+
+    /// Reads the state machine linearizably: the leader confirms its leadership with a
+    /// quorum (read index) and waits until it has applied up to that point.
+    pub async fn read<R>(&self, read: impl FnOnce(&Machine) -> R) -> Result<R, ReadError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(self.machine.with(read).await),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(ReadError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(error) => Err(ReadError::Failed(error.to_string())),
+        }
+    }
+
+    /// Reads this member's copy of the state machine, without any coordination: it may be
+    /// behind the leader (stale), but never shows anything uncommitted.
+    pub async fn read_local<R>(&self, read: impl FnOnce(&Machine) -> R) -> R {
+        self.machine.with(read).await
+    }
+
+    /// The current leader, as this member knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// The index of the last entry applied here.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.raft.metrics().borrow().last_applied.map(|id| id.index)
+    }
+
+    /// Waits until an entry at `index` or later is applied here, up to `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .is_ok()
+    }
+
+    /// Waits until this member knows a leader, up to `timeout`; returns it.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<NodeId> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|metrics| metrics.current_leader.is_some(), "leader known")
+            .await
+            .ok()
+            .and_then(|metrics| metrics.current_leader)
+    }
+}
+
+struct Inner<T> {
+    node: NodeId,
+    store: Store,
+    config: Arc<openraft::Config>,
+    transport: T,
+    // Read-mostly map from group id to handle; never held across an await.
+    groups: RwLock<HashMap<GroupId, Group>>,
+}
+
+/// Every Raft group of one node.
+pub struct Groups<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for Groups<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Groups<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Groups")
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: RaftTransport> Groups<T> {
+    /// The groups of node `node`, stored in `store`, talking through `transport`.
+    pub fn new(
+        node: NodeId,
+        store: Store,
+        config: &RaftConfig,
+        transport: T,
+    ) -> Result<Self, GroupError> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                node,
+                store,
+                config: config.to_openraft()?,
+                transport,
+                groups: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// Opens `group` (recovering it from disk if it ran here before); returns the open
+    /// group if it is already open.
+    pub async fn open(&self, group: GroupId) -> Result<Group, GroupError> {
+        if let Some(open) = self.get(group) {
+            return Ok(open);
+        }
+        let (log, machine) = self
+            .inner
+            .store
+            .group(group)
+            .map_err(|source| GroupError::Storage { group, source })?;
+        let network = GroupNetworkFactory::new(group, self.inner.transport.clone());
+        let raft = Raft::new(
+            self.inner.node,
+            self.inner.config.clone(),
+            network,
+            log,
+            machine.clone(),
+        )
+        .await
+        .map_err(|source| GroupError::Fatal { group, source })?;
+        let opened = Group {
+            id: group,
+            raft,
+            machine,
+        };
+        let mut groups = self
+            .inner
+            .groups
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another task may have opened it meanwhile; keep the first.
+        Ok(groups.entry(group).or_insert(opened).clone())
+    }
+
+    /// Founds `group` with these voters (once, on one node; a no-op if the group already
+    /// has a membership).
+    pub async fn initialize(
+        &self,
+        group: GroupId,
+        voters: BTreeMap<NodeId, MemberNode>,
+    ) -> Result<(), GroupError> {
+        let open = self.get(group).ok_or(GroupError::NotOpen { group })?;
+        match open.raft.initialize(voters).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(source) => Err(GroupError::Initialize { group, source }),
+        }
+    }
+
+    /// An open group.
+    pub fn get(&self, group: GroupId) -> Option<Group> {
+        self.inner
+            .groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&group)
+            .cloned()
+    }
+
+    /// The ids of the open groups.
+    pub fn ids(&self) -> Vec<GroupId> {
+        let mut ids: Vec<GroupId> = self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Stops every group (their state stays on disk).
+    pub async fn shutdown(&self) {
+        let groups: Vec<Group> = self
+            .inner
+            .groups
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, group)| group)
+            .collect();
+        for group in groups {
+            if let Err(error) = group.raft.shutdown().await {
+                tracing::warn!(group = group.id, %error, "raft shutdown failed");
+            }
+        }
+    }
+
+    fn target(&self, group: GroupId) -> Result<Group, TransportError> {
+        self.get(group).ok_or(TransportError::NoSuchGroup {
+            target: self.inner.node,
+            group,
+        })
+    }
+
+    /// Serves an AppendEntries for `group` that arrived from the network.
+    pub async fn handle_append_entries(
+        &self,
+        group: GroupId,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<RemoteResult<AppendEntriesResponse<NodeId>>, TransportError> {
+        Ok(self.target(group)?.raft.append_entries(rpc).await)
+    }
+
+    /// Serves a Vote for `group` that arrived from the network.
+    pub async fn handle_vote(
+        &self,
+        group: GroupId,
+        rpc: VoteRequest<NodeId>,
+    ) -> Result<RemoteResult<VoteResponse<NodeId>>, TransportError> {
+        Ok(self.target(group)?.raft.vote(rpc).await)
+    }
+
+    /// Serves a snapshot chunk for `group` that arrived from the network.
+    pub async fn handle_install_snapshot(
+        &self,
+        group: GroupId,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<RemoteResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError>, TransportError>
+    {
+        Ok(self.target(group)?.raft.install_snapshot(rpc).await)
+    }
+}

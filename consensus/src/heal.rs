@@ -1,0 +1,228 @@
+//! Self-healing membership: a group's leader replaces a voter that has been dead for
+//! longer than `voter_dead_timeout_ms` with a healthy member, so a group recovers its
+//! fault tolerance without an operator as long as a quorum is alive.
+//!
+//! The decision ([`plan_replacement`]) is pure; [`replace_dead_voter`] carries it out
+//! through Raft: the newcomer is added as a learner, caught up, and then swapped in with
+//! one joint-consensus membership change.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::groups::Group;
+use crate::types::{MemberNode, NodeId};
+
+/// A planned swap of one dead voter for one healthy non-voter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replacement {
+    /// The voter to remove.
+    pub dead: NodeId,
+    /// The member to promote in its place.
+    pub with: NodeId,
+}
+
+/// What [`replace_dead_voter`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealOutcome {
+    /// This node is not the group's leader; only the leader heals.
+    NotLeader,
+    /// A membership change is already in progress.
+    Busy,
+    /// Every voter is alive.
+    Healthy,
+    /// A voter is dead but no healthy non-voter can replace it.
+    NoCandidate {
+        /// The dead voter.
+        dead: NodeId,
+    },
+    /// The dead voter was replaced.
+    Replaced(Replacement),
+}
+
+/// Errors of carrying out a replacement.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HealError {
+    /// Adding the newcomer as a learner or changing the voters failed.
+    #[error("replacing voter {dead} with {with} failed: {reason}")]
+    ChangeFailed {
+        /// The dead voter.
+        dead: NodeId,
+        /// The newcomer.
+        with: NodeId,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Whether a member counts as alive at `now_ms` given when it was last heard of.
+fn alive(last_seen_ms: Option<u64>, now_ms: u64, voter_dead_timeout_ms: u64) -> bool {
+    last_seen_ms.is_some_and(|seen| now_ms.saturating_sub(seen) <= voter_dead_timeout_ms)
+}
+
+/// Picks the first voter (other than the leader) dead for longer than the timeout and
+/// the first alive non-voter candidate, in id order (deterministic).
+pub fn plan_replacement(
+    leader: NodeId,
+    voters: &BTreeSet<NodeId>,
+    candidates: &BTreeMap<NodeId, MemberNode>,
+    last_seen_ms: impl Fn(NodeId) -> Option<u64>,
+    now_ms: u64,
+    voter_dead_timeout_ms: u64,
+) -> Result<Option<Replacement>, NodeId> {
+    let Some(dead) = voters.iter().copied().find(|voter| {
+        *voter != leader && !alive(last_seen_ms(*voter), now_ms, voter_dead_timeout_ms)
+    }) else {
+        return Ok(None);
+    };
+    candidates
+        .keys()
+        .copied()
+        .find(|candidate| {
+            !voters.contains(candidate)
+                && alive(last_seen_ms(*candidate), now_ms, voter_dead_timeout_ms)
+        })
+        .map(|with| Some(Replacement { dead, with }))
+        .ok_or(dead)
+}
+
+/// If this node leads `group` and a voter is dead, replaces it with a healthy candidate.
+/// Makes at most one change per call; call it periodically.
+pub async fn replace_dead_voter(
+    group: &Group,
+    candidates: &BTreeMap<NodeId, MemberNode>,
+    last_seen_ms: impl Fn(NodeId) -> Option<u64>,
+    now_ms: u64,
+    voter_dead_timeout_ms: u64,
+) -> Result<HealOutcome, HealError> {
+    let metrics = group.raft().metrics().borrow().clone();
+    if metrics.current_leader != Some(metrics.id) {
+        return Ok(HealOutcome::NotLeader);
+    }
+    let membership = metrics.membership_config.membership();
+    if membership.get_joint_config().len() > 1 {
+        return Ok(HealOutcome::Busy);
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let plan = plan_replacement(
+        metrics.id,
+        &voters,
+        candidates,
+        last_seen_ms,
+        now_ms,
+        voter_dead_timeout_ms,
+    );
+    let replacement = match plan {
+        Ok(None) => return Ok(HealOutcome::Healthy),
+        Err(dead) => return Ok(HealOutcome::NoCandidate { dead }),
+        Ok(Some(replacement)) => replacement,
+    };
+    let Replacement { dead, with } = replacement;
+    let failed = |reason: String| HealError::ChangeFailed { dead, with, reason };
+    let node = candidates.get(&with).cloned().unwrap_or_default();
+    tracing::info!(group = group.id(), dead, with, "replacing dead voter");
+    // Blocking: returns once the learner has caught up, so the swap does not leave the
+    // group waiting on a member without the log.
+    group
+        .raft()
+        .add_learner(with, node, true)
+        .await
+        .map_err(|error| failed(error.to_string()))?;
+    let mut new_voters = voters;
+    new_voters.remove(&dead);
+    new_voters.insert(with);
+    group
+        .raft()
+        .change_membership(new_voters, false)
+        .await
+        .map_err(|error| failed(error.to_string()))?;
+    Ok(HealOutcome::Replaced(replacement))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidates(ids: &[NodeId]) -> BTreeMap<NodeId, MemberNode> {
+        ids.iter().map(|id| (*id, MemberNode::default())).collect()
+    }
+
+    #[test]
+    fn plans_follow_liveness_and_timeout() {
+        let voters = BTreeSet::from([1, 2, 3]);
+        let seen = |at: &'static [(NodeId, u64)]| {
+            move |node: NodeId| at.iter().find(|(id, _)| *id == node).map(|(_, t)| *t)
+        };
+        // Everyone alive: nothing to do.
+        assert_eq!(
+            plan_replacement(
+                1,
+                &voters,
+                &candidates(&[4]),
+                seen(&[(1, 100), (2, 100), (3, 100), (4, 100)]),
+                100,
+                50
+            ),
+            Ok(None)
+        );
+        // Voter 3 last seen 51 ms ago with a 50 ms timeout: replaced by 4.
+        assert_eq!(
+            plan_replacement(
+                1,
+                &voters,
+                &candidates(&[4, 5]),
+                seen(&[(1, 100), (2, 100), (3, 49), (4, 100), (5, 100)]),
+                100,
+                50
+            ),
+            Ok(Some(Replacement { dead: 3, with: 4 }))
+        );
+        // Exactly at the timeout it is still alive.
+        assert_eq!(
+            plan_replacement(
+                1,
+                &voters,
+                &candidates(&[4]),
+                seen(&[(1, 100), (2, 100), (3, 50), (4, 100)]),
+                100,
+                50
+            ),
+            Ok(None)
+        );
+        // The dead candidate 4 is skipped; 5 is taken. Voters are never candidates.
+        assert_eq!(
+            plan_replacement(
+                1,
+                &voters,
+                &candidates(&[2, 4, 5]),
+                seen(&[(1, 100), (2, 100), (4, 0), (5, 90)]),
+                100,
+                50
+            ),
+            Ok(Some(Replacement { dead: 3, with: 5 }))
+        );
+        // No healthy candidate.
+        assert_eq!(
+            plan_replacement(
+                1,
+                &voters,
+                &candidates(&[4]),
+                seen(&[(1, 100), (2, 100)]),
+                100,
+                50
+            ),
+            Err(3)
+        );
+        // The leader never replaces itself, even if its own liveness is unknown.
+        assert_eq!(
+            plan_replacement(
+                1,
+                &voters,
+                &candidates(&[4]),
+                seen(&[(2, 100), (3, 100), (4, 100)]),
+                100,
+                50
+            ),
+            Ok(None)
+        );
+    }
+}

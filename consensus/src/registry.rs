@@ -1,0 +1,1295 @@
+//! The federal group's replicated state: the [`Registry`].
+//!
+//! A pure, deterministic state machine: the president proposes [`RegistryCommand`]s and
+//! every replica applies the committed ones in log order with [`Registry::apply`]. Time
+//! comes in the commands (`now_ms`, chosen by the proposer), never from a clock, and every
+//! map is a `BTreeMap`, so replicas agree and their snapshots are byte-identical.
+//!
+//! ```text
+//!   Registry ── members     NodeKey → Member (identity, addrs, skills, capacity, state)
+//!            ── states      name    → StateInfo (budget, spent)
+//!            ── projects    id      → Project (spec, phase, status, progress per phase)
+//!            ── policies    key     → value
+//!            ── join_tokens digest  → JoinToken (expiry, uses left)
+//!            ── group_keys  epoch (current and previous) → NodeKey → wrapped group key
+//! ```
+//!
+//! A command is checked in full before anything changes, so a rejected command leaves the
+//! registry as it was. Request ids are deduplicated by the caller; beyond that, a command
+//! whose effect is already in place (an identical admission or submission) succeeds again
+//! without changing anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aamas_protocol::{NodeKey, Phase, PublicIdentity};
+use serde::{Deserialize, Serialize};
+
+/// Most members held, active and left together.
+pub const MAX_MEMBERS: usize = 100_000;
+/// Most states.
+pub const MAX_STATES: usize = 64;
+/// Most projects, finished ones included until [`RegistryCommand::RemoveProject`].
+pub const MAX_PROJECTS: usize = 1_024;
+/// Most policies.
+pub const MAX_POLICIES: usize = 1_024;
+/// Most join-token digests recorded at once.
+pub const MAX_JOIN_TOKENS: usize = 10_000;
+/// Longest name in bytes: states, projects, skills, policy keys; in the ledger also cities,
+/// tasks and resources.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Most addresses a member advertises.
+pub const MAX_ADDRS_PER_MEMBER: usize = 16;
+/// Longest address (a multiaddr), in bytes.
+pub const MAX_ADDR_BYTES: usize = 512;
+/// Most skills a member advertises.
+pub const MAX_SKILLS_PER_MEMBER: usize = 64;
+/// Largest project spec, in bytes.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+/// Largest sum of all project specs, in bytes; bounds the snapshot.
+pub const MAX_SPEC_BYTES_TOTAL: usize = 64 << 20;
+/// Longest policy value, in bytes.
+pub const MAX_POLICY_VALUE_BYTES: usize = 4_096;
+/// Longest failure or escalation reason, in bytes.
+pub const MAX_REASON_BYTES: usize = 1_024;
+/// Largest group key wrapped for one member, in bytes.
+pub const MAX_WRAPPED_KEY_BYTES: usize = 256;
+/// Group-key epochs kept: the current and the previous one, so that messages sealed just
+/// before a rotation still open.
+pub const GROUP_KEY_EPOCHS_KEPT: usize = 2;
+/// The usual states of a fresh mesh (seed phase 2). Not created automatically: the
+/// president proposes [`RegistryCommand::AddState`] for each.
+pub const DEFAULT_STATES: [&str; 4] = ["technical", "financial", "market", "operations"];
+
+/// Whether a member takes part in the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberStatus {
+    /// Admitted and not removed.
+    Active,
+    /// Removed; its record stays so that its key remains known.
+    Left,
+}
+
+/// A member of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its signing key, encryption key and their binding.
+    pub identity: PublicIdentity,
+    /// Its listen addresses (multiaddrs).
+    pub addrs: Vec<String>,
+    /// What it can do.
+    pub skills: BTreeSet<String>,
+    /// How many tasks it takes at once.
+    pub capacity: u32,
+    /// The state it is placed in; always `None` once it has left.
+    pub state: Option<String>,
+    /// Active or left.
+    pub status: MemberStatus,
+    /// When it was last admitted, in the proposer's milliseconds.
+    pub joined_ms: u64,
+}
+
+/// A state's budget, in the budget's smallest unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateInfo {
+    /// What the state may spend in total.
+    pub budget: u64,
+    /// What it has spent; never more than `budget`.
+    pub spent: u64,
+}
+
+/// Where a project stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProjectStatus {
+    /// Work on the current phase goes on.
+    Running,
+    /// Paused by the president.
+    Held,
+    /// Past its launch phase.
+    Completed,
+    /// Given up.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ProjectStatus {
+    /// Whether the project is completed or failed: nothing more happens to it.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Completed | Self::Failed { .. })
+    }
+}
+
+/// Task counts of one phase of a project, as the state groups report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseProgress {
+    /// Tasks planned.
+    pub tasks_total: u32,
+    /// Tasks that succeeded.
+    pub tasks_done: u32,
+    /// Tasks that failed or were escalated.
+    pub tasks_failed: u32,
+}
+
+impl PhaseProgress {
+    /// Whether done and failed tasks together are at most the total.
+    pub fn is_consistent(&self) -> bool {
+        u64::from(self.tasks_done) + u64::from(self.tasks_failed) <= u64::from(self.tasks_total)
+    }
+}
+
+/// A project driven through the eight phases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    /// Its human-readable name.
+    pub name: String,
+    /// Its specification, opaque here.
+    pub spec: Vec<u8>,
+    /// Its current phase (stays `Launch` once completed).
+    pub phase: Phase,
+    /// Running, held, completed or failed.
+    pub status: ProjectStatus,
+    /// Task counts of the phases reached so far.
+    pub progress: BTreeMap<Phase, PhaseProgress>,
+    /// When it was submitted, in the proposer's milliseconds.
+    pub submitted_ms: u64,
+}
+
+/// A join token, known only by its digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// Valid while `now_ms < expires_ms`.
+    pub expires_ms: u64,
+    /// Admissions still allowed; at least 1 (a used-up token is removed).
+    pub uses_left: u32,
+}
+
+/// A command to the federal group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistryCommand {
+    /// Creates a state; adding it again with the same budget is a no-op.
+    AddState {
+        /// Its name.
+        name: String,
+        /// Its budget.
+        budget: u64,
+    },
+    /// Admits a node, spending one use of the join token if one is given. Admitting an
+    /// active member again with the same identity only refreshes its addresses, skills and
+    /// capacity and spends no token use.
+    AdmitMember {
+        /// Its identity; the proposer has verified the binding signature.
+        identity: PublicIdentity,
+        /// Its listen addresses.
+        addrs: Vec<String>,
+        /// Its skills.
+        skills: BTreeSet<String>,
+        /// Tasks it takes at once.
+        capacity: u32,
+        /// The proposer's time, for the token's expiry and `joined_ms`.
+        now_ms: u64,
+        /// The digest of the join token it presented.
+        token_digest: Option<[u8; 32]>,
+    },
+    /// Replaces an active member's addresses, skills and capacity.
+    UpdateMember {
+        /// The member.
+        node: NodeKey,
+        /// Its addresses.
+        addrs: Vec<String>,
+        /// Its skills.
+        skills: BTreeSet<String>,
+        /// Its capacity.
+        capacity: u32,
+    },
+    /// Places an active member in an existing state.
+    PlaceMember {
+        /// The member.
+        node: NodeKey,
+        /// The state.
+        state: String,
+    },
+    /// Marks a member as left and unplaces it; removing a left member is a no-op.
+    RemoveMember {
+        /// The member.
+        node: NodeKey,
+    },
+    /// Records a join token; recording the same token again is a no-op.
+    RecordJoinToken {
+        /// SHA-256 of the token.
+        digest: [u8; 32],
+        /// Valid while `now_ms < expires_ms`.
+        expires_ms: u64,
+        /// Admissions it allows; at least 1.
+        uses: u32,
+    },
+    /// Forgets a join token; forgetting an unknown one is a no-op.
+    RevokeJoinToken {
+        /// SHA-256 of the token.
+        digest: [u8; 32],
+    },
+    /// Accepts a project in its first phase. The same id with the same name and spec again
+    /// is a no-op; with other content it is rejected.
+    SubmitProject {
+        /// Its id, unique in the mesh.
+        id: String,
+        /// Its name.
+        name: String,
+        /// Its specification.
+        spec: Vec<u8>,
+        /// The proposer's time.
+        now_ms: u64,
+    },
+    /// Records the task counts of a phase the project has reached.
+    SetProjectProgress {
+        /// The project.
+        id: String,
+        /// The phase.
+        phase: Phase,
+        /// Its counts.
+        progress: PhaseProgress,
+    },
+    /// Moves a running project from `from` to the next phase, or completes it after launch.
+    AdvancePhase {
+        /// The project.
+        id: String,
+        /// The phase it must be in, so that a repeated command never skips a phase.
+        from: Phase,
+    },
+    /// Pauses a running project; holding a held project is a no-op.
+    HoldProject {
+        /// The project.
+        id: String,
+    },
+    /// Resumes a held project; resuming a running project is a no-op.
+    ResumeProject {
+        /// The project.
+        id: String,
+    },
+    /// Gives up a running or held project; failing it again for the same reason is a no-op.
+    FailProject {
+        /// The project.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Forgets a completed or failed project; forgetting an unknown one is a no-op.
+    RemoveProject {
+        /// The project.
+        id: String,
+    },
+    /// Sets a policy.
+    SetPolicy {
+        /// Its key.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// Sets a state's budget, never below what it has spent.
+    SetBudget {
+        /// The state.
+        state: String,
+        /// The budget.
+        budget: u64,
+    },
+    /// Spends from a state's budget; rejected if that would go over it.
+    Spend {
+        /// The state.
+        state: String,
+        /// How much.
+        amount: u64,
+    },
+    /// Starts the next group-key epoch, keeping only it and the previous one. Repeating the
+    /// rotation to the current epoch with the same keys is a no-op.
+    RotateGroupKey {
+        /// Exactly the current epoch plus one.
+        epoch: u64,
+        /// The new group key wrapped for each recipient, all active members.
+        wrapped: BTreeMap<NodeKey, Vec<u8>>,
+    },
+}
+
+/// The result of applying a [`RegistryCommand`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistryResponse {
+    /// Applied, or already in effect.
+    Ok,
+    /// The node is an active member.
+    Admitted {
+        /// The node.
+        node: NodeKey,
+    },
+    /// The project moved on.
+    PhaseAdvanced {
+        /// Its new phase, or `None` when it completed after launch.
+        to: Option<Phase>,
+    },
+    /// Not applied; nothing changed.
+    Rejected {
+        /// What was wrong and what to do about it.
+        reason: String,
+    },
+}
+
+/// The federal group's replicated state; changed only through [`Registry::apply`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    members: BTreeMap<NodeKey, Member>,
+    states: BTreeMap<String, StateInfo>,
+    projects: BTreeMap<String, Project>,
+    policies: BTreeMap<String, String>,
+    join_tokens: BTreeMap<[u8; 32], JoinToken>,
+    group_key_epoch: u64,
+    group_keys: BTreeMap<u64, BTreeMap<NodeKey, Vec<u8>>>,
+}
+
+/// A handler's result: the response, or why the command is rejected.
+type Outcome = Result<RegistryResponse, String>;
+
+const OK: Outcome = Ok(RegistryResponse::Ok);
+
+impl Registry {
+    /// Applies one committed command. Never panics; a rejected command changes nothing.
+    pub fn apply(&mut self, command: &RegistryCommand) -> RegistryResponse {
+        use RegistryCommand as C;
+        let outcome = match command {
+            C::AddState { name, budget } => self.add_state(name, *budget),
+            C::AdmitMember {
+                identity,
+                addrs,
+                skills,
+                capacity,
+                now_ms,
+                token_digest,
+            } => self.admit_member(identity, addrs, skills, *capacity, *now_ms, *token_digest),
+            C::UpdateMember {
+                node,
+                addrs,
+                skills,
+                capacity,
+            } => self.update_member(node, addrs, skills, *capacity),
+            C::PlaceMember { node, state } => self.place_member(node, state),
+            C::RemoveMember { node } => self.remove_member(node),
+            C::RecordJoinToken {
+                digest,
+                expires_ms,
+                uses,
+            } => self.record_join_token(*digest, *expires_ms, *uses),
+            C::RevokeJoinToken { digest } => {
+                self.join_tokens.remove(digest);
+                OK
+            }
+            C::SubmitProject {
+                id,
+                name,
+                spec,
+                now_ms,
+            } => self.submit_project(id, name, spec, *now_ms),
+            C::SetProjectProgress {
+                id,
+                phase,
+                progress,
+            } => self.set_project_progress(id, *phase, *progress),
+            C::AdvancePhase { id, from } => self.advance_phase(id, *from),
+            C::HoldProject { id } => self.hold_or_resume(id, ProjectStatus::Held),
+            C::ResumeProject { id } => self.hold_or_resume(id, ProjectStatus::Running),
+            C::FailProject { id, reason } => self.fail_project(id, reason),
+            C::RemoveProject { id } => self.remove_project(id),
+            C::SetPolicy { key, value } => self.set_policy(key, value),
+            C::SetBudget { state, budget } => self.set_budget(state, *budget),
+            C::Spend { state, amount } => self.spend(state, *amount),
+            C::RotateGroupKey { epoch, wrapped } => self.rotate_group_key(*epoch, wrapped),
+        };
+        outcome.unwrap_or_else(|reason| RegistryResponse::Rejected { reason })
+    }
+
+    fn add_state(&mut self, name: &str, budget: u64) -> Outcome {
+        check_name("state name", name)?;
+        if let Some(existing) = self.states.get(name) {
+            if existing.budget != budget {
+                return Err(format!(
+                    "state {name:?} exists; change its budget with SetBudget"
+                ));
+            }
+            return OK;
+        }
+        if self.states.len() >= MAX_STATES {
+            return Err(full("states", MAX_STATES));
+        }
+        let info = StateInfo { budget, spent: 0 };
+        self.states.insert(name.to_owned(), info);
+        OK
+    }
+
+    fn admit_member(
+        &mut self,
+        identity: &PublicIdentity,
+        addrs: &[String],
+        skills: &BTreeSet<String>,
+        capacity: u32,
+        now_ms: u64,
+        token_digest: Option<[u8; 32]>,
+    ) -> Outcome {
+        let node = identity.node;
+        check_profile(addrs, skills)?;
+        if let Some(member) = self.members.get_mut(&node) {
+            if member.status == MemberStatus::Active {
+                if member.identity != *identity {
+                    return Err(format!(
+                        "{node} is a member with another key; remove it first"
+                    ));
+                }
+                // A repeated admission (a retry, or a restart with new addresses) refreshes
+                // the profile and spends no token use: the node was admitted already.
+                member.addrs = addrs.to_vec();
+                member.skills.clone_from(skills);
+                member.capacity = capacity;
+                return Ok(RegistryResponse::Admitted { node });
+            }
+        } else if self.members.len() >= MAX_MEMBERS {
+            return Err(full("members", MAX_MEMBERS));
+        }
+        if let Some(digest) = token_digest {
+            let Some(&token) = self.join_tokens.get(&digest) else {
+                return Err(format!(
+                    "the join token of {node} is unknown, revoked or used up"
+                ));
+            };
+            if now_ms >= token.expires_ms {
+                let expires_ms = token.expires_ms;
+                return Err(format!(
+                    "the join token of {node} expired at {expires_ms} ms"
+                ));
+            }
+            if token.uses_left <= 1 {
+                self.join_tokens.remove(&digest);
+            } else {
+                let uses_left = token.uses_left - 1;
+                self.join_tokens
+                    .insert(digest, JoinToken { uses_left, ..token });
+            }
+        }
+        let member = Member {
+            identity: *identity,
+            addrs: addrs.to_vec(),
+            skills: skills.clone(),
+            capacity,
+            state: None,
+            status: MemberStatus::Active,
+            joined_ms: now_ms,
+        };
+        self.members.insert(node, member);
+        Ok(RegistryResponse::Admitted { node })
+    }
+
+    fn update_member(
+        &mut self,
+        node: &NodeKey,
+        addrs: &[String],
+        skills: &BTreeSet<String>,
+        capacity: u32,
+    ) -> Outcome {
+        check_profile(addrs, skills)?;
+        let member = self.active_member_mut(node)?;
+        member.addrs = addrs.to_vec();
+        member.skills.clone_from(skills);
+        member.capacity = capacity;
+        OK
+    }
+
+    fn place_member(&mut self, node: &NodeKey, state: &str) -> Outcome {
+        check_name("state name", state)?;
+        if !self.states.contains_key(state) {
+            return Err(format!("no state {state:?}; add it with AddState"));
+        }
+        self.active_member_mut(node)?.state = Some(state.to_owned());
+        OK
+    }
+
+    fn remove_member(&mut self, node: &NodeKey) -> Outcome {
+        let Some(member) = self.members.get_mut(node) else {
+            return Err(format!("{node} is not a member"));
+        };
+        member.status = MemberStatus::Left;
+        member.state = None;
+        OK
+    }
+
+    fn active_member_mut(&mut self, node: &NodeKey) -> Result<&mut Member, String> {
+        match self.members.get_mut(node) {
+            Some(member) if member.status == MemberStatus::Active => Ok(member),
+            Some(_) => Err(format!("{node} has left the mesh; admit it again first")),
+            None => Err(format!("{node} is not a member; admit it first")),
+        }
+    }
+
+    fn record_join_token(&mut self, digest: [u8; 32], expires_ms: u64, uses: u32) -> Outcome {
+        if uses == 0 {
+            return Err("a join token must allow at least one use".to_owned());
+        }
+        let token = JoinToken {
+            expires_ms,
+            uses_left: uses,
+        };
+        match self.join_tokens.get(&digest) {
+            Some(existing) if *existing == token => return OK,
+            Some(_) => return Err("join token recorded with other terms; revoke it first".into()),
+            None if self.join_tokens.len() >= MAX_JOIN_TOKENS => {
+                return Err(full("join tokens", MAX_JOIN_TOKENS));
+            }
+            None => {}
+        }
+        self.join_tokens.insert(digest, token);
+        OK
+    }
+
+    fn submit_project(&mut self, id: &str, name: &str, spec: &[u8], now_ms: u64) -> Outcome {
+        check_name("project id", id)?;
+        check_name("project name", name)?;
+        check_size("project spec", spec.len(), MAX_SPEC_BYTES)?;
+        if let Some(existing) = self.projects.get(id) {
+            if existing.name != name || existing.spec != spec {
+                return Err(format!("project id {id:?} is taken; choose another id"));
+            }
+            return OK;
+        }
+        if self.projects.len() >= MAX_PROJECTS {
+            return Err(full("projects", MAX_PROJECTS));
+        }
+        let total: usize = self
+            .projects
+            .values()
+            .map(|project| project.spec.len())
+            .sum();
+        check_size(
+            "sum of project specs",
+            total + spec.len(),
+            MAX_SPEC_BYTES_TOTAL,
+        )?;
+        let project = Project {
+            name: name.to_owned(),
+            spec: spec.to_vec(),
+            phase: Phase::Initiation,
+            status: ProjectStatus::Running,
+            progress: BTreeMap::new(),
+            submitted_ms: now_ms,
+        };
+        self.projects.insert(id.to_owned(), project);
+        OK
+    }
+
+    fn project_mut(&mut self, id: &str) -> Result<&mut Project, String> {
+        check_name("project id", id)?;
+        let project = self.projects.get_mut(id);
+        project.ok_or_else(|| format!("no project {id:?}; submit it first"))
+    }
+
+    fn set_project_progress(&mut self, id: &str, phase: Phase, progress: PhaseProgress) -> Outcome {
+        if !progress.is_consistent() {
+            return Err(format!("inconsistent progress {progress:?}"));
+        }
+        let project = self.project_mut(id)?;
+        if phase > project.phase {
+            let current = project.phase;
+            return Err(format!(
+                "project {id:?} is in {current:?}, before {phase:?}"
+            ));
+        }
+        project.progress.insert(phase, progress);
+        OK
+    }
+
+    fn advance_phase(&mut self, id: &str, from: Phase) -> Outcome {
+        let project = self.project_mut(id)?;
+        if project.status != ProjectStatus::Running {
+            let status = &project.status;
+            return Err(format!("project {id:?} is {status:?}, not running"));
+        }
+        if project.phase != from {
+            let current = project.phase;
+            return Err(format!(
+                "project {id:?} is in phase {current:?}, not {from:?}"
+            ));
+        }
+        let to = from.next();
+        match to {
+            Some(next) => project.phase = next,
+            None => project.status = ProjectStatus::Completed,
+        }
+        Ok(RegistryResponse::PhaseAdvanced { to })
+    }
+
+    /// Holds (`Held`) or resumes (`Running`) a project that is not finished.
+    fn hold_or_resume(&mut self, id: &str, status: ProjectStatus) -> Outcome {
+        let project = self.project_mut(id)?;
+        if project.status.is_finished() {
+            return Err(format!("project {id:?} is finished"));
+        }
+        project.status = status;
+        OK
+    }
+
+    fn fail_project(&mut self, id: &str, reason: &str) -> Outcome {
+        check_size("failure reason", reason.len(), MAX_REASON_BYTES)?;
+        let project = self.project_mut(id)?;
+        match &project.status {
+            ProjectStatus::Running | ProjectStatus::Held => {}
+            ProjectStatus::Failed { reason: earlier } if earlier == reason => return OK,
+            ProjectStatus::Failed { .. } => return Err(format!("project {id:?} failed already")),
+            ProjectStatus::Completed => return Err(format!("project {id:?} is completed")),
+        }
+        let reason = reason.to_owned();
+        project.status = ProjectStatus::Failed { reason };
+        OK
+    }
+
+    fn remove_project(&mut self, id: &str) -> Outcome {
+        check_name("project id", id)?;
+        let Some(project) = self.projects.get(id) else {
+            return OK;
+        };
+        if !project.status.is_finished() {
+            return Err(format!("project {id:?} is not finished; fail it first"));
+        }
+        self.projects.remove(id);
+        OK
+    }
+
+    fn set_policy(&mut self, key: &str, value: &str) -> Outcome {
+        check_name("policy key", key)?;
+        check_size("policy value", value.len(), MAX_POLICY_VALUE_BYTES)?;
+        if !self.policies.contains_key(key) && self.policies.len() >= MAX_POLICIES {
+            return Err(full("policies", MAX_POLICIES));
+        }
+        self.policies.insert(key.to_owned(), value.to_owned());
+        OK
+    }
+
+    fn state_mut(&mut self, state: &str) -> Result<&mut StateInfo, String> {
+        check_name("state name", state)?;
+        let info = self.states.get_mut(state);
+        info.ok_or_else(|| format!("no state {state:?}; add it with AddState"))
+    }
+
+    fn set_budget(&mut self, state: &str, budget: u64) -> Outcome {
+        let info = self.state_mut(state)?;
+        if budget < info.spent {
+            let spent = info.spent;
+            return Err(format!(
+                "state {state:?} has spent {spent}, more than {budget}"
+            ));
+        }
+        info.budget = budget;
+        OK
+    }
+
+    fn spend(&mut self, state: &str, amount: u64) -> Outcome {
+        let info = self.state_mut(state)?;
+        match info.spent.checked_add(amount) {
+            Some(spent) if spent <= info.budget => {
+                info.spent = spent;
+                OK
+            }
+            _ => {
+                let left = info.budget.saturating_sub(info.spent);
+                Err(format!(
+                    "state {state:?} has {left} left, not {amount}; raise its budget"
+                ))
+            }
+        }
+    }
+
+    fn rotate_group_key(&mut self, epoch: u64, wrapped: &BTreeMap<NodeKey, Vec<u8>>) -> Outcome {
+        if epoch == self.group_key_epoch && self.group_keys.get(&epoch) == Some(wrapped) {
+            return OK;
+        }
+        if Some(epoch) != self.group_key_epoch.checked_add(1) {
+            let current = self.group_key_epoch;
+            return Err(format!("group-key epoch {epoch} does not follow {current}"));
+        }
+        if wrapped.is_empty() {
+            return Err(format!("group-key epoch {epoch} has no recipients"));
+        }
+        for (node, key) in wrapped {
+            if !self.is_active(node) {
+                return Err(format!(
+                    "group key wrapped for {node}, not an active member"
+                ));
+            }
+            if key.is_empty() {
+                return Err(format!("empty group key wrapped for {node}"));
+            }
+            check_size("wrapped group key", key.len(), MAX_WRAPPED_KEY_BYTES)?;
+        }
+        // Keep the previous epoch: messages sealed just before the rotation still open.
+        self.group_keys.retain(|kept, _| *kept >= epoch - 1);
+        self.group_keys.insert(epoch, wrapped.clone());
+        self.group_key_epoch = epoch;
+        OK
+    }
+
+    /// Checks the invariants; only a bug can break them, so this panics.
+    pub fn validate(&self) {
+        assert!(self.members.len() <= MAX_MEMBERS);
+        for (node, member) in &self.members {
+            assert_eq!(*node, member.identity.node, "member keyed by another key");
+            assert_eq!(check_profile(&member.addrs, &member.skills), Ok(()));
+            if let Some(state) = &member.state {
+                assert_eq!(member.status, MemberStatus::Active, "left member placed");
+                assert!(self.states.contains_key(state), "member in unknown state");
+            }
+        }
+        assert!(self.states.len() <= MAX_STATES);
+        for (name, info) in &self.states {
+            assert_eq!(check_name("state", name), Ok(()));
+            assert!(info.spent <= info.budget, "state {name:?} overspent");
+        }
+        assert!(self.projects.len() <= MAX_PROJECTS);
+        let mut spec_bytes_total = 0;
+        for (id, project) in &self.projects {
+            assert_eq!(check_name("project id", id), Ok(()));
+            assert_eq!(check_name("project name", &project.name), Ok(()));
+            assert!(project.spec.len() <= MAX_SPEC_BYTES);
+            spec_bytes_total += project.spec.len();
+            if project.status == ProjectStatus::Completed {
+                assert_eq!(project.phase, Phase::Launch, "{id:?} completed early");
+            }
+            if let ProjectStatus::Failed { reason } = &project.status {
+                assert!(reason.len() <= MAX_REASON_BYTES);
+            }
+            for (phase, progress) in &project.progress {
+                assert!(*phase <= project.phase, "{id:?} has progress ahead");
+                assert!(progress.is_consistent(), "{id:?} progress inconsistent");
+            }
+        }
+        assert!(spec_bytes_total <= MAX_SPEC_BYTES_TOTAL);
+        assert!(self.policies.len() <= MAX_POLICIES);
+        for (key, value) in &self.policies {
+            assert_eq!(check_name("policy key", key), Ok(()));
+            assert!(value.len() <= MAX_POLICY_VALUE_BYTES);
+        }
+        assert!(self.join_tokens.len() <= MAX_JOIN_TOKENS);
+        assert!(self.join_tokens.values().all(|token| token.uses_left >= 1));
+        let current = self.group_key_epoch;
+        assert!(self.group_keys.len() <= GROUP_KEY_EPOCHS_KEPT);
+        assert_eq!(self.group_keys.contains_key(&current), current > 0);
+        for (epoch, wrapped) in &self.group_keys {
+            assert!(*epoch <= current && *epoch >= current.saturating_sub(1));
+            assert!(!wrapped.is_empty() && wrapped.len() <= MAX_MEMBERS);
+            let size_ok = |key: &Vec<u8>| !key.is_empty() && key.len() <= MAX_WRAPPED_KEY_BYTES;
+            assert!(wrapped.values().all(size_ok), "bad wrapped key in {epoch}");
+        }
+    }
+
+    /// All members, active and left.
+    pub fn members(&self) -> &BTreeMap<NodeKey, Member> {
+        &self.members
+    }
+
+    /// Whether `node` is an active member.
+    pub fn is_active(&self, node: &NodeKey) -> bool {
+        let member = self.members.get(node);
+        member.is_some_and(|member| member.status == MemberStatus::Active)
+    }
+
+    /// Active members in node-key order.
+    pub fn active_members(&self) -> impl Iterator<Item = (&NodeKey, &Member)> {
+        let members = self.members.iter();
+        members.filter(|(_, member)| member.status == MemberStatus::Active)
+    }
+
+    /// Active members placed in `state`.
+    pub fn members_in_state<'a>(
+        &'a self,
+        state: &'a str,
+    ) -> impl Iterator<Item = (&'a NodeKey, &'a Member)> {
+        let members = self.active_members();
+        members.filter(move |(_, member)| member.state.as_deref() == Some(state))
+    }
+
+    /// Active members not placed in any state yet.
+    pub fn unplaced_members(&self) -> impl Iterator<Item = (&NodeKey, &Member)> {
+        self.active_members()
+            .filter(|(_, member)| member.state.is_none())
+    }
+
+    /// The number of active members of every state, empty states included.
+    pub fn member_count_by_state(&self) -> BTreeMap<&str, usize> {
+        let mut counts: BTreeMap<&str, usize> =
+            self.states.keys().map(|name| (name.as_str(), 0)).collect();
+        let placed = self
+            .active_members()
+            .filter_map(|(_, m)| m.state.as_deref());
+        for state in placed {
+            if let Some(count) = counts.get_mut(state) {
+                *count += 1;
+            }
+        }
+        counts
+    }
+
+    /// All states by name.
+    pub fn states(&self) -> &BTreeMap<String, StateInfo> {
+        &self.states
+    }
+
+    /// All projects by id.
+    pub fn projects(&self) -> &BTreeMap<String, Project> {
+        &self.projects
+    }
+
+    /// All policies by key.
+    pub fn policies(&self) -> &BTreeMap<String, String> {
+        &self.policies
+    }
+
+    /// Recorded join tokens by digest.
+    pub fn join_tokens(&self) -> &BTreeMap<[u8; 32], JoinToken> {
+        &self.join_tokens
+    }
+
+    /// The current group-key epoch; 0 before the first rotation.
+    pub fn group_key_epoch(&self) -> u64 {
+        self.group_key_epoch
+    }
+
+    /// The wrapped group keys of a kept epoch (the current or the previous one).
+    pub fn group_keys(&self, epoch: u64) -> Option<&BTreeMap<NodeKey, Vec<u8>>> {
+        self.group_keys.get(&epoch)
+    }
+}
+
+/// Checks a member's addresses and skills against their bounds.
+fn check_profile(addrs: &[String], skills: &BTreeSet<String>) -> Result<(), String> {
+    check_size("address list", addrs.len(), MAX_ADDRS_PER_MEMBER)?;
+    for addr in addrs {
+        check_size("address", addr.len(), MAX_ADDR_BYTES)?;
+    }
+    check_size("skill set", skills.len(), MAX_SKILLS_PER_MEMBER)?;
+    skills
+        .iter()
+        .try_for_each(|skill| check_name("skill", skill))
+}
+
+/// Checks a name (state, project, skill, policy, city, task, resource): not empty, at most
+/// [`MAX_NAME_BYTES`], no control characters (names reach logs and the API).
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("the {what} is empty"));
+    }
+    check_size(what, name.len(), MAX_NAME_BYTES)?;
+    if name.chars().any(char::is_control) {
+        return Err(format!("the {what} {name:?} has control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a size (bytes or entries) against its limit.
+pub(crate) fn check_size(what: &str, size: usize, max: usize) -> Result<(), String> {
+    if size > max {
+        return Err(format!(
+            "the {what} has size {size}, over the limit of {max}"
+        ));
+    }
+    Ok(())
+}
+
+/// The reason for refusing to grow a collection that is full.
+fn full(what: &str, max: usize) -> String {
+    format!("the registry holds the maximum of {max} {what}; remove some first")
+}
+
+#[cfg(test)]
+mod tests {
+    use aamas_protocol::{ByteArray, EncryptionKey};
+
+    use super::*;
+    use super::{RegistryCommand as C, RegistryResponse as R};
+
+    fn node(n: u8) -> NodeKey {
+        NodeKey([n; 32])
+    }
+
+    fn identity(n: u8) -> PublicIdentity {
+        let (encryption, binding) = (EncryptionKey([n; 32]), ByteArray([n; 64]));
+        PublicIdentity {
+            node: node(n),
+            encryption,
+            binding,
+        }
+    }
+
+    fn admit(n: u8, token_digest: Option<[u8; 32]>) -> C {
+        C::AdmitMember {
+            identity: identity(n),
+            addrs: vec![format!("/ip4/10.0.0.{n}/tcp/4001")],
+            skills: BTreeSet::from(["rust".to_owned()]),
+            capacity: 2,
+            now_ms: 1_000,
+            token_digest,
+        }
+    }
+
+    fn add_state(name: &str, budget: u64) -> C {
+        let name = name.to_owned();
+        C::AddState { name, budget }
+    }
+
+    fn place(n: u8, state: &str) -> C {
+        let state = state.to_owned();
+        C::PlaceMember {
+            node: node(n),
+            state,
+        }
+    }
+
+    fn token(digest: u8, expires_ms: u64, uses: u32) -> C {
+        let digest = [digest; 32];
+        C::RecordJoinToken {
+            digest,
+            expires_ms,
+            uses,
+        }
+    }
+
+    fn submit(id: &str, spec: &[u8]) -> C {
+        let (id, name, spec) = (id.to_owned(), "Demo".to_owned(), spec.to_vec());
+        C::SubmitProject {
+            id,
+            name,
+            spec,
+            now_ms: 5,
+        }
+    }
+
+    fn progress(phase: Phase, tasks_total: u32, tasks_done: u32, tasks_failed: u32) -> C {
+        let progress = PhaseProgress {
+            tasks_total,
+            tasks_done,
+            tasks_failed,
+        };
+        let id = "p1".to_owned();
+        C::SetProjectProgress {
+            id,
+            phase,
+            progress,
+        }
+    }
+
+    fn advance(from: Phase) -> C {
+        let id = "p1".to_owned();
+        C::AdvancePhase { id, from }
+    }
+
+    fn p1(make: fn(String) -> C) -> C {
+        make("p1".to_owned())
+    }
+
+    fn spend(amount: u64) -> C {
+        let state = "market".to_owned();
+        C::Spend { state, amount }
+    }
+
+    fn budget(state: &str, budget: u64) -> C {
+        let state = state.to_owned();
+        C::SetBudget { state, budget }
+    }
+
+    fn rotate(epoch: u64, keys: &[(u8, usize)]) -> C {
+        let wrapped = keys
+            .iter()
+            .map(|&(n, len)| (node(n), vec![n; len]))
+            .collect();
+        C::RotateGroupKey { epoch, wrapped }
+    }
+
+    /// Applies and checks the invariants, as every test step does.
+    fn run(registry: &mut Registry, command: &C) -> R {
+        let response = registry.apply(command);
+        registry.validate();
+        response
+    }
+
+    fn run_ok(registry: &mut Registry, commands: &[C]) {
+        for command in commands {
+            let response = run(registry, command);
+            assert!(
+                !matches!(response, R::Rejected { .. }),
+                "{command:?}: {response:?}"
+            );
+        }
+    }
+
+    fn rejected(response: &R) -> bool {
+        matches!(response, R::Rejected { .. })
+    }
+
+    /// Two states, members 1 and 2 (1 placed), project p1 and a two-use token.
+    fn populated() -> Registry {
+        let mut registry = Registry::default();
+        let setup = [
+            add_state("technical", 100),
+            add_state("market", 50),
+            admit(1, None),
+            admit(2, None),
+            place(1, "technical"),
+            submit("p1", b"spec"),
+            token(7, 2_000, 2),
+        ];
+        run_ok(&mut registry, &setup);
+        registry
+    }
+
+    #[test]
+    fn rejected_commands_change_nothing() {
+        let mut rekeyed = admit(1, None);
+        if let C::AdmitMember { identity, .. } = &mut rekeyed {
+            identity.encryption = EncryptionKey([99; 32]);
+        }
+        let mut crowded = admit(3, None);
+        if let C::AdmitMember { addrs, .. } = &mut crowded {
+            *addrs = vec!["a".to_owned(); MAX_ADDRS_PER_MEMBER + 1];
+        }
+        let oversized_spec = vec![0u8; MAX_SPEC_BYTES + 1];
+        let fail = |id: String| C::FailProject {
+            id,
+            reason: "x".repeat(MAX_REASON_BYTES + 1),
+        };
+        let table = [
+            (add_state("", 1), "is empty"),
+            (
+                add_state(&"x".repeat(MAX_NAME_BYTES + 1), 1),
+                "over the limit of 256",
+            ),
+            (add_state("bad\nname", 1), "control characters"),
+            (add_state("technical", 7), "SetBudget"),
+            (admit(3, Some([9; 32])), "unknown, revoked or used up"),
+            (rekeyed, "another key"),
+            (crowded, "address list has size 17"),
+            (place(2, "nowhere"), "no state \"nowhere\""),
+            (place(9, "market"), "not a member"),
+            (C::RemoveMember { node: node(9) }, "not a member"),
+            (token(8, 1, 0), "at least one use"),
+            (token(7, 3_000, 2), "other terms"),
+            (submit("p1", b"other spec"), "is taken"),
+            (submit("p2", &oversized_spec), "project spec has size"),
+            (
+                progress(Phase::Initiation, 1, 1, 1),
+                "inconsistent progress",
+            ),
+            (progress(Phase::Design, 0, 0, 0), "before Design"),
+            (advance(Phase::Design), "not Design"),
+            (p1(|id| C::RemoveProject { id }), "not finished"),
+            (p1(fail), "failure reason has size"),
+            (spend(51), "has 50 left, not 51"),
+            (spend(u64::MAX), "raise its budget"),
+            (budget("nowhere", 1), "no state"),
+            (rotate(2, &[(1, 48)]), "does not follow 0"),
+            (rotate(1, &[]), "no recipients"),
+            (rotate(1, &[(9, 48)]), "not an active member"),
+            (
+                rotate(1, &[(1, MAX_WRAPPED_KEY_BYTES + 1)]),
+                "wrapped group key has size",
+            ),
+        ];
+        for (command, needle) in table {
+            let mut registry = populated();
+            let before = registry.clone();
+            match run(&mut registry, &command) {
+                R::Rejected { reason } => assert!(reason.contains(needle), "{reason:?}"),
+                other => panic!("{command:?} was not rejected: {other:?}"),
+            }
+            assert_eq!(registry, before, "{command:?} changed the registry");
+        }
+    }
+
+    #[test]
+    fn repeated_commands_take_effect_once() {
+        let table = [
+            add_state("operations", 10),
+            admit(1, Some([7; 32])),
+            admit(3, None),
+            place(2, "market"),
+            C::RemoveMember { node: node(2) },
+            token(8, 9, 1),
+            C::RevokeJoinToken { digest: [7; 32] },
+            submit("p1", b"spec"),
+            submit("p2", b"spec"),
+            progress(Phase::Initiation, 3, 1, 1),
+            p1(|id| C::HoldProject { id }),
+            p1(|id| C::ResumeProject { id }),
+            p1(|id| C::FailProject {
+                id,
+                reason: "cancelled".to_owned(),
+            }),
+            C::SetPolicy {
+                key: "max_retries".to_owned(),
+                value: "3".to_owned(),
+            },
+            budget("market", 80),
+            rotate(1, &[(1, 80), (2, 80)]),
+        ];
+        for command in table {
+            let mut registry = populated();
+            let first = run(&mut registry, &command);
+            assert!(!rejected(&first), "{command:?}: {first:?}");
+            let once = registry.clone();
+            assert_eq!(
+                run(&mut registry, &command),
+                first,
+                "{command:?} answered anew"
+            );
+            assert_eq!(registry, once, "{command:?} took effect twice");
+        }
+    }
+
+    #[test]
+    fn join_tokens_are_spent_once_per_new_member() {
+        let mut registry = populated();
+        let uses_left =
+            |registry: &Registry| registry.join_tokens().get(&[7; 32]).map(|t| t.uses_left);
+        assert_eq!(
+            run(&mut registry, &admit(3, Some([7; 32]))),
+            R::Admitted { node: node(3) }
+        );
+        assert_eq!(uses_left(&registry), Some(1));
+        // Admitting the same active member again spends nothing.
+        assert_eq!(
+            run(&mut registry, &admit(3, Some([7; 32]))),
+            R::Admitted { node: node(3) }
+        );
+        assert_eq!(uses_left(&registry), Some(1));
+        // The last use removes the token, so the next admission is refused.
+        assert_eq!(
+            run(&mut registry, &admit(4, Some([7; 32]))),
+            R::Admitted { node: node(4) }
+        );
+        assert_eq!(uses_left(&registry), None);
+        assert!(rejected(&run(&mut registry, &admit(5, Some([7; 32])))));
+        assert!(!registry.members().contains_key(&node(5)));
+
+        run_ok(&mut registry, &[token(8, 3_000, 5)]);
+        let mut late = admit(6, Some([8; 32]));
+        if let C::AdmitMember { now_ms, .. } = &mut late {
+            *now_ms = 3_000;
+        }
+        match run(&mut registry, &late) {
+            R::Rejected { reason } => assert!(reason.ends_with("expired at 3000 ms"), "{reason}"),
+            other => panic!("expired token accepted: {other:?}"),
+        }
+        assert_eq!(registry.join_tokens()[&[8; 32]].uses_left, 5);
+    }
+
+    #[test]
+    fn members_leave_rejoin_and_are_counted_by_state() {
+        let mut registry = populated();
+        let update = |n| C::UpdateMember {
+            node: node(n),
+            addrs: vec![],
+            skills: BTreeSet::from(["finance".to_owned()]),
+            capacity: 8,
+        };
+        run_ok(
+            &mut registry,
+            &[admit(3, None), place(3, "technical"), update(2)],
+        );
+        let counts = registry.member_count_by_state();
+        assert_eq!(counts, BTreeMap::from([("market", 0), ("technical", 2)]));
+        assert_eq!(registry.unplaced_members().count(), 1);
+        assert_eq!(registry.members()[&node(2)].capacity, 8);
+
+        run_ok(&mut registry, &[C::RemoveMember { node: node(1) }]);
+        let left = &registry.members()[&node(1)];
+        assert_eq!((left.status, &left.state), (MemberStatus::Left, &None));
+        let technical: Vec<NodeKey> = registry
+            .members_in_state("technical")
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(technical, [node(3)]);
+        assert!(rejected(&run(&mut registry, &update(1))));
+
+        let mut rejoin = admit(1, None);
+        if let C::AdmitMember { now_ms, .. } = &mut rejoin {
+            *now_ms = 9_000;
+        }
+        assert_eq!(run(&mut registry, &rejoin), R::Admitted { node: node(1) });
+        let back = &registry.members()[&node(1)];
+        assert_eq!((back.status, back.joined_ms), (MemberStatus::Active, 9_000));
+    }
+
+    #[test]
+    fn a_project_walks_all_phases_then_completes() {
+        let mut registry = populated();
+        for (from, to) in Phase::ALL.into_iter().zip(Phase::ALL.into_iter().skip(1)) {
+            assert_eq!(
+                run(&mut registry, &advance(from)),
+                R::PhaseAdvanced { to: Some(to) }
+            );
+            // The same command again is refused: a retry never skips a phase.
+            assert!(rejected(&run(&mut registry, &advance(from))));
+        }
+        let hold = p1(|id| C::HoldProject { id });
+        assert_eq!(run(&mut registry, &hold), R::Ok);
+        assert!(rejected(&run(&mut registry, &advance(Phase::Launch))));
+        run_ok(&mut registry, &[p1(|id| C::ResumeProject { id })]);
+        let completed = R::PhaseAdvanced { to: None };
+        assert_eq!(run(&mut registry, &advance(Phase::Launch)), completed);
+        let project = &registry.projects()["p1"];
+        assert_eq!(
+            (project.phase, &project.status),
+            (Phase::Launch, &ProjectStatus::Completed)
+        );
+        assert!(rejected(&run(&mut registry, &hold)));
+        assert_eq!(run(&mut registry, &p1(|id| C::RemoveProject { id })), R::Ok);
+        assert!(registry.projects().is_empty());
+    }
+
+    #[test]
+    fn budgets_are_never_overspent() {
+        let mut registry = populated();
+        assert_eq!(run(&mut registry, &spend(30)), R::Ok);
+        assert_eq!(run(&mut registry, &spend(20)), R::Ok);
+        assert!(rejected(&run(&mut registry, &spend(1))));
+        assert!(rejected(&run(&mut registry, &budget("market", 49))));
+        let market = StateInfo {
+            budget: 50,
+            spent: 50,
+        };
+        assert_eq!(registry.states().get("market"), Some(&market));
+    }
+
+    #[test]
+    fn only_two_group_key_epochs_are_kept() {
+        let mut registry = populated();
+        for epoch in 1..=3 {
+            assert_eq!(run(&mut registry, &rotate(epoch, &[(1, 48)])), R::Ok);
+        }
+        assert_eq!(registry.group_key_epoch(), 3);
+        assert!(registry.group_keys(1).is_none());
+        assert!(registry.group_keys(2).is_some() && registry.group_keys(3).is_some());
+    }
+
+    #[test]
+    fn full_collections_refuse_to_grow() {
+        let mut registry = Registry::default();
+        for n in 0..MAX_STATES {
+            assert_eq!(run(&mut registry, &add_state(&format!("s{n}"), 1)), R::Ok);
+        }
+        let before = registry.clone();
+        assert!(rejected(&run(&mut registry, &add_state("one-too-many", 1))));
+        assert_eq!(registry, before);
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let mut registry = populated();
+        run_ok(
+            &mut registry,
+            &[rotate(1, &[(1, 80)]), progress(Phase::Initiation, 2, 1, 0)],
+        );
+        let bytes = postcard::to_allocvec(&registry).expect("encode");
+        let back: Registry = postcard::from_bytes(&bytes).expect("decode");
+        back.validate();
+        assert_eq!(back, registry);
+    }
+}

@@ -1,0 +1,557 @@
+//! RocksDB storage for many Raft groups in one database.
+//!
+//! Durability rule: nothing is acknowledged to openraft before RocksDB has written it,
+//! with `fsync` when [`StoreConfig::fsync`] is on (the default). A write error is returned
+//! to openraft, which stops the group (it never acknowledges what it did not persist).
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use crate::machine::{Applied, Machine, Response};
+use crate::types::{GroupId, MemberNode, NodeId, TypeConfig};
+
+const CF_LOG: &str = "raft_log";
+const CF_META: &str = "raft_meta";
+const CF_SM: &str = "raft_sm";
+
+const META_VOTE: &[u8] = b"vote";
+const META_COMMITTED: &[u8] = b"committed";
+const META_PURGED: &[u8] = b"purged";
+const SM_SNAPSHOT: &[u8] = b"snapshot";
+
+type StoreResult<T> = Result<T, StorageError<NodeId>>;
+
+/// How a node's Raft database is opened.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Sync every acknowledged write to disk. Turn off only for tests and simulations.
+    pub fsync: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { fsync: true }
+    }
+}
+
+/// Errors opening the database.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// RocksDB refused to open the database.
+    #[error(
+        "cannot open the Raft database at {path}: {source}; check that no other aamas node \
+         uses this data dir, that the disk has space, and that the files are readable"
+    )]
+    Open {
+        /// The database directory.
+        path: PathBuf,
+        /// RocksDB's error.
+        source: rocksdb::Error,
+    },
+}
+
+/// One RocksDB holding the logs, votes and state machines of every Raft group on a node.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    config: StoreConfig,
+}
+
+impl Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.db.path())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `path`.
+    pub fn open(path: &Path, config: StoreConfig) -> Result<Self, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_paranoid_checks(true);
+        let families = [CF_LOG, CF_META, CF_SM]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&options, path, families).map_err(|source| {
+            StoreError::Open {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Ok(Self {
+            db: Arc::new(db),
+            config,
+        })
+    }
+
+    /// The log and state-machine stores of `group`. Reopening a group after a restart
+    /// recovers its log, vote, committed index and last snapshot.
+    pub fn group(&self, group: GroupId) -> StoreResult<(LogStore, StateMachineStore)> {
+        let log = LogStore {
+            db: self.db.clone(),
+            group,
+            fsync: self.config.fsync,
+        };
+        let machine = StateMachineStore::open(self.db.clone(), group, self.config.fsync)?;
+        Ok((log, machine))
+    }
+}
+
+fn group_key(group: GroupId, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + suffix.len());
+    key.extend_from_slice(&group.to_be_bytes());
+    key.extend_from_slice(suffix);
+    key
+}
+
+fn log_key(group: GroupId, index: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&group.to_be_bytes());
+    key[8..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn index_of(key: &[u8]) -> Option<u64> {
+    key.get(8..16)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+fn write_options(fsync: bool) -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(fsync);
+    options
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageIOError<NodeId>> {
+    postcard::to_stdvec(value).map_err(|error| StorageIOError::write(&error))
+}
+
+/// The Raft log of one group.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    group: GroupId,
+    fsync: bool,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl LogStore {
+    fn cf(&self, name: &str) -> StoreResult<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(name).ok_or_else(|| {
+            StorageIOError::read(openraft::AnyError::error(format!(
+                "column family {name} is missing"
+            )))
+            .into()
+        })
+    }
+
+    fn get_meta<T: for<'de> Deserialize<'de>>(&self, name: &[u8]) -> StoreResult<Option<T>> {
+        let cf = self.cf(CF_META)?;
+        let Some(bytes) = self
+            .db
+            .get_cf(cf, group_key(self.group, name))
+            .map_err(|error| StorageIOError::read(&error))?
+        else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|error| StorageIOError::read(&error).into())
+    }
+
+    fn put_meta<T: Serialize>(&self, name: &[u8], value: &T) -> StoreResult<()> {
+        let cf = self.cf(CF_META)?;
+        self.db
+            .put_cf_opt(
+                cf,
+                group_key(self.group, name),
+                encode(value)?,
+                &write_options(self.fsync),
+            )
+            .map_err(|error| StorageIOError::write(&error).into())
+    }
+
+    fn last_entry_id(&self) -> StoreResult<Option<LogId<NodeId>>> {
+        let cf = self.cf(CF_LOG)?;
+        let upper = log_key(self.group, u64::MAX);
+        let mut iter = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&upper, Direction::Reverse));
+        match iter.next() {
+            Some(Ok((key, value))) if key.starts_with(&self.group.to_be_bytes()) => {
+                let entry: Entry<TypeConfig> = postcard::from_bytes(&value)
+                    .map_err(|error| StorageIOError::read_logs(&error))?;
+                Ok(Some(entry.log_id))
+            }
+            Some(Err(error)) => Err(StorageIOError::read_logs(&error).into()),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> StoreResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(start) => *start,
+            Bound::Excluded(start) => start.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let cf = self.cf(CF_LOG)?;
+        let mut entries = Vec::new();
+        let from = log_key(self.group, start);
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, value) = item.map_err(|error| StorageIOError::read_logs(&error))?;
+            if !key.starts_with(&self.group.to_be_bytes()) {
+                break;
+            }
+            let Some(index) = index_of(&key) else { break };
+            if !range.contains(&index) {
+                break;
+            }
+            entries.push(
+                postcard::from_bytes(&value)
+                    .map_err(|error| StorageIOError::read_log_at_index(index, &error))?,
+            );
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(META_PURGED)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last_log_id.max(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
+        self.put_meta(META_VOTE, vote)
+    }
+
+    async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
+        self.get_meta(META_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
+        self.put_meta(META_COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>(META_COMMITTED)?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StoreResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let cf = self.cf(CF_LOG)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(cf, log_key(self.group, entry.log_id.index), encode(&entry)?);
+        }
+        // One write, one fsync for the whole batch: openraft hands us everything that
+        // arrived together, which is what makes group commit possible.
+        let result = self.db.write_opt(batch, &write_options(self.fsync));
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                Err(StorageIOError::write_logs(&error).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let cf = self.cf(CF_LOG)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            cf,
+            log_key(self.group, log_id.index),
+            log_key(self.group, u64::MAX),
+        );
+        batch.delete_cf(cf, log_key(self.group, u64::MAX));
+        self.db
+            .write_opt(batch, &write_options(self.fsync))
+            .map_err(|error| StorageIOError::write_logs(&error).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let log_cf = self.cf(CF_LOG)?;
+        let meta_cf = self.cf(CF_META)?;
+        let mut batch = WriteBatch::default();
+        // The purge mark and the deletion commit together, so a crash never leaves a log
+        // whose first entry disagrees with its purge mark.
+        batch.put_cf(
+            meta_cf,
+            group_key(self.group, META_PURGED),
+            encode(&log_id)?,
+        );
+        batch.delete_range_cf(
+            log_cf,
+            log_key(self.group, 0),
+            log_key(self.group, log_id.index.saturating_add(1)),
+        );
+        self.db
+            .write_opt(batch, &write_options(self.fsync))
+            .map_err(|error| StorageIOError::write_logs(&error).into())
+    }
+}
+
+/// A group's replicated state and what openraft needs to know about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MachineState {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, MemberNode>,
+    applied: Applied,
+}
+
+impl MachineState {
+    fn new(group: GroupId) -> Self {
+        Self {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            applied: Applied::new(group),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, MemberNode>,
+    data: Vec<u8>,
+}
+
+/// The state machine of one group, kept in memory and snapshotted to RocksDB.
+///
+/// After a restart it starts from its last snapshot, and openraft re-applies the
+/// committed log entries after it ([`LogStore`] keeps the committed index), so the state
+/// equals what was committed.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    group: GroupId,
+    fsync: bool,
+    state: Arc<RwLock<MachineState>>,
+    snapshots_built: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Debug for StateMachineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl StateMachineStore {
+    fn open(db: Arc<DB>, group: GroupId, fsync: bool) -> StoreResult<Self> {
+        let store = Self {
+            db,
+            group,
+            fsync,
+            state: Arc::new(RwLock::new(MachineState::new(group))),
+            snapshots_built: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        };
+        if let Some(snapshot) = store.read_snapshot()? {
+            let state: MachineState = postcard::from_bytes(&snapshot.data).map_err(|error| {
+                StorageIOError::read_snapshot(Some(snapshot.meta.signature()), &error)
+            })?;
+            store
+                .state
+                .try_write()
+                .map(|mut guard| *guard = state)
+                .map_err(|error| StorageIOError::read_state_machine(&error))?;
+        }
+        Ok(store)
+    }
+
+    /// Runs `read` on this member's copy of the state machine (as applied here: not a
+    /// linearizable read by itself; see `Group::read`).
+    pub async fn with<R>(&self, read: impl FnOnce(&Machine) -> R) -> R {
+        read(&self.state.read().await.applied.machine)
+    }
+
+    fn cf(&self) -> StoreResult<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(CF_SM).ok_or_else(|| {
+            StorageIOError::read_state_machine(openraft::AnyError::error(
+                "column family raft_sm is missing",
+            ))
+            .into()
+        })
+    }
+
+    fn read_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
+        let Some(bytes) = self
+            .db
+            .get_cf(self.cf()?, group_key(self.group, SM_SNAPSHOT))
+            .map_err(|error| StorageIOError::read_snapshot(None, &error))?
+        else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|error| StorageIOError::read_snapshot(None, &error).into())
+    }
+
+    fn write_snapshot(&self, snapshot: &StoredSnapshot) -> StoreResult<()> {
+        let bytes = postcard::to_stdvec(snapshot).map_err(|error| {
+            StorageIOError::write_snapshot(Some(snapshot.meta.signature()), &error)
+        })?;
+        self.db
+            .put_cf_opt(
+                self.cf()?,
+                group_key(self.group, SM_SNAPSHOT),
+                bytes,
+                &write_options(self.fsync),
+            )
+            .map_err(|error| {
+                StorageIOError::write_snapshot(Some(snapshot.meta.signature()), &error).into()
+            })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+        let state = self.state.read().await.clone();
+        let data = postcard::to_stdvec(&state)
+            .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
+        let built = self
+            .snapshots_built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}-{built}",
+                self.group,
+                state.last_applied.map_or(0, |id| id.index)
+            ),
+        };
+        let stored = StoredSnapshot { meta, data };
+        self.write_snapshot(&stored)?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StoreResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, MemberNode>)> {
+        let state = self.state.read().await;
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut state = self.state.write().await;
+        let mut responses = Vec::new();
+        for entry in entries {
+            state.last_applied = Some(entry.log_id);
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response::default(),
+                EntryPayload::Normal(request) => state.applied.apply(request),
+                EntryPayload::Membership(membership) => {
+                    state.membership =
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
+                    Response::default()
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, MemberNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StoreResult<()> {
+        let data = snapshot.into_inner();
+        let mut state: MachineState = postcard::from_bytes(&data)
+            .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+        // The snapshot's metadata is authoritative for what it covers.
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: postcard::to_stdvec(&state)
+                .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?,
+        };
+        // Persist before replacing the state: a crash in between leaves the new snapshot on
+        // disk, from which the restart recovers.
+        self.write_snapshot(&stored)?;
+        *self.state.write().await = state;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+        Ok(self.read_snapshot()?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}

@@ -1,0 +1,323 @@
+//! Raft groups of several nodes in one process, on real RocksDB in temp dirs, over the
+//! in-memory router: election, replication, failover without loss, recovery from disk,
+//! catch-up by snapshot, self-healing membership, and many groups at once.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use aamas_consensus::{
+    FEDERAL_GROUP, HealOutcome, MemberNode, NodeId, RaftConfig, replace_dead_voter,
+};
+use common::*;
+
+const G: u64 = FEDERAL_GROUP;
+
+async fn elect_and_replicate(n: u64) {
+    let cluster = Cluster::start(n, fast_config()).await;
+    let members = cluster.ids();
+    cluster.create_group(G, &members).await;
+    let leader = cluster.leader(G, &members).await;
+    let mut last_index = 0;
+    for i in 0..20u128 {
+        let response = cluster
+            .write(G, &members, add_state(i, &format!("s{i}")))
+            .await;
+        assert!(!response.duplicate);
+        last_index = cluster.group(leader, G).applied_index().expect("applied");
+    }
+    let expected: Vec<String> = {
+        let mut names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+        names.sort();
+        names
+    };
+    for id in &members {
+        let group = cluster.group(*id, G);
+        assert!(
+            group.wait_applied(last_index, WAIT).await,
+            "node {id} did not apply {last_index}"
+        );
+        assert_eq!(state_names(&group).await, expected, "node {id}");
+    }
+    // A linearizable read at the leader sees every acknowledged write.
+    let states = cluster
+        .group(leader, G)
+        .read(|machine| machine.registry().map(|r| r.states().len()))
+        .await
+        .expect("read at leader");
+    assert_eq!(states, Some(20));
+    // A follower refuses a linearizable read and names the leader.
+    let follower = members
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    match cluster.group(follower, G).read(|_| ()).await {
+        Err(aamas_consensus::ReadError::NotLeader {
+            leader: Some(named),
+        }) => assert_eq!(named, leader),
+        other => panic!("follower read gave {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_voter_group_elects_a_leader_and_replicates() {
+    elect_and_replicate(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_voter_group_elects_a_leader_and_replicates() {
+    elect_and_replicate(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_another_and_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::start(3, fast_config()).await;
+    let members = cluster.ids();
+    cluster.create_group(G, &members).await;
+    for i in 0..30u128 {
+        cluster
+            .write(G, &members, add_state(i, &format!("before-{i}")))
+            .await;
+    }
+    let old_leader = cluster.leader(G, &members).await;
+    let old_term = cluster.group(old_leader, G).term();
+    cluster.stop_node(old_leader).await;
+    let survivors: Vec<NodeId> = members
+        .iter()
+        .copied()
+        .filter(|id| *id != old_leader)
+        .collect();
+    let new_leader = cluster.leader(G, &survivors).await;
+    assert_ne!(new_leader, old_leader);
+    assert!(cluster.group(new_leader, G).term() > old_term);
+    for i in 0..10u128 {
+        cluster
+            .write(G, &survivors, add_state(100 + i, &format!("after-{i}")))
+            .await;
+    }
+    let names = cluster
+        .group(new_leader, G)
+        .read(|machine| machine.registry().map(|r| r.states().len()))
+        .await
+        .expect("read");
+    assert_eq!(
+        names,
+        Some(40),
+        "every acknowledged write survives the failover"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_every_member_and_reopening_recovers_the_committed_state() {
+    let mut cluster = Cluster::start(3, fast_config()).await;
+    let members = cluster.ids();
+    cluster.create_group(G, &members).await;
+    for i in 0..25u128 {
+        cluster
+            .write(G, &members, add_state(i, &format!("s{i:02}")))
+            .await;
+    }
+    let leader = cluster.leader(G, &members).await;
+    let committed = state_names(&cluster.group(leader, G)).await;
+    assert_eq!(committed.len(), 25);
+    for id in &members {
+        cluster.stop_node(*id).await;
+    }
+    for id in &members {
+        cluster.start_node(*id).await;
+        cluster.node(*id).open(G).await.expect("reopen group");
+    }
+    let leader = cluster.leader(G, &members).await;
+    // A new write commits in the new term, so every member has applied everything before it.
+    cluster
+        .write(G, &members, add_state(1000, "after-restart"))
+        .await;
+    let index = cluster.group(leader, G).applied_index().expect("applied");
+    let mut expected = committed.clone();
+    expected.push("after-restart".into());
+    expected.sort();
+    for id in &members {
+        let group = cluster.group(*id, G);
+        assert!(group.wait_applied(index, WAIT).await);
+        assert_eq!(
+            state_names(&group).await,
+            expected,
+            "node {id} after restart"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_member_is_caught_up_by_snapshot() {
+    let config = RaftConfig {
+        snapshot_after_entries: 10,
+        log_entries_kept_after_snapshot: 0,
+        ..fast_config()
+    };
+    let mut cluster = Cluster::start(3, config).await;
+    let members = cluster.ids();
+    cluster.create_group(G, &members).await;
+    cluster.write(G, &members, add_state(0, "s-first")).await;
+    let leader = cluster.leader(G, &members).await;
+    let lagging = members
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("follower");
+    cluster.stop_node(lagging).await;
+    let up: Vec<NodeId> = members
+        .iter()
+        .copied()
+        .filter(|id| *id != lagging)
+        .collect();
+    for i in 1..60u128 {
+        cluster
+            .write(G, &up, add_state(i, &format!("s{i:02}")))
+            .await;
+    }
+    // The leader has compacted its log past what the lagging member has.
+    let leader_group = cluster.group(leader, G);
+    let purged = leader_group
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.purged.is_some_and(|p| p.index > 5), "log purged")
+        .await
+        .expect("leader purges its log after snapshots");
+    let index = leader_group.applied_index().expect("applied");
+    cluster.start_node(lagging).await;
+    let group = cluster.node(lagging).open(G).await.expect("reopen");
+    assert!(
+        group.wait_applied(index, WAIT).await,
+        "lagging member caught up"
+    );
+    let snapshot = group.raft().metrics().borrow().snapshot;
+    assert!(
+        snapshot.is_some_and(|s| s.index >= purged.purged.map_or(0, |p| p.index)),
+        "it was caught up by installing a snapshot: {snapshot:?}"
+    );
+    assert_eq!(state_names(&group).await, state_names(&leader_group).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_voter_is_replaced_by_the_healing_helper() {
+    let mut cluster = Cluster::start(4, fast_config()).await;
+    let voters = [1, 2, 3];
+    for id in 1..=4 {
+        cluster.node(id).open(G).await.expect("open");
+    }
+    cluster.create_group(G, &voters).await;
+    cluster.write(G, &voters, add_state(1, "before")).await;
+    let leader = cluster.leader(G, &voters).await;
+    let dead = voters
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    cluster.stop_node(dead).await;
+
+    // Liveness as node/ would report it: running nodes were seen now, the dead one 10 s ago.
+    let now_ms = 1_000_000;
+    let router = cluster.router.clone();
+    let last_seen = move |node: NodeId| {
+        Some(if router.is_up(node) {
+            now_ms
+        } else {
+            now_ms - 10_000
+        })
+    };
+    let candidates: BTreeMap<NodeId, MemberNode> =
+        (1..=4).map(|id| (id, MemberNode::default())).collect();
+    let outcome = replace_dead_voter(
+        &cluster.group(leader, G),
+        &candidates,
+        last_seen,
+        now_ms,
+        5_000,
+    )
+    .await
+    .expect("heal");
+    assert_eq!(
+        outcome,
+        HealOutcome::Replaced(aamas_consensus::Replacement { dead, with: 4 })
+    );
+    let new_voters: Vec<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|id| *id != dead)
+        .chain([4])
+        .collect();
+    let voter_set: std::collections::BTreeSet<NodeId> = cluster
+        .group(leader, G)
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voter_set, new_voters.iter().copied().collect());
+    // The healed group commits with the newcomer and tolerates one more failure.
+    cluster.write(G, &new_voters, add_state(2, "after")).await;
+    let index = cluster.group(leader, G).applied_index().expect("applied");
+    assert!(cluster.group(4, G).wait_applied(index, WAIT).await);
+    assert_eq!(
+        state_names(&cluster.group(4, G)).await,
+        vec!["after".to_string(), "before".to_string()]
+    );
+    // Running it again finds nothing to do.
+    let router = cluster.router.clone();
+    let last_seen = move |node: NodeId| Some(if router.is_up(node) { now_ms } else { 0 });
+    let again = replace_dead_voter(
+        &cluster.group(leader, G),
+        &candidates,
+        last_seen,
+        now_ms,
+        5_000,
+    )
+    .await
+    .expect("heal");
+    assert_eq!(again, HealOutcome::Healthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_groups_run_in_one_process() {
+    let config = RaftConfig {
+        // 50 groups × 3 members share two cores: slower heartbeats keep elections calm.
+        heartbeat_interval_ms: 100,
+        election_timeout_min_ms: 400,
+        election_timeout_max_ms: 800,
+        ..fast_config()
+    };
+    let cluster = Cluster::start(3, config).await;
+    let members = cluster.ids();
+    for group in 0..50u64 {
+        cluster.create_group(group, &members).await;
+    }
+    for group in 0..50u64 {
+        let request = if group == G {
+            add_state(7, "federal")
+        } else {
+            add_city(7, &format!("city-of-{group}"))
+        };
+        let response = cluster.write(group, &members, request).await;
+        assert!(!response.duplicate, "group {group}");
+    }
+    for group in 1..50u64 {
+        let leader = cluster.leader(group, &members).await;
+        let cities = cluster
+            .group(leader, group)
+            .read(|machine| {
+                machine
+                    .ledger()
+                    .map(|l| l.cities().keys().cloned().collect::<Vec<_>>())
+            })
+            .await
+            .expect("read");
+        assert_eq!(
+            cities,
+            Some(vec![format!("city-of-{group}")]),
+            "group {group}"
+        );
+    }
+}
