@@ -137,6 +137,15 @@ pub enum ReadError {
     Failed(String),
 }
 
+/// A write that is committed and applied on the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Its index in the group's log.
+    pub index: u64,
+    /// What the state machine answered.
+    pub response: Response,
+}
+
 /// One Raft group on this node: its Raft handle and its state machine.
 #[derive(Clone)]
 pub struct Group {
@@ -164,11 +173,14 @@ impl Group {
         &self.raft
     }
 
-    /// Proposes `request`; returns its response once committed and applied here.
-    /// Only the leader accepts writes.
-    pub async fn write(&self, request: Request) -> Result<Response, WriteError> {
+    /// Proposes `request`; returns its response and log index once committed and applied
+    /// here. Only the leader accepts writes.
+    pub async fn write(&self, request: Request) -> Result<Committed, WriteError> {
         match self.raft.client_write(request).await {
-            Ok(response) => Ok(response.data),
+            Ok(response) => Ok(Committed {
+                index: response.log_id.index,
+                response: response.data,
+            }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(WriteError::NotLeader {
                     leader: forward.leader_id,

@@ -36,7 +36,7 @@ mod store;
 pub mod testing;
 mod types;
 
-pub use groups::{Group, GroupError, Groups, RaftConfig, ReadError, WriteError};
+pub use groups::{Committed, Group, GroupError, Groups, RaftConfig, ReadError, WriteError};
 pub use heal::{HealError, HealOutcome, Replacement, plan_replacement, replace_dead_voter};
 pub use machine::{
     Command, FEDERAL_GROUP, MAX_REMEMBERED_REQUESTS, Machine, Outcome, Request, Response,

@@ -20,11 +20,11 @@ async fn elect_and_replicate(n: u64) {
     let leader = cluster.leader(G, &members).await;
     let mut last_index = 0;
     for i in 0..20u128 {
-        let response = cluster
+        let committed = cluster
             .write(G, &members, add_state(i, &format!("s{i}")))
             .await;
-        assert!(!response.duplicate);
-        last_index = cluster.group(leader, G).applied_index().expect("applied");
+        assert!(!committed.response.duplicate);
+        last_index = committed.index;
     }
     let expected: Vec<String> = {
         let mut names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
@@ -128,12 +128,11 @@ async fn stopping_every_member_and_reopening_recovers_the_committed_state() {
         cluster.start_node(*id).await;
         cluster.node(*id).open(G).await.expect("reopen group");
     }
-    let leader = cluster.leader(G, &members).await;
     // A new write commits in the new term, so every member has applied everything before it.
-    cluster
+    let index = cluster
         .write(G, &members, add_state(1000, "after-restart"))
-        .await;
-    let index = cluster.group(leader, G).applied_index().expect("applied");
+        .await
+        .index;
     let mut expected = committed.clone();
     expected.push("after-restart".into());
     expected.sort();
@@ -171,11 +170,14 @@ async fn a_lagging_member_is_caught_up_by_snapshot() {
         .copied()
         .filter(|id| *id != lagging)
         .collect();
+    let mut index = 0;
     for i in 1..60u128 {
-        cluster
+        index = cluster
             .write(G, &up, add_state(i, &format!("s{i:02}")))
-            .await;
+            .await
+            .index;
     }
+
     // The leader has compacted its log past what the lagging member has.
     let leader_group = cluster.group(leader, G);
     let purged = leader_group
@@ -184,7 +186,6 @@ async fn a_lagging_member_is_caught_up_by_snapshot() {
         .metrics(|m| m.purged.is_some_and(|p| p.index > 5), "log purged")
         .await
         .expect("leader purges its log after snapshots");
-    let index = leader_group.applied_index().expect("applied");
     cluster.start_node(lagging).await;
     let group = cluster.node(lagging).open(G).await.expect("reopen");
     assert!(
@@ -258,8 +259,10 @@ async fn a_dead_voter_is_replaced_by_the_healing_helper() {
         .collect();
     assert_eq!(voter_set, new_voters.iter().copied().collect());
     // The healed group commits with the newcomer and tolerates one more failure.
-    cluster.write(G, &new_voters, add_state(2, "after")).await;
-    let index = cluster.group(leader, G).applied_index().expect("applied");
+    let index = cluster
+        .write(G, &new_voters, add_state(2, "after"))
+        .await
+        .index;
     assert!(cluster.group(4, G).wait_applied(index, WAIT).await);
     assert_eq!(
         state_names(&cluster.group(4, G)).await,
@@ -300,8 +303,8 @@ async fn fifty_groups_run_in_one_process() {
         } else {
             add_city(7, &format!("city-of-{group}"))
         };
-        let response = cluster.write(group, &members, request).await;
-        assert!(!response.duplicate, "group {group}");
+        let committed = cluster.write(group, &members, request).await;
+        assert!(!committed.response.duplicate, "group {group}");
     }
     for group in 1..50u64 {
         let leader = cluster.leader(group, &members).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use aamas_consensus::registry::RegistryCommand;
 use aamas_consensus::testing::{MemRouter, MemTransport};
 use aamas_consensus::{
-    Command, Group, GroupId, Groups, MemberNode, NodeId, RaftConfig, Request, Response, Store,
+    Command, Committed, Group, GroupId, Groups, MemberNode, NodeId, RaftConfig, Request, Store,
     StoreConfig, WriteError,
 };
 use tempfile::TempDir;
@@ -132,7 +132,7 @@ impl Cluster {
     }
 
     /// Writes through the leader among `members`, following redirects (bounded).
-    pub async fn write(&self, group: GroupId, members: &[NodeId], request: Request) -> Response {
+    pub async fn write(&self, group: GroupId, members: &[NodeId], request: Request) -> Committed {
         for _ in 0..20 {
             let leader = self.leader(group, members).await;
             match self.group(leader, group).write(request.clone()).await {
