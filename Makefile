@@ -36,6 +36,7 @@ unit:
 ## Criterion benchmarks (release profile; not part of `make test`).
 bench: deps
 	$(CARGO) bench --locked -p aamas-protocol --bench envelope
+	$(CARGO) bench --locked -p aamas-consensus --bench raft
 
 clean:
 	$(CARGO) clean

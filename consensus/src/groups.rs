@@ -13,7 +13,9 @@ use openraft::raft::{
 };
 use openraft::{Raft, SnapshotPolicy};
 
-use crate::machine::{Machine, Request, Response};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::machine::{Batch, Machine, Request, Response};
 use crate::network::{GroupNetworkFactory, RaftTransport, RemoteResult, TransportError};
 use crate::store::{StateMachineStore, Store};
 use crate::types::{GroupId, MemberNode, NodeId, TypeConfig};
@@ -33,6 +35,12 @@ pub struct RaftConfig {
     pub log_entries_kept_after_snapshot: u64,
     /// Most entries in one AppendEntries.
     pub max_entries_per_append: u64,
+    /// Writes waiting to be proposed, per group; callers wait while it is full.
+    pub max_pending_writes: usize,
+    /// Most requests committed together in one log entry (group commit).
+    pub max_requests_per_entry: usize,
+    /// Log entries being committed at once per group.
+    pub max_entries_in_flight: usize,
 }
 
 impl Default for RaftConfig {
@@ -44,12 +52,23 @@ impl Default for RaftConfig {
             snapshot_after_entries: 5_000,
             log_entries_kept_after_snapshot: 1_000,
             max_entries_per_append: 300,
+            max_pending_writes: 4_096,
+            max_requests_per_entry: 256,
+            max_entries_in_flight: 2,
         }
     }
 }
 
 impl RaftConfig {
     fn to_openraft(&self) -> Result<Arc<openraft::Config>, GroupError> {
+        if self.max_pending_writes == 0
+            || self.max_requests_per_entry == 0
+            || self.max_entries_in_flight == 0
+        {
+            return Err(GroupError::Config(
+                "max_pending_writes, max_requests_per_entry and max_entries_in_flight must be at least 1".into(),
+            ));
+        }
         let config = openraft::Config {
             cluster_name: "aamas".into(),
             election_timeout_min: self.election_timeout_min_ms,
@@ -152,6 +171,80 @@ pub struct Group {
     id: GroupId,
     raft: Raft<TypeConfig>,
     machine: StateMachineStore,
+    proposals: mpsc::Sender<Proposal>,
+}
+
+/// A write waiting for the batcher.
+struct Proposal {
+    request: Request,
+    reply: oneshot::Sender<Result<Committed, WriteError>>,
+}
+
+/// Group commit: openraft 0.9 makes each log append wait for its fsync before it takes
+/// the next, so concurrent writes proposed one by one would cost one fsync each. The
+/// batcher takes every write that is waiting (up to `max_requests_per_entry`) into one
+/// entry. It acquires an in-flight slot *before* draining the queue, so the longer a
+/// commit takes, the larger the next batch grows.
+async fn batcher(
+    group: GroupId,
+    raft: Raft<TypeConfig>,
+    mut proposals: mpsc::Receiver<Proposal>,
+    max_requests_per_entry: usize,
+    in_flight: Arc<Semaphore>,
+) {
+    while let Some(first) = proposals.recv().await {
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < max_requests_per_entry {
+            match proposals.try_recv() {
+                Ok(proposal) => batch.push(proposal),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (requests, replies): (Vec<Request>, Vec<_>) = batch
+                .into_iter()
+                .map(|proposal| (proposal.request, proposal.reply))
+                .unzip();
+            let result = raft.client_write(Batch { requests }).await;
+            drop(slot);
+            match result {
+                Ok(written) => {
+                    let index = written.log_id.index;
+                    let mut responses = written.data.responses.into_iter();
+                    for reply in replies {
+                        let answer = match responses.next() {
+                            Some(response) => Ok(Committed { index, response }),
+                            None => Err(WriteError::Failed(
+                                "the state machine answered fewer requests than the entry held"
+                                    .into(),
+                            )),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+                Err(error) => {
+                    let leader = match &error {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                            Some(forward.leader_id)
+                        }
+                        _ => None,
+                    };
+                    tracing::debug!(group, %error, "batch not committed");
+                    for reply in replies {
+                        let answer = match leader {
+                            Some(leader) => Err(WriteError::NotLeader { leader }),
+                            None => Err(WriteError::Failed(error.to_string())),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+        });
+    }
 }
 
 impl std::fmt::Debug for Group {
@@ -174,20 +267,17 @@ impl Group {
     }
 
     /// Proposes `request`; returns its response and log index once committed and applied
-    /// here. Only the leader accepts writes.
+    /// here. Only the leader accepts writes. Concurrent writes are committed together
+    /// (see `batcher`); a caller waits while `max_pending_writes` writes are queued.
     pub async fn write(&self, request: Request) -> Result<Committed, WriteError> {
-        match self.raft.client_write(request).await {
-            Ok(response) => Ok(Committed {
-                index: response.log_id.index,
-                response: response.data,
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(WriteError::NotLeader {
-                    leader: forward.leader_id,
-                })
-            }
-            Err(error) => Err(WriteError::Failed(error.to_string())),
-        }
+        let (reply, answer) = oneshot::channel();
+        self.proposals
+            .send(Proposal { request, reply })
+            .await
+            .map_err(|_| WriteError::Failed(format!("group {} has stopped", self.id)))?;
+        answer.await.map_err(|_| {
+            WriteError::Failed(format!("group {} stopped before answering", self.id))
+        })?
     }
 
     /// Reads the state machine linearizably: the leader confirms its leadership with a
@@ -249,6 +339,7 @@ struct Inner<T> {
     node: NodeId,
     store: Store,
     config: Arc<openraft::Config>,
+    limits: RaftConfig,
     transport: T,
     // Read-mostly map from group id to handle; never held across an await.
     groups: RwLock<HashMap<GroupId, Group>>,
@@ -288,6 +379,7 @@ impl<T: RaftTransport> Groups<T> {
                 node,
                 store,
                 config: config.to_openraft()?,
+                limits: config.clone(),
                 transport,
                 groups: RwLock::new(HashMap::new()),
             }),
@@ -320,10 +412,19 @@ impl<T: RaftTransport> Groups<T> {
         )
         .await
         .map_err(|source| GroupError::Fatal { group, source })?;
+        let (proposals, queue) = mpsc::channel(self.inner.limits.max_pending_writes);
+        tokio::spawn(batcher(
+            group,
+            raft.clone(),
+            queue,
+            self.inner.limits.max_requests_per_entry,
+            Arc::new(Semaphore::new(self.inner.limits.max_entries_in_flight)),
+        ));
         let opened = Group {
             id: group,
             raft,
             machine,
+            proposals,
         };
         let mut groups = self
             .inner

@@ -39,7 +39,8 @@ mod types;
 pub use groups::{Committed, Group, GroupError, Groups, RaftConfig, ReadError, WriteError};
 pub use heal::{HealError, HealOutcome, Replacement, plan_replacement, replace_dead_voter};
 pub use machine::{
-    Command, FEDERAL_GROUP, MAX_REMEMBERED_REQUESTS, Machine, Outcome, Request, Response,
+    Batch, BatchResponse, Command, FEDERAL_GROUP, MAX_REMEMBERED_REQUESTS, Machine, Outcome,
+    Request, Response,
 };
 pub use network::{GroupNetwork, GroupNetworkFactory, RaftTransport, RemoteResult, TransportError};
 pub use store::{LogStore, StateMachineStore, Store, StoreConfig, StoreError};

@@ -40,6 +40,30 @@ pub struct Request {
     pub command: Command,
 }
 
+/// One log entry: the requests that arrived together, committed with one fsync (group
+/// commit). Each keeps its own id and gets its own response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The requests, applied in order.
+    pub requests: Vec<Request>,
+}
+
+impl From<Request> for Batch {
+    fn from(request: Request) -> Self {
+        Self {
+            requests: vec![request],
+        }
+    }
+}
+
+/// The responses to one log entry: one per request of its [`Batch`] (none for blank and
+/// membership entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    /// In the order of the batch's requests.
+    pub responses: Vec<Response>,
+}
+
 /// What applying an entry produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -134,6 +158,17 @@ impl Applied {
             machine: Machine::for_group(group),
             outcomes: BTreeMap::new(),
             order: VecDeque::new(),
+        }
+    }
+
+    /// Applies every request of `batch`.
+    pub fn apply_batch(&mut self, batch: &Batch) -> BatchResponse {
+        BatchResponse {
+            responses: batch
+                .requests
+                .iter()
+                .map(|request| self.apply(request))
+                .collect(),
         }
     }
 

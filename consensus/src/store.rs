@@ -21,7 +21,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::machine::{Applied, Machine, Response};
+use crate::machine::{Applied, BatchResponse, Machine};
 use crate::types::{GroupId, MemberNode, NodeId, TypeConfig};
 
 const CF_LOG: &str = "raft_log";
@@ -526,7 +526,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((state.last_applied, state.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<Response>>
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<BatchResponse>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -536,12 +536,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             state.last_applied = Some(entry.log_id);
             let response = match &entry.payload {
-                EntryPayload::Blank => Response::default(),
-                EntryPayload::Normal(request) => state.applied.apply(request),
+                EntryPayload::Blank => BatchResponse::default(),
+                EntryPayload::Normal(batch) => state.applied.apply_batch(batch),
                 EntryPayload::Membership(membership) => {
                     state.membership =
                         StoredMembership::new(Some(entry.log_id), membership.clone());
-                    Response::default()
+                    BatchResponse::default()
                 }
             };
             responses.push(response);

@@ -26,8 +26,8 @@ pub struct MemberNode {
 openraft::declare_raft_types!(
     /// The openraft type configuration of every AAMAS Raft group.
     pub TypeConfig:
-        D = crate::machine::Request,
-        R = crate::machine::Response,
+        D = crate::machine::Batch,
+        R = crate::machine::BatchResponse,
         NodeId = NodeId,
         Node = MemberNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -8,8 +8,8 @@
 use aamas_consensus::ledger::LedgerCommand;
 use aamas_consensus::registry::RegistryCommand;
 use aamas_consensus::{
-    Command, FEDERAL_GROUP, LogStore, Outcome, Request, StateMachineStore, Store, StoreConfig,
-    TypeConfig,
+    Batch, Command, FEDERAL_GROUP, LogStore, Outcome, Request, StateMachineStore, Store,
+    StoreConfig, TypeConfig,
 };
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
@@ -38,12 +38,12 @@ struct Shared;
 fn entry(term: u64, index: u64, key: &str) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(term, 9), index),
-        payload: EntryPayload::Normal(Request {
+        payload: EntryPayload::Normal(Batch::from(Request {
             id: u128::from(index),
             command: Command::Ledger(LedgerCommand::AddCity {
                 name: format!("{key}-{index}"),
             }),
-        }),
+        })),
     }
 }
 
@@ -141,7 +141,7 @@ async fn log_purge_and_check(store: &Store) -> Result<(), StorageError<u64>> {
 fn at(index: u64, command: Command, id: u128) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Request { id, command }),
+        payload: EntryPayload::Normal(Batch::from(Request { id, command })),
     }
 }
 
@@ -163,10 +163,10 @@ async fn a_retried_registry_command_applies_once() -> Result<(), StorageError<u6
     machine.apply([at(1, add, 1), at(2, spend(30), 2)]).await?;
     // The same request (id 2) again, as a client retrying after a failover would send it.
     let retry = machine.apply([at(3, spend(30), 2)]).await?;
-    assert!(retry[0].duplicate);
+    assert!(retry[0].responses[0].duplicate);
     // A new request with the same content is a new effect.
     let fresh = machine.apply([at(4, spend(30), 3)]).await?;
-    assert!(!fresh[0].duplicate);
+    assert!(!fresh[0].responses[0].duplicate);
     let spent = machine
         .with(|m| m.registry().map(|r| r.states()["technical"].spent))
         .await;
@@ -185,7 +185,7 @@ async fn a_retried_ledger_command_applies_once() -> Result<(), StorageError<u64>
     });
     machine.apply([at(1, use_tokens.clone(), 10)]).await?;
     let retry = machine.apply([at(2, use_tokens, 10)]).await?;
-    assert!(retry[0].duplicate);
+    assert!(retry[0].responses[0].duplicate);
     let used = machine
         .with(|m| m.ledger().map(|l| l.resource_use().get("tokens").copied()))
         .await;
@@ -201,6 +201,6 @@ async fn a_retried_ledger_command_applies_once() -> Result<(), StorageError<u64>
             11,
         )])
         .await?;
-    assert_eq!(wrong[0].outcome, Outcome::WrongGroup);
+    assert_eq!(wrong[0].responses[0].outcome, Outcome::WrongGroup);
     Ok(())
 }
