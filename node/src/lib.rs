@@ -1,8 +1,25 @@
 //! # aamas-node
 //!
-//! Will hold the node runtime (issue [3/5]): the libp2p swarm, admission, the Raft
-//! transport, the roles (president, governor, mayor, worker), executors, governance and
-//! the control API.
+//! The node runtime: one task owns the libp2p swarm (`swarm`), Raft RPCs and joins travel
+//! over request-response (`wire`, `transport`), the federal Raft group elects the
+//! president, who admits members with join tokens (`token`) and keeps the voters healthy
+//! (`runtime`), and a localhost control API serves status (`api`).
 //!
-//! Nothing is implemented here yet; its tests already check that the protocol's identity
-//! is the one libp2p uses (`tests/peer_id.rs`).
+//! ```text
+//!   aamas (cli) ──► runtime::run ──► swarm task ◄──► peers (TCP/QUIC, Noise, Yamux)
+//!                         │              │
+//!                         ├── Groups (aamas-consensus, RocksDB) ◄── Raft RPCs
+//!                         └── api (axum, bearer token)
+//! ```
+//!
+//! Status: a first slice of issue [3/5]. State groups and governors, mayors, gossipsub
+//! messaging, mDNS/Kademlia and the hierarchy view are not built yet.
+
+pub mod api;
+pub mod runtime;
+pub mod swarm;
+pub mod token;
+pub mod transport;
+pub mod wire;
+
+pub use runtime::{Founded, MemberView, NodeConfig, NodeError, Status, init, run};

@@ -76,6 +76,14 @@ impl PublicIdentity {
     }
 }
 
+/// Checks (strictly) an ed25519 signature by `node` over `message`.
+pub fn verify_signature(node: &NodeKey, message: &[u8], signature: &[u8; 64]) -> bool {
+    VerifyingKey::from_bytes(&node.0).is_ok_and(|key| {
+        key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
+            .is_ok()
+    })
+}
+
 fn binding_message(encryption: &EncryptionKey) -> Vec<u8> {
     let mut message = Vec::with_capacity(BINDING_CONTEXT.len() + 32);
     message.extend_from_slice(BINDING_CONTEXT);
@@ -150,6 +158,13 @@ impl Identity {
     /// (`libp2p::identity::Keypair::ed25519_from_bytes`).
     pub fn signing_seed(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.signing.to_bytes())
+    }
+
+    /// Signs `message` with this node's ed25519 key. The message must begin with a
+    /// context label of its own (as envelopes, tokens and key bindings do), so that a
+    /// signature for one purpose can never be taken for another.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
     }
 
     pub(crate) fn signing_key(&self) -> &SigningKey {

@@ -67,7 +67,9 @@ pub use envelope::{
     Audience, GroupKey, Header, MAX_SESSIONS, Outgoing, SESSION_LIFETIME_MS, SESSION_MAX_MESSAGES,
     SealError, Sealed, Sealer, Sequencer, To,
 };
-pub use identity::{EncryptionKey, Identity, IdentityError, KEY_FILE_BYTES, PublicIdentity};
+pub use identity::{
+    EncryptionKey, Identity, IdentityError, KEY_FILE_BYTES, PublicIdentity, verify_signature,
+};
 pub use ids::{ByteArray, MeshId, MessageId, NodeKey, PEER_ID_BYTES, RandomError};
 pub use message::{
     Command, Escalation, Event, MessageKind, Notification, Payload, Phase, Priority, Query, Report,

@@ -1,6 +1,5 @@
 //! # aamas-tests
 //!
-//! Will hold the multi-process integration tests that drive the real `aamas` binary on
-//! loopback (issues [3/5] and [4/5]).
-//!
-//! Nothing is implemented here yet.
+//! Multi-process integration tests that drive the real `aamas` binary on loopback
+//! (`tests/mesh.rs`). They find the binary next to their own executable in the target
+//! directory, or at `AAMAS_BIN`.

@@ -1,0 +1,328 @@
+//! The `aamas` command: parses arguments, builds a configuration, and calls `aamas-node`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aamas_node::{MemberView, NodeConfig, Status};
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "aamas",
+    version,
+    about = "A decentralised hierarchy of AI agents"
+)]
+struct Cli {
+    /// Log format: text or json (filter with RUST_LOG).
+    #[arg(long, global = true, default_value = "text", env = "AAMAS_LOG_FORMAT")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// The node's data directory (reads api.addr and api.token from it).
+    #[arg(long, env = "AAMAS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The node's API URL, e.g. http://127.0.0.1:7070 (with AAMAS_API_TOKEN).
+    #[arg(long, env = "AAMAS_API")]
+    api: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Found a new mesh: create an identity and print a join token.
+    Init {
+        /// Data directory of the founding node.
+        #[arg(long, env = "AAMAS_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The mesh's name.
+        #[arg(long, default_value = "aamas")]
+        mesh: String,
+        /// Print {"peer_id","mesh_id","token"} as JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long the printed token admits nodes (e.g. 1h, 30m, 3600s).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+    /// Run a node until SIGINT or SIGTERM.
+    Node {
+        /// Data directory (identity, Raft database, API token).
+        #[arg(long, env = "AAMAS_DATA_DIR")]
+        data_dir: PathBuf,
+        /// libp2p listen address (repeatable).
+        #[arg(long, default_values_t = vec!["/ip4/127.0.0.1/tcp/0".to_string()])]
+        listen: Vec<String>,
+        /// Control API address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        api: SocketAddr,
+        /// A member's address to join through.
+        #[arg(long, requires = "token")]
+        join: Option<String>,
+        /// The join token.
+        #[arg(long, env = "AAMAS_JOIN_TOKEN")]
+        token: Option<String>,
+        /// Skills, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        skills: Vec<String>,
+        /// Turn off fsync of Raft writes (tests only: a crash can lose acknowledged data).
+        #[arg(long)]
+        no_fsync: bool,
+    },
+    /// Show this node's view: president, members, roles.
+    Status(Target),
+    /// List the members.
+    Members(Target),
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a new join token.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// How long it admits nodes.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let value: u64 = number
+        .parse()
+        .with_context(|| format!("bad duration {text:?}: use e.g. 30s, 10m, 24h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value * 60,
+        "h" => value * 3_600,
+        "d" => value * 86_400,
+        _ => bail!("bad duration unit in {text:?}: use s, m, h or d"),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+struct Client {
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(target: &Target) -> Result<Self> {
+        if let Some(api) = &target.api {
+            let token = std::env::var("AAMAS_API_TOKEN").context("--api needs AAMAS_API_TOKEN")?;
+            return Ok(Self {
+                base: api.trim_end_matches('/').to_string(),
+                token,
+            });
+        }
+        let dir = target
+            .data_dir
+            .as_deref()
+            .context("give --data-dir DIR or --api URL")?;
+        let read = |name: &str| -> Result<String> {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path)
+                .map(|text| text.trim().to_string())
+                .with_context(|| format!("cannot read {}: is the node running?", path.display()))
+        };
+        Ok(Self {
+            base: format!("http://{}", read("api.addr")?),
+            token: read("api.token")?,
+        })
+    }
+
+    fn get(&self, path: &str) -> Result<serde_json::Value> {
+        self.call("GET", path)
+    }
+
+    fn call(&self, method: &str, path: &str) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        let response = ureq::request(method, &url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .timeout(Duration::from_secs(10))
+            .call();
+        match response {
+            Ok(response) => response
+                .into_json()
+                .context("the API answered with invalid JSON"),
+            Err(ureq::Error::Status(code, response)) => {
+                let body = response.into_string().unwrap_or_default();
+                bail!("{url}: HTTP {code}: {body}")
+            }
+            Err(error) => bail!("{url}: {error}"),
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn print_status(status: &Status) {
+    println!("peer id    {}", status.peer_id);
+    println!("roles      {}", status.roles.join(", "));
+    println!(
+        "president  {}",
+        status.president.as_deref().unwrap_or("(none yet)")
+    );
+    println!(
+        "state      {}",
+        status.state.as_deref().unwrap_or("(not placed)")
+    );
+    println!("members    {}", status.members);
+    println!("term       {}", status.term);
+    for addr in &status.listen_addrs {
+        println!("listening  {addr}");
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match cli.command {
+        Commands::Init {
+            data_dir,
+            mesh,
+            json,
+            ttl,
+        } => {
+            let founded = aamas_node::init(&data_dir, &mesh, parse_duration(&ttl)?)?;
+            if json {
+                println!("{}", serde_json::to_string(&founded)?);
+            } else {
+                println!("founded mesh {} as {}", founded.mesh_id, founded.peer_id);
+                println!("start it:  aamas node --data-dir {}", data_dir.display());
+                println!("join token (give it to the next node with --join ADDR --token ...):");
+                println!("{}", founded.token);
+            }
+        }
+        Commands::Node {
+            data_dir,
+            listen,
+            api,
+            join,
+            token,
+            skills,
+            no_fsync,
+        } => {
+            let listen = listen
+                .iter()
+                .map(|addr| {
+                    addr.parse()
+                        .with_context(|| format!("bad --listen multiaddr {addr:?}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let join = match (join, token) {
+                (Some(addr), Some(token)) => Some((
+                    addr.parse()
+                        .with_context(|| format!("bad --join multiaddr {addr:?}"))?,
+                    token,
+                )),
+                _ => None,
+            };
+            let config = NodeConfig {
+                data_dir,
+                listen,
+                api,
+                join,
+                skills,
+                raft: aamas_consensus::RaftConfig::default(),
+                fsync: !no_fsync,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(aamas_node::run(config, shutdown_signal()))?;
+        }
+        Commands::Status(target) => {
+            let status = Client::new(&target)?.get("/api/v1/system/status")?;
+            if target.json {
+                println!("{status}");
+            } else {
+                print_status(&serde_json::from_value(status)?);
+            }
+        }
+        Commands::Members(target) => {
+            let members = Client::new(&target)?.get("/api/v1/members")?;
+            if target.json {
+                println!("{members}");
+            } else {
+                let members: Vec<MemberView> = serde_json::from_value(members)?;
+                println!("{:<54} {:<12} {:<20} alive", "peer id", "state", "roles");
+                for member in members {
+                    println!(
+                        "{:<54} {:<12} {:<20} {}",
+                        member.peer_id,
+                        member.state.as_deref().unwrap_or("-"),
+                        member.roles.join(","),
+                        member.alive
+                    );
+                }
+            }
+        }
+        Commands::Token {
+            command: TokenCommand::Create { target, ttl },
+        } => {
+            let seconds = parse_duration(&ttl)?.as_secs();
+            let created = Client::new(&target)?
+                .call("POST", &format!("/api/v1/tokens?ttl_secs={seconds}"))?;
+            let token = created
+                .get("token")
+                .and_then(|t| t.as_str())
+                .context("no token in the answer")?;
+            if target.json {
+                println!("{created}");
+            } else {
+                println!("{token}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! The control API on localhost: HTTP/JSON behind a bearer token.
+//!
+//! The token is written to `DATA_DIR/api.token` (0600) and the bound address to
+//! `DATA_DIR/api.addr`; the CLI reads both. Requests without the token get 401.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::runtime::{Node, NodeError};
+
+/// Counters exported at `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// API requests refused for a missing or wrong token.
+    pub api_unauthorized: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Api {
+    node: Arc<Node>,
+    token: Arc<String>,
+}
+
+fn authorised(api: &Api, headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|token| constant_time_eq(token.as_bytes(), api.token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorised(api: &Api) -> Response {
+    api.node
+        .metrics
+        .api_unauthorized
+        .fetch_add(1, Ordering::Relaxed);
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({"error": "missing or wrong bearer token; it is in DATA_DIR/api.token"})),
+    )
+        .into_response()
+}
+
+async fn health(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    Json(api.node.status().await).into_response()
+}
+
+async fn members(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    Json(api.node.members().await).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    ttl_secs: Option<u64>,
+}
+
+async fn create_token(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    let ttl = Duration::from_secs(query.ttl_secs.unwrap_or(3_600).clamp(1, 30 * 24 * 3_600));
+    match api.node.create_token(ttl) {
+        Ok(token) => Json(serde_json::json!({"token": token})).into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({"error": error.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    let status = api.node.status().await;
+    let text = format!(
+        "# TYPE aamas_members gauge\naamas_members {}\n# TYPE aamas_federal_term gauge\naamas_federal_term {}\n\
+         # TYPE aamas_is_president gauge\naamas_is_president {}\n# TYPE aamas_api_unauthorized_total counter\n\
+         aamas_api_unauthorized_total {}\n",
+        status.members,
+        status.term,
+        u8::from(status.roles.iter().any(|role| role == "president")),
+        api.node.metrics.api_unauthorized.load(Ordering::Relaxed),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> Result<(), NodeError> {
+    let io = |source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    use std::io::Write as _;
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(io)
+}
+
+/// Starts the API on `addr`; returns the bound address.
+pub async fn serve(node: Arc<Node>, addr: SocketAddr) -> Result<SocketAddr, NodeError> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|error| NodeError::Invalid(error.to_string()))?;
+    let token: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Io {
+            path: std::path::PathBuf::from(addr.to_string()),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| NodeError::Io {
+        path: std::path::PathBuf::from(addr.to_string()),
+        source,
+    })?;
+    write_private(&node.data_dir.join("api.token"), &token)?;
+    write_private(&node.data_dir.join("api.addr"), &bound.to_string())?;
+    let app = Router::new()
+        .route("/api/v1/system/health", get(health))
+        .route("/api/v1/system/status", get(status))
+        .route("/api/v1/members", get(members))
+        .route("/api/v1/tokens", post(create_token))
+        .route("/metrics", get(metrics))
+        .with_state(Api {
+            node,
+            token: Arc::new(token),
+        });
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "control API stopped");
+        }
+    });
+    Ok(bound)
+}

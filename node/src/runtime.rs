@@ -1,0 +1,923 @@
+//! A running node: identity, swarm, Raft groups, admission, and the president's duties.
+//!
+//! ```text
+//!   DATA_DIR/identity.key  ed25519 + X25519 (0600)
+//!   DATA_DIR/mesh          which mesh this node belongs to, and whether it founded it
+//!   DATA_DIR/raft/         RocksDB: every Raft group of this node
+//!   DATA_DIR/api.token     bearer token of the control API (0600)
+//!   DATA_DIR/api.addr      the control API's bound address
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aamas_consensus::registry::{DEFAULT_STATES, Registry, RegistryCommand};
+use aamas_consensus::{
+    Command, FEDERAL_GROUP, Group, Groups, MemberNode, NodeId, RaftConfig, Request, Store,
+    StoreConfig, WriteError,
+};
+use aamas_protocol::{Identity, MeshId, NodeKey};
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::swarm::{self, Inbound, NodeHandle};
+use crate::token::JoinToken;
+use crate::transport::{Libp2pTransport, PeerBook};
+use crate::wire::{JoinRequest, JoinResponse, Rpc, RpcResponse};
+
+/// Most voters of the federal group.
+pub const FEDERAL_VOTERS: usize = 5;
+/// Inbound requests handled at once.
+pub const MAX_INBOUND_IN_FLIGHT: usize = 64;
+/// How often the president reconciles voters and liveness.
+pub const PRESIDENT_TICK: Duration = Duration::from_millis(500);
+/// A voter not connected for this long is replaced.
+pub const VOTER_DEAD_TIMEOUT_MS: u64 = 10_000;
+/// How many times a joiner follows redirects or retries before giving up.
+pub const JOIN_ATTEMPTS: usize = 20;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The Raft node id of a member: the first 8 bytes of SHA-256 of its node key.
+pub fn node_id(key: &NodeKey) -> NodeId {
+    let digest = Sha256::digest(key.0);
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// The libp2p peer id of a node key.
+pub fn peer_id(key: &NodeKey) -> Result<PeerId, NodeError> {
+    PeerId::from_bytes(&key.peer_id_bytes()).map_err(|error| NodeError::Invalid(error.to_string()))
+}
+
+/// Errors of running a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Reading or writing the data dir failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] aamas_protocol::IdentityError),
+    /// The data dir belongs to no mesh.
+    #[error(
+        "{0} is not part of a mesh yet: run `aamas init --data-dir {0}` to found one, or start the \
+         node with `--join ADDR --token TOKEN`"
+    )]
+    NoMesh(String),
+    /// `init` on a data dir that already has a mesh.
+    #[error("{path} already belongs to mesh {mesh}; use another --data-dir")]
+    AlreadyInitialised {
+        /// The data dir.
+        path: String,
+        /// Its mesh.
+        mesh: MeshId,
+    },
+    /// The join was refused.
+    #[error("join refused: {0}")]
+    JoinRefused(String),
+    /// A value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The network failed.
+    #[error(transparent)]
+    Network(#[from] swarm::NetworkError),
+    /// The Raft store failed.
+    #[error(transparent)]
+    Store(#[from] aamas_consensus::StoreError),
+    /// A Raft group failed (boxed: openraft's errors are large).
+    #[error(transparent)]
+    Group(Box<aamas_consensus::GroupError>),
+}
+
+impl From<aamas_consensus::GroupError> for NodeError {
+    fn from(error: aamas_consensus::GroupError) -> Self {
+        NodeError::Group(Box::new(error))
+    }
+}
+
+/// Which mesh a data dir belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeshFile {
+    /// The mesh id.
+    pub mesh: MeshId,
+    /// Its human name.
+    pub name: String,
+    /// Whether this node founded it (and so founds the federal group).
+    pub founder: bool,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl MeshFile {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("mesh")
+    }
+
+    /// Reads the mesh file of `data_dir`, if it has one.
+    pub fn load(data_dir: &Path) -> Result<Option<Self>, NodeError> {
+        let path = Self::path(data_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => postcard::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|error| NodeError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+                }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(NodeError::Io { path, source }),
+        }
+    }
+
+    fn save(&self, data_dir: &Path) -> Result<(), NodeError> {
+        let path = Self::path(data_dir);
+        let bytes =
+            postcard::to_stdvec(self).map_err(|error| NodeError::Invalid(error.to_string()))?;
+        std::fs::write(&path, bytes).map_err(io_error(&path))
+    }
+}
+
+/// What `aamas init` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Founded {
+    /// The founder's peer id.
+    pub peer_id: String,
+    /// The new mesh's id.
+    pub mesh_id: String,
+    /// A join token for the next node.
+    pub token: String,
+}
+
+fn identity_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity.key")
+}
+
+fn create_data_dir(data_dir: &Path) -> Result<(), NodeError> {
+    std::fs::create_dir_all(data_dir).map_err(io_error(data_dir))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_error(data_dir))?;
+    }
+    Ok(())
+}
+
+/// Founds a mesh in `data_dir`: an identity, a mesh id, and a first join token.
+pub fn init(data_dir: &Path, name: &str, token_ttl: Duration) -> Result<Founded, NodeError> {
+    create_data_dir(data_dir)?;
+    if let Some(existing) = MeshFile::load(data_dir)? {
+        return Err(NodeError::AlreadyInitialised {
+            path: data_dir.display().to_string(),
+            mesh: existing.mesh,
+        });
+    }
+    let (identity, _) = Identity::load_or_create(&identity_path(data_dir))?;
+    let mesh = MeshId::random().map_err(|error| NodeError::Invalid(error.to_string()))?;
+    MeshFile {
+        mesh,
+        name: name.into(),
+        founder: true,
+    }
+    .save(data_dir)?;
+    let token = issue_token(&identity, mesh, token_ttl)?;
+    Ok(Founded {
+        peer_id: identity.node_key().peer_id(),
+        mesh_id: mesh.to_string(),
+        token,
+    })
+}
+
+/// A new join token signed by this node.
+pub fn issue_token(identity: &Identity, mesh: MeshId, ttl: Duration) -> Result<String, NodeError> {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    JoinToken::issue(identity, mesh, now_ms().saturating_add(ttl_ms))
+        .map(|token| token.encode())
+        .map_err(|error| NodeError::Invalid(error.to_string()))
+}
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where identity, mesh file, Raft database and API files live.
+    pub data_dir: PathBuf,
+    /// libp2p listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// The control API's address (port 0 picks one).
+    pub api: SocketAddr,
+    /// Join this mesh through this address with this token.
+    pub join: Option<(Multiaddr, String)>,
+    /// This node's skills.
+    pub skills: Vec<String>,
+    /// Raft timing.
+    pub raft: RaftConfig,
+    /// fsync every Raft write.
+    pub fsync: bool,
+}
+
+/// The shared state of a running node.
+pub struct Node {
+    pub(crate) identity: Identity,
+    pub(crate) mesh: MeshFile,
+    pub(crate) handle: NodeHandle,
+    pub(crate) groups: Groups<Libp2pTransport>,
+    pub(crate) book: PeerBook,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) metrics: crate::api::Metrics,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.handle.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of what this node knows, for `status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub peer_id: String,
+    /// Its roles: "president", "governor", "mayor", "worker".
+    pub roles: Vec<String>,
+    /// The president's peer id, if known.
+    pub president: Option<String>,
+    /// The state this node is placed in.
+    pub state: Option<String>,
+    /// Active members in the Registry (this node's copy).
+    pub members: usize,
+    /// The federal group's term.
+    pub term: u64,
+    /// Where this node listens.
+    pub listen_addrs: Vec<String>,
+}
+
+/// One member as `members` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberView {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its state.
+    pub state: Option<String>,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// Whether this node has a connection to it (always true for itself).
+    pub alive: bool,
+}
+
+fn request_id(parts: &[&[u8]]) -> u128 {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(bytes)
+}
+
+impl Node {
+    fn federal(&self) -> Option<Group> {
+        self.groups.get(FEDERAL_GROUP)
+    }
+
+    fn me(&self) -> NodeId {
+        node_id(&self.identity.node_key())
+    }
+
+    async fn registry<R>(&self, read: impl FnOnce(&Registry) -> R) -> Option<R> {
+        let federal = self.federal()?;
+        federal
+            .read_local(|machine| machine.registry().map(read))
+            .await
+    }
+
+    /// The federal leader's peer id, if known.
+    fn president(&self) -> Option<(NodeId, String)> {
+        let federal = self.federal()?;
+        let metrics = federal.raft().metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let peer = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.peer_id.clone())?;
+        Some((leader, peer))
+    }
+
+    /// What this node knows.
+    pub async fn status(&self) -> Status {
+        let me = self.identity.node_key();
+        let president = self.president();
+        let is_president = president.as_ref().is_some_and(|(id, _)| *id == self.me());
+        let (members, state) = self
+            .registry(|registry| {
+                (
+                    registry.active_members().count(),
+                    registry
+                        .members()
+                        .get(&me)
+                        .and_then(|member| member.state.clone()),
+                )
+            })
+            .await
+            .unwrap_or((0, None));
+        let mut roles = Vec::new();
+        if is_president {
+            roles.push("president".to_string());
+        }
+        roles.push("worker".to_string());
+        Status {
+            peer_id: me.peer_id(),
+            roles,
+            president: president.map(|(_, peer)| peer),
+            state,
+            members,
+            term: self.federal().map_or(0, |federal| federal.term()),
+            listen_addrs: self
+                .handle
+                .listen_addrs()
+                .await
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+
+    /// Every member, as this node's Registry copy has them.
+    pub async fn members(&self) -> Vec<MemberView> {
+        let connected: BTreeSet<String> = self
+            .handle
+            .connected_peers()
+            .await
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let me = self.identity.node_key().peer_id();
+        let president = self.president().map(|(_, peer)| peer);
+        self.registry(|registry| {
+            registry
+                .active_members()
+                .map(|(key, member)| {
+                    let peer = key.peer_id();
+                    let mut roles = Vec::new();
+                    if president.as_deref() == Some(peer.as_str()) {
+                        roles.push("president".to_string());
+                    }
+                    roles.push("worker".to_string());
+                    MemberView {
+                        alive: peer == me || connected.contains(&peer),
+                        peer_id: peer,
+                        state: member.state.clone(),
+                        roles,
+                    }
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// A new join token signed by this node.
+    pub fn create_token(&self, ttl: Duration) -> Result<String, NodeError> {
+        issue_token(&self.identity, self.mesh.mesh, ttl)
+    }
+
+    /// Refreshes the peer book from the Registry and the federal membership.
+    async fn refresh_book(&self) {
+        let members: Vec<(NodeKey, Vec<String>)> = self
+            .registry(|registry| {
+                registry
+                    .active_members()
+                    .map(|(key, member)| (*key, member.addrs.clone()))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        for (key, addrs) in members {
+            if let Ok(peer) = peer_id(&key) {
+                self.book.insert(node_id(&key), peer, parse_addrs(&addrs));
+            }
+        }
+    }
+
+    async fn propose(&self, key: &[&[u8]], command: RegistryCommand) -> Result<(), WriteError> {
+        let federal = self
+            .federal()
+            .ok_or_else(|| WriteError::Failed("the federal group is not open".into()))?;
+        federal
+            .write(Request {
+                id: request_id(key),
+                command: Command::Registry(command),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The founder's first acts as president: the default states and itself as member.
+    async fn bootstrap(&self, listen: &[String]) -> Result<(), WriteError> {
+        for state in DEFAULT_STATES {
+            self.propose(
+                &[b"bootstrap/state", state.as_bytes()],
+                RegistryCommand::AddState {
+                    name: state.into(),
+                    budget: 1_000_000,
+                },
+            )
+            .await?;
+        }
+        self.admit(self.identity.public(), listen.to_vec(), Vec::new())
+            .await
+    }
+
+    async fn admit(
+        &self,
+        identity: aamas_protocol::PublicIdentity,
+        addrs: Vec<String>,
+        skills: Vec<String>,
+    ) -> Result<(), WriteError> {
+        let key = identity.node.0;
+        let addrs_key = addrs.join(",");
+        self.propose(
+            &[b"admit", &key, addrs_key.as_bytes()],
+            RegistryCommand::AdmitMember {
+                identity,
+                addrs,
+                skills: skills.iter().cloned().collect(),
+                capacity: 4,
+                now_ms: now_ms(),
+                token_digest: None,
+            },
+        )
+        .await?;
+        // Place it: a state named like one of its skills, else the least populated.
+        let choice = self
+            .registry(|registry| {
+                let counts = registry.member_count_by_state();
+                let placed = registry
+                    .members()
+                    .get(&identity.node)
+                    .and_then(|m| m.state.clone());
+                if placed.is_some() {
+                    return None;
+                }
+                skills
+                    .iter()
+                    .find(|skill| registry.states().contains_key(*skill))
+                    .cloned()
+                    .or_else(|| {
+                        registry
+                            .states()
+                            .keys()
+                            .min_by_key(|state| counts.get(state.as_str()).copied().unwrap_or(0))
+                            .cloned()
+                    })
+            })
+            .await
+            .flatten();
+        if let Some(state) = choice {
+            let request_key = [b"place".as_slice(), &key, state.as_bytes()].concat();
+            self.propose(
+                &[&request_key],
+                RegistryCommand::PlaceMember {
+                    node: identity.node,
+                    state,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn handle_join(&self, peer: PeerId, request: JoinRequest) -> JoinResponse {
+        let refused = |reason: String| JoinResponse::Refused { reason };
+        let Some(federal) = self.federal() else {
+            return refused("this node is not running the federal group yet".into());
+        };
+        if federal.leader() != Some(self.me()) {
+            let president = self.president().and_then(|(id, peer)| {
+                self.book
+                    .get(id)
+                    .map(|(_, addrs)| (peer, addrs.iter().map(ToString::to_string).collect()))
+            });
+            return JoinResponse::Redirect { president };
+        }
+        let already_member = self
+            .registry(|registry| registry.is_active(&request.identity.node))
+            .await
+            .unwrap_or(false);
+        // A member that restarted re-announces its addresses without a token.
+        if !already_member {
+            let token = match JoinToken::decode(&request.token) {
+                Ok(token) => token,
+                Err(error) => return refused(error.to_string()),
+            };
+            if let Err(error) = token.verify(self.mesh.mesh, now_ms()) {
+                return refused(error.to_string());
+            }
+            let issuer_is_member = self
+                .registry(|registry| registry.is_active(&token.issuer))
+                .await
+                .unwrap_or(false);
+            if !issuer_is_member {
+                return refused(
+                    crate::token::TokenError::UnknownIssuer {
+                        issuer: token.issuer,
+                    }
+                    .to_string(),
+                );
+            }
+        }
+        if let Err(error) = request.identity.verify() {
+            return refused(format!("the joining identity is invalid: {error}"));
+        }
+        if peer_id(&request.identity.node).ok() != Some(peer) {
+            return refused("the identity does not match the connection's peer id".into());
+        }
+        if let Err(error) = self
+            .admit(request.identity, request.addrs.clone(), request.skills)
+            .await
+        {
+            return refused(format!("could not commit the admission: {error}"));
+        }
+        self.book.insert(
+            node_id(&request.identity.node),
+            peer,
+            parse_addrs(&request.addrs),
+        );
+        let members = self
+            .registry(|registry| {
+                registry
+                    .active_members()
+                    .map(|(key, member)| (key.peer_id(), member.addrs.clone()))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        tracing::info!(%peer, "admitted a member");
+        JoinResponse::Admitted {
+            mesh: self.mesh.mesh,
+            members,
+        }
+    }
+
+    async fn handle_inbound(&self, inbound: Inbound) {
+        let Inbound { peer, rpc, channel } = inbound;
+        let response = match rpc {
+            Rpc::Join(request) => RpcResponse::Join(self.handle_join(peer, request).await),
+            Rpc::Append { group, rpc } => {
+                RpcResponse::Append(self.groups.handle_append_entries(group, rpc).await)
+            }
+            Rpc::Vote { group, rpc } => {
+                RpcResponse::Vote(self.groups.handle_vote(group, rpc).await)
+            }
+            Rpc::Snapshot { group, rpc } => {
+                RpcResponse::Snapshot(self.groups.handle_install_snapshot(group, rpc).await)
+            }
+        };
+        self.handle.respond(channel, response).await;
+    }
+
+    /// The president keeps the federal group's voters at `FEDERAL_VOTERS` (or every
+    /// member, when fewer) and replaces voters that stay unreachable.
+    async fn president_tick(&self, last_seen: &mut HashMap<NodeId, u64>) {
+        let Some(federal) = self.federal() else {
+            return;
+        };
+        if federal.leader() != Some(self.me()) {
+            return;
+        }
+        self.refresh_book().await;
+        let now = now_ms();
+        let connected: BTreeSet<PeerId> = self.handle.connected_peers().await.into_iter().collect();
+        let members: BTreeMap<NodeId, MemberNode> = self
+            .registry(|registry| {
+                registry
+                    .active_members()
+                    .map(|(key, member)| {
+                        (
+                            node_id(key),
+                            MemberNode {
+                                peer_id: key.peer_id(),
+                                addrs: member.addrs.clone(),
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        for (id, member) in &members {
+            let alive = *id == self.me()
+                || member
+                    .peer_id
+                    .parse::<PeerId>()
+                    .is_ok_and(|peer| connected.contains(&peer));
+            if alive {
+                last_seen.insert(*id, now);
+            } else {
+                last_seen.entry(*id).or_insert(now);
+            }
+        }
+        let outcome = aamas_consensus::replace_dead_voter(
+            &federal,
+            &members,
+            |id| last_seen.get(&id).copied(),
+            now,
+            VOTER_DEAD_TIMEOUT_MS,
+        )
+        .await;
+        if let Ok(aamas_consensus::HealOutcome::Replaced(replacement)) = &outcome {
+            tracing::info!(?replacement, "replaced a dead federal voter");
+            return;
+        }
+        let membership = federal.raft().metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        if voters.len() >= FEDERAL_VOTERS.min(members.len()) {
+            return;
+        }
+        let Some((id, node)) = members.iter().find(|(id, _)| {
+            !voters.contains(id)
+                && now.saturating_sub(last_seen.get(id).copied().unwrap_or(0)) < 2_000
+        }) else {
+            return;
+        };
+        if let Err(error) = federal.raft().add_learner(*id, node.clone(), true).await {
+            tracing::warn!(%error, "adding a learner failed");
+            return;
+        }
+        let mut new_voters = voters;
+        new_voters.insert(*id);
+        match federal.raft().change_membership(new_voters, false).await {
+            Ok(_) => tracing::info!(node = %node.peer_id, "added a federal voter"),
+            Err(error) => tracing::warn!(%error, "adding a voter failed"),
+        }
+    }
+}
+
+fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
+    addrs.iter().filter_map(|addr| addr.parse().ok()).collect()
+}
+
+/// Joins through `addr` with `token`, following redirects to the president.
+async fn join(
+    node: &Node,
+    addr: Multiaddr,
+    token: &str,
+    skills: &[String],
+) -> Result<(), NodeError> {
+    let parsed =
+        JoinToken::decode(token).map_err(|error| NodeError::JoinRefused(error.to_string()))?;
+    // The token must at least parse before we contact anyone; the president checks it.
+    let _ = parsed;
+    let target_peer = match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => peer,
+        // No peer id in the address: connect and learn who answers there.
+        _ => node
+            .handle
+            .dial(addr.clone())
+            .await
+            .map_err(|error| NodeError::JoinRefused(format!("cannot reach {addr}: {error}")))?,
+    };
+    join_through(node, target_peer, vec![addr], token, skills, JOIN_ATTEMPTS).await
+}
+
+/// A member that restarted tells the president its (possibly new) addresses, trying
+/// every member it knows until one answers.
+async fn announce(node: &Node) {
+    node.refresh_book().await;
+    let me = node.me();
+    let known: Vec<(PeerId, Vec<Multiaddr>)> = node
+        .registry(|registry| {
+            registry
+                .active_members()
+                .filter(|(key, _)| node_id(key) != me)
+                .filter_map(|(key, member)| Some((peer_id(key).ok()?, parse_addrs(&member.addrs))))
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+    for _ in 0..JOIN_ATTEMPTS {
+        for (peer, addrs) in &known {
+            if join_through(node, *peer, addrs.clone(), "", &[], 2)
+                .await
+                .is_ok()
+            {
+                tracing::info!("re-announced this member's addresses");
+                return;
+            }
+        }
+    }
+    tracing::warn!("no member answered the re-announcement; peers may not reach this node");
+}
+
+async fn join_through(
+    node: &Node,
+    mut target_peer: PeerId,
+    mut target_addrs: Vec<Multiaddr>,
+    token: &str,
+    skills: &[String],
+    attempts: usize,
+) -> Result<(), NodeError> {
+    let listen: Vec<String> = node
+        .handle
+        .listen_addrs()
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for _ in 0..attempts {
+        let request = Rpc::Join(JoinRequest {
+            token: token.to_string(),
+            identity: node.identity.public(),
+            addrs: listen.clone(),
+            skills: skills.to_vec(),
+        });
+        match node
+            .handle
+            .request(target_peer, target_addrs.clone(), request)
+            .await
+        {
+            Ok(RpcResponse::Join(JoinResponse::Admitted { members, .. })) => {
+                for (peer, addrs) in members {
+                    if let (Ok(peer), Some(key)) =
+                        (peer.parse::<PeerId>(), NodeKey::from_peer_id(&peer))
+                    {
+                        node.book.insert(node_id(&key), peer, parse_addrs(&addrs));
+                    }
+                }
+                tracing::info!("joined the mesh");
+                return Ok(());
+            }
+            Ok(RpcResponse::Join(JoinResponse::Refused { reason })) => {
+                return Err(NodeError::JoinRefused(reason));
+            }
+            Ok(RpcResponse::Join(JoinResponse::Redirect {
+                president: Some((peer, addrs)),
+            })) => {
+                if let Ok(peer) = peer.parse() {
+                    target_peer = peer;
+                    target_addrs = parse_addrs(&addrs);
+                }
+            }
+            Ok(other) => tracing::debug!(?other, "join: no president yet, retrying"),
+            Err(error) => tracing::debug!(%error, "join attempt failed, retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(NodeError::JoinRefused(format!(
+        "no president admitted this node after {attempts} attempts; check the address and that the mesh is running"
+    )))
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    create_data_dir(&config.data_dir)?;
+    let (identity, created) = Identity::load_or_create(&identity_path(&config.data_dir))?;
+    if created {
+        tracing::info!(peer_id = %identity.node_key(), "created a new identity");
+    }
+    let mesh = match (MeshFile::load(&config.data_dir)?, &config.join) {
+        (Some(mesh), _) => mesh,
+        (None, Some((_, token))) => {
+            let token = JoinToken::decode(token)
+                .map_err(|error| NodeError::JoinRefused(error.to_string()))?;
+            let mesh = MeshFile {
+                mesh: token.mesh,
+                name: String::new(),
+                founder: false,
+            };
+            mesh.save(&config.data_dir)?;
+            mesh
+        }
+        (None, None) => return Err(NodeError::NoMesh(config.data_dir.display().to_string())),
+    };
+    let mut seed = *identity.signing_seed();
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
+        .map_err(|error| NodeError::Invalid(error.to_string()))?;
+    let (handle, mut inbound) = swarm::start(keypair, &config.listen).await?;
+    let book = PeerBook::default();
+    let store = Store::open(
+        &config.data_dir.join("raft"),
+        StoreConfig {
+            fsync: config.fsync,
+        },
+    )?;
+    let me = node_id(&identity.node_key());
+    let groups = Groups::new(
+        me,
+        store,
+        &config.raft,
+        Libp2pTransport::new(handle.clone(), book.clone()),
+    )?;
+    let federal = groups.open(FEDERAL_GROUP).await?;
+    let listen: Vec<String> = handle
+        .listen_addrs()
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    book.insert(me, handle.peer_id(), parse_addrs(&listen));
+    let node = Arc::new(Node {
+        identity,
+        mesh,
+        handle: handle.clone(),
+        groups: groups.clone(),
+        book,
+        data_dir: config.data_dir.clone(),
+        metrics: crate::api::Metrics::default(),
+    });
+
+    // Serve inbound requests, a bounded number at a time.
+    let serving = node.clone();
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT));
+        while let Some(request) = inbound.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let node = serving.clone();
+            tokio::spawn(async move {
+                node.handle_inbound(request).await;
+                drop(slot);
+            });
+        }
+    });
+
+    let api = crate::api::serve(node.clone(), config.api).await?;
+    tracing::info!(%api, "control API listening");
+
+    let already_member = node
+        .registry(|registry| registry.is_active(&node.identity.node_key()))
+        .await
+        .unwrap_or(false);
+    if already_member {
+        // Restarted with its data dir: it is a member; tell the mesh where it is now.
+        tracing::info!("already a member: rejoining with the data dir's state");
+        let announcing = node.clone();
+        tokio::spawn(async move { announce(&announcing).await });
+    } else if node.mesh.founder {
+        let voters = BTreeMap::from([(
+            me,
+            MemberNode {
+                peer_id: handle.peer_id().to_string(),
+                addrs: listen.clone(),
+            },
+        )]);
+        groups.initialize(FEDERAL_GROUP, voters).await?;
+        if federal.wait_leader(Duration::from_secs(10)).await == Some(me)
+            && let Err(error) = node.bootstrap(&listen).await
+        {
+            tracing::warn!(%error, "bootstrap of the Registry failed");
+        }
+    } else if let Some((addr, token)) = &config.join {
+        join(&node, addr.clone(), token, &config.skills).await?;
+    } else {
+        tracing::info!("waiting for the mesh to reach this node");
+    }
+
+    let ticking = node.clone();
+    let president = tokio::spawn(async move {
+        let mut last_seen = HashMap::new();
+        let mut interval = tokio::time::interval(PRESIDENT_TICK);
+        loop {
+            interval.tick().await;
+            ticking.refresh_book().await;
+            ticking.president_tick(&mut last_seen).await;
+        }
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    president.abort();
+    groups.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The request-response protocol between nodes: Raft RPCs addressed by group, and joins.
+//! postcard, with a 4-byte big-endian length prefix checked before allocation.
+
+use std::io;
+
+use aamas_consensus::{GroupId, NodeId, RemoteResult, TransportError, TypeConfig};
+use aamas_protocol::{MeshId, PublicIdentity};
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use libp2p::StreamProtocol;
+use openraft::error::InstallSnapshotError;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The protocol name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/aamas/rpc/1");
+/// Largest request or response accepted (a snapshot chunk is at most 1 MiB).
+pub const MAX_RPC_BYTES: usize = 4 << 20;
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Rpc {
+    /// Raft AppendEntries for a group.
+    Append {
+        /// The group.
+        group: GroupId,
+        /// The request.
+        rpc: AppendEntriesRequest<TypeConfig>,
+    },
+    /// Raft Vote for a group.
+    Vote {
+        /// The group.
+        group: GroupId,
+        /// The request.
+        rpc: VoteRequest<NodeId>,
+    },
+    /// Raft InstallSnapshot chunk for a group.
+    Snapshot {
+        /// The group.
+        group: GroupId,
+        /// The request.
+        rpc: InstallSnapshotRequest<TypeConfig>,
+    },
+    /// A node asks to be admitted.
+    Join(JoinRequest),
+}
+
+/// The answer to an [`Rpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcResponse {
+    /// To [`Rpc::Append`].
+    Append(Result<RemoteResult<AppendEntriesResponse<NodeId>>, TransportError>),
+    /// To [`Rpc::Vote`].
+    Vote(Result<RemoteResult<VoteResponse<NodeId>>, TransportError>),
+    /// To [`Rpc::Snapshot`].
+    Snapshot(
+        Result<RemoteResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError>, TransportError>,
+    ),
+    /// To [`Rpc::Join`].
+    Join(JoinResponse),
+    /// The sender is not allowed to make this request.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A joining node's request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The join token's text.
+    pub token: String,
+    /// Who is joining.
+    pub identity: PublicIdentity,
+    /// Where it listens.
+    pub addrs: Vec<String>,
+    /// What it can do.
+    pub skills: Vec<String>,
+}
+
+/// The answer to a join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JoinResponse {
+    /// Admitted: committed to the Registry.
+    Admitted {
+        /// The mesh.
+        mesh: MeshId,
+        /// Peer ids and addresses of the current members, to connect to.
+        members: Vec<(String, Vec<String>)>,
+    },
+    /// Ask the president instead.
+    Redirect {
+        /// The president's peer id and addresses, if known.
+        president: Option<(String, Vec<String>)>,
+    },
+    /// Refused; the reason says why (bad token, wrong mesh, ...).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The request-response codec.
+#[derive(Debug, Clone, Default)]
+pub struct Codec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send, M: DeserializeOwned>(io: &mut T) -> io::Result<M> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_RPC_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {len} bytes exceeds {MAX_RPC_BYTES}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    postcard::from_bytes(&buf).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send, M: Serialize>(
+    io: &mut T,
+    message: &M,
+) -> io::Result<()> {
+    let bytes = postcard::to_stdvec(message)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    if bytes.len() > MAX_RPC_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {} bytes exceeds {MAX_RPC_BYTES}", bytes.len()),
+        ));
+    }
+    let len = u32::try_from(bytes.len())
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Rpc;
+    type Response = RpcResponse;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Rpc> {
+        read_frame(io).await
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<RpcResponse> {
+        read_frame(io).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Rpc,
+    ) -> io::Result<()> {
+        write_frame(io, &request).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: RpcResponse,
+    ) -> io::Result<()> {
+        write_frame(io, &response).await
+    }
+}

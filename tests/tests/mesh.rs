@@ -1,0 +1,316 @@
+//! The real `aamas` binary, several processes on 127.0.0.1: a mesh forms, agrees on a
+//! president, survives `kill -9` of the president, takes its node back without a new
+//! token, refuses bad tokens with the reason, and its API refuses requests without the
+//! bearer token.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Bound on every wait: generous for a loaded CI machine; a healthy run takes seconds.
+const WAIT: Duration = Duration::from_secs(60);
+/// How often a wait looks again at the nodes' status.
+const POLL: Duration = Duration::from_millis(200);
+
+/// The `aamas` binary built with this test (same target directory).
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("AAMAS_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/mesh-<hash> → target/<profile>/aamas
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let binary = dir.join("aamas");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first (`cargo test --workspace` does), or set AAMAS_BIN",
+        binary.display()
+    );
+    binary
+}
+
+fn aamas(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run aamas")
+}
+
+struct Node {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(dir: &Path, join: Option<(&str, &str)>) -> Self {
+        let mut args = vec![
+            "node".to_string(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--no-fsync".into(),
+        ];
+        if let Some((addr, token)) = join {
+            args.extend(["--join".into(), addr.into(), "--token".into(), token.into()]);
+        }
+        std::fs::create_dir_all(dir).expect("data dir");
+        let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
+        let child = Command::new(binary())
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn aamas node");
+        Self {
+            dir: dir.to_owned(),
+            child: Some(child),
+        }
+    }
+
+    fn status(&self) -> Option<Value> {
+        let output = aamas(&[
+            "status",
+            "--data-dir",
+            &self.dir.display().to_string(),
+            "--json",
+        ]);
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL: no graceful leave.
+            child.kill().expect("kill -9");
+            let _ = child.wait();
+        }
+        // The old process's API address is stale now.
+        let _ = std::fs::remove_file(self.dir.join("api.addr"));
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+fn field(status: &Value, name: &str) -> Option<String> {
+    status.get(name).and_then(Value::as_str).map(str::to_string)
+}
+
+/// Every node's status names the same president (one of `nodes`) and `members` members.
+fn agreed_president(nodes: &[&Node], members: u64) -> Option<String> {
+    let statuses: Vec<Value> = nodes
+        .iter()
+        .map(|node| node.status())
+        .collect::<Option<_>>()?;
+    let president = field(&statuses[0], "president")?;
+    let all_agree = statuses.iter().all(|status| {
+        field(status, "president").as_deref() == Some(president.as_str())
+            && status.get("members").and_then(Value::as_u64) == Some(members)
+    });
+    let is_one_of_them = statuses
+        .iter()
+        .any(|status| field(status, "peer_id").as_deref() == Some(president.as_str()));
+    (all_agree && is_one_of_them).then_some(president)
+}
+
+fn init(dir: &Path) -> (String, String) {
+    let output = aamas(&["init", "--data-dir", &dir.display().to_string(), "--json"]);
+    assert!(
+        output.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let founded: Value = serde_json::from_slice(&output.stdout).expect("init prints JSON");
+    (
+        field(&founded, "token").expect("token"),
+        field(&founded, "peer_id").expect("peer id"),
+    )
+}
+
+fn first_listen_addr(node: &Node) -> String {
+    wait_for("the founder's API", || {
+        node.status().and_then(|status| {
+            status
+                .get("listen_addrs")?
+                .get(0)?
+                .as_str()
+                .map(str::to_string)
+        })
+    })
+}
+
+#[test]
+fn five_nodes_agree_on_a_president_and_survive_its_kill() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<PathBuf> = (1..=5).map(|i| root.path().join(format!("n{i}"))).collect();
+    let (token, founder) = init(&dirs[0]);
+    let mut nodes = vec![Node::start(&dirs[0], None)];
+    let addr = first_listen_addr(&nodes[0]);
+    for dir in &dirs[1..] {
+        nodes.push(Node::start(dir, Some((&addr, &token))));
+    }
+    let president = wait_for("five nodes to agree on a president", || {
+        agreed_president(&nodes.iter().collect::<Vec<_>>(), 5)
+    });
+    assert_eq!(president, founder, "the founder is the first president");
+    // Every member is placed in a state.
+    let states: Vec<String> = nodes
+        .iter()
+        .map(|node| {
+            node.status()
+                .and_then(|s| field(&s, "state"))
+                .expect("placed in a state")
+        })
+        .collect();
+    assert_eq!(states.len(), 5);
+
+    // kill -9 the president: the survivors agree on another.
+    let index = nodes
+        .iter()
+        .position(|node| {
+            node.status().and_then(|s| field(&s, "peer_id")).as_deref() == Some(president.as_str())
+        })
+        .expect("president's node");
+    nodes[index].kill();
+    let survivors: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, n)| n)
+        .collect();
+    let successor = wait_for("the survivors to agree on a new president", || {
+        agreed_president(&survivors, 5).filter(|p| *p != president)
+    });
+
+    // The killed node comes back with its data dir and no token, as a member.
+    let dir = nodes[index].dir.clone();
+    nodes[index] = Node::start(&dir, None);
+    wait_for("the restarted node to follow the new president", || {
+        let status = nodes[index].status()?;
+        (field(&status, "president").as_deref() == Some(successor.as_str())
+            && status.get("members").and_then(Value::as_u64) == Some(5))
+        .then_some(())
+    });
+}
+
+fn join_error(root: &Path, name: &str, addr: &str, token: &str) -> String {
+    let dir = root.join(name);
+    let output = Command::new(binary())
+        .args([
+            "node",
+            "--data-dir",
+            &dir.display().to_string(),
+            "--no-fsync",
+            "--join",
+            addr,
+            "--token",
+            token,
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run aamas node");
+    assert!(
+        !output.status.success(),
+        "{name}: a bad token must make the node exit with an error"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_tokens_are_refused_and_the_error_says_why() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (token, _) = init(&root.path().join("founder"));
+    let founder = Node::start(&root.path().join("founder"), None);
+    let addr = first_listen_addr(&founder);
+    wait_for("the founder to be president", || {
+        agreed_president(&[&founder], 1).map(|_| ())
+    });
+
+    // Forged: one character of the token changed.
+    let mut forged: Vec<char> = token.chars().collect();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == 'A' { 'B' } else { 'A' };
+    let forged: String = forged.into_iter().collect();
+    let error = join_error(root.path(), "forged", &addr, &forged);
+    assert!(
+        error.contains("forged") || error.contains("malformed"),
+        "forged token: {error}"
+    );
+
+    // Another mesh's token.
+    let (foreign, _) = init(&root.path().join("other-founder"));
+    let error = join_error(root.path(), "foreign", &addr, &foreign);
+    assert!(error.contains("is for mesh"), "foreign token: {error}");
+
+    // Expired: a token that lives one second.
+    let output = aamas(&[
+        "token",
+        "create",
+        "--data-dir",
+        &founder.dir.display().to_string(),
+        "--ttl",
+        "1s",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let short = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    // Wait out its lifetime (the token's own clock, not a synchronisation).
+    std::thread::sleep(Duration::from_millis(1_500));
+    let error = join_error(root.path(), "expired", &addr, &short);
+    assert!(error.contains("expired"), "expired token: {error}");
+}
+
+#[test]
+fn the_api_refuses_requests_without_the_token() {
+    let root = tempfile::tempdir().expect("tempdir");
+    init(&root.path().join("n1"));
+    let node = Node::start(&root.path().join("n1"), None);
+    first_listen_addr(&node);
+    let addr = std::fs::read_to_string(node.dir.join("api.addr")).expect("api.addr");
+    for (path, authorization) in [
+        ("/api/v1/system/status", None),
+        ("/api/v1/members", Some("Bearer wrong")),
+        ("/metrics", None),
+    ] {
+        let mut stream = std::net::TcpStream::connect(addr.trim()).expect("connect");
+        let auth = authorization
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        assert!(response.starts_with("HTTP/1.1 401"), "{path}: {response}");
+    }
+    // With the token it answers.
+    assert!(node.status().is_some());
+}
