@@ -1,5 +1,175 @@
 //! # aamas-tests
 //!
 //! Multi-process integration tests that drive the real `aamas` binary on loopback
-//! (`tests/mesh.rs`). They find the binary next to their own executable in the target
-//! directory, or at `AAMAS_BIN`.
+//! (`tests/mesh.rs`), and the helpers they share with the mesh timing tool
+//! (`examples/mesh_timing.rs`). The binary is found next to the test executable in the
+//! target directory, or at `AAMAS_BIN`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Bound on every wait: generous for a loaded CI machine; a healthy run takes seconds.
+pub const WAIT: Duration = Duration::from_secs(60);
+/// How often a wait looks again at the nodes' status.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// The `aamas` binary built with this test (same target directory).
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("AAMAS_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/mesh-<hash> → target/<profile>/aamas
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let binary = dir.join("aamas");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first (`cargo test --workspace` does), or set AAMAS_BIN",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs `aamas` with `args`.
+pub fn aamas(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run aamas")
+}
+
+/// A running `aamas node` process; killed when dropped.
+#[derive(Debug)]
+pub struct Node {
+    /// Its data dir.
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts `aamas node` on `dir`, joining through `join` if given.
+    pub fn start(dir: &Path, join: Option<(&str, &str)>) -> Self {
+        let mut args = vec![
+            "node".to_string(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--no-fsync".into(),
+        ];
+        if let Some((addr, token)) = join {
+            args.extend(["--join".into(), addr.into(), "--token".into(), token.into()]);
+        }
+        std::fs::create_dir_all(dir).expect("data dir");
+        let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
+        let child = Command::new(binary())
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn aamas node");
+        Self {
+            dir: dir.to_owned(),
+            child: Some(child),
+        }
+    }
+
+    /// `aamas status --json`, if the node answers.
+    pub fn status(&self) -> Option<Value> {
+        let output = aamas(&[
+            "status",
+            "--data-dir",
+            &self.dir.display().to_string(),
+            "--json",
+        ]);
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL: no graceful leave.
+            child.kill().expect("kill -9");
+            let _ = child.wait();
+        }
+        // The old process's API address is stale now.
+        let _ = std::fs::remove_file(self.dir.join("api.addr"));
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `probe` until it gives a value, for at most [`WAIT`].
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A string field of a JSON object.
+pub fn field(status: &Value, name: &str) -> Option<String> {
+    status.get(name).and_then(Value::as_str).map(str::to_string)
+}
+
+/// Every node's status names the same president (one of `nodes`) and `members` members.
+pub fn agreed_president(nodes: &[&Node], members: u64) -> Option<String> {
+    let statuses: Vec<Value> = nodes
+        .iter()
+        .map(|node| node.status())
+        .collect::<Option<_>>()?;
+    let president = field(&statuses[0], "president")?;
+    let all_agree = statuses.iter().all(|status| {
+        field(status, "president").as_deref() == Some(president.as_str())
+            && status.get("members").and_then(Value::as_u64) == Some(members)
+    });
+    let is_one_of_them = statuses
+        .iter()
+        .any(|status| field(status, "peer_id").as_deref() == Some(president.as_str()));
+    (all_agree && is_one_of_them).then_some(president)
+}
+
+/// `aamas init --json` on `dir`: (token, founder peer id).
+pub fn init(dir: &Path) -> (String, String) {
+    let output = aamas(&["init", "--data-dir", &dir.display().to_string(), "--json"]);
+    assert!(
+        output.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let founded: Value = serde_json::from_slice(&output.stdout).expect("init prints JSON");
+    (
+        field(&founded, "token").expect("token"),
+        field(&founded, "peer_id").expect("peer id"),
+    )
+}
+
+/// Waits for the node's API and returns its first listen address.
+pub fn first_listen_addr(node: &Node) -> String {
+    wait_for("the founder's API", || {
+        node.status().and_then(|status| {
+            status
+                .get("listen_addrs")?
+                .get(0)?
+                .as_str()
+                .map(str::to_string)
+        })
+    })
+}

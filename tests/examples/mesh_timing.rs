@@ -1,0 +1,80 @@
+//! Times a real 5-process mesh on loopback: from `aamas init` to five nodes agreeing on a
+//! president and five members, then president failover after `kill -9`, as `aamas status`
+//! sees it (the moment every survivor names the same new president), over N kills.
+//!
+//! Run: `cargo build --release -p aamas-cli && cargo run --release -p aamas-tests --example mesh_timing -- 20`
+//! Figures are kept in `docs/PERFORMANCE.md`. Note that polling `aamas status` (every
+//! 200 ms, one process per node and poll) adds up to about 0.3 s to what it measures.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aamas_tests::*;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let kills: usize = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let root = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<PathBuf> = (1..=5).map(|i| root.path().join(format!("n{i}"))).collect();
+
+    let start = Instant::now();
+    let (token, _) = init(&dirs[0]);
+    let mut nodes = vec![Node::start(&dirs[0], None)];
+    let addr = first_listen_addr(&nodes[0]);
+    for dir in &dirs[1..] {
+        nodes.push(Node::start(dir, Some((&addr, &token))));
+    }
+    let mut president = wait_for("five nodes to agree", || {
+        agreed_president(&nodes.iter().collect::<Vec<_>>(), 5)
+    });
+    println!(
+        "init to a 5-node hierarchy (all statuses agree): {:?}",
+        start.elapsed()
+    );
+
+    let mut times = Vec::with_capacity(kills);
+    for round in 0..kills {
+        let index = nodes
+            .iter()
+            .position(|node| {
+                node.status().and_then(|s| field(&s, "peer_id")).as_deref()
+                    == Some(president.as_str())
+            })
+            .expect("the president's node");
+        let killed_at = Instant::now();
+        nodes[index].kill();
+        let survivors: Vec<&Node> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(_, n)| n)
+            .collect();
+        let successor = wait_for("a new president", || {
+            agreed_president(&survivors, 5).filter(|p| *p != president)
+        });
+        let elapsed = killed_at.elapsed();
+        println!("kill {}: new president after {elapsed:?}", round + 1);
+        times.push(elapsed);
+        let dir = nodes[index].dir.clone();
+        nodes[index] = Node::start(&dir, None);
+        wait_for("the restarted node to rejoin", || {
+            let status = nodes[index].status()?;
+            (field(&status, "president").as_deref() == Some(successor.as_str())).then_some(())
+        });
+        president = successor;
+    }
+    times.sort();
+    println!(
+        "president failover after kill -9 over {kills} kills, as `aamas status` sees it: p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times.last().copied().unwrap_or_default()
+    );
+}
