@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aamas_node::{MemberView, NodeConfig, Status};
+use aamas_node::{Hierarchy, MemberView, NodeConfig, Status};
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
@@ -80,6 +80,8 @@ enum Commands {
     Status(Target),
     /// List the members.
     Members(Target),
+    /// Draw the tree president → governors → mayors → workers.
+    Hierarchy(Target),
     /// Join tokens.
     Token {
         #[command(subcommand)]
@@ -225,6 +227,44 @@ fn print_status(status: &Status) {
     }
 }
 
+fn draw_hierarchy(tree: &Hierarchy) {
+    println!(
+        "president {}",
+        tree.president.as_deref().unwrap_or("(none yet)")
+    );
+    let count = tree.states.len() + usize::from(!tree.unplaced.is_empty());
+    for (index, state) in tree.states.iter().enumerate() {
+        let last = index + 1 == count;
+        let (branch, indent) = if last {
+            ("└──", "    ")
+        } else {
+            ("├──", "│   ")
+        };
+        println!(
+            "{branch} state {} (governor: {})",
+            state.name,
+            state.governor.as_deref().unwrap_or("none yet")
+        );
+        for mayor in &state.mayors {
+            println!("{indent}├── mayor {mayor}");
+        }
+        for (i, worker) in state.workers.iter().enumerate() {
+            let twig = if i + 1 == state.workers.len() {
+                "└──"
+            } else {
+                "├──"
+            };
+            println!("{indent}{twig} worker {worker}");
+        }
+    }
+    if !tree.unplaced.is_empty() {
+        println!("└── not placed yet");
+        for worker in &tree.unplaced {
+            println!("    └── worker {worker}");
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
@@ -305,6 +345,14 @@ fn main() -> Result<()> {
                         member.alive
                     );
                 }
+            }
+        }
+        Commands::Hierarchy(target) => {
+            let tree = Client::new(&target)?.get("/api/v1/hierarchy")?;
+            if target.json {
+                println!("{tree}");
+            } else {
+                draw_hierarchy(&serde_json::from_value(tree)?);
             }
         }
         Commands::Token {

@@ -75,6 +75,13 @@ async fn members(State(api): State<Api>, headers: HeaderMap) -> Response {
     Json(api.node.members().await).into_response()
 }
 
+async fn hierarchy(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    Json(api.node.hierarchy().await).into_response()
+}
+
 #[derive(Deserialize)]
 struct TokenQuery {
     ttl_secs: Option<u64>,
@@ -163,6 +170,7 @@ pub async fn serve(node: Arc<Node>, addr: SocketAddr) -> Result<SocketAddr, Node
         .route("/api/v1/system/health", get(health))
         .route("/api/v1/system/status", get(status))
         .route("/api/v1/members", get(members))
+        .route("/api/v1/hierarchy", get(hierarchy))
         .route("/api/v1/tokens", post(create_token))
         .route("/metrics", get(metrics))
         .with_state(Api {

@@ -22,4 +22,6 @@ pub mod token;
 pub mod transport;
 pub mod wire;
 
-pub use runtime::{Founded, MemberView, NodeConfig, NodeError, Status, init, run};
+pub use runtime::{
+    Founded, Hierarchy, MemberView, NodeConfig, NodeError, StateView, Status, init, run,
+};

@@ -276,6 +276,30 @@ pub struct Status {
     pub listen_addrs: Vec<String>,
 }
 
+/// The hierarchy as this node's Registry copy has it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// The president's peer id, if known.
+    pub president: Option<String>,
+    /// Every state, in name order.
+    pub states: Vec<StateView>,
+    /// Members not placed in a state yet.
+    pub unplaced: Vec<String>,
+}
+
+/// One state of the hierarchy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StateView {
+    /// Its name.
+    pub name: String,
+    /// Its governor's peer id (state groups are not built yet: always `None`).
+    pub governor: Option<String>,
+    /// Its mayors' peer ids (not built yet: empty).
+    pub mayors: Vec<String>,
+    /// Its workers' peer ids.
+    pub workers: Vec<String>,
+}
+
 /// One member as `members` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemberView {
@@ -401,6 +425,37 @@ impl Node {
         })
         .await
         .unwrap_or_default()
+    }
+
+    /// The tree president → governors → mayors → workers.
+    pub async fn hierarchy(&self) -> Hierarchy {
+        let president = self.president().map(|(_, peer)| peer);
+        self.registry(|registry| Hierarchy {
+            president: president.clone(),
+            states: registry
+                .states()
+                .keys()
+                .map(|name| StateView {
+                    name: name.clone(),
+                    governor: None,
+                    mayors: Vec::new(),
+                    workers: registry
+                        .members_in_state(name)
+                        .map(|(key, _)| key.peer_id())
+                        .collect(),
+                })
+                .collect(),
+            unplaced: registry
+                .unplaced_members()
+                .map(|(key, _)| key.peer_id())
+                .collect(),
+        })
+        .await
+        .unwrap_or(Hierarchy {
+            president,
+            states: Vec::new(),
+            unplaced: Vec::new(),
+        })
     }
 
     /// A new join token signed by this node.
