@@ -22,6 +22,8 @@ use crate::runtime::{Node, NodeError};
 pub struct Metrics {
     /// API requests refused for a missing or wrong token.
     pub api_unauthorized: AtomicU64,
+    /// Raft RPCs refused because the sender is not a member.
+    pub rpc_refused_non_member: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -114,11 +116,16 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     let text = format!(
         "# TYPE aamas_members gauge\naamas_members {}\n# TYPE aamas_federal_term gauge\naamas_federal_term {}\n\
          # TYPE aamas_is_president gauge\naamas_is_president {}\n# TYPE aamas_api_unauthorized_total counter\n\
-         aamas_api_unauthorized_total {}\n",
+         aamas_api_unauthorized_total {}\n# TYPE aamas_rpc_refused_total counter\n\
+         aamas_rpc_refused_total{{reason=\"non_member\"}} {}\n",
         status.members,
         status.term,
         u8::from(status.roles.iter().any(|role| role == "president")),
         api.node.metrics.api_unauthorized.load(Ordering::Relaxed),
+        api.node
+            .metrics
+            .rpc_refused_non_member
+            .load(Ordering::Relaxed),
     );
     (
         [(

@@ -641,10 +641,27 @@ impl Node {
         }
     }
 
+    fn is_member_peer(&self, peer: &PeerId) -> bool {
+        NodeKey::from_peer_id(&peer.to_base58())
+            .and_then(|key| self.book.get(node_id(&key)))
+            .is_some_and(|(known, _)| known == *peer)
+    }
+
     async fn handle_inbound(&self, inbound: Inbound) {
         let Inbound { peer, rpc, channel } = inbound;
         let response = match rpc {
             Rpc::Join(request) => RpcResponse::Join(self.handle_join(peer, request).await),
+            // Raft traffic only from members: the peer book holds the Registry's members and
+            // the members a join answer named.
+            _ if !self.is_member_peer(&peer) => {
+                self.metrics
+                    .rpc_refused_non_member
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(%peer, "refused a Raft RPC from a non-member");
+                RpcResponse::Refused {
+                    reason: "not a member of this mesh".into(),
+                }
+            }
             Rpc::Append { group, rpc } => {
                 RpcResponse::Append(self.groups.handle_append_entries(group, rpc).await)
             }
@@ -667,7 +684,6 @@ impl Node {
         if federal.leader() != Some(self.me()) {
             return;
         }
-        self.refresh_book().await;
         let now = now_ms();
         let connected: BTreeSet<PeerId> = self.handle.connected_peers().await.into_iter().collect();
         let members: BTreeMap<NodeId, MemberNode> = self
