@@ -41,33 +41,9 @@ fn main() {
 
     let mut times = Vec::with_capacity(kills);
     for round in 0..kills {
-        let index = nodes
-            .iter()
-            .position(|node| {
-                node.status().and_then(|s| field(&s, "peer_id")).as_deref()
-                    == Some(president.as_str())
-            })
-            .expect("the president's node");
-        let killed_at = Instant::now();
-        nodes[index].kill();
-        let survivors: Vec<&Node> = nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != index)
-            .map(|(_, n)| n)
-            .collect();
-        let successor = wait_for("a new president", || {
-            agreed_president(&survivors, 5).filter(|p| *p != president)
-        });
-        let elapsed = killed_at.elapsed();
+        let (successor, elapsed) = kill_president(&mut nodes, &president, 5);
         println!("kill {}: new president after {elapsed:?}", round + 1);
         times.push(elapsed);
-        let dir = nodes[index].dir.clone();
-        nodes[index] = Node::start(&dir, None);
-        wait_for("the restarted node to rejoin", || {
-            let status = nodes[index].status()?;
-            (field(&status, "president").as_deref() == Some(successor.as_str())).then_some(())
-        });
         president = successor;
     }
     times.sort();

@@ -173,3 +173,36 @@ pub fn first_listen_addr(node: &Node) -> String {
         })
     })
 }
+
+/// `kill -9` the president among `nodes`, wait until the others agree on a new one, then
+/// restart the killed node from its data dir (no token) and wait until it follows the new
+/// president. Returns the new president and how long the survivors took to agree.
+pub fn kill_president(nodes: &mut [Node], president: &str, members: u64) -> (String, Duration) {
+    let index = nodes
+        .iter()
+        .position(|node| {
+            node.status().and_then(|s| field(&s, "peer_id")).as_deref() == Some(president)
+        })
+        .expect("the president's node");
+    let killed_at = Instant::now();
+    nodes[index].kill();
+    let survivors: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, node)| node)
+        .collect();
+    let successor = wait_for("the survivors to agree on a new president", || {
+        agreed_president(&survivors, members).filter(|p| p != president)
+    });
+    let failover = killed_at.elapsed();
+    let dir = nodes[index].dir.clone();
+    nodes[index] = Node::start(&dir, None);
+    wait_for("the restarted node to follow the new president", || {
+        let status = nodes[index].status()?;
+        (field(&status, "president").as_deref() == Some(successor.as_str())
+            && status.get("members").and_then(Value::as_u64) == Some(members))
+        .then_some(())
+    });
+    (successor, failover)
+}
