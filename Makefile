@@ -29,7 +29,10 @@ lint:
 layering:
 	./scripts/check-layering.sh
 
+## The multi-process tests in tests/ drive the real `aamas` binary: `cargo test` builds
+## bins only as test harnesses, so build the binary itself first.
 unit:
+	$(CARGO) build --locked --workspace --bins
 	$(CARGO) test --locked --workspace --all-targets
 	$(CARGO) test --locked --workspace --doc
 

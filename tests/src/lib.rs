@@ -27,7 +27,7 @@ pub fn binary() -> PathBuf {
     let binary = dir.join("aamas");
     assert!(
         binary.exists(),
-        "{} is missing: build it first (`cargo test --workspace` does), or set AAMAS_BIN",
+        "{} is missing: build it first (`cargo build --workspace --bins`, as `make test` does), or set AAMAS_BIN",
         binary.display()
     );
     binary
