@@ -239,7 +239,6 @@ async fn run(
         OutboundRequestId,
         oneshot::Sender<Result<RpcResponse, NetworkError>>,
     > = HashMap::new();
-    let mut pending_peer: HashMap<OutboundRequestId, PeerId> = HashMap::new();
     let mut dials: HashMap<
         libp2p::swarm::ConnectionId,
         oneshot::Sender<Result<PeerId, NetworkError>>,
@@ -255,7 +254,6 @@ async fn run(
                         }
                         let id = swarm.behaviour_mut().rpc.send_request(&peer, rpc);
                         pending.insert(id, reply);
-                        pending_peer.insert(id, peer);
                     }
                     Command::Respond { channel, response } => {
                         if swarm.behaviour_mut().rpc.send_response(channel, response).is_err() {
@@ -290,14 +288,12 @@ async fn run(
                         }
                     }
                     request_response::Message::Response { request_id, response } => {
-                        pending_peer.remove(&request_id);
                         if let Some(reply) = pending.remove(&request_id) {
                             let _ = reply.send(Ok(response));
                         }
                     }
                 },
                 SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::OutboundFailure { request_id, error, peer, .. })) => {
-                    pending_peer.remove(&request_id);
                     if let Some(reply) = pending.remove(&request_id) {
                         let _ = reply.send(Err(NetworkError::Request { peer, reason: error.to_string() }));
                     }
