@@ -207,14 +207,14 @@ impl LogStore {
             .map_err(|error| StorageIOError::read(&error).into())
     }
 
-    fn put_meta<T: Serialize>(&self, name: &[u8], value: &T) -> StoreResult<()> {
+    fn put_meta<T: Serialize>(&self, name: &[u8], value: &T, sync: bool) -> StoreResult<()> {
         let cf = self.cf(CF_META)?;
         self.db
             .put_cf_opt(
                 cf,
                 group_key(self.group, name),
                 encode(value)?,
-                &write_options(self.fsync),
+                &write_options(sync),
             )
             .map_err(|error| StorageIOError::write(&error).into())
     }
@@ -288,7 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
-        self.put_meta(META_VOTE, vote)
+        self.put_meta(META_VOTE, vote, self.fsync)
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
@@ -299,15 +299,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not synced: the committed index only lets a restart re-apply committed entries
         // before the leader tells it the index again; losing the latest value loses no
         // data, and syncing it would add a second fsync to every commit's critical path.
-        let cf = self.cf(CF_META)?;
-        self.db
-            .put_cf_opt(
-                cf,
-                group_key(self.group, META_COMMITTED),
-                encode(&committed)?,
-                &write_options(false),
-            )
-            .map_err(|error| StorageIOError::write(&error).into())
+        self.put_meta(META_COMMITTED, &committed, false)
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {

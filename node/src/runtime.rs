@@ -325,6 +325,16 @@ fn request_id(parts: &[&[u8]]) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
+/// The roles of a member: every member is a worker; one is also the president.
+fn roles(is_president: bool) -> Vec<String> {
+    let mut roles = Vec::new();
+    if is_president {
+        roles.push("president".to_string());
+    }
+    roles.push("worker".to_string());
+    roles
+}
+
 impl Node {
     fn federal(&self) -> Option<Group> {
         self.groups.get(FEDERAL_GROUP)
@@ -371,14 +381,9 @@ impl Node {
             })
             .await
             .unwrap_or((0, None));
-        let mut roles = Vec::new();
-        if is_president {
-            roles.push("president".to_string());
-        }
-        roles.push("worker".to_string());
         Status {
             peer_id: me.peer_id(),
-            roles,
+            roles: roles(is_president),
             president: president.map(|(_, peer)| peer),
             state,
             members,
@@ -409,16 +414,11 @@ impl Node {
                 .active_members()
                 .map(|(key, member)| {
                     let peer = key.peer_id();
-                    let mut roles = Vec::new();
-                    if president.as_deref() == Some(peer.as_str()) {
-                        roles.push("president".to_string());
-                    }
-                    roles.push("worker".to_string());
                     MemberView {
                         alive: peer == me || connected.contains(&peer),
+                        roles: roles(president.as_deref() == Some(peer.as_str())),
                         peer_id: peer,
                         state: member.state.clone(),
-                        roles,
                     }
                 })
                 .collect()
