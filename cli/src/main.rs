@@ -75,6 +75,9 @@ enum Commands {
         /// Turn off fsync of Raft writes (tests only: a crash can lose acknowledged data).
         #[arg(long)]
         no_fsync: bool,
+        /// Find other nodes on the local network with mDNS.
+        #[arg(long, env = "AAMAS_MDNS")]
+        mdns: bool,
     },
     /// Show this node's view: president, members, roles.
     Status(Target),
@@ -293,6 +296,7 @@ fn main() -> Result<()> {
             token,
             skills,
             no_fsync,
+            mdns,
         } => {
             let listen = listen
                 .iter()
@@ -317,6 +321,7 @@ fn main() -> Result<()> {
                 skills,
                 raft: aamas_consensus::RaftConfig::default(),
                 fsync: !no_fsync,
+                mdns,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(aamas_node::run(config, shutdown_signal()))?;

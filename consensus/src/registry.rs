@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!   Registry ── members     NodeKey → Member (identity, addrs, skills, capacity, state)
-//!            ── states      name    → StateInfo (budget, spent)
+//!            ── states      name    → StateInfo (budget, spent, Raft group, governor)
 //!            ── projects    id      → Project (spec, phase, status, progress per phase)
 //!            ── policies    key     → value
 //!            ── join_tokens digest  → JoinToken (expiry, uses left)
@@ -88,13 +88,47 @@ pub struct Member {
     pub joined_ms: u64,
 }
 
-/// A state's budget, in the budget's smallest unit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Most voters recorded for a state group's founding.
+pub const MAX_STATE_VOTERS: usize = 7;
+/// Most cities a governor reports.
+pub const MAX_REPORTED_CITIES: usize = 256;
+
+/// A state: its budget (in the budget's smallest unit), its Raft group and its governor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateInfo {
     /// What the state may spend in total.
     pub budget: u64,
     /// What it has spent; never more than `budget`.
     pub spent: u64,
+    /// Its Raft group, once the president has founded it.
+    pub group: Option<StateGroup>,
+    /// Its governor as last reported, once it has one.
+    pub governor: Option<GovernorRecord>,
+}
+
+/// How a state's Raft group was founded. Recorded once: exactly one node (the founder)
+/// ever initialises the group, so two incarnations of one state can never both exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateGroup {
+    /// The Raft group id; never the federal group's.
+    pub id: u64,
+    /// The member that initialises the group; one of `voters`.
+    pub founder: NodeKey,
+    /// The first voters. The group's leader changes them later through Raft.
+    pub voters: Vec<NodeKey>,
+}
+
+/// A state's governor (the leader of its group) as it reported itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GovernorRecord {
+    /// The governor.
+    pub node: NodeKey,
+    /// The state group's term in which it leads.
+    pub term: u64,
+    /// Its cities and their mayors (if a lease holds).
+    pub mayors: BTreeMap<String, Option<NodeKey>>,
+    /// The group's voters.
+    pub voters: Vec<NodeKey>,
 }
 
 /// Where a project stands.
@@ -299,6 +333,22 @@ pub enum RegistryCommand {
         /// How much.
         amount: u64,
     },
+    /// Records how a state's Raft group is founded. The same founding again is a no-op;
+    /// another founding of a state that has one is rejected.
+    FoundStateGroup {
+        /// The state.
+        state: String,
+        /// Its group.
+        group: StateGroup,
+    },
+    /// Records a state's governor. Accepted for a later term, or the same term and the
+    /// same governor (new mayors); anything else is stale and rejected.
+    RecordGovernor {
+        /// The state.
+        state: String,
+        /// Its governor.
+        governor: GovernorRecord,
+    },
     /// Starts the next group-key epoch, keeping only it and the previous one. Repeating the
     /// rotation to the current epoch with the same keys is a no-op.
     RotateGroupKey {
@@ -399,6 +449,8 @@ impl Registry {
             C::SetBudget { state, budget } => self.set_budget(state, *budget),
             C::Spend { state, amount } => self.spend(state, *amount),
             C::RotateGroupKey { epoch, wrapped } => self.rotate_group_key(*epoch, wrapped),
+            C::FoundStateGroup { state, group } => self.found_state_group(state, group),
+            C::RecordGovernor { state, governor } => self.record_governor(state, governor),
         };
         outcome.unwrap_or_else(|reason| RegistryResponse::Rejected { reason })
     }
@@ -416,7 +468,10 @@ impl Registry {
         if self.states.len() >= MAX_STATES {
             return Err(full("states", MAX_STATES));
         }
-        let info = StateInfo { budget, spent: 0 };
+        let info = StateInfo {
+            budget,
+            ..StateInfo::default()
+        };
         self.states.insert(name.to_owned(), info);
         OK
     }
@@ -671,6 +726,79 @@ impl Registry {
         info.ok_or_else(|| format!("no state {state:?}; add it with AddState"))
     }
 
+    fn found_state_group(&mut self, state: &str, group: &StateGroup) -> Outcome {
+        if group.id == 0 {
+            return Err("group 0 is the federal group".into());
+        }
+        if group.voters.is_empty() || group.voters.len() > MAX_STATE_VOTERS {
+            return Err(format!(
+                "a state group has 1 to {MAX_STATE_VOTERS} voters, not {}",
+                group.voters.len()
+            ));
+        }
+        if !group.voters.contains(&group.founder) {
+            return Err("the founder must be one of the voters".into());
+        }
+        if let Some(voter) = group.voters.iter().find(|voter| !self.is_active(voter)) {
+            return Err(format!("voter {voter} is not an active member"));
+        }
+        let taken = self.states.iter().any(|(name, info)| {
+            name != state && info.group.as_ref().is_some_and(|g| g.id == group.id)
+        });
+        if taken {
+            return Err(format!("group {} belongs to another state", group.id));
+        }
+        let info = self.state_mut(state)?;
+        match &info.group {
+            Some(existing) if existing == group => OK,
+            Some(_) => Err(format!("state {state:?} already has a group")),
+            None => {
+                info.group = Some(group.clone());
+                OK
+            }
+        }
+    }
+
+    fn record_governor(&mut self, state: &str, governor: &GovernorRecord) -> Outcome {
+        if governor.mayors.len() > MAX_REPORTED_CITIES {
+            return Err(full("reported cities", MAX_REPORTED_CITIES));
+        }
+        if governor.voters.len() > MAX_STATE_VOTERS {
+            return Err(full("reported voters", MAX_STATE_VOTERS));
+        }
+        for city in governor.mayors.keys() {
+            check_name("city name", city)?;
+        }
+        if !self.is_active(&governor.node) {
+            return Err(format!(
+                "governor {} is not an active member",
+                governor.node
+            ));
+        }
+        let info = self.state_mut(state)?;
+        if info.group.is_none() {
+            return Err(format!("state {state:?} has no group yet"));
+        }
+        match &info.governor {
+            Some(current) if current == governor => return OK,
+            Some(current) if governor.term < current.term => {
+                return Err(format!(
+                    "stale: state {state:?} is at term {}, not {}",
+                    current.term, governor.term
+                ));
+            }
+            Some(current) if governor.term == current.term && governor.node != current.node => {
+                return Err(format!(
+                    "state {state:?} already has governor {} in term {}",
+                    current.node, current.term
+                ));
+            }
+            _ => {}
+        }
+        info.governor = Some(governor.clone());
+        OK
+    }
+
     fn set_budget(&mut self, state: &str, budget: u64) -> Outcome {
         let info = self.state_mut(state)?;
         if budget < info.spent {
@@ -743,6 +871,16 @@ impl Registry {
         for (name, info) in &self.states {
             assert_eq!(check_name("state", name), Ok(()));
             assert!(info.spent <= info.budget, "state {name:?} overspent");
+            if let Some(group) = &info.group {
+                assert_ne!(group.id, 0, "state {name:?} in the federal group");
+                assert!(group.voters.contains(&group.founder));
+                let same_id = self
+                    .states
+                    .values()
+                    .filter(|other| other.group.as_ref().is_some_and(|g| g.id == group.id));
+                assert_eq!(same_id.count(), 1, "group {} shared", group.id);
+            }
+            assert!(info.governor.is_none() || info.group.is_some());
         }
         assert!(self.projects.len() <= MAX_PROJECTS);
         let mut spec_bytes_total = 0;
@@ -1254,8 +1392,50 @@ mod tests {
         let market = StateInfo {
             budget: 50,
             spent: 50,
+            ..StateInfo::default()
         };
         assert_eq!(registry.states().get("market"), Some(&market));
+    }
+
+    fn found(state: &str, id: u64, voters: &[u8]) -> C {
+        let group = StateGroup {
+            id,
+            founder: node(voters[0]),
+            voters: voters.iter().map(|&n| node(n)).collect(),
+        };
+        let state = state.to_owned();
+        C::FoundStateGroup { state, group }
+    }
+
+    fn governor(state: &str, n: u8, term: u64) -> C {
+        let mayors = BTreeMap::from([(format!("{state}-1"), Some(node(n)))]);
+        let governor = GovernorRecord {
+            node: node(n),
+            term,
+            mayors,
+            voters: vec![node(n)],
+        };
+        let state = state.to_owned();
+        C::RecordGovernor { state, governor }
+    }
+
+    #[test]
+    fn a_state_group_is_founded_once_and_governors_only_move_forward() {
+        let mut registry = populated();
+        assert!(rejected(&run(&mut registry, &governor("technical", 1, 1))));
+        assert!(rejected(&run(&mut registry, &found("technical", 0, &[1]))));
+        assert!(rejected(&run(&mut registry, &found("technical", 5, &[3]))));
+        assert!(rejected(&run(&mut registry, &found("nowhere", 5, &[1]))));
+        assert_eq!(run(&mut registry, &found("technical", 5, &[1, 2])), R::Ok);
+        assert_eq!(run(&mut registry, &found("technical", 5, &[1, 2])), R::Ok);
+        assert!(rejected(&run(&mut registry, &found("technical", 6, &[2]))));
+        assert!(rejected(&run(&mut registry, &found("market", 5, &[2]))));
+        assert_eq!(run(&mut registry, &governor("technical", 1, 3)), R::Ok);
+        assert!(rejected(&run(&mut registry, &governor("technical", 2, 3))));
+        assert!(rejected(&run(&mut registry, &governor("technical", 2, 2))));
+        assert_eq!(run(&mut registry, &governor("technical", 2, 4)), R::Ok);
+        let record = registry.states()["technical"].governor.clone();
+        assert_eq!(record.map(|g| (g.node, g.term)), Some((node(2), 4)));
     }
 
     #[test]

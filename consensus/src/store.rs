@@ -113,6 +113,24 @@ impl Store {
         Ok(())
     }
 
+    /// The groups that have voted or been voted for on this node: the ones it took part
+    /// in and must reopen after a restart, in id order.
+    pub fn known_groups(&self) -> Result<Vec<GroupId>, rocksdb::Error> {
+        let Some(cf) = self.db.cf_handle(CF_META) else {
+            return Ok(Vec::new());
+        };
+        let mut groups = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, _) = item?;
+            if key.len() == 8 + META_VOTE.len() && key.ends_with(META_VOTE) {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&key[..8]);
+                groups.push(GroupId::from_be_bytes(id));
+            }
+        }
+        Ok(groups)
+    }
+
     /// Writes raw bytes where a log entry belongs, bypassing every check. For tests of
     /// what the store does with damaged data; never call it elsewhere.
     #[doc(hidden)]

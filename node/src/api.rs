@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -16,15 +15,6 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::runtime::{Node, NodeError};
-
-/// Counters exported at `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// API requests refused for a missing or wrong token.
-    pub api_unauthorized: AtomicU64,
-    /// Raft RPCs refused because the sender is not a member.
-    pub rpc_refused_non_member: AtomicU64,
-}
 
 #[derive(Clone)]
 struct Api {
@@ -45,10 +35,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn unauthorised(api: &Api) -> Response {
-    api.node
-        .metrics
-        .api_unauthorized
-        .fetch_add(1, Ordering::Relaxed);
+    api.node.metrics.api_unauthorized.inc();
     (
         StatusCode::UNAUTHORIZED,
         Json(serde_json::json!({"error": "missing or wrong bearer token; it is in DATA_DIR/api.token"})),
@@ -113,24 +100,15 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
         return unauthorised(&api);
     }
     let status = api.node.status().await;
-    let text = format!(
-        "# TYPE aamas_members gauge\naamas_members {}\n# TYPE aamas_federal_term gauge\naamas_federal_term {}\n\
-         # TYPE aamas_is_president gauge\naamas_is_president {}\n# TYPE aamas_api_unauthorized_total counter\n\
-         aamas_api_unauthorized_total {}\n# TYPE aamas_rpc_refused_total counter\n\
-         aamas_rpc_refused_total{{reason=\"non_member\"}} {}\n",
-        status.members,
-        status.term,
-        u8::from(status.roles.iter().any(|role| role == "president")),
-        api.node.metrics.api_unauthorized.load(Ordering::Relaxed),
-        api.node
-            .metrics
-            .rpc_refused_non_member
-            .load(Ordering::Relaxed),
-    );
+    api.node
+        .metrics
+        .federal_term
+        .set(i64::try_from(status.term).unwrap_or(i64::MAX));
+    let text = api.node.metrics.encode();
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )

@@ -16,6 +16,9 @@
 //! messaging, mDNS/Kademlia and the hierarchy view are not built yet.
 
 pub mod api;
+pub mod messaging;
+pub mod metrics;
+pub mod roles;
 pub mod runtime;
 pub mod swarm;
 pub mod token;

@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aamas_consensus::registry::{DEFAULT_STATES, Registry, RegistryCommand};
+use aamas_consensus::registry::{DEFAULT_STATES, Registry, RegistryCommand, RegistryResponse};
 use aamas_consensus::{
     Command, FEDERAL_GROUP, Group, Groups, MemberNode, NodeId, RaftConfig, Request, Store,
     StoreConfig, WriteError,
@@ -25,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::swarm::{self, Inbound, NodeHandle};
+use crate::messaging::{Authority, Inbox, Topics};
+use crate::swarm::{self, Gossip, Inbound, NodeHandle};
 use crate::token::JoinToken;
 use crate::transport::{Libp2pTransport, PeerBook};
 use crate::wire::{JoinRequest, JoinResponse, Rpc, RpcResponse};
@@ -236,6 +238,8 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     /// fsync every Raft write.
     pub fsync: bool,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
 }
 
 /// The shared state of a running node.
@@ -246,7 +250,13 @@ pub struct Node {
     pub(crate) groups: Groups<Libp2pTransport>,
     pub(crate) book: PeerBook,
     pub(crate) data_dir: PathBuf,
-    pub(crate) metrics: crate::api::Metrics,
+    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) inbox: Inbox,
+    pub(crate) topics: Topics,
+    sealer: Mutex<aamas_protocol::Sealer>,
+    /// When each member was last seen connected (ms); members get a grace period from
+    /// when this node first heard of them.
+    liveness: Mutex<HashMap<NodeId, u64>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -281,6 +291,8 @@ pub struct Status {
 pub struct Hierarchy {
     /// The president's peer id, if known.
     pub president: Option<String>,
+    /// The federal group's voters' peer ids.
+    pub federal_voters: Vec<String>,
     /// Every state, in name order.
     pub states: Vec<StateView>,
     /// Members not placed in a state yet.
@@ -292,9 +304,13 @@ pub struct Hierarchy {
 pub struct StateView {
     /// Its name.
     pub name: String,
-    /// Its governor's peer id (state groups are not built yet: always `None`).
+    /// Its governor's peer id, once its group has a leader that reported itself.
     pub governor: Option<String>,
-    /// Its mayors' peer ids (not built yet: empty).
+    /// The governor's term in the state group.
+    pub term: u64,
+    /// The state group's voters' peer ids.
+    pub voters: Vec<String>,
+    /// Its mayors' peer ids.
     pub mayors: Vec<String>,
     /// Its workers' peer ids.
     pub workers: Vec<String>,
@@ -313,7 +329,7 @@ pub struct MemberView {
     pub alive: bool,
 }
 
-fn request_id(parts: &[&[u8]]) -> u128 {
+pub(crate) fn request_id(parts: &[&[u8]]) -> u128 {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_be_bytes());
@@ -325,14 +341,31 @@ fn request_id(parts: &[&[u8]]) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
-/// The roles of a member: every member is a worker; one is also the president.
-fn roles(is_president: bool) -> Vec<String> {
-    let mut roles = Vec::new();
-    if is_president {
-        roles.push("president".to_string());
+/// The roles of a member, in rank order; every member is a worker.
+fn roles(is_president: bool, is_governor: bool, is_mayor: bool) -> Vec<String> {
+    [
+        (is_president, "president"),
+        (is_governor, "governor"),
+        (is_mayor, "mayor"),
+        (true, "worker"),
+    ]
+    .into_iter()
+    .filter(|(holds, _)| *holds)
+    .map(|(_, role)| role.to_string())
+    .collect()
+}
+
+/// Who governs and who is mayor, by peer id, as the Registry records it.
+fn recorded_roles(registry: &Registry) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut governors = BTreeSet::new();
+    let mut mayors = BTreeSet::new();
+    for info in registry.states().values() {
+        if let Some(record) = &info.governor {
+            governors.insert(record.node.peer_id());
+            mayors.extend(record.mayors.values().flatten().map(NodeKey::peer_id));
+        }
     }
-    roles.push("worker".to_string());
-    roles
+    (governors, mayors)
 }
 
 impl Node {
@@ -340,11 +373,145 @@ impl Node {
         self.groups.get(FEDERAL_GROUP)
     }
 
-    fn me(&self) -> NodeId {
+    pub(crate) fn me(&self) -> NodeId {
         node_id(&self.identity.node_key())
     }
 
-    async fn registry<R>(&self, read: impl FnOnce(&Registry) -> R) -> Option<R> {
+    /// When `id` was last seen connected, if this node has heard of it.
+    pub(crate) fn last_seen(&self, id: NodeId) -> Option<u64> {
+        self.liveness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .copied()
+    }
+
+    /// Whether `key` was seen connected within `window_ms` of `now_ms`.
+    pub(crate) fn seen_within(&self, key: &NodeKey, now_ms: u64, window_ms: u64) -> bool {
+        self.last_seen(node_id(key))
+            .is_some_and(|seen| now_ms.saturating_sub(seen) <= window_ms)
+    }
+
+    /// Marks connected members as seen now and starts the grace period of new ones.
+    async fn update_liveness(&self) {
+        let now = now_ms();
+        let connected: BTreeSet<PeerId> = self.handle.connected_peers().await.into_iter().collect();
+        let members: Vec<NodeKey> = self
+            .registry(|registry| registry.active_members().map(|(key, _)| *key).collect())
+            .await
+            .unwrap_or_default();
+        let me = self.identity.node_key();
+        let mut liveness = self
+            .liveness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let wanted: BTreeSet<NodeId> = members.iter().map(node_id).collect();
+        liveness.retain(|id, _| wanted.contains(id));
+        for key in &members {
+            let alive = *key == me || peer_id(key).is_ok_and(|peer| connected.contains(&peer));
+            if alive {
+                liveness.insert(node_id(key), now);
+            } else {
+                liveness.entry(node_id(key)).or_insert(now);
+            }
+        }
+    }
+
+    /// Subscribes to the topic of this node's state once it is placed.
+    async fn subscribe_to_state(&self) {
+        let me = self.identity.node_key();
+        let state = self
+            .registry(|registry| registry.members().get(&me).and_then(|m| m.state.clone()))
+            .await
+            .flatten();
+        if let Some(state) = state {
+            self.handle.subscribe(&self.topics.state(&state)).await;
+        }
+    }
+
+    /// Rebuilds the inbox's roster and authority from the Registry.
+    async fn update_inbox(&self) {
+        let president = self.president().map(|(_, peer)| peer);
+        let snapshot = self
+            .registry(|registry| {
+                let members: Vec<aamas_protocol::PublicIdentity> = registry
+                    .active_members()
+                    .map(|(_, member)| member.identity)
+                    .collect();
+                let mut authority = Authority {
+                    president: registry
+                        .active_members()
+                        .map(|(key, _)| *key)
+                        .find(|key| president.as_deref() == Some(key.peer_id().as_str())),
+                    ..Authority::default()
+                };
+                for (state, info) in registry.states() {
+                    if let Some(record) = &info.governor {
+                        authority.governors.insert(state.clone(), record.node);
+                        for mayor in record.mayors.values().flatten() {
+                            authority.mayors.insert(*mayor, state.clone());
+                        }
+                    }
+                }
+                authority.states = registry
+                    .active_members()
+                    .filter_map(|(key, member)| Some((*key, member.state.clone()?)))
+                    .collect();
+                (members, authority)
+            })
+            .await;
+        if let Some((members, authority)) = snapshot {
+            self.inbox.update(&members, authority);
+        }
+    }
+
+    /// Judges one gossip message and gives gossipsub the verdict.
+    async fn handle_gossip(&self, gossip: Gossip) {
+        let verdict = self.inbox.judge(
+            &self.identity,
+            now_ms(),
+            &gossip.topic,
+            &gossip.data,
+            &self.metrics,
+        );
+        if let Some(opened) = &verdict.opened {
+            tracing::debug!(sender = %opened.header.sender, kind = ?opened.header.kind, "message opened");
+        }
+        self.handle
+            .validate(gossip.id, gossip.source, verdict.acceptance)
+            .await;
+    }
+
+    /// Seals `payload` for `to` and publishes it on `topic`.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: &aamas_protocol::Payload,
+        to: aamas_protocol::To<'_>,
+    ) -> Result<(), NodeError> {
+        let sealed = {
+            let mut sealer = self
+                .sealer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            sealer
+                .seal(
+                    &self.identity,
+                    now_ms(),
+                    aamas_protocol::Outgoing {
+                        topic,
+                        payload,
+                        to,
+                        ttl_ms: 60_000,
+                    },
+                )
+                .map_err(|error| NodeError::Invalid(error.to_string()))?
+        };
+        self.handle.publish(topic, sealed.bytes).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn registry<R>(&self, read: impl FnOnce(&Registry) -> R) -> Option<R> {
         let federal = self.federal()?;
         federal
             .read_local(|machine| machine.registry().map(read))
@@ -352,7 +519,7 @@ impl Node {
     }
 
     /// The federal leader's peer id, if known.
-    fn president(&self) -> Option<(NodeId, String)> {
+    pub(crate) fn president(&self) -> Option<(NodeId, String)> {
         let federal = self.federal()?;
         let metrics = federal.raft().metrics().borrow().clone();
         let leader = metrics.current_leader?;
@@ -369,7 +536,8 @@ impl Node {
         let me = self.identity.node_key();
         let president = self.president();
         let is_president = president.as_ref().is_some_and(|(id, _)| *id == self.me());
-        let (members, state) = self
+        let is_governor = !self.governed().await.is_empty();
+        let (members, state, is_mayor) = self
             .registry(|registry| {
                 (
                     registry.active_members().count(),
@@ -377,13 +545,19 @@ impl Node {
                         .members()
                         .get(&me)
                         .and_then(|member| member.state.clone()),
+                    recorded_roles(registry).1.contains(&me.peer_id()),
                 )
             })
             .await
-            .unwrap_or((0, None));
+            .unwrap_or((0, None, false));
+        self.metrics
+            .members
+            .set(i64::try_from(members).unwrap_or(i64::MAX));
+        self.metrics.is_president.set(i64::from(is_president));
+        self.metrics.governs.set(i64::from(is_governor));
         Status {
             peer_id: me.peer_id(),
-            roles: roles(is_president),
+            roles: roles(is_president, is_governor, is_mayor),
             president: president.map(|(_, peer)| peer),
             state,
             members,
@@ -410,13 +584,18 @@ impl Node {
         let me = self.identity.node_key().peer_id();
         let president = self.president().map(|(_, peer)| peer);
         self.registry(|registry| {
+            let (governors, mayors) = recorded_roles(registry);
             registry
                 .active_members()
                 .map(|(key, member)| {
                     let peer = key.peer_id();
                     MemberView {
                         alive: peer == me || connected.contains(&peer),
-                        roles: roles(president.as_deref() == Some(peer.as_str())),
+                        roles: roles(
+                            president.as_deref() == Some(peer.as_str()),
+                            governors.contains(&peer),
+                            mayors.contains(&peer),
+                        ),
                         peer_id: peer,
                         state: member.state.clone(),
                     }
@@ -430,15 +609,48 @@ impl Node {
     /// The tree president → governors → mayors → workers.
     pub async fn hierarchy(&self) -> Hierarchy {
         let president = self.president().map(|(_, peer)| peer);
+        let federal_voters: BTreeSet<NodeId> = self
+            .federal()
+            .map(|federal| {
+                federal
+                    .raft()
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect()
+            })
+            .unwrap_or_default();
         self.registry(|registry| Hierarchy {
             president: president.clone(),
+            federal_voters: registry
+                .active_members()
+                .filter(|(key, _)| federal_voters.contains(&node_id(key)))
+                .map(|(key, _)| key.peer_id())
+                .collect(),
             states: registry
                 .states()
-                .keys()
-                .map(|name| StateView {
+                .iter()
+                .map(|(name, info)| StateView {
                     name: name.clone(),
-                    governor: None,
-                    mayors: Vec::new(),
+                    governor: info.governor.as_ref().map(|g| g.node.peer_id()),
+                    term: info.governor.as_ref().map_or(0, |g| g.term),
+                    voters: info
+                        .governor
+                        .as_ref()
+                        .map(|g| g.voters.clone())
+                        .or_else(|| info.group.as_ref().map(|g| g.voters.clone()))
+                        .unwrap_or_default()
+                        .iter()
+                        .map(NodeKey::peer_id)
+                        .collect(),
+                    mayors: info
+                        .governor
+                        .iter()
+                        .flat_map(|g| g.mayors.values().flatten())
+                        .map(NodeKey::peer_id)
+                        .collect(),
                     workers: registry
                         .members_in_state(name)
                         .map(|(key, _)| key.peer_id())
@@ -453,6 +665,7 @@ impl Node {
         .await
         .unwrap_or(Hierarchy {
             president,
+            federal_voters: Vec::new(),
             states: Vec::new(),
             unplaced: Vec::new(),
         })
@@ -481,17 +694,26 @@ impl Node {
         }
     }
 
-    async fn propose(&self, key: &[&[u8]], command: RegistryCommand) -> Result<(), WriteError> {
+    pub(crate) async fn propose(
+        &self,
+        key: &[&[u8]],
+        command: RegistryCommand,
+    ) -> Result<(), WriteError> {
         let federal = self
             .federal()
             .ok_or_else(|| WriteError::Failed("the federal group is not open".into()))?;
-        federal
+        let committed = federal
             .write(Request {
                 id: request_id(key),
                 command: Command::Registry(command),
             })
-            .await
-            .map(|_| ())
+            .await?;
+        match committed.response.outcome {
+            aamas_consensus::Outcome::Registry(RegistryResponse::Rejected { reason }) => Err(
+                WriteError::Failed(format!("the Registry refused it: {reason}")),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// The founder's first acts as president: the default states and itself as member.
@@ -647,6 +869,40 @@ impl Node {
             .is_some_and(|(known, _)| known == *peer)
     }
 
+    /// Opens a state group on first contact: a governor adds this node as a learner or
+    /// voter, or a voter asks for a vote, before this node knew it took part.
+    async fn open_on_contact(&self, group: aamas_consensus::GroupId) {
+        if group == FEDERAL_GROUP || self.groups.get(group).is_some() {
+            return;
+        }
+        if self.state_of_group(group).await.is_some()
+            && let Err(error) = self.groups.open(group).await
+        {
+            tracing::warn!(group, %error, "opening a state group on contact failed");
+        }
+    }
+
+    async fn handle_governor_report(
+        &self,
+        peer: PeerId,
+        state: String,
+        record: aamas_consensus::registry::GovernorRecord,
+    ) -> RpcResponse {
+        let refused = |reason: &str| RpcResponse::Refused {
+            reason: reason.to_string(),
+        };
+        if self.federal().and_then(|federal| federal.leader()) != Some(self.me()) {
+            return refused("not the president");
+        }
+        if peer_id(&record.node).ok() != Some(peer) {
+            return refused("a governor reports only for itself");
+        }
+        match self.record_governor(&state, record).await {
+            Ok(()) => RpcResponse::Ack,
+            Err(reason) => RpcResponse::Refused { reason },
+        }
+    }
+
     async fn handle_inbound(&self, inbound: Inbound) {
         let Inbound { peer, rpc, channel } = inbound;
         let response = match rpc {
@@ -655,20 +911,27 @@ impl Node {
             // the members a join answer named.
             _ if !self.is_member_peer(&peer) => {
                 self.metrics
-                    .rpc_refused_non_member
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(%peer, "refused a Raft RPC from a non-member");
+                    .rpc_refused
+                    .get_or_create(&crate::metrics::labels(&[("reason", "non_member")]))
+                    .inc();
+                tracing::debug!(%peer, "refused an RPC from a non-member");
                 RpcResponse::Refused {
                     reason: "not a member of this mesh".into(),
                 }
             }
+            Rpc::GovernorReport { state, record } => {
+                self.handle_governor_report(peer, state, record).await
+            }
             Rpc::Append { group, rpc } => {
+                self.open_on_contact(group).await;
                 RpcResponse::Append(self.groups.handle_append_entries(group, rpc).await)
             }
             Rpc::Vote { group, rpc } => {
+                self.open_on_contact(group).await;
                 RpcResponse::Vote(self.groups.handle_vote(group, rpc).await)
             }
             Rpc::Snapshot { group, rpc } => {
+                self.open_on_contact(group).await;
                 RpcResponse::Snapshot(self.groups.handle_install_snapshot(group, rpc).await)
             }
         };
@@ -677,15 +940,15 @@ impl Node {
 
     /// The president keeps the federal group's voters at `FEDERAL_VOTERS` (or every
     /// member, when fewer) and replaces voters that stay unreachable.
-    async fn president_tick(&self, last_seen: &mut HashMap<NodeId, u64>) {
+    async fn president_tick(&self) {
         let Some(federal) = self.federal() else {
             return;
         };
         if federal.leader() != Some(self.me()) {
             return;
         }
+        self.found_state_groups().await;
         let now = now_ms();
-        let connected: BTreeSet<PeerId> = self.handle.connected_peers().await.into_iter().collect();
         let members: BTreeMap<NodeId, MemberNode> = self
             .registry(|registry| {
                 registry
@@ -703,22 +966,10 @@ impl Node {
             })
             .await
             .unwrap_or_default();
-        for (id, member) in &members {
-            let alive = *id == self.me()
-                || member
-                    .peer_id
-                    .parse::<PeerId>()
-                    .is_ok_and(|peer| connected.contains(&peer));
-            if alive {
-                last_seen.insert(*id, now);
-            } else {
-                last_seen.entry(*id).or_insert(now);
-            }
-        }
         let outcome = aamas_consensus::replace_dead_voter(
             &federal,
             &members,
-            |id| last_seen.get(&id).copied(),
+            |id| self.last_seen(id),
             now,
             VOTER_DEAD_TIMEOUT_MS,
         )
@@ -732,10 +983,33 @@ impl Node {
         if voters.len() >= FEDERAL_VOTERS.min(members.len()) {
             return;
         }
-        let Some((id, node)) = members.iter().find(|(id, _)| {
-            !voters.contains(id)
-                && now.saturating_sub(last_seen.get(id).copied().unwrap_or(0)) < 2_000
-        }) else {
+        // Spread voters over states: the next one from the state with fewest voters.
+        let states: BTreeMap<NodeId, Option<String>> = self
+            .registry(|registry| {
+                registry
+                    .active_members()
+                    .map(|(key, member)| (node_id(key), member.state.clone()))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        let mut per_state: BTreeMap<Option<String>, usize> = BTreeMap::new();
+        for voter in &voters {
+            *per_state
+                .entry(states.get(voter).cloned().flatten())
+                .or_default() += 1;
+        }
+        let Some((id, node)) = members
+            .iter()
+            .filter(|(id, _)| {
+                !voters.contains(id)
+                    && now.saturating_sub(self.last_seen(**id).unwrap_or(0)) < 2_000
+            })
+            .min_by_key(|(id, _)| {
+                let state = states.get(id).cloned().flatten();
+                (per_state.get(&state).copied().unwrap_or(0), **id)
+            })
+        else {
             return;
         };
         if let Err(error) = federal.raft().add_learner(*id, node.clone(), true).await {
@@ -751,7 +1025,7 @@ impl Node {
     }
 }
 
-fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
+pub(crate) fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
     addrs.iter().filter_map(|addr| addr.parse().ok()).collect()
 }
 
@@ -894,7 +1168,15 @@ pub async fn run(
     let mut seed = *identity.signing_seed();
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
         .map_err(|error| NodeError::Invalid(error.to_string()))?;
-    let (handle, mut inbound) = swarm::start(keypair, &config.listen).await?;
+    let swarm_config = swarm::SwarmConfig {
+        listen: config.listen.clone(),
+        mdns: config.mdns,
+    };
+    let (handle, incoming) = swarm::start(keypair, &swarm_config).await?;
+    let swarm::Incoming {
+        requests: mut inbound,
+        mut gossip,
+    } = incoming;
     let book = PeerBook::default();
     let store = Store::open(
         &config.data_dir.join("raft"),
@@ -902,6 +1184,10 @@ pub async fn run(
             fsync: config.fsync,
         },
     )?;
+    let known_groups = store
+        .known_groups()
+        .map_err(|error| NodeError::Invalid(format!("reading the Raft database: {error}")))?;
+    let flushing = store.clone();
     let me = node_id(&identity.node_key());
     let groups = Groups::new(
         me,
@@ -910,6 +1196,10 @@ pub async fn run(
         Libp2pTransport::new(handle.clone(), book.clone()),
     )?;
     let federal = groups.open(FEDERAL_GROUP).await?;
+    // Every group this node took part in before a restart, so it can vote and campaign.
+    for group in known_groups {
+        groups.open(group).await?;
+    }
     let listen: Vec<String> = handle
         .listen_addrs()
         .await
@@ -918,13 +1208,31 @@ pub async fn run(
         .collect();
     book.insert(me, handle.peer_id(), parse_addrs(&listen));
     let node = Arc::new(Node {
-        identity,
-        mesh,
         handle: handle.clone(),
         groups: groups.clone(),
         book,
         data_dir: config.data_dir.clone(),
-        metrics: crate::api::Metrics::default(),
+        metrics: crate::metrics::Metrics::default(),
+        inbox: Inbox::new(mesh.mesh),
+        topics: Topics::new(mesh.mesh),
+        sealer: Mutex::new(aamas_protocol::Sealer::new(
+            mesh.mesh,
+            aamas_protocol::Limits::default(),
+            now_ms(),
+        )),
+        liveness: Mutex::new(HashMap::new()),
+        identity,
+        mesh,
+    });
+    node.handle.subscribe(&node.topics.all()).await;
+    node.handle.subscribe(&node.topics.federal()).await;
+
+    // Judge gossip, one message at a time (the pipeline is CPU-bound and short).
+    let judging = node.clone();
+    tokio::spawn(async move {
+        while let Some(message) = gossip.recv().await {
+            judging.handle_gossip(message).await;
+        }
     });
 
     // Serve inbound requests, a bounded number at a time.
@@ -975,20 +1283,41 @@ pub async fn run(
         tracing::info!("waiting for the mesh to reach this node");
     }
 
+    // The president's duties and the bookkeeping every node does.
     let ticking = node.clone();
     let president = tokio::spawn(async move {
-        let mut last_seen = HashMap::new();
         let mut interval = tokio::time::interval(PRESIDENT_TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
             ticking.refresh_book().await;
-            ticking.president_tick(&mut last_seen).await;
+            ticking.update_liveness().await;
+            ticking.update_inbox().await;
+            ticking.subscribe_to_state().await;
+            ticking.connect_to_neighbours(8).await;
+            ticking.president_tick().await;
+        }
+    });
+    // State groups and the governors' duties, apart so that a slow membership change in
+    // one does not hold up the other.
+    let governing = node.clone();
+    let governor = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(PRESIDENT_TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            governing.open_state_groups().await;
+            governing.governor_tick().await;
         }
     });
 
     shutdown.await;
-    tracing::info!("shutting down");
+    tracing::info!("leaving: stopping duties, Raft groups and the store");
     president.abort();
+    governor.abort();
     groups.shutdown().await;
+    if let Err(error) = flushing.flush() {
+        tracing::warn!(%error, "flushing the Raft database failed");
+    }
     Ok(())
 }

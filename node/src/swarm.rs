@@ -4,29 +4,85 @@
 //! ```text
 //!   NodeHandle ──Command (bounded)──► swarm task ──► libp2p (TCP/QUIC, Noise, Yamux)
 //!   inbound RPC ◄──Inbound (bounded)── swarm task ◄── peers
+//!   gossip      ◄──Gossip  (bounded)── swarm task ◄── gossipsub (held until validated)
 //! ```
+//!
+//! Behaviours: request-response (Raft RPCs, joins), gossipsub v1.1 with explicit
+//! validation and peer scoring, Kademlia (peer routing), identify, ping, mDNS (optional),
+//! and connection limits.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, connection_limits, identify, kad, mdns, noise, ping, tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::wire::{Codec, PROTOCOL, Rpc, RpcResponse};
 
 /// Bound of the command and inbound queues.
 pub const QUEUE_CAPACITY: usize = 1024;
+/// Bound of the queue of gossip messages waiting for validation; when it is full, new
+/// messages are ignored (without penalty) rather than queued.
+pub const GOSSIP_QUEUE_CAPACITY: usize = 4096;
 /// How long an RPC may take before the caller gets an error.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest gossip message accepted from the wire. Above the envelope limit on purpose,
+/// so that oversized envelopes reach the receive pipeline and are counted.
+pub const GOSSIP_MAX_TRANSMIT_BYTES: usize = 256 * 1024;
+/// Most established connections in total.
+pub const MAX_CONNECTIONS: u32 = 1024;
+/// Most established connections to one peer.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Most connections being set up at once, each way.
+pub const MAX_PENDING_CONNECTIONS: u32 = 128;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     rpc: request_response::Behaviour<Codec>,
+    gossip: gossipsub::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// How to build the swarm.
+#[derive(Debug, Clone, Default)]
+pub struct SwarmConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+}
+
+/// A gossip message held by gossipsub until [`NodeHandle::validate`] gives its verdict.
+#[derive(Debug)]
+pub struct Gossip {
+    /// The peer that forwarded it (not necessarily its author).
+    pub source: PeerId,
+    /// gossipsub's id of it.
+    pub id: gossipsub::MessageId,
+    /// Its topic.
+    pub topic: String,
+    /// The envelope bytes.
+    pub data: Vec<u8>,
+}
+
+/// What a node hears from the network.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Requests to answer.
+    pub requests: mpsc::Receiver<Inbound>,
+    /// Gossip to validate.
+    pub gossip: mpsc::Receiver<Gossip>,
 }
 
 /// Errors of the network layer.
@@ -69,6 +125,24 @@ enum Command {
     Dial {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<PeerId, NetworkError>>,
+    },
+    Subscribe {
+        topic: String,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetworkError>>,
+    },
+    Validate {
+        id: gossipsub::MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    AddAddresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        connect: bool,
     },
 }
 
@@ -156,6 +230,54 @@ impl NodeHandle {
         answer.await.map_err(|_| NetworkError::Stopped)?
     }
 
+    /// Subscribes to a gossip topic (idempotent).
+    pub async fn subscribe(&self, topic: &str) {
+        let topic = topic.to_string();
+        let _ = self.commands.send(Command::Subscribe { topic }).await;
+    }
+
+    /// Publishes `data` on a gossip topic.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), NetworkError> {
+        let (reply, answer) = oneshot::channel();
+        let topic = topic.to_string();
+        self.commands
+            .send(Command::Publish { topic, data, reply })
+            .await
+            .map_err(|_| NetworkError::Stopped)?;
+        answer.await.map_err(|_| NetworkError::Stopped)?
+    }
+
+    /// Gives gossipsub the verdict on a held message: accept (forward it), ignore (drop
+    /// it), or reject (drop it and penalise `source`).
+    pub async fn validate(
+        &self,
+        id: gossipsub::MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    ) {
+        let _ = self
+            .commands
+            .send(Command::Validate {
+                id,
+                source,
+                acceptance,
+            })
+            .await;
+    }
+
+    /// Tells peer routing (Kademlia) where a peer listens and, with `connect`, dials it
+    /// unless already connected (without waiting for the outcome).
+    pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>, connect: bool) {
+        let _ = self
+            .commands
+            .send(Command::AddAddresses {
+                peer,
+                addrs,
+                connect,
+            })
+            .await;
+    }
+
     /// The peers this node has a connection to.
     pub async fn connected_peers(&self) -> Vec<PeerId> {
         let (reply, answer) = oneshot::channel();
@@ -171,13 +293,36 @@ impl NodeHandle {
     }
 }
 
-/// Builds the swarm, starts listening on `listen`, and spawns its task. Inbound requests
-/// arrive on the returned receiver.
+fn gossip_config() -> Result<gossipsub::Config, NetworkError> {
+    gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(GOSSIP_MAX_TRANSMIT_BYTES)
+        .heartbeat_interval(Duration::from_millis(700))
+        .build()
+        .map_err(|error| NetworkError::Setup(format!("gossipsub config: {error}")))
+}
+
+/// Peer scoring as gossipsub v1.1 defines it, except that many peers behind one IP
+/// address are not penalised: meshes on one host (tests, the simulator, several nodes per
+/// machine) are legitimate here, and admission, not IP diversity, keeps Sybils out.
+fn score_params() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..gossipsub::PeerScoreParams::default()
+    };
+    (params, gossipsub::PeerScoreThresholds::default())
+}
+
+/// Builds the swarm, starts listening, and spawns its task. Inbound requests and gossip
+/// arrive on the returned receivers.
 pub async fn start(
     keypair: libp2p::identity::Keypair,
-    listen: &[Multiaddr],
-) -> Result<(NodeHandle, mpsc::Receiver<Inbound>), NetworkError> {
+    config: &SwarmConfig,
+) -> Result<(NodeHandle, Incoming), NetworkError> {
     let setup = |error: &dyn std::fmt::Display| NetworkError::Setup(error.to_string());
+    let listen = &config.listen;
+    let gossip_config = gossip_config()?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -187,19 +332,47 @@ pub async fn start(
         )
         .map_err(|error| setup(&error))?
         .with_quic()
-        .with_behaviour(|key| Behaviour {
-            rpc: request_response::Behaviour::new(
-                [(PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(RPC_TIMEOUT)
-                    .with_max_concurrent_streams(256),
-            ),
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/aamas/1".into(),
-                key.public(),
-            )),
-            ping: ping::Behaviour::new(ping::Config::new()),
-        })
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let peer = key.public().to_peer_id();
+                let mut gossip = gossipsub::Behaviour::new(
+                    MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                let (params, thresholds) = score_params();
+                gossip.with_peer_score(params, thresholds)?;
+                let mut kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
+                kad.set_mode(Some(kad::Mode::Server));
+                let mdns = if config.mdns {
+                    Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
+                } else {
+                    None
+                };
+                Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(
+                        connection_limits::ConnectionLimits::default()
+                            .with_max_established(Some(MAX_CONNECTIONS))
+                            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                            .with_max_pending_incoming(Some(MAX_PENDING_CONNECTIONS))
+                            .with_max_pending_outgoing(Some(MAX_PENDING_CONNECTIONS)),
+                    ),
+                    rpc: request_response::Behaviour::new(
+                        [(PROTOCOL, ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(RPC_TIMEOUT)
+                            .with_max_concurrent_streams(256),
+                    ),
+                    gossip,
+                    kad,
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/aamas/1".into(),
+                        key.public(),
+                    )),
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    mdns: Toggle::from(mdns),
+                })
+            },
+        )
         .map_err(|error| setup(&error))?
         .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
@@ -225,15 +398,20 @@ pub async fn start(
     }
     let peer_id = *swarm.local_peer_id();
     let (commands, command_rx) = mpsc::channel(QUEUE_CAPACITY);
-    let (inbound_tx, inbound_rx) = mpsc::channel(QUEUE_CAPACITY);
-    tokio::spawn(run(swarm, command_rx, inbound_tx));
-    Ok((NodeHandle { commands, peer_id }, inbound_rx))
+    let (inbound_tx, requests) = mpsc::channel(QUEUE_CAPACITY);
+    let (gossip_tx, gossip) = mpsc::channel(GOSSIP_QUEUE_CAPACITY);
+    tokio::spawn(run(swarm, command_rx, inbound_tx, gossip_tx));
+    Ok((
+        NodeHandle { commands, peer_id },
+        Incoming { requests, gossip },
+    ))
 }
 
 async fn run(
     mut swarm: Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<Inbound>,
+    gossip: mpsc::Sender<Gossip>,
 ) {
     let mut pending: HashMap<
         OutboundRequestId,
@@ -250,7 +428,8 @@ async fn run(
                 match command {
                     Command::Request { peer, addrs, rpc, reply } => {
                         for addr in addrs {
-                            swarm.add_peer_address(peer, addr);
+                            swarm.add_peer_address(peer, addr.clone());
+                            swarm.behaviour_mut().kad.add_address(&peer, addr);
                         }
                         let id = swarm.behaviour_mut().rpc.send_request(&peer, rpc);
                         pending.insert(id, reply);
@@ -278,6 +457,35 @@ async fn run(
                             }
                         }
                     }
+                    Command::Subscribe { topic } => {
+                        if let Err(error) = swarm.behaviour_mut().gossip.subscribe(&IdentTopic::new(topic)) {
+                            tracing::warn!(%error, "gossip subscription failed");
+                        }
+                    }
+                    Command::Publish { topic, data, reply } => {
+                        let result = swarm
+                            .behaviour_mut()
+                            .gossip
+                            .publish(IdentTopic::new(topic), data)
+                            .map(|_| ())
+                            .map_err(|error| NetworkError::Setup(format!("publish failed: {error}")));
+                        let _ = reply.send(result);
+                    }
+                    Command::Validate { id, source, acceptance } => {
+                        swarm.behaviour_mut().gossip.report_message_validation_result(&id, &source, acceptance);
+                    }
+                    Command::AddAddresses { peer, addrs, connect } => {
+                        for addr in &addrs {
+                            swarm.add_peer_address(peer, addr.clone());
+                            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                        }
+                        if connect && !swarm.is_connected(&peer) {
+                            let options = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
+                            if let Err(error) = swarm.dial(options) {
+                                tracing::debug!(%peer, %error, "dial failed");
+                            }
+                        }
+                    }
                 }
             }
             event = swarm.select_next_some() => match event {
@@ -300,7 +508,29 @@ async fn run(
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                     for addr in info.listen_addrs {
-                        swarm.add_peer_address(peer_id, addr);
+                        swarm.add_peer_address(peer_id, addr.clone());
+                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message_id, message })) => {
+                    let held = Gossip {
+                        source: propagation_source,
+                        id: message_id,
+                        topic: message.topic.into_string(),
+                        data: message.data,
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(held)) = gossip.try_send(held) {
+                        tracing::warn!("gossip queue full: message ignored");
+                        swarm.behaviour_mut().gossip.report_message_validation_result(&held.id, &held.source, MessageAcceptance::Ignore);
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                    for (peer, addr) in found {
+                        swarm.add_peer_address(peer, addr.clone());
+                        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                        if !swarm.is_connected(&peer) && let Err(error) = swarm.dial(addr) {
+                            tracing::debug!(%peer, %error, "mDNS dial failed");
+                        }
                     }
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {

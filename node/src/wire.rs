@@ -45,6 +45,13 @@ pub enum Rpc {
     },
     /// A node asks to be admitted.
     Join(JoinRequest),
+    /// A governor tells the president who governs a state.
+    GovernorReport {
+        /// The state.
+        state: String,
+        /// Who governs it, its voters and mayors.
+        record: aamas_consensus::registry::GovernorRecord,
+    },
 }
 
 /// The answer to an [`Rpc`].
@@ -60,6 +67,8 @@ pub enum RpcResponse {
     ),
     /// To [`Rpc::Join`].
     Join(JoinResponse),
+    /// Done.
+    Ack,
     /// The sender is not allowed to make this request.
     Refused {
         /// Why.

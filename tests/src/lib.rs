@@ -206,3 +206,73 @@ pub fn kill_president(nodes: &mut [Node], president: &str, members: u64) -> (Str
     });
     (successor, failover)
 }
+
+impl Node {
+    /// `aamas hierarchy --json`, if the node answers.
+    pub fn hierarchy(&self) -> Option<Value> {
+        let output = aamas(&[
+            "hierarchy",
+            "--data-dir",
+            &self.dir.display().to_string(),
+            "--json",
+        ]);
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// An API GET with the node's bearer token: (status line, body).
+    pub fn api_get(&self, path: &str) -> Option<(String, String)> {
+        use std::io::{Read as _, Write as _};
+        let addr = std::fs::read_to_string(self.dir.join("api.addr")).ok()?;
+        let token = std::fs::read_to_string(self.dir.join("api.token")).ok()?;
+        let mut stream = std::net::TcpStream::connect(addr.trim()).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    }
+}
+
+/// Each state with workers: its governor and voters, as one node's hierarchy has them.
+pub fn governors(hierarchy: &Value) -> Option<Vec<(String, String, Vec<String>)>> {
+    let states = hierarchy.get("states")?.as_array()?;
+    let mut governed = Vec::new();
+    for state in states {
+        let workers = state.get("workers")?.as_array()?;
+        if workers.is_empty() {
+            continue;
+        }
+        let name = field(state, "name")?;
+        let governor = field(state, "governor")?;
+        let voters: Vec<String> = state
+            .get("voters")?
+            .as_array()?
+            .iter()
+            .filter_map(|voter| voter.as_str().map(str::to_string))
+            .collect();
+        governed.push((name, governor, voters));
+    }
+    Some(governed)
+}
+
+/// Every node's hierarchy names a governor for each populated state, the governor is one
+/// of that state's voters, and all nodes agree: (state, governor, voters) per state.
+pub fn agreed_governors(nodes: &[&Node]) -> Option<Vec<(String, String, Vec<String>)>> {
+    let views: Vec<Vec<(String, String, Vec<String>)>> = nodes
+        .iter()
+        .map(|node| node.hierarchy().as_ref().and_then(governors))
+        .collect::<Option<_>>()?;
+    let first = views.first()?.clone();
+    let consistent = first
+        .iter()
+        .all(|(_, governor, voters)| voters.contains(governor));
+    (consistent && !first.is_empty() && views.iter().all(|view| *view == first)).then_some(first)
+}

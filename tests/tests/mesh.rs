@@ -34,11 +34,78 @@ fn five_nodes_agree_on_a_president_and_survive_its_kill() {
         })
         .collect();
     assert_eq!(states.len(), 5);
+    // A governor for each populated state, agreed by every node.
+    let governed = wait_for("a governor for each populated state", || {
+        agreed_governors(&nodes.iter().collect::<Vec<_>>())
+    });
+    let populated: std::collections::BTreeSet<&String> = states.iter().collect();
+    assert_eq!(
+        governed.len(),
+        populated.len(),
+        "one governor per populated state: {governed:?}"
+    );
 
     // kill -9 the president: the survivors agree on another ...
     // ... and the killed node comes back with its data dir and no token, as a member.
     let (successor, _) = kill_president(&mut nodes, &president, 5);
     assert_ne!(successor, president);
+}
+
+/// Starts `n` nodes: one founds the mesh, the others join it; waits for one president.
+fn start_mesh(root: &Path, n: usize) -> (Vec<Node>, String) {
+    let dirs: Vec<PathBuf> = (1..=n).map(|i| root.join(format!("n{i}"))).collect();
+    let (token, _) = init(&dirs[0]);
+    let mut nodes = vec![Node::start(&dirs[0], None)];
+    let addr = first_listen_addr(&nodes[0]);
+    for dir in &dirs[1..] {
+        nodes.push(Node::start(dir, Some((&addr, &token))));
+    }
+    let president = wait_for("the nodes to agree on a president", || {
+        agreed_president(&nodes.iter().collect::<Vec<_>>(), n as u64)
+    });
+    (nodes, president)
+}
+
+#[test]
+fn a_killed_governor_is_succeeded_and_its_dead_voter_replaced() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut nodes, president) = start_mesh(root.path(), 5);
+    let governed = wait_for("a governor for each populated state", || {
+        agreed_governors(&nodes.iter().collect::<Vec<_>>())
+            .filter(|governed| governed.iter().all(|(_, _, voters)| voters.len() == 3))
+    });
+    // A state whose governor is not the president, so only the state fails over.
+    let (state, governor, _) = governed
+        .iter()
+        .find(|(_, governor, _)| *governor != president)
+        .cloned()
+        .expect("a governor that is not the president");
+    let index = nodes
+        .iter()
+        .position(|node| node.status().and_then(|s| field(&s, "peer_id")) == Some(governor.clone()))
+        .expect("the governor's node");
+    nodes[index].kill();
+    let survivors: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, node)| node)
+        .collect();
+    let successor = wait_for("the state to elect a new governor", || {
+        agreed_governors(&survivors)?
+            .into_iter()
+            .find(|(name, successor, _)| *name == state && *successor != governor)
+    });
+    assert!(successor.2.contains(&successor.1));
+    // The dead voter stays dead: the new governor swaps it for a live member.
+    let healed = wait_for("the dead voter to be replaced", || {
+        agreed_governors(&survivors)?
+            .into_iter()
+            .find(|(name, _, voters)| {
+                *name == state && voters.len() == 3 && !voters.contains(&governor)
+            })
+    });
+    assert!(!healed.2.contains(&governor));
 }
 
 fn join_error(root: &Path, name: &str, addr: &str, token: &str) -> String {

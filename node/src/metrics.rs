@@ -1,0 +1,134 @@
+//! The node's Prometheus metrics (prometheus-client), served at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A label set: `(name, value)` pairs.
+pub type Labels = Vec<(String, String)>;
+
+/// Every metric of a node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// API requests refused for a missing or wrong token.
+    pub api_unauthorized: Counter,
+    /// Requests refused, by reason (e.g. `non_member`).
+    pub rpc_refused: Family<Labels, Counter>,
+    /// Gossip messages refused by the receive pipeline or authorisation, by reason and
+    /// verdict (`reject` penalises the forwarder, `ignore` does not).
+    pub gossip_rejected: Family<Labels, Counter>,
+    /// Gossip messages accepted, by kind and whether this node could open them.
+    pub gossip_accepted: Family<Labels, Counter>,
+    /// Active members in this node's Registry copy.
+    pub members: Gauge,
+    /// The federal group's term.
+    pub federal_term: Gauge,
+    /// 1 if this node is the president.
+    pub is_president: Gauge,
+    /// State groups this node governs.
+    pub governs: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("aamas");
+        let metrics = Self {
+            api_unauthorized: Counter::default(),
+            rpc_refused: Family::default(),
+            gossip_rejected: Family::default(),
+            gossip_accepted: Family::default(),
+            members: Gauge::default(),
+            federal_term: Gauge::default(),
+            is_president: Gauge::default(),
+            governs: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "api_unauthorized",
+            "API requests refused for a missing or wrong bearer token",
+            metrics.api_unauthorized.clone(),
+        );
+        registry.register(
+            "rpc_refused",
+            "Requests from peers refused, by reason",
+            metrics.rpc_refused.clone(),
+        );
+        registry.register(
+            "gossip_rejected",
+            "Gossip messages refused, by reason and verdict",
+            metrics.gossip_rejected.clone(),
+        );
+        registry.register(
+            "gossip_accepted",
+            "Gossip messages accepted, by kind and delivery",
+            metrics.gossip_accepted.clone(),
+        );
+        registry.register(
+            "members",
+            "Active members in this node's Registry copy",
+            metrics.members.clone(),
+        );
+        registry.register(
+            "federal_term",
+            "The federal Raft group's term",
+            metrics.federal_term.clone(),
+        );
+        registry.register(
+            "is_president",
+            "1 if this node leads the federal group",
+            metrics.is_president.clone(),
+        );
+        registry.register(
+            "governs",
+            "State groups this node leads",
+            metrics.governs.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+/// A label set from `(name, value)` pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(name, value)| ((*name).to_string(), (*value).to_string()))
+        .collect()
+}
+
+impl Metrics {
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) = encode(&mut text, &self.registry) {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_appear_with_their_labels() {
+        let metrics = Metrics::default();
+        metrics
+            .gossip_rejected
+            .get_or_create(&labels(&[("reason", "replayed"), ("verdict", "ignore")]))
+            .inc();
+        metrics.api_unauthorized.inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains("aamas_gossip_rejected_total{reason=\"replayed\",verdict=\"ignore\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("aamas_api_unauthorized_total 1"), "{text}");
+    }
+}

@@ -1,0 +1,731 @@
+//! States, governors and mayors.
+//!
+//! ```text
+//!   president ── FoundStateGroup(state, id, founder, voters) ──► Registry   (once per state)
+//!   founder   ── initialize(voters) ──► state group (Raft)          (exactly one node does it)
+//!   governor  = leader of the state group:
+//!       keeps STATE_VOTERS voters (state members first), replaces dead ones,
+//!       keeps a city with a mayor on a lease (Ledger), renews or replaces it,
+//!       reports itself, its voters and mayors ── RecordGovernor ──► Registry (via president)
+//! ```
+//!
+//! The decisions are pure functions ([`pick_voters`], [`pick_mayor`]); the `Node` methods
+//! carry them out through Raft.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aamas_consensus::ledger::LedgerCommand;
+use aamas_consensus::registry::{GovernorRecord, RegistryCommand, StateGroup};
+use aamas_consensus::{
+    Command, FEDERAL_GROUP, Group, GroupId, HealOutcome, MemberNode, NodeId, Request,
+};
+use aamas_protocol::NodeKey;
+use libp2p::PeerId;
+use sha2::{Digest as _, Sha256};
+
+use crate::runtime::{Node, node_id, now_ms, parse_addrs, request_id};
+use crate::wire::{Rpc, RpcResponse};
+
+/// Voters of a state group, when the mesh has that many members.
+pub const STATE_VOTERS: usize = 3;
+/// How long a mayor's lease lasts; the governor renews it when half has passed.
+pub const MAYOR_LEASE_MS: u64 = 10_000;
+/// A member not connected for this long counts as dead for choosing voters and mayors.
+pub const ALIVE_WINDOW_MS: u64 = 3_000;
+
+/// The Raft group id of a state: 8 bytes of SHA-256 of its name, never 0 (the federal
+/// group).
+pub fn state_group_id(state: &str) -> GroupId {
+    let digest = Sha256::digest([b"aamas/1 state group ".as_slice(), state.as_bytes()].concat());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes).max(1)
+}
+
+/// The one city every state starts with.
+pub fn first_city(state: &str) -> String {
+    format!("{state}-1")
+}
+
+/// A member as the role logic sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its key.
+    pub key: NodeKey,
+    /// Its state.
+    pub state: Option<String>,
+    /// Whether it is alive.
+    pub alive: bool,
+    /// How many groups it is a voter of already.
+    pub load: usize,
+}
+
+/// Up to `count` voters for `state`, not in `exclude`: alive members of the state first,
+/// then other alive members; fewest voterships first, key order breaking ties.
+pub fn pick_voters(
+    state: &str,
+    candidates: &[Candidate],
+    exclude: &BTreeSet<NodeKey>,
+    count: usize,
+) -> Vec<NodeKey> {
+    let mut eligible: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|candidate| candidate.alive && !exclude.contains(&candidate.key))
+        .collect();
+    eligible.sort_by_key(|candidate| {
+        (
+            candidate.state.as_deref() != Some(state),
+            candidate.load,
+            candidate.key,
+        )
+    });
+    eligible
+        .into_iter()
+        .take(count)
+        .map(|candidate| candidate.key)
+        .collect()
+}
+
+/// The mayor a governor should appoint for `state`: an alive member of the state other
+/// than the governor (roles spread out), else the governor itself.
+pub fn pick_mayor(state: &str, governor: NodeKey, candidates: &[Candidate]) -> Option<NodeKey> {
+    let in_state: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|candidate| candidate.alive && candidate.state.as_deref() == Some(state))
+        .collect();
+    in_state
+        .iter()
+        .filter(|candidate| candidate.key != governor)
+        .min_by_key(|candidate| (candidate.load, candidate.key))
+        .or_else(|| in_state.first())
+        .map(|candidate| candidate.key)
+        .or(Some(governor))
+}
+
+/// What a governor should do about a city's mayor at `now_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MayorAction {
+    /// Nothing: the lease holds for a while yet.
+    Keep,
+    /// Extend the current mayor's lease.
+    Renew(NodeKey),
+    /// Appoint this member (the lease lapsed or there never was one).
+    Appoint(NodeKey),
+    /// Wait: the mayor is dead but its lease has not lapsed yet.
+    WaitForLapse,
+}
+
+/// Decides about a city's mayor.
+pub fn mayor_action(
+    lease: Option<&aamas_consensus::ledger::Lease>,
+    now_ms: u64,
+    alive: impl Fn(&NodeKey) -> bool,
+    choose: impl FnOnce() -> Option<NodeKey>,
+) -> MayorAction {
+    match lease {
+        Some(lease) if lease.holds_at(now_ms) => {
+            if !alive(&lease.mayor) {
+                MayorAction::WaitForLapse
+            } else if lease.until_ms.saturating_sub(now_ms) < MAYOR_LEASE_MS / 2 {
+                MayorAction::Renew(lease.mayor)
+            } else {
+                MayorAction::Keep
+            }
+        }
+        _ => choose().map_or(MayorAction::Keep, MayorAction::Appoint),
+    }
+}
+
+impl Node {
+    /// The active members as role candidates, with liveness and voter load.
+    pub(crate) async fn candidates(&self) -> Vec<Candidate> {
+        let now = now_ms();
+        let me = self.identity.node_key();
+        let members: Vec<(NodeKey, Option<String>, usize)> = self
+            .registry(|registry| {
+                let mut load: BTreeMap<NodeKey, usize> = BTreeMap::new();
+                for info in registry.states().values() {
+                    let voters = info
+                        .governor
+                        .as_ref()
+                        .map(|g| g.voters.clone())
+                        .or_else(|| info.group.as_ref().map(|g| g.voters.clone()))
+                        .unwrap_or_default();
+                    for voter in voters {
+                        *load.entry(voter).or_default() += 1;
+                    }
+                }
+                registry
+                    .active_members()
+                    .map(|(key, member)| {
+                        (
+                            *key,
+                            member.state.clone(),
+                            load.get(key).copied().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        members
+            .into_iter()
+            .map(|(key, state, load)| Candidate {
+                alive: key == me || self.seen_within(&key, now, ALIVE_WINDOW_MS),
+                key,
+                state,
+                load,
+            })
+            .collect()
+    }
+
+    fn member_node(&self, key: &NodeKey, addrs: &BTreeMap<NodeKey, Vec<String>>) -> MemberNode {
+        MemberNode {
+            peer_id: key.peer_id(),
+            addrs: addrs.get(key).cloned().unwrap_or_default(),
+        }
+    }
+
+    async fn member_addrs(&self) -> BTreeMap<NodeKey, Vec<String>> {
+        self.registry(|registry| {
+            registry
+                .active_members()
+                .map(|(key, member)| (*key, member.addrs.clone()))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// The president founds a group for every state that has members and none yet.
+    pub(crate) async fn found_state_groups(&self) {
+        let unfounded: Vec<String> = self
+            .registry(|registry| {
+                let counts = registry.member_count_by_state();
+                registry
+                    .states()
+                    .iter()
+                    .filter(|(name, info)| {
+                        info.group.is_none() && counts.get(name.as_str()).copied().unwrap_or(0) > 0
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        if unfounded.is_empty() {
+            return;
+        }
+        let candidates = self.candidates().await;
+        for state in unfounded {
+            let voters = pick_voters(&state, &candidates, &BTreeSet::new(), STATE_VOTERS);
+            // The founder must be a member of the state, so that a state's first governor
+            // is one of its own.
+            let Some(founder) = voters.first().copied().filter(|founder| {
+                candidates
+                    .iter()
+                    .any(|c| c.key == *founder && c.state.as_deref() == Some(state.as_str()))
+            }) else {
+                continue;
+            };
+            let group = StateGroup {
+                id: state_group_id(&state),
+                founder,
+                voters,
+            };
+            let command = RegistryCommand::FoundStateGroup {
+                state: state.clone(),
+                group,
+            };
+            match self.propose(&[b"found", state.as_bytes()], command).await {
+                Ok(()) => tracing::info!(%state, "founded a state group"),
+                Err(error) => tracing::warn!(%state, %error, "founding a state group failed"),
+            }
+        }
+    }
+
+    /// Opens the groups of the states this node is a first voter of; the founder
+    /// initialises its group (once: later calls are no-ops).
+    pub(crate) async fn open_state_groups(&self) {
+        let me = self.identity.node_key();
+        let mine: Vec<(String, StateGroup)> = self
+            .registry(|registry| {
+                registry
+                    .states()
+                    .iter()
+                    .filter_map(|(name, info)| Some((name.clone(), info.group.clone()?)))
+                    .filter(|(_, group)| group.voters.contains(&me))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        if mine.is_empty() {
+            return;
+        }
+        let addrs = self.member_addrs().await;
+        for (state, group) in mine {
+            let open = match self.groups.open(group.id).await {
+                Ok(open) => open,
+                Err(error) => {
+                    tracing::warn!(%state, %error, "opening a state group failed");
+                    continue;
+                }
+            };
+            let uninitialised = open
+                .raft()
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_none();
+            if group.founder == me && uninitialised {
+                let voters = group
+                    .voters
+                    .iter()
+                    .map(|key| (node_id(key), self.member_node(key, &addrs)))
+                    .collect();
+                match self.groups.initialize(group.id, voters).await {
+                    Ok(()) => tracing::info!(%state, "initialised the state group"),
+                    Err(error) => tracing::warn!(%state, %error, "initialising failed"),
+                }
+            }
+        }
+    }
+
+    /// The state whose group is `group`, if any.
+    pub(crate) async fn state_of_group(&self, group: GroupId) -> Option<String> {
+        if group == FEDERAL_GROUP {
+            return None;
+        }
+        self.registry(|registry| {
+            registry
+                .states()
+                .iter()
+                .find(|(_, info)| info.group.as_ref().is_some_and(|g| g.id == group))
+                .map(|(name, _)| name.clone())
+        })
+        .await
+        .flatten()
+    }
+
+    /// The open state groups this node leads, with their states.
+    pub(crate) async fn governed(&self) -> Vec<(String, Group)> {
+        let me = self.me();
+        let mut governed = Vec::new();
+        for id in self.groups.ids() {
+            if id == FEDERAL_GROUP {
+                continue;
+            }
+            let Some(group) = self.groups.get(id) else {
+                continue;
+            };
+            if group.leader() == Some(me)
+                && let Some(state) = self.state_of_group(id).await
+            {
+                governed.push((state, group));
+            }
+        }
+        governed
+    }
+
+    /// A governor's duties for each state it leads.
+    pub(crate) async fn governor_tick(&self) {
+        let governed = self.governed().await;
+        if governed.is_empty() {
+            return;
+        }
+        let candidates = self.candidates().await;
+        let addrs = self.member_addrs().await;
+        for (state, group) in governed {
+            self.heal_state_voters(&state, &group, &candidates, &addrs)
+                .await;
+            self.keep_mayor(&state, &group, &candidates).await;
+            self.report_governor(&state, &group).await;
+        }
+    }
+
+    async fn heal_state_voters(
+        &self,
+        state: &str,
+        group: &Group,
+        candidates: &[Candidate],
+        addrs: &BTreeMap<NodeKey, Vec<String>>,
+    ) {
+        let now = now_ms();
+        let by_id: BTreeMap<NodeId, &Candidate> =
+            candidates.iter().map(|c| (node_id(&c.key), c)).collect();
+        let to_map = |keys: &[NodeKey]| -> BTreeMap<NodeId, MemberNode> {
+            keys.iter()
+                .map(|key| (node_id(key), self.member_node(key, addrs)))
+                .collect()
+        };
+        let membership = group.raft().metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        let voter_keys: BTreeSet<NodeKey> = voters
+            .iter()
+            .filter_map(|id| by_id.get(id).map(|c| c.key))
+            .collect();
+        // Replacement: a state member first, else anyone alive.
+        let preferred = pick_voters(state, candidates, &voter_keys, 1);
+        let last_seen = |id: NodeId| self.last_seen(id);
+        let outcome = aamas_consensus::replace_dead_voter(
+            group,
+            &to_map(&preferred),
+            last_seen,
+            now,
+            crate::runtime::VOTER_DEAD_TIMEOUT_MS,
+        )
+        .await;
+        match outcome {
+            Ok(HealOutcome::Replaced(replacement)) => {
+                tracing::info!(state, ?replacement, "replaced a dead state voter");
+                return;
+            }
+            Ok(HealOutcome::NoCandidate { dead }) => {
+                tracing::debug!(
+                    state,
+                    dead,
+                    "a state voter is dead and nobody can replace it"
+                );
+            }
+            Err(error) => tracing::warn!(state, %error, "replacing a state voter failed"),
+            Ok(_) => {}
+        }
+        if voters.len() >= STATE_VOTERS || membership.membership().get_joint_config().len() > 1 {
+            return;
+        }
+        let Some(newcomer) = pick_voters(state, candidates, &voter_keys, 1).pop() else {
+            return;
+        };
+        let id = node_id(&newcomer);
+        if let Err(error) = group
+            .raft()
+            .add_learner(id, self.member_node(&newcomer, addrs), true)
+            .await
+        {
+            tracing::warn!(state, %error, "adding a state learner failed");
+            return;
+        }
+        let mut grown = voters;
+        grown.insert(id);
+        match group.raft().change_membership(grown, false).await {
+            Ok(_) => tracing::info!(state, voter = %newcomer, "added a state voter"),
+            Err(error) => tracing::warn!(state, %error, "adding a state voter failed"),
+        }
+    }
+
+    async fn write_ledger(&self, group: &Group, key: &[&[u8]], command: LedgerCommand) -> bool {
+        let request = Request {
+            id: request_id(key),
+            command: Command::Ledger(command),
+        };
+        match group.write(request).await {
+            Ok(committed) => match committed.response.outcome {
+                aamas_consensus::Outcome::Ledger(
+                    aamas_consensus::ledger::LedgerResponse::Rejected { reason },
+                ) => {
+                    tracing::warn!(group = group.id(), reason, "the ledger refused a command");
+                    false
+                }
+                _ => true,
+            },
+            Err(error) => {
+                tracing::warn!(group = group.id(), %error, "ledger write failed");
+                false
+            }
+        }
+    }
+
+    async fn keep_mayor(&self, state: &str, group: &Group, candidates: &[Candidate]) {
+        let city = first_city(state);
+        let now = now_ms();
+        let (has_city, lease) = group
+            .read_local(|machine| {
+                let ledger = machine.ledger();
+                let record = ledger.and_then(|ledger| ledger.cities().get(&city));
+                (record.is_some(), record.and_then(|c| c.mayor))
+            })
+            .await;
+        if !has_city {
+            let command = LedgerCommand::AddCity { name: city.clone() };
+            if !self
+                .write_ledger(group, &[b"city", city.as_bytes()], command)
+                .await
+            {
+                return;
+            }
+        }
+        let me = self.identity.node_key();
+        let alive = |key: &NodeKey| candidates.iter().any(|c| c.key == *key && c.alive);
+        let action = mayor_action(lease.as_ref(), now, alive, || {
+            pick_mayor(state, me, candidates)
+        });
+        let (mayor, command) = match action {
+            MayorAction::Keep | MayorAction::WaitForLapse => return,
+            MayorAction::Renew(mayor) => (
+                mayor,
+                LedgerCommand::RenewLease {
+                    city: city.clone(),
+                    mayor,
+                    now_ms: now,
+                    until_ms: now + MAYOR_LEASE_MS,
+                },
+            ),
+            MayorAction::Appoint(mayor) => (
+                mayor,
+                LedgerCommand::AppointMayor {
+                    city: city.clone(),
+                    mayor,
+                    now_ms: now,
+                    until_ms: now + MAYOR_LEASE_MS,
+                },
+            ),
+        };
+        let stamp = now.to_be_bytes();
+        self.write_ledger(
+            group,
+            &[b"mayor", city.as_bytes(), &mayor.0, &stamp],
+            command,
+        )
+        .await;
+    }
+
+    /// Tells the president (through the Registry) who governs `state`, its voters and
+    /// mayors, when the Registry does not say so already.
+    async fn report_governor(&self, state: &str, group: &Group) {
+        let now = now_ms();
+        let metrics = group.raft().metrics().borrow().clone();
+        let voter_ids: BTreeSet<NodeId> =
+            metrics.membership_config.membership().voter_ids().collect();
+        let voters: Vec<NodeKey> = self
+            .registry(|registry| {
+                registry
+                    .active_members()
+                    .map(|(key, _)| *key)
+                    .filter(|key| voter_ids.contains(&node_id(key)))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        let mayors = group
+            .read_local(|machine| {
+                machine
+                    .ledger()
+                    .map(|ledger| {
+                        ledger
+                            .cities()
+                            .keys()
+                            .map(|city| (city.clone(), ledger.mayor_at(city, now).map(|l| l.mayor)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .await;
+        let record = GovernorRecord {
+            node: self.identity.node_key(),
+            term: metrics.current_term,
+            mayors,
+            voters,
+        };
+        let current = self
+            .registry(|registry| {
+                registry
+                    .states()
+                    .get(state)
+                    .and_then(|info| info.governor.clone())
+            })
+            .await
+            .flatten();
+        if current.as_ref() == Some(&record) {
+            return;
+        }
+        if let Err(reason) = self.send_governor_report(state, record).await {
+            tracing::debug!(state, reason, "governor report not taken yet");
+        }
+    }
+
+    async fn send_governor_report(
+        &self,
+        state: &str,
+        record: GovernorRecord,
+    ) -> Result<(), String> {
+        let Some((president, peer)) = self.president() else {
+            return Err("no president known".into());
+        };
+        if president == self.me() {
+            return self.record_governor(state, record).await;
+        }
+        let peer: PeerId = peer
+            .parse()
+            .map_err(|_| "bad president peer id".to_string())?;
+        let addrs = self
+            .book
+            .get(president)
+            .map(|(_, addrs)| addrs)
+            .unwrap_or_default();
+        let rpc = Rpc::GovernorReport {
+            state: state.to_string(),
+            record,
+        };
+        match self.handle.request(peer, addrs, rpc).await {
+            Ok(RpcResponse::Ack) => Ok(()),
+            Ok(RpcResponse::Refused { reason }) => Err(reason),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// The president commits a governor's report.
+    pub(crate) async fn record_governor(
+        &self,
+        state: &str,
+        record: GovernorRecord,
+    ) -> Result<(), String> {
+        let key = [
+            state.as_bytes(),
+            &record.node.0,
+            &record.term.to_be_bytes(),
+            format!("{:?}{:?}", record.mayors, record.voters).as_bytes(),
+        ]
+        .concat();
+        let command = RegistryCommand::RecordGovernor {
+            state: state.to_string(),
+            governor: record,
+        };
+        self.propose(&[b"governor", &key], command)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    /// Reconnects to the members of this node's state and the state groups' voters, so
+    /// that liveness is known and Raft traffic flows.
+    pub(crate) async fn connect_to_neighbours(&self, limit: usize) {
+        let me = self.identity.node_key();
+        let neighbours: Vec<(NodeKey, Vec<String>)> = self
+            .registry(|registry| {
+                let mine = registry.members().get(&me).and_then(|m| m.state.clone());
+                registry
+                    .active_members()
+                    .filter(|(key, member)| **key != me && (member.state == mine || mine.is_none()))
+                    .map(|(key, member)| (*key, member.addrs.clone()))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        let connected: BTreeSet<PeerId> = self.handle.connected_peers().await.into_iter().collect();
+        let mut dialled = 0;
+        for (key, addrs) in neighbours {
+            let Ok(peer) = crate::runtime::peer_id(&key) else {
+                continue;
+            };
+            if connected.contains(&peer) {
+                continue;
+            }
+            if dialled >= limit {
+                break;
+            }
+            self.handle
+                .add_addresses(peer, parse_addrs(&addrs), true)
+                .await;
+            dialled += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aamas_consensus::ledger::Lease;
+
+    use super::*;
+
+    fn key(n: u8) -> NodeKey {
+        NodeKey([n; 32])
+    }
+
+    fn candidate(n: u8, state: &str, alive: bool, load: usize) -> Candidate {
+        Candidate {
+            key: key(n),
+            state: Some(state.to_string()),
+            alive,
+            load,
+        }
+    }
+
+    #[test]
+    fn state_groups_have_distinct_non_federal_ids() {
+        let ids: BTreeSet<GroupId> = aamas_consensus::registry::DEFAULT_STATES
+            .iter()
+            .map(|state| state_group_id(state))
+            .collect();
+        assert_eq!(ids.len(), 4);
+        assert!(!ids.contains(&FEDERAL_GROUP));
+    }
+
+    #[test]
+    fn voters_come_from_the_state_first_then_the_least_loaded() {
+        let candidates = [
+            candidate(1, "market", true, 0),
+            candidate(2, "technical", true, 3),
+            candidate(3, "technical", false, 0),
+            candidate(4, "financial", true, 2),
+            candidate(5, "operations", true, 1),
+        ];
+        let none = BTreeSet::new();
+        assert_eq!(
+            pick_voters("technical", &candidates, &none, 3),
+            vec![key(2), key(1), key(5)]
+        );
+        assert_eq!(
+            pick_voters("technical", &candidates, &BTreeSet::from([key(2)]), 1),
+            vec![key(1)]
+        );
+        assert_eq!(pick_voters("market", &candidates[2..3], &none, 3), vec![]);
+    }
+
+    #[test]
+    fn the_mayor_is_another_member_of_the_state_when_there_is_one() {
+        let candidates = [
+            candidate(1, "technical", true, 1),
+            candidate(2, "technical", true, 0),
+            candidate(3, "technical", false, 0),
+        ];
+        assert_eq!(pick_mayor("technical", key(1), &candidates), Some(key(2)));
+        assert_eq!(pick_mayor("technical", key(2), &candidates), Some(key(1)));
+        assert_eq!(pick_mayor("market", key(1), &candidates), Some(key(1)));
+    }
+
+    #[test]
+    fn leases_are_renewed_at_half_time_and_replaced_only_after_lapse() {
+        let lease = Lease {
+            mayor: key(2),
+            until_ms: 10_000,
+            term: 1,
+        };
+        let alive = |_: &NodeKey| true;
+        let dead = |_: &NodeKey| false;
+        let choose = || Some(key(3));
+        assert_eq!(
+            mayor_action(Some(&lease), 1_000, alive, choose),
+            MayorAction::Keep
+        );
+        assert_eq!(
+            mayor_action(Some(&lease), 6_000, alive, choose),
+            MayorAction::Renew(key(2))
+        );
+        assert_eq!(
+            mayor_action(Some(&lease), 6_000, dead, choose),
+            MayorAction::WaitForLapse
+        );
+        assert_eq!(
+            mayor_action(Some(&lease), 10_000, dead, choose),
+            MayorAction::Appoint(key(3))
+        );
+        assert_eq!(
+            mayor_action(None, 0, alive, choose),
+            MayorAction::Appoint(key(3))
+        );
+        assert_eq!(mayor_action(None, 0, alive, || None), MayorAction::Keep);
+    }
+}
