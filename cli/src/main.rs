@@ -232,8 +232,9 @@ fn print_status(status: &Status) {
 
 fn draw_hierarchy(tree: &Hierarchy) {
     println!(
-        "president {}",
-        tree.president.as_deref().unwrap_or("(none yet)")
+        "president {} ({} federal voters)",
+        tree.president.as_deref().unwrap_or("(none yet)"),
+        tree.federal_voters.len()
     );
     let count = tree.states.len() + usize::from(!tree.unplaced.is_empty());
     for (index, state) in tree.states.iter().enumerate() {
@@ -244,9 +245,11 @@ fn draw_hierarchy(tree: &Hierarchy) {
             ("├──", "│   ")
         };
         println!(
-            "{branch} state {} (governor: {})",
+            "{branch} state {} (governor: {}, term {}, {} voters)",
             state.name,
-            state.governor.as_deref().unwrap_or("none yet")
+            state.governor.as_deref().unwrap_or("none yet"),
+            state.term,
+            state.voters.len()
         );
         for mayor in &state.mayors {
             println!("{indent}├── mayor {mayor}");

@@ -116,9 +116,13 @@ pub enum MayorAction {
 }
 
 /// Decides about a city's mayor.
+///
+/// A governor that stood in as its own mayor lets its lease lapse once `choose` offers
+/// someone else, so that roles spread out as the state grows.
 pub fn mayor_action(
     lease: Option<&aamas_consensus::ledger::Lease>,
     now_ms: u64,
+    governor: NodeKey,
     alive: impl Fn(&NodeKey) -> bool,
     choose: impl FnOnce() -> Option<NodeKey>,
 ) -> MayorAction {
@@ -127,6 +131,9 @@ pub fn mayor_action(
             if !alive(&lease.mayor) {
                 MayorAction::WaitForLapse
             } else if lease.until_ms.saturating_sub(now_ms) < MAYOR_LEASE_MS / 2 {
+                if lease.mayor == governor && choose().is_some_and(|other| other != governor) {
+                    return MayorAction::WaitForLapse;
+                }
                 MayorAction::Renew(lease.mayor)
             } else {
                 MayorAction::Keep
@@ -459,7 +466,7 @@ impl Node {
         }
         let me = self.identity.node_key();
         let alive = |key: &NodeKey| candidates.iter().any(|c| c.key == *key && c.alive);
-        let action = mayor_action(lease.as_ref(), now, alive, || {
+        let action = mayor_action(lease.as_ref(), now, me, alive, || {
             pick_mayor(state, me, candidates)
         });
         let (mayor, command) = match action {
@@ -707,25 +714,40 @@ mod tests {
         let dead = |_: &NodeKey| false;
         let choose = || Some(key(3));
         assert_eq!(
-            mayor_action(Some(&lease), 1_000, alive, choose),
+            mayor_action(Some(&lease), 1_000, key(1), alive, choose),
             MayorAction::Keep
         );
         assert_eq!(
-            mayor_action(Some(&lease), 6_000, alive, choose),
+            mayor_action(Some(&lease), 6_000, key(1), alive, choose),
             MayorAction::Renew(key(2))
         );
         assert_eq!(
-            mayor_action(Some(&lease), 6_000, dead, choose),
+            mayor_action(Some(&lease), 6_000, key(1), dead, choose),
             MayorAction::WaitForLapse
         );
         assert_eq!(
-            mayor_action(Some(&lease), 10_000, dead, choose),
+            mayor_action(Some(&lease), 10_000, key(1), dead, choose),
             MayorAction::Appoint(key(3))
         );
         assert_eq!(
-            mayor_action(None, 0, alive, choose),
+            mayor_action(None, 0, key(1), alive, choose),
             MayorAction::Appoint(key(3))
         );
-        assert_eq!(mayor_action(None, 0, alive, || None), MayorAction::Keep);
+        assert_eq!(
+            mayor_action(None, 0, key(1), alive, || None),
+            MayorAction::Keep
+        );
+        let own = Lease {
+            mayor: key(1),
+            ..lease
+        };
+        assert_eq!(
+            mayor_action(Some(&own), 6_000, key(1), alive, choose),
+            MayorAction::WaitForLapse
+        );
+        assert_eq!(
+            mayor_action(Some(&own), 6_000, key(1), alive, || Some(key(1))),
+            MayorAction::Renew(key(1))
+        );
     }
 }

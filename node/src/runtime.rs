@@ -40,6 +40,8 @@ pub const MAX_INBOUND_IN_FLIGHT: usize = 64;
 pub const PRESIDENT_TICK: Duration = Duration::from_millis(500);
 /// A voter not connected for this long is replaced.
 pub const VOTER_DEAD_TIMEOUT_MS: u64 = 10_000;
+/// Most members the president adds as federal learners per tick.
+pub const LEARNERS_PER_TICK: usize = 16;
 /// How many times a joiner follows redirects or retries before giving up.
 pub const JOIN_ATTEMPTS: usize = 20;
 
@@ -980,6 +982,23 @@ impl Node {
         }
         let membership = federal.raft().metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        // Every member holds a copy of the Registry: the ones that are not voters follow
+        // as learners (added without waiting for them to catch up).
+        let in_group: BTreeSet<NodeId> =
+            membership.membership().nodes().map(|(id, _)| *id).collect();
+        let missing = members
+            .iter()
+            .filter(|(id, _)| !in_group.contains(id))
+            .take(LEARNERS_PER_TICK);
+        for (id, node) in missing {
+            if membership.membership().get_joint_config().len() > 1 {
+                break;
+            }
+            match federal.raft().add_learner(*id, node.clone(), false).await {
+                Ok(_) => tracing::info!(node = %node.peer_id, "added a federal learner"),
+                Err(error) => tracing::warn!(%error, "adding a federal learner failed"),
+            }
+        }
         if voters.len() >= FEDERAL_VOTERS.min(members.len()) {
             return;
         }
