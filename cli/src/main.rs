@@ -52,19 +52,26 @@ enum Commands {
         #[arg(long, default_value = "24h")]
         ttl: String,
     },
-    /// Run a node until SIGINT or SIGTERM.
+    /// Run a node until SIGINT or SIGTERM, then leave gracefully.
+    ///
+    /// Settings come from flags, then environment variables, then the config file
+    /// (`--config`, TOML with the same names: data_dir, listen, api, join, token, skills,
+    /// mdns, fsync), then defaults.
     Node {
+        /// A TOML config file.
+        #[arg(long, env = "AAMAS_CONFIG")]
+        config: Option<PathBuf>,
         /// Data directory (identity, Raft database, API token).
         #[arg(long, env = "AAMAS_DATA_DIR")]
-        data_dir: PathBuf,
-        /// libp2p listen address (repeatable).
-        #[arg(long, default_values_t = vec!["/ip4/127.0.0.1/tcp/0".to_string()])]
+        data_dir: Option<PathBuf>,
+        /// libp2p listen address (repeatable) [default: /ip4/127.0.0.1/tcp/0].
+        #[arg(long)]
         listen: Vec<String>,
-        /// Control API address.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        api: SocketAddr,
+        /// Control API address [default: 127.0.0.1:0].
+        #[arg(long, env = "AAMAS_API_ADDR")]
+        api: Option<SocketAddr>,
         /// A member's address to join through.
-        #[arg(long, requires = "token")]
+        #[arg(long, env = "AAMAS_JOIN")]
         join: Option<String>,
         /// The join token.
         #[arg(long, env = "AAMAS_JOIN_TOKEN")]
@@ -123,6 +130,28 @@ fn parse_duration(text: &str) -> Result<Duration> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// The `--config` file of `aamas node`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    data_dir: Option<PathBuf>,
+    listen: Option<Vec<String>>,
+    api: Option<String>,
+    join: Option<String>,
+    token: Option<String>,
+    skills: Option<Vec<String>>,
+    mdns: Option<bool>,
+    fsync: Option<bool>,
+}
+
+impl NodeFile {
+    fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
+    }
+}
+
 struct Client {
     base: String,
     token: String,
@@ -176,9 +205,13 @@ impl Client {
     }
 }
 
+/// What is logged when RUST_LOG is not set: our own info, and only openraft's warnings
+/// (its info level narrates every vote and membership change).
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -292,6 +325,7 @@ fn main() -> Result<()> {
             }
         }
         Commands::Node {
+            config,
             data_dir,
             listen,
             api,
@@ -301,6 +335,38 @@ fn main() -> Result<()> {
             no_fsync,
             mdns,
         } => {
+            let file = match &config {
+                Some(path) => NodeFile::load(path)?,
+                None => NodeFile::default(),
+            };
+            let data_dir = data_dir.or(file.data_dir).context(
+                "give --data-dir DIR (or AAMAS_DATA_DIR, or data_dir in the --config file)",
+            )?;
+            let listen = if listen.is_empty() {
+                file.listen
+                    .unwrap_or_else(|| vec!["/ip4/127.0.0.1/tcp/0".to_string()])
+            } else {
+                listen
+            };
+            let api = match (api, file.api) {
+                (Some(api), _) => api,
+                (None, Some(api)) => api
+                    .parse()
+                    .with_context(|| format!("bad api address {api:?} in the config file"))?,
+                (None, None) => SocketAddr::from(([127, 0, 0, 1], 0)),
+            };
+            let join = join.or(file.join);
+            let token = token.or(file.token);
+            let skills = if skills.is_empty() {
+                file.skills.unwrap_or_default()
+            } else {
+                skills
+            };
+            let mdns = mdns || file.mdns.unwrap_or(false);
+            let no_fsync = no_fsync || !file.fsync.unwrap_or(true);
+            if join.is_some() != token.is_some() {
+                bail!("--join and --token go together: give both or neither");
+            }
             let listen = listen
                 .iter()
                 .map(|addr| {

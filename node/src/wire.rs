@@ -45,6 +45,12 @@ pub enum Rpc {
     },
     /// A node asks to be admitted.
     Join(JoinRequest),
+    /// A leader that is leaving asks a caught-up voter to start an election now rather
+    /// than after an election timeout.
+    Campaign {
+        /// The group.
+        group: GroupId,
+    },
     /// A governor tells the president who governs a state.
     GovernorReport {
         /// The state.

@@ -66,7 +66,7 @@ impl Node {
         let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
         let child = Command::new(binary())
             .args(&args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -89,6 +89,30 @@ impl Node {
             return None;
         }
         serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it exited with 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(sent, "kill -TERM failed");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the node") {
+                let _ = std::fs::remove_file(self.dir.join("api.addr"));
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not stop after SIGTERM"
+            );
+            std::thread::sleep(POLL);
+        }
     }
 
     /// `kill -9`.

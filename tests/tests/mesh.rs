@@ -108,6 +108,49 @@ fn a_killed_governor_is_succeeded_and_its_dead_voter_replaced() {
     assert!(!healed.2.contains(&governor));
 }
 
+#[test]
+fn a_one_node_mesh_holds_every_role() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, _) = start_mesh(root.path(), 1);
+    let roles = wait_for("the founder to hold every role", || {
+        let status = nodes[0].status()?;
+        let roles: Vec<String> = status
+            .get("roles")?
+            .as_array()?
+            .iter()
+            .filter_map(|role| role.as_str().map(str::to_string))
+            .collect();
+        (roles.len() == 4).then_some(roles)
+    });
+    assert_eq!(roles, ["president", "governor", "mayor", "worker"]);
+}
+
+#[test]
+fn sigterm_hands_over_and_exits_cleanly() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut nodes, president) = start_mesh(root.path(), 3);
+    let index = nodes
+        .iter()
+        .position(|node| {
+            node.status().and_then(|s| field(&s, "peer_id")) == Some(president.clone())
+        })
+        .expect("the president's node");
+    assert!(
+        nodes[index].terminate(),
+        "a node stopped by SIGTERM exits with 0"
+    );
+    let survivors: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, node)| node)
+        .collect();
+    let successor = wait_for("the others to agree on a new president", || {
+        agreed_president(&survivors, 3).filter(|p| *p != president)
+    });
+    assert_ne!(successor, president);
+}
+
 fn join_error(root: &Path, name: &str, addr: &str, token: &str) -> String {
     let dir = root.join(name);
     let output = Command::new(binary())
