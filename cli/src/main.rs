@@ -385,7 +385,7 @@ fn main() -> Result<()> {
             let config = NodeConfig {
                 data_dir,
                 listen,
-                api,
+                api: Some(api),
                 join,
                 skills,
                 raft: aamas_consensus::RaftConfig::default(),

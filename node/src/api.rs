@@ -134,8 +134,11 @@ fn write_private(path: &std::path::Path, contents: &str) -> Result<(), NodeError
         .map_err(io)
 }
 
-/// Starts the API on `addr`; returns the bound address.
-pub async fn serve(node: Arc<Node>, addr: SocketAddr) -> Result<SocketAddr, NodeError> {
+/// Starts the API on `addr`; returns the bound address and the serving task.
+pub async fn serve(
+    node: Arc<Node>,
+    addr: SocketAddr,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|error| NodeError::Invalid(error.to_string()))?;
     let token: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
@@ -162,10 +165,10 @@ pub async fn serve(node: Arc<Node>, addr: SocketAddr) -> Result<SocketAddr, Node
             node,
             token: Arc::new(token),
         });
-    tokio::spawn(async move {
+    let serving = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "control API stopped");
         }
     });
-    Ok(bound)
+    Ok((bound, serving))
 }

@@ -26,5 +26,6 @@ pub mod transport;
 pub mod wire;
 
 pub use runtime::{
-    Founded, Hierarchy, MemberView, NodeConfig, NodeError, StateView, Status, init, run,
+    Founded, Hierarchy, MemberView, NodeConfig, NodeError, Running, StateView, Status, init, run,
+    start,
 };

@@ -230,8 +230,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// libp2p listen addresses.
     pub listen: Vec<Multiaddr>,
-    /// The control API's address (port 0 picks one).
-    pub api: SocketAddr,
+    /// The control API's address (port 0 picks one); `None` serves no API (the
+    /// simulator's nodes).
+    pub api: Option<SocketAddr>,
     /// Join this mesh through this address with this token.
     pub join: Option<(Multiaddr, String)>,
     /// This node's skills.
@@ -1220,6 +1221,47 @@ pub async fn run(
     config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
+    let running = start(config).await?;
+    shutdown.await;
+    running.stop().await;
+    Ok(())
+}
+
+/// A node started by [`start`]: its shared state, and the tasks to stop with it.
+pub struct Running {
+    /// The node.
+    pub node: Arc<Node>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    store: Store,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Leaves gracefully: stops the duties, hands over the groups this node leads,
+    /// stops Raft, flushes the store and closes the swarm.
+    pub async fn stop(self) {
+        tracing::info!("leaving: stopping duties, Raft groups and the store");
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.node.hand_over_leadership().await;
+        self.node.groups.shutdown().await;
+        if let Err(error) = self.store.flush() {
+            tracing::warn!(%error, "flushing the Raft database failed");
+        }
+        self.node.handle.shutdown().await;
+    }
+}
+
+/// Starts a node: identity, mesh, swarm, Raft groups, API; joins or rejoins the mesh.
+pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     create_data_dir(&config.data_dir)?;
     let (identity, created) = Identity::load_or_create(&identity_path(&config.data_dir))?;
     if created {
@@ -1304,15 +1346,16 @@ pub async fn run(
 
     // Judge gossip, one message at a time (the pipeline is CPU-bound and short).
     let judging = node.clone();
-    tokio::spawn(async move {
+    let judge = tokio::spawn(async move {
         while let Some(message) = gossip.recv().await {
             judging.handle_gossip(message).await;
         }
     });
 
     // Serve inbound requests, a bounded number at a time.
+    let mut tasks = Vec::new();
     let serving = node.clone();
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT));
         while let Some(request) = inbound.recv().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -1324,10 +1367,13 @@ pub async fn run(
                 drop(slot);
             });
         }
-    });
+    }));
 
-    let api = crate::api::serve(node.clone(), config.api).await?;
-    tracing::info!(%api, "control API listening");
+    if let Some(addr) = config.api {
+        let (api, serving) = crate::api::serve(node.clone(), addr).await?;
+        tasks.push(serving);
+        tracing::info!(%api, "control API listening");
+    }
 
     let already_member = node
         .registry(|registry| registry.is_active(&node.identity.node_key()))
@@ -1386,14 +1432,10 @@ pub async fn run(
         }
     });
 
-    shutdown.await;
-    tracing::info!("leaving: stopping duties, Raft groups and the store");
-    president.abort();
-    governor.abort();
-    node.hand_over_leadership().await;
-    groups.shutdown().await;
-    if let Err(error) = flushing.flush() {
-        tracing::warn!(%error, "flushing the Raft database failed");
-    }
-    Ok(())
+    tasks.extend([judge, president, governor]);
+    Ok(Running {
+        node,
+        tasks,
+        store: flushing,
+    })
 }

@@ -144,6 +144,7 @@ enum Command {
         addrs: Vec<Multiaddr>,
         connect: bool,
     },
+    Shutdown,
 }
 
 /// A request that arrived from a peer; answer it with [`NodeHandle::respond`].
@@ -278,6 +279,11 @@ impl NodeHandle {
             .await;
     }
 
+    /// Stops the swarm task: every connection closes.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+
     /// The peers this node has a connection to.
     pub async fn connected_peers(&self) -> Vec<PeerId> {
         let (reply, answer) = oneshot::channel();
@@ -350,6 +356,18 @@ pub async fn start(
         )
         .map_err(|error| setup(&error))?
         .with_quic()
+        // In-process connections (`/memory/N` addresses): the simulator runs many nodes in
+        // one process over these, with the same Noise and Yamux as on the network.
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                use libp2p::Transport as _;
+                Ok(libp2p::core::transport::MemoryTransport::default()
+                    .upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()))
+            },
+        )
+        .map_err(|error| setup(&error))?
         .with_behaviour(
             |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
                 let peer = key.public().to_peer_id();
@@ -497,6 +515,7 @@ async fn run(
                     Command::Validate { id, source, acceptance } => {
                         swarm.behaviour_mut().gossip.report_message_validation_result(&id, &source, acceptance);
                     }
+                    Command::Shutdown => break,
                     Command::AddAddresses { peer, addrs, connect } => {
                         for addr in &addrs {
                             swarm.add_peer_address(peer, addr.clone());

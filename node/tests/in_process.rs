@@ -1,0 +1,91 @@
+//! Several real node runtimes in one process over libp2p's memory transport, as the
+//! simulator runs them: a founder and two joiners agree on a president, place every
+//! member, and give each populated state a governor; a stopped president is succeeded.
+
+use std::time::{Duration, Instant};
+
+use aamas_node::{NodeConfig, Running, Status};
+
+fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
+    NodeConfig {
+        data_dir: dir.to_owned(),
+        listen: vec!["/memory/0".parse().expect("memory addr")],
+        api: None,
+        join: join.map(|(addr, token)| (addr.parse().expect("join addr"), token)),
+        skills: Vec::new(),
+        raft: aamas_consensus::RaftConfig::default(),
+        fsync: false,
+        mdns: false,
+    }
+}
+
+async fn statuses(nodes: &[&Running]) -> Vec<Status> {
+    let mut all = Vec::new();
+    for node in nodes {
+        all.push(node.node.status().await);
+    }
+    all
+}
+
+/// Polls until every node names the same president and `members` members.
+async fn agreed(nodes: &[&Running], members: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = statuses(nodes).await;
+        let president = all[0].president.clone();
+        if let Some(president) = president
+            && all
+                .iter()
+                .all(|s| s.president.as_deref() == Some(&president) && s.members == members)
+            && all.iter().all(|s| s.state.is_some())
+        {
+            return president;
+        }
+        assert!(Instant::now() < deadline, "no agreement: {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_runtimes_in_one_process_form_a_mesh_over_memory() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let founded =
+        aamas_node::init(&root.path().join("n1"), "sim", Duration::from_secs(600)).expect("init");
+    let founder = aamas_node::start(config(&root.path().join("n1"), None))
+        .await
+        .expect("founder");
+    let addr = format!(
+        "{}/p2p/{}",
+        founder.node.status().await.listen_addrs[0],
+        founded.peer_id
+    );
+    assert!(addr.starts_with("/memory/"), "{addr}");
+    let mut nodes = vec![founder];
+    for i in 2..=3 {
+        let dir = root.path().join(format!("n{i}"));
+        let joined = aamas_node::start(config(&dir, Some((addr.clone(), founded.token.clone()))))
+            .await
+            .expect("join");
+        nodes.push(joined);
+    }
+    let president = agreed(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    assert_eq!(president, founded.peer_id);
+
+    // Once all three vote in the federal group, stop the president gracefully: the other
+    // two agree on a successor.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while nodes[0].node.hierarchy().await.federal_voters.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the federal group never got 3 voters"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let founder = nodes.remove(0);
+    founder.stop().await;
+    let successor = agreed(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    assert_ne!(successor, president);
+    for node in nodes {
+        node.stop().await;
+    }
+}
