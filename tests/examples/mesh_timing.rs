@@ -1,5 +1,6 @@
 //! Times a real 5-process mesh on loopback: from `aamas init` to five nodes agreeing on a
-//! president and five members, then president failover after `kill -9`, as `aamas status`
+//! president and five members, then to a full hierarchy (every node's `aamas hierarchy`
+//! names the same governor for each populated state), then president failover after `kill -9`, as `aamas status`
 //! sees it (the moment every survivor names the same new president), over N kills.
 //!
 //! Run: `cargo build --release -p aamas-cli && cargo run --release -p aamas-tests --example mesh_timing -- 20`
@@ -35,7 +36,14 @@ fn main() {
         agreed_president(&nodes.iter().collect::<Vec<_>>(), 5)
     });
     println!(
-        "init to a 5-node hierarchy (all statuses agree): {:?}",
+        "init to 5 nodes agreeing on president and members: {:?}",
+        start.elapsed()
+    );
+    wait_for("a governor for each populated state", || {
+        agreed_governors(&nodes.iter().collect::<Vec<_>>())
+    });
+    println!(
+        "init to the full 5-node hierarchy (a governor for each populated state, agreed): {:?}",
         start.elapsed()
     );
 
