@@ -1,5 +1,7 @@
 //! The `aamas` command: parses arguments, builds a configuration, and calls `aamas-node`.
 
+mod demo;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -97,6 +99,59 @@ enum Commands {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Projects: submit a spec, follow it through the eight phases.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    /// Start a local mesh of real nodes, run the template project through it while
+    /// killing the president, and print the timings.
+    Demo {
+        /// How many nodes.
+        #[arg(long, default_value_t = 7)]
+        nodes: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    /// Submit a project spec (TOML); prints its id.
+    Submit {
+        #[command(flatten)]
+        target: Target,
+        /// The spec file.
+        file: PathBuf,
+    },
+    /// Show a project: status, phase, tasks per phase.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// The project's id.
+        id: String,
+    },
+    /// List the projects.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Follow a project with a progress bar per phase until it ends.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        /// The project's id.
+        id: String,
+    },
+    /// Hold, resume or advance a project's phase by hand.
+    Phase {
+        #[command(flatten)]
+        target: Target,
+        /// The project's id.
+        id: String,
+        /// hold, resume or advance.
+        action: String,
+    },
+    /// Print the built-in template spec (the seed's eight phases).
+    Template,
 }
 
 #[derive(Subcommand)]
@@ -183,15 +238,22 @@ impl Client {
     }
 
     fn get(&self, path: &str) -> Result<serde_json::Value> {
-        self.call("GET", path)
+        self.call("GET", path, None)
     }
 
-    fn call(&self, method: &str, path: &str) -> Result<serde_json::Value> {
+    fn send(&self, method: &str, path: &str, body: &str) -> Result<serde_json::Value> {
+        self.call(method, path, Some(body))
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
         let url = format!("{}{path}", self.base);
-        let response = ureq::request(method, &url)
+        let request = ureq::request(method, &url)
             .set("Authorization", &format!("Bearer {}", self.token))
-            .timeout(Duration::from_secs(10))
-            .call();
+            .timeout(Duration::from_secs(30));
+        let response = match body {
+            Some(body) => request.send_string(body),
+            None => request.call(),
+        };
         match response {
             Ok(response) => response
                 .into_json()
@@ -304,6 +366,112 @@ fn draw_hierarchy(tree: &Hierarchy) {
     }
 }
 
+fn bar(done: u32, total: u32, width: usize) -> String {
+    let filled = if total == 0 {
+        width
+    } else {
+        (done as usize * width) / total as usize
+    };
+    format!("{}{}", "█".repeat(filled.min(width)), "░".repeat(width - filled.min(width)))
+}
+
+fn print_project(project: &serde_json::Value) {
+    let text = |name: &str| project.get(name).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    println!("project {} ({}): {} in {}", text("id"), text("name"), text("status"), text("phase"));
+    if let Some(reason) = project.get("reason").and_then(|v| v.as_str()) {
+        println!("reason: {reason}");
+    }
+    for phase in project.get("phases").and_then(|v| v.as_array()).into_iter().flatten() {
+        let number = |name: &str| phase.get(name).and_then(serde_json::Value::as_u64).unwrap_or(0) as u32;
+        let (done, total, failed) = (number("tasks_done"), number("tasks_total"), number("tasks_failed"));
+        println!(
+            "  {:<13} {} {:>3}/{:<3} {:<8}{}",
+            phase.get("name").and_then(|v| v.as_str()).unwrap_or(""),
+            bar(done, total, 24),
+            done,
+            total,
+            phase.get("status").and_then(|v| v.as_str()).unwrap_or(""),
+            if failed > 0 { format!(" ({failed} failed)") } else { String::new() }
+        );
+    }
+}
+
+/// Follows a project until it completes or fails; returns its last view.
+fn watch(client: &Client, id: &str, mut on_change: impl FnMut(&serde_json::Value)) -> Result<serde_json::Value> {
+    let mut last = serde_json::Value::Null;
+    loop {
+        let project = client.get(&format!("/api/v1/projects/{id}"))?;
+        if project != last {
+            on_change(&project);
+            last = project.clone();
+        }
+        let status = project.get("status").and_then(|v| v.as_str()).unwrap_or("");
+        if status == "completed" || status == "failed" {
+            return Ok(project);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn project(command: ProjectCommand) -> Result<()> {
+    match command {
+        ProjectCommand::Template => print!("{}", aamas_node::spec::template()),
+        ProjectCommand::Submit { target, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            // Check it here first, so the error names the file and line.
+            if let Err(error) = aamas_node::spec::parse(&text) {
+                bail!("{}: {error}; nothing was submitted", file.display());
+            }
+            let answer = Client::new(&target)?.send("POST", "/api/v1/projects", &text)?;
+            if target.json {
+                println!("{answer}");
+            } else {
+                println!("{}", answer.get("id").and_then(|v| v.as_str()).unwrap_or(""));
+            }
+        }
+        ProjectCommand::Show { target, id } => {
+            let project = Client::new(&target)?.get(&format!("/api/v1/projects/{id}"))?;
+            if target.json {
+                println!("{project}");
+            } else {
+                print_project(&project);
+            }
+        }
+        ProjectCommand::List { target } => {
+            let projects = Client::new(&target)?.get("/api/v1/projects")?;
+            if target.json {
+                println!("{projects}");
+            } else {
+                for project in projects.as_array().into_iter().flatten() {
+                    let text = |name: &str| project.get(name).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                    println!("{}  {:<10} {:<13} {}", text("id"), text("status"), text("phase"), text("name"));
+                }
+            }
+        }
+        ProjectCommand::Watch { target, id } => {
+            let client = Client::new(&target)?;
+            let last = watch(&client, &id, |project| {
+                print_project(project);
+                println!();
+            })?;
+            if last.get("status").and_then(|v| v.as_str()) == Some("failed") {
+                bail!("project {id} failed");
+            }
+        }
+        ProjectCommand::Phase { target, id, action } => {
+            let body = serde_json::json!({ "action": action }).to_string();
+            let project = Client::new(&target)?.send("PUT", &format!("/api/v1/projects/{id}/phase"), &body)?;
+            if target.json {
+                println!("{project}");
+            } else {
+                print_project(&project);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
@@ -395,6 +563,8 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(aamas_node::run(config, shutdown_signal()))?;
         }
+        Commands::Project { command } => project(command)?,
+        Commands::Demo { nodes } => demo::run(nodes)?,
         Commands::Status(target) => {
             let status = Client::new(&target)?.get("/api/v1/system/status")?;
             if target.json {
@@ -434,7 +604,7 @@ fn main() -> Result<()> {
         } => {
             let seconds = parse_duration(&ttl)?.as_secs();
             let created = Client::new(&target)?
-                .call("POST", &format!("/api/v1/tokens?ttl_secs={seconds}"))?;
+                .call("POST", &format!("/api/v1/tokens?ttl_secs={seconds}"), None)?;
             let token = created
                 .get("token")
                 .and_then(|t| t.as_str())

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -69,6 +69,70 @@ async fn hierarchy(State(api): State<Api>, headers: HeaderMap) -> Response {
         return unauthorised(&api);
     }
     Json(api.node.hierarchy().await).into_response()
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(serde_json::json!({"error": message.to_string()}))).into_response()
+}
+
+/// Largest project spec accepted, in bytes.
+pub const MAX_SPEC_BODY_BYTES: usize = 1 << 20;
+
+async fn submit_project(State(api): State<Api>, headers: HeaderMap, body: String) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    if body.len() > MAX_SPEC_BODY_BYTES {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "the spec is larger than 1 MiB");
+    }
+    match api.node.submit_project(&body).await {
+        Ok(id) => (StatusCode::CREATED, Json(serde_json::json!({"id": id}))).into_response(),
+        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+    }
+}
+
+async fn list_projects(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    Json(api.node.projects().await).into_response()
+}
+
+async fn show_project(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    match api.node.project(&id).await {
+        Some(project) => Json(project).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no project {id}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct PhaseChange {
+    action: String,
+}
+
+async fn change_phase(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(change): Json<PhaseChange>,
+) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    match api.node.change_project(&id, &change.action).await {
+        Ok(()) => match api.node.project(&id).await {
+            Some(project) => Json(project).into_response(),
+            None => Json(serde_json::json!({"id": id})).into_response(),
+        },
+        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+    }
 }
 
 #[derive(Deserialize)]
@@ -160,6 +224,10 @@ pub async fn serve(
         .route("/api/v1/members", get(members))
         .route("/api/v1/hierarchy", get(hierarchy))
         .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/projects", post(submit_project).get(list_projects))
+        .route("/api/v1/projects/{id}", get(show_project))
+        .route("/api/v1/projects/{id}/phase", put(change_phase))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_SPEC_BODY_BYTES + 1024))
         .route("/metrics", get(metrics))
         .with_state(Api {
             node,

@@ -16,14 +16,18 @@
 //! messaging, mDNS/Kademlia and the hierarchy view are not built yet.
 
 pub mod api;
+pub mod executor;
 pub mod messaging;
 pub mod metrics;
+pub mod projects;
 pub mod roles;
 pub mod runtime;
+pub mod spec;
 pub mod swarm;
 pub mod token;
 pub mod transport;
 pub mod wire;
+pub mod work;
 
 pub use runtime::{
     Founded, Hierarchy, MemberView, NodeConfig, NodeError, Running, StateView, Status, init, run,

@@ -47,6 +47,11 @@ impl Topics {
         format!("{}/state/{name}", self.prefix)
     }
 
+    /// Envelopes sent directly (request-response), not gossiped.
+    pub fn direct(&self) -> String {
+        format!("{}/direct", self.prefix)
+    }
+
     /// The members of a city.
     pub fn city(&self, name: &str) -> String {
         format!("{}/city/{name}", self.prefix)
@@ -181,6 +186,57 @@ impl Inbox {
             .unwrap_or_else(|p| p.into_inner())
             .1
             .contains(node)
+    }
+
+    /// Runs the pipeline on an envelope that arrived directly: it must be addressed to
+    /// this node, on `topic`, and allowed by the hierarchy. Counted like gossip, under
+    /// the `direct` channel.
+    pub fn open_direct(
+        &self,
+        identity: &Identity,
+        now_ms: u64,
+        topic: &str,
+        data: &[u8],
+        metrics: &Metrics,
+    ) -> Result<Opened, String> {
+        let outcome = {
+            let roster = self.roster.lock().unwrap_or_else(|p| p.into_inner());
+            let mut receiver = self.receiver.lock().unwrap_or_else(|p| p.into_inner());
+            receiver.receive(now_ms, data, identity, &roster.0)
+        };
+        let refuse = |reason: &str, detail: String| {
+            metrics
+                .direct_rejected
+                .get_or_create(&labels(&[("reason", reason)]))
+                .inc();
+            Err(detail)
+        };
+        let opened = match outcome {
+            Ok(Delivery::Opened(opened)) => opened,
+            Ok(Delivery::Relay(_)) => {
+                return refuse("not_a_recipient", "not addressed to this node".into());
+            }
+            Err(rejection) => return refuse(rejection.reason(), rejection.to_string()),
+        };
+        if opened.header.topic != topic {
+            return refuse("topic_mismatch", "sealed for another topic".into());
+        }
+        let allowed = self
+            .authority
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(&opened.header);
+        if let Err(unauthorised) = allowed {
+            return refuse(unauthorised.reason(), unauthorised.to_string());
+        }
+        metrics
+            .direct_accepted
+            .get_or_create(&labels(&[(
+                "kind",
+                &format!("{:?}", opened.header.kind).to_lowercase(),
+            )]))
+            .inc();
+        Ok(opened)
     }
 
     /// Runs the pipeline on a gossip message that arrived on `topic` for `identity`,

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub gossip_rejected: Family<Labels, Counter>,
     /// Gossip messages accepted, by kind and whether this node could open them.
     pub gossip_accepted: Family<Labels, Counter>,
+    /// Direct envelopes refused, by reason.
+    pub direct_rejected: Family<Labels, Counter>,
+    /// Direct envelopes accepted, by kind.
+    pub direct_accepted: Family<Labels, Counter>,
     /// Active members in this node's Registry copy.
     pub members: Gauge,
     /// The federal group's term.
@@ -40,6 +44,8 @@ impl Default for Metrics {
             rpc_refused: Family::default(),
             gossip_rejected: Family::default(),
             gossip_accepted: Family::default(),
+            direct_rejected: Family::default(),
+            direct_accepted: Family::default(),
             members: Gauge::default(),
             federal_term: Gauge::default(),
             is_president: Gauge::default(),
@@ -65,6 +71,16 @@ impl Default for Metrics {
             "gossip_accepted",
             "Gossip messages accepted, by kind and delivery",
             metrics.gossip_accepted.clone(),
+        );
+        registry.register(
+            "direct_rejected",
+            "Envelopes sent directly and refused, by reason",
+            metrics.direct_rejected.clone(),
+        );
+        registry.register(
+            "direct_accepted",
+            "Envelopes sent directly and accepted, by kind",
+            metrics.direct_accepted.clone(),
         );
         registry.register(
             "members",

@@ -40,6 +40,8 @@ pub const MAX_INBOUND_IN_FLIGHT: usize = 64;
 pub const PRESIDENT_TICK: Duration = Duration::from_millis(500);
 /// A voter not connected for this long is replaced.
 pub const VOTER_DEAD_TIMEOUT_MS: u64 = 10_000;
+/// Tasks a worker runs at once (its capacity in the Registry).
+pub const WORKER_CAPACITY: u32 = 4;
 /// Most members the president adds as federal learners per tick.
 pub const LEARNERS_PER_TICK: usize = 16;
 /// How many times a joiner follows redirects or retries before giving up.
@@ -257,6 +259,8 @@ pub struct Node {
     pub(crate) inbox: Inbox,
     pub(crate) topics: Topics,
     sealer: Mutex<aamas_protocol::Sealer>,
+    pub(crate) work: crate::work::WorkState,
+    this: std::sync::OnceLock<std::sync::Weak<Node>>,
     /// When each member was last seen connected (ms); members get a grace period from
     /// when this node first heard of them.
     liveness: Mutex<HashMap<NodeId, u64>>,
@@ -530,6 +534,45 @@ impl Node {
             .await;
     }
 
+    /// This node as an `Arc`, while it runs.
+    pub(crate) fn me_arc(&self) -> Option<Arc<Node>> {
+        self.this.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    fn seal_to(
+        &self,
+        topic: &str,
+        payload: &aamas_protocol::Payload,
+        to: aamas_protocol::To<'_>,
+    ) -> Result<Vec<u8>, aamas_protocol::SealError> {
+        let mut sealer = self
+            .sealer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sealer
+            .seal(
+                &self.identity,
+                now_ms(),
+                aamas_protocol::Outgoing {
+                    topic,
+                    payload,
+                    to,
+                    ttl_ms: 60_000,
+                },
+            )
+            .map(|sealed| sealed.bytes)
+    }
+
+    /// Seals `payload` for `recipients` on `topic`.
+    pub(crate) fn seal(
+        &self,
+        topic: &str,
+        payload: &aamas_protocol::Payload,
+        recipients: &[aamas_protocol::PublicIdentity],
+    ) -> Result<Vec<u8>, aamas_protocol::SealError> {
+        self.seal_to(topic, payload, aamas_protocol::To::Members(recipients))
+    }
+
     /// Seals `payload` for `to` and publishes it on `topic`.
     pub async fn publish(
         &self,
@@ -537,25 +580,10 @@ impl Node {
         payload: &aamas_protocol::Payload,
         to: aamas_protocol::To<'_>,
     ) -> Result<(), NodeError> {
-        let sealed = {
-            let mut sealer = self
-                .sealer
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            sealer
-                .seal(
-                    &self.identity,
-                    now_ms(),
-                    aamas_protocol::Outgoing {
-                        topic,
-                        payload,
-                        to,
-                        ttl_ms: 60_000,
-                    },
-                )
-                .map_err(|error| NodeError::Invalid(error.to_string()))?
-        };
-        self.handle.publish(topic, sealed.bytes).await?;
+        let bytes = self
+            .seal_to(topic, payload, to)
+            .map_err(|error| NodeError::Invalid(error.to_string()))?;
+        self.handle.publish(topic, bytes).await?;
         Ok(())
     }
 
@@ -794,7 +822,7 @@ impl Node {
                 identity,
                 addrs,
                 skills: skills.iter().cloned().collect(),
-                capacity: 4,
+                capacity: WORKER_CAPACITY,
                 now_ms: now_ms(),
                 token_digest: None,
             },
@@ -970,6 +998,15 @@ impl Node {
             Rpc::GovernorReport { state, record } => {
                 self.handle_governor_report(peer, state, record).await
             }
+            Rpc::Envelope(bytes) => self.handle_envelope(&bytes).await,
+            Rpc::SubmitProject { spec } => match self.submit_project(&spec).await {
+                Ok(id) => RpcResponse::Submitted { id },
+                Err(reason) => RpcResponse::Refused { reason },
+            },
+            Rpc::ChangeProject { id, action } => match self.change_project(&id, &action).await {
+                Ok(()) => RpcResponse::Ack,
+                Err(reason) => RpcResponse::Refused { reason },
+            },
             Rpc::Campaign { group } => match self.groups.get(group) {
                 Some(open) => match open.raft().trigger().elect().await {
                     Ok(()) => RpcResponse::Ack,
@@ -1338,9 +1375,15 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
             now_ms(),
         )),
         liveness: Mutex::new(HashMap::new()),
+        work: crate::work::WorkState::new(
+            usize::try_from(WORKER_CAPACITY).unwrap_or(1),
+            crate::executor::LlmConfig::from_env(),
+        ),
+        this: std::sync::OnceLock::new(),
         identity,
         mesh,
     });
+    let _ = node.this.set(Arc::downgrade(&node));
     node.handle.subscribe(&node.topics.all()).await;
     node.handle.subscribe(&node.topics.federal()).await;
 
@@ -1432,7 +1475,16 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         }
     });
 
-    tasks.extend([judge, president, governor]);
+    let working = node.clone();
+    let work = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(crate::work::WORK_TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            working.work_tick().await;
+        }
+    });
+    tasks.extend([judge, president, governor, work]);
     Ok(Running {
         node,
         tasks,

@@ -51,6 +51,20 @@ pub enum Rpc {
         /// The group.
         group: GroupId,
     },
+    /// A sealed envelope (a work Command or Report) for the receiver.
+    Envelope(Vec<u8>),
+    /// A user's project spec (TOML), for the president to accept.
+    SubmitProject {
+        /// The spec's text.
+        spec: String,
+    },
+    /// A user's change of a project's phase, for the president.
+    ChangeProject {
+        /// The project.
+        id: String,
+        /// "hold", "resume" or "advance".
+        action: String,
+    },
     /// A governor tells the president who governs a state.
     GovernorReport {
         /// The state.
@@ -75,6 +89,11 @@ pub enum RpcResponse {
     Join(JoinResponse),
     /// Done.
     Ack,
+    /// To [`Rpc::SubmitProject`]: the new project's id.
+    Submitted {
+        /// Its id.
+        id: String,
+    },
     /// The sender is not allowed to make this request.
     Refused {
         /// Why.

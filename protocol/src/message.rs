@@ -80,6 +80,25 @@ impl Phase {
         Phase::Launch,
     ];
 
+    /// Its lowercase name, as in project specs: `initiation` … `launch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Initiation => "initiation",
+            Phase::Feasibility => "feasibility",
+            Phase::Requirements => "requirements",
+            Phase::Design => "design",
+            Phase::Development => "development",
+            Phase::Testing => "testing",
+            Phase::Deployment => "deployment",
+            Phase::Launch => "launch",
+        }
+    }
+
+    /// The phase named `name` (lowercase), if any.
+    pub fn from_name(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|phase| phase.as_str() == name)
+    }
+
     /// The phase after this one, or `None` after launch.
     pub fn next(self) -> Option<Phase> {
         let index = Phase::ALL.iter().position(|phase| *phase == self)?;

@@ -1,0 +1,206 @@
+//! Projects as users see them: submit, list, show, and change by hand (hold, resume,
+//! advance). Any node takes the request; the president commits it.
+
+use aamas_consensus::registry::{Project, ProjectStatus, RegistryCommand};
+use aamas_protocol::Phase;
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::runtime::{Node, now_ms};
+use crate::spec;
+use crate::wire::{Rpc, RpcResponse};
+
+/// One phase of a project as `aamas project show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseView {
+    /// Its lowercase name.
+    pub name: String,
+    /// "pending", "running", "held", "done" or "failed".
+    pub status: String,
+    /// Tasks in the phase.
+    pub tasks_total: u32,
+    /// Tasks with their one result committed.
+    pub tasks_done: u32,
+    /// Tasks that failed every attempt (escalated).
+    pub tasks_failed: u32,
+}
+
+/// A project as `aamas project show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectView {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// "running", "completed", "failed" or "held".
+    pub status: String,
+    /// The current phase's name.
+    pub phase: String,
+    /// Why it failed, when it did.
+    pub reason: Option<String>,
+    /// Every phase of the lifecycle, in order.
+    pub phases: Vec<PhaseView>,
+}
+
+/// The view of one project.
+pub fn view(id: &str, project: &Project) -> ProjectView {
+    let (status, reason) = match &project.status {
+        ProjectStatus::Running => ("running", None),
+        ProjectStatus::Held => ("held", None),
+        ProjectStatus::Completed => ("completed", None),
+        ProjectStatus::Failed { reason } => ("failed", Some(reason.clone())),
+    };
+    let spec = spec::ProjectSpec::from_bytes(&project.spec).ok();
+    let phases = Phase::ALL
+        .iter()
+        .map(|phase| {
+            let progress = project.progress.get(phase).copied().unwrap_or_default();
+            let total = spec
+                .as_ref()
+                .and_then(|spec| spec.phase(*phase))
+                .map_or(progress.tasks_total, |p| {
+                    u32::try_from(p.tasks.len()).unwrap_or(u32::MAX)
+                });
+            let phase_status = if *phase < project.phase
+                || project.status == ProjectStatus::Completed
+            {
+                "done"
+            } else if *phase > project.phase {
+                "pending"
+            } else {
+                status
+            };
+            let done = if phase_status == "done" {
+                total
+            } else {
+                progress.tasks_done
+            };
+            PhaseView {
+                name: phase.as_str().to_string(),
+                status: phase_status.to_string(),
+                tasks_total: total,
+                tasks_done: done,
+                tasks_failed: progress.tasks_failed,
+            }
+        })
+        .collect();
+    ProjectView {
+        id: id.to_string(),
+        name: project.name.clone(),
+        status: status.to_string(),
+        phase: project.phase.as_str().to_string(),
+        reason,
+        phases,
+    }
+}
+
+impl Node {
+    /// Every project this node's Registry copy knows.
+    pub async fn projects(&self) -> Vec<ProjectView> {
+        self.registry(|registry| {
+            registry
+                .projects()
+                .iter()
+                .map(|(id, project)| view(id, project))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// One project.
+    pub async fn project(&self, id: &str) -> Option<ProjectView> {
+        self.registry(|registry| registry.projects().get(id).map(|project| view(id, project)))
+            .await
+            .flatten()
+    }
+
+    /// The president's peer, or `None` when this node is the president.
+    fn president_peer(&self) -> Result<Option<(PeerId, Vec<libp2p::Multiaddr>)>, String> {
+        let (president, peer) = self.president().ok_or("no president right now; try again")?;
+        if president == self.me() {
+            return Ok(None);
+        }
+        let peer: PeerId = peer.parse().map_err(|_| "bad president peer id")?;
+        let addrs = self
+            .book
+            .get(president)
+            .map(|(_, addrs)| addrs)
+            .unwrap_or_default();
+        Ok(Some((peer, addrs)))
+    }
+
+    /// Submits a project spec (TOML); returns its id. The spec is checked here first,
+    /// so a bad one is refused (with its line) before anything is sent.
+    pub async fn submit_project(&self, text: &str) -> Result<String, String> {
+        let parsed = spec::parse(text).map_err(|error| error.to_string())?;
+        let Some((peer, addrs)) = self.president_peer()? else {
+            let mut hasher = Sha256::new();
+            hasher.update(text.as_bytes());
+            hasher.update(now_ms().to_be_bytes());
+            hasher.update(self.identity.node_key().0);
+            let digest = hasher.finalize();
+            let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            let command = RegistryCommand::SubmitProject {
+                id: id.clone(),
+                name: parsed.name.clone(),
+                spec: parsed.to_bytes(),
+                now_ms: now_ms(),
+            };
+            self.propose(&[b"submit", id.as_bytes()], command)
+                .await
+                .map_err(|error| error.to_string())?;
+            tracing::info!(project = %id, name = %parsed.name, "project accepted");
+            return Ok(id);
+        };
+        let rpc = Rpc::SubmitProject {
+            spec: text.to_string(),
+        };
+        match self.handle.request(peer, addrs, rpc).await {
+            Ok(RpcResponse::Submitted { id }) => Ok(id),
+            Ok(RpcResponse::Refused { reason }) => Err(reason),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Holds, resumes or advances a project by hand.
+    pub async fn change_project(&self, id: &str, action: &str) -> Result<(), String> {
+        let Some((peer, addrs)) = self.president_peer()? else {
+            let phase = self
+                .registry(|registry| registry.projects().get(id).map(|p| p.phase))
+                .await
+                .flatten()
+                .ok_or_else(|| format!("no project {id}"))?;
+            let command = match action {
+                "hold" => RegistryCommand::HoldProject { id: id.into() },
+                "resume" => RegistryCommand::ResumeProject { id: id.into() },
+                "advance" => RegistryCommand::AdvancePhase {
+                    id: id.into(),
+                    from: phase,
+                },
+                other => {
+                    return Err(format!(
+                        "unknown action {other:?}: use hold, resume or advance"
+                    ));
+                }
+            };
+            let key = [id.as_bytes(), action.as_bytes(), phase.as_str().as_bytes(), &now_ms().to_be_bytes()].concat();
+            return self
+                .propose(&[b"change", &key], command)
+                .await
+                .map_err(|error| error.to_string());
+        };
+        let rpc = Rpc::ChangeProject {
+            id: id.into(),
+            action: action.into(),
+        };
+        match self.handle.request(peer, addrs, rpc).await {
+            Ok(RpcResponse::Ack) => Ok(()),
+            Ok(RpcResponse::Refused { reason }) => Err(reason),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,1100 @@
+//! Projects through the hierarchy.
+//!
+//! ```text
+//!  user ─submit─► any node ─► president: SubmitProject (Registry)
+//!  president ──Command AssignTasks──► governor: AddTask (Ledger)         ready tasks of the phase
+//!  mayor (holds the city's lease, reads the Ledger):
+//!      pending task ─Report Propose(AssignTask)─► governor commits ─Command Execute─► worker
+//!  worker runs the executor ─Report Outcome─► mayor ─Report Propose(Complete|Fail)─► governor
+//!  governor: failed tasks ─EscalateTask─► Ledger; ─Report Progress─► president
+//!  president: every task of the phase succeeded → AdvancePhase (PhaseTransition);
+//!             an escalated task → FailProject with the task's reason
+//! ```
+//!
+//! Every message is a sealed, signed envelope sent over request-response and answered
+//! with `Ack` only after its effect is committed, so senders retry until acknowledged.
+//! Every Ledger command is idempotent (request ids plus state checks), and the Ledger
+//! refuses a second result for a task, so however often a task runs it has exactly one
+//! committed result. Leaders, mayors and workers keep only soft state in memory; a
+//! successor rebuilds it from the replicated log and from the next reports.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aamas_consensus::ledger::{LedgerCommand, LedgerResponse, TaskKey, TaskStatus};
+use aamas_consensus::registry::{PhaseProgress, ProjectStatus, RegistryCommand};
+use aamas_consensus::{Command as RaftCommand, Group, Outcome, Request};
+use aamas_protocol::{
+    Command, Event, MessageKind, NodeKey, Notification, Payload, Phase, Priority, Report,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::executor::{ExecError, Execution, Executors, LlmConfig};
+use crate::roles::first_city;
+use crate::runtime::{Node, now_ms, peer_id, request_id};
+use crate::spec::{ProjectSpec, TaskSpec};
+use crate::wire::{Rpc, RpcResponse};
+
+/// How often the president, governors, mayors and workers look at their work.
+pub const WORK_TICK: Duration = Duration::from_millis(50);
+/// How long one delivery attempt may take.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a task may stay assigned past its own timeout before the mayor gives its
+/// attempt up (worker dead or unreachable) and assigns the next one.
+pub const ASSIGNMENT_GRACE_MS: u64 = 5_000;
+/// How long a worker keeps trying to deliver an outcome.
+pub const OUTCOME_DELIVERY_MS: u64 = 120_000;
+/// How often a governor reports unchanged progress anyway (a new president learns it).
+pub const PROGRESS_REFRESH_MS: u64 = 1_000;
+/// How often the president resends tasks a state has not reported yet.
+pub const ASSIGN_RESEND_MS: u64 = 1_000;
+/// Largest output kept with a task outcome.
+pub const MAX_OUTCOME_OUTPUT: usize = 64 << 10;
+
+/// A task the president hands to a governor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTask {
+    /// Its name within the project.
+    pub name: String,
+    /// Its [`TaskSpec`], postcard.
+    pub spec: Vec<u8>,
+    /// Attempts allowed (retries + 1).
+    pub max_attempts: u32,
+}
+
+/// Where one task of a state stands, as its governor reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// Its status in the state's Ledger.
+    pub status: TaskStatus,
+    /// Attempts made.
+    pub attempt: u32,
+    /// The last failure or escalation reason.
+    pub reason: Option<String>,
+}
+
+/// One project phase of a state, as its governor reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateProgress {
+    /// The project.
+    pub project: String,
+    /// Task name → where it stands, every phase.
+    pub tasks: BTreeMap<String, (Phase, TaskReport)>,
+}
+
+/// The work messages, carried in Command and Report payloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Work {
+    /// President → governor (Command): add these tasks to the state's Ledger.
+    AssignTasks {
+        /// The project.
+        project: String,
+        /// The phase.
+        phase: Phase,
+        /// The tasks.
+        tasks: Vec<NewTask>,
+    },
+    /// Mayor → governor (Report): commit this Ledger command for the mayor's city.
+    Propose {
+        /// The mayor's city.
+        city: String,
+        /// The command: AssignTask, CompleteTask or FailTask.
+        command: LedgerCommand,
+    },
+    /// Mayor → worker (Command): run this attempt.
+    Execute {
+        /// The task.
+        key: TaskKey,
+        /// The attempt.
+        attempt: u32,
+        /// The city dispatching it (where the outcome goes).
+        city: String,
+        /// Its [`TaskSpec`], postcard.
+        spec: Vec<u8>,
+    },
+    /// Worker → mayor (Report): what an attempt produced.
+    Outcome {
+        /// The task.
+        key: TaskKey,
+        /// The attempt.
+        attempt: u32,
+        /// The city that dispatched it.
+        city: String,
+        /// The result.
+        result: Result<Execution, ExecError>,
+    },
+    /// Governor → president (Report): every project's tasks in the state.
+    Progress {
+        /// The state.
+        state: String,
+        /// Per project.
+        projects: Vec<StateProgress>,
+    },
+}
+
+impl Work {
+    fn action(&self) -> &'static str {
+        match self {
+            Work::AssignTasks { .. } => "assign_tasks",
+            Work::Propose { .. } => "propose",
+            Work::Execute { .. } => "execute",
+            Work::Outcome { .. } => "outcome",
+            Work::Progress { .. } => "progress",
+        }
+    }
+
+    fn kind(&self) -> MessageKind {
+        match self {
+            Work::AssignTasks { .. } | Work::Execute { .. } => MessageKind::Command,
+            Work::Propose { .. } | Work::Outcome { .. } | Work::Progress { .. } => {
+                MessageKind::Report
+            }
+        }
+    }
+}
+
+/// The digest committed for a result: SHA-256 of its output.
+pub fn result_digest(execution: &Execution) -> [u8; 32] {
+    Sha256::digest(execution.output.as_bytes()).into()
+}
+
+/// Which tasks of a phase may start: not yet handed out, and every dependency succeeded.
+pub fn ready_tasks<'a>(
+    phase: &'a crate::spec::PhaseSpec,
+    known: &BTreeSet<&str>,
+    succeeded: &BTreeSet<&str>,
+) -> Vec<&'a TaskSpec> {
+    phase
+        .tasks
+        .iter()
+        .filter(|task| !known.contains(task.name.as_str()))
+        .filter(|task| {
+            task.depends_on
+                .iter()
+                .all(|dep| succeeded.contains(dep.as_str()))
+        })
+        .collect()
+}
+
+/// Soft state of this node's work roles; rebuilt from the log after a restart.
+pub struct WorkState {
+    executors: Executors,
+    slots: Arc<Semaphore>,
+    /// Worker: attempts running here, and their outcome once known.
+    running: Mutex<HashMap<(TaskKey, u32), Option<Result<Execution, ExecError>>>>,
+    /// Mayor: when an attempt was first seen assigned, and whether the worker has it.
+    assigned: Mutex<HashMap<(TaskKey, u32), (u64, bool)>>,
+    /// Mayor: workers a task failed on, to retry it elsewhere.
+    failed_on: Mutex<HashMap<TaskKey, BTreeSet<NodeKey>>>,
+    /// Mayor: deliveries in flight, so a slow one is not started twice.
+    sending: Mutex<BTreeSet<(TaskKey, u32)>>,
+    /// Governor: the last progress sent per state, and when.
+    reported: Mutex<HashMap<String, (u64, Vec<StateProgress>)>>,
+    /// President: the latest progress of each state.
+    progress: Mutex<BTreeMap<String, Vec<StateProgress>>>,
+    /// President: when tasks were last sent to each (project, phase, state).
+    sent: Mutex<HashMap<(String, Phase, String), u64>>,
+}
+
+impl std::fmt::Debug for WorkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkState").finish_non_exhaustive()
+    }
+}
+
+impl WorkState {
+    /// Work state for a worker that runs `capacity` tasks at once.
+    pub fn new(capacity: usize, llm: Option<LlmConfig>) -> Self {
+        Self {
+            executors: Executors::new(llm),
+            slots: Arc::new(Semaphore::new(capacity.max(1))),
+            running: Mutex::new(HashMap::new()),
+            assigned: Mutex::new(HashMap::new()),
+            failed_on: Mutex::new(HashMap::new()),
+            sending: Mutex::new(BTreeSet::new()),
+            reported: Mutex::new(HashMap::new()),
+            progress: Mutex::new(BTreeMap::new()),
+            sent: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Node {
+    /// Seals `work` for `to` and delivers it; `Ok` once `to` acknowledged it.
+    pub(crate) async fn send_work(&self, to: NodeKey, work: &Work) -> Result<(), String> {
+        if to == self.identity.node_key() {
+            // To itself (one node holding several roles): no envelope, no network.
+            return Box::pin(self.handle_work(to, work.clone())).await;
+        }
+        let body = postcard::to_stdvec(work).map_err(|error| error.to_string())?;
+        let payload = match work.kind() {
+            MessageKind::Command => Payload::Command(Command {
+                priority: Priority::Normal,
+                action: work.action().into(),
+                body,
+            }),
+            _ => Payload::Report(Report {
+                subject: work.action().into(),
+                event: None,
+                body,
+            }),
+        };
+        let recipient = self
+            .registry(|registry| registry.members().get(&to).map(|member| member.identity))
+            .await
+            .flatten()
+            .ok_or("the recipient is not a member")?;
+        let bytes = self
+            .seal(&self.topics.direct(), &payload, &[recipient])
+            .map_err(|error| error.to_string())?;
+        let peer = peer_id(&to).map_err(|error| error.to_string())?;
+        let addrs = self
+            .book
+            .get(crate::runtime::node_id(&to))
+            .map(|(_, addrs)| addrs)
+            .unwrap_or_default();
+        let request = self.handle.request(peer, addrs, Rpc::Envelope(bytes));
+        match tokio::time::timeout(DELIVERY_TIMEOUT, request).await {
+            Ok(Ok(RpcResponse::Ack)) => Ok(()),
+            Ok(Ok(RpcResponse::Refused { reason })) => Err(reason),
+            Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("delivery timed out".into()),
+        }
+    }
+
+    /// An envelope that arrived over request-response.
+    pub(crate) async fn handle_envelope(&self, bytes: &[u8]) -> RpcResponse {
+        let refused = |reason: String| RpcResponse::Refused { reason };
+        let opened = match self.inbox.open_direct(
+            &self.identity,
+            now_ms(),
+            &self.topics.direct(),
+            bytes,
+            &self.metrics,
+        ) {
+            Ok(opened) => opened,
+            Err(reason) => return refused(reason),
+        };
+        let body = match &opened.payload {
+            Payload::Command(command) => &command.body,
+            Payload::Report(report) => &report.body,
+            _ => return refused("not a work message".into()),
+        };
+        let work: Work = match postcard::from_bytes(body) {
+            Ok(work) => work,
+            Err(error) => return refused(format!("malformed work message: {error}")),
+        };
+        if work.kind() != opened.header.kind {
+            return refused("the work message does not match the envelope's kind".into());
+        }
+        match self.handle_work(opened.header.sender, work).await {
+            Ok(()) => RpcResponse::Ack,
+            Err(reason) => refused(reason),
+        }
+    }
+
+    async fn handle_work(&self, sender: NodeKey, work: Work) -> Result<(), String> {
+        match work {
+            Work::AssignTasks {
+                project,
+                phase,
+                tasks,
+            } => self.governor_add_tasks(sender, &project, phase, tasks).await,
+            Work::Propose { city, command } => self.governor_commit(sender, &city, command).await,
+            Work::Execute {
+                key,
+                attempt,
+                city,
+                spec,
+            } => self.worker_execute(sender, key, attempt, city, spec),
+            Work::Outcome {
+                key,
+                attempt,
+                city,
+                result,
+            } => self.mayor_outcome(sender, key, attempt, &city, result).await,
+            Work::Progress { state, projects } => self.president_progress(sender, state, projects).await,
+        }
+    }
+
+    /// The open state group this node leads for `state`.
+    async fn governing(&self, state: &str) -> Option<Group> {
+        self.governed()
+            .await
+            .into_iter()
+            .find(|(name, _)| name == state)
+            .map(|(_, group)| group)
+    }
+
+    /// The state whose group this node leads and that holds `city`.
+    async fn governing_city(&self, city: &str) -> Option<(String, Group)> {
+        for (state, group) in self.governed().await {
+            let has = group
+                .read_local(|machine| {
+                    machine
+                        .ledger()
+                        .is_some_and(|ledger| ledger.cities().contains_key(city))
+                })
+                .await;
+            if has {
+                return Some((state, group));
+            }
+        }
+        None
+    }
+
+    async fn ledger_write(&self, group: &Group, key: &[&[u8]], command: LedgerCommand) -> Result<(), String> {
+        let request = Request {
+            id: request_id(key),
+            command: RaftCommand::Ledger(command),
+        };
+        let committed = group.write(request).await.map_err(|error| error.to_string())?;
+        match committed.response.outcome {
+            Outcome::Ledger(LedgerResponse::Rejected { reason }) => Err(reason),
+            _ => Ok(()),
+        }
+    }
+
+    async fn governor_add_tasks(
+        &self,
+        sender: NodeKey,
+        project: &str,
+        phase: Phase,
+        tasks: Vec<NewTask>,
+    ) -> Result<(), String> {
+        let president = self.president().map(|(_, peer)| peer);
+        if president.as_deref() != Some(sender.peer_id().as_str()) {
+            return Err("only the president assigns tasks".into());
+        }
+        // Tasks go to the state named by the first task; the president groups them so.
+        let state = tasks
+            .first()
+            .and_then(|task| crate::spec::TaskSpec::decode(&task.spec).ok())
+            .map(|spec| spec.state)
+            .ok_or("no tasks")?;
+        let group = self
+            .governing(&state)
+            .await
+            .ok_or_else(|| format!("this node does not govern {state}"))?;
+        for task in tasks {
+            let key = TaskKey {
+                project: project.to_string(),
+                task: task.name.clone(),
+            };
+            let command = LedgerCommand::AddTask {
+                key,
+                phase,
+                spec: task.spec,
+                max_attempts: task.max_attempts,
+            };
+            self.ledger_write(&group, &[b"task", project.as_bytes(), task.name.as_bytes()], command)
+                .await
+                .or_else(|reason| {
+                    // Added before (the same task again) is fine.
+                    if reason.contains("exists") { Ok(()) } else { Err(reason) }
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn governor_commit(&self, sender: NodeKey, city: &str, command: LedgerCommand) -> Result<(), String> {
+        let (_, group) = self
+            .governing_city(city)
+            .await
+            .ok_or_else(|| format!("this node governs no state with city {city}"))?;
+        let now = now_ms();
+        let mayor = group
+            .read_local(|machine| {
+                machine
+                    .ledger()
+                    .and_then(|ledger| ledger.mayor_at(city, now).map(|lease| lease.mayor))
+            })
+            .await;
+        if mayor != Some(sender) {
+            return Err(format!("{sender} is not the mayor of {city}"));
+        }
+        let key = match &command {
+            LedgerCommand::AssignTask { key, attempt, .. } => {
+                [b"assign".as_slice(), key.project.as_bytes(), key.task.as_bytes(), &attempt.to_be_bytes()].concat()
+            }
+            LedgerCommand::CompleteTask { key, attempt, .. } => {
+                [b"complete".as_slice(), key.project.as_bytes(), key.task.as_bytes(), &attempt.to_be_bytes()].concat()
+            }
+            LedgerCommand::FailTask { key, attempt, .. } => {
+                [b"fail".as_slice(), key.project.as_bytes(), key.task.as_bytes(), &attempt.to_be_bytes()].concat()
+            }
+            _ => return Err("a mayor proposes only assignments and outcomes".into()),
+        };
+        self.ledger_write(&group, &[&key], command).await
+    }
+
+    fn worker_execute(&self, sender: NodeKey, key: TaskKey, attempt: u32, city: String, spec: Vec<u8>) -> Result<(), String> {
+        let _ = sender;
+        let spec = TaskSpec::decode(&spec).map_err(|error| error.to_string())?;
+        {
+            let mut running = lock(&self.work.running);
+            if running.contains_key(&(key.clone(), attempt)) {
+                return Ok(());
+            }
+            if self.work.slots.available_permits() == 0 {
+                return Err("busy: no free capacity".into());
+            }
+            running.insert((key.clone(), attempt), None);
+        }
+        let Some(node) = self.me_arc() else {
+            return Err("the node is stopping".into());
+        };
+        tokio::spawn(async move { node.run_attempt(key, attempt, city, spec).await });
+        Ok(())
+    }
+
+    async fn run_attempt(self: Arc<Self>, key: TaskKey, attempt: u32, city: String, spec: TaskSpec) {
+        let Ok(_slot) = self.work.slots.clone().acquire_owned().await else {
+            return;
+        };
+        let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+        let mut result = self
+            .work
+            .executors
+            .run(&spec.executor, &spec.name, &spec.input, timeout)
+            .await;
+        if let Ok(execution) = &mut result
+            && execution.output.len() > MAX_OUTCOME_OUTPUT
+        {
+            let mut end = MAX_OUTCOME_OUTPUT;
+            while !execution.output.is_char_boundary(end) {
+                end -= 1;
+            }
+            execution.output.truncate(end);
+            execution.output_truncated = true;
+        }
+        lock(&self.work.running).insert((key.clone(), attempt), Some(result.clone()));
+        let work = Work::Outcome {
+            key: key.clone(),
+            attempt,
+            city: city.clone(),
+            result,
+        };
+        let deadline = now_ms() + OUTCOME_DELIVERY_MS;
+        let mut backoff = Duration::from_millis(50);
+        while now_ms() < deadline {
+            let mayor = self.mayor_of(&city).await;
+            if let Some(mayor) = mayor {
+                match self.send_work(mayor, &work).await {
+                    Ok(()) => break,
+                    Err(reason) => tracing::debug!(%key, reason, "outcome not delivered yet"),
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        lock(&self.work.running).remove(&(key, attempt));
+    }
+
+    /// The mayor of `city` as the Registry records it.
+    async fn mayor_of(&self, city: &str) -> Option<NodeKey> {
+        self.registry(|registry| {
+            registry
+                .states()
+                .values()
+                .filter_map(|info| info.governor.as_ref())
+                .find_map(|record| record.mayors.get(city).copied().flatten())
+        })
+        .await
+        .flatten()
+    }
+
+    async fn mayor_outcome(
+        &self,
+        sender: NodeKey,
+        key: TaskKey,
+        attempt: u32,
+        city: &str,
+        result: Result<Execution, ExecError>,
+    ) -> Result<(), String> {
+        let now = now_ms();
+        let me = self.identity.node_key();
+        let (state, group) = self.mayor_group(city, now).await.ok_or("not the mayor of that city")?;
+        let task = group
+            .read_local(|machine| machine.ledger().and_then(|ledger| ledger.tasks().get(&key).cloned()))
+            .await
+            .ok_or("no such task")?;
+        // A stale attempt (reassigned since) or another worker's: its outcome no longer
+        // counts. Acknowledge so the worker stops retrying.
+        if task.attempt != attempt || task.worker != Some(sender) || task.status != TaskStatus::Assigned {
+            return Ok(());
+        }
+        let command = match &result {
+            Ok(execution) => LedgerCommand::CompleteTask {
+                key: key.clone(),
+                attempt,
+                result_digest: result_digest(execution),
+            },
+            Err(error) => {
+                lock(&self.work.failed_on).entry(key.clone()).or_default().insert(sender);
+                let mut reason = error.reason();
+                reason.truncate(512);
+                LedgerCommand::FailTask {
+                    key: key.clone(),
+                    attempt,
+                    reason,
+                }
+            }
+        };
+        let _ = (state, me);
+        self.propose_to_governor(&group, city, command).await
+    }
+
+    /// The state group (open here) whose city `city` this node holds the lease of.
+    async fn mayor_group(&self, city: &str, now: u64) -> Option<(String, Group)> {
+        let me = self.identity.node_key();
+        for id in self.groups.ids() {
+            let Some(group) = self.groups.get(id) else { continue };
+            let mine = group
+                .read_local(|machine| {
+                    machine
+                        .ledger()
+                        .and_then(|ledger| ledger.mayor_at(city, now))
+                        .is_some_and(|lease| lease.mayor == me)
+                })
+                .await;
+            if mine && let Some(state) = self.state_of_group(id).await {
+                return Some((state, group));
+            }
+        }
+        None
+    }
+
+    async fn propose_to_governor(&self, group: &Group, city: &str, command: LedgerCommand) -> Result<(), String> {
+        let leader = group.leader().ok_or("the state has no governor right now")?;
+        let governor = self
+            .registry(|registry| {
+                registry
+                    .active_members()
+                    .map(|(key, _)| *key)
+                    .find(|key| crate::runtime::node_id(key) == leader)
+            })
+            .await
+            .flatten()
+            .ok_or("the governor is not a member")?;
+        let work = Work::Propose {
+            city: city.to_string(),
+            command,
+        };
+        self.send_work(governor, &work).await
+    }
+
+    async fn president_progress(&self, sender: NodeKey, state: String, projects: Vec<StateProgress>) -> Result<(), String> {
+        if self.president().map(|(id, _)| id) != Some(self.me()) {
+            return Err("not the president".into());
+        }
+        let governor = self
+            .registry(|registry| {
+                registry
+                    .states()
+                    .get(&state)
+                    .and_then(|info| info.governor.as_ref().map(|g| g.node))
+            })
+            .await
+            .flatten();
+        // A governor that won an election a moment ago may not be recorded yet; any
+        // voter of the state may report, the state's Ledger decides what is true.
+        let voter = self
+            .registry(|registry| {
+                registry.states().get(&state).is_some_and(|info| {
+                    info.governor.as_ref().is_some_and(|g| g.voters.contains(&sender))
+                        || info.group.as_ref().is_some_and(|g| g.voters.contains(&sender))
+                })
+            })
+            .await
+            .unwrap_or(false);
+        if governor != Some(sender) && !voter {
+            return Err(format!("{sender} does not govern {state}"));
+        }
+        lock(&self.work.progress).insert(state, projects);
+        Ok(())
+    }
+
+    /// One round of every work role this node holds.
+    pub(crate) async fn work_tick(self: &Arc<Self>) {
+        self.mayor_tick().await;
+        self.governor_work_tick().await;
+        self.president_work_tick().await;
+    }
+
+    async fn mayor_tick(self: &Arc<Self>) {
+        let now = now_ms();
+        for id in self.groups.ids() {
+            let Some(state) = self.state_of_group(id).await else { continue };
+            let city = first_city(&state);
+            let Some((_, group)) = self.mayor_group(&city, now).await else { continue };
+            let tasks: Vec<(TaskKey, aamas_consensus::ledger::Task)> = group
+                .read_local(|machine| {
+                    machine
+                        .ledger()
+                        .map(|ledger| {
+                            ledger
+                                .tasks()
+                                .iter()
+                                .filter(|(_, task)| matches!(task.status, TaskStatus::Pending | TaskStatus::Assigned))
+                                .map(|(key, task)| (key.clone(), task.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .await;
+            if tasks.is_empty() {
+                continue;
+            }
+            let candidates = self.candidates().await;
+            let skills: BTreeMap<NodeKey, (BTreeSet<String>, u32)> = self
+                .registry(|registry| {
+                    registry
+                        .members_in_state(&state)
+                        .map(|(key, member)| (*key, (member.skills.clone(), member.capacity)))
+                        .collect()
+                })
+                .await
+                .unwrap_or_default();
+            let mut load: BTreeMap<NodeKey, u32> = BTreeMap::new();
+            for (_, task) in &tasks {
+                if task.status == TaskStatus::Assigned && let Some(worker) = task.worker {
+                    *load.entry(worker).or_default() += 1;
+                }
+            }
+            for (key, task) in tasks {
+                self.dispatch(&group, &state, &city, key, task, &candidates, &skills, &mut load, now).await;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch(
+        self: &Arc<Self>,
+        group: &Group,
+        state: &str,
+        city: &str,
+        key: TaskKey,
+        task: aamas_consensus::ledger::Task,
+        candidates: &[crate::roles::Candidate],
+        skills: &BTreeMap<NodeKey, (BTreeSet<String>, u32)>,
+        load: &mut BTreeMap<NodeKey, u32>,
+        now: u64,
+    ) {
+        let Ok(spec) = TaskSpec::decode(&task.spec) else {
+            return;
+        };
+        let alive = |key: &NodeKey| candidates.iter().any(|c| c.key == *key && c.alive);
+        if task.status == TaskStatus::Assigned {
+            let Some(worker) = task.worker else { return };
+            let slot = (key.clone(), task.attempt);
+            let (since, delivered) = *lock(&self.work.assigned).entry(slot.clone()).or_insert((now, false));
+            let overdue = now.saturating_sub(since) > spec.timeout_secs * 1_000 + ASSIGNMENT_GRACE_MS;
+            let lost = !alive(&worker) && now.saturating_sub(since) > crate::roles::ALIVE_WINDOW_MS;
+            if overdue || lost {
+                lock(&self.work.failed_on).entry(key.clone()).or_default().insert(worker);
+                if task.attempt >= task.max_attempts {
+                    let reason = if lost { "the worker was lost" } else { "the task timed out" };
+                    let command = LedgerCommand::FailTask {
+                        key: key.clone(),
+                        attempt: task.attempt,
+                        reason: reason.into(),
+                    };
+                    self.spawn_proposal(group, city, slot, command);
+                    return;
+                }
+                // Reassign below as the next attempt.
+            } else {
+                if !delivered {
+                    self.spawn_execute(worker, key, task.attempt, city, task.spec.clone());
+                }
+                return;
+            }
+        }
+        // Pending (or overdue): pick a worker by skill and free capacity, elsewhere than
+        // where it failed when possible.
+        let failed_on = lock(&self.work.failed_on).get(&key).cloned().unwrap_or_default();
+        let mut eligible: Vec<(&NodeKey, bool, bool, u32)> = skills
+            .iter()
+            .filter(|(worker, _)| alive(worker))
+            .filter(|(worker, (_, capacity))| load.get(*worker).copied().unwrap_or(0) < *capacity)
+            .map(|(worker, (skill_set, _))| {
+                let skilled = spec.skill.as_ref().is_none_or(|skill| skill_set.contains(skill));
+                (worker, failed_on.contains(worker), !skilled, load.get(worker).copied().unwrap_or(0))
+            })
+            .collect();
+        eligible.sort_by_key(|(worker, failed, unskilled, load)| (*failed, *unskilled, *load, **worker));
+        let Some(worker) = eligible.first().map(|(worker, ..)| **worker) else {
+            return;
+        };
+        *load.entry(worker).or_default() += 1;
+        let attempt = task.attempt + 1;
+        let command = LedgerCommand::AssignTask {
+            key: key.clone(),
+            city: city.to_string(),
+            worker,
+            attempt,
+        };
+        let _ = state;
+        self.spawn_proposal(group, city, (key, attempt), command);
+    }
+
+    fn spawn_proposal(self: &Arc<Self>, group: &Group, city: &str, slot: (TaskKey, u32), command: LedgerCommand) {
+        if !lock(&self.work.sending).insert((slot.0.clone(), slot.1 + 1_000_000)) {
+            return;
+        }
+        let node = self.clone();
+        let group = group.clone();
+        let city = city.to_string();
+        tokio::spawn(async move {
+            if let Err(reason) = node.propose_to_governor(&group, &city, command).await {
+                tracing::debug!(task = %slot.0, reason, "proposal not taken yet");
+            }
+            lock(&node.work.sending).remove(&(slot.0, slot.1 + 1_000_000));
+        });
+    }
+
+    fn spawn_execute(self: &Arc<Self>, worker: NodeKey, key: TaskKey, attempt: u32, city: &str, spec: Vec<u8>) {
+        if !lock(&self.work.sending).insert((key.clone(), attempt)) {
+            return;
+        }
+        let node = self.clone();
+        let city = city.to_string();
+        tokio::spawn(async move {
+            let work = Work::Execute {
+                key: key.clone(),
+                attempt,
+                city,
+                spec,
+            };
+            match node.send_work(worker, &work).await {
+                Ok(()) => {
+                    if let Some(entry) = lock(&node.work.assigned).get_mut(&(key.clone(), attempt)) {
+                        entry.1 = true;
+                    }
+                }
+                Err(reason) => tracing::debug!(task = %key, reason, "execute not delivered yet"),
+            }
+            lock(&node.work.sending).remove(&(key, attempt));
+        });
+    }
+
+    async fn governor_work_tick(self: &Arc<Self>) {
+        let now = now_ms();
+        for (state, group) in self.governed().await {
+            // Failed tasks (attempts used up) go up to the president.
+            let failed: Vec<(TaskKey, String)> = group
+                .read_local(|machine| {
+                    machine
+                        .ledger()
+                        .map(|ledger| {
+                            ledger
+                                .tasks()
+                                .iter()
+                                .filter(|(_, task)| task.status == TaskStatus::Failed)
+                                .map(|(key, task)| (key.clone(), task.failure.clone().unwrap_or_default()))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .await;
+            for (key, reason) in failed {
+                let command = LedgerCommand::EscalateTask {
+                    key: key.clone(),
+                    reason: format!("failed after every attempt: {reason}"),
+                };
+                if let Err(reason) = self
+                    .ledger_write(&group, &[b"escalate", key.project.as_bytes(), key.task.as_bytes()], command)
+                    .await
+                {
+                    tracing::debug!(%key, reason, "escalation not committed");
+                }
+            }
+            let projects: Vec<StateProgress> = group
+                .read_local(|machine| {
+                    let mut by_project: BTreeMap<String, StateProgress> = BTreeMap::new();
+                    if let Some(ledger) = machine.ledger() {
+                        for (key, task) in ledger.tasks() {
+                            let entry = by_project.entry(key.project.clone()).or_insert_with(|| StateProgress {
+                                project: key.project.clone(),
+                                tasks: BTreeMap::new(),
+                            });
+                            entry.tasks.insert(
+                                key.task.clone(),
+                                (
+                                    task.phase,
+                                    TaskReport {
+                                        status: task.status,
+                                        attempt: task.attempt,
+                                        reason: task.failure.clone(),
+                                    },
+                                ),
+                            );
+                        }
+                    }
+                    by_project.into_values().collect()
+                })
+                .await;
+            let due = {
+                let reported = lock(&self.work.reported);
+                reported.get(&state).is_none_or(|(at, last)| {
+                    *last != projects || now.saturating_sub(*at) >= PROGRESS_REFRESH_MS
+                })
+            };
+            if !due {
+                continue;
+            }
+            let Some((_, president)) = self.president() else { continue };
+            let Some(president) = aamas_protocol::NodeKey::from_peer_id(&president) else { continue };
+            let work = Work::Progress {
+                state: state.clone(),
+                projects: projects.clone(),
+            };
+            match self.send_work(president, &work).await {
+                Ok(()) => {
+                    lock(&self.work.reported).insert(state, (now, projects));
+                }
+                Err(reason) => tracing::debug!(state, reason, "progress not delivered"),
+            }
+        }
+    }
+
+    async fn president_work_tick(self: &Arc<Self>) {
+        if self.president().map(|(id, _)| id) != Some(self.me()) {
+            return;
+        }
+        let now = now_ms();
+        let running: Vec<(String, Phase, Vec<u8>)> = self
+            .registry(|registry| {
+                registry
+                    .projects()
+                    .iter()
+                    .filter(|(_, project)| project.status == ProjectStatus::Running)
+                    .map(|(id, project)| (id.clone(), project.phase, project.spec.clone()))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        for (id, phase, spec) in running {
+            let Ok(spec) = ProjectSpec::from_bytes(&spec) else {
+                let _ = self
+                    .propose(
+                        &[b"fail", id.as_bytes()],
+                        RegistryCommand::FailProject {
+                            id: id.clone(),
+                            reason: "its spec cannot be read".into(),
+                        },
+                    )
+                    .await;
+                continue;
+            };
+            self.plan_phase(&id, phase, &spec, now).await;
+        }
+    }
+
+    async fn plan_phase(self: &Arc<Self>, id: &str, phase: Phase, spec: &ProjectSpec, now: u64) {
+        let Some(phase_spec) = spec.phase(phase) else {
+            self.advance(id, phase).await;
+            return;
+        };
+        // What the states report about this project's tasks of this phase.
+        let mut reports: BTreeMap<String, (String, TaskReport)> = BTreeMap::new();
+        for (state, projects) in lock(&self.work.progress).iter() {
+            for progress in projects.iter().filter(|p| p.project == id) {
+                for (name, (task_phase, report)) in &progress.tasks {
+                    if *task_phase == phase {
+                        reports.insert(name.clone(), (state.clone(), report.clone()));
+                    }
+                }
+            }
+        }
+        let known: BTreeSet<&str> = reports.keys().map(String::as_str).collect();
+        let succeeded: BTreeSet<&str> = reports
+            .iter()
+            .filter(|(_, (_, report))| report.status == TaskStatus::Succeeded)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let failed = reports
+            .iter()
+            .find(|(_, (_, report))| matches!(report.status, TaskStatus::Escalated | TaskStatus::Failed));
+        let progress = PhaseProgress {
+            tasks_total: u32::try_from(phase_spec.tasks.len()).unwrap_or(u32::MAX),
+            tasks_done: u32::try_from(succeeded.len()).unwrap_or(u32::MAX),
+            tasks_failed: u32::try_from(
+                reports
+                    .values()
+                    .filter(|(_, report)| matches!(report.status, TaskStatus::Escalated | TaskStatus::Failed))
+                    .count(),
+            )
+            .unwrap_or(u32::MAX),
+        };
+        self.record_progress(id, phase, progress).await;
+        if let Some((name, (state, report))) = failed {
+            // The president's decision on an escalation: the phase fails with the reason.
+            let reason = format!(
+                "phase {} failed: task {name} in {state}: {}",
+                phase.as_str(),
+                report.reason.clone().unwrap_or_else(|| "no reason given".into())
+            );
+            let command = RegistryCommand::FailProject {
+                id: id.to_string(),
+                reason: reason.chars().take(900).collect(),
+            };
+            if let Err(error) = self.propose(&[b"fail", id.as_bytes(), phase.as_str().as_bytes()], command).await {
+                tracing::warn!(%error, "failing the project failed");
+            }
+            return;
+        }
+        if succeeded.len() == phase_spec.tasks.len() {
+            self.advance(id, phase).await;
+            return;
+        }
+        let ready = ready_tasks(phase_spec, &known, &succeeded);
+        let mut by_state: BTreeMap<String, Vec<NewTask>> = BTreeMap::new();
+        for task in ready {
+            let state = self.assignable_state(&task.state).await;
+            let Some(state) = state else { continue };
+            let mut task = task.clone();
+            task.state = state.clone();
+            by_state.entry(state).or_default().push(NewTask {
+                name: task.name.clone(),
+                spec: task.encode(),
+                max_attempts: task.retries.saturating_add(1).clamp(1, 16),
+            });
+        }
+        for (state, tasks) in by_state {
+            let slot = (id.to_string(), phase, state.clone());
+            let recently = lock(&self.work.sent).get(&slot).is_some_and(|at| now.saturating_sub(*at) < ASSIGN_RESEND_MS);
+            if recently {
+                continue;
+            }
+            let Some(governor) = self
+                .registry(|registry| registry.states().get(&state).and_then(|info| info.governor.as_ref().map(|g| g.node)))
+                .await
+                .flatten()
+            else {
+                continue;
+            };
+            lock(&self.work.sent).insert(slot.clone(), now);
+            let node = self.clone();
+            let work = Work::AssignTasks {
+                project: id.to_string(),
+                phase,
+                tasks,
+            };
+            tokio::spawn(async move {
+                match node.send_work(governor, &work).await {
+                    // Sent: the next report shows them; resend only after ASSIGN_RESEND_MS.
+                    Ok(()) => {}
+                    Err(reason) => {
+                        tracing::debug!(reason, "tasks not assigned yet");
+                        lock(&node.work.sent).remove(&slot);
+                    }
+                }
+            });
+        }
+    }
+
+    /// The state that runs a task meant for `state`: itself when it has a governor, else
+    /// the first state (by name) that has one.
+    async fn assignable_state(&self, state: &str) -> Option<String> {
+        self.registry(|registry| {
+            let governed = |name: &str| registry.states().get(name).is_some_and(|info| info.governor.is_some());
+            if governed(state) {
+                return Some(state.to_string());
+            }
+            registry
+                .states()
+                .iter()
+                .find(|(_, info)| info.governor.is_some())
+                .map(|(name, _)| name.clone())
+        })
+        .await
+        .flatten()
+    }
+
+    async fn record_progress(&self, id: &str, phase: Phase, progress: PhaseProgress) {
+        let current = self
+            .registry(|registry| {
+                registry
+                    .projects()
+                    .get(id)
+                    .and_then(|project| project.progress.get(&phase).copied())
+            })
+            .await
+            .flatten();
+        if current == Some(progress) {
+            return;
+        }
+        let key = [
+            id.as_bytes(),
+            phase.as_str().as_bytes(),
+            &progress.tasks_total.to_be_bytes(),
+            &progress.tasks_done.to_be_bytes(),
+            &progress.tasks_failed.to_be_bytes(),
+        ]
+        .concat();
+        let command = RegistryCommand::SetProjectProgress {
+            id: id.to_string(),
+            phase,
+            progress,
+        };
+        if let Err(error) = self.propose(&[b"progress", &key], command).await {
+            tracing::debug!(%error, "progress not recorded");
+        }
+    }
+
+    async fn advance(&self, id: &str, phase: Phase) {
+        let command = RegistryCommand::AdvancePhase {
+            id: id.to_string(),
+            from: phase,
+        };
+        match self.propose(&[b"advance", id.as_bytes(), phase.as_str().as_bytes()], command).await {
+            Ok(()) => {
+                tracing::info!(project = id, from = phase.as_str(), "phase complete");
+                let event = Event::PhaseTransition {
+                    project: id.to_string(),
+                    from: Some(phase),
+                    to: phase.next().unwrap_or(phase),
+                };
+                self.announce(event).await;
+            }
+            Err(error) => tracing::debug!(%error, "advancing the phase failed"),
+        }
+    }
+
+    /// Publishes an event to every member on the `all` topic (best effort).
+    async fn announce(&self, event: Event) {
+        let members: Vec<aamas_protocol::PublicIdentity> = self
+            .registry(|registry| registry.active_members().map(|(_, member)| member.identity).take(255).collect())
+            .await
+            .unwrap_or_default();
+        if members.is_empty() {
+            return;
+        }
+        let payload = Payload::Notification(Notification { event });
+        if let Err(error) = self.publish(&self.topics.all(), &payload, aamas_protocol::To::Members(&members)).await {
+            tracing::debug!(%error, "event not published");
+        }
+    }
+}
+
+impl TaskSpec {
+    /// postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// From postcard.
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
