@@ -36,7 +36,12 @@ impl Mesh {
     fn start(&mut self, dir: &Path, join: Option<(&str, &str)>) -> Result<()> {
         let exe = std::env::current_exe().context("cannot find the aamas binary")?;
         let mut command = Command::new(exe);
-        command.args(["node", "--data-dir", &dir.display().to_string(), "--no-fsync"]);
+        command.args([
+            "node",
+            "--data-dir",
+            &dir.display().to_string(),
+            "--no-fsync",
+        ]);
         if let Some((addr, token)) = join {
             command.args(["--join", addr, "--token", token]);
         }
@@ -131,31 +136,46 @@ pub fn run(count: usize) -> Result<()> {
         nodes: Vec::new(),
     };
     let started = Instant::now();
-    println!("▶ starting {count} nodes on 127.0.0.1 (data in {})", root.display());
+    println!(
+        "▶ starting {count} nodes on 127.0.0.1 (data in {})",
+        root.display()
+    );
     let first = root.join("n1");
     let founded = aamas_node::init(&first, "demo", Duration::from_secs(3_600))?;
     mesh.start(&first, None)?;
     let addr = wait("the founder's API", || {
         let status = mesh.status(0)?;
-        status.get("listen_addrs")?.get(0)?.as_str().map(str::to_string)
+        status
+            .get("listen_addrs")?
+            .get(0)?
+            .as_str()
+            .map(str::to_string)
     })?;
     for i in 2..=count {
         mesh.start(&root.join(format!("n{i}")), Some((&addr, &founded.token)))?;
     }
     let members = count as u64;
-    let president = wait("the nodes to agree on a president", || agreed(&mesh, members))?;
+    let president = wait("the nodes to agree on a president", || {
+        agreed(&mesh, members)
+    })?;
     wait("a governor for each populated state", || {
         let tree = mesh.client(0)?.get("/api/v1/hierarchy").ok()?;
         let states = tree.get("states")?.as_array()?;
         states
             .iter()
             .all(|state| {
-                state.get("workers").and_then(Value::as_array).is_none_or(Vec::is_empty)
+                state
+                    .get("workers")
+                    .and_then(Value::as_array)
+                    .is_none_or(Vec::is_empty)
                     || state.get("governor").is_some_and(Value::is_string)
             })
             .then_some(())
     })?;
-    println!("✔ mesh formed in {:.2?}; president {president}\n", started.elapsed());
+    println!(
+        "✔ mesh formed in {:.2?}; president {president}\n",
+        started.elapsed()
+    );
     if let Some(tree) = mesh.client(0).and_then(|c| c.get("/api/v1/hierarchy").ok())
         && let Ok(tree) = serde_json::from_value(tree)
     {
@@ -178,11 +198,11 @@ pub fn run(count: usize) -> Result<()> {
         if Instant::now() > deadline {
             bail!("the project did not finish within {PATIENCE:?}");
         }
-        let Some(project) = mesh
-            .alive()
-            .iter()
-            .find_map(|index| mesh.client(*index)?.get(&format!("/api/v1/projects/{id}")).ok())
-        else {
+        let Some(project) = mesh.alive().iter().find_map(|index| {
+            mesh.client(*index)?
+                .get(&format!("/api/v1/projects/{id}"))
+                .ok()
+        }) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
@@ -197,11 +217,10 @@ pub fn run(count: usize) -> Result<()> {
         }
         if phase == "development" && killed.is_none() && count > 2 {
             let president = agreed(&mesh, members).unwrap_or_default();
-            if let Some(index) = mesh
-                .alive()
-                .into_iter()
-                .find(|index| mesh.status(*index).is_some_and(|s| field(&s, "peer_id") == president))
-            {
+            if let Some(index) = mesh.alive().into_iter().find(|index| {
+                mesh.status(*index)
+                    .is_some_and(|s| field(&s, "peer_id") == president)
+            }) {
                 println!("  ✖ kill -9 the president {president} (mid-development)");
                 mesh.kill(index);
                 killed = Some((index, Instant::now()));
@@ -211,12 +230,21 @@ pub fn run(count: usize) -> Result<()> {
             && mesh.nodes[index].1.is_none()
         {
             let survivors = mesh.alive();
-            let successor = survivors.first().and_then(|first| mesh.status(*first)).map(|s| field(&s, "president"));
+            let successor = survivors
+                .first()
+                .and_then(|first| mesh.status(*first))
+                .map(|s| field(&s, "president"));
             if let Some(successor) = successor.filter(|s| !s.is_empty())
-                && survivors.iter().all(|i| mesh.status(*i).is_some_and(|s| field(&s, "president") == successor))
+                && survivors.iter().all(|i| {
+                    mesh.status(*i)
+                        .is_some_and(|s| field(&s, "president") == successor)
+                })
                 && mesh.nodes[index].0.exists()
             {
-                println!("  ↻ {successor} took over as president after {:.2?}; restarting the killed node", at.elapsed());
+                println!(
+                    "  ↻ {successor} took over as president after {:.2?}; restarting the killed node",
+                    at.elapsed()
+                );
                 let dir = mesh.nodes[index].0.clone();
                 mesh.start(&dir, None)?;
             }
@@ -240,7 +268,10 @@ pub fn run(count: usize) -> Result<()> {
     if field(&outcome, "status") != "completed" {
         bail!("the project failed: {}", field(&outcome, "reason"));
     }
-    println!("\n✔ all eight phases completed; stopping the mesh and removing {}", root.display());
+    println!(
+        "\n✔ all eight phases completed; stopping the mesh and removing {}",
+        root.display()
+    );
     drop(mesh);
     Ok(())
 }

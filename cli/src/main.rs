@@ -372,18 +372,48 @@ fn bar(done: u32, total: u32, width: usize) -> String {
     } else {
         (done as usize * width) / total as usize
     };
-    format!("{}{}", "█".repeat(filled.min(width)), "░".repeat(width - filled.min(width)))
+    format!(
+        "{}{}",
+        "█".repeat(filled.min(width)),
+        "░".repeat(width - filled.min(width))
+    )
 }
 
 fn print_project(project: &serde_json::Value) {
-    let text = |name: &str| project.get(name).and_then(|v| v.as_str()).unwrap_or("").to_string();
-    println!("project {} ({}): {} in {}", text("id"), text("name"), text("status"), text("phase"));
+    let text = |name: &str| {
+        project
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    println!(
+        "project {} ({}): {} in {}",
+        text("id"),
+        text("name"),
+        text("status"),
+        text("phase")
+    );
     if let Some(reason) = project.get("reason").and_then(|v| v.as_str()) {
         println!("reason: {reason}");
     }
-    for phase in project.get("phases").and_then(|v| v.as_array()).into_iter().flatten() {
-        let number = |name: &str| phase.get(name).and_then(serde_json::Value::as_u64).unwrap_or(0) as u32;
-        let (done, total, failed) = (number("tasks_done"), number("tasks_total"), number("tasks_failed"));
+    for phase in project
+        .get("phases")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let number = |name: &str| {
+            phase
+                .get(name)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0) as u32
+        };
+        let (done, total, failed) = (
+            number("tasks_done"),
+            number("tasks_total"),
+            number("tasks_failed"),
+        );
         println!(
             "  {:<13} {} {:>3}/{:<3} {:<8}{}",
             phase.get("name").and_then(|v| v.as_str()).unwrap_or(""),
@@ -391,13 +421,21 @@ fn print_project(project: &serde_json::Value) {
             done,
             total,
             phase.get("status").and_then(|v| v.as_str()).unwrap_or(""),
-            if failed > 0 { format!(" ({failed} failed)") } else { String::new() }
+            if failed > 0 {
+                format!(" ({failed} failed)")
+            } else {
+                String::new()
+            }
         );
     }
 }
 
 /// Follows a project until it completes or fails; returns its last view.
-fn watch(client: &Client, id: &str, mut on_change: impl FnMut(&serde_json::Value)) -> Result<serde_json::Value> {
+fn watch(
+    client: &Client,
+    id: &str,
+    mut on_change: impl FnMut(&serde_json::Value),
+) -> Result<serde_json::Value> {
     let mut last = serde_json::Value::Null;
     loop {
         let project = client.get(&format!("/api/v1/projects/{id}"))?;
@@ -427,7 +465,10 @@ fn project(command: ProjectCommand) -> Result<()> {
             if target.json {
                 println!("{answer}");
             } else {
-                println!("{}", answer.get("id").and_then(|v| v.as_str()).unwrap_or(""));
+                println!(
+                    "{}",
+                    answer.get("id").and_then(|v| v.as_str()).unwrap_or("")
+                );
             }
         }
         ProjectCommand::Show { target, id } => {
@@ -444,8 +485,20 @@ fn project(command: ProjectCommand) -> Result<()> {
                 println!("{projects}");
             } else {
                 for project in projects.as_array().into_iter().flatten() {
-                    let text = |name: &str| project.get(name).and_then(|v| v.as_str()).unwrap_or("").to_string();
-                    println!("{}  {:<10} {:<13} {}", text("id"), text("status"), text("phase"), text("name"));
+                    let text = |name: &str| {
+                        project
+                            .get(name)
+                            .and_then(|v| v.as_str())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    println!(
+                        "{}  {:<10} {:<13} {}",
+                        text("id"),
+                        text("status"),
+                        text("phase"),
+                        text("name")
+                    );
                 }
             }
         }
@@ -461,7 +514,11 @@ fn project(command: ProjectCommand) -> Result<()> {
         }
         ProjectCommand::Phase { target, id, action } => {
             let body = serde_json::json!({ "action": action }).to_string();
-            let project = Client::new(&target)?.send("PUT", &format!("/api/v1/projects/{id}/phase"), &body)?;
+            let project = Client::new(&target)?.send(
+                "PUT",
+                &format!("/api/v1/projects/{id}/phase"),
+                &body,
+            )?;
             if target.json {
                 println!("{project}");
             } else {
@@ -603,8 +660,11 @@ fn main() -> Result<()> {
             command: TokenCommand::Create { target, ttl },
         } => {
             let seconds = parse_duration(&ttl)?.as_secs();
-            let created = Client::new(&target)?
-                .call("POST", &format!("/api/v1/tokens?ttl_secs={seconds}"), None)?;
+            let created = Client::new(&target)?.call(
+                "POST",
+                &format!("/api/v1/tokens?ttl_secs={seconds}"),
+                None,
+            )?;
             let token = created
                 .get("token")
                 .and_then(|t| t.as_str())

@@ -72,7 +72,11 @@ async fn hierarchy(State(api): State<Api>, headers: HeaderMap) -> Response {
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, Json(serde_json::json!({"error": message.to_string()}))).into_response()
+    (
+        status,
+        Json(serde_json::json!({"error": message.to_string()})),
+    )
+        .into_response()
 }
 
 /// Largest project spec accepted, in bytes.
@@ -83,7 +87,10 @@ async fn submit_project(State(api): State<Api>, headers: HeaderMap, body: String
         return unauthorised(&api);
     }
     if body.len() > MAX_SPEC_BODY_BYTES {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "the spec is larger than 1 MiB");
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the spec is larger than 1 MiB",
+        );
     }
     match api.node.submit_project(&body).await {
         Ok(id) => (StatusCode::CREATED, Json(serde_json::json!({"id": id}))).into_response(),
@@ -110,6 +117,17 @@ async fn show_project(
         Some(project) => Json(project).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no project {id}")),
     }
+}
+
+async fn project_tasks(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorised(&api, &headers) {
+        return unauthorised(&api);
+    }
+    Json(api.node.project_tasks(&id).await).into_response()
 }
 
 #[derive(Deserialize)]
@@ -227,7 +245,10 @@ pub async fn serve(
         .route("/api/v1/projects", post(submit_project).get(list_projects))
         .route("/api/v1/projects/{id}", get(show_project))
         .route("/api/v1/projects/{id}/phase", put(change_phase))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_SPEC_BODY_BYTES + 1024))
+        .route("/api/v1/projects/{id}/tasks", get(project_tasks))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            MAX_SPEC_BODY_BYTES + 1024,
+        ))
         .route("/metrics", get(metrics))
         .with_state(Api {
             node,

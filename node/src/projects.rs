@@ -62,15 +62,14 @@ pub fn view(id: &str, project: &Project) -> ProjectView {
                 .map_or(progress.tasks_total, |p| {
                     u32::try_from(p.tasks.len()).unwrap_or(u32::MAX)
                 });
-            let phase_status = if *phase < project.phase
-                || project.status == ProjectStatus::Completed
-            {
-                "done"
-            } else if *phase > project.phase {
-                "pending"
-            } else {
-                status
-            };
+            let phase_status =
+                if *phase < project.phase || project.status == ProjectStatus::Completed {
+                    "done"
+                } else if *phase > project.phase {
+                    "pending"
+                } else {
+                    status
+                };
             let done = if phase_status == "done" {
                 total
             } else {
@@ -95,7 +94,68 @@ pub fn view(id: &str, project: &Project) -> ProjectView {
     }
 }
 
+/// One task as a state's Ledger has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Its name.
+    pub name: String,
+    /// The state whose Ledger holds it.
+    pub state: String,
+    /// Its phase.
+    pub phase: String,
+    /// "pending", "assigned", "succeeded", "failed" or "escalated".
+    pub status: String,
+    /// Attempts made.
+    pub attempt: u32,
+    /// The worker of the latest attempt.
+    pub worker: Option<String>,
+    /// Hex SHA-256 of its one committed result.
+    pub result: Option<String>,
+    /// The last failure or escalation reason.
+    pub reason: Option<String>,
+}
+
 impl Node {
+    /// The tasks of a project in the state groups this node takes part in (a node
+    /// sees only its own states' Ledgers; ask one node per state for all of them).
+    pub async fn project_tasks(&self, id: &str) -> Vec<TaskView> {
+        let mut tasks = Vec::new();
+        for group in self.groups.ids() {
+            let Some(state) = self.state_of_group(group).await else {
+                continue;
+            };
+            let Some(open) = self.groups.get(group) else {
+                continue;
+            };
+            let found: Vec<TaskView> = open
+                .read_local(|machine| {
+                    machine
+                        .ledger()
+                        .map(|ledger| {
+                            ledger
+                                .tasks_of_project(id)
+                                .map(|(key, task)| TaskView {
+                                    name: key.task.clone(),
+                                    state: state.clone(),
+                                    phase: task.phase.as_str().to_string(),
+                                    status: format!("{:?}", task.status).to_lowercase(),
+                                    attempt: task.attempt,
+                                    worker: task.worker.map(|w| w.peer_id()),
+                                    result: task
+                                        .result_digest
+                                        .map(|d| d.iter().map(|b| format!("{b:02x}")).collect()),
+                                    reason: task.failure.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .await;
+            tasks.extend(found);
+        }
+        tasks
+    }
+
     /// Every project this node's Registry copy knows.
     pub async fn projects(&self) -> Vec<ProjectView> {
         self.registry(|registry| {
@@ -118,7 +178,9 @@ impl Node {
 
     /// The president's peer, or `None` when this node is the president.
     fn president_peer(&self) -> Result<Option<(PeerId, Vec<libp2p::Multiaddr>)>, String> {
-        let (president, peer) = self.president().ok_or("no president right now; try again")?;
+        let (president, peer) = self
+            .president()
+            .ok_or("no president right now; try again")?;
         if president == self.me() {
             return Ok(None);
         }
@@ -186,7 +248,13 @@ impl Node {
                     ));
                 }
             };
-            let key = [id.as_bytes(), action.as_bytes(), phase.as_str().as_bytes(), &now_ms().to_be_bytes()].concat();
+            let key = [
+                id.as_bytes(),
+                action.as_bytes(),
+                phase.as_str().as_bytes(),
+                &now_ms().to_be_bytes(),
+            ]
+            .concat();
             return self
                 .propose(&[b"change", &key], command)
                 .await

@@ -466,8 +466,23 @@ impl Node {
         }
         let me = self.identity.node_key();
         let alive = |key: &NodeKey| candidates.iter().any(|c| c.key == *key && c.alive);
+        // A mayor dispatches from the Ledger, so it must hold a copy: only the group's
+        // voters qualify.
+        let voters: BTreeSet<NodeId> = group
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let eligible: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| voters.contains(&node_id(&c.key)))
+            .cloned()
+            .collect();
         let action = mayor_action(lease.as_ref(), now, me, alive, || {
-            pick_mayor(state, me, candidates)
+            pick_mayor(state, me, &eligible)
         });
         let (mayor, command) = match action {
             MayorAction::Keep | MayorAction::WaitForLapse => return,

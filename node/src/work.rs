@@ -223,7 +223,9 @@ impl WorkState {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Node {
@@ -307,7 +309,10 @@ impl Node {
                 project,
                 phase,
                 tasks,
-            } => self.governor_add_tasks(sender, &project, phase, tasks).await,
+            } => {
+                self.governor_add_tasks(sender, &project, phase, tasks)
+                    .await
+            }
             Work::Propose { city, command } => self.governor_commit(sender, &city, command).await,
             Work::Execute {
                 key,
@@ -320,8 +325,13 @@ impl Node {
                 attempt,
                 city,
                 result,
-            } => self.mayor_outcome(sender, key, attempt, &city, result).await,
-            Work::Progress { state, projects } => self.president_progress(sender, state, projects).await,
+            } => {
+                self.mayor_outcome(sender, key, attempt, &city, result)
+                    .await
+            }
+            Work::Progress { state, projects } => {
+                self.president_progress(sender, state, projects).await
+            }
         }
     }
 
@@ -351,12 +361,20 @@ impl Node {
         None
     }
 
-    async fn ledger_write(&self, group: &Group, key: &[&[u8]], command: LedgerCommand) -> Result<(), String> {
+    async fn ledger_write(
+        &self,
+        group: &Group,
+        key: &[&[u8]],
+        command: LedgerCommand,
+    ) -> Result<(), String> {
         let request = Request {
             id: request_id(key),
             command: RaftCommand::Ledger(command),
         };
-        let committed = group.write(request).await.map_err(|error| error.to_string())?;
+        let committed = group
+            .write(request)
+            .await
+            .map_err(|error| error.to_string())?;
         match committed.response.outcome {
             Outcome::Ledger(LedgerResponse::Rejected { reason }) => Err(reason),
             _ => Ok(()),
@@ -395,17 +413,30 @@ impl Node {
                 spec: task.spec,
                 max_attempts: task.max_attempts,
             };
-            self.ledger_write(&group, &[b"task", project.as_bytes(), task.name.as_bytes()], command)
-                .await
-                .or_else(|reason| {
-                    // Added before (the same task again) is fine.
-                    if reason.contains("exists") { Ok(()) } else { Err(reason) }
-                })?;
+            self.ledger_write(
+                &group,
+                &[b"task", project.as_bytes(), task.name.as_bytes()],
+                command,
+            )
+            .await
+            .or_else(|reason| {
+                // Added before (the same task again) is fine.
+                if reason.contains("exists") {
+                    Ok(())
+                } else {
+                    Err(reason)
+                }
+            })?;
         }
         Ok(())
     }
 
-    async fn governor_commit(&self, sender: NodeKey, city: &str, command: LedgerCommand) -> Result<(), String> {
+    async fn governor_commit(
+        &self,
+        sender: NodeKey,
+        city: &str,
+        command: LedgerCommand,
+    ) -> Result<(), String> {
         let (_, group) = self
             .governing_city(city)
             .await
@@ -422,21 +453,40 @@ impl Node {
             return Err(format!("{sender} is not the mayor of {city}"));
         }
         let key = match &command {
-            LedgerCommand::AssignTask { key, attempt, .. } => {
-                [b"assign".as_slice(), key.project.as_bytes(), key.task.as_bytes(), &attempt.to_be_bytes()].concat()
-            }
-            LedgerCommand::CompleteTask { key, attempt, .. } => {
-                [b"complete".as_slice(), key.project.as_bytes(), key.task.as_bytes(), &attempt.to_be_bytes()].concat()
-            }
-            LedgerCommand::FailTask { key, attempt, .. } => {
-                [b"fail".as_slice(), key.project.as_bytes(), key.task.as_bytes(), &attempt.to_be_bytes()].concat()
-            }
+            LedgerCommand::AssignTask { key, attempt, .. } => [
+                b"assign".as_slice(),
+                key.project.as_bytes(),
+                key.task.as_bytes(),
+                &attempt.to_be_bytes(),
+            ]
+            .concat(),
+            LedgerCommand::CompleteTask { key, attempt, .. } => [
+                b"complete".as_slice(),
+                key.project.as_bytes(),
+                key.task.as_bytes(),
+                &attempt.to_be_bytes(),
+            ]
+            .concat(),
+            LedgerCommand::FailTask { key, attempt, .. } => [
+                b"fail".as_slice(),
+                key.project.as_bytes(),
+                key.task.as_bytes(),
+                &attempt.to_be_bytes(),
+            ]
+            .concat(),
             _ => return Err("a mayor proposes only assignments and outcomes".into()),
         };
         self.ledger_write(&group, &[&key], command).await
     }
 
-    fn worker_execute(&self, sender: NodeKey, key: TaskKey, attempt: u32, city: String, spec: Vec<u8>) -> Result<(), String> {
+    fn worker_execute(
+        &self,
+        sender: NodeKey,
+        key: TaskKey,
+        attempt: u32,
+        city: String,
+        spec: Vec<u8>,
+    ) -> Result<(), String> {
         let _ = sender;
         let spec = TaskSpec::decode(&spec).map_err(|error| error.to_string())?;
         {
@@ -456,7 +506,13 @@ impl Node {
         Ok(())
     }
 
-    async fn run_attempt(self: Arc<Self>, key: TaskKey, attempt: u32, city: String, spec: TaskSpec) {
+    async fn run_attempt(
+        self: Arc<Self>,
+        key: TaskKey,
+        attempt: u32,
+        city: String,
+        spec: TaskSpec,
+    ) {
         let Ok(_slot) = self.work.slots.clone().acquire_owned().await else {
             return;
         };
@@ -522,14 +578,24 @@ impl Node {
     ) -> Result<(), String> {
         let now = now_ms();
         let me = self.identity.node_key();
-        let (state, group) = self.mayor_group(city, now).await.ok_or("not the mayor of that city")?;
+        let (state, group) = self
+            .mayor_group(city, now)
+            .await
+            .ok_or("not the mayor of that city")?;
         let task = group
-            .read_local(|machine| machine.ledger().and_then(|ledger| ledger.tasks().get(&key).cloned()))
+            .read_local(|machine| {
+                machine
+                    .ledger()
+                    .and_then(|ledger| ledger.tasks().get(&key).cloned())
+            })
             .await
             .ok_or("no such task")?;
         // A stale attempt (reassigned since) or another worker's: its outcome no longer
         // counts. Acknowledge so the worker stops retrying.
-        if task.attempt != attempt || task.worker != Some(sender) || task.status != TaskStatus::Assigned {
+        if task.attempt != attempt
+            || task.worker != Some(sender)
+            || task.status != TaskStatus::Assigned
+        {
             return Ok(());
         }
         let command = match &result {
@@ -539,7 +605,10 @@ impl Node {
                 result_digest: result_digest(execution),
             },
             Err(error) => {
-                lock(&self.work.failed_on).entry(key.clone()).or_default().insert(sender);
+                lock(&self.work.failed_on)
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(sender);
                 let mut reason = error.reason();
                 reason.truncate(512);
                 LedgerCommand::FailTask {
@@ -557,7 +626,9 @@ impl Node {
     async fn mayor_group(&self, city: &str, now: u64) -> Option<(String, Group)> {
         let me = self.identity.node_key();
         for id in self.groups.ids() {
-            let Some(group) = self.groups.get(id) else { continue };
+            let Some(group) = self.groups.get(id) else {
+                continue;
+            };
             let mine = group
                 .read_local(|machine| {
                     machine
@@ -573,8 +644,15 @@ impl Node {
         None
     }
 
-    async fn propose_to_governor(&self, group: &Group, city: &str, command: LedgerCommand) -> Result<(), String> {
-        let leader = group.leader().ok_or("the state has no governor right now")?;
+    async fn propose_to_governor(
+        &self,
+        group: &Group,
+        city: &str,
+        command: LedgerCommand,
+    ) -> Result<(), String> {
+        let leader = group
+            .leader()
+            .ok_or("the state has no governor right now")?;
         let governor = self
             .registry(|registry| {
                 registry
@@ -592,7 +670,12 @@ impl Node {
         self.send_work(governor, &work).await
     }
 
-    async fn president_progress(&self, sender: NodeKey, state: String, projects: Vec<StateProgress>) -> Result<(), String> {
+    async fn president_progress(
+        &self,
+        sender: NodeKey,
+        state: String,
+        projects: Vec<StateProgress>,
+    ) -> Result<(), String> {
         if self.president().map(|(id, _)| id) != Some(self.me()) {
             return Err("not the president".into());
         }
@@ -610,8 +693,13 @@ impl Node {
         let voter = self
             .registry(|registry| {
                 registry.states().get(&state).is_some_and(|info| {
-                    info.governor.as_ref().is_some_and(|g| g.voters.contains(&sender))
-                        || info.group.as_ref().is_some_and(|g| g.voters.contains(&sender))
+                    info.governor
+                        .as_ref()
+                        .is_some_and(|g| g.voters.contains(&sender))
+                        || info
+                            .group
+                            .as_ref()
+                            .is_some_and(|g| g.voters.contains(&sender))
                 })
             })
             .await
@@ -633,9 +721,13 @@ impl Node {
     async fn mayor_tick(self: &Arc<Self>) {
         let now = now_ms();
         for id in self.groups.ids() {
-            let Some(state) = self.state_of_group(id).await else { continue };
+            let Some(state) = self.state_of_group(id).await else {
+                continue;
+            };
             let city = first_city(&state);
-            let Some((_, group)) = self.mayor_group(&city, now).await else { continue };
+            let Some((_, group)) = self.mayor_group(&city, now).await else {
+                continue;
+            };
             let tasks: Vec<(TaskKey, aamas_consensus::ledger::Task)> = group
                 .read_local(|machine| {
                     machine
@@ -644,7 +736,12 @@ impl Node {
                             ledger
                                 .tasks()
                                 .iter()
-                                .filter(|(_, task)| matches!(task.status, TaskStatus::Pending | TaskStatus::Assigned))
+                                .filter(|(_, task)| {
+                                    matches!(
+                                        task.status,
+                                        TaskStatus::Pending | TaskStatus::Assigned
+                                    )
+                                })
                                 .map(|(key, task)| (key.clone(), task.clone()))
                                 .collect()
                         })
@@ -666,12 +763,25 @@ impl Node {
                 .unwrap_or_default();
             let mut load: BTreeMap<NodeKey, u32> = BTreeMap::new();
             for (_, task) in &tasks {
-                if task.status == TaskStatus::Assigned && let Some(worker) = task.worker {
+                if task.status == TaskStatus::Assigned
+                    && let Some(worker) = task.worker
+                {
                     *load.entry(worker).or_default() += 1;
                 }
             }
             for (key, task) in tasks {
-                self.dispatch(&group, &state, &city, key, task, &candidates, &skills, &mut load, now).await;
+                self.dispatch(
+                    &group,
+                    &state,
+                    &city,
+                    key,
+                    task,
+                    &candidates,
+                    &skills,
+                    &mut load,
+                    now,
+                )
+                .await;
             }
         }
     }
@@ -696,13 +806,23 @@ impl Node {
         if task.status == TaskStatus::Assigned {
             let Some(worker) = task.worker else { return };
             let slot = (key.clone(), task.attempt);
-            let (since, delivered) = *lock(&self.work.assigned).entry(slot.clone()).or_insert((now, false));
-            let overdue = now.saturating_sub(since) > spec.timeout_secs * 1_000 + ASSIGNMENT_GRACE_MS;
+            let (since, delivered) = *lock(&self.work.assigned)
+                .entry(slot.clone())
+                .or_insert((now, false));
+            let overdue =
+                now.saturating_sub(since) > spec.timeout_secs * 1_000 + ASSIGNMENT_GRACE_MS;
             let lost = !alive(&worker) && now.saturating_sub(since) > crate::roles::ALIVE_WINDOW_MS;
             if overdue || lost {
-                lock(&self.work.failed_on).entry(key.clone()).or_default().insert(worker);
+                lock(&self.work.failed_on)
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(worker);
                 if task.attempt >= task.max_attempts {
-                    let reason = if lost { "the worker was lost" } else { "the task timed out" };
+                    let reason = if lost {
+                        "the worker was lost"
+                    } else {
+                        "the task timed out"
+                    };
                     let command = LedgerCommand::FailTask {
                         key: key.clone(),
                         attempt: task.attempt,
@@ -721,17 +841,30 @@ impl Node {
         }
         // Pending (or overdue): pick a worker by skill and free capacity, elsewhere than
         // where it failed when possible.
-        let failed_on = lock(&self.work.failed_on).get(&key).cloned().unwrap_or_default();
+        let failed_on = lock(&self.work.failed_on)
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
         let mut eligible: Vec<(&NodeKey, bool, bool, u32)> = skills
             .iter()
             .filter(|(worker, _)| alive(worker))
             .filter(|(worker, (_, capacity))| load.get(*worker).copied().unwrap_or(0) < *capacity)
             .map(|(worker, (skill_set, _))| {
-                let skilled = spec.skill.as_ref().is_none_or(|skill| skill_set.contains(skill));
-                (worker, failed_on.contains(worker), !skilled, load.get(worker).copied().unwrap_or(0))
+                let skilled = spec
+                    .skill
+                    .as_ref()
+                    .is_none_or(|skill| skill_set.contains(skill));
+                (
+                    worker,
+                    failed_on.contains(worker),
+                    !skilled,
+                    load.get(worker).copied().unwrap_or(0),
+                )
             })
             .collect();
-        eligible.sort_by_key(|(worker, failed, unskilled, load)| (*failed, *unskilled, *load, **worker));
+        eligible.sort_by_key(|(worker, failed, unskilled, load)| {
+            (*failed, *unskilled, *load, **worker)
+        });
         let Some(worker) = eligible.first().map(|(worker, ..)| **worker) else {
             return;
         };
@@ -747,7 +880,13 @@ impl Node {
         self.spawn_proposal(group, city, (key, attempt), command);
     }
 
-    fn spawn_proposal(self: &Arc<Self>, group: &Group, city: &str, slot: (TaskKey, u32), command: LedgerCommand) {
+    fn spawn_proposal(
+        self: &Arc<Self>,
+        group: &Group,
+        city: &str,
+        slot: (TaskKey, u32),
+        command: LedgerCommand,
+    ) {
         if !lock(&self.work.sending).insert((slot.0.clone(), slot.1 + 1_000_000)) {
             return;
         }
@@ -762,7 +901,14 @@ impl Node {
         });
     }
 
-    fn spawn_execute(self: &Arc<Self>, worker: NodeKey, key: TaskKey, attempt: u32, city: &str, spec: Vec<u8>) {
+    fn spawn_execute(
+        self: &Arc<Self>,
+        worker: NodeKey,
+        key: TaskKey,
+        attempt: u32,
+        city: &str,
+        spec: Vec<u8>,
+    ) {
         if !lock(&self.work.sending).insert((key.clone(), attempt)) {
             return;
         }
@@ -777,7 +923,8 @@ impl Node {
             };
             match node.send_work(worker, &work).await {
                 Ok(()) => {
-                    if let Some(entry) = lock(&node.work.assigned).get_mut(&(key.clone(), attempt)) {
+                    if let Some(entry) = lock(&node.work.assigned).get_mut(&(key.clone(), attempt))
+                    {
                         entry.1 = true;
                     }
                 }
@@ -800,7 +947,9 @@ impl Node {
                                 .tasks()
                                 .iter()
                                 .filter(|(_, task)| task.status == TaskStatus::Failed)
-                                .map(|(key, task)| (key.clone(), task.failure.clone().unwrap_or_default()))
+                                .map(|(key, task)| {
+                                    (key.clone(), task.failure.clone().unwrap_or_default())
+                                })
                                 .collect()
                         })
                         .unwrap_or_default()
@@ -812,7 +961,11 @@ impl Node {
                     reason: format!("failed after every attempt: {reason}"),
                 };
                 if let Err(reason) = self
-                    .ledger_write(&group, &[b"escalate", key.project.as_bytes(), key.task.as_bytes()], command)
+                    .ledger_write(
+                        &group,
+                        &[b"escalate", key.project.as_bytes(), key.task.as_bytes()],
+                        command,
+                    )
                     .await
                 {
                     tracing::debug!(%key, reason, "escalation not committed");
@@ -823,10 +976,13 @@ impl Node {
                     let mut by_project: BTreeMap<String, StateProgress> = BTreeMap::new();
                     if let Some(ledger) = machine.ledger() {
                         for (key, task) in ledger.tasks() {
-                            let entry = by_project.entry(key.project.clone()).or_insert_with(|| StateProgress {
-                                project: key.project.clone(),
-                                tasks: BTreeMap::new(),
-                            });
+                            let entry =
+                                by_project.entry(key.project.clone()).or_insert_with(|| {
+                                    StateProgress {
+                                        project: key.project.clone(),
+                                        tasks: BTreeMap::new(),
+                                    }
+                                });
                             entry.tasks.insert(
                                 key.task.clone(),
                                 (
@@ -852,8 +1008,12 @@ impl Node {
             if !due {
                 continue;
             }
-            let Some((_, president)) = self.president() else { continue };
-            let Some(president) = aamas_protocol::NodeKey::from_peer_id(&president) else { continue };
+            let Some((_, president)) = self.president() else {
+                continue;
+            };
+            let Some(president) = aamas_protocol::NodeKey::from_peer_id(&president) else {
+                continue;
+            };
             let work = Work::Progress {
                 state: state.clone(),
                 projects: projects.clone(),
@@ -922,16 +1082,18 @@ impl Node {
             .filter(|(_, (_, report))| report.status == TaskStatus::Succeeded)
             .map(|(name, _)| name.as_str())
             .collect();
-        let failed = reports
-            .iter()
-            .find(|(_, (_, report))| matches!(report.status, TaskStatus::Escalated | TaskStatus::Failed));
+        let failed = reports.iter().find(|(_, (_, report))| {
+            matches!(report.status, TaskStatus::Escalated | TaskStatus::Failed)
+        });
         let progress = PhaseProgress {
             tasks_total: u32::try_from(phase_spec.tasks.len()).unwrap_or(u32::MAX),
             tasks_done: u32::try_from(succeeded.len()).unwrap_or(u32::MAX),
             tasks_failed: u32::try_from(
                 reports
                     .values()
-                    .filter(|(_, report)| matches!(report.status, TaskStatus::Escalated | TaskStatus::Failed))
+                    .filter(|(_, report)| {
+                        matches!(report.status, TaskStatus::Escalated | TaskStatus::Failed)
+                    })
                     .count(),
             )
             .unwrap_or(u32::MAX),
@@ -942,13 +1104,22 @@ impl Node {
             let reason = format!(
                 "phase {} failed: task {name} in {state}: {}",
                 phase.as_str(),
-                report.reason.clone().unwrap_or_else(|| "no reason given".into())
+                report
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason given".into())
             );
             let command = RegistryCommand::FailProject {
                 id: id.to_string(),
                 reason: reason.chars().take(900).collect(),
             };
-            if let Err(error) = self.propose(&[b"fail", id.as_bytes(), phase.as_str().as_bytes()], command).await {
+            if let Err(error) = self
+                .propose(
+                    &[b"fail", id.as_bytes(), phase.as_str().as_bytes()],
+                    command,
+                )
+                .await
+            {
                 tracing::warn!(%error, "failing the project failed");
             }
             return;
@@ -972,12 +1143,19 @@ impl Node {
         }
         for (state, tasks) in by_state {
             let slot = (id.to_string(), phase, state.clone());
-            let recently = lock(&self.work.sent).get(&slot).is_some_and(|at| now.saturating_sub(*at) < ASSIGN_RESEND_MS);
+            let recently = lock(&self.work.sent)
+                .get(&slot)
+                .is_some_and(|at| now.saturating_sub(*at) < ASSIGN_RESEND_MS);
             if recently {
                 continue;
             }
             let Some(governor) = self
-                .registry(|registry| registry.states().get(&state).and_then(|info| info.governor.as_ref().map(|g| g.node)))
+                .registry(|registry| {
+                    registry
+                        .states()
+                        .get(&state)
+                        .and_then(|info| info.governor.as_ref().map(|g| g.node))
+                })
                 .await
                 .flatten()
             else {
@@ -1007,7 +1185,12 @@ impl Node {
     /// the first state (by name) that has one.
     async fn assignable_state(&self, state: &str) -> Option<String> {
         self.registry(|registry| {
-            let governed = |name: &str| registry.states().get(name).is_some_and(|info| info.governor.is_some());
+            let governed = |name: &str| {
+                registry
+                    .states()
+                    .get(name)
+                    .is_some_and(|info| info.governor.is_some())
+            };
             if governed(state) {
                 return Some(state.to_string());
             }
@@ -1057,7 +1240,13 @@ impl Node {
             id: id.to_string(),
             from: phase,
         };
-        match self.propose(&[b"advance", id.as_bytes(), phase.as_str().as_bytes()], command).await {
+        match self
+            .propose(
+                &[b"advance", id.as_bytes(), phase.as_str().as_bytes()],
+                command,
+            )
+            .await
+        {
             Ok(()) => {
                 tracing::info!(project = id, from = phase.as_str(), "phase complete");
                 let event = Event::PhaseTransition {
@@ -1074,14 +1263,27 @@ impl Node {
     /// Publishes an event to every member on the `all` topic (best effort).
     async fn announce(&self, event: Event) {
         let members: Vec<aamas_protocol::PublicIdentity> = self
-            .registry(|registry| registry.active_members().map(|(_, member)| member.identity).take(255).collect())
+            .registry(|registry| {
+                registry
+                    .active_members()
+                    .map(|(_, member)| member.identity)
+                    .take(255)
+                    .collect()
+            })
             .await
             .unwrap_or_default();
         if members.is_empty() {
             return;
         }
         let payload = Payload::Notification(Notification { event });
-        if let Err(error) = self.publish(&self.topics.all(), &payload, aamas_protocol::To::Members(&members)).await {
+        if let Err(error) = self
+            .publish(
+                &self.topics.all(),
+                &payload,
+                aamas_protocol::To::Members(&members),
+            )
+            .await
+        {
             tracing::debug!(%error, "event not published");
         }
     }

@@ -300,3 +300,108 @@ pub fn agreed_governors(nodes: &[&Node]) -> Option<Vec<(String, String, Vec<Stri
         .all(|(_, governor, voters)| voters.contains(governor));
     (consistent && !first.is_empty() && views.iter().all(|view| *view == first)).then_some(first)
 }
+
+/// Starts `n` nodes: one founds the mesh, the others join it; waits for one president.
+pub fn start_mesh(root: &Path, n: usize) -> (Vec<Node>, String) {
+    let dirs: Vec<PathBuf> = (1..=n).map(|i| root.join(format!("n{i}"))).collect();
+    let (token, _) = init(&dirs[0]);
+    let mut nodes = vec![Node::start(&dirs[0], None)];
+    let addr = first_listen_addr(&nodes[0]);
+    for dir in &dirs[1..] {
+        nodes.push(Node::start(dir, Some((&addr, &token))));
+    }
+    let president = wait_for("the nodes to agree on a president", || {
+        agreed_president(&nodes.iter().collect::<Vec<_>>(), n as u64)
+    });
+    (nodes, president)
+}
+
+/// Starts `n` nodes and waits until every populated state has an agreed governor.
+pub fn start_hierarchy(root: &Path, n: usize) -> (Vec<Node>, String) {
+    let (nodes, president) = start_mesh(root, n);
+    wait_for("a governor for each populated state", || {
+        agreed_governors(&nodes.iter().collect::<Vec<_>>())
+    });
+    (nodes, president)
+}
+
+impl Node {
+    /// `aamas project submit FILE --json`: the project id, or the error text.
+    pub fn submit(&self, spec: &str) -> Result<String, String> {
+        let file = self
+            .dir
+            .with_extension(format!("spec-{}.toml", std::process::id()));
+        std::fs::write(&file, spec).expect("write the spec");
+        let output = aamas(&[
+            "project",
+            "submit",
+            "--data-dir",
+            &self.dir.display().to_string(),
+            "--json",
+            &file.display().to_string(),
+        ]);
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        let answer: Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+        field(&answer, "id").ok_or_else(|| "no id".into())
+    }
+
+    /// `GET /api/v1/projects/ID`, if the node answers.
+    pub fn project(&self, id: &str) -> Option<Value> {
+        let (status, body) = self.api_get(&format!("/api/v1/projects/{id}"))?;
+        status.contains("200").then_some(())?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// `GET /api/v1/projects/ID/tasks`: the tasks in this node's states.
+    pub fn tasks(&self, id: &str) -> Vec<Value> {
+        self.api_get(&format!("/api/v1/projects/{id}/tasks"))
+            .and_then(|(_, body)| serde_json::from_str::<Vec<Value>>(&body).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Waits (up to `limit`) until some live node reports the project completed or failed.
+pub fn wait_for_project_end(nodes: &[Node], id: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        for node in nodes {
+            if let Some(project) = node.project(id) {
+                let status = field(&project, "status").unwrap_or_default();
+                if status == "completed" || status == "failed" {
+                    return project;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "project {id} did not end within {limit:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Every task of the project across the nodes, one entry per (state, task): the union
+/// of what each node's state Ledgers hold, taking the most advanced copy.
+pub fn all_tasks(nodes: &[Node], id: &str) -> std::collections::BTreeMap<(String, String), Value> {
+    let mut tasks = std::collections::BTreeMap::new();
+    for node in nodes {
+        for task in node.tasks(id) {
+            let key = (
+                field(&task, "state").unwrap_or_default(),
+                field(&task, "name").unwrap_or_default(),
+            );
+            let attempt = |t: &Value| t.get("attempt").and_then(Value::as_u64).unwrap_or(0);
+            let newer = tasks.get(&key).is_none_or(|known: &Value| {
+                attempt(&task) > attempt(known)
+                    || (attempt(&task) == attempt(known)
+                        && task.get("result").is_some_and(Value::is_string))
+            });
+            if newer {
+                tasks.insert(key, task);
+            }
+        }
+    }
+    tasks
+}

@@ -51,21 +51,6 @@ fn five_nodes_agree_on_a_president_and_survive_its_kill() {
     assert_ne!(successor, president);
 }
 
-/// Starts `n` nodes: one founds the mesh, the others join it; waits for one president.
-fn start_mesh(root: &Path, n: usize) -> (Vec<Node>, String) {
-    let dirs: Vec<PathBuf> = (1..=n).map(|i| root.join(format!("n{i}"))).collect();
-    let (token, _) = init(&dirs[0]);
-    let mut nodes = vec![Node::start(&dirs[0], None)];
-    let addr = first_listen_addr(&nodes[0]);
-    for dir in &dirs[1..] {
-        nodes.push(Node::start(dir, Some((&addr, &token))));
-    }
-    let president = wait_for("the nodes to agree on a president", || {
-        agreed_president(&nodes.iter().collect::<Vec<_>>(), n as u64)
-    });
-    (nodes, president)
-}
-
 #[test]
 fn a_killed_governor_is_succeeded_and_its_dead_voter_replaced() {
     let root = tempfile::tempdir().expect("tempdir");
