@@ -609,8 +609,8 @@ impl Node {
                     .entry(key.clone())
                     .or_default()
                     .insert(sender);
-                let mut reason = error.reason();
-                reason.truncate(512);
+                // At most 400 bytes, cut at a character boundary (`ExecError::reason`).
+                let reason = error.reason();
                 LedgerCommand::FailTask {
                     key: key.clone(),
                     attempt,
