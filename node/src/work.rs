@@ -179,12 +179,53 @@ pub fn ready_tasks<'a>(
         .collect()
 }
 
+/// A member as a mayor sees it when dispatching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Its skills.
+    pub skills: BTreeSet<String>,
+    /// Tasks it runs at once.
+    pub capacity: u32,
+    /// Whether it belongs to the dispatching state.
+    pub in_state: bool,
+}
+
+/// The worker for the next attempt of a task: alive, with free capacity; preferring one
+/// it has not failed on, then the state's own members, then the task's skill, then the
+/// least loaded, key order breaking ties.
+pub fn pick_worker(
+    spec: &TaskSpec,
+    workers: &BTreeMap<NodeKey, Worker>,
+    failed_on: &BTreeSet<NodeKey>,
+    load: &BTreeMap<NodeKey, u32>,
+    alive: impl Fn(&NodeKey) -> bool,
+) -> Option<NodeKey> {
+    workers
+        .iter()
+        .filter(|(key, _)| alive(key))
+        .filter(|(key, worker)| load.get(*key).copied().unwrap_or(0) < worker.capacity)
+        .min_by_key(|(key, worker)| {
+            let skilled = spec
+                .skill
+                .as_ref()
+                .is_none_or(|skill| worker.skills.contains(skill));
+            (
+                failed_on.contains(key),
+                !worker.in_state,
+                !skilled,
+                load.get(*key).copied().unwrap_or(0),
+                **key,
+            )
+        })
+        .map(|(key, _)| *key)
+}
+
 /// Soft state of this node's work roles; rebuilt from the log after a restart.
 pub struct WorkState {
     executors: Executors,
     slots: Arc<Semaphore>,
-    /// Worker: attempts running here, and their outcome once known.
-    running: Mutex<HashMap<(TaskKey, u32), Option<Result<Execution, ExecError>>>>,
+    /// Worker: attempts running here (or delivering their outcome).
+    running: Mutex<std::collections::HashSet<(TaskKey, u32)>>,
     /// Mayor: when an attempt was first seen assigned, and whether the worker has it.
     assigned: Mutex<HashMap<(TaskKey, u32), (u64, bool)>>,
     /// Mayor: workers a task failed on, to retry it elsewhere.
@@ -211,7 +252,7 @@ impl WorkState {
         Self {
             executors: Executors::new(llm),
             slots: Arc::new(Semaphore::new(capacity.max(1))),
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(std::collections::HashSet::new()),
             assigned: Mutex::new(HashMap::new()),
             failed_on: Mutex::new(HashMap::new()),
             sending: Mutex::new(BTreeSet::new()),
@@ -491,13 +532,13 @@ impl Node {
         let spec = TaskSpec::decode(&spec).map_err(|error| error.to_string())?;
         {
             let mut running = lock(&self.work.running);
-            if running.contains_key(&(key.clone(), attempt)) {
+            if running.contains(&(key.clone(), attempt)) {
                 return Ok(());
             }
             if self.work.slots.available_permits() == 0 {
                 return Err("busy: no free capacity".into());
             }
-            running.insert((key.clone(), attempt), None);
+            running.insert((key.clone(), attempt));
         }
         let Some(node) = self.me_arc() else {
             return Err("the node is stopping".into());
@@ -532,7 +573,6 @@ impl Node {
             execution.output.truncate(end);
             execution.output_truncated = true;
         }
-        lock(&self.work.running).insert((key.clone(), attempt), Some(result.clone()));
         let work = Work::Outcome {
             key: key.clone(),
             attempt,
@@ -752,11 +792,19 @@ impl Node {
                 continue;
             }
             let candidates = self.candidates().await;
-            let skills: BTreeMap<NodeKey, (BTreeSet<String>, u32)> = self
+            // Every member can work; the state's own members come first.
+            let skills: BTreeMap<NodeKey, Worker> = self
                 .registry(|registry| {
                     registry
-                        .members_in_state(&state)
-                        .map(|(key, member)| (*key, (member.skills.clone(), member.capacity)))
+                        .active_members()
+                        .map(|(key, member)| {
+                            let worker = Worker {
+                                skills: member.skills.clone(),
+                                capacity: member.capacity,
+                                in_state: member.state.as_deref() == Some(state.as_str()),
+                            };
+                            (*key, worker)
+                        })
                         .collect()
                 })
                 .await
@@ -795,7 +843,7 @@ impl Node {
         key: TaskKey,
         task: aamas_consensus::ledger::Task,
         candidates: &[crate::roles::Candidate],
-        skills: &BTreeMap<NodeKey, (BTreeSet<String>, u32)>,
+        skills: &BTreeMap<NodeKey, Worker>,
         load: &mut BTreeMap<NodeKey, u32>,
         now: u64,
     ) {
@@ -845,27 +893,7 @@ impl Node {
             .get(&key)
             .cloned()
             .unwrap_or_default();
-        let mut eligible: Vec<(&NodeKey, bool, bool, u32)> = skills
-            .iter()
-            .filter(|(worker, _)| alive(worker))
-            .filter(|(worker, (_, capacity))| load.get(*worker).copied().unwrap_or(0) < *capacity)
-            .map(|(worker, (skill_set, _))| {
-                let skilled = spec
-                    .skill
-                    .as_ref()
-                    .is_none_or(|skill| skill_set.contains(skill));
-                (
-                    worker,
-                    failed_on.contains(worker),
-                    !skilled,
-                    load.get(worker).copied().unwrap_or(0),
-                )
-            })
-            .collect();
-        eligible.sort_by_key(|(worker, failed, unskilled, load)| {
-            (*failed, *unskilled, *load, **worker)
-        });
-        let Some(worker) = eligible.first().map(|(worker, ..)| **worker) else {
+        let Some(worker) = pick_worker(&spec, skills, &failed_on, load, alive) else {
             return;
         };
         *load.entry(worker).or_default() += 1;
@@ -1298,5 +1326,99 @@ impl TaskSpec {
     /// From postcard.
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ExecutorSpec;
+
+    fn key(n: u8) -> NodeKey {
+        NodeKey([n; 32])
+    }
+
+    fn task(skill: Option<&str>, depends_on: &[&str], name: &str) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            state: "technical".into(),
+            skill: skill.map(str::to_string),
+            executor: ExecutorSpec::Builtin {
+                action: "noop".into(),
+            },
+            input: String::new(),
+            depends_on: depends_on.iter().map(|d| d.to_string()).collect(),
+            timeout_secs: 60,
+            retries: 2,
+            budget: 0,
+        }
+    }
+
+    fn worker(skills: &[&str], in_state: bool) -> Worker {
+        Worker {
+            skills: skills.iter().map(|s| s.to_string()).collect(),
+            capacity: 2,
+            in_state,
+        }
+    }
+
+    #[test]
+    fn workers_are_picked_by_state_failure_skill_and_load() {
+        let workers = BTreeMap::from([
+            (key(1), worker(&[], true)),
+            (key(2), worker(&["rust"], true)),
+            (key(3), worker(&["rust"], false)),
+        ]);
+        let none = BTreeSet::new();
+        let idle = BTreeMap::new();
+        let all = |_: &NodeKey| true;
+        let spec = task(Some("rust"), &[], "t");
+        assert_eq!(
+            pick_worker(&spec, &workers, &none, &idle, all),
+            Some(key(2))
+        );
+        // Failed there before: elsewhere, even outside the state.
+        let failed = BTreeSet::from([key(2)]);
+        assert_eq!(
+            pick_worker(&spec, &workers, &failed, &idle, all),
+            Some(key(1))
+        );
+        // Full: skipped.
+        let full = BTreeMap::from([(key(2), 2)]);
+        assert_eq!(
+            pick_worker(&spec, &workers, &none, &full, all),
+            Some(key(1))
+        );
+        // Only a member of another state is alive: it works for this state.
+        let only_three = |k: &NodeKey| *k == key(3);
+        assert_eq!(
+            pick_worker(&spec, &workers, &none, &idle, only_three),
+            Some(key(3))
+        );
+        assert_eq!(
+            pick_worker(&spec, &workers, &none, &idle, |_: &NodeKey| false),
+            None
+        );
+    }
+
+    #[test]
+    fn tasks_start_when_their_dependencies_succeeded() {
+        let phase = crate::spec::PhaseSpec {
+            phase: Phase::Design,
+            tasks: vec![
+                task(None, &[], "a"),
+                task(None, &["a"], "b"),
+                task(None, &["a", "b"], "c"),
+            ],
+        };
+        let names =
+            |tasks: Vec<&TaskSpec>| tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        let empty = BTreeSet::new();
+        assert_eq!(names(ready_tasks(&phase, &empty, &empty)), ["a"]);
+        let known = BTreeSet::from(["a"]);
+        assert!(ready_tasks(&phase, &known, &empty).is_empty());
+        assert_eq!(names(ready_tasks(&phase, &known, &known)), ["b"]);
+        let both = BTreeSet::from(["a", "b"]);
+        assert_eq!(names(ready_tasks(&phase, &both, &both)), ["c"]);
     }
 }
