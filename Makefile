@@ -6,14 +6,19 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps fmt lint layering unit bench clean
+.PHONY: demo tour test deps fmt lint layering unit bench clean
 
 deps:
 	@./scripts/ensure-deps.sh
 
-## The main job. Until the node exists it is the protocol's tour: identities, sealing,
-## receiving, and the refusals of the receive pipeline.
+## The main job: a local mesh of real nodes runs the template project through all eight
+## phases while its president is killed (`aamas demo`; NODES=7 by default).
+NODES ?= 7
 demo: deps
+	$(CARGO) run --locked -p aamas-cli --bin aamas -- demo --nodes $(NODES)
+
+## The protocol's tour: identities, sealing, receiving, and the pipeline's refusals.
+tour: deps
 	$(CARGO) run --locked -p aamas-protocol --example envelope_tour
 
 ## Formatting, lints (warnings are errors) and every test.

@@ -192,7 +192,7 @@ pub fn run(count: usize) -> Result<()> {
 
     let mut phase_started: Vec<(String, Instant)> = Vec::new();
     let mut timings: Vec<(String, Duration)> = Vec::new();
-    let mut killed: Option<(usize, Instant)> = None;
+    let mut killed: Option<(usize, Instant, String)> = None;
     let deadline = Instant::now() + PATIENCE;
     let outcome = loop {
         if Instant::now() > deadline {
@@ -223,18 +223,19 @@ pub fn run(count: usize) -> Result<()> {
             }) {
                 println!("  ✖ kill -9 the president {president} (mid-development)");
                 mesh.kill(index);
-                killed = Some((index, Instant::now()));
+                killed = Some((index, Instant::now(), president));
             }
         }
-        if let Some((index, at)) = killed
-            && mesh.nodes[index].1.is_none()
+        if let Some((index, at, old)) = &killed
+            && mesh.nodes[*index].1.is_none()
         {
+            let (index, at) = (*index, *at);
             let survivors = mesh.alive();
             let successor = survivors
                 .first()
                 .and_then(|first| mesh.status(*first))
                 .map(|s| field(&s, "president"));
-            if let Some(successor) = successor.filter(|s| !s.is_empty())
+            if let Some(successor) = successor.filter(|s| !s.is_empty() && s != old)
                 && survivors.iter().all(|i| {
                     mesh.status(*i)
                         .is_some_and(|s| field(&s, "president") == successor)
