@@ -87,6 +87,9 @@ enum Commands {
         /// Find other nodes on the local network with mDNS.
         #[arg(long, env = "AAMAS_MDNS")]
         mdns: bool,
+        /// Tasks this node runs at once as a worker [default: 4].
+        #[arg(long, env = "AAMAS_CAPACITY")]
+        capacity: Option<u32>,
     },
     /// Show this node's view: president, members, roles.
     Status(Target),
@@ -197,6 +200,7 @@ struct NodeFile {
     skills: Option<Vec<String>>,
     mdns: Option<bool>,
     fsync: Option<bool>,
+    capacity: Option<u32>,
 }
 
 impl NodeFile {
@@ -559,6 +563,7 @@ fn main() -> Result<()> {
             skills,
             no_fsync,
             mdns,
+            capacity,
         } => {
             let file = match &config {
                 Some(path) => NodeFile::load(path)?,
@@ -616,6 +621,9 @@ fn main() -> Result<()> {
                 raft: aamas_consensus::RaftConfig::default(),
                 fsync: !no_fsync,
                 mdns,
+                capacity: capacity
+                    .or(file.capacity)
+                    .unwrap_or(aamas_node::runtime::WORKER_CAPACITY),
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(aamas_node::run(config, shutdown_signal()))?;

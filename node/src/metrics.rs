@@ -4,6 +4,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// A label set: `(name, value)` pairs.
@@ -26,6 +27,9 @@ pub struct Metrics {
     pub direct_rejected: Family<Labels, Counter>,
     /// Direct envelopes accepted, by kind.
     pub direct_accepted: Family<Labels, Counter>,
+    /// Seconds from a mayor choosing a worker for an attempt to the worker holding it
+    /// (assignment committed through the governor, Execute delivered and acknowledged).
+    pub dispatch_seconds: Histogram,
     /// Active members in this node's Registry copy.
     pub members: Gauge,
     /// The federal group's term.
@@ -46,6 +50,7 @@ impl Default for Metrics {
             gossip_accepted: Family::default(),
             direct_rejected: Family::default(),
             direct_accepted: Family::default(),
+            dispatch_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             members: Gauge::default(),
             federal_term: Gauge::default(),
             is_president: Gauge::default(),
@@ -81,6 +86,11 @@ impl Default for Metrics {
             "direct_accepted",
             "Envelopes sent directly and accepted, by kind",
             metrics.direct_accepted.clone(),
+        );
+        registry.register(
+            "dispatch_seconds",
+            "Seconds from choosing a worker to the worker holding the attempt",
+            metrics.dispatch_seconds.clone(),
         );
         registry.register(
             "members",

@@ -40,8 +40,10 @@ pub const MAX_INBOUND_IN_FLIGHT: usize = 64;
 pub const PRESIDENT_TICK: Duration = Duration::from_millis(500);
 /// A voter not connected for this long is replaced.
 pub const VOTER_DEAD_TIMEOUT_MS: u64 = 10_000;
-/// Tasks a worker runs at once (its capacity in the Registry).
+/// Tasks a worker runs at once by default (its capacity in the Registry).
 pub const WORKER_CAPACITY: u32 = 4;
+/// Most tasks a worker may run at once.
+pub const MAX_WORKER_CAPACITY: u32 = 1_024;
 /// Most members the president adds as federal learners per tick.
 pub const LEARNERS_PER_TICK: usize = 16;
 /// How many times a joiner follows redirects or retries before giving up.
@@ -245,6 +247,8 @@ pub struct NodeConfig {
     pub fsync: bool,
     /// Discover peers on the local network with mDNS.
     pub mdns: bool,
+    /// Tasks this node runs at once as a worker.
+    pub capacity: u32,
 }
 
 /// The shared state of a running node.
@@ -260,6 +264,8 @@ pub struct Node {
     pub(crate) topics: Topics,
     sealer: Mutex<aamas_protocol::Sealer>,
     pub(crate) work: crate::work::WorkState,
+    skills: Vec<String>,
+    capacity: u32,
     this: std::sync::OnceLock<std::sync::Weak<Node>>,
     /// When each member was last seen connected (ms); members get a grace period from
     /// when this node first heard of them.
@@ -804,8 +810,13 @@ impl Node {
             )
             .await?;
         }
-        self.admit(self.identity.public(), listen.to_vec(), Vec::new())
-            .await
+        self.admit(
+            self.identity.public(),
+            listen.to_vec(),
+            self.skills.clone(),
+            self.capacity,
+        )
+        .await
     }
 
     async fn admit(
@@ -813,6 +824,7 @@ impl Node {
         identity: aamas_protocol::PublicIdentity,
         addrs: Vec<String>,
         skills: Vec<String>,
+        capacity: u32,
     ) -> Result<(), WriteError> {
         let key = identity.node.0;
         let addrs_key = addrs.join(",");
@@ -822,7 +834,7 @@ impl Node {
                 identity,
                 addrs,
                 skills: skills.iter().cloned().collect(),
-                capacity: WORKER_CAPACITY,
+                capacity: capacity.clamp(1, MAX_WORKER_CAPACITY),
                 now_ms: now_ms(),
                 token_digest: None,
             },
@@ -913,7 +925,12 @@ impl Node {
             return refused("the identity does not match the connection's peer id".into());
         }
         if let Err(error) = self
-            .admit(request.identity, request.addrs.clone(), request.skills)
+            .admit(
+                request.identity,
+                request.addrs.clone(),
+                request.skills,
+                request.capacity,
+            )
             .await
         {
             return refused(format!("could not commit the admission: {error}"));
@@ -1182,7 +1199,7 @@ async fn announce(node: &Node) {
         .unwrap_or_default();
     for _ in 0..JOIN_ATTEMPTS {
         for (peer, addrs) in &known {
-            if join_through(node, *peer, addrs.clone(), "", &[], 2)
+            if join_through(node, *peer, addrs.clone(), "", &node.skills, 2)
                 .await
                 .is_ok()
             {
@@ -1215,6 +1232,7 @@ async fn join_through(
             identity: node.identity.public(),
             addrs: listen.clone(),
             skills: skills.to_vec(),
+            capacity: node.capacity,
         });
         match node
             .handle
@@ -1376,10 +1394,12 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         )),
         liveness: Mutex::new(HashMap::new()),
         work: crate::work::WorkState::new(
-            usize::try_from(WORKER_CAPACITY).unwrap_or(1),
+            usize::try_from(config.capacity.clamp(1, MAX_WORKER_CAPACITY)).unwrap_or(1),
             crate::executor::LlmConfig::from_env(),
         ),
         this: std::sync::OnceLock::new(),
+        skills: config.skills.clone(),
+        capacity: config.capacity.clamp(1, MAX_WORKER_CAPACITY),
         identity,
         mesh,
     });

@@ -112,6 +112,8 @@ pub struct JoinRequest {
     pub addrs: Vec<String>,
     /// What it can do.
     pub skills: Vec<String>,
+    /// Tasks it runs at once.
+    pub capacity: u32,
 }
 
 /// The answer to a join.

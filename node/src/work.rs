@@ -179,6 +179,13 @@ pub fn ready_tasks<'a>(
         .collect()
 }
 
+/// What a mayor has in flight for one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Sending {
+    Proposal,
+    Execute,
+}
+
 /// A member as a mayor sees it when dispatching.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Worker {
@@ -230,8 +237,9 @@ pub struct WorkState {
     assigned: Mutex<HashMap<(TaskKey, u32), (u64, bool)>>,
     /// Mayor: workers a task failed on, to retry it elsewhere.
     failed_on: Mutex<HashMap<TaskKey, BTreeSet<NodeKey>>>,
-    /// Mayor: deliveries in flight, so a slow one is not started twice.
-    sending: Mutex<BTreeSet<(TaskKey, u32)>>,
+    /// Mayor: deliveries in flight, so a slow one is not started twice: (task, attempt,
+    /// what is being sent).
+    sending: Mutex<BTreeSet<(TaskKey, u32, Sending)>>,
     /// Governor: the last progress sent per state, and when.
     reported: Mutex<HashMap<String, (u64, Vec<StateProgress>)>>,
     /// President: the latest progress of each state.
@@ -630,6 +638,10 @@ impl Node {
             })
             .await
             .ok_or("no such task")?;
+        // This replica has not seen the assignment yet: the worker retries shortly.
+        if task.attempt < attempt {
+            return Err("the mayor's copy of the Ledger is behind; retry".into());
+        }
         // A stale attempt (reassigned since) or another worker's: its outcome no longer
         // counts. Acknowledge so the worker stops retrying.
         if task.attempt != attempt
@@ -876,13 +888,13 @@ impl Node {
                         attempt: task.attempt,
                         reason: reason.into(),
                     };
-                    self.spawn_proposal(group, city, slot, command);
+                    self.spawn_proposal(group, city, slot, command, None);
                     return;
                 }
                 // Reassign below as the next attempt.
             } else {
                 if !delivered {
-                    self.spawn_execute(worker, key, task.attempt, city, task.spec.clone());
+                    self.spawn_execute(worker, key, task.attempt, city, task.spec.clone(), None);
                 }
                 return;
             }
@@ -905,27 +917,47 @@ impl Node {
             attempt,
         };
         let _ = state;
-        self.spawn_proposal(group, city, (key, attempt), command);
+        let execute = (worker, task.spec.clone());
+        self.spawn_proposal(group, city, (key, attempt), command, Some(execute));
     }
 
+    /// Proposes `command` to the governor in the background; once an assignment is
+    /// committed, hands the attempt to its worker (`execute`) without waiting for the
+    /// next tick.
     fn spawn_proposal(
         self: &Arc<Self>,
         group: &Group,
         city: &str,
         slot: (TaskKey, u32),
         command: LedgerCommand,
+        execute: Option<(NodeKey, Vec<u8>)>,
     ) {
-        if !lock(&self.work.sending).insert((slot.0.clone(), slot.1 + 1_000_000)) {
+        let (key, attempt) = slot;
+        if !lock(&self.work.sending).insert((key.clone(), attempt, Sending::Proposal)) {
             return;
         }
         let node = self.clone();
         let group = group.clone();
         let city = city.to_string();
+        let started = std::time::Instant::now();
         tokio::spawn(async move {
-            if let Err(reason) = node.propose_to_governor(&group, &city, command).await {
-                tracing::debug!(task = %slot.0, reason, "proposal not taken yet");
+            match node.propose_to_governor(&group, &city, command).await {
+                Ok(()) => {
+                    if let Some((worker, spec)) = execute {
+                        lock(&node.work.assigned).insert((key.clone(), attempt), (now_ms(), false));
+                        node.spawn_execute(
+                            worker,
+                            key.clone(),
+                            attempt,
+                            &city,
+                            spec,
+                            Some(started),
+                        );
+                    }
+                }
+                Err(reason) => tracing::debug!(task = %key, reason, "proposal not taken yet"),
             }
-            lock(&node.work.sending).remove(&(slot.0, slot.1 + 1_000_000));
+            lock(&node.work.sending).remove(&(key, attempt, Sending::Proposal));
         });
     }
 
@@ -936,8 +968,9 @@ impl Node {
         attempt: u32,
         city: &str,
         spec: Vec<u8>,
+        started: Option<std::time::Instant>,
     ) {
-        if !lock(&self.work.sending).insert((key.clone(), attempt)) {
+        if !lock(&self.work.sending).insert((key.clone(), attempt, Sending::Execute)) {
             return;
         }
         let node = self.clone();
@@ -951,6 +984,11 @@ impl Node {
             };
             match node.send_work(worker, &work).await {
                 Ok(()) => {
+                    if let Some(started) = started {
+                        node.metrics
+                            .dispatch_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
                     if let Some(entry) = lock(&node.work.assigned).get_mut(&(key.clone(), attempt))
                     {
                         entry.1 = true;
@@ -958,7 +996,7 @@ impl Node {
                 }
                 Err(reason) => tracing::debug!(task = %key, reason, "execute not delivered yet"),
             }
-            lock(&node.work.sending).remove(&(key, attempt));
+            lock(&node.work.sending).remove(&(key, attempt, Sending::Execute));
         });
     }
 

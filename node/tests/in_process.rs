@@ -16,6 +16,7 @@ fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
         raft: aamas_consensus::RaftConfig::default(),
         fsync: false,
         mdns: false,
+        capacity: 4,
     }
 }
 

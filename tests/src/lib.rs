@@ -53,6 +53,11 @@ pub struct Node {
 impl Node {
     /// Starts `aamas node` on `dir`, joining through `join` if given.
     pub fn start(dir: &Path, join: Option<(&str, &str)>) -> Self {
+        Self::start_with(dir, join, &[])
+    }
+
+    /// Starts `aamas node` on `dir` with `extra` arguments.
+    pub fn start_with(dir: &Path, join: Option<(&str, &str)>, extra: &[&str]) -> Self {
         let mut args = vec![
             "node".to_string(),
             "--data-dir".into(),
@@ -62,6 +67,7 @@ impl Node {
         if let Some((addr, token)) = join {
             args.extend(["--join".into(), addr.into(), "--token".into(), token.into()]);
         }
+        args.extend(extra.iter().map(|arg| arg.to_string()));
         std::fs::create_dir_all(dir).expect("data dir");
         let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
         let child = Command::new(binary())
