@@ -468,7 +468,16 @@ impl Node {
                 .request(peer, addrs, Rpc::Campaign { group: id });
             match tokio::time::timeout(Duration::from_secs(1), campaign).await {
                 Ok(Ok(RpcResponse::Ack)) => {
-                    tracing::info!(group = id, successor, "handed over leadership")
+                    // Stay (and vote) until the successor has won, for at most a second:
+                    // with two voters it needs this node's vote.
+                    let mut watch = group.raft().metrics();
+                    let won = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        watch.wait_for(|m| m.current_leader.is_some_and(|leader| leader != me)),
+                    )
+                    .await
+                    .is_ok_and(|changed| changed.is_ok());
+                    tracing::info!(group = id, successor, won, "handed over leadership");
                 }
                 other => tracing::debug!(group = id, ?other, "handing over leadership failed"),
             }
