@@ -416,8 +416,17 @@ impl Node {
         key: &[&[u8]],
         command: LedgerCommand,
     ) -> Result<(), String> {
+        self.ledger_request(group, request_id(key), command).await
+    }
+
+    async fn ledger_request(
+        &self,
+        group: &Group,
+        id: u128,
+        command: LedgerCommand,
+    ) -> Result<(), String> {
         let request = Request {
-            id: request_id(key),
+            id,
             command: RaftCommand::Ledger(command),
         };
         let committed = group
@@ -451,7 +460,8 @@ impl Node {
             .governing(&state)
             .await
             .ok_or_else(|| format!("this node does not govern {state}"))?;
-        for task in tasks {
+        // All at once: the group's batcher commits them in a few log entries.
+        let writes = tasks.into_iter().map(|task| {
             let key = TaskKey {
                 project: project.to_string(),
                 task: task.name.clone(),
@@ -462,20 +472,17 @@ impl Node {
                 spec: task.spec,
                 max_attempts: task.max_attempts,
             };
-            self.ledger_write(
-                &group,
-                &[b"task", project.as_bytes(), task.name.as_bytes()],
-                command,
-            )
-            .await
-            .or_else(|reason| {
-                // Added before (the same task again) is fine.
-                if reason.contains("exists") {
-                    Ok(())
-                } else {
-                    Err(reason)
-                }
-            })?;
+            let id = request_id(&[b"task", project.as_bytes(), task.name.as_bytes()]);
+            let group = &group;
+            async move { self.ledger_request(group, id, command).await }
+        });
+        for result in futures::future::join_all(writes).await {
+            // Added before (the same task again) is fine.
+            if let Err(reason) = result
+                && !reason.contains("exists")
+            {
+                return Err(reason);
+            }
         }
         Ok(())
     }
