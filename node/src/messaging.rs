@@ -94,9 +94,9 @@ impl Unauthorised {
 
 impl Authority {
     /// Whether `header` may be sent: anything but a Command is; a Command only from the
-    /// president (to anyone), a governor (to members of its state) or a mayor (to members
-    /// of its state; cities are inside states), and a broadcast Command only from the
-    /// president.
+    /// president (to anyone), a governor (to members of its state) or a mayor (to placed
+    /// members: its state's workers, or others it borrows), and a broadcast Command only
+    /// from the president.
     pub fn check(&self, header: &Header) -> Result<(), Unauthorised> {
         if header.kind != MessageKind::Command {
             return Ok(());
@@ -110,18 +110,21 @@ impl Authority {
             .iter()
             .filter(|(_, governor)| **governor == sender)
             .map(|(state, _)| state.as_str())
-            .chain(self.mayors.get(&sender).map(String::as_str))
             .collect();
-        if governed.is_empty() {
+        let mayor = self.mayors.contains_key(&sender);
+        if governed.is_empty() && !mayor {
             return Err(Unauthorised::NotASuperior);
         }
         let Audience::Members(recipients) = &header.audience else {
             return Err(Unauthorised::NotSubordinate);
         };
+        // A governor commands its state's members. A mayor commands workers: those of
+        // its state first, and members of other states it borrows when its own state
+        // has no live worker (every member is a worker).
         let subordinate = |recipient: &NodeKey| {
             self.states
                 .get(recipient)
-                .is_some_and(|state| governed.contains(state.as_str()))
+                .is_some_and(|state| mayor || governed.contains(state.as_str()))
         };
         if recipients.iter().all(subordinate) {
             Ok(())
@@ -366,6 +369,12 @@ mod tests {
         );
         assert_eq!(authority.check(&command(2, to(&[3, 4]))), Ok(()));
         assert_eq!(authority.check(&command(3, to(&[4]))), Ok(()));
+        // A mayor may borrow a worker of another state; nobody commands the unplaced.
+        assert_eq!(authority.check(&command(3, to(&[5]))), Ok(()));
+        assert_eq!(
+            authority.check(&command(3, to(&[9]))),
+            Err(Unauthorised::NotSubordinate)
+        );
         assert_eq!(
             authority.check(&command(2, to(&[4, 5]))),
             Err(Unauthorised::NotSubordinate)

@@ -197,9 +197,9 @@ pub struct Worker {
     pub in_state: bool,
 }
 
-/// The worker for the next attempt of a task: alive, with free capacity; preferring one
-/// it has not failed on, then the state's own members, then the task's skill, then the
-/// least loaded, key order breaking ties.
+/// The worker for the next attempt of a task: alive, with free capacity, of the state
+/// (others only when the state has no live member); preferring one it has not failed
+/// on, then the task's skill, then the least loaded, key order breaking ties.
 pub fn pick_worker(
     spec: &TaskSpec,
     workers: &BTreeMap<NodeKey, Worker>,
@@ -207,9 +207,15 @@ pub fn pick_worker(
     load: &BTreeMap<NodeKey, u32>,
     alive: impl Fn(&NodeKey) -> bool,
 ) -> Option<NodeKey> {
+    // Borrow from other states only when this state has no live worker at all; a busy
+    // state waits for its own workers.
+    let own_alive = workers
+        .iter()
+        .any(|(key, worker)| worker.in_state && alive(key));
     workers
         .iter()
         .filter(|(key, _)| alive(key))
+        .filter(|(_, worker)| worker.in_state || !own_alive)
         .filter(|(key, worker)| load.get(*key).copied().unwrap_or(0) < worker.capacity)
         .min_by_key(|(key, worker)| {
             let skilled = spec
