@@ -117,6 +117,8 @@ pub struct Task {
     pub result_digest: Option<[u8; 32]>,
     /// The latest failure or escalation reason.
     pub failure: Option<String>,
+    /// How many times the president reopened it after an escalation.
+    pub reopened: u32,
 }
 
 /// A command to a state group.
@@ -198,6 +200,17 @@ pub enum LedgerCommand {
         key: TaskKey,
         /// Why.
         reason: String,
+    },
+    /// Gives an escalated task more attempts (the president's decision to reassign it):
+    /// it is pending again, with `max_attempts` raised to `attempts` more than it has
+    /// used. Reopening it again with the same `reopening` number is a duplicate.
+    ReopenTask {
+        /// The task.
+        key: TaskKey,
+        /// How many more attempts, at least 1.
+        attempts: u32,
+        /// Which reopening this is, from 1, so a repeated command is recognised.
+        reopening: u32,
     },
     /// Adds to a resource's recorded use, saturating.
     RecordResourceUse {
@@ -291,6 +304,11 @@ impl Ledger {
                 reason,
             } => self.fail_task(key, *attempt, reason),
             C::EscalateTask { key, reason } => self.escalate_task(key, reason),
+            C::ReopenTask {
+                key,
+                attempts,
+                reopening,
+            } => self.reopen_task(key, *attempts, *reopening),
             C::RecordResourceUse { resource, amount } => self.record_use(resource, *amount),
             C::ForgetProject { project } => self.forget_project(project),
         };
@@ -387,6 +405,7 @@ impl Ledger {
             status: TaskStatus::Pending,
             result_digest: None,
             failure: None,
+            reopened: 0,
         };
         self.tasks.insert(key.clone(), task);
         self.task_spec_bytes = spec_bytes;
@@ -474,6 +493,38 @@ impl Ledger {
         }
         task.status = TaskStatus::Escalated;
         task.failure = Some(reason.to_owned());
+        Ok(task_state(task))
+    }
+
+    fn reopen_task(&mut self, key: &TaskKey, attempts: u32, reopening: u32) -> Outcome {
+        let task = self.task_mut(key)?;
+        if reopening <= task.reopened {
+            return DUPLICATE;
+        }
+        if reopening != task.reopened + 1 {
+            return Err(format!(
+                "task {key} was reopened {} times; the next is {}",
+                task.reopened,
+                task.reopened + 1
+            ));
+        }
+        if task.status != TaskStatus::Escalated {
+            let status = task.status;
+            return Err(format!(
+                "task {key} is {status:?}; only an escalated task reopens"
+            ));
+        }
+        let max_attempts = task
+            .attempt
+            .checked_add(attempts)
+            .filter(|max| attempts >= 1 && *max <= MAX_TASK_ATTEMPTS)
+            .ok_or_else(|| {
+                format!("task {key} cannot have more than {MAX_TASK_ATTEMPTS} attempts")
+            })?;
+        task.max_attempts = max_attempts;
+        task.status = TaskStatus::Pending;
+        task.worker = None;
+        task.reopened = reopening;
         Ok(task_state(task))
     }
 
@@ -760,6 +811,46 @@ mod tests {
             ],
         );
         ledger
+    }
+
+    fn reopen(task: &str, attempts: u32, reopening: u32) -> C {
+        C::ReopenTask {
+            key: key(task),
+            attempts,
+            reopening,
+        }
+    }
+
+    #[test]
+    fn an_escalated_task_reopens_once_per_decision_with_more_attempts() {
+        let mut ledger = populated();
+        script(
+            &mut ledger,
+            &[
+                (
+                    reopen("t2", 1, 1),
+                    R::Rejected {
+                        reason: "task p1/t2 is Pending; only an escalated task reopens".into(),
+                    },
+                ),
+                (assign("t2", 1, 1), state(S::Assigned, 1)),
+                (fail("t2", 1), state(S::Failed, 1)),
+                (escalate("t2"), state(S::Escalated, 1)),
+                (
+                    reopen("t2", 2, 2),
+                    R::Rejected {
+                        reason: "task p1/t2 was reopened 0 times; the next is 1".into(),
+                    },
+                ),
+                (reopen("t2", 2, 1), state(S::Pending, 1)),
+                (reopen("t2", 2, 1), R::Duplicate),
+                (assign("t2", 2, 2), state(S::Assigned, 2)),
+                (fail("t2", 2), state(S::Pending, 2)),
+                (assign("t2", 3, 3), state(S::Assigned, 3)),
+                (complete("t2", 3, 7), state(S::Succeeded, 3)),
+            ],
+        );
+        assert_eq!(ledger.tasks()[&key("t2")].reopened, 1);
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub struct TaskView {
     pub result: Option<String>,
     /// The last failure or escalation reason.
     pub reason: Option<String>,
+    /// How often the president reopened it after an escalation.
+    pub reopened: u32,
 }
 
 impl Node {
@@ -145,6 +147,7 @@ impl Node {
                                         .result_digest
                                         .map(|d| d.iter().map(|b| format!("{b:02x}")).collect()),
                                     reason: task.failure.clone(),
+                                    reopened: task.reopened,
                                 })
                                 .collect()
                         })

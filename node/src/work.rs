@@ -74,6 +74,8 @@ pub struct TaskReport {
     pub attempt: u32,
     /// The last failure or escalation reason.
     pub reason: Option<String>,
+    /// How often the president reopened it.
+    pub reopened: u32,
 }
 
 /// One project phase of a state, as its governor reports it.
@@ -126,6 +128,15 @@ pub enum Work {
         /// The result.
         result: Result<Execution, ExecError>,
     },
+    /// President → governor (Command): give an escalated task more attempts.
+    Reopen {
+        /// The task.
+        key: TaskKey,
+        /// How many more attempts.
+        attempts: u32,
+        /// Which reopening this is, from 1.
+        reopening: u32,
+    },
     /// Governor → president (Report): every project's tasks in the state.
     Progress {
         /// The state.
@@ -139,6 +150,7 @@ impl Work {
     fn action(&self) -> &'static str {
         match self {
             Work::AssignTasks { .. } => "assign_tasks",
+            Work::Reopen { .. } => "reopen",
             Work::Propose { .. } => "propose",
             Work::Execute { .. } => "execute",
             Work::Outcome { .. } => "outcome",
@@ -148,7 +160,9 @@ impl Work {
 
     fn kind(&self) -> MessageKind {
         match self {
-            Work::AssignTasks { .. } | Work::Execute { .. } => MessageKind::Command,
+            Work::AssignTasks { .. } | Work::Execute { .. } | Work::Reopen { .. } => {
+                MessageKind::Command
+            }
             Work::Propose { .. } | Work::Outcome { .. } | Work::Progress { .. } => {
                 MessageKind::Report
             }
@@ -184,6 +198,36 @@ pub fn ready_tasks<'a>(
 enum Sending {
     Proposal,
     Execute,
+}
+
+/// How many more attempts a reopened task gets.
+pub const REOPEN_ATTEMPTS: u32 = 2;
+/// How often the president reopens one task.
+pub const MAX_REOPENINGS: u32 = 1;
+
+/// What the president decides about an escalated task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Give it another round of attempts.
+    Reassign,
+    /// Fail the phase (and the project) with the task's reason.
+    FailPhase,
+}
+
+/// The president's decision: a task lost to faults of the moment (a lost worker, a
+/// timeout, an unreachable service) is reassigned, at most [`MAX_REOPENINGS`] times; a
+/// task that failed on its merits (a non-zero exit, a refused request, a bad reply)
+/// fails the phase.
+pub fn decide(report: &TaskReport) -> Decision {
+    let reason = report.reason.as_deref().unwrap_or_default();
+    let transient = ["worker was lost", "timed out", "unavailable", "busy"]
+        .iter()
+        .any(|fault| reason.to_lowercase().contains(fault));
+    if transient && report.reopened < MAX_REOPENINGS {
+        Decision::Reassign
+    } else {
+        Decision::FailPhase
+    }
 }
 
 /// A member as a mayor sees it when dispatching.
@@ -384,6 +428,11 @@ impl Node {
                 self.mayor_outcome(sender, key, attempt, &city, result)
                     .await
             }
+            Work::Reopen {
+                key,
+                attempts,
+                reopening,
+            } => self.governor_reopen(sender, key, attempts, reopening).await,
             Work::Progress { state, projects } => {
                 self.president_progress(sender, state, projects).await
             }
@@ -491,6 +540,44 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    async fn governor_reopen(
+        &self,
+        sender: NodeKey,
+        key: TaskKey,
+        attempts: u32,
+        reopening: u32,
+    ) -> Result<(), String> {
+        let president = self.president().map(|(_, peer)| peer);
+        if president.as_deref() != Some(sender.peer_id().as_str()) {
+            return Err("only the president reopens tasks".into());
+        }
+        for (_, group) in self.governed().await {
+            let holds = group
+                .read_local(|machine| {
+                    machine
+                        .ledger()
+                        .is_some_and(|ledger| ledger.tasks().contains_key(&key))
+                })
+                .await;
+            if holds {
+                let id = [
+                    b"reopen".as_slice(),
+                    key.project.as_bytes(),
+                    key.task.as_bytes(),
+                    &reopening.to_be_bytes(),
+                ]
+                .concat();
+                let command = LedgerCommand::ReopenTask {
+                    key,
+                    attempts,
+                    reopening,
+                };
+                return self.ledger_write(&group, &[&id], command).await;
+            }
+        }
+        Err(format!("this node governs no state holding {key}"))
     }
 
     async fn governor_commit(
@@ -1070,6 +1157,7 @@ impl Node {
                                         status: task.status,
                                         attempt: task.attempt,
                                         reason: task.failure.clone(),
+                                        reopened: task.reopened,
                                     },
                                 ),
                             );
@@ -1179,27 +1267,53 @@ impl Node {
         };
         self.record_progress(id, phase, progress).await;
         if let Some((name, (state, report))) = failed {
-            // The president's decision on an escalation: the phase fails with the reason.
-            let reason = format!(
-                "phase {} failed: task {name} in {state}: {}",
-                phase.as_str(),
-                report
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "no reason given".into())
-            );
-            let command = RegistryCommand::FailProject {
-                id: id.to_string(),
-                reason: reason.chars().take(900).collect(),
-            };
-            if let Err(error) = self
-                .propose(
-                    &[b"fail", id.as_bytes(), phase.as_str().as_bytes()],
-                    command,
-                )
-                .await
-            {
-                tracing::warn!(%error, "failing the project failed");
+            let reason = report
+                .reason
+                .clone()
+                .unwrap_or_else(|| "no reason given".into());
+            match decide(report) {
+                // The president's decision on an escalation: a fault of the moment gets
+                // the task another round of attempts, once; anything else fails the phase.
+                Decision::Reassign => {
+                    let key = TaskKey {
+                        project: id.to_string(),
+                        task: name.clone(),
+                    };
+                    let governor = self
+                        .registry(|registry| {
+                            registry
+                                .states()
+                                .get(state)
+                                .and_then(|info| info.governor.as_ref().map(|g| g.node))
+                        })
+                        .await
+                        .flatten();
+                    if let Some(governor) = governor {
+                        let work = Work::Reopen {
+                            key,
+                            attempts: REOPEN_ATTEMPTS,
+                            reopening: report.reopened + 1,
+                        };
+                        tracing::info!(project = id, task = %name, reason, "reassigning an escalated task");
+                        if let Err(reason) = self.send_work(governor, &work).await {
+                            tracing::debug!(reason, "reopening not delivered yet");
+                        }
+                    }
+                }
+                Decision::FailPhase => {
+                    let reason = format!(
+                        "phase {} failed: task {name} in {state}: {reason}",
+                        phase.as_str()
+                    );
+                    let command = RegistryCommand::FailProject {
+                        id: id.to_string(),
+                        reason: reason.chars().take(900).collect(),
+                    };
+                    let key = [b"fail".as_slice(), id.as_bytes(), phase.as_str().as_bytes()];
+                    if let Err(error) = self.propose(&key, command).await {
+                        tracing::warn!(%error, "failing the project failed");
+                    }
+                }
             }
             return;
         }
@@ -1450,6 +1564,21 @@ mod tests {
             pick_worker(&spec, &workers, &none, &idle, |_: &NodeKey| false),
             None
         );
+    }
+
+    #[test]
+    fn the_president_reassigns_faults_of_the_moment_once_and_fails_the_rest() {
+        let report = |reason: &str, reopened: u32| TaskReport {
+            status: TaskStatus::Escalated,
+            attempt: 3,
+            reason: Some(reason.to_string()),
+            reopened,
+        };
+        let lost = "failed after every attempt: the worker was lost";
+        assert_eq!(decide(&report(lost, 0)), Decision::Reassign);
+        assert_eq!(decide(&report(lost, 1)), Decision::FailPhase);
+        let exit = "failed after every attempt: task failed: exit status 3";
+        assert_eq!(decide(&report(exit, 0)), Decision::FailPhase);
     }
 
     #[test]

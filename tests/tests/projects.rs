@@ -1,6 +1,7 @@
 //! Projects through a mesh of real `aamas` processes: the template through all eight
-//! phases, with and without the death of the president, a governor and a worker; a task
-//! that always fails ends as an escalation; a malformed spec is refused with its line.
+//! phases, with and without the death of the president, a governor and a worker (whose
+//! lost task the president reassigns); a task that always fails ends as an escalation
+//! that fails the phase; a malformed spec is refused with its line.
 
 use std::time::Duration;
 
@@ -119,7 +120,7 @@ name = "development"
   executor = "builtin"
   action = "sleep:4000"
   timeout_secs = 20
-  retries = 3
+  retries = 0
 "#;
     let id = nodes[0].submit(spec).expect("submit");
     // Find the worker running it, and kill it (unless it is the president: then this
