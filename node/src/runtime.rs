@@ -44,6 +44,8 @@ pub const VOTER_DEAD_TIMEOUT_MS: u64 = 10_000;
 pub const WORKER_CAPACITY: u32 = 4;
 /// Most tasks a worker may run at once.
 pub const MAX_WORKER_CAPACITY: u32 = 1_024;
+/// How a join refusal that is worth retrying begins.
+const ADMISSION_NOT_COMMITTED: &str = "could not commit the admission";
 /// Most members the president adds as federal learners per tick.
 pub const LEARNERS_PER_TICK: usize = 16;
 /// How many times a joiner follows redirects or retries before giving up.
@@ -942,7 +944,7 @@ impl Node {
             )
             .await
         {
-            return refused(format!("could not commit the admission: {error}"));
+            return refused(format!("{ADMISSION_NOT_COMMITTED}: {error}"));
         }
         self.book.insert(
             node_id(&request.identity.node),
@@ -1259,6 +1261,12 @@ async fn join_through(
                 tracing::info!("joined the mesh");
                 return Ok(());
             }
+            // The president lost its office while committing: ask again.
+            Ok(RpcResponse::Join(JoinResponse::Refused { reason }))
+                if reason.starts_with(ADMISSION_NOT_COMMITTED) =>
+            {
+                tracing::debug!(reason, "join: admission not committed, retrying");
+            }
             Ok(RpcResponse::Join(JoinResponse::Refused { reason })) => {
                 return Err(NodeError::JoinRefused(reason));
             }
@@ -1308,6 +1316,16 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
+    /// Stops abruptly, as a crash would: no hand-over and no flush (the simulator's
+    /// crash fault). Raft state already synced stays on disk.
+    pub async fn crash(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.node.groups.shutdown().await;
+        self.node.handle.shutdown().await;
+    }
+
     /// Leaves gracefully: stops the duties, hands over the groups this node leads,
     /// stops Raft, flushes the store and closes the swarm.
     pub async fn stop(self) {
