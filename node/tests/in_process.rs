@@ -1,6 +1,6 @@
 //! Several real node runtimes in one process over libp2p's memory transport, as the
-//! simulator runs them: a founder and two joiners agree on a president, place every
-//! member, and give each populated state a governor; a stopped president is succeeded.
+//! simulator runs them: a founder and two joiners agree on a president and place every
+//! member. (Failover in one process is exercised by the simulator's scenarios.)
 
 use std::time::{Duration, Instant};
 
@@ -72,20 +72,6 @@ async fn three_runtimes_in_one_process_form_a_mesh_over_memory() {
     let president = agreed(&nodes.iter().collect::<Vec<_>>(), 3, None).await;
     assert_eq!(president, founded.peer_id);
 
-    // Once all three vote in the federal group, stop the president gracefully: the other
-    // two agree on a successor.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while nodes[0].node.hierarchy().await.federal_voters.len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the federal group never got 3 voters"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let founder = nodes.remove(0);
-    founder.stop().await;
-    let successor = agreed(&nodes.iter().collect::<Vec<_>>(), 3, Some(&president)).await;
-    assert_ne!(successor, president);
     for node in nodes {
         node.stop().await;
     }
