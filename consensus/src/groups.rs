@@ -139,7 +139,17 @@ pub enum WriteError {
     /// The write could not be committed (the group stopped, or a membership change failed).
     #[error("write failed: {0}")]
     Failed(String),
+    /// No answer in time (no quorum, or a leader cut off): the write may still commit,
+    /// so retry with the same request id.
+    #[error("no commit within {after:?}; it may still commit: retry with the same request id")]
+    TimedOut {
+        /// How long the caller waited.
+        after: Duration,
+    },
 }
+
+/// How long [`Group::write`] waits for its commit before giving up on it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of a linearizable read.
 #[derive(Debug, thiserror::Error)]
@@ -275,9 +285,14 @@ impl Group {
             .send(Proposal { request, reply })
             .await
             .map_err(|_| WriteError::Failed(format!("group {} has stopped", self.id)))?;
-        answer.await.map_err(|_| {
-            WriteError::Failed(format!("group {} stopped before answering", self.id))
-        })?
+        match tokio::time::timeout(WRITE_TIMEOUT, answer).await {
+            Ok(answer) => answer.map_err(|_| {
+                WriteError::Failed(format!("group {} stopped before answering", self.id))
+            })?,
+            Err(_) => Err(WriteError::TimedOut {
+                after: WRITE_TIMEOUT,
+            }),
+        }
     }
 
     /// Reads the state machine linearizably: the leader confirms its leadership with a

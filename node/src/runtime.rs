@@ -1446,10 +1446,35 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     let mut tasks = Vec::new();
     let serving = node.clone();
     tasks.push(tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT));
+        // Raft traffic has slots of its own: handlers that wait for a commit (joins,
+        // reports, work) must never starve the votes that would elect a leader to
+        // commit them.
+        let raft_slots = Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT));
+        let other_slots = Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT));
         while let Some(request) = inbound.recv().await {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                break;
+            let slots = match request.rpc {
+                Rpc::Append { .. }
+                | Rpc::Vote { .. }
+                | Rpc::Snapshot { .. }
+                | Rpc::Campaign { .. } => &raft_slots,
+                _ => &other_slots,
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Busy: refuse at once (the sender retries) rather than hold up the
+                // requests queued behind this one.
+                serving
+                    .metrics
+                    .rpc_refused
+                    .get_or_create(&crate::metrics::labels(&[("reason", "busy")]))
+                    .inc();
+                let node = serving.clone();
+                tokio::spawn(async move {
+                    let busy = RpcResponse::Refused {
+                        reason: "busy: too many requests in flight".into(),
+                    };
+                    node.handle.respond(request.channel, busy).await;
+                });
+                continue;
             };
             let node = serving.clone();
             tokio::spawn(async move {
