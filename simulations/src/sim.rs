@@ -92,6 +92,8 @@ pub struct Report {
     pub results_seen: usize,
     /// Every invariant violation (empty when the scenario passed).
     pub violations: Vec<String>,
+    /// Tasks by status at the end, across the Ledger replicas (most advanced copy).
+    pub task_statuses: std::collections::BTreeMap<String, usize>,
     /// Wall time (ms).
     pub wall_ms: u64,
 }
@@ -361,6 +363,19 @@ impl Sim {
         let elapsed = submitted.elapsed();
         sim.checker.project_ended(&id, &status);
         sim.check_results(&id).await;
+        let mut latest: std::collections::BTreeMap<String, (u32, String)> = Default::default();
+        for running in sim.live() {
+            for task in running.node.project_tasks(&id).await {
+                let entry = latest.entry(task.name.clone()).or_insert((0, String::new()));
+                if task.attempt >= entry.0 {
+                    *entry = (task.attempt, task.status.clone());
+                }
+            }
+        }
+        let mut task_statuses = std::collections::BTreeMap::new();
+        for (_, status) in latest.values() {
+            *task_statuses.entry(status.clone()).or_insert(0) += 1;
+        }
         for slot in &mut sim.slots {
             if let Some(running) = slot.running.take() {
                 running.stop().await;
@@ -384,6 +399,7 @@ impl Sim {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            task_statuses,
             wall_ms: millis(started.elapsed()),
         })
     }
