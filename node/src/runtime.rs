@@ -613,21 +613,27 @@ impl Node {
 
     /// The federal leader's peer id, if known.
     pub(crate) fn president(&self) -> Option<(NodeId, String)> {
-        let federal = self.federal()?;
+        self.president_and_term().0
+    }
+
+    /// The federal leader and the term, from one snapshot of the metrics, so that a
+    /// leader is never paired with a later term it does not lead.
+    fn president_and_term(&self) -> (Option<(NodeId, String)>, u64) {
+        let Some(federal) = self.federal() else {
+            return (None, 0);
+        };
         let metrics = federal.raft().metrics().borrow().clone();
-        let leader = metrics.current_leader?;
-        let peer = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|node| node.peer_id.clone())?;
-        Some((leader, peer))
+        let president = metrics.current_leader.and_then(|leader| {
+            let node = metrics.membership_config.membership().get_node(&leader)?;
+            Some((leader, node.peer_id.clone()))
+        });
+        (president, metrics.current_term)
     }
 
     /// What this node knows.
     pub async fn status(&self) -> Status {
         let me = self.identity.node_key();
-        let president = self.president();
+        let (president, term) = self.president_and_term();
         let is_president = president.as_ref().is_some_and(|(id, _)| *id == self.me());
         let is_governor = !self.governed().await.is_empty();
         let (members, state, is_mayor) = self
@@ -654,7 +660,7 @@ impl Node {
             president: president.map(|(_, peer)| peer),
             state,
             members,
-            term: self.federal().map_or(0, |federal| federal.term()),
+            term,
             listen_addrs: self
                 .handle
                 .listen_addrs()

@@ -366,7 +366,9 @@ impl Sim {
         let mut latest: std::collections::BTreeMap<String, (u32, String)> = Default::default();
         for running in sim.live() {
             for task in running.node.project_tasks(&id).await {
-                let entry = latest.entry(task.name.clone()).or_insert((0, String::new()));
+                let entry = latest
+                    .entry(task.name.clone())
+                    .or_insert((0, String::new()));
                 if task.attempt >= entry.0 {
                     *entry = (task.attempt, task.status.clone());
                 }
