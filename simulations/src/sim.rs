@@ -9,6 +9,9 @@ use serde::Serialize;
 
 use crate::checker::Checker;
 
+/// How many nodes join at once.
+pub const JOIN_BATCH: usize = 8;
+
 /// The scenarios this slice runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Scenario {
@@ -267,10 +270,19 @@ impl Sim {
         let first = sim.wait_president(None, limit).await?;
         let time_to_first_president = started.elapsed();
         let _ = first;
-        for i in 1..config.nodes {
-            let join = Some((addr.clone(), founded.token.clone()));
-            let running = aamas_node::start(node_config(&sim.slots[i].dir, join)?).await?;
-            sim.slots[i].running = Some(running);
+        // Joins run JOIN_BATCH at a time: the president admits one at a time anyway, and
+        // each joiner retries (and follows redirects) on its own.
+        for batch in (1..config.nodes).collect::<Vec<_>>().chunks(JOIN_BATCH) {
+            let mut joining = tokio::task::JoinSet::new();
+            for &i in batch {
+                let join = Some((addr.clone(), founded.token.clone()));
+                let node = node_config(&sim.slots[i].dir, join)?;
+                joining.spawn(async move { (i, aamas_node::start(node).await) });
+            }
+            while let Some(joined) = joining.join_next().await {
+                let (i, running) = joined.context("a join task failed")?;
+                sim.slots[i].running = Some(running?);
+            }
         }
         let members = config.nodes;
         loop {
