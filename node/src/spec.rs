@@ -42,8 +42,7 @@
 //! Unknown keys are errors, and so is a setting of another executor (`command` on a
 //! builtin task). Only the phases listed run; each listed phase needs at least one task.
 //!
-//! Status: there is no `Phase::as_str` in `aamas-protocol` yet, so the lowercase phase
-//! names live here ([`phase_name`], [`phase_from_name`]).
+//! Phases are named as `aamas_protocol::Phase::as_str` names them.
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -247,27 +246,6 @@ impl SpecError {
             message: message.into(),
         }
     }
-}
-
-/// The lowercase name of a phase, as spec files write it.
-pub fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Initiation => "initiation",
-        Phase::Feasibility => "feasibility",
-        Phase::Requirements => "requirements",
-        Phase::Design => "design",
-        Phase::Development => "development",
-        Phase::Testing => "testing",
-        Phase::Deployment => "deployment",
-        Phase::Launch => "launch",
-    }
-}
-
-/// The phase with this lowercase name, if any.
-pub fn phase_from_name(name: &str) -> Option<Phase> {
-    Phase::ALL
-        .into_iter()
-        .find(|phase| phase_name(*phase) == name)
 }
 
 /// Parses and validates a spec from TOML text.
@@ -569,8 +547,8 @@ fn convert(index: &LineIndex, raw: RawSpec) -> Result<(ProjectSpec, Lines), Spec
     let mut phases = Vec::with_capacity(raw.phases.len());
     for raw_phase in raw.phases {
         let name_line = index.of(&raw_phase.name);
-        let Some(phase) = phase_from_name(raw_phase.name.get_ref()) else {
-            let known: Vec<&str> = Phase::ALL.into_iter().map(phase_name).collect();
+        let Some(phase) = Phase::from_name(raw_phase.name.get_ref()) else {
+            let known: Vec<&str> = Phase::ALL.into_iter().map(Phase::as_str).collect();
             return Err(SpecError::new(
                 Some(name_line),
                 format!(
@@ -860,7 +838,7 @@ fn check_phases(checker: &Checker<'_>, spec: &ProjectSpec) -> Result<(), SpecErr
     }
     let mut previous: Option<Phase> = None;
     for (index, phase) in spec.phases.iter().enumerate() {
-        let name = phase_name(phase.phase);
+        let name = phase.phase.as_str();
         if let Some(previous) = previous {
             if phase.phase == previous {
                 return Err(checker.fail(
@@ -869,13 +847,13 @@ fn check_phases(checker: &Checker<'_>, spec: &ProjectSpec) -> Result<(), SpecErr
                 ));
             }
             if phase.phase < previous {
-                let order: Vec<&str> = Phase::ALL.into_iter().map(phase_name).collect();
+                let order: Vec<&str> = Phase::ALL.into_iter().map(Phase::as_str).collect();
                 return Err(checker.fail(
                     At::Phase(index),
                     format!(
                         "phase `{name}` is listed after `{}`; list phases in lifecycle \
                          order: {}",
-                        phase_name(previous),
+                        previous.as_str(),
                         order.join(", ")
                     ),
                 ));
@@ -1097,7 +1075,7 @@ fn check_dependencies(
                     Some((other, _)) => format!(
                         ", it is in phase `{}`; depends_on names only tasks of the same \
                          phase (earlier phases always finish first)",
-                        phase_name(other)
+                        other.as_str()
                     ),
                     None => String::new(),
                 };
@@ -1107,7 +1085,7 @@ fn check_dependencies(
                         "task {} depends on {}, which is not a task of phase `{}`{elsewhere}",
                         quoted(&task.name),
                         quoted(dependency),
-                        phase_name(phase.phase)
+                        phase.phase.as_str()
                     ),
                 ));
             };
@@ -1136,7 +1114,7 @@ fn check_dependencies(
             format!(
                 "dependency cycle in phase `{}`: {} (`a -> b`: a depends on b); remove one \
                  of these dependencies",
-                phase_name(phase.phase),
+                phase.phase.as_str(),
                 names.join(" -> ")
             ),
         ));
@@ -2130,14 +2108,6 @@ name = "testing"
             message: "bad".to_owned(),
         };
         assert_eq!(error.to_string(), "bad");
-    }
-
-    #[test]
-    fn phase_names_round_trip() {
-        for phase in Phase::ALL {
-            assert_eq!(phase_from_name(phase_name(phase)), Some(phase));
-        }
-        assert_eq!(phase_from_name("Launch"), None);
     }
 
     #[test]

@@ -298,6 +298,15 @@ impl Payload {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn phase_names_round_trip() {
+        for phase in Phase::ALL {
+            assert_eq!(Phase::from_name(phase.as_str()), Some(phase));
+        }
+        assert_eq!(Phase::from_name("Launch"), None);
+    }
+
     use super::*;
 
     #[test]
