@@ -180,7 +180,9 @@ impl Node {
     }
 
     /// The president's peer, or `None` when this node is the president.
-    fn president_peer(&self) -> Result<Option<(PeerId, Vec<libp2p::Multiaddr>)>, String> {
+    pub(crate) fn president_peer(
+        &self,
+    ) -> Result<Option<(PeerId, Vec<libp2p::Multiaddr>)>, String> {
         let (president, peer) = self
             .president()
             .ok_or("no president right now; try again")?;
@@ -267,11 +269,6 @@ impl Node {
             id: id.into(),
             action: action.into(),
         };
-        match self.handle.request(peer, addrs, rpc).await {
-            Ok(RpcResponse::Ack) => Ok(()),
-            Ok(RpcResponse::Refused { reason }) => Err(reason),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(error) => Err(error.to_string()),
-        }
+        RpcResponse::acked(self.handle.request(peer, addrs, rpc).await)
     }
 }

@@ -573,30 +573,14 @@ impl Node {
         state: &str,
         record: GovernorRecord,
     ) -> Result<(), String> {
-        let Some((president, peer)) = self.president() else {
-            return Err("no president known".into());
-        };
-        if president == self.me() {
+        let Some((peer, addrs)) = self.president_peer()? else {
             return self.record_governor(state, record).await;
-        }
-        let peer: PeerId = peer
-            .parse()
-            .map_err(|_| "bad president peer id".to_string())?;
-        let addrs = self
-            .book
-            .get(president)
-            .map(|(_, addrs)| addrs)
-            .unwrap_or_default();
+        };
         let rpc = Rpc::GovernorReport {
             state: state.to_string(),
             record,
         };
-        match self.handle.request(peer, addrs, rpc).await {
-            Ok(RpcResponse::Ack) => Ok(()),
-            Ok(RpcResponse::Refused { reason }) => Err(reason),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(error) => Err(error.to_string()),
-        }
+        RpcResponse::acked(self.handle.request(peer, addrs, rpc).await)
     }
 
     /// The president commits a governor's report.

@@ -101,6 +101,19 @@ pub enum RpcResponse {
     },
 }
 
+impl RpcResponse {
+    /// `Ok` when `answer` is an [`RpcResponse::Ack`]; otherwise the refusal's reason or
+    /// what went wrong, in one line.
+    pub fn acked(answer: Result<RpcResponse, crate::swarm::NetworkError>) -> Result<(), String> {
+        match answer {
+            Ok(RpcResponse::Ack) => Ok(()),
+            Ok(RpcResponse::Refused { reason }) => Err(reason),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
 /// A joining node's request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {

@@ -363,10 +363,7 @@ impl Node {
             .unwrap_or_default();
         let request = self.handle.request(peer, addrs, Rpc::Envelope(bytes));
         match tokio::time::timeout(DELIVERY_TIMEOUT, request).await {
-            Ok(Ok(RpcResponse::Ack)) => Ok(()),
-            Ok(Ok(RpcResponse::Refused { reason })) => Err(reason),
-            Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
-            Ok(Err(error)) => Err(error.to_string()),
+            Ok(answer) => RpcResponse::acked(answer),
             Err(_) => Err("delivery timed out".into()),
         }
     }
@@ -418,7 +415,7 @@ impl Node {
                 attempt,
                 city,
                 spec,
-            } => self.worker_execute(sender, key, attempt, city, spec),
+            } => self.worker_execute(key, attempt, city, spec),
             Work::Outcome {
                 key,
                 attempt,
@@ -601,42 +598,29 @@ impl Node {
         if mayor != Some(sender) {
             return Err(format!("{sender} is not the mayor of {city}"));
         }
-        let key = match &command {
-            LedgerCommand::AssignTask { key, attempt, .. } => [
-                b"assign".as_slice(),
-                key.project.as_bytes(),
-                key.task.as_bytes(),
-                &attempt.to_be_bytes(),
-            ]
-            .concat(),
-            LedgerCommand::CompleteTask { key, attempt, .. } => [
-                b"complete".as_slice(),
-                key.project.as_bytes(),
-                key.task.as_bytes(),
-                &attempt.to_be_bytes(),
-            ]
-            .concat(),
-            LedgerCommand::FailTask { key, attempt, .. } => [
-                b"fail".as_slice(),
-                key.project.as_bytes(),
-                key.task.as_bytes(),
-                &attempt.to_be_bytes(),
-            ]
-            .concat(),
+        let (what, key, attempt): (&[u8], _, _) = match &command {
+            LedgerCommand::AssignTask { key, attempt, .. } => (b"assign", key, attempt),
+            LedgerCommand::CompleteTask { key, attempt, .. } => (b"complete", key, attempt),
+            LedgerCommand::FailTask { key, attempt, .. } => (b"fail", key, attempt),
             _ => return Err("a mayor proposes only assignments and outcomes".into()),
         };
-        self.ledger_write(&group, &[&key], command).await
+        let id = [
+            what,
+            key.project.as_bytes(),
+            key.task.as_bytes(),
+            &attempt.to_be_bytes(),
+        ]
+        .concat();
+        self.ledger_write(&group, &[&id], command).await
     }
 
     fn worker_execute(
         &self,
-        sender: NodeKey,
         key: TaskKey,
         attempt: u32,
         city: String,
         spec: Vec<u8>,
     ) -> Result<(), String> {
-        let _ = sender;
         let spec = TaskSpec::decode(&spec).map_err(|error| error.to_string())?;
         {
             let mut running = lock(&self.work.running);
@@ -724,10 +708,8 @@ impl Node {
         city: &str,
         result: Result<Execution, ExecError>,
     ) -> Result<(), String> {
-        let now = now_ms();
-        let me = self.identity.node_key();
-        let (state, group) = self
-            .mayor_group(city, now)
+        let group = self
+            .mayor_group(city, now_ms())
             .await
             .ok_or("not the mayor of that city")?;
         let task = group
@@ -770,27 +752,29 @@ impl Node {
                 }
             }
         };
-        let _ = (state, me);
         self.propose_to_governor(&group, city, command).await
     }
 
-    /// The state group (open here) whose city `city` this node holds the lease of.
-    async fn mayor_group(&self, city: &str, now: u64) -> Option<(String, Group)> {
+    /// Whether this node holds the lease of `city` in `group`'s Ledger at `now`.
+    async fn holds_lease(&self, group: &Group, city: &str, now: u64) -> bool {
         let me = self.identity.node_key();
+        group
+            .read_local(|machine| {
+                machine
+                    .ledger()
+                    .and_then(|ledger| ledger.mayor_at(city, now))
+                    .is_some_and(|lease| lease.mayor == me)
+            })
+            .await
+    }
+
+    /// The state group (open here) whose city `city` this node holds the lease of.
+    async fn mayor_group(&self, city: &str, now: u64) -> Option<Group> {
         for id in self.groups.ids() {
-            let Some(group) = self.groups.get(id) else {
-                continue;
-            };
-            let mine = group
-                .read_local(|machine| {
-                    machine
-                        .ledger()
-                        .and_then(|ledger| ledger.mayor_at(city, now))
-                        .is_some_and(|lease| lease.mayor == me)
-                })
-                .await;
-            if mine && let Some(state) = self.state_of_group(id).await {
-                return Some((state, group));
+            if let Some(group) = self.groups.get(id)
+                && self.holds_lease(&group, city, now).await
+            {
+                return Some(group);
             }
         }
         None
@@ -877,9 +861,12 @@ impl Node {
                 continue;
             };
             let city = first_city(&state);
-            let Some((_, group)) = self.mayor_group(&city, now).await else {
+            let Some(group) = self.groups.get(id) else {
                 continue;
             };
+            if !self.holds_lease(&group, &city, now).await {
+                continue;
+            }
             let tasks: Vec<(TaskKey, aamas_consensus::ledger::Task)> = group
                 .read_local(|machine| {
                     machine
@@ -932,7 +919,6 @@ impl Node {
             for (key, task) in tasks {
                 self.dispatch(
                     &group,
-                    &state,
                     &city,
                     key,
                     task,
@@ -950,7 +936,6 @@ impl Node {
     async fn dispatch(
         self: &Arc<Self>,
         group: &Group,
-        state: &str,
         city: &str,
         key: TaskKey,
         task: aamas_consensus::ledger::Task,
@@ -1016,7 +1001,6 @@ impl Node {
             worker,
             attempt,
         };
-        let _ = state;
         let execute = (worker, task.spec.clone());
         self.spawn_proposal(group, city, (key, attempt), command, Some(execute));
     }
