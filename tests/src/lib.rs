@@ -83,10 +83,10 @@ impl Node {
         }
     }
 
-    /// `aamas status --json`, if the node answers.
-    pub fn status(&self) -> Option<Value> {
+    /// `aamas COMMAND --data-dir DIR --json`, if the node answers.
+    fn json(&self, command: &str) -> Option<Value> {
         let output = aamas(&[
-            "status",
+            command,
             "--data-dir",
             &self.dir.display().to_string(),
             "--json",
@@ -95,6 +95,11 @@ impl Node {
             return None;
         }
         serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// `aamas status --json`, if the node answers.
+    pub fn status(&self) -> Option<Value> {
+        self.json("status")
     }
 
     /// SIGTERM, then waits for the process to exit; returns whether it exited with 0.
@@ -204,24 +209,32 @@ pub fn first_listen_addr(node: &Node) -> String {
     })
 }
 
-/// `kill -9` the president among `nodes`, wait until the others agree on a new one, then
-/// restart the killed node from its data dir (no token) and wait until it follows the new
-/// president. Returns the new president and how long the survivors took to agree.
-pub fn kill_president(nodes: &mut [Node], president: &str, members: u64) -> (String, Duration) {
-    let index = nodes
+/// The index of the node whose peer id is `peer`.
+pub fn index_of(nodes: &[Node], peer: &str) -> usize {
+    nodes
         .iter()
-        .position(|node| {
-            node.status().and_then(|s| field(&s, "peer_id")).as_deref() == Some(president)
-        })
-        .expect("the president's node");
-    let killed_at = Instant::now();
-    nodes[index].kill();
-    let survivors: Vec<&Node> = nodes
+        .position(|node| node.status().and_then(|s| field(&s, "peer_id")).as_deref() == Some(peer))
+        .unwrap_or_else(|| panic!("no running node is {peer}"))
+}
+
+/// Every node but the one at `index`.
+pub fn all_but(nodes: &[Node], index: usize) -> Vec<&Node> {
+    nodes
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != index)
         .map(|(_, node)| node)
-        .collect();
+        .collect()
+}
+
+/// `kill -9` the president among `nodes`, wait until the others agree on a new one, then
+/// restart the killed node from its data dir (no token) and wait until it follows the new
+/// president. Returns the new president and how long the survivors took to agree.
+pub fn kill_president(nodes: &mut [Node], president: &str, members: u64) -> (String, Duration) {
+    let index = index_of(nodes, president);
+    let killed_at = Instant::now();
+    nodes[index].kill();
+    let survivors = all_but(nodes, index);
     let successor = wait_for("the survivors to agree on a new president", || {
         agreed_president(&survivors, members).filter(|p| p != president)
     });
@@ -240,16 +253,7 @@ pub fn kill_president(nodes: &mut [Node], president: &str, members: u64) -> (Str
 impl Node {
     /// `aamas hierarchy --json`, if the node answers.
     pub fn hierarchy(&self) -> Option<Value> {
-        let output = aamas(&[
-            "hierarchy",
-            "--data-dir",
-            &self.dir.display().to_string(),
-            "--json",
-        ]);
-        if !output.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&output.stdout).ok()
+        self.json("hierarchy")
     }
 
     /// An API GET with the node's bearer token: (status line, body).

@@ -65,17 +65,9 @@ fn a_killed_governor_is_succeeded_and_its_dead_voter_replaced() {
         .find(|(_, governor, _)| *governor != president)
         .cloned()
         .expect("a governor that is not the president");
-    let index = nodes
-        .iter()
-        .position(|node| node.status().and_then(|s| field(&s, "peer_id")) == Some(governor.clone()))
-        .expect("the governor's node");
+    let index = index_of(&nodes, &governor);
     nodes[index].kill();
-    let survivors: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != index)
-        .map(|(_, node)| node)
-        .collect();
+    let survivors = all_but(&nodes, index);
     let successor = wait_for("the state to elect a new governor", || {
         agreed_governors(&survivors)?
             .into_iter()
@@ -119,22 +111,12 @@ fn sigterm_hands_over_and_exits_cleanly() {
         let tree = nodes[0].hierarchy()?;
         (tree.get("federal_voters")?.as_array()?.len() == 3).then_some(())
     });
-    let index = nodes
-        .iter()
-        .position(|node| {
-            node.status().and_then(|s| field(&s, "peer_id")) == Some(president.clone())
-        })
-        .expect("the president's node");
+    let index = index_of(&nodes, &president);
     assert!(
         nodes[index].terminate(),
         "a node stopped by SIGTERM exits with 0"
     );
-    let survivors: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != index)
-        .map(|(_, node)| node)
-        .collect();
+    let survivors = all_but(&nodes, index);
     let successor = wait_for("the others to agree on a new president", || {
         agreed_president(&survivors, 3).filter(|p| *p != president)
     });

@@ -90,10 +90,7 @@ fn the_project_survives_the_president_and_then_a_governor() {
         .into_iter()
         .find(|(_, governor, _)| *governor != successor)
         .expect("a governor that is not the president");
-    let index = nodes
-        .iter()
-        .position(|node| node.status().and_then(|s| field(&s, "peer_id")) == Some(governor.clone()))
-        .expect("the governor's node");
+    let index = index_of(&nodes, &governor);
     nodes[index].kill();
     let project = wait_for_project_end(&nodes, &id, PROJECT_LIMIT);
     // The killed governor's node holds copies of its states' Ledgers too: restart it so
@@ -131,19 +128,11 @@ name = "development"
             .find(|task| field(task, "status").as_deref() == Some("assigned"))
             .and_then(|task| field(&task, "worker"))
     });
-    let index = nodes
-        .iter()
-        .position(|node| node.status().and_then(|s| field(&s, "peer_id")) == Some(worker.clone()))
-        .expect("the worker's node");
+    let index = index_of(&nodes, &worker);
     nodes[index].kill();
     if worker == president {
         wait_for("a new president", || {
-            let alive: Vec<&Node> = nodes
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != index)
-                .map(|(_, n)| n)
-                .collect();
+            let alive = all_but(&nodes, index);
             agreed_president(&alive, 5).filter(|p| *p != president)
         });
     }
