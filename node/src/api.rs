@@ -34,6 +34,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Every route needs the bearer token: requests without it get 401 before any handler
+/// or extractor runs (a large body is not even read).
+async fn require_token(
+    State(api): State<Api>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorised(&api, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorised(&api)
+    }
+}
+
 fn unauthorised(api: &Api) -> Response {
     api.node.metrics.api_unauthorized.inc();
     (
@@ -43,31 +57,19 @@ fn unauthorised(api: &Api) -> Response {
         .into_response()
 }
 
-async fn health(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
+async fn health() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
+async fn status(State(api): State<Api>) -> Response {
     Json(api.node.status().await).into_response()
 }
 
-async fn members(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
+async fn members(State(api): State<Api>) -> Response {
     Json(api.node.members().await).into_response()
 }
 
-async fn hierarchy(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
+async fn hierarchy(State(api): State<Api>) -> Response {
     Json(api.node.hierarchy().await).into_response()
 }
 
@@ -82,10 +84,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 /// Largest project spec accepted, in bytes.
 pub const MAX_SPEC_BODY_BYTES: usize = 1 << 20;
 
-async fn submit_project(State(api): State<Api>, headers: HeaderMap, body: String) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
+async fn submit_project(State(api): State<Api>, body: String) -> Response {
     if body.len() > MAX_SPEC_BODY_BYTES {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,35 +97,18 @@ async fn submit_project(State(api): State<Api>, headers: HeaderMap, body: String
     }
 }
 
-async fn list_projects(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
+async fn list_projects(State(api): State<Api>) -> Response {
     Json(api.node.projects().await).into_response()
 }
 
-async fn show_project(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
+async fn show_project(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.node.project(&id).await {
         Some(project) => Json(project).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no project {id}")),
     }
 }
 
-async fn project_tasks(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
+async fn project_tasks(State(api): State<Api>, Path(id): Path<String>) -> Response {
     Json(api.node.project_tasks(&id).await).into_response()
 }
 
@@ -137,13 +119,9 @@ struct PhaseChange {
 
 async fn change_phase(
     State(api): State<Api>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     Json(change): Json<PhaseChange>,
 ) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
     match api.node.change_project(&id, &change.action).await {
         Ok(()) => match api.node.project(&id).await {
             Some(project) => Json(project).into_response(),
@@ -158,14 +136,7 @@ struct TokenQuery {
     ttl_secs: Option<u64>,
 }
 
-async fn create_token(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
-) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
+async fn create_token(State(api): State<Api>, Query(query): Query<TokenQuery>) -> Response {
     let ttl = Duration::from_secs(query.ttl_secs.unwrap_or(3_600).clamp(1, 30 * 24 * 3_600));
     match api.node.create_token(ttl) {
         Ok(token) => Json(serde_json::json!({"token": token})).into_response(),
@@ -177,10 +148,7 @@ async fn create_token(
     }
 }
 
-async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if !authorised(&api, &headers) {
-        return unauthorised(&api);
-    }
+async fn metrics(State(api): State<Api>) -> Response {
     let status = api.node.status().await;
     api.node
         .metrics
@@ -249,11 +217,17 @@ pub async fn serve(
         .layer(axum::extract::DefaultBodyLimit::max(
             MAX_SPEC_BODY_BYTES + 1024,
         ))
-        .route("/metrics", get(metrics))
-        .with_state(Api {
-            node,
-            token: Arc::new(token),
-        });
+        .route("/metrics", get(metrics));
+    let api = Api {
+        node,
+        token: Arc::new(token),
+    };
+    let app = app
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            require_token,
+        ))
+        .with_state(api);
     let serving = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "control API stopped");
