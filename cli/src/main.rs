@@ -624,6 +624,7 @@ fn main() -> Result<()> {
                 capacity: capacity
                     .or(file.capacity)
                     .unwrap_or(aamas_node::runtime::WORKER_CAPACITY),
+                faults: None,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(aamas_node::run(config, shutdown_signal()))?;

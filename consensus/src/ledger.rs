@@ -184,6 +184,16 @@ pub enum LedgerCommand {
         /// SHA-256 of the result.
         result_digest: [u8; 32],
     },
+    /// Overwrites a task's committed result, breaking the one-result invariant on
+    /// purpose. Only with the `fault-injection` feature: the simulator's test of its own
+    /// checker commits it through a test hook.
+    #[cfg(feature = "fault-injection")]
+    OverwriteResult {
+        /// The task.
+        key: TaskKey,
+        /// The other result's SHA-256.
+        result_digest: [u8; 32],
+    },
     /// Records the failure of the current attempt: back to pending while attempts are
     /// left, else failed.
     FailTask {
@@ -298,6 +308,8 @@ impl Ledger {
                 attempt,
                 result_digest,
             } => self.complete_task(key, *attempt, *result_digest),
+            #[cfg(feature = "fault-injection")]
+            C::OverwriteResult { key, result_digest } => self.overwrite_result(key, *result_digest),
             C::FailTask {
                 key,
                 attempt,
@@ -457,6 +469,14 @@ impl Ledger {
             None => {}
         }
         check_attempt(key, task, attempt)?;
+        task.status = TaskStatus::Succeeded;
+        task.result_digest = Some(result_digest);
+        Ok(task_state(task))
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn overwrite_result(&mut self, key: &TaskKey, result_digest: [u8; 32]) -> Outcome {
+        let task = self.task_mut(key)?;
         task.status = TaskStatus::Succeeded;
         task.result_digest = Some(result_digest);
         Ok(task_state(task))

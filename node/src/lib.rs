@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod executor;
+pub mod faults;
 pub mod messaging;
 pub mod metrics;
 pub mod projects;

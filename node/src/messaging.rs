@@ -141,6 +141,8 @@ pub struct Verdict {
     pub acceptance: MessageAcceptance,
     /// The message, if this node is a recipient.
     pub opened: Option<Opened>,
+    /// The envelope's id, when it was accepted.
+    pub accepted: Option<aamas_protocol::MessageId>,
 }
 
 /// The receiving side of a node's messaging.
@@ -269,6 +271,7 @@ impl Inbox {
             Verdict {
                 acceptance,
                 opened: None,
+                accepted: None,
             }
         };
         let (header, opened) = match outcome {
@@ -308,6 +311,7 @@ impl Inbox {
         Verdict {
             acceptance: MessageAcceptance::Accept,
             opened,
+            accepted: Some(header.id),
         }
     }
 }

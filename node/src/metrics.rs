@@ -38,6 +38,8 @@ pub struct Metrics {
     pub is_president: Gauge,
     /// State groups this node governs.
     pub governs: Gauge,
+    /// Bytes written to TCP and in-process connections (Noise and Yamux included).
+    pub bytes_sent: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,7 @@ impl Default for Metrics {
             federal_term: Gauge::default(),
             is_president: Gauge::default(),
             governs: Gauge::default(),
+            bytes_sent: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,6 +114,11 @@ impl Default for Metrics {
             "governs",
             "State groups this node leads",
             metrics.governs.clone(),
+        );
+        registry.register(
+            "transport_bytes_sent",
+            "Bytes written to TCP and in-process connections, framing and encryption included",
+            metrics.bytes_sent.clone(),
         );
         Self {
             registry,

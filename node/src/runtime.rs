@@ -46,8 +46,9 @@ pub const WORKER_CAPACITY: u32 = 4;
 pub const MAX_WORKER_CAPACITY: u32 = 1_024;
 /// How a join refusal that is worth retrying begins.
 const ADMISSION_NOT_COMMITTED: &str = "could not commit the admission";
-/// Most members the president adds as federal learners per tick.
-pub const LEARNERS_PER_TICK: usize = 16;
+/// Most members the president adds as federal learners per tick (in one membership
+/// change).
+pub const LEARNERS_PER_TICK: usize = 64;
 /// How many times a joiner follows redirects or retries before giving up.
 pub const JOIN_ATTEMPTS: usize = 20;
 
@@ -251,6 +252,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Tasks this node runs at once as a worker.
     pub capacity: u32,
+    /// The simulator's fault layer; `None` on real nodes.
+    pub faults: Option<Arc<dyn crate::faults::Faults>>,
 }
 
 /// The shared state of a running node.
@@ -272,7 +275,13 @@ pub struct Node {
     /// When each member was last seen connected (ms); members get a grace period from
     /// when this node first heard of them.
     liveness: Mutex<HashMap<NodeId, u64>>,
+    /// The last [`DELIVERY_LOG`] gossip envelopes accepted, with when (for the simulator's
+    /// delivery and propagation figures).
+    deliveries: Mutex<std::collections::VecDeque<(aamas_protocol::MessageId, std::time::Instant)>>,
 }
+
+/// How many accepted gossip envelopes a node remembers for [`Node::deliveries`].
+pub const DELIVERY_LOG: usize = 4_096;
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -546,6 +555,16 @@ impl Node {
         if let Some(opened) = &verdict.opened {
             tracing::debug!(sender = %opened.header.sender, kind = ?opened.header.kind, "message opened");
         }
+        if let Some(id) = verdict.accepted {
+            let mut log = self
+                .deliveries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if log.len() == DELIVERY_LOG {
+                log.pop_front();
+            }
+            log.push_back((id, std::time::Instant::now()));
+        }
         self.handle
             .validate(gossip.id, gossip.source, verdict.acceptance)
             .await;
@@ -561,23 +580,21 @@ impl Node {
         topic: &str,
         payload: &aamas_protocol::Payload,
         to: aamas_protocol::To<'_>,
-    ) -> Result<Vec<u8>, aamas_protocol::SealError> {
+    ) -> Result<aamas_protocol::Sealed, aamas_protocol::SealError> {
         let mut sealer = self
             .sealer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        sealer
-            .seal(
-                &self.identity,
-                now_ms(),
-                aamas_protocol::Outgoing {
-                    topic,
-                    payload,
-                    to,
-                    ttl_ms: 60_000,
-                },
-            )
-            .map(|sealed| sealed.bytes)
+        sealer.seal(
+            &self.identity,
+            now_ms(),
+            aamas_protocol::Outgoing {
+                topic,
+                payload,
+                to,
+                ttl_ms: 60_000,
+            },
+        )
     }
 
     /// Seals `payload` for `recipients` on `topic`.
@@ -588,6 +605,7 @@ impl Node {
         recipients: &[aamas_protocol::PublicIdentity],
     ) -> Result<Vec<u8>, aamas_protocol::SealError> {
         self.seal_to(topic, payload, aamas_protocol::To::Members(recipients))
+            .map(|sealed| sealed.bytes)
     }
 
     /// Seals `payload` for `to` and publishes it on `topic`.
@@ -597,11 +615,93 @@ impl Node {
         payload: &aamas_protocol::Payload,
         to: aamas_protocol::To<'_>,
     ) -> Result<(), NodeError> {
-        let bytes = self
+        let sealed = self
             .seal_to(topic, payload, to)
             .map_err(|error| NodeError::Invalid(error.to_string()))?;
-        self.handle.publish(topic, bytes).await?;
+        self.handle.publish(topic, sealed.bytes).await?;
         Ok(())
+    }
+
+    /// Seals a probe for every member: a `probe` query on the `all` topic, sealed for
+    /// this node only, so that every other member checks and relays it.
+    pub fn seal_probe(&self) -> Result<aamas_protocol::Sealed, NodeError> {
+        let payload = aamas_protocol::Payload::Query(aamas_protocol::Query {
+            in_reply_to: None,
+            question: "probe".into(),
+            body: Vec::new(),
+        });
+        let me = [self.identity.public()];
+        self.seal_to(
+            &self.topics.all(),
+            &payload,
+            aamas_protocol::To::Members(&me),
+        )
+        .map_err(|error| NodeError::Invalid(error.to_string()))
+    }
+
+    /// Publishes a probe (see [`Node::seal_probe`]); the simulator times its arrival at
+    /// each node with [`Node::deliveries`].
+    pub async fn probe(&self) -> Result<aamas_protocol::MessageId, NodeError> {
+        let sealed = self.seal_probe()?;
+        self.handle
+            .publish(&self.topics.all(), sealed.bytes)
+            .await?;
+        Ok(sealed.id)
+    }
+
+    /// Test hook: publishes `bytes` on the `all` topic as they are (the simulator's flood
+    /// replays and tampers with a member's envelopes through it).
+    #[cfg(feature = "fault-injection")]
+    pub async fn publish_raw(&self, bytes: Vec<u8>) -> Result<(), NodeError> {
+        self.handle.publish(&self.topics.all(), bytes).await?;
+        Ok(())
+    }
+
+    /// The `all` topic's name.
+    pub fn all_topic(&self) -> String {
+        self.topics.all()
+    }
+
+    /// This node's mesh.
+    pub fn mesh_id(&self) -> MeshId {
+        self.mesh.mesh
+    }
+
+    /// This node's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.handle.peer_id()
+    }
+
+    /// Bytes this node has written to its connections.
+    pub fn bytes_sent(&self) -> u64 {
+        self.metrics.bytes_sent.get()
+    }
+
+    /// Active members in this node's Registry copy.
+    pub async fn member_count(&self) -> usize {
+        self.registry(|registry| registry.active_members().count())
+            .await
+            .unwrap_or(0)
+    }
+
+    /// The president this node follows, the federal term, and whether it is the
+    /// president itself: one snapshot, without a Registry read (cheap enough to poll a
+    /// thousand nodes).
+    pub fn president_claim(&self) -> (Option<String>, u64, bool) {
+        let (president, term) = self.president_and_term();
+        let is_me = president.as_ref().is_some_and(|(id, _)| *id == self.me());
+        (president.map(|(_, peer)| peer), term, is_me)
+    }
+
+    /// The gossip envelopes this node accepted lately (at most [`DELIVERY_LOG`]), with
+    /// when.
+    pub fn deliveries(&self) -> Vec<(aamas_protocol::MessageId, std::time::Instant)> {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
     }
 
     pub(crate) async fn registry<R>(&self, read: impl FnOnce(&Registry) -> R) -> Option<R> {
@@ -669,6 +769,20 @@ impl Node {
                 .map(ToString::to_string)
                 .collect(),
         }
+    }
+
+    /// The states this node governs, each with the term of its leadership (one snapshot
+    /// of the group's metrics each, so that a term is never paired with a later one).
+    pub async fn governs(&self) -> Vec<(String, u64)> {
+        let me = self.me();
+        let mut governs = Vec::new();
+        for (state, group) in self.governed().await {
+            let metrics = group.raft().metrics().borrow().clone();
+            if metrics.current_leader == Some(me) {
+                governs.push((state, metrics.current_term));
+            }
+        }
+        governs
     }
 
     /// Every member, as this node's Registry copy has them.
@@ -1114,17 +1228,23 @@ impl Node {
         // as learners (added without waiting for them to catch up).
         let in_group: BTreeSet<NodeId> =
             membership.membership().nodes().map(|(id, _)| *id).collect();
-        let missing = members
+        // Newcomers join as learners in batches, one membership change for each batch,
+        // so that a thousand joins are not a thousand changes replicated to everyone.
+        let missing: BTreeMap<NodeId, MemberNode> = members
             .iter()
             .filter(|(id, _)| !in_group.contains(id))
-            .take(LEARNERS_PER_TICK);
-        for (id, node) in missing {
-            if membership.membership().get_joint_config().len() > 1 {
-                break;
-            }
-            match federal.raft().add_learner(*id, node.clone(), false).await {
-                Ok(_) => tracing::info!(node = %node.peer_id, "added a federal learner"),
-                Err(error) => tracing::warn!(%error, "adding a federal learner failed"),
+            .take(LEARNERS_PER_TICK)
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        if !missing.is_empty() && membership.membership().get_joint_config().len() == 1 {
+            let added = missing.len();
+            match federal
+                .raft()
+                .change_membership(openraft::ChangeMembers::AddNodes(missing), false)
+                .await
+            {
+                Ok(_) => tracing::info!(added, "added federal learners"),
+                Err(error) => tracing::warn!(%error, "adding federal learners failed"),
             }
         }
         if voters.len() >= FEDERAL_VOTERS.min(members.len()) {
@@ -1373,9 +1493,12 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     let mut seed = *identity.signing_seed();
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
         .map_err(|error| NodeError::Invalid(error.to_string()))?;
+    let metrics = crate::metrics::Metrics::default();
     let swarm_config = swarm::SwarmConfig {
         listen: config.listen.clone(),
         mdns: config.mdns,
+        bytes_sent: metrics.bytes_sent.clone(),
+        faults: config.faults.clone(),
     };
     let (handle, incoming) = swarm::start(keypair, &swarm_config).await?;
     let swarm::Incoming {
@@ -1417,7 +1540,8 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         groups: groups.clone(),
         book,
         data_dir: config.data_dir.clone(),
-        metrics: crate::metrics::Metrics::default(),
+        metrics,
+        deliveries: Mutex::new(std::collections::VecDeque::new()),
         inbox: Inbox::new(mesh.mesh),
         topics: Topics::new(mesh.mesh),
         sealer: Mutex::new(aamas_protocol::Sealer::new(

@@ -12,6 +12,9 @@
 //! and connection limits.
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -22,8 +25,10 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, connection_limits, identify, kad, mdns, noise, ping, tcp, yamux,
 };
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::faults::{Fate, Faults, MAX_DELAYED};
 use crate::wire::{Codec, PROTOCOL, Rpc, RpcResponse};
 
 /// Bound of the command and inbound queues.
@@ -61,6 +66,11 @@ pub struct SwarmConfig {
     pub listen: Vec<Multiaddr>,
     /// Discover peers on the local network with mDNS.
     pub mdns: bool,
+    /// Counts every byte written to a TCP or in-process connection (below Noise, so
+    /// framing and encryption included; QUIC is not counted).
+    pub bytes_sent: Counter,
+    /// The simulator's fault layer; `None` on real nodes.
+    pub faults: Option<Arc<dyn Faults>>,
 }
 
 /// A gossip message held by gossipsub until [`NodeHandle::validate`] gives its verdict.
@@ -349,19 +359,30 @@ pub async fn start(
     let gossip_config = gossip_config()?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|error| setup(&error))?
         .with_quic()
-        // In-process connections (`/memory/N` addresses): the simulator runs many nodes in
-        // one process over these, with the same Noise and Yamux as on the network.
+        // TCP and in-process connections (`/memory/N` addresses: the simulator runs many
+        // nodes in one process over these), each with Noise and Yamux, and each counting
+        // the bytes it writes.
         .with_other_transport(
             |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
                 use libp2p::Transport as _;
+                let sent = config.bytes_sent.clone();
+                Ok(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .map(move |stream, _| Counted::new(stream, sent.clone()))
+                        .upgrade(libp2p::core::upgrade::Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            },
+        )
+        .map_err(|error| setup(&error))?
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                use libp2p::Transport as _;
+                let sent = config.bytes_sent.clone();
                 Ok(libp2p::core::transport::MemoryTransport::default()
+                    .map(move |channel, _| Counted::new(channel, sent.clone()))
                     .upgrade(libp2p::core::upgrade::Version::V1)
                     .authenticate(noise::Config::new(key)?)
                     .multiplex(yamux::Config::default()))
@@ -436,19 +457,85 @@ pub async fn start(
     let (commands, command_rx) = mpsc::channel(QUEUE_CAPACITY);
     let (inbound_tx, requests) = mpsc::channel(QUEUE_CAPACITY);
     let (gossip_tx, gossip) = mpsc::channel(GOSSIP_QUEUE_CAPACITY);
-    tokio::spawn(run(swarm, command_rx, inbound_tx, gossip_tx));
+    tokio::spawn(run(
+        swarm,
+        command_rx,
+        Outlets {
+            inbound: inbound_tx,
+            gossip: gossip_tx,
+        },
+        config.faults.clone(),
+    ));
     Ok((
         NodeHandle { commands, peer_id },
         Incoming { requests, gossip },
     ))
 }
 
+/// Where the swarm task hands what arrives.
+struct Outlets {
+    inbound: mpsc::Sender<Inbound>,
+    gossip: mpsc::Sender<Gossip>,
+}
+
+impl Outlets {
+    fn request(&self, request: Inbound) {
+        if let Err(mpsc::error::TrySendError::Full(request)) = self.inbound.try_send(request) {
+            tracing::warn!(peer = %request.peer, "inbound queue full: request dropped");
+        }
+    }
+
+    /// Hands a gossip message on, or gives it back when the queue is full.
+    fn gossip(&self, held: Gossip) -> Option<Gossip> {
+        match self.gossip.try_send(held) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(held)) => {
+                tracing::warn!("gossip queue full: message ignored");
+                Some(held)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+        }
+    }
+}
+
+/// A message the fault layer held back, coming due.
+enum Due {
+    Request {
+        peer: PeerId,
+        rpc: Rpc,
+        reply: oneshot::Sender<Result<RpcResponse, NetworkError>>,
+    },
+    Inbound(Inbound),
+    Gossip(Gossip),
+}
+
+/// Holds `due` back for `delay`, or gives it back when too many are held already.
+fn hold(due: Due, delay: Duration, delayed: &mpsc::Sender<Due>) -> Option<Due> {
+    match delayed.clone().try_reserve_owned() {
+        Ok(slot) => {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                slot.send(due);
+            });
+            None
+        }
+        Err(_) => Some(due),
+    }
+}
+
 async fn run(
     mut swarm: Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
-    inbound: mpsc::Sender<Inbound>,
-    gossip: mpsc::Sender<Gossip>,
+    outlets: Outlets,
+    faults: Option<Arc<dyn Faults>>,
 ) {
+    let me = *swarm.local_peer_id();
+    let fate = |from: &PeerId, to: &PeerId| {
+        faults
+            .as_ref()
+            .map_or(Fate::Deliver, |faults| faults.fate(from, to))
+    };
+    let (delayed, mut due) = mpsc::channel::<Due>(MAX_DELAYED);
     let mut pending: HashMap<
         OutboundRequestId,
         oneshot::Sender<Result<RpcResponse, NetworkError>>,
@@ -459,6 +546,18 @@ async fn run(
     > = HashMap::new();
     loop {
         tokio::select! {
+            Some(item) = due.recv() => match item {
+                Due::Request { peer, rpc, reply } => {
+                    let id = swarm.behaviour_mut().rpc.send_request(&peer, rpc);
+                    pending.insert(id, reply);
+                }
+                Due::Inbound(request) => outlets.request(request),
+                Due::Gossip(held) => {
+                    if let Some(held) = outlets.gossip(held) {
+                        swarm.behaviour_mut().gossip.report_message_validation_result(&held.id, &held.source, MessageAcceptance::Ignore);
+                    }
+                }
+            },
             command = commands.recv() => {
                 let Some(command) = command else { break };
                 match command {
@@ -467,8 +566,20 @@ async fn run(
                             swarm.add_peer_address(peer, addr.clone());
                             swarm.behaviour_mut().kad.add_address(&peer, addr);
                         }
-                        let id = swarm.behaviour_mut().rpc.send_request(&peer, rpc);
-                        pending.insert(id, reply);
+                        match fate(&me, &peer) {
+                            Fate::Deliver => {
+                                let id = swarm.behaviour_mut().rpc.send_request(&peer, rpc);
+                                pending.insert(id, reply);
+                            }
+                            Fate::Delay(delay) => {
+                                if let Some(Due::Request { reply, .. }) = hold(Due::Request { peer, rpc, reply }, delay, &delayed) {
+                                    let _ = reply.send(Err(NetworkError::Request { peer, reason: "fault layer: too many delayed messages".into() }));
+                                }
+                            }
+                            Fate::Drop => {
+                                let _ = reply.send(Err(NetworkError::Request { peer, reason: "fault layer: message dropped".into() }));
+                            }
+                        }
                     }
                     Command::Respond { channel, response } => {
                         if swarm.behaviour_mut().rpc.send_response(channel, response).is_err() {
@@ -533,8 +644,13 @@ async fn run(
             event = swarm.select_next_some() => match event {
                 SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message { peer, message, .. })) => match message {
                     request_response::Message::Request { request, channel, .. } => {
-                        if inbound.try_send(Inbound { peer, rpc: request, channel }).is_err() {
-                            tracing::warn!(%peer, "inbound queue full: request dropped");
+                        let request = Inbound { peer, rpc: request, channel };
+                        match fate(&peer, &me) {
+                            Fate::Deliver => outlets.request(request),
+                            // Dropping the response channel closes the stream: the
+                            // requester gets an error, as after a lost message.
+                            Fate::Drop => drop(request),
+                            Fate::Delay(delay) => drop(hold(Due::Inbound(request), delay, &delayed)),
                         }
                     }
                     request_response::Message::Response { request_id, response } => {
@@ -561,8 +677,15 @@ async fn run(
                         topic: message.topic.into_string(),
                         data: message.data,
                     };
-                    if let Err(mpsc::error::TrySendError::Full(held)) = gossip.try_send(held) {
-                        tracing::warn!("gossip queue full: message ignored");
+                    let refused = match fate(&propagation_source, &me) {
+                        Fate::Deliver => outlets.gossip(held),
+                        Fate::Drop => Some(held),
+                        Fate::Delay(delay) => match hold(Due::Gossip(held), delay, &delayed) {
+                            Some(Due::Gossip(held)) => Some(held),
+                            _ => None,
+                        },
+                    };
+                    if let Some(held) = refused {
                         swarm.behaviour_mut().gossip.report_message_validation_result(&held.id, &held.source, MessageAcceptance::Ignore);
                     }
                 }
@@ -590,5 +713,51 @@ async fn run(
                 _ => {}
             }
         }
+    }
+}
+
+/// A connection that counts the bytes written to it.
+#[derive(Debug)]
+struct Counted<S> {
+    inner: S,
+    sent: Counter,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S, sent: Counter) -> Self {
+        Self { inner, sent }
+    }
+}
+
+impl<S: futures::AsyncRead + Unpin> futures::AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written {
+            this.sent.inc_by(u64::try_from(*n).unwrap_or(u64::MAX));
+        }
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
     }
 }

@@ -471,6 +471,41 @@ impl Node {
         self.ledger_request(group, request_id(key), command).await
     }
 
+    /// Test hook: commits a second, different result for a task of a state this node
+    /// governs, breaking the one-result invariant so that a checker can be seen to fail.
+    #[cfg(feature = "fault-injection")]
+    pub async fn overwrite_result(&self, project: &str, task: &str) -> Result<(), String> {
+        let key = TaskKey {
+            project: project.to_string(),
+            task: task.to_string(),
+        };
+        for (_, group) in self.governed().await {
+            let held = group
+                .read_local(|machine| {
+                    machine
+                        .ledger()
+                        .is_some_and(|ledger| ledger.tasks().contains_key(&key))
+                })
+                .await;
+            if held {
+                let command = LedgerCommand::OverwriteResult {
+                    key: key.clone(),
+                    result_digest: [0xEE; 32],
+                };
+                return self
+                    .ledger_request(
+                        &group,
+                        request_id(&[b"overwrite", task.as_bytes()]),
+                        command,
+                    )
+                    .await;
+            }
+        }
+        Err(format!(
+            "this node governs no state holding {project}/{task}"
+        ))
+    }
+
     async fn ledger_request(
         &self,
         group: &Group,

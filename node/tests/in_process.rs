@@ -17,6 +17,7 @@ fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
         fsync: false,
         mdns: false,
         capacity: 4,
+        faults: None,
     }
 }
 

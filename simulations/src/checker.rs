@@ -23,6 +23,34 @@ pub enum Violation {
         /// The result digests seen.
         results: Vec<String>,
     },
+    /// Two governors of one state in one term of its group.
+    TwoGovernors {
+        /// The state.
+        state: String,
+        /// The term.
+        term: u64,
+        /// The peer ids that each claimed it.
+        governors: Vec<String>,
+    },
+    /// A task of a completed project has no committed result.
+    TaskLost {
+        /// The project.
+        project: String,
+        /// The task.
+        task: String,
+    },
+    /// After healing, a member is in no state or in several.
+    Misplaced {
+        /// The member's peer id.
+        member: String,
+        /// The states it is in.
+        states: Vec<String>,
+    },
+    /// Honest gossip stopped arriving while the mesh was flooded.
+    HonestTrafficStalled {
+        /// What was seen.
+        detail: String,
+    },
     /// An acknowledged project did not complete.
     ProjectLost {
         /// The project.
@@ -46,6 +74,26 @@ impl std::fmt::Display for Violation {
                 f,
                 "task {project}/{task} has two committed results: {results:?}"
             ),
+            Violation::TwoGovernors {
+                state,
+                term,
+                governors,
+            } => write!(
+                f,
+                "two governors of state {state} in its term {term}: {governors:?}"
+            ),
+            Violation::TaskLost { project, task } => write!(
+                f,
+                "task {project}/{task} of a completed project has no committed result"
+            ),
+            Violation::Misplaced { member, states } => write!(
+                f,
+                "after healing, member {member} belongs to {} states ({states:?}), not one",
+                states.len()
+            ),
+            Violation::HonestTrafficStalled { detail } => {
+                write!(f, "honest traffic stalled during the flood: {detail}")
+            }
             Violation::ProjectLost { project, status } => {
                 write!(
                     f,
@@ -60,6 +108,7 @@ impl std::fmt::Display for Violation {
 #[derive(Debug, Default)]
 pub struct Checker {
     presidents: BTreeMap<u64, BTreeSet<String>>,
+    governors: BTreeMap<(String, u64), BTreeSet<String>>,
     results: BTreeMap<(String, String), BTreeSet<String>>,
     violations: Vec<Violation>,
 }
@@ -73,6 +122,54 @@ impl Checker {
             self.violations.push(Violation::TwoPresidents {
                 term,
                 presidents: seen.iter().cloned().collect(),
+            });
+        }
+    }
+
+    /// A node says it governs `state` in `term` of the state's group.
+    pub fn governor(&mut self, state: &str, term: u64, governor: &str) {
+        let seen = self.governors.entry((state.to_string(), term)).or_default();
+        if seen.insert(governor.to_string()) && seen.len() == 2 {
+            self.violations.push(Violation::TwoGovernors {
+                state: state.to_string(),
+                term,
+                governors: seen.iter().cloned().collect(),
+            });
+        }
+    }
+
+    /// After healing: each member with the states the hierarchy places it in.
+    pub fn placement<'a>(&mut self, members: impl IntoIterator<Item = (&'a str, Vec<String>)>) {
+        for (member, states) in members {
+            if states.len() != 1 {
+                self.violations.push(Violation::Misplaced {
+                    member: member.to_string(),
+                    states,
+                });
+            }
+        }
+    }
+
+    /// A completed project's tasks: each must have a committed result.
+    pub fn project_tasks<'a>(&mut self, project: &str, tasks: impl IntoIterator<Item = &'a str>) {
+        for task in tasks {
+            if !self
+                .results
+                .contains_key(&(project.to_string(), task.to_string()))
+            {
+                self.violations.push(Violation::TaskLost {
+                    project: project.to_string(),
+                    task: task.to_string(),
+                });
+            }
+        }
+    }
+
+    /// During a flood, an honest probe reached `reached` of `expected` live nodes.
+    pub fn flood_probe(&mut self, reached: usize, expected: usize) {
+        if reached < expected {
+            self.violations.push(Violation::HonestTrafficStalled {
+                detail: format!("a probe reached {reached} of {expected} live nodes"),
             });
         }
     }
@@ -105,6 +202,11 @@ impl Checker {
         &self.violations
     }
 
+    /// Governor terms seen, over every state.
+    pub fn governor_terms(&self) -> usize {
+        self.governors.len()
+    }
+
     /// Terms in which a president was seen.
     pub fn terms(&self) -> usize {
         self.presidents.len()
@@ -135,6 +237,46 @@ mod tests {
                 presidents: vec!["b".into(), "c".into()]
             }]
         );
+    }
+
+    #[test]
+    fn a_second_governor_in_a_state_term_is_a_violation() {
+        let mut checker = Checker::default();
+        checker.governor("technical", 2, "a");
+        checker.governor("market", 2, "b");
+        checker.governor("technical", 3, "c");
+        assert!(checker.violations().is_empty());
+        checker.governor("technical", 3, "d");
+        assert!(
+            checker.violations()[0]
+                .to_string()
+                .starts_with("two governors of state technical in its term 3")
+        );
+    }
+
+    #[test]
+    fn misplaced_members_lost_tasks_and_stalled_probes_are_violations() {
+        let mut checker = Checker::default();
+        checker.placement([("a", vec!["technical".to_string()])]);
+        checker.flood_probe(5, 5);
+        checker.result("p", "t1", "aa");
+        checker.project_tasks("p", ["t1"]);
+        assert!(checker.violations().is_empty());
+        checker.placement([("b", vec![]), ("c", vec!["x".into(), "y".into()])]);
+        checker.flood_probe(4, 5);
+        checker.project_tasks("p", ["t1", "t2"]);
+        let found: Vec<String> = checker
+            .violations()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(
+            found[0].contains("member b belongs to 0 states"),
+            "{found:?}"
+        );
+        assert!(found[2].contains("reached 4 of 5"), "{found:?}");
+        assert!(found[3].contains("task p/t2"), "{found:?}");
     }
 
     #[test]

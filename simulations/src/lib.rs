@@ -1,21 +1,29 @@
 //! # aamas-sim
 //!
 //! Many real node runtimes (`aamas_node::start`, the same code as `aamas node`) in one
-//! process over libp2p's memory transport, with storage in temporary dirs; scenarios
-//! drive them, checkers watch invariants while they run, and a report sums it up.
+//! process over libp2p's memory transport, with storage in temporary dirs; a fault layer
+//! between each node and the network (loss, delay, partitions) plus crashes and
+//! restarts; scenarios (TOML files of steps) drive them, checkers watch invariants while
+//! they run, and a report sums it up.
 //!
 //! ```text
-//!   Sim ── nodes: Vec<Option<Running>>   (crash = stop, restart = start on the same dir)
-//!       ── Checker: every poll, (term, president) and each task's committed result
-//!       ── Report: time to first president, failovers, tasks/s, violations → report.json
+//!   ScenarioFile (scenarios/*.toml or --file) ── steps ──► Sim
+//!   Sim ── slots: real runtimes over /memory, each with the shared SimFaults
+//!       ── every wait observes: claimed presidents and governors, committed results
+//!          (Checker), president changes (timeline), the progress line
+//!       ── probes: gossip delivery and propagation, timed at every node
+//!       ── flood: an outsider and a member send hostile traffic
+//!   Report ── table on stdout, report.json, latency.svg, timeline.svg
 //! ```
-//!
-//! Status: a first slice of issue [5/5]: scenarios `steady` and `president-failover`,
-//! crash and restart faults, two checkers. Not yet: message drop, delay and partitions,
-//! the other scenarios, scenario files, plots, peak memory and bytes per node.
 
 pub mod checker;
+pub mod faults;
+mod flood;
+pub mod report;
+pub mod scenario;
 pub mod sim;
 
 pub use checker::{Checker, Violation};
-pub use sim::{Report, Scenario, Sim, SimConfig};
+pub use report::Report;
+pub use scenario::{ScenarioFile, Step, Target};
+pub use sim::{Sim, SimConfig};

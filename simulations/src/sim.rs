@@ -1,104 +1,55 @@
 //! Running a scenario: nodes, faults, workload, checkers, report.
+//!
+//! ```text
+//!   form the mesh (founder, then joins JOIN_BATCH at a time) → governors → steps …
+//!   every wait observes: presidents and governors claimed (checker), president changes
+//!   (timeline), committed results (checker, every RESULTS_EVERY), the progress line
+//! ```
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aamas_node::{NodeConfig, Running};
-use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
+use anyhow::{Context as _, Result, anyhow, bail};
+use libp2p::PeerId;
 
 use crate::checker::Checker;
+use crate::faults::SimFaults;
+use crate::report::{Failover, GossipReport, Moment, ProjectReport, Report, peak_memory_bytes};
+use crate::scenario::{ScenarioFile, Step, Target};
 
 /// How many nodes join at once.
 pub const JOIN_BATCH: usize = 8;
-
-/// The scenarios this slice runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Scenario {
-    /// A project flows through a healthy mesh.
-    Steady,
-    /// A project flows while the president crashes (and restarts) `faults` times.
-    PresidentFailover,
-}
-
-impl Scenario {
-    /// Every scenario with its name and what it does.
-    pub const ALL: [(Scenario, &'static str, &'static str); 2] = [
-        (
-            Scenario::Steady,
-            "steady",
-            "a project of no-op tasks through a healthy mesh",
-        ),
-        (
-            Scenario::PresidentFailover,
-            "president-failover",
-            "the same, while the president crashes and restarts",
-        ),
-    ];
-
-    /// The scenario named `name`.
-    pub fn from_name(name: &str) -> Option<Scenario> {
-        Self::ALL
-            .iter()
-            .find(|(_, known, _)| *known == name)
-            .map(|(scenario, ..)| *scenario)
-    }
-
-    /// Its name.
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(scenario, ..)| *scenario == self)
-            .map_or("?", |(_, name, _)| name)
-    }
-}
+/// How often a wait looks at the nodes (up to 100 nodes; see [`Sim::poll`]).
+const POLL: Duration = Duration::from_millis(100);
+/// How often a wait for a president looks (cheap: one metrics snapshot per node).
+const PRESIDENT_POLL: Duration = Duration::from_millis(50);
+/// How often the checker reads every Ledger replica's results.
+const RESULTS_EVERY: Duration = Duration::from_secs(2);
+/// How long a probe may take to reach every live node before it counts as undelivered.
+const PROBE_PATIENCE: Duration = Duration::from_secs(5);
+/// How long after a heal the hierarchy may take to place every member.
+const PLACEMENT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How to run a simulation.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// Nodes.
+    /// Nodes at the start.
     pub nodes: usize,
     /// What happens.
-    pub scenario: Scenario,
+    pub scenario: ScenarioFile,
     /// Seeds every choice of faults and workload.
     pub seed: u64,
-    /// Tasks in the project.
-    pub tasks: usize,
-    /// Crashes of the president (president-failover).
-    pub faults: usize,
-    /// The longest the scenario may run.
+    /// Tasks per submitted project, overriding the scenario's.
+    pub tasks: Option<usize>,
+    /// How many of the four default states the workload uses (1 to 4).
+    pub states: usize,
+    /// The longest the run may take.
     pub limit: Duration,
-}
-
-/// What a simulation measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// The scenario's name.
-    pub scenario: String,
-    /// Nodes.
-    pub nodes: usize,
-    /// The seed.
-    pub seed: u64,
-    /// From starting the founder to every node agreeing on a president (ms).
-    pub time_to_first_president_ms: u64,
-    /// From starting the founder to every node having joined (ms).
-    pub time_to_full_mesh_ms: u64,
-    /// Each president crash → every live node agreeing on a successor (ms).
-    pub failovers_ms: Vec<u64>,
-    /// Tasks in the project.
-    pub tasks: usize,
-    /// Tasks per second, submission to completion.
-    pub tasks_per_sec: f64,
-    /// Federal terms in which a president was seen.
-    pub terms_seen: usize,
-    /// Tasks whose committed result the checker saw.
-    pub results_seen: usize,
-    /// Every invariant violation (empty when the scenario passed).
-    pub violations: Vec<String>,
-    /// Tasks by status at the end, across the Ledger replicas (most advanced copy).
-    pub task_statuses: std::collections::BTreeMap<String, usize>,
-    /// Wall time (ms).
-    pub wall_ms: u64,
+    /// Print a progress line on stderr.
+    pub progress: bool,
 }
 
 /// SplitMix64: a small deterministic generator for the seed's choices (not crypto).
@@ -124,11 +75,67 @@ impl Choices {
     pub fn below(&mut self, bound: u64) -> u64 {
         self.next_u64() % bound.max(1)
     }
+
+    /// One of `items`, if any.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
+        if items.is_empty() {
+            return None;
+        }
+        let index = usize::try_from(self.below(items.len() as u64)).unwrap_or(0);
+        items.get(index).copied()
+    }
+}
+
+/// A project of `tasks` no-op tasks spread over the first `states` (1 to 4) of the
+/// mesh's four default states, in two phases.
+pub fn workload(tasks: usize, states: usize, choices: &mut Choices) -> String {
+    let all = aamas_consensus::registry::DEFAULT_STATES;
+    let states = &all[..states.clamp(1, all.len())];
+    let mut text = String::from("name = \"simulated\"\n");
+    let half = tasks.div_ceil(2);
+    for (phase, range) in [("design", 0..half), ("development", half..tasks)] {
+        if range.is_empty() {
+            continue;
+        }
+        text.push_str(&format!("[[phase]]\nname = \"{phase}\"\n"));
+        for i in range {
+            let state = choices.pick(states).unwrap_or(all[0]);
+            text.push_str(&format!(
+                "  [[phase.task]]\n  name = \"{}\"\n  state = \"{state}\"\n  executor = \"builtin\"\n  action = \"noop\"\n",
+                task_name(i)
+            ));
+        }
+    }
+    text
+}
+
+fn task_name(i: usize) -> String {
+    format!("t{i:05}")
 }
 
 struct Slot {
     dir: PathBuf,
     running: Option<Running>,
+    peer: Option<PeerId>,
+    /// Bytes sent by earlier incarnations (before crashes).
+    bytes_before: u64,
+    /// Left for good (`leave`).
+    left: bool,
+}
+
+struct Project {
+    id: String,
+    tasks: usize,
+    submitted: Instant,
+    ended: Option<(String, Instant)>,
+}
+
+pub(crate) struct Probe {
+    id: aamas_protocol::MessageId,
+    origin: usize,
+    sent: Instant,
+    /// Live nodes (other than the origin) when it was sent.
+    expected: Vec<usize>,
 }
 
 /// A simulated mesh: real runtimes in this process, over `/memory`.
@@ -136,6 +143,26 @@ pub struct Sim {
     _root: tempfile::TempDir,
     slots: Vec<Slot>,
     checker: Checker,
+    faults: Arc<SimFaults>,
+    choices: Choices,
+    started: Instant,
+    deadline: Instant,
+    join: (String, String),
+    projects: Vec<Project>,
+    timeline: Vec<Moment>,
+    failovers: Vec<Failover>,
+    probe_delays: Vec<f64>,
+    probes_sent: usize,
+    probes_expected: usize,
+    president: Option<String>,
+    last_results: Instant,
+    last_governors: Instant,
+    progress: Option<Progress>,
+    step: String,
+    /// The minority side of a partition, while there is one.
+    minority: Option<HashSet<usize>>,
+    /// Time to the first president and to the full mesh (ms).
+    times: (u64, u64),
 }
 
 impl std::fmt::Debug for Sim {
@@ -146,13 +173,17 @@ impl std::fmt::Debug for Sim {
     }
 }
 
-fn node_config(dir: &std::path::Path, join: Option<(String, String)>) -> Result<NodeConfig> {
+fn node_config(
+    dir: &std::path::Path,
+    join: Option<&(String, String)>,
+    faults: &Arc<SimFaults>,
+) -> Result<NodeConfig> {
     Ok(NodeConfig {
         data_dir: dir.to_owned(),
         listen: vec!["/memory/0".parse().context("memory address")?],
         api: None,
         join: match join {
-            Some((addr, token)) => Some((addr.parse().context("join address")?, token)),
+            Some((addr, token)) => Some((addr.parse().context("join address")?, token.clone())),
             None => None,
         },
         skills: Vec::new(),
@@ -160,273 +191,987 @@ fn node_config(dir: &std::path::Path, join: Option<(String, String)>) -> Result<
         fsync: false,
         mdns: false,
         capacity: 16,
+        faults: Some(faults.clone() as Arc<dyn aamas_node::faults::Faults>),
     })
 }
 
-/// A project of `tasks` no-op tasks spread over the four default states, in two phases.
-pub fn workload(tasks: usize, choices: &mut Choices) -> String {
-    let states = ["technical", "financial", "market", "operations"];
-    let mut text = String::from("name = \"simulated\"\n");
-    let half = tasks.div_ceil(2);
-    for (phase, range) in [("design", 0..half), ("development", half..tasks)] {
-        if range.is_empty() {
-            continue;
-        }
-        text.push_str(&format!("[[phase]]\nname = \"{phase}\"\n"));
-        for i in range {
-            let state = states[usize::try_from(choices.below(4)).unwrap_or(0)];
-            text.push_str(&format!(
-                "  [[phase.task]]\n  name = \"t{i:05}\"\n  state = \"{state}\"\n  executor = \"builtin\"\n  action = \"noop\"\n"
-            ));
-        }
-    }
-    text
+fn short(peer: &str) -> &str {
+    &peer[peer.len().saturating_sub(6)..]
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Sim {
-    fn live(&self) -> impl Iterator<Item = &Running> {
-        self.slots.iter().filter_map(|slot| slot.running.as_ref())
+    /// Runs a scenario from start to report. A run that cannot go on (the mesh never
+    /// forms, a failover never ends before the time limit) still reports what it saw,
+    /// with `completed` false and the reason in `error`.
+    pub async fn run(config: SimConfig) -> Result<Report> {
+        let mut sim = Sim::new(&config)?;
+        let outcome = match sim.form(config.nodes).await {
+            Ok(()) => sim.play(&config.scenario.steps, &config).await,
+            Err(error) => Err(error),
+        };
+        Ok(sim.finish(&config, outcome.err()).await)
     }
 
-    /// Every live node's view, fed to the checker; the president all agree on, if any.
-    async fn poll(&mut self) -> Option<String> {
-        let mut named = Vec::new();
-        let mut claims = Vec::new();
-        for running in self.live() {
-            let status = running.node.status().await;
-            if status.roles.iter().any(|role| role == "president") {
-                claims.push((status.term, status.peer_id.clone()));
+    /// A simulation with no node yet: the founder's data dir and token are made.
+    pub fn new(config: &SimConfig) -> Result<Self> {
+        let started = Instant::now();
+        let root = tempfile::tempdir().context("temporary dir")?;
+        let founded = aamas_node::init(
+            &root.path().join("n1"),
+            "sim",
+            Duration::from_secs(24 * 3_600),
+        )?;
+        Ok(Sim {
+            slots: Vec::new(),
+            _root: root,
+            checker: Checker::default(),
+            faults: Arc::new(SimFaults::new(config.seed)),
+            choices: Choices::new(config.seed),
+            started,
+            deadline: started + config.limit,
+            join: (String::new(), founded.token),
+            projects: Vec::new(),
+            timeline: Vec::new(),
+            failovers: Vec::new(),
+            probe_delays: Vec::new(),
+            probes_sent: 0,
+            probes_expected: 0,
+            president: None,
+            last_results: started,
+            last_governors: started,
+            progress: config.progress.then(Progress::default),
+            step: "forming the mesh".into(),
+            minority: None,
+            times: (0, 0),
+        })
+    }
+
+    /// Plays `steps` in order (the mesh formed with [`Sim::form`]).
+    pub async fn play(&mut self, steps: &[Step], config: &SimConfig) -> Result<()> {
+        let total = steps.len();
+        for (index, step) in steps.iter().enumerate() {
+            self.step = format!("step {}/{total}: {}", index + 1, step.label());
+            self.moment("step", step.label());
+            self.play_step(step, config).await?;
+        }
+        self.step = "done".into();
+        self.observe(true).await;
+        Ok(())
+    }
+
+    async fn play_step(&mut self, step: &Step, config: &SimConfig) -> Result<()> {
+        match step {
+            Step::Submit { tasks } => {
+                self.submit(config.tasks.unwrap_or(*tasks), config.states)
+                    .await
             }
-            named.push(status.president);
+            Step::Crash {
+                target,
+                count,
+                restart,
+            } => {
+                for _ in 0..*count {
+                    self.crash(*target, *restart).await?;
+                }
+                Ok(())
+            }
+            Step::Partition { isolate, fraction } => self.partition(*isolate, *fraction).await,
+            Step::Heal => self.heal().await,
+            Step::Drop { percent } => {
+                self.faults.update(|state| state.drop_percent = *percent);
+                self.moment("fault", format!("drop {percent}%"));
+                Ok(())
+            }
+            Step::Delay { ms, jitter_ms } => {
+                self.faults.update(|state| {
+                    state.delay = Duration::from_millis(*ms);
+                    state.jitter = Duration::from_millis(*jitter_ms);
+                });
+                self.moment("fault", format!("delay {ms}+{jitter_ms} ms"));
+                Ok(())
+            }
+            Step::ClearFaults => {
+                self.faults.update(|state| {
+                    state.drop_percent = 0.0;
+                    state.delay = Duration::ZERO;
+                    state.jitter = Duration::ZERO;
+                });
+                self.moment("heal", "drops and delays end");
+                Ok(())
+            }
+            Step::Join { count } => self.join(*count).await,
+            Step::Leave { count } => self.leave(*count).await,
+            Step::Flood { secs, per_sec } => {
+                crate::flood::flood(self, Duration::from_secs(*secs), *per_sec).await
+            }
+            Step::Probe { count } => {
+                let probes = self
+                    .send_probes_avoiding(*count, Duration::from_millis(100), None)
+                    .await;
+                self.collect_probes(probes).await.map(|_| ())
+            }
+            Step::AwaitProjects => self.await_projects().await,
+            Step::AwaitPresident => self.wait_president(None, None).await.map(|_| ()),
+            Step::Sleep { ms } => {
+                let until = Instant::now() + Duration::from_millis(*ms);
+                while Instant::now() < until {
+                    self.observe(false).await;
+                    tokio::time::sleep(self.poll()).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // ---- the mesh ----------------------------------------------------------------------
+
+    /// Starts the founder, waits for it to preside, then has `nodes - 1` more join and
+    /// waits for governors in every populated state.
+    pub async fn form(&mut self, nodes: usize) -> Result<()> {
+        let founder_dir = self._root.path().join("n1");
+        let founder = aamas_node::start(node_config(&founder_dir, None, &self.faults)?).await?;
+        let peer = founder.node.peer_id();
+        let addr = founder
+            .node
+            .status()
+            .await
+            .listen_addrs
+            .first()
+            .cloned()
+            .context("the founder listens nowhere")?;
+        self.join.0 = format!("{addr}/p2p/{peer}");
+        self.slots.push(Slot {
+            dir: founder_dir,
+            running: Some(founder),
+            peer: Some(peer),
+            bytes_before: 0,
+            left: false,
+        });
+        self.wait_president(None, None).await?;
+        self.times.0 = millis(self.started.elapsed());
+        self.add_nodes(nodes.saturating_sub(1)).await?;
+        self.times.1 = millis(self.started.elapsed());
+        // Governors first, so that projects have states to run in.
+        self.wait_for("every populated state to have a governor", |sim| {
+            Box::pin(async move {
+                let Some(running) = sim.live().next().map(|(_, running)| running) else {
+                    return false;
+                };
+                let tree = running.node.hierarchy().await;
+                !tree.states.is_empty()
+                    && tree
+                        .states
+                        .iter()
+                        .all(|state| state.workers.is_empty() || state.governor.is_some())
+            })
+        })
+        .await
+    }
+
+    /// Starts `count` new nodes that join through a live node, JOIN_BATCH at a time, and
+    /// waits until every live node counts them as members.
+    async fn add_nodes(&mut self, count: usize) -> Result<()> {
+        let first = self.slots.len();
+        for batch_start in (0..count).step_by(JOIN_BATCH) {
+            let mut joining = tokio::task::JoinSet::new();
+            for i in batch_start..(batch_start + JOIN_BATCH).min(count) {
+                let dir = self._root.path().join(format!("n{}", first + i + 1));
+                let config = node_config(&dir, Some(&self.join), &self.faults)?;
+                joining.spawn(async move { (dir, aamas_node::start(config).await) });
+            }
+            while let Some(joined) = joining.join_next().await {
+                let (dir, running) = joined.context("a join task failed")?;
+                let running =
+                    running.with_context(|| format!("{} could not join", dir.display()))?;
+                self.slots.push(Slot {
+                    dir,
+                    peer: Some(running.node.peer_id()),
+                    running: Some(running),
+                    bytes_before: 0,
+                    left: false,
+                });
+            }
+            self.observe(false).await;
+        }
+        let members = self.slots.len();
+        self.wait_for(
+            &format!("every live node to count {members} members"),
+            |sim| {
+                Box::pin(async move {
+                    for (_, running) in sim.live() {
+                        if running.node.member_count().await < members {
+                            return false;
+                        }
+                    }
+                    true
+                })
+            },
+        )
+        .await?;
+        self.wait_president(None, None).await.map(|_| ())
+    }
+
+    /// How long waits sleep between looks: POLL, plus 10 ms per 10 nodes above 100
+    /// (looking at a thousand nodes costs as much as the mesh's own work), at most 1 s.
+    fn poll(&self) -> Duration {
+        let extra = self.slots.len().saturating_sub(100) as u64;
+        (POLL + Duration::from_millis(extra)).min(Duration::from_secs(1))
+    }
+
+    fn live(&self) -> impl Iterator<Item = (usize, &Running)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| Some((index, slot.running.as_ref()?)))
+    }
+
+    fn live_indices(&self) -> Vec<usize> {
+        self.live().map(|(index, _)| index).collect()
+    }
+
+    fn index_of(&self, peer: &str) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|slot| slot.peer.is_some_and(|known| known.to_string() == peer))
+    }
+
+    fn moment(&mut self, kind: &str, what: impl Into<String>) {
+        self.timeline.push(Moment {
+            at_ms: millis(self.started.elapsed()),
+            kind: kind.to_string(),
+            what: what.into(),
+        });
+    }
+
+    // ---- observing ---------------------------------------------------------------------
+
+    /// Feeds the checker with what every live node claims, notes president changes, and
+    /// (every RESULTS_EVERY, or when `results`) reads every Ledger replica's results.
+    async fn observe(&mut self, results: bool) {
+        let mut claims = Vec::new();
+        let mut governors = Vec::new();
+        let mut named = Vec::new();
+        // Governors cost a Registry read per group: looked at once per poll period.
+        let look_at_governors = self.last_governors.elapsed() >= self.poll();
+        if look_at_governors {
+            self.last_governors = Instant::now();
+        }
+        for (_, running) in self.live() {
+            let (president, term, is_me) = running.node.president_claim();
+            if is_me {
+                claims.push((term, running.node.peer_id().to_string()));
+            }
+            if look_at_governors {
+                for (state, term) in running.node.governs().await {
+                    governors.push((state, term, running.node.peer_id().to_string()));
+                }
+            }
+            named.push(president);
         }
         for (term, peer) in claims {
             self.checker.president(term, &peer);
         }
-        let first = named.first().cloned().flatten()?;
-        named
-            .iter()
-            .all(|president| president.as_deref() == Some(first.as_str()))
-            .then_some(first)
+        for (state, term, peer) in governors {
+            self.checker.governor(&state, term, &peer);
+        }
+        let agreed = agreed(&named);
+        if agreed.is_some() && agreed != self.president {
+            self.president = agreed.clone();
+            let who = agreed.unwrap_or_default();
+            self.moment("president", format!("president {}", short(&who)));
+        }
+        if results || self.last_results.elapsed() >= RESULTS_EVERY {
+            self.last_results = Instant::now();
+            self.check_results().await;
+        }
+        if let Some(progress) = &mut self.progress {
+            let results = self.checker.tasks_with_results();
+            let tasks: usize = self.projects.iter().map(|project| project.tasks).sum();
+            progress.show(format!(
+                "[{:>6.1} s] {} · {} live · president {} · results {results}/{tasks} · {} failovers",
+                self.started.elapsed().as_secs_f64(),
+                self.step,
+                self.slots.iter().filter(|slot| slot.running.is_some()).count(),
+                self.president.as_deref().map_or("none", short),
+                self.failovers.len(),
+            ));
+        }
     }
 
-    async fn wait_president(&mut self, not: Option<&str>, limit: Instant) -> Result<String> {
+    async fn check_results(&mut self) {
+        let mut seen = Vec::new();
+        for project in &self.projects {
+            for (_, running) in self.live() {
+                for task in running.node.project_tasks(&project.id).await {
+                    if let Some(result) = task.result {
+                        seen.push((project.id.clone(), task.name, result));
+                    }
+                }
+            }
+        }
+        for (project, task, result) in seen {
+            self.checker.result(&project, &task, &result);
+        }
+    }
+
+    /// Observes until `done` holds, or fails naming `what` at the time limit.
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        mut done: impl for<'a> FnMut(
+            &'a Sim,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = bool> + Send + 'a>,
+        >,
+    ) -> Result<()> {
         loop {
-            if let Some(president) = self.poll().await
+            self.observe(false).await;
+            if done(self).await {
+                return Ok(());
+            }
+            if Instant::now() > self.deadline {
+                bail!("waited for {what} until the time limit");
+            }
+            tokio::time::sleep(self.poll()).await;
+        }
+    }
+
+    /// Waits until the live nodes (or those of `among`) agree on a president other than
+    /// `not`; returns it.
+    async fn wait_president(
+        &mut self,
+        not: Option<&str>,
+        among: Option<&HashSet<usize>>,
+    ) -> Result<String> {
+        loop {
+            self.observe(false).await;
+            let named: Vec<Option<String>> = self
+                .live()
+                .filter(|(index, _)| among.is_none_or(|among| among.contains(index)))
+                .map(|(_, running)| running.node.president_claim().0)
+                .collect();
+            if let Some(president) = agreed(&named)
                 && Some(president.as_str()) != not
             {
                 return Ok(president);
             }
-            if Instant::now() > limit {
+            if Instant::now() > self.deadline {
                 bail!("no agreed president before the time limit");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(PRESIDENT_POLL).await;
         }
     }
 
-    async fn check_results(&mut self, project: &str) {
-        let mut seen = Vec::new();
-        for running in self.live() {
-            for task in running.node.project_tasks(project).await {
-                if let Some(result) = task.result {
-                    seen.push((task.name, result));
-                }
-            }
-        }
-        for (task, result) in seen {
-            self.checker.result(project, &task, &result);
-        }
-    }
+    // ---- steps -------------------------------------------------------------------------
 
-    /// Runs a scenario from start to report.
-    pub async fn run(config: SimConfig) -> Result<Report> {
-        let started = Instant::now();
-        let limit = started + config.limit;
-        let mut choices = Choices::new(config.seed);
-        let root = tempfile::tempdir().context("temporary dir")?;
-        let mut sim = Sim {
-            slots: (1..=config.nodes)
-                .map(|i| Slot {
-                    dir: root.path().join(format!("n{i}")),
-                    running: None,
-                })
-                .collect(),
-            _root: root,
-            checker: Checker::default(),
-        };
-        let founded = aamas_node::init(&sim.slots[0].dir, "sim", Duration::from_secs(3_600))?;
-        let founder = aamas_node::start(node_config(&sim.slots[0].dir, None)?).await?;
-        let addr = format!(
-            "{}/p2p/{}",
-            founder
-                .node
-                .status()
-                .await
-                .listen_addrs
-                .first()
-                .context("the founder listens nowhere")?,
-            founded.peer_id
-        );
-        sim.slots[0].running = Some(founder);
-        let first = sim.wait_president(None, limit).await?;
-        let time_to_first_president = started.elapsed();
-        let _ = first;
-        // Joins run JOIN_BATCH at a time: the president admits one at a time anyway, and
-        // each joiner retries (and follows redirects) on its own.
-        for batch in (1..config.nodes).collect::<Vec<_>>().chunks(JOIN_BATCH) {
-            let mut joining = tokio::task::JoinSet::new();
-            for &i in batch {
-                let join = Some((addr.clone(), founded.token.clone()));
-                let node = node_config(&sim.slots[i].dir, join)?;
-                joining.spawn(async move { (i, aamas_node::start(node).await) });
-            }
-            while let Some(joined) = joining.join_next().await {
-                let (i, running) = joined.context("a join task failed")?;
-                sim.slots[i].running = Some(running?);
-            }
-        }
-        let members = config.nodes;
+    async fn submit(&mut self, tasks: usize, states: usize) -> Result<()> {
+        let spec = workload(tasks, states, &mut self.choices);
+        let give_up = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut all = true;
-            for running in sim.live() {
-                all &= running.node.status().await.members == members;
-            }
-            if all && sim.poll().await.is_some() {
-                break;
-            }
-            if Instant::now() > limit {
-                bail!("the mesh never reached {members} members");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let time_to_full_mesh = started.elapsed();
-        // Governors first, so the project has states to run in.
-        loop {
-            let tree = sim.slots[0]
+            let live = self.live_indices();
+            let index = self.choices.pick(&live).context("no live node")?;
+            let node = self.slots[index]
                 .running
                 .as_ref()
-                .context("founder")?
+                .context("live node")?
                 .node
-                .hierarchy()
-                .await;
-            let ready = tree
-                .states
-                .iter()
-                .all(|state| state.workers.is_empty() || state.governor.is_some());
-            if ready && !tree.states.is_empty() {
+                .clone();
+            match node.submit_project(&spec).await {
+                Ok(id) => {
+                    self.projects.push(Project {
+                        id,
+                        tasks,
+                        submitted: Instant::now(),
+                        ended: None,
+                    });
+                    return Ok(());
+                }
+                Err(reason) if Instant::now() > give_up => {
+                    bail!("submission refused for 30 s: {reason}")
+                }
+                Err(_) => {
+                    self.observe(false).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Picks a victim: its slot, its peer id, and (for a governor) its state.
+    async fn victim(&mut self, target: Target) -> Result<(usize, String, Option<String>)> {
+        match target {
+            Target::President => {
+                let president = self.wait_president(None, None).await?;
+                let index = self
+                    .index_of(&president)
+                    .context("the president is no simulated node")?;
+                Ok((index, president, None))
+            }
+            Target::Governor => {
+                let (_, running) = self.live().next().context("no live node")?;
+                let tree = running.node.hierarchy().await;
+                let governed: Vec<(String, String)> = tree
+                    .states
+                    .iter()
+                    .filter_map(|state| Some((state.name.clone(), state.governor.clone()?)))
+                    .filter(|(_, governor)| {
+                        self.index_of(governor)
+                            .is_some_and(|index| self.slots[index].running.is_some())
+                    })
+                    .collect();
+                let choice = self.choices.below(governed.len() as u64);
+                let (state, governor) = governed
+                    .get(usize::try_from(choice).unwrap_or(0))
+                    .cloned()
+                    .context("no live governor to crash")?;
+                let index = self
+                    .index_of(&governor)
+                    .context("the governor is no simulated node")?;
+                Ok((index, governor, Some(state)))
+            }
+            Target::Random => {
+                let live = self.live_indices();
+                let index = self.choices.pick(&live).context("no live node")?;
+                let peer = self.slots[index]
+                    .peer
+                    .map(|peer| peer.to_string())
+                    .unwrap_or_default();
+                Ok((index, peer, None))
+            }
+        }
+    }
+
+    async fn crash(&mut self, target: Target, restart: bool) -> Result<()> {
+        let (index, peer, state) = self.victim(target).await?;
+        let running = self.slots[index]
+            .running
+            .take()
+            .context("the victim is not running")?;
+        self.slots[index].bytes_before += running.node.bytes_sent();
+        let crashed = Instant::now();
+        running.crash().await;
+        self.moment("fault", format!("crash {target:?} {}", short(&peer)));
+        match (target, state) {
+            (Target::President, _) => {
+                self.wait_president(Some(&peer), None).await?;
+                self.failovers.push(Failover {
+                    what: "president".into(),
+                    ms: millis(crashed.elapsed()),
+                });
+            }
+            (Target::Governor, Some(state)) => {
+                let what = format!("a new governor of {state}");
+                let waiting_for = state.clone();
+                self.wait_for(&what, |sim| {
+                    let state = waiting_for.clone();
+                    Box::pin(async move {
+                        for (_, running) in sim.live() {
+                            if running
+                                .node
+                                .governs()
+                                .await
+                                .iter()
+                                .any(|(governed, _)| *governed == state)
+                            {
+                                return true;
+                            }
+                        }
+                        false
+                    })
+                })
+                .await?;
+                self.failovers.push(Failover {
+                    what: format!("governor of {state}"),
+                    ms: millis(crashed.elapsed()),
+                });
+            }
+            _ => {}
+        }
+        if restart {
+            let config = node_config(&self.slots[index].dir, None, &self.faults)?;
+            let restarted = aamas_node::start(config).await?;
+            self.slots[index].running = Some(restarted);
+            self.moment("heal", format!("restart {}", short(&peer)));
+        }
+        Ok(())
+    }
+
+    async fn partition(&mut self, isolate: Target, fraction: f64) -> Result<()> {
+        let (victim, peer, _) = self.victim(isolate).await?;
+        let mut rest: Vec<usize> = self
+            .live_indices()
+            .into_iter()
+            .filter(|index| *index != victim)
+            .collect();
+        let live = rest.len() + 1;
+        let size = ((live as f64 * fraction).round() as usize).clamp(1, live / 2);
+        let mut minority = HashSet::from([victim]);
+        while minority.len() < size && !rest.is_empty() {
+            let at = usize::try_from(self.choices.below(rest.len() as u64)).unwrap_or(0);
+            minority.insert(rest.swap_remove(at));
+        }
+        let sides: HashMap<PeerId, u8> = minority
+            .iter()
+            .filter_map(|index| Some((self.slots[*index].peer?, 1)))
+            .collect();
+        self.faults.update(|state| state.sides = sides);
+        let cut = Instant::now();
+        self.moment(
+            "fault",
+            format!(
+                "partition: {} with {isolate:?} {}",
+                minority.len(),
+                short(&peer)
+            ),
+        );
+        let majority: HashSet<usize> = rest.into_iter().collect();
+        if isolate == Target::President {
+            self.wait_president(Some(&peer), Some(&majority)).await?;
+            self.failovers.push(Failover {
+                what: "president (partitioned away)".into(),
+                ms: millis(cut.elapsed()),
+            });
+        }
+        self.minority = Some(minority);
+        Ok(())
+    }
+
+    async fn heal(&mut self) -> Result<()> {
+        self.faults.update(|state| state.sides.clear());
+        self.minority = None;
+        let healed = Instant::now();
+        self.moment("heal", "partition heals");
+        self.wait_president(None, None).await?;
+        self.failovers.push(Failover {
+            what: "heal: one president again".into(),
+            ms: millis(healed.elapsed()),
+        });
+        self.check_placement().await
+    }
+
+    /// After healing, every member must be in exactly one state: waits (up to
+    /// PLACEMENT_PATIENCE) for the president to place newcomers, then checks.
+    async fn check_placement(&mut self) -> Result<()> {
+        let patience = Instant::now() + PLACEMENT_PATIENCE;
+        loop {
+            self.observe(false).await;
+            let president = self.president.clone().context("no president")?;
+            let index = self.index_of(&president).context("president")?;
+            let running = self.slots[index].running.as_ref().context("president")?;
+            let tree = running.node.hierarchy().await;
+            if tree.unplaced.is_empty() || Instant::now() > patience {
+                let mut states: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for state in &tree.states {
+                    for worker in &state.workers {
+                        states
+                            .entry(worker.clone())
+                            .or_default()
+                            .push(state.name.clone());
+                    }
+                }
+                for member in &tree.unplaced {
+                    states.entry(member.clone()).or_default();
+                }
+                self.checker.placement(
+                    states
+                        .iter()
+                        .map(|(member, states)| (member.as_str(), states.clone())),
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(self.poll()).await;
+        }
+    }
+
+    async fn join(&mut self, count: usize) -> Result<()> {
+        let live = self.live_indices();
+        let index = self.choices.pick(&live).context("no live node")?;
+        let running = self.slots[index].running.as_ref().context("live")?;
+        let addr = running
+            .node
+            .status()
+            .await
+            .listen_addrs
+            .first()
+            .cloned()
+            .context("a live node listens nowhere")?;
+        self.join.0 = format!("{addr}/p2p/{}", running.node.peer_id());
+        self.moment("step", format!("{count} nodes join"));
+        self.add_nodes(count).await
+    }
+
+    async fn leave(&mut self, count: usize) -> Result<()> {
+        for _ in 0..count {
+            let president = self.president.clone();
+            let candidates: Vec<usize> = self
+                .live()
+                .filter(|(_, running)| Some(running.node.peer_id().to_string()) != president)
+                .map(|(index, _)| index)
+                .collect();
+            let Some(index) = self.choices.pick(&candidates) else {
+                bail!("no node left that may leave");
+            };
+            let running = self.slots[index].running.take().context("live")?;
+            self.slots[index].bytes_before += running.node.bytes_sent();
+            self.slots[index].left = true;
+            let peer = running.node.peer_id().to_string();
+            running.stop().await;
+            self.moment("fault", format!("leave {}", short(&peer)));
+            self.observe(false).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes `count` probes from random live nodes (not `avoid`, which is not
+    /// expected to receive them either), `gap` apart.
+    pub(crate) async fn send_probes_avoiding(
+        &mut self,
+        count: usize,
+        gap: Duration,
+        avoid: Option<usize>,
+    ) -> Vec<Probe> {
+        let mut probes = Vec::new();
+        for _ in 0..count {
+            let live: Vec<usize> = self
+                .live_indices()
+                .into_iter()
+                .filter(|index| Some(*index) != avoid)
+                .filter(|index| self.minority.as_ref().is_none_or(|m| !m.contains(index)))
+                .collect();
+            let Some(origin) = self.choices.pick(&live) else {
+                break;
+            };
+            let Some(running) = self.slots[origin].running.as_ref() else {
+                continue;
+            };
+            let sent = Instant::now();
+            match running.node.probe().await {
+                Ok(id) => probes.push(Probe {
+                    id,
+                    origin,
+                    sent,
+                    expected: live.iter().copied().filter(|i| *i != origin).collect(),
+                }),
+                Err(error) => tracing::warn!(%error, "probe not published"),
+            }
+            tokio::time::sleep(gap).await;
+        }
+        probes
+    }
+
+    /// Waits (up to PROBE_PATIENCE after the last) for `probes` to arrive everywhere;
+    /// records their delays; returns, per probe, (reached, expected).
+    pub(crate) async fn collect_probes(
+        &mut self,
+        probes: Vec<Probe>,
+    ) -> Result<Vec<(usize, usize)>> {
+        let patience = Instant::now() + PROBE_PATIENCE;
+        let mut arrivals: HashMap<(usize, aamas_protocol::MessageId), Instant>;
+        loop {
+            arrivals = HashMap::new();
+            let wanted: HashSet<aamas_protocol::MessageId> =
+                probes.iter().map(|probe| probe.id).collect();
+            for (index, running) in self.live() {
+                for (id, at) in running.node.deliveries() {
+                    if wanted.contains(&id) {
+                        arrivals.insert((index, id), at);
+                    }
+                }
+            }
+            let everywhere = probes.iter().all(|probe| {
+                probe
+                    .expected
+                    .iter()
+                    .all(|index| arrivals.contains_key(&(*index, probe.id)))
+            });
+            if everywhere || Instant::now() > patience {
                 break;
             }
-            if Instant::now() > limit {
-                bail!("the states never got governors");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.observe(false).await;
+            tokio::time::sleep(self.poll()).await;
         }
+        let mut outcome = Vec::new();
+        for probe in &probes {
+            let _ = probe.origin;
+            let mut reached = 0;
+            for index in &probe.expected {
+                if let Some(at) = arrivals.get(&(*index, probe.id)) {
+                    reached += 1;
+                    self.probe_delays
+                        .push(at.saturating_duration_since(probe.sent).as_secs_f64() * 1e3);
+                }
+            }
+            self.probes_sent += 1;
+            self.probes_expected += probe.expected.len();
+            outcome.push((reached, probe.expected.len()));
+        }
+        Ok(outcome)
+    }
 
-        let spec = workload(config.tasks, &mut choices);
-        let submitted = Instant::now();
-        let id = sim
-            .live()
-            .next()
-            .context("no node")?
-            .node
-            .submit_project(&spec)
-            .await
-            .map_err(|reason| anyhow::anyhow!("submission refused: {reason}"))?;
-        let mut failovers = Vec::new();
-        let mut crashes_left = match config.scenario {
-            Scenario::Steady => 0,
-            Scenario::PresidentFailover => config.faults,
-        };
-        let status = loop {
-            let president = sim.poll().await;
-            if crashes_left > 0
-                && let Some(president) = president
-            {
-                crashes_left -= 1;
-                let index = sim.index_of(&president).await;
-                if let Some(index) = index
-                    && let Some(running) = sim.slots[index].running.take()
-                {
-                    let crashed = Instant::now();
-                    running.crash().await;
-                    sim.wait_president(Some(&president), limit).await?;
-                    failovers.push(crashed.elapsed());
-                    let restarted =
-                        aamas_node::start(node_config(&sim.slots[index].dir, None)?).await?;
-                    sim.slots[index].running = Some(restarted);
+    pub(crate) fn checker_mut(&mut self) -> &mut Checker {
+        &mut self.checker
+    }
+
+    pub(crate) fn choices_mut(&mut self) -> &mut Choices {
+        &mut self.choices
+    }
+
+    pub(crate) fn running(&self, index: usize) -> Option<&Running> {
+        self.slots.get(index)?.running.as_ref()
+    }
+
+    pub(crate) fn live_nodes(&self) -> Vec<usize> {
+        self.live_indices()
+    }
+
+    pub(crate) fn president_index(&self) -> Option<usize> {
+        self.president
+            .as_deref()
+            .and_then(|peer| self.index_of(peer))
+    }
+
+    pub(crate) async fn observe_now(&mut self) {
+        self.observe(false).await;
+    }
+
+    pub(crate) fn note(&mut self, kind: &str, what: impl Into<String>) {
+        self.moment(kind, what);
+    }
+
+    async fn await_projects(&mut self) -> Result<()> {
+        loop {
+            self.observe(false).await;
+            for index in 0..self.projects.len() {
+                if self.projects[index].ended.is_some() {
+                    continue;
+                }
+                let id = self.projects[index].id.clone();
+                let mut ended = None;
+                for (_, running) in self.live() {
+                    if let Some(project) = running.node.project(&id).await
+                        && (project.status == "completed" || project.status == "failed")
+                    {
+                        ended = Some(project.status);
+                        break;
+                    }
+                }
+                if let Some(status) = ended {
+                    self.projects[index].ended = Some((status, Instant::now()));
                 }
             }
-            let mut ended = None;
-            for running in sim.live() {
-                if let Some(project) = running.node.project(&id).await
-                    && (project.status == "completed" || project.status == "failed")
-                {
-                    ended = Some(project.status);
-                    break;
-                }
+            if self.projects.iter().all(|project| project.ended.is_some()) {
+                break;
             }
-            if let Some(status) = ended {
-                break status;
+            if Instant::now() > self.deadline {
+                bail!(
+                    "projects unfinished at the time limit ({} of {} tasks with results)",
+                    self.checker.tasks_with_results(),
+                    self.projects
+                        .iter()
+                        .map(|project| project.tasks)
+                        .sum::<usize>()
+                );
             }
-            if Instant::now() > limit {
-                break "unfinished (time limit)".to_string();
+            tokio::time::sleep(self.poll()).await;
+        }
+        self.check_results().await;
+        for project in &self.projects {
+            let status = project
+                .ended
+                .as_ref()
+                .map_or_else(String::new, |(status, _)| status.clone());
+            self.checker.project_ended(&project.id, &status);
+            if status == "completed" {
+                let names: Vec<String> = (0..project.tasks).map(task_name).collect();
+                self.checker
+                    .project_tasks(&project.id, names.iter().map(String::as_str));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let elapsed = submitted.elapsed();
-        sim.checker.project_ended(&id, &status);
-        sim.check_results(&id).await;
-        let mut latest: std::collections::BTreeMap<String, (u32, String)> = Default::default();
-        for running in sim.live() {
-            for task in running.node.project_tasks(&id).await {
-                let entry = latest
-                    .entry(task.name.clone())
-                    .or_insert((0, String::new()));
-                if task.attempt >= entry.0 {
-                    *entry = (task.attempt, task.status.clone());
+        }
+        Ok(())
+    }
+
+    // ---- the end -----------------------------------------------------------------------
+
+    /// Ends the run: last checks, every node stopped, the report. `error` is why the
+    /// run stopped early, if it did.
+    pub async fn finish(mut self, config: &SimConfig, error: Option<anyhow::Error>) -> Report {
+        let error = error.map(|error| format!("{error:#}"));
+        if let Some(error) = &error {
+            self.moment("step", format!("stopped: {error}"));
+        }
+        let times = self.times;
+        if let Some(progress) = &mut self.progress {
+            progress.done();
+        }
+        self.check_results().await;
+        // Statuses of every task, from the most advanced Ledger copy.
+        let mut latest: BTreeMap<(String, String), (u32, String)> = BTreeMap::new();
+        for project in &self.projects {
+            for (_, running) in self.live() {
+                for task in running.node.project_tasks(&project.id).await {
+                    let entry = latest
+                        .entry((project.id.clone(), task.name.clone()))
+                        .or_insert((0, String::new()));
+                    if task.attempt >= entry.0 {
+                        *entry = (task.attempt, task.status.clone());
+                    }
                 }
             }
         }
-        let mut task_statuses = std::collections::BTreeMap::new();
+        let mut task_statuses = BTreeMap::new();
         for (_, status) in latest.values() {
             *task_statuses.entry(status.clone()).or_insert(0) += 1;
         }
-        for slot in &mut sim.slots {
+        let bytes: Vec<u64> = self
+            .slots
+            .iter()
+            .map(|slot| {
+                slot.bytes_before
+                    + slot
+                        .running
+                        .as_ref()
+                        .map_or(0, |running| running.node.bytes_sent())
+            })
+            .collect();
+        let peak = peak_memory_bytes();
+        let nodes_ever = self.slots.len();
+        // Crash rather than stop: the run is over, and a thousand hand-overs take long.
+        for slot in &mut self.slots {
             if let Some(running) = slot.running.take() {
-                running.stop().await;
+                running.crash().await;
             }
         }
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Ok(Report {
-            scenario: config.scenario.name().to_string(),
+        let tasks: usize = self.projects.iter().map(|project| project.tasks).sum();
+        let first_submitted = self.projects.iter().map(|project| project.submitted).min();
+        let last_end = self
+            .projects
+            .iter()
+            .filter_map(|project| project.ended.as_ref().map(|(_, at)| *at))
+            .max();
+        let tasks_per_sec = match (first_submitted, last_end) {
+            (Some(start), Some(end)) if end > start => {
+                tasks as f64 / end.duration_since(start).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        let _ = config.nodes;
+        Report {
+            scenario: config.scenario.name.clone(),
             nodes: config.nodes,
+            nodes_ever,
             seed: config.seed,
-            time_to_first_president_ms: millis(time_to_first_president),
-            time_to_full_mesh_ms: millis(time_to_full_mesh),
-            failovers_ms: failovers.into_iter().map(millis).collect(),
-            tasks: config.tasks,
-            tasks_per_sec: config.tasks as f64 / elapsed.as_secs_f64().max(1e-9),
-            terms_seen: sim.checker.terms(),
-            results_seen: sim.checker.tasks_with_results(),
-            violations: sim
+            completed: error.is_none(),
+            error,
+            time_to_first_president_ms: times.0,
+            time_to_full_mesh_ms: times.1,
+            failovers: self.failovers.clone(),
+            gossip: GossipReport::new(self.probes_sent, self.probes_expected, &self.probe_delays),
+            projects: self
+                .projects
+                .iter()
+                .map(|project| ProjectReport {
+                    id: project.id.clone(),
+                    tasks: project.tasks,
+                    status: project
+                        .ended
+                        .as_ref()
+                        .map_or_else(|| "unfinished".to_string(), |(status, _)| status.clone()),
+                    secs: project.ended.as_ref().map_or(0.0, |(_, at)| {
+                        at.duration_since(project.submitted).as_secs_f64()
+                    }),
+                })
+                .collect(),
+            tasks,
+            tasks_per_sec,
+            peak_memory_bytes: peak,
+            peak_memory_per_node_bytes: peak / nodes_ever.max(1) as u64,
+            bytes_sent_per_node_mean: bytes.iter().sum::<u64>() / bytes.len().max(1) as u64,
+            bytes_sent_per_node_max: bytes.iter().copied().max().unwrap_or(0),
+            messages_dropped: self.faults.dropped(),
+            messages_delayed: self.faults.delayed(),
+            terms_seen: self.checker.terms(),
+            governor_terms_seen: self.checker.governor_terms(),
+            results_seen: self.checker.tasks_with_results(),
+            task_statuses,
+            violations: self
                 .checker
                 .violations()
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            task_statuses,
-            wall_ms: millis(started.elapsed()),
-        })
+            timeline: self.timeline.clone(),
+            propagation_ms: self.probe_delays.clone(),
+            wall_ms: millis(self.started.elapsed()),
+        }
     }
 
-    async fn index_of(&self, peer: &str) -> Option<usize> {
-        for (index, slot) in self.slots.iter().enumerate() {
-            if let Some(running) = &slot.running
-                && running.node.status().await.peer_id == peer
-            {
-                return Some(index);
+    /// Test hook: commits a second result for a completed task through its state's
+    /// governor, so that a test can see the checker catch it.
+    pub async fn overwrite_a_result(&mut self) -> Result<String> {
+        let project = self.projects.first().context("no project")?.id.clone();
+        for (_, running) in self.live() {
+            for task in running.node.project_tasks(&project).await {
+                if task.result.is_some()
+                    && running
+                        .node
+                        .overwrite_result(&project, &task.name)
+                        .await
+                        .is_ok()
+                {
+                    return Ok(format!("{project}/{}", task.name));
+                }
             }
         }
-        None
+        Err(anyhow!("no governor could overwrite a result"))
+    }
+}
+
+/// The president every one of `named` follows, if they all follow the same one.
+fn agreed(named: &[Option<String>]) -> Option<String> {
+    let first = named.first().cloned().flatten()?;
+    named
+        .iter()
+        .all(|president| president.as_deref() == Some(first.as_str()))
+        .then_some(first)
+}
+
+/// The progress line on stderr: redrawn in place on a terminal, else a line every 10 s.
+#[derive(Debug, Default)]
+struct Progress {
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn show(&mut self, line: String) {
+        use std::io::{IsTerminal as _, Write as _};
+        let terminal = std::io::stderr().is_terminal();
+        let every = if terminal {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(10)
+        };
+        if self.last.is_some_and(|last| last.elapsed() < every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let mut stderr = std::io::stderr().lock();
+        if terminal {
+            let _ = write!(stderr, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(stderr, "{line}");
+        }
+        let _ = stderr.flush();
+    }
+
+    fn done(&mut self) {
+        use std::io::{IsTerminal as _, Write as _};
+        if std::io::stderr().is_terminal() {
+            let _ = writeln!(std::io::stderr());
+        }
     }
 }
 
@@ -436,11 +1181,22 @@ mod tests {
 
     #[test]
     fn the_same_seed_makes_the_same_workload() {
-        let a = workload(20, &mut Choices::new(7));
-        let b = workload(20, &mut Choices::new(7));
-        let c = workload(20, &mut Choices::new(8));
+        let a = workload(20, 4, &mut Choices::new(7));
+        let b = workload(20, 4, &mut Choices::new(7));
+        let c = workload(20, 4, &mut Choices::new(8));
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(aamas_node::spec::parse(&a).is_ok());
+        let one = workload(20, 1, &mut Choices::new(7));
+        assert!(!one.contains("financial") && one.contains("technical"));
+    }
+
+    #[test]
+    fn agreement_needs_every_node() {
+        let a = Some("a".to_string());
+        assert_eq!(agreed(&[a.clone(), a.clone()]), a);
+        assert_eq!(agreed(&[a.clone(), None]), None);
+        assert_eq!(agreed(&[a, Some("b".into())]), None);
+        assert_eq!(agreed(&[]), None);
     }
 }
