@@ -606,7 +606,9 @@ impl Node {
     }
 
     /// Reconnects to the members of this node's state and the state groups' voters, so
-    /// that liveness is known and Raft traffic flows.
+    /// that liveness is known and Raft traffic flows: `limit` dials a tick, until this
+    /// node has [`NEIGHBOURS`] connections (in a large mesh, every member connected to
+    /// every other of its state would be a quarter of N squared connections).
     pub(crate) async fn connect_to_neighbours(&self, limit: usize) {
         let me = self.identity.node_key();
         let neighbours: Vec<(NodeKey, Vec<String>)> = self
@@ -621,9 +623,12 @@ impl Node {
             .await
             .unwrap_or_default();
         let connected: BTreeSet<PeerId> = self.handle.connected_peers().await.into_iter().collect();
+        if connected.len() >= NEIGHBOURS {
+            return;
+        }
         let mut dialled = 0;
         for (key, addrs) in neighbours {
-            let Ok(peer) = crate::runtime::peer_id(&key) else {
+            let Some(peer) = self.peer_of(&key) else {
                 continue;
             };
             if connected.contains(&peer) {
@@ -639,6 +644,9 @@ impl Node {
         }
     }
 }
+
+/// Connections past which a node stops dialling its state's members.
+pub const NEIGHBOURS: usize = 24;
 
 #[cfg(test)]
 mod tests {

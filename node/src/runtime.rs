@@ -278,6 +278,12 @@ pub struct Node {
     /// The last [`DELIVERY_LOG`] gossip envelopes accepted, with when (for the simulator's
     /// delivery and propagation figures).
     deliveries: Mutex<std::collections::VecDeque<(aamas_protocol::MessageId, std::time::Instant)>>,
+    /// Peer ids of node keys, computed once each (a peer id costs an encoding and a
+    /// hash; ticks look up every member's).
+    peer_ids: Mutex<HashMap<NodeKey, PeerId>>,
+    /// The Registry's applied index and the president when the book and the inbox were
+    /// last rebuilt: unchanged, they are not rebuilt (each rebuild reads every member).
+    registry_version: Mutex<Option<(u64, Option<NodeId>)>>,
 }
 
 /// How many accepted gossip envelopes a node remembers for [`Node::deliveries`].
@@ -416,6 +422,39 @@ impl Node {
             .is_some_and(|seen| now_ms.saturating_sub(seen) <= window_ms)
     }
 
+    /// The peer id of `key`, computed once.
+    pub(crate) fn peer_of(&self, key: &NodeKey) -> Option<PeerId> {
+        let mut known = self
+            .peer_ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(peer) = known.get(key) {
+            return Some(*peer);
+        }
+        let peer = peer_id(key).ok()?;
+        known.insert(*key, peer);
+        Some(peer)
+    }
+
+    /// Whether the Registry (its applied index) or the president changed since the last
+    /// call.
+    fn registry_changed(&self) -> bool {
+        let version = self.federal().map(|federal| {
+            let metrics = federal.raft().metrics().borrow().clone();
+            (
+                metrics.last_applied.map_or(0, |applied| applied.index),
+                metrics.current_leader,
+            )
+        });
+        let mut last = self
+            .registry_version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *last != version;
+        *last = version;
+        changed
+    }
+
     /// Marks connected members as seen now and starts the grace period of new ones.
     async fn update_liveness(&self) {
         let now = now_ms();
@@ -432,7 +471,10 @@ impl Node {
         let wanted: BTreeSet<NodeId> = members.iter().map(node_id).collect();
         liveness.retain(|id, _| wanted.contains(id));
         for key in &members {
-            let alive = *key == me || peer_id(key).is_ok_and(|peer| connected.contains(&peer));
+            let alive = *key == me
+                || self
+                    .peer_of(key)
+                    .is_some_and(|peer| connected.contains(&peer));
             if alive {
                 liveness.insert(node_id(key), now);
             } else {
@@ -509,7 +551,9 @@ impl Node {
 
     /// Rebuilds the inbox's roster and authority from the Registry.
     async fn update_inbox(&self) {
-        let president = self.president().map(|(_, peer)| peer);
+        let president = self
+            .president()
+            .and_then(|(_, peer)| peer.parse::<PeerId>().ok());
         let snapshot = self
             .registry(|registry| {
                 let members: Vec<aamas_protocol::PublicIdentity> = registry
@@ -520,7 +564,7 @@ impl Node {
                     president: registry
                         .active_members()
                         .map(|(key, _)| *key)
-                        .find(|key| president.as_deref() == Some(key.peer_id().as_str())),
+                        .find(|key| president.is_some() && self.peer_of(key) == president),
                     ..Authority::default()
                 };
                 for (state, info) in registry.states() {
@@ -901,7 +945,7 @@ impl Node {
             .await
             .unwrap_or_default();
         for (key, addrs) in members {
-            if let Ok(peer) = peer_id(&key) {
+            if let Some(peer) = self.peer_of(&key) {
                 self.book.insert(node_id(&key), peer, parse_addrs(&addrs));
             }
         }
@@ -1542,6 +1586,8 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         data_dir: config.data_dir.clone(),
         metrics,
         deliveries: Mutex::new(std::collections::VecDeque::new()),
+        peer_ids: Mutex::new(HashMap::new()),
+        registry_version: Mutex::new(None),
         inbox: Inbox::new(mesh.mesh),
         topics: Topics::new(mesh.mesh),
         sealer: Mutex::new(aamas_protocol::Sealer::new(
@@ -1656,9 +1702,11 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            ticking.refresh_book().await;
+            if ticking.registry_changed() {
+                ticking.refresh_book().await;
+                ticking.update_inbox().await;
+            }
             ticking.update_liveness().await;
-            ticking.update_inbox().await;
             ticking.subscribe_to_state().await;
             ticking.connect_to_neighbours(8).await;
             ticking.president_tick().await;

@@ -41,8 +41,9 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest gossip message accepted from the wire. Above the envelope limit on purpose,
 /// so that oversized envelopes reach the receive pipeline and are counted.
 pub const GOSSIP_MAX_TRANSMIT_BYTES: usize = 256 * 1024;
-/// Most established connections in total.
-pub const MAX_CONNECTIONS: u32 = 1024;
+/// Most established connections in total. The president keeps one to every member it
+/// replicates the Registry to, so this bounds a mesh's size (see docs/PERFORMANCE.md).
+pub const MAX_CONNECTIONS: u32 = 2048;
 /// Most established connections to one peer.
 pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Most connections being set up at once, each way.

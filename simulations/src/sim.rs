@@ -21,7 +21,23 @@ use crate::report::{Failover, GossipReport, Moment, ProjectReport, Report, peak_
 use crate::scenario::{ScenarioFile, Step, Target};
 
 /// How many nodes join at once.
-pub const JOIN_BATCH: usize = 8;
+pub const JOIN_BATCH: usize = 32;
+
+/// Raft timers for a simulated mesh of `nodes`: the defaults (50 ms heartbeats,
+/// 150-300 ms elections) up to 100 nodes; above, the president's heartbeats to every
+/// member (each is a federal learner) would be 20 per second per member, so the
+/// heartbeat grows by 5 ms per 10 nodes, at most 500 ms, with elections at 4-8
+/// heartbeats.
+pub fn raft_config(nodes: usize) -> aamas_consensus::RaftConfig {
+    let mut config = aamas_consensus::RaftConfig::default();
+    if nodes > 100 {
+        let heartbeat = (u64::try_from(nodes).unwrap_or(u64::MAX) / 2).min(500);
+        config.heartbeat_interval_ms = heartbeat;
+        config.election_timeout_min_ms = heartbeat * 4;
+        config.election_timeout_max_ms = heartbeat * 8;
+    }
+    config
+}
 /// How often a wait looks at the nodes (up to 100 nodes; see [`Sim::poll`]).
 const POLL: Duration = Duration::from_millis(100);
 /// How often a wait for a president looks (cheap: one metrics snapshot per node).
@@ -163,6 +179,7 @@ pub struct Sim {
     minority: Option<HashSet<usize>>,
     /// Time to the first president and to the full mesh (ms).
     times: (u64, u64),
+    raft: aamas_consensus::RaftConfig,
 }
 
 impl std::fmt::Debug for Sim {
@@ -177,6 +194,7 @@ fn node_config(
     dir: &std::path::Path,
     join: Option<&(String, String)>,
     faults: &Arc<SimFaults>,
+    raft: &aamas_consensus::RaftConfig,
 ) -> Result<NodeConfig> {
     Ok(NodeConfig {
         data_dir: dir.to_owned(),
@@ -187,7 +205,7 @@ fn node_config(
             None => None,
         },
         skills: Vec::new(),
-        raft: aamas_consensus::RaftConfig::default(),
+        raft: raft.clone(),
         fsync: false,
         mdns: false,
         capacity: 16,
@@ -247,6 +265,7 @@ impl Sim {
             step: "forming the mesh".into(),
             minority: None,
             times: (0, 0),
+            raft: raft_config(config.nodes),
         })
     }
 
@@ -333,7 +352,8 @@ impl Sim {
     /// waits for governors in every populated state.
     pub async fn form(&mut self, nodes: usize) -> Result<()> {
         let founder_dir = self._root.path().join("n1");
-        let founder = aamas_node::start(node_config(&founder_dir, None, &self.faults)?).await?;
+        let founder =
+            aamas_node::start(node_config(&founder_dir, None, &self.faults, &self.raft)?).await?;
         let peer = founder.node.peer_id();
         let addr = founder
             .node
@@ -380,7 +400,7 @@ impl Sim {
             let mut joining = tokio::task::JoinSet::new();
             for i in batch_start..(batch_start + JOIN_BATCH).min(count) {
                 let dir = self._root.path().join(format!("n{}", first + i + 1));
-                let config = node_config(&dir, Some(&self.join), &self.faults)?;
+                let config = node_config(&dir, Some(&self.join), &self.faults, &self.raft)?;
                 joining.spawn(async move { (dir, aamas_node::start(config).await) });
             }
             while let Some(joined) = joining.join_next().await {
@@ -692,7 +712,7 @@ impl Sim {
             _ => {}
         }
         if restart {
-            let config = node_config(&self.slots[index].dir, None, &self.faults)?;
+            let config = node_config(&self.slots[index].dir, None, &self.faults, &self.raft)?;
             let restarted = aamas_node::start(config).await?;
             self.slots[index].running = Some(restarted);
             self.moment("heal", format!("restart {}", short(&peer)));

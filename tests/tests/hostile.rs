@@ -78,7 +78,7 @@ fn replayed_tampered_and_non_member_gossip_is_rejected_and_counted() {
         let keypair = libp2p::identity::Keypair::generate_ed25519();
         let config = SwarmConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-            mdns: false,
+            ..SwarmConfig::default()
         };
         let (handle, _incoming) = swarm::start(keypair, &config).await.expect("swarm");
         handle.subscribe(&topic).await;
@@ -135,6 +135,12 @@ fn replayed_tampered_and_non_member_gossip_is_rejected_and_counted() {
         1,
         "only the genuine envelope is accepted: {metrics}"
     );
+    // The injector's TCP connection carried this node's side of Noise, Yamux and
+    // gossipsub: the transport counted those bytes.
+    assert!(
+        counter(&metrics, "aamas_transport_bytes_sent_total", "") > 0,
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -149,7 +155,7 @@ fn a_non_members_raft_rpc_is_refused_and_counted() {
         let keypair = libp2p::identity::Keypair::generate_ed25519();
         let config = SwarmConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-            mdns: false,
+            ..SwarmConfig::default()
         };
         let (handle, _incoming) = swarm::start(keypair, &config).await.expect("swarm");
         let peer = handle
