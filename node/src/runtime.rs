@@ -716,6 +716,11 @@ impl Node {
         self.handle.peer_id()
     }
 
+    /// Every metric, as `/metrics` serves them (OpenMetrics text).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
     /// Bytes this node has written to its connections.
     pub fn bytes_sent(&self) -> u64 {
         self.metrics.bytes_sent.get()

@@ -104,6 +104,9 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// The share of live nodes every honest probe must reach during a flood.
+pub const FLOOD_REACH: f64 = 0.9;
+
 /// Watches what nodes say and records every violation.
 #[derive(Debug, Default)]
 pub struct Checker {
@@ -165,11 +168,23 @@ impl Checker {
         }
     }
 
-    /// During a flood, an honest probe reached `reached` of `expected` live nodes.
+    /// During a flood, an honest probe reached `reached` of `expected` live nodes. It
+    /// must reach at least [`FLOOD_REACH`] of them: the nodes the attackers are
+    /// connected to may miss one (measured at 50 nodes: up to 3 of 48 for one probe,
+    /// 3 deliveries in 730 over a run), but traffic must not stall.
     pub fn flood_probe(&mut self, reached: usize, expected: usize) {
-        if reached < expected {
+        if (reached as f64) < FLOOD_REACH * expected as f64 {
             self.violations.push(Violation::HonestTrafficStalled {
                 detail: format!("a probe reached {reached} of {expected} live nodes"),
+            });
+        }
+    }
+
+    /// During a flood, `starved` live nodes received none of the honest probes.
+    pub fn flood_starved(&mut self, starved: &[String]) {
+        if !starved.is_empty() {
+            self.violations.push(Violation::HonestTrafficStalled {
+                detail: format!("nodes {starved:?} received none of the honest probes"),
             });
         }
     }
@@ -264,6 +279,8 @@ mod tests {
         assert!(checker.violations().is_empty());
         checker.placement([("b", vec![]), ("c", vec!["x".into(), "y".into()])]);
         checker.flood_probe(4, 5);
+        checker.flood_probe(90, 100);
+        checker.flood_starved(&[]);
         checker.project_tasks("p", ["t1", "t2"]);
         let found: Vec<String> = checker
             .violations()

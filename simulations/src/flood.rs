@@ -176,10 +176,11 @@ pub(crate) async fn flood(sim: &mut Sim, length: Duration, per_sec: u32) -> Resu
     }
     let sent = flooding.await.context("the flood task failed")?;
     drain.abort();
-    let outcome = sim.collect_probes(probes).await?;
+    let (outcome, starved) = sim.collect_probes(probes).await?;
     for (reached, expected) in outcome {
         sim.checker_mut().flood_probe(reached, expected);
     }
+    sim.checker_mut().flood_starved(&starved);
     sim.note(
         "heal",
         format!(

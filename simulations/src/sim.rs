@@ -722,18 +722,39 @@ impl Sim {
 
     async fn partition(&mut self, isolate: Target, fraction: f64) -> Result<()> {
         let (victim, peer, _) = self.victim(isolate).await?;
-        let mut rest: Vec<usize> = self
-            .live_indices()
-            .into_iter()
+        // The minority holds the victim and no other federal voter, so that the
+        // majority side holds a quorum of the federal group and can elect.
+        let voters: HashSet<String> = match self.live().next() {
+            Some((_, running)) => running
+                .node
+                .hierarchy()
+                .await
+                .federal_voters
+                .into_iter()
+                .collect(),
+            None => HashSet::new(),
+        };
+        let live = self.live_indices();
+        let mut fill: Vec<usize> = live
+            .iter()
+            .copied()
             .filter(|index| *index != victim)
+            .filter(|index| {
+                self.slots[*index]
+                    .peer
+                    .is_none_or(|peer| !voters.contains(&peer.to_string()))
+            })
             .collect();
-        let live = rest.len() + 1;
-        let size = ((live as f64 * fraction).round() as usize).clamp(1, live / 2);
+        let size = ((live.len() as f64 * fraction).round() as usize).clamp(1, live.len() / 2);
         let mut minority = HashSet::from([victim]);
-        while minority.len() < size && !rest.is_empty() {
-            let at = usize::try_from(self.choices.below(rest.len() as u64)).unwrap_or(0);
-            minority.insert(rest.swap_remove(at));
+        while minority.len() < size && !fill.is_empty() {
+            let at = usize::try_from(self.choices.below(fill.len() as u64)).unwrap_or(0);
+            minority.insert(fill.swap_remove(at));
         }
+        let rest: Vec<usize> = live
+            .into_iter()
+            .filter(|index| !minority.contains(index))
+            .collect();
         let sides: HashMap<PeerId, u8> = minority
             .iter()
             .filter_map(|index| Some((self.slots[*index].peer?, 1)))
@@ -884,11 +905,12 @@ impl Sim {
     }
 
     /// Waits (up to PROBE_PATIENCE after the last) for `probes` to arrive everywhere;
-    /// records their delays; returns, per probe, (reached, expected).
+    /// records their delays; returns, per probe, (reached, expected), and the nodes
+    /// expected to receive some that received none.
     pub(crate) async fn collect_probes(
         &mut self,
         probes: Vec<Probe>,
-    ) -> Result<Vec<(usize, usize)>> {
+    ) -> Result<(Vec<(usize, usize)>, Vec<String>)> {
         let patience = Instant::now() + PROBE_PATIENCE;
         let mut arrivals: HashMap<(usize, aamas_protocol::MessageId), Instant>;
         loop {
@@ -919,6 +941,23 @@ impl Sim {
             let _ = probe.origin;
             let mut reached = 0;
             for index in &probe.expected {
+                if arrivals.get(&(*index, probe.id)).is_none()
+                    && let Some(running) = self.running(*index)
+                {
+                    let refused: Vec<String> = running
+                        .node
+                        .metrics_text()
+                        .lines()
+                        .filter(|line| line.starts_with("aamas_gossip_rejected_total"))
+                        .map(str::to_string)
+                        .collect();
+                    tracing::debug!(
+                        node = index,
+                        origin = probe.origin,
+                        ?refused,
+                        "a probe did not arrive"
+                    );
+                }
                 if let Some(at) = arrivals.get(&(*index, probe.id)) {
                     reached += 1;
                     self.probe_delays
@@ -929,7 +968,16 @@ impl Sim {
             self.probes_expected += probe.expected.len();
             outcome.push((reached, probe.expected.len()));
         }
-        Ok(outcome)
+        let expected: HashSet<usize> = probes
+            .iter()
+            .flat_map(|probe| probe.expected.iter().copied())
+            .collect();
+        let reached: HashSet<usize> = arrivals.keys().map(|(index, _)| *index).collect();
+        let starved = expected
+            .difference(&reached)
+            .filter_map(|index| self.slots[*index].peer.map(|peer| peer.to_string()))
+            .collect();
+        Ok((outcome, starved))
     }
 
     pub(crate) fn checker_mut(&mut self) -> &mut Checker {
