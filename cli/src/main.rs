@@ -625,6 +625,7 @@ fn main() -> Result<()> {
                     .or(file.capacity)
                     .unwrap_or(aamas_node::runtime::WORKER_CAPACITY),
                 faults: None,
+                memtable_bytes: None,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(aamas_node::run(config, shutdown_signal()))?;

@@ -51,7 +51,14 @@ async fn cluster(n: u64, config: &RaftConfig, fsync: bool) -> Cluster {
     let mut dirs = Vec::new();
     for id in 1..=n {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), StoreConfig { fsync }).expect("store");
+        let store = Store::open(
+            dir.path(),
+            StoreConfig {
+                fsync,
+                ..StoreConfig::default()
+            },
+        )
+        .expect("store");
         let groups = Groups::new(id, store, config, router.transport(id)).expect("groups");
         router.register(id, groups.clone());
         groups.open(G).await.expect("open");

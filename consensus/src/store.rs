@@ -40,11 +40,18 @@ type StoreResult<T> = Result<T, StorageError<NodeId>>;
 pub struct StoreConfig {
     /// Sync every acknowledged write to disk. Turn off only for tests and simulations.
     pub fsync: bool,
+    /// Memtable size of each column family; `None` keeps RocksDB's 64 MiB. RocksDB
+    /// preallocates its write-ahead log at about this size, so a simulator running a
+    /// thousand databases sets it small (1 MiB).
+    pub memtable_bytes: Option<usize>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { fsync: true }
+        Self {
+            fsync: true,
+            memtable_bytes: None,
+        }
     }
 }
 
@@ -88,9 +95,23 @@ impl Store {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_paranoid_checks(true);
+        // RocksDB's own info log: a few small files, not an unbounded one per database.
+        options.set_keep_log_file_num(2);
+        options.set_max_log_file_size(1 << 20);
+        let family_options = || {
+            let mut family = Options::default();
+            if let Some(bytes) = config.memtable_bytes {
+                family.set_write_buffer_size(bytes);
+            }
+            family
+        };
+        if let Some(bytes) = config.memtable_bytes {
+            options.set_write_buffer_size(bytes);
+            options.set_db_write_buffer_size(bytes * 4);
+        }
         let families = [CF_LOG, CF_META, CF_SM]
             .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(name, family_options()));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(|source| {
             StoreError::Open {
                 path: path.to_owned(),

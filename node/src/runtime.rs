@@ -254,6 +254,9 @@ pub struct NodeConfig {
     pub capacity: u32,
     /// The simulator's fault layer; `None` on real nodes.
     pub faults: Option<Arc<dyn crate::faults::Faults>>,
+    /// RocksDB memtable size per column family; `None` keeps RocksDB's default (the
+    /// simulator sets it small, see `StoreConfig::memtable_bytes`).
+    pub memtable_bytes: Option<usize>,
 }
 
 /// The shared state of a running node.
@@ -1559,6 +1562,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         &config.data_dir.join("raft"),
         StoreConfig {
             fsync: config.fsync,
+            memtable_bytes: config.memtable_bytes,
         },
     )?;
     let known_groups = store

@@ -18,6 +18,7 @@ fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
         mdns: false,
         capacity: 4,
         faults: None,
+        memtable_bytes: None,
     }
 }
 
