@@ -12,8 +12,10 @@
 //!                         └── api (axum, bearer token)
 //! ```
 //!
-//! Status: a first slice of issue [3/5]. State groups and governors, mayors, gossipsub
-//! messaging, mDNS/Kademlia and the hierarchy view are not built yet.
+//! Also: state groups, governors and mayors (`roles`), projects through the hierarchy
+//! (`work`, `projects`, `spec`, `executor`), gossip judged by the receive pipeline
+//! (`messaging`), metrics (`metrics`), and a fault layer the simulator plugs into the
+//! swarm (`faults`).
 
 pub mod api;
 pub mod executor;
