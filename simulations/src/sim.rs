@@ -23,6 +23,13 @@ use crate::scenario::{ScenarioFile, Step, Target};
 /// How many nodes join at once.
 pub const JOIN_BATCH: usize = 32;
 
+/// RocksDB memtable size for meshes above 60 nodes. RocksDB preallocates each
+/// database's write-ahead log at about the memtable size (64 MiB by default): a hundred
+/// default databases took 7 GB of disk. Small meshes keep the default: with 1 MiB
+/// memtables, the 50-node `steady` and `partition-heal` scenarios stalled in CI (dev
+/// profile, RocksDB's C++ unoptimised), where they had passed with the default.
+pub const LARGE_MESH_MEMTABLE_BYTES: usize = 1 << 20;
+
 /// Raft timers for a simulated mesh of `nodes`. openraft gives an AppendEntries RPC
 /// one heartbeat interval before it times out and sends the same entries again; every
 /// member is a federal learner, so above 60 nodes on two cores many RPCs take longer
@@ -213,7 +220,9 @@ fn node_config(
         mdns: false,
         capacity: 16,
         faults: Some(faults.clone() as Arc<dyn aamas_node::faults::Faults>),
-        memtable_bytes: Some(1 << 20),
+        memtable_bytes: (raft.heartbeat_interval_ms
+            > aamas_consensus::RaftConfig::default().heartbeat_interval_ms)
+            .then_some(LARGE_MESH_MEMTABLE_BYTES),
     })
 }
 
