@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo tour test deps fmt lint layering unit bench clean
+.PHONY: demo tour test deps fmt lint layering unit bench clean sim-test
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -40,6 +40,11 @@ unit:
 	$(CARGO) build --locked --workspace --bins
 	$(CARGO) test --locked --workspace --all-targets
 	$(CARGO) test --locked --workspace --doc
+
+## Every simulator scenario on 50 nodes, including the three `make test` skips for now
+## (see the #[ignore] reasons in simulations/tests/scenarios.rs).
+sim-test: deps
+	$(CARGO) test --locked -p aamas-sim --test scenarios -- --include-ignored --nocapture
 
 ## Criterion benchmarks (release profile; not part of `make test`).
 bench: deps
