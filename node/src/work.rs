@@ -445,6 +445,23 @@ impl Node {
             .map(|(_, group)| group)
     }
 
+    /// The group this node leads whose Ledger holds the task `key`.
+    async fn governing_task(&self, key: &TaskKey) -> Option<Group> {
+        for (_, group) in self.governed().await {
+            let holds = group
+                .read_local(|machine| {
+                    machine
+                        .ledger()
+                        .is_some_and(|ledger| ledger.tasks().contains_key(key))
+                })
+                .await;
+            if holds {
+                return Some(group);
+            }
+        }
+        None
+    }
+
     /// The state whose group this node leads and that holds `city`.
     async fn governing_city(&self, city: &str) -> Option<(String, Group)> {
         for (state, group) in self.governed().await {
@@ -479,31 +496,21 @@ impl Node {
             project: project.to_string(),
             task: task.to_string(),
         };
-        for (_, group) in self.governed().await {
-            let held = group
-                .read_local(|machine| {
-                    machine
-                        .ledger()
-                        .is_some_and(|ledger| ledger.tasks().contains_key(&key))
-                })
-                .await;
-            if held {
-                let command = LedgerCommand::OverwriteResult {
-                    key: key.clone(),
-                    result_digest: [0xEE; 32],
-                };
-                return self
-                    .ledger_request(
-                        &group,
-                        request_id(&[b"overwrite", task.as_bytes()]),
-                        command,
-                    )
-                    .await;
-            }
-        }
-        Err(format!(
-            "this node governs no state holding {project}/{task}"
-        ))
+        let Some(group) = self.governing_task(&key).await else {
+            return Err(format!(
+                "this node governs no state holding {project}/{task}"
+            ));
+        };
+        let command = LedgerCommand::OverwriteResult {
+            key: key.clone(),
+            result_digest: [0xEE; 32],
+        };
+        self.ledger_request(
+            &group,
+            request_id(&[b"overwrite", task.as_bytes()]),
+            command,
+        )
+        .await
     }
 
     async fn ledger_request(
@@ -585,29 +592,20 @@ impl Node {
         if president.as_deref() != Some(sender.peer_id().as_str()) {
             return Err("only the president reopens tasks".into());
         }
-        for (_, group) in self.governed().await {
-            let holds = group
-                .read_local(|machine| {
-                    machine
-                        .ledger()
-                        .is_some_and(|ledger| ledger.tasks().contains_key(&key))
-                })
-                .await;
-            if holds {
-                let id = [
-                    b"reopen".as_slice(),
-                    key.project.as_bytes(),
-                    key.task.as_bytes(),
-                    &reopening.to_be_bytes(),
-                ]
-                .concat();
-                let command = LedgerCommand::ReopenTask {
-                    key,
-                    attempts,
-                    reopening,
-                };
-                return self.ledger_write(&group, &[&id], command).await;
-            }
+        if let Some(group) = self.governing_task(&key).await {
+            let id = [
+                b"reopen".as_slice(),
+                key.project.as_bytes(),
+                key.task.as_bytes(),
+                &reopening.to_be_bytes(),
+            ]
+            .concat();
+            let command = LedgerCommand::ReopenTask {
+                key,
+                attempts,
+                reopening,
+            };
+            return self.ledger_write(&group, &[&id], command).await;
         }
         Err(format!("this node governs no state holding {key}"))
     }

@@ -77,9 +77,8 @@ pub(crate) async fn flood(sim: &mut Sim, length: Duration, per_sec: u32) -> Resu
         let Some(running) = sim.running(index) else {
             continue;
         };
-        let peer = running.node.peer_id();
-        if let Some(addr) = running.node.status().await.listen_addrs.first() {
-            let addr = format!("{addr}/p2p/{peer}").parse().context("address")?;
+        if let Some(addr) = crate::sim::dial_addr(&running.node).await {
+            let addr = addr.parse().context("address")?;
             if let Err(error) = outsider.dial(addr).await {
                 tracing::warn!(%error, "the outsider could not dial");
             }

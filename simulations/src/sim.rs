@@ -368,15 +368,9 @@ impl Sim {
         let founder =
             aamas_node::start(node_config(&founder_dir, None, &self.faults, &self.raft)?).await?;
         let peer = founder.node.peer_id();
-        let addr = founder
-            .node
-            .status()
+        self.join.0 = dial_addr(&founder.node)
             .await
-            .listen_addrs
-            .first()
-            .cloned()
             .context("the founder listens nowhere")?;
-        self.join.0 = format!("{addr}/p2p/{peer}");
         self.slots.push(Slot {
             dir: founder_dir,
             running: Some(founder),
@@ -845,15 +839,9 @@ impl Sim {
         let live = self.live_indices();
         let index = self.choices.pick(&live).context("no live node")?;
         let running = self.slots[index].running.as_ref().context("live")?;
-        let addr = running
-            .node
-            .status()
+        self.join.0 = dial_addr(&running.node)
             .await
-            .listen_addrs
-            .first()
-            .cloned()
             .context("a live node listens nowhere")?;
-        self.join.0 = format!("{addr}/p2p/{}", running.node.peer_id());
         self.moment("step", format!("{count} nodes join"));
         self.add_nodes(count).await
     }
@@ -1209,6 +1197,12 @@ impl Sim {
         }
         Err(anyhow!("no governor could overwrite a result"))
     }
+}
+
+/// Where to dial `node`: its first listen address with its peer id.
+pub(crate) async fn dial_addr(node: &aamas_node::runtime::Node) -> Option<String> {
+    let addr = node.status().await.listen_addrs.into_iter().next()?;
+    Some(format!("{addr}/p2p/{}", node.peer_id()))
 }
 
 /// The president every one of `named` follows, if they all follow the same one.
