@@ -43,5 +43,7 @@ pub use machine::{
     Request, Response,
 };
 pub use network::{GroupNetwork, GroupNetworkFactory, RaftTransport, RemoteResult, TransportError};
-pub use store::{LogStore, StateMachineStore, Store, StoreConfig, StoreError};
+pub use store::{
+    CloseWatch, LogStore, STORE_FORMAT, StateMachineStore, Store, StoreConfig, StoreError,
+};
 pub use types::{GroupId, MemberNode, NodeId, RequestId, TypeConfig};

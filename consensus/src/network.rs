@@ -121,6 +121,40 @@ impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for GroupNetworkFactory<T>
     }
 }
 
+/// Most bytes of log entries in one AppendEntries (at least one entry is always sent).
+///
+/// openraft 0.9 times an AppendEntries out after one heartbeat interval and then sends
+/// the same entries again, so a payload too large to cross within a heartbeat would be
+/// resent forever (a catching-up learner, a burst of batched writes). Sending a bounded
+/// prefix and answering `PartialSuccess` for it makes every round trip small and every
+/// one progress.
+pub const MAX_APPEND_BYTES: usize = 128 * 1024;
+
+/// Keeps the longest prefix of `entries` within `limit` bytes (postcard), and at least
+/// one entry; returns the log id of the last entry kept when some were cut.
+fn trim_to_bytes(
+    entries: &mut Vec<openraft::Entry<TypeConfig>>,
+    limit: usize,
+) -> Option<openraft::LogId<NodeId>> {
+    if entries.len() < 2 {
+        return None;
+    }
+    let mut total = 0usize;
+    let mut keep = entries.len();
+    for (at, entry) in entries.iter().enumerate() {
+        total = total.saturating_add(postcard::to_stdvec(entry).map_or(usize::MAX, |b| b.len()));
+        if total > limit {
+            keep = at.max(1);
+            break;
+        }
+    }
+    if keep == entries.len() {
+        return None;
+    }
+    entries.truncate(keep);
+    entries.last().map(|entry| entry.log_id)
+}
+
 /// Maps a transport result into openraft's RPC result: an unreachable peer makes openraft
 /// back off; any other failure is a network error; the remote's own error is passed on.
 fn into_rpc<R, E: std::error::Error>(
@@ -144,12 +178,21 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for GroupNetwork<T> {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
     {
-        into_rpc(
+        let mut rpc = rpc;
+        let trimmed_to = trim_to_bytes(&mut rpc.entries, MAX_APPEND_BYTES);
+        let response = into_rpc(
             self.target,
             self.transport
                 .append_entries(self.group, self.target, rpc)
                 .await,
-        )
+        )?;
+        Ok(match (response, trimmed_to) {
+            // The target took what was sent: openraft sends the rest next.
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (response, _) => response,
+        })
     }
 
     async fn install_snapshot(
@@ -177,5 +220,55 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for GroupNetwork<T> {
             self.target,
             self.transport.vote(self.group, self.target, rpc).await,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::*;
+
+    fn entries(count: u64, bytes: usize) -> Vec<Entry<TypeConfig>> {
+        (1..=count)
+            .map(|index| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(crate::machine::Batch::from(
+                    crate::machine::Request {
+                        id: u128::from(index),
+                        command: crate::machine::Command::Registry(
+                            crate::registry::RegistryCommand::AddState {
+                                name: "s".repeat(bytes),
+                                budget: 0,
+                            },
+                        ),
+                    },
+                )),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_payload_within_the_limit_is_sent_whole() {
+        let mut sending = entries(10, 100);
+        assert_eq!(trim_to_bytes(&mut sending, 64 * 1024), None);
+        assert_eq!(sending.len(), 10);
+    }
+
+    #[test]
+    fn a_large_payload_is_cut_to_a_prefix_within_the_limit() {
+        let mut sending = entries(10, 10_000);
+        let last = trim_to_bytes(&mut sending, 35_000).expect("cut");
+        assert_eq!(sending.len(), 3);
+        assert_eq!(last.index, 3);
+    }
+
+    #[test]
+    fn one_entry_over_the_limit_is_still_sent() {
+        let mut sending = entries(4, 50_000);
+        let last = trim_to_bytes(&mut sending, 10_000).expect("cut");
+        assert_eq!((sending.len(), last.index), (1, 1));
+        let mut alone = entries(1, 50_000);
+        assert_eq!(trim_to_bytes(&mut alone, 10_000), None);
     }
 }

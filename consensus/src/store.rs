@@ -32,6 +32,14 @@ const META_VOTE: &[u8] = b"vote";
 const META_COMMITTED: &[u8] = b"committed";
 const META_PURGED: &[u8] = b"purged";
 const SM_SNAPSHOT: &[u8] = b"snapshot";
+/// The key, in the meta family, of the database's format version. Group keys are
+/// eight bytes of group id and a suffix, so this one cannot collide with them.
+const META_FORMAT: &[u8] = b"format";
+
+/// The on-disk format this build reads and writes. Version 2: log ids carry a term only
+/// (openraft's `single-term-leader`, standard Raft's one leader per term); version 1
+/// (unmarked) carried (term, node).
+pub const STORE_FORMAT: u32 = 2;
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -69,6 +77,20 @@ pub enum StoreError {
         path: PathBuf,
         /// RocksDB's error.
         source: rocksdb::Error,
+    },
+    /// The database was written in another on-disk format.
+    #[error(
+        "the Raft database at {path} is in format {found}, and this aamas reads format \
+         {expected}; use the aamas release that wrote it, or start this node on a new \
+         data dir and join it to the mesh again"
+    )]
+    Format {
+        /// The database directory.
+        path: PathBuf,
+        /// The format found (1 when the database carries no marker).
+        found: u32,
+        /// [`STORE_FORMAT`].
+        expected: u32,
     },
 }
 
@@ -118,10 +140,22 @@ impl Store {
                 source,
             }
         })?;
+        check_format(&db, path)?;
         Ok(Self {
             db: Arc::new(db),
             config,
         })
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+
+    /// A watch that tells when this database has been closed: when the last clone of
+    /// this store, and of every log and state-machine store taken from it, is dropped.
+    pub fn watch_close(&self) -> CloseWatch {
+        CloseWatch(Arc::downgrade(&self.db))
     }
 
     /// Flushes every column family's memtable to SST files (and syncs them).
@@ -173,6 +207,73 @@ impl Store {
         };
         let machine = StateMachineStore::open(self.db.clone(), group, self.config.fsync)?;
         Ok((log, machine))
+    }
+}
+
+/// Marks a new database with [`STORE_FORMAT`]; refuses one in any other format.
+fn check_format(db: &DB, path: &Path) -> Result<(), StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let format_error = |found| StoreError::Format {
+        path: path.to_owned(),
+        found,
+        expected: STORE_FORMAT,
+    };
+    let Some(meta) = db.cf_handle(CF_META) else {
+        return Ok(());
+    };
+    match db.get_cf(meta, META_FORMAT).map_err(open_error)? {
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_slice())
+                .map(u32::from_be_bytes)
+                .unwrap_or(0);
+            if found == STORE_FORMAT {
+                Ok(())
+            } else {
+                Err(format_error(found))
+            }
+        }
+        None => {
+            let written_before = [CF_LOG, CF_META, CF_SM].into_iter().any(|name| {
+                db.cf_handle(name)
+                    .is_some_and(|cf| db.iterator_cf(cf, IteratorMode::Start).next().is_some())
+            });
+            if written_before {
+                return Err(format_error(1));
+            }
+            db.put_cf_opt(
+                meta,
+                META_FORMAT,
+                STORE_FORMAT.to_be_bytes(),
+                &write_options(true),
+            )
+            .map_err(open_error)
+        }
+    }
+}
+
+/// Tells when a [`Store`]'s database has been closed (see [`Store::watch_close`]).
+#[derive(Debug, Clone)]
+pub struct CloseWatch(std::sync::Weak<DB>);
+
+impl CloseWatch {
+    /// Whether the database is closed (its lock released).
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+
+    /// Waits until the database is closed, at most `limit`; returns whether it is.
+    pub async fn closed(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.is_closed() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
     }
 }
 
@@ -616,5 +717,75 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_db(path: &Path) -> DB {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        DB::open_cf(&options, path, [CF_LOG, CF_META, CF_SM]).expect("raw open")
+    }
+
+    #[test]
+    fn a_new_database_is_marked_and_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open(dir.path(), StoreConfig::default()).expect("first open"));
+        let store = Store::open(dir.path(), StoreConfig::default()).expect("reopen");
+        let meta = store.db.cf_handle(CF_META).expect("meta");
+        let marker = store.db.get_cf(meta, META_FORMAT).expect("read");
+        assert_eq!(marker.as_deref(), Some(&STORE_FORMAT.to_be_bytes()[..]));
+    }
+
+    #[test]
+    fn an_unmarked_database_with_data_is_refused_as_format_1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = raw_db(dir.path());
+            let log = db.cf_handle(CF_LOG).expect("log");
+            db.put_cf(log, log_key(0, 1), b"an entry of the old format")
+                .expect("put");
+        }
+        match Store::open(dir.path(), StoreConfig::default()) {
+            Err(StoreError::Format {
+                found, expected, ..
+            }) => assert_eq!((found, expected), (1, STORE_FORMAT)),
+            other => panic!("expected a format error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_database_of_another_format_is_refused_with_both_versions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = raw_db(dir.path());
+            let meta = db.cf_handle(CF_META).expect("meta");
+            db.put_cf(meta, META_FORMAT, 9u32.to_be_bytes())
+                .expect("put");
+        }
+        let error = Store::open(dir.path(), StoreConfig::default()).expect_err("refused");
+        assert!(
+            matches!(error, StoreError::Format { found: 9, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("format 9"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_close_watch_sees_the_last_clone_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+        let (log, machine) = store.group(3).expect("group");
+        let watch = store.watch_close();
+        drop(store);
+        drop(log);
+        assert!(!watch.is_closed(), "the state machine still holds it");
+        drop(machine);
+        assert!(watch.closed(std::time::Duration::from_secs(1)).await);
+        Store::open(dir.path(), StoreConfig::default()).expect("the lock is released");
     }
 }

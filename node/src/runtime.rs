@@ -114,6 +114,16 @@ pub enum NodeError {
     /// The Raft store failed.
     #[error(transparent)]
     Store(#[from] aamas_consensus::StoreError),
+    /// A crashed node's tasks still held its Raft database after the limit.
+    #[error(
+        "the Raft database at {path} is still open {limit:?} after the crash: a task of \
+         the crashed node still holds it",
+        limit = CRASH_CLOSE_LIMIT
+    )]
+    StillOpen {
+        /// The database directory.
+        path: String,
+    },
     /// A Raft group failed (boxed: openraft's errors are large).
     #[error(transparent)]
     Group(Box<aamas_consensus::GroupError>),
@@ -1493,15 +1503,35 @@ impl std::fmt::Debug for Running {
     }
 }
 
+/// How long [`Running::crash`] waits for the node's tasks to let go of its database.
+pub const CRASH_CLOSE_LIMIT: Duration = Duration::from_secs(30);
+
 impl Running {
     /// Stops abruptly, as a crash would: no hand-over and no flush (the simulator's
     /// crash fault). Raft state already synced stays on disk.
-    pub async fn crash(self) {
+    ///
+    /// Returns once the node's RocksDB is closed, so that a restart on the same data
+    /// dir can take its lock, or with [`NodeError::StillOpen`] when tasks still hold
+    /// the database after [`CRASH_CLOSE_LIMIT`].
+    pub async fn crash(self) -> Result<(), NodeError> {
         for task in &self.tasks {
             task.abort();
         }
         self.node.groups.shutdown().await;
         self.node.handle.shutdown().await;
+        let Running { node, tasks, store } = self;
+        let closing = store.watch_close();
+        let path = store.path().display().to_string();
+        drop((node, store));
+        for task in tasks {
+            // Cancelled (the usual case) or finished: either way its future is dropped.
+            let _ = task.await;
+        }
+        if closing.closed(CRASH_CLOSE_LIMIT).await {
+            Ok(())
+        } else {
+            Err(NodeError::StillOpen { path })
+        }
     }
 
     /// Leaves gracefully: stops the duties, hands over the groups this node leads,

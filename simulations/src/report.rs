@@ -104,10 +104,12 @@ pub struct Report {
     pub completed: bool,
     /// Why the run stopped early, if it did.
     pub error: Option<String>,
-    /// From starting the founder to every node agreeing on a president (ms).
-    pub time_to_first_president_ms: u64,
-    /// From starting the founder to every node having joined (ms).
-    pub time_to_full_mesh_ms: u64,
+    /// From starting the founder to every node agreeing on a president (ms); `None`
+    /// when the run stopped before.
+    pub time_to_first_president_ms: Option<u64>,
+    /// From starting the founder to every node having joined (ms); `None` when the
+    /// run stopped before.
+    pub time_to_full_mesh_ms: Option<u64>,
     /// Every failover.
     pub failovers: Vec<Failover>,
     /// Gossip delivery.
@@ -180,12 +182,9 @@ impl Report {
             ),
             (
                 "time to first president",
-                format!("{} ms", self.time_to_first_president_ms),
+                reached(self.time_to_first_president_ms),
             ),
-            (
-                "time to full mesh",
-                format!("{} ms", self.time_to_full_mesh_ms),
-            ),
+            ("time to full mesh", reached(self.time_to_full_mesh_ms)),
             ("failovers", failovers),
             (
                 "gossip delivery",
@@ -403,6 +402,11 @@ pub fn peak_memory_bytes() -> u64 {
                 })
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+/// A time to a milestone, or that it was not reached.
+fn reached(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "not reached".into(), |ms| format!("{ms} ms"))
 }
 
 #[cfg(test)]

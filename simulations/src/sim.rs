@@ -188,7 +188,7 @@ pub struct Sim {
     /// The minority side of a partition, while there is one.
     minority: Option<HashSet<usize>>,
     /// Time to the first president and to the full mesh (ms).
-    times: (u64, u64),
+    times: (Option<u64>, Option<u64>),
     raft: aamas_consensus::RaftConfig,
 }
 
@@ -277,7 +277,7 @@ impl Sim {
             progress: config.progress.then(Progress::default),
             step: "forming the mesh".into(),
             minority: None,
-            times: (0, 0),
+            times: (None, None),
             raft: raft_config(config.nodes),
         })
     }
@@ -379,9 +379,9 @@ impl Sim {
             left: false,
         });
         self.wait_president(None, None).await?;
-        self.times.0 = millis(self.started.elapsed());
+        self.times.0 = Some(millis(self.started.elapsed()));
         self.add_nodes(nodes.saturating_sub(1)).await?;
-        self.times.1 = millis(self.started.elapsed());
+        self.times.1 = Some(millis(self.started.elapsed()));
         // Governors first, so that projects have states to run in.
         self.wait_for("every populated state to have a governor", |sim| {
             Box::pin(async move {
@@ -680,7 +680,7 @@ impl Sim {
             .context("the victim is not running")?;
         self.slots[index].bytes_before += running.node.bytes_sent();
         let crashed = Instant::now();
-        running.crash().await;
+        running.crash().await?;
         self.moment("fault", format!("crash {target:?} {}", short(&peer)));
         match (target, state) {
             (Target::President, _) => {
@@ -1109,9 +1109,15 @@ impl Sim {
         let peak = peak_memory_bytes();
         let nodes_ever = self.slots.len();
         // Crash rather than stop: the run is over, and a thousand hand-overs take long.
-        for slot in &mut self.slots {
-            if let Some(running) = slot.running.take() {
-                running.crash().await;
+        // All at once: each waits for its own database to close.
+        let crashing = self
+            .slots
+            .iter_mut()
+            .filter_map(|slot| slot.running.take())
+            .map(|running| running.crash());
+        for result in futures::future::join_all(crashing).await {
+            if let Err(error) = result {
+                tracing::warn!(%error, "a node did not close at the end of the run");
             }
         }
         let tasks: usize = self.projects.iter().map(|project| project.tasks).sum();

@@ -87,7 +87,6 @@ fn steady() {
 }
 
 #[test]
-#[ignore = "two leaders in one term: openraft's default LeaderId is (term, node), which allows it; CI runs saw it under load. Run with `make sim-test`"]
 fn president_failover() {
     let report = run("president-failover");
     all_results(&report);
@@ -102,7 +101,6 @@ fn president_failover() {
 }
 
 #[test]
-#[ignore = "a restart can race the crashed node's RocksDB lock (seen in CI). Run with `make sim-test`"]
 fn governor_failover() {
     let report = run("governor-failover");
     all_results(&report);
@@ -153,7 +151,6 @@ fn flood() {
 }
 
 #[test]
-#[ignore = "two leaders in one term: openraft's default LeaderId is (term, node), which allows it; CI runs saw it under load. Run with `make sim-test`"]
 fn lossy() {
     let report = run("lossy");
     all_results(&report);
