@@ -285,6 +285,8 @@ pub struct Node {
     skills: Vec<String>,
     capacity: u32,
     this: std::sync::OnceLock<std::sync::Weak<Node>>,
+    /// Set when the node stops or crashes: ends every task started by [`Node::spawn`].
+    stopping: tokio::sync::watch::Sender<bool>,
     /// When each member was last seen connected (ms); members get a grace period from
     /// when this node first heard of them.
     liveness: Mutex<HashMap<NodeId, u64>>,
@@ -447,6 +449,22 @@ impl Node {
         let peer = peer_id(key).ok()?;
         known.insert(*key, peer);
         Some(peer)
+    }
+
+    /// Runs `work` in the background for as long as this node lives: it is dropped (and
+    /// with it its hold on the node) when the node stops or crashes. Work that outlived
+    /// its node would keep the node's database open and act for a node that is gone.
+    pub(crate) fn spawn<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut stopping = self.stopping.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = work => {}
+                _ = stopping.wait_for(|stopped| *stopped) => {}
+            }
+        });
     }
 
     /// Whether the Registry (its applied index) or the president changed since the last
@@ -1514,6 +1532,7 @@ impl Running {
     /// dir can take its lock, or with [`NodeError::StillOpen`] when tasks still hold
     /// the database after [`CRASH_CLOSE_LIMIT`].
     pub async fn crash(self) -> Result<(), NodeError> {
+        self.node.stopping.send_replace(true);
         for task in &self.tasks {
             task.abort();
         }
@@ -1542,6 +1561,7 @@ impl Running {
             task.abort();
         }
         self.node.hand_over_leadership().await;
+        self.node.stopping.send_replace(true);
         self.node.groups.shutdown().await;
         if let Err(error) = self.store.flush() {
             tracing::warn!(%error, "flushing the Raft database failed");
@@ -1640,6 +1660,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
             crate::executor::LlmConfig::from_env(),
         ),
         this: std::sync::OnceLock::new(),
+        stopping: tokio::sync::watch::Sender::new(false),
         skills: config.skills.clone(),
         capacity: config.capacity.clamp(1, MAX_WORKER_CAPACITY),
         identity,
@@ -1683,7 +1704,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
                     .get_or_create(&crate::metrics::labels(&[("reason", "busy")]))
                     .inc();
                 let node = serving.clone();
-                tokio::spawn(async move {
+                serving.spawn(async move {
                     let busy = RpcResponse::Refused {
                         reason: "busy: too many requests in flight".into(),
                     };
@@ -1692,7 +1713,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
                 continue;
             };
             let node = serving.clone();
-            tokio::spawn(async move {
+            serving.spawn(async move {
                 node.handle_inbound(request).await;
                 drop(slot);
             });
@@ -1713,7 +1734,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         // Restarted with its data dir: it is a member; tell the mesh where it is now.
         tracing::info!("already a member: rejoining with the data dir's state");
         let announcing = node.clone();
-        tokio::spawn(async move { announce(&announcing).await });
+        node.spawn(async move { announce(&announcing).await });
     } else if node.mesh.founder {
         let voters = BTreeMap::from([(
             me,

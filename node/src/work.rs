@@ -668,7 +668,8 @@ impl Node {
         let Some(node) = self.me_arc() else {
             return Err("the node is stopping".into());
         };
-        tokio::spawn(async move { node.run_attempt(key, attempt, city, spec).await });
+        let life = node.clone();
+        life.spawn(async move { node.run_attempt(key, attempt, city, spec).await });
         Ok(())
     }
 
@@ -1057,7 +1058,7 @@ impl Node {
         let group = group.clone();
         let city = city.to_string();
         let started = std::time::Instant::now();
-        tokio::spawn(async move {
+        self.spawn(async move {
             match node.propose_to_governor(&group, &city, command).await {
                 Ok(()) => {
                     if let Some((worker, spec)) = execute {
@@ -1092,7 +1093,7 @@ impl Node {
         }
         let node = self.clone();
         let city = city.to_string();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let work = Work::Execute {
                 key: key.clone(),
                 attempt,
@@ -1378,7 +1379,7 @@ impl Node {
                 phase,
                 tasks,
             };
-            tokio::spawn(async move {
+            self.spawn(async move {
                 match node.send_work(governor, &work).await {
                     // Sent: the next report shows them; resend only after ASSIGN_RESEND_MS.
                     Ok(()) => {}
