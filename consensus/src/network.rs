@@ -8,11 +8,12 @@
 //! ```
 
 use std::future::Future;
+use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -107,6 +108,9 @@ pub struct GroupNetwork<T> {
     group: GroupId,
     target: NodeId,
     transport: T,
+    /// Bytes of entries the next AppendEntries may carry: halved when one goes
+    /// unanswered in time, doubled back (up to [`MAX_APPEND_BYTES`]) when one is answered.
+    append_bytes: usize,
 }
 
 impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for GroupNetworkFactory<T> {
@@ -117,6 +121,7 @@ impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for GroupNetworkFactory<T>
             group: self.group,
             target,
             transport: self.transport.clone(),
+            append_bytes: MAX_APPEND_BYTES,
         }
     }
 }
@@ -129,6 +134,8 @@ impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for GroupNetworkFactory<T>
 /// prefix and answering `PartialSuccess` for it makes every round trip small and every
 /// one progress.
 pub const MAX_APPEND_BYTES: usize = 128 * 1024;
+/// The least the per-target limit falls to after unanswered AppendEntries.
+pub const MIN_APPEND_BYTES: usize = 8 * 1024;
 
 /// Keeps the longest prefix of `entries` within `limit` bytes (postcard), and at least
 /// one entry; returns the log id of the last entry kept when some were cut.
@@ -175,17 +182,28 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for GroupNetwork<T> {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
     {
         let mut rpc = rpc;
-        let trimmed_to = trim_to_bytes(&mut rpc.entries, MAX_APPEND_BYTES);
-        let response = into_rpc(
-            self.target,
-            self.transport
-                .append_entries(self.group, self.target, rpc)
-                .await,
-        )?;
+        let trimmed_to = trim_to_bytes(&mut rpc.entries, self.append_bytes);
+        let sending = self.transport.append_entries(self.group, self.target, rpc);
+        // Answer before openraft's own timeout: openraft resends at once after a
+        // timeout, but backs off after `Unreachable`, so a slow target is not flooded
+        // with the very requests it is too slow to answer.
+        let Ok(result) = tokio::time::timeout(option.soft_ttl(), sending).await else {
+            self.append_bytes = (self.append_bytes / 2).max(MIN_APPEND_BYTES);
+            let late = TransportError::Unreachable {
+                target: self.target,
+                reason: format!(
+                    "no answer to AppendEntries within {:?}; backing off",
+                    option.soft_ttl()
+                ),
+            };
+            return Err(RPCError::Unreachable(Unreachable::new(&late)));
+        };
+        let response = into_rpc(self.target, result)?;
+        self.append_bytes = self.append_bytes.saturating_mul(2).min(MAX_APPEND_BYTES);
         Ok(match (response, trimmed_to) {
             // The target took what was sent: openraft sends the rest next.
             (AppendEntriesResponse::Success, Some(last)) => {
@@ -193,6 +211,15 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for GroupNetwork<T> {
             }
             (response, _) => response,
         })
+    }
+
+    /// After `Unreachable`: 25 ms, doubling up to 500 ms (openraft's constant default),
+    /// reset by the next answered RPC. A slow target is retried soon; a dead one every
+    /// half second.
+    fn backoff(&self) -> Backoff {
+        Backoff::new((0..).map(|step: u32| {
+            Duration::from_millis(25u64.saturating_mul(1 << step.min(5)).min(500))
+        }))
     }
 
     async fn install_snapshot(
@@ -270,5 +297,99 @@ mod tests {
         assert_eq!((sending.len(), last.index), (1, 1));
         let mut alone = entries(1, 50_000);
         assert_eq!(trim_to_bytes(&mut alone, 10_000), None);
+    }
+
+    /// Answers AppendEntries with success, after a delay taken from a shared setting.
+    #[derive(Clone)]
+    struct Slow(std::sync::Arc<std::sync::Mutex<Duration>>);
+
+    impl RaftTransport for Slow {
+        async fn append_entries(
+            &self,
+            _group: GroupId,
+            _target: NodeId,
+            _rpc: AppendEntriesRequest<TypeConfig>,
+        ) -> Result<RemoteResult<AppendEntriesResponse<NodeId>>, TransportError> {
+            let delay = *self.0.lock().expect("lock");
+            tokio::time::sleep(delay).await;
+            Ok(Ok(AppendEntriesResponse::Success))
+        }
+
+        async fn vote(
+            &self,
+            _group: GroupId,
+            target: NodeId,
+            _rpc: VoteRequest<NodeId>,
+        ) -> Result<RemoteResult<VoteResponse<NodeId>>, TransportError> {
+            Err(TransportError::Failed {
+                target,
+                reason: "not in this test".into(),
+            })
+        }
+
+        async fn install_snapshot(
+            &self,
+            _group: GroupId,
+            target: NodeId,
+            _rpc: InstallSnapshotRequest<TypeConfig>,
+        ) -> Result<
+            RemoteResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError>,
+            TransportError,
+        > {
+            Err(TransportError::Failed {
+                target,
+                reason: "not in this test".into(),
+            })
+        }
+    }
+
+    fn request(count: u64, bytes: usize) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: entries(count, bytes),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_is_unreachable_and_shrinks_the_next_payload() {
+        let delay = std::sync::Arc::new(std::sync::Mutex::new(Duration::from_secs(1)));
+        let mut factory = GroupNetworkFactory::new(5, Slow(delay.clone()));
+        let mut network = factory.new_client(2, &MemberNode::default()).await;
+        let option = RPCOption::new(Duration::from_millis(100));
+
+        let late = network
+            .append_entries(request(100, 4_000), option.clone())
+            .await;
+        assert!(matches!(late, Err(RPCError::Unreachable(_))), "{late:?}");
+        assert_eq!(network.append_bytes, MAX_APPEND_BYTES / 2);
+
+        *delay.lock().expect("lock") = Duration::from_millis(1);
+        let answered = network
+            .append_entries(request(100, 4_000), option.clone())
+            .await
+            .expect("answered");
+        // 64 KiB of 4 KB entries: a prefix of 100, acknowledged as a partial success.
+        let Some(matching) = (match answered {
+            AppendEntriesResponse::PartialSuccess(matching) => matching,
+            other => panic!("expected a partial success, got {other:?}"),
+        }) else {
+            panic!("no matching log id");
+        };
+        assert!((10..20).contains(&matching.index), "{matching:?}");
+        assert_eq!(network.append_bytes, MAX_APPEND_BYTES);
+    }
+
+    #[test]
+    fn the_backoff_starts_short_and_is_capped() {
+        let network = GroupNetwork {
+            group: 1,
+            target: 2,
+            transport: Slow(Default::default()),
+            append_bytes: MAX_APPEND_BYTES,
+        };
+        let steps: Vec<u128> = network.backoff().take(8).map(|d| d.as_millis()).collect();
+        assert_eq!(steps, [25, 50, 100, 200, 400, 500, 500, 500]);
     }
 }
