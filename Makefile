@@ -41,8 +41,8 @@ unit:
 	$(CARGO) test --locked --workspace --all-targets
 	$(CARGO) test --locked --workspace --doc
 
-## Every simulator scenario on 50 nodes, including the three `make test` skips for now
-## (see the #[ignore] reasons in simulations/tests/scenarios.rs).
+## Every simulator scenario on 50 nodes, with the reports, including `churn`, which
+## `make test` skips for now (see its #[ignore] reason in simulations/tests/scenarios.rs).
 sim-test: deps
 	$(CARGO) test --locked -p aamas-sim --test scenarios -- --include-ignored --nocapture
 

@@ -1011,6 +1011,49 @@ impl Sim {
         self.moment(kind, what);
     }
 
+    /// Up to ten unfinished tasks of unfinished projects, as the Ledger replicas of the
+    /// live nodes show them: state, name, phase, status, attempt, and whether the
+    /// worker of the latest attempt is alive.
+    async fn stuck_tasks(&self) -> String {
+        let live: HashSet<String> = self
+            .live()
+            .filter_map(|(index, _)| self.slots[index].peer.map(|peer| peer.to_string()))
+            .collect();
+        let mut seen = BTreeMap::new();
+        for project in self
+            .projects
+            .iter()
+            .filter(|project| project.ended.is_none())
+        {
+            for (_, running) in self.live() {
+                for task in running.node.project_tasks(&project.id).await {
+                    if task.status != "succeeded" {
+                        seen.entry((task.state.clone(), task.name.clone()))
+                            .or_insert(task);
+                    }
+                }
+            }
+        }
+        if seen.is_empty() {
+            return "none in any live Ledger (the president has not handed them out)".into();
+        }
+        seen.values()
+            .take(10)
+            .map(|task| {
+                let worker = match &task.worker {
+                    Some(peer) if live.contains(peer) => format!("worker {} (live)", short(peer)),
+                    Some(peer) => format!("worker {} (gone)", short(peer)),
+                    None => "no worker".into(),
+                };
+                format!(
+                    "{}/{} ({}, {}, attempt {}, {worker})",
+                    task.state, task.name, task.phase, task.status, task.attempt
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     async fn await_projects(&mut self) -> Result<()> {
         loop {
             self.observe(false).await;
@@ -1036,8 +1079,10 @@ impl Sim {
                 break;
             }
             if Instant::now() > self.deadline {
+                let stuck = self.stuck_tasks().await;
                 bail!(
-                    "projects unfinished at the time limit ({} of {} tasks with results)",
+                    "projects unfinished at the time limit ({} of {} tasks with results); \
+                     unfinished: {stuck}",
                     self.checker.tasks_with_results(),
                     self.projects
                         .iter()
