@@ -23,6 +23,7 @@ pub struct Cluster {
     pub store_config: StoreConfig,
     dirs: BTreeMap<NodeId, TempDir>,
     nodes: BTreeMap<NodeId, Groups<MemTransport>>,
+    closes: BTreeMap<NodeId, aamas_consensus::CloseWatch>,
 }
 
 impl Cluster {
@@ -34,6 +35,7 @@ impl Cluster {
             store_config: StoreConfig::default(),
             dirs: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            closes: BTreeMap::new(),
         };
         for id in 1..=n {
             cluster
@@ -55,6 +57,7 @@ impl Cluster {
             .entry(id)
             .or_insert_with(|| tempfile::tempdir().expect("tempdir"));
         let store = Store::open(dir.path(), self.store_config.clone()).expect("open store");
+        self.closes.insert(id, store.watch_close());
         let groups =
             Groups::new(id, store, &self.config, self.router.transport(id)).expect("groups");
         self.router.register(id, groups.clone());
@@ -67,6 +70,14 @@ impl Cluster {
         self.router.unregister(id);
         if let Some(groups) = self.nodes.remove(&id) {
             groups.shutdown().await;
+        }
+        // Replication tasks let go of the database a moment after the shutdown (one
+        // may be in a backoff); a restart must wait for its lock.
+        if let Some(closing) = self.closes.remove(&id) {
+            assert!(
+                closing.closed(std::time::Duration::from_secs(10)).await,
+                "node {id}'s database is still open 10 s after it stopped"
+            );
         }
     }
 
