@@ -320,6 +320,20 @@ impl Group {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// The term in which `me` leads this group: `Some` only while `me` is the leader
+    /// and its vote as leader is committed (a quorum granted it). A node whose metrics
+    /// still name it leader a moment after a higher vote arrived, or a candidate, claims
+    /// nothing, so no two nodes ever claim one term.
+    pub fn leading_term(&self, me: NodeId) -> Option<u64> {
+        let watch = self.raft.metrics();
+        let metrics = watch.borrow();
+        let vote = &metrics.vote;
+        (metrics.current_leader == Some(me)
+            && vote.is_committed()
+            && vote.leader_id().voted_for() == Some(me))
+        .then(|| vote.leader_id().get_term())
+    }
+
     /// The current term.
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term

@@ -188,17 +188,16 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for GroupNetwork<T> {
         let mut rpc = rpc;
         let trimmed_to = trim_to_bytes(&mut rpc.entries, self.append_bytes);
         let sending = self.transport.append_entries(self.group, self.target, rpc);
-        // Answer before openraft's own timeout: openraft resends at once after a
-        // timeout, but backs off after `Unreachable`, so a slow target is not flooded
-        // with the very requests it is too slow to answer.
-        let Ok(result) = tokio::time::timeout(option.soft_ttl(), sending).await else {
+        // Answer just before openraft's own timeout (the hard TTL, one heartbeat):
+        // openraft resends at once after a timeout, but backs off after `Unreachable`,
+        // so a slow target is not flooded with the very requests it is too slow to
+        // answer.
+        let patience = option.hard_ttl().saturating_sub(option.hard_ttl() / 10);
+        let Ok(result) = tokio::time::timeout(patience, sending).await else {
             self.append_bytes = (self.append_bytes / 2).max(MIN_APPEND_BYTES);
             let late = TransportError::Unreachable {
                 target: self.target,
-                reason: format!(
-                    "no answer to AppendEntries within {:?}; backing off",
-                    option.soft_ttl()
-                ),
+                reason: format!("no answer to AppendEntries within {patience:?}; backing off"),
             };
             return Err(RPCError::Unreachable(Unreachable::new(&late)));
         };

@@ -518,6 +518,11 @@ impl Node {
     /// mayors, when the Registry does not say so already.
     async fn report_governor(&self, state: &str, group: &Group) {
         let now = now_ms();
+        // Only the term this node holds a committed leader vote in: its metrics may
+        // still name it leader for a moment after another node's vote reached it.
+        let Some(term) = group.leading_term(self.me()) else {
+            return;
+        };
         let metrics = group.raft().metrics().borrow().clone();
         let voter_ids: BTreeSet<NodeId> =
             metrics.membership_config.membership().voter_ids().collect();
@@ -547,7 +552,7 @@ impl Node {
             .await;
         let record = GovernorRecord {
             node: self.identity.node_key(),
-            term: metrics.current_term,
+            term,
             mayors,
             voters,
         };

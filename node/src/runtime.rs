@@ -49,6 +49,11 @@ const ADMISSION_NOT_COMMITTED: &str = "could not commit the admission";
 /// Most members the president adds as federal learners per tick (in one membership
 /// change).
 pub const LEARNERS_PER_TICK: usize = 64;
+/// Least time between two changes of the federal membership that add learners, unless
+/// a full batch is waiting. openraft rebuilds every replication stream on a membership
+/// change and ignores the answers to what the old streams sent, so changes every tick
+/// during a mesh's formation kept learners from ever catching up.
+pub const LEARNER_CHANGE_GAP: Duration = Duration::from_secs(2);
 /// How many times a joiner follows redirects or retries before giving up.
 pub const JOIN_ATTEMPTS: usize = 20;
 
@@ -299,6 +304,8 @@ pub struct Node {
     /// The Registry's applied index and the president when the book and the inbox were
     /// last rebuilt: unchanged, they are not rebuilt (each rebuild reads every member).
     registry_version: Mutex<Option<(u64, Option<NodeId>)>>,
+    /// When this node (as president) last added federal learners.
+    learners_added: Mutex<Option<std::time::Instant>>,
 }
 
 /// How many accepted gossip envelopes a node remembers for [`Node::deliveries`].
@@ -769,8 +776,16 @@ impl Node {
     /// thousand nodes).
     pub fn president_claim(&self) -> (Option<String>, u64, bool) {
         let (president, term) = self.president_and_term();
-        let is_me = president.as_ref().is_some_and(|(id, _)| *id == self.me());
-        (president.map(|(_, peer)| peer), term, is_me)
+        // A claim of this node's own presidency counts only with a committed vote.
+        let leading = self
+            .federal()
+            .and_then(|federal| federal.leading_term(self.me()));
+        let is_me = leading.is_some() && president.as_ref().is_some_and(|(id, _)| *id == self.me());
+        (
+            president.map(|(_, peer)| peer),
+            leading.unwrap_or(term),
+            is_me,
+        )
     }
 
     /// The gossip envelopes this node accepted lately (at most [`DELIVERY_LOG`]), with
@@ -857,9 +872,8 @@ impl Node {
         let me = self.me();
         let mut governs = Vec::new();
         for (state, group) in self.governed().await {
-            let metrics = group.raft().metrics().borrow().clone();
-            if metrics.current_leader == Some(me) {
-                governs.push((state, metrics.current_term));
+            if let Some(term) = group.leading_term(me) {
+                governs.push((state, term));
             }
         }
         governs
@@ -1316,7 +1330,20 @@ impl Node {
             .take(LEARNERS_PER_TICK)
             .map(|(id, node)| (*id, node.clone()))
             .collect();
-        if !missing.is_empty() && membership.membership().get_joint_config().len() == 1 {
+        let waited = self
+            .learners_added
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none_or(|at| at.elapsed() >= LEARNER_CHANGE_GAP);
+        if !missing.is_empty()
+            && (waited || missing.len() >= LEARNERS_PER_TICK)
+            && membership.membership().get_joint_config().len() == 1
+        {
+            *self
+                .learners_added
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(std::time::Instant::now());
             let added = missing.len();
             match federal
                 .raft()
@@ -1647,6 +1674,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         deliveries: Mutex::new(std::collections::VecDeque::new()),
         peer_ids: Mutex::new(HashMap::new()),
         registry_version: Mutex::new(None),
+        learners_added: Mutex::new(None),
         inbox: Inbox::new(mesh.mesh),
         topics: Topics::new(mesh.mesh),
         sealer: Mutex::new(aamas_protocol::Sealer::new(

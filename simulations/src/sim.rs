@@ -31,15 +31,15 @@ pub const JOIN_BATCH: usize = 32;
 pub const LARGE_MESH_MEMTABLE_BYTES: usize = 1 << 20;
 
 /// Raft timers for a simulated mesh of `nodes`. openraft gives an AppendEntries RPC
-/// one heartbeat interval before it times out and sends the same entries again; every
-/// member is a federal learner, so above 60 nodes on two cores many RPCs take longer
-/// than the default 50 ms, and the president resends the same entries in a loop (130
-/// nodes: 6.8 GB in 100 s). Larger meshes therefore get longer heartbeats, with
-/// elections at 4-8 heartbeats: 250 ms up to 300 nodes, then 500 ms.
+/// one heartbeat interval before it times out; every member is a federal learner, and
+/// all of them share two cores. With openraft's 50 ms default, answers under that load
+/// came late so often that followers missed heartbeats and called elections (five
+/// federal terms in a 50-node flood run). The simulator therefore uses 100 ms up to 60
+/// nodes, 250 ms up to 300, then 500 ms, with elections at 4-8 heartbeats.
 pub fn raft_config(nodes: usize) -> aamas_consensus::RaftConfig {
     let mut config = aamas_consensus::RaftConfig::default();
     let heartbeat = match nodes {
-        0..=60 => return config,
+        0..=60 => 100,
         61..=300 => 250,
         _ => 500,
     };
@@ -220,9 +220,7 @@ fn node_config(
         mdns: false,
         capacity: 16,
         faults: Some(faults.clone() as Arc<dyn aamas_node::faults::Faults>),
-        memtable_bytes: (raft.heartbeat_interval_ms
-            > aamas_consensus::RaftConfig::default().heartbeat_interval_ms)
-            .then_some(LARGE_MESH_MEMTABLE_BYTES),
+        memtable_bytes: (raft.heartbeat_interval_ms > 100).then_some(LARGE_MESH_MEMTABLE_BYTES),
     })
 }
 
