@@ -610,48 +610,94 @@ impl Node {
             .map_err(|error| error.to_string())
     }
 
-    /// Reconnects to the members of this node's state and the state groups' voters, so
-    /// that liveness is known and Raft traffic flows: `limit` dials a tick, until this
-    /// node has [`NEIGHBOURS`] connections (in a large mesh, every member connected to
-    /// every other of its state would be a quarter of N squared connections).
+    /// Reconnects to the members of this node's state, so that liveness is known and
+    /// Raft traffic flows, and keeps [`CROSS_STATE_NEIGHBOURS`] links into other states,
+    /// so that gossip on the `all` topic does not depend on a few bridges between states
+    /// (an attacker that gets a bridge graylisted, or sits in its mesh and forwards
+    /// nothing, would cut a state off). `limit` dials a tick, until this node has
+    /// [`NEIGHBOURS`] connections (in a large mesh, every member connected to every other
+    /// of its state would be a quarter of N squared connections).
     pub(crate) async fn connect_to_neighbours(&self, limit: usize) {
         let me = self.identity.node_key();
-        let neighbours: Vec<(NodeKey, Vec<String>)> = self
+        let candidates: Vec<(NodeKey, bool, Vec<String>)> = self
             .registry(|registry| {
                 let mine = registry.members().get(&me).and_then(|m| m.state.clone());
                 registry
                     .active_members()
-                    .filter(|(key, member)| **key != me && (member.state == mine || mine.is_none()))
-                    .map(|(key, member)| (*key, member.addrs.clone()))
+                    .filter(|(key, _)| **key != me)
+                    .map(|(key, member)| {
+                        let same = mine.is_none() || member.state == mine;
+                        (*key, same, member.addrs.clone())
+                    })
                     .collect()
             })
             .await
             .unwrap_or_default();
         let connected: BTreeSet<PeerId> = self.handle.connected_peers().await.into_iter().collect();
-        if connected.len() >= NEIGHBOURS {
-            return;
-        }
-        let mut dialled = 0;
-        for (key, addrs) in neighbours {
+        let peers: Vec<(NodeKey, bool, bool)> = candidates
+            .iter()
+            .filter_map(|(key, same, _)| {
+                let peer = self.peer_of(key)?;
+                Some((*key, *same, connected.contains(&peer)))
+            })
+            .collect();
+        let wanted = neighbours_to_dial(&me, &peers, connected.len(), limit);
+        for (key, _, addrs) in candidates {
+            if !wanted.contains(&key) {
+                continue;
+            }
             let Some(peer) = self.peer_of(&key) else {
                 continue;
             };
-            if connected.contains(&peer) {
-                continue;
-            }
-            if dialled >= limit {
-                break;
-            }
             self.handle
                 .add_addresses(peer, parse_addrs(&addrs), true)
                 .await;
-            dialled += 1;
         }
     }
 }
 
+/// Which members to dial now: of `peers` (each with whether it is in this node's state
+/// and whether it is connected), first links into other states until
+/// [`CROSS_STATE_NEIGHBOURS`] are connected, then members of this node's state until
+/// `connected` reaches [`NEIGHBOURS`]; at most `limit` in all. Each node ranks the
+/// candidates by a hash of both keys, so different nodes pick different neighbours and
+/// one node picks the same ones from tick to tick.
+pub(crate) fn neighbours_to_dial(
+    me: &NodeKey,
+    peers: &[(NodeKey, bool, bool)],
+    connected: usize,
+    limit: usize,
+) -> BTreeSet<NodeKey> {
+    let rank = |key: &NodeKey| -> [u8; 32] {
+        Sha256::digest([b"aamas/1 neighbour ".as_slice(), &me.0, &key.0].concat()).into()
+    };
+    let mut ranked: Vec<(&NodeKey, bool, bool)> = peers
+        .iter()
+        .map(|(key, same, up)| (key, *same, *up))
+        .collect();
+    ranked.sort_by_cached_key(|(key, _, _)| rank(key));
+    let cross_connected = ranked.iter().filter(|(_, same, up)| !same && *up).count();
+    let cross: Vec<NodeKey> = ranked
+        .iter()
+        .filter(|(_, same, up)| !same && !up)
+        .take(CROSS_STATE_NEIGHBOURS.saturating_sub(cross_connected))
+        .map(|(key, _, _)| **key)
+        .collect();
+    let room = NEIGHBOURS.saturating_sub(connected + cross.len());
+    let own = ranked
+        .iter()
+        .filter(|(_, same, up)| *same && !up)
+        .take(room)
+        .map(|(key, _, _)| **key);
+    cross.iter().copied().chain(own).take(limit).collect()
+}
+
 /// Connections past which a node stops dialling its state's members.
 pub const NEIGHBOURS: usize = 24;
+
+/// Connections a node keeps into states other than its own (see
+/// [`Node::connect_to_neighbours`]).
+pub const CROSS_STATE_NEIGHBOURS: usize = 4;
 
 #[cfg(test)]
 mod tests {
@@ -670,6 +716,40 @@ mod tests {
             alive,
             load,
         }
+    }
+
+    #[test]
+    fn neighbours_reach_into_other_states_before_filling_up_with_the_own() {
+        let me = key(0);
+        // Ten members of this node's state, six of others; none connected.
+        let peers: Vec<(NodeKey, bool, bool)> =
+            (1..=16).map(|n| (key(n), n <= 10, false)).collect();
+        let wanted = neighbours_to_dial(&me, &peers, 0, 64);
+        let cross = wanted.iter().filter(|k| k.0[0] > 10).count();
+        assert_eq!(cross, CROSS_STATE_NEIGHBOURS);
+        assert_eq!(wanted.len(), CROSS_STATE_NEIGHBOURS + 10);
+        // The dial limit keeps the links into other states first.
+        let few = neighbours_to_dial(&me, &peers, 0, 2);
+        assert_eq!(few.len(), 2);
+        assert!(few.iter().all(|k| k.0[0] > 10));
+        // The same node picks the same neighbours from tick to tick.
+        assert_eq!(neighbours_to_dial(&me, &peers, 0, 64), wanted);
+    }
+
+    #[test]
+    fn a_full_node_still_keeps_its_links_into_other_states() {
+        let me = key(0);
+        let mut peers: Vec<(NodeKey, bool, bool)> =
+            (1..=30).map(|n| (key(n), true, true)).collect();
+        peers.extend((31..=40).map(|n| (key(n), false, false)));
+        let wanted = neighbours_to_dial(&me, &peers, 30, 64);
+        assert_eq!(wanted.len(), CROSS_STATE_NEIGHBOURS);
+        assert!(wanted.iter().all(|k| k.0[0] > 30));
+        // With its links into other states up, it dials no one.
+        for peer in peers.iter_mut().filter(|p| wanted.contains(&p.0)) {
+            peer.2 = true;
+        }
+        assert!(neighbours_to_dial(&me, &peers, 34, 64).is_empty());
     }
 
     #[test]
