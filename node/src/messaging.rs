@@ -184,6 +184,15 @@ impl Inbox {
         *self.authority.lock().unwrap_or_else(|p| p.into_inner()) = authority;
     }
 
+    /// How many members the roster holds: whose messages this node can check.
+    pub fn known(&self) -> usize {
+        self.roster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .len()
+    }
+
     /// Whether `node` is in the roster.
     pub fn knows(&self, node: &NodeKey) -> bool {
         self.roster

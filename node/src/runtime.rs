@@ -771,6 +771,13 @@ impl Node {
             .unwrap_or(0)
     }
 
+    /// Members whose messages this node can check now: its inbox's roster, which follows
+    /// the Registry copy at the next tick after it changes. Until a member is in it, that
+    /// member's gossip is ignored here as from an unknown sender.
+    pub fn checkable_members(&self) -> usize {
+        self.inbox.known()
+    }
+
     /// The president this node follows, the federal term, and whether it is the
     /// president itself: one snapshot, without a Registry read (cheap enough to poll a
     /// thousand nodes).

@@ -169,9 +169,10 @@ impl Checker {
     }
 
     /// During a flood, an honest probe reached `reached` of `expected` live nodes. It
-    /// must reach at least [`FLOOD_REACH`] of them: the nodes the attackers are
-    /// connected to may miss one (measured at 50 nodes: up to 3 of 48 for one probe,
-    /// 3 deliveries in 730 over a run), but traffic must not stall.
+    /// must reach at least [`FLOOD_REACH`] of them: a node under attack may miss one, but
+    /// traffic must not stall. (The misses measured before 2026-11-25, up to 7 of 48 for
+    /// a probe, were the join race, not the flood: the last joiners could not yet check
+    /// the probe's sender; the simulator now waits for that before a scenario starts.)
     pub fn flood_probe(&mut self, reached: usize, expected: usize) {
         if (reached as f64) < FLOOD_REACH * expected as f64 {
             self.violations.push(Violation::HonestTrafficStalled {

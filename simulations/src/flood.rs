@@ -57,6 +57,7 @@ pub(crate) async fn flood(sim: &mut Sim, length: Duration, per_sec: u32) -> Resu
         .context("the flooding member is not running")?
         .node
         .clone();
+    tracing::debug!(member = member_index, state = ?member.status().await.state, "the flooding member");
     let topic = member.all_topic();
     let mesh = member.mesh_id();
 
@@ -77,6 +78,7 @@ pub(crate) async fn flood(sim: &mut Sim, length: Duration, per_sec: u32) -> Resu
         let Some(running) = sim.running(index) else {
             continue;
         };
+        tracing::debug!(target_node = index, state = ?running.node.status().await.state, "the outsider dials");
         if let Some(addr) = crate::sim::dial_addr(&running.node).await {
             let addr = addr.parse().context("address")?;
             if let Err(error) = outsider.dial(addr).await {

@@ -398,7 +398,7 @@ impl Sim {
     }
 
     /// Starts `count` new nodes that join through a live node, JOIN_BATCH at a time, and
-    /// waits until every live node counts them as members.
+    /// waits until every live node counts them as members and can check their messages.
     async fn add_nodes(&mut self, count: usize) -> Result<()> {
         let first = self.slots.len();
         for batch_start in (0..count).step_by(JOIN_BATCH) {
@@ -428,7 +428,9 @@ impl Sim {
             |sim| {
                 Box::pin(async move {
                     for (_, running) in sim.live() {
-                        if running.node.member_count().await < members {
+                        if running.node.member_count().await < members
+                            || running.node.checkable_members() < members
+                        {
                             return false;
                         }
                     }
@@ -937,7 +939,10 @@ impl Sim {
         }
         let mut outcome = Vec::new();
         for probe in &probes {
-            let _ = probe.origin;
+            let origin_state = match self.running(probe.origin) {
+                Some(running) => running.node.status().await.state,
+                None => None,
+            };
             let mut reached = 0;
             for index in &probe.expected {
                 if !arrivals.contains_key(&(*index, probe.id))
@@ -950,9 +955,20 @@ impl Sim {
                         .filter(|line| line.starts_with("aamas_gossip_rejected_total"))
                         .map(str::to_string)
                         .collect();
+                    let status = running.node.status().await;
+                    let connected = running
+                        .node
+                        .members()
+                        .await
+                        .iter()
+                        .filter(|m| m.alive)
+                        .count();
                     tracing::debug!(
                         node = index,
+                        state = ?status.state,
+                        connected,
                         origin = probe.origin,
+                        origin_state = ?origin_state,
                         ?refused,
                         "a probe did not arrive"
                     );
