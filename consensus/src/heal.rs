@@ -52,6 +52,30 @@ pub enum HealError {
         /// What failed.
         reason: String,
     },
+    /// Taking a member out of the group failed.
+    #[error("removing {node} from the group failed: {reason}")]
+    RemoveFailed {
+        /// The member.
+        node: NodeId,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// What [`remove_member`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// This node is not the group's leader; only the leader changes the membership.
+    NotLeader,
+    /// A membership change is already in progress; ask again.
+    Busy,
+    /// The member is the group's only voter: without it the group could decide nothing.
+    LastVoter,
+    /// The member was not (or is no longer) in the group.
+    NotInGroup,
+    /// The member is out: a voter's seat is given up (the leader fills it again as
+    /// it fills any empty seat), a learner stops receiving the log.
+    Removed,
 }
 
 /// Whether a member counts as alive at `now_ms` given when it was last heard of.
@@ -225,4 +249,40 @@ mod tests {
             Ok(None)
         );
     }
+}
+
+/// Takes `node` out of `group`, which this node leads: the way a member that leaves for
+/// good gives up its seat while the group still has its quorum, rather than leaving it
+/// to be replaced as dead (which needs a quorum of the others to be alive). One
+/// membership change; returns once it is committed.
+pub async fn remove_member(group: &Group, node: NodeId) -> Result<Removal, HealError> {
+    let metrics = group.raft().metrics().borrow().clone();
+    if metrics.current_leader != Some(metrics.id) {
+        return Ok(Removal::NotLeader);
+    }
+    let membership = metrics.membership_config.membership();
+    if membership.get_joint_config().len() > 1 {
+        return Ok(Removal::Busy);
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let change = if voters.contains(&node) {
+        if voters.len() == 1 {
+            return Ok(Removal::LastVoter);
+        }
+        openraft::ChangeMembers::RemoveVoters(BTreeSet::from([node]))
+    } else if membership.get_node(&node).is_some() {
+        openraft::ChangeMembers::RemoveNodes(BTreeSet::from([node]))
+    } else {
+        return Ok(Removal::NotInGroup);
+    };
+    tracing::info!(group = group.id(), node, "removing a member that leaves");
+    group
+        .raft()
+        .change_membership(change, false)
+        .await
+        .map_err(|error| HealError::RemoveFailed {
+            node,
+            reason: error.to_string(),
+        })?;
+    Ok(Removal::Removed)
 }

@@ -37,7 +37,10 @@ pub mod testing;
 mod types;
 
 pub use groups::{Committed, Group, GroupError, Groups, RaftConfig, ReadError, WriteError};
-pub use heal::{HealError, HealOutcome, Replacement, plan_replacement, replace_dead_voter};
+pub use heal::{
+    HealError, HealOutcome, Removal, Replacement, plan_replacement, remove_member,
+    replace_dead_voter,
+};
 pub use machine::{
     Batch, BatchResponse, Command, FEDERAL_GROUP, MAX_REMEMBERED_REQUESTS, Machine, Outcome,
     Request, Response,

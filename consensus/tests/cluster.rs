@@ -7,7 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use aamas_consensus::{
-    FEDERAL_GROUP, HealOutcome, MemberNode, NodeId, RaftConfig, replace_dead_voter,
+    FEDERAL_GROUP, HealOutcome, MemberNode, NodeId, RaftConfig, Removal, remove_member,
+    replace_dead_voter,
 };
 use common::*;
 
@@ -281,6 +282,85 @@ async fn a_dead_voter_is_replaced_by_the_healing_helper() {
     .await
     .expect("heal");
     assert_eq!(again, HealOutcome::Healthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_member_gives_up_its_seat_while_the_group_keeps_its_quorum() {
+    let cluster = Cluster::start(4, fast_config()).await;
+    let voters = [1, 2, 3];
+    for id in 1..=4 {
+        cluster.node(id).open(G).await.expect("open");
+    }
+    cluster.create_group(G, &voters).await;
+    let leader = cluster.leader(G, &voters).await;
+    let group = cluster.group(leader, G);
+    group
+        .raft()
+        .add_learner(4, MemberNode::default(), true)
+        .await
+        .expect("learner");
+    let voter_set = |id: NodeId| -> std::collections::BTreeSet<NodeId> {
+        cluster
+            .group(id, G)
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    };
+    let followers: Vec<NodeId> = voters.iter().copied().filter(|id| *id != leader).collect();
+
+    // Only the leader changes the membership.
+    assert_eq!(
+        remove_member(&cluster.group(followers[0], G), followers[1])
+            .await
+            .expect("remove"),
+        Removal::NotLeader
+    );
+    // A follower leaves: two voters remain and still commit.
+    assert_eq!(
+        remove_member(&group, followers[0]).await.expect("remove"),
+        Removal::Removed
+    );
+    assert_eq!(voter_set(leader), [leader, followers[1]].into());
+    cluster
+        .write(G, &[leader, followers[1]], add_state(1, "after one left"))
+        .await;
+    // A learner leaves.
+    assert_eq!(
+        remove_member(&group, 4).await.expect("remove"),
+        Removal::Removed
+    );
+    let nodes: Vec<NodeId> = group
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        !nodes.contains(&4) && !nodes.contains(&followers[0]),
+        "{nodes:?}"
+    );
+    // Removing again is no change.
+    assert_eq!(
+        remove_member(&group, 4).await.expect("remove"),
+        Removal::NotInGroup
+    );
+    // The second follower leaves; the leader alone is the last voter and stays.
+    assert_eq!(
+        remove_member(&group, followers[1]).await.expect("remove"),
+        Removal::Removed
+    );
+    assert_eq!(
+        remove_member(&group, leader).await.expect("remove"),
+        Removal::LastVoter
+    );
+    cluster.write(G, &[leader], add_state(2, "alone")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
