@@ -41,8 +41,7 @@ unit:
 	$(CARGO) test --locked --workspace --all-targets
 	$(CARGO) test --locked --workspace --doc
 
-## Every simulator scenario on 50 nodes, with the reports, including `churn`, which
-## `make test` skips for now (see its #[ignore] reason in simulations/tests/scenarios.rs).
+## Every simulator scenario on 50 nodes (also part of `make test`), printing the reports.
 sim-test: deps
 	$(CARGO) test --locked -p aamas-sim --test scenarios -- --include-ignored --nocapture
 

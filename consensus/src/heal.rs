@@ -162,6 +162,42 @@ pub async fn replace_dead_voter(
     Ok(HealOutcome::Replaced(replacement))
 }
 
+/// Takes `node` out of `group`, which this node leads: the way a member that leaves for
+/// good gives up its seat while the group still has its quorum, rather than leaving it
+/// to be replaced as dead (which needs a quorum of the others to be alive). One
+/// membership change; returns once it is committed.
+pub async fn remove_member(group: &Group, node: NodeId) -> Result<Removal, HealError> {
+    let metrics = group.raft().metrics().borrow().clone();
+    if metrics.current_leader != Some(metrics.id) {
+        return Ok(Removal::NotLeader);
+    }
+    let membership = metrics.membership_config.membership();
+    if membership.get_joint_config().len() > 1 {
+        return Ok(Removal::Busy);
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let change = if voters.contains(&node) {
+        if voters.len() == 1 {
+            return Ok(Removal::LastVoter);
+        }
+        openraft::ChangeMembers::RemoveVoters(BTreeSet::from([node]))
+    } else if membership.get_node(&node).is_some() {
+        openraft::ChangeMembers::RemoveNodes(BTreeSet::from([node]))
+    } else {
+        return Ok(Removal::NotInGroup);
+    };
+    tracing::info!(group = group.id(), node, "removing a member that leaves");
+    group
+        .raft()
+        .change_membership(change, false)
+        .await
+        .map_err(|error| HealError::RemoveFailed {
+            node,
+            reason: error.to_string(),
+        })?;
+    Ok(Removal::Removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,40 +285,4 @@ mod tests {
             Ok(None)
         );
     }
-}
-
-/// Takes `node` out of `group`, which this node leads: the way a member that leaves for
-/// good gives up its seat while the group still has its quorum, rather than leaving it
-/// to be replaced as dead (which needs a quorum of the others to be alive). One
-/// membership change; returns once it is committed.
-pub async fn remove_member(group: &Group, node: NodeId) -> Result<Removal, HealError> {
-    let metrics = group.raft().metrics().borrow().clone();
-    if metrics.current_leader != Some(metrics.id) {
-        return Ok(Removal::NotLeader);
-    }
-    let membership = metrics.membership_config.membership();
-    if membership.get_joint_config().len() > 1 {
-        return Ok(Removal::Busy);
-    }
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    let change = if voters.contains(&node) {
-        if voters.len() == 1 {
-            return Ok(Removal::LastVoter);
-        }
-        openraft::ChangeMembers::RemoveVoters(BTreeSet::from([node]))
-    } else if membership.get_node(&node).is_some() {
-        openraft::ChangeMembers::RemoveNodes(BTreeSet::from([node]))
-    } else {
-        return Ok(Removal::NotInGroup);
-    };
-    tracing::info!(group = group.id(), node, "removing a member that leaves");
-    group
-        .raft()
-        .change_membership(change, false)
-        .await
-        .map_err(|error| HealError::RemoveFailed {
-            node,
-            reason: error.to_string(),
-        })?;
-    Ok(Removal::Removed)
 }

@@ -129,6 +129,10 @@ pub enum NodeError {
         /// The database directory.
         path: String,
     },
+    /// A leaving node could not give up its place in some groups (they go on without
+    /// it, and replace it as dead once it is gone).
+    #[error("left, but still in: {0}")]
+    Resign(String),
     /// A Raft group failed (boxed: openraft's errors are large).
     #[error(transparent)]
     Group(Box<aamas_consensus::GroupError>),
@@ -295,6 +299,8 @@ pub struct Node {
     /// When each member was last seen connected (ms); members get a grace period from
     /// when this node first heard of them.
     liveness: Mutex<HashMap<NodeId, u64>>,
+    /// Members that resigned from a group this node leads, with when (ms).
+    resigned: Mutex<HashMap<NodeId, u64>>,
     /// The last [`DELIVERY_LOG`] gossip envelopes accepted, with when (for the simulator's
     /// delivery and propagation figures).
     deliveries: Mutex<std::collections::VecDeque<(aamas_protocol::MessageId, std::time::Instant)>>,
@@ -307,6 +313,14 @@ pub struct Node {
     /// When this node (as president) last added federal learners.
     learners_added: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a member that resigned from a group counts as gone, whether or not it is
+/// still connected (see [`Node::last_seen`]).
+pub const RESIGNED_FOR_MS: u64 = 60_000;
+
+/// How long a leaving node tries to give up its seat in one group (see
+/// [`Running::leave`]).
+pub const RESIGN_LIMIT: Duration = Duration::from_secs(10);
 
 /// How many accepted gossip envelopes a node remembers for [`Node::deliveries`].
 pub const DELIVERY_LOG: usize = 4_096;
@@ -429,8 +443,19 @@ impl Node {
         node_id(&self.identity.node_key())
     }
 
-    /// When `id` was last seen connected, if this node has heard of it.
+    /// When `id` was last seen connected, if this node has heard of it. A member that
+    /// resigned from one of this node's groups lately counts as never seen: it is still
+    /// connected while it leaves, and must not be picked for the seat it just gave up.
     pub(crate) fn last_seen(&self, id: NodeId) -> Option<u64> {
+        let resigned = self
+            .resigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .is_some_and(|at| now_ms().saturating_sub(*at) < RESIGNED_FOR_MS);
+        if resigned {
+            return None;
+        }
         self.liveness
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -525,53 +550,111 @@ impl Node {
     /// that voter campaigns at once, so the group has a new leader within a round trip
     /// instead of an election timeout after the heartbeats stop.
     async fn hand_over_leadership(&self) {
-        let me = self.me();
         for id in self.groups.ids() {
+            self.hand_over(id).await;
+        }
+    }
+
+    /// Hands `id`, if this node leads it, to its most caught-up voter (see
+    /// [`Node::hand_over_leadership`]); whether another voter leads it afterwards.
+    async fn hand_over(&self, id: aamas_consensus::GroupId) -> bool {
+        let me = self.me();
+        let Some(group) = self.groups.get(id) else {
+            return false;
+        };
+        let metrics = group.raft().metrics().borrow().clone();
+        if metrics.current_leader != Some(me) {
+            return false;
+        }
+        let successor = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(node, _)| **node != me)
+            .filter(|(node, _)| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == **node)
+            })
+            .max_by_key(|(_, matched)| matched.map(|log_id| log_id.index))
+            .map(|(node, _)| *node);
+        let Some(successor) = successor else {
+            return false;
+        };
+        let Some((peer, addrs)) = self.book.get(successor) else {
+            return false;
+        };
+        let campaign = self
+            .handle
+            .request(peer, addrs, Rpc::Campaign { group: id });
+        match tokio::time::timeout(Duration::from_secs(1), campaign).await {
+            Ok(Ok(RpcResponse::Ack)) => {
+                // Stay (and vote) until the successor has won, for at most a second:
+                // with two voters it needs this node's vote.
+                let mut watch = group.raft().metrics();
+                let won = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    watch.wait_for(|m| m.current_leader.is_some_and(|leader| leader != me)),
+                )
+                .await
+                .is_ok_and(|changed| changed.is_ok());
+                tracing::info!(group = id, successor, won, "handed over leadership");
+                won
+            }
+            other => {
+                tracing::debug!(group = id, ?other, "handing over leadership failed");
+                false
+            }
+        }
+    }
+
+    /// Gives up this node's place in group `id` (voter or learner) for good: hands the
+    /// group over if it leads it, then asks the leader to take it out, for at most
+    /// [`RESIGN_LIMIT`]. A group this node is not in (any more) is done at once.
+    async fn resign(&self, id: aamas_consensus::GroupId) -> Result<(), String> {
+        let me = self.me();
+        let deadline = tokio::time::Instant::now() + RESIGN_LIMIT;
+        let mut last = String::from("the group has no leader");
+        loop {
             let Some(group) = self.groups.get(id) else {
-                continue;
+                return Ok(());
             };
             let metrics = group.raft().metrics().borrow().clone();
-            if metrics.current_leader != Some(me) {
-                continue;
+            let membership = metrics.membership_config.membership();
+            if membership.get_node(&me).is_none() {
+                return Ok(());
             }
-            let successor = metrics
-                .replication
-                .iter()
-                .flatten()
-                .filter(|(node, _)| **node != me)
-                .filter(|(node, _)| {
-                    metrics
-                        .membership_config
-                        .membership()
-                        .voter_ids()
-                        .any(|v| v == **node)
-                })
-                .max_by_key(|(_, matched)| matched.map(|log_id| log_id.index))
-                .map(|(node, _)| *node);
-            let Some(successor) = successor else {
-                continue;
-            };
-            let Some((peer, addrs)) = self.book.get(successor) else {
-                continue;
-            };
-            let campaign = self
-                .handle
-                .request(peer, addrs, Rpc::Campaign { group: id });
-            match tokio::time::timeout(Duration::from_secs(1), campaign).await {
-                Ok(Ok(RpcResponse::Ack)) => {
-                    // Stay (and vote) until the successor has won, for at most a second:
-                    // with two voters it needs this node's vote.
-                    let mut watch = group.raft().metrics();
-                    let won = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        watch.wait_for(|m| m.current_leader.is_some_and(|leader| leader != me)),
-                    )
-                    .await
-                    .is_ok_and(|changed| changed.is_ok());
-                    tracing::info!(group = id, successor, won, "handed over leadership");
+            match metrics.current_leader {
+                Some(leader) if leader == me => {
+                    if membership.voter_ids().all(|voter| voter == me) {
+                        return Err("this node is the group's only voter".into());
+                    }
+                    if !self.hand_over(id).await {
+                        last = "handing over the lead failed".into();
+                    }
                 }
-                other => tracing::debug!(group = id, ?other, "handing over leadership failed"),
+                Some(leader) => match self.book.get(leader) {
+                    Some((peer, addrs)) => {
+                        let asked = self.handle.request(peer, addrs, Rpc::Resign { group: id });
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        match tokio::time::timeout(left, asked).await {
+                            Ok(answer) => match RpcResponse::acked(answer) {
+                                Ok(()) => return Ok(()),
+                                Err(reason) => last = reason,
+                            },
+                            Err(_) => last = "the leader did not answer in time".into(),
+                        }
+                    }
+                    None => last = format!("the leader {leader} is not in the peer book"),
+                },
+                None => {}
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -1228,6 +1311,47 @@ impl Node {
         }
     }
 
+    /// A member leaves `group`, which this node leads: it is taken out of the group (and,
+    /// for the federal group, marked as left in the Registry first, so that the president
+    /// does not add it back as a learner).
+    async fn handle_resign(&self, peer: PeerId, id: aamas_consensus::GroupId) -> RpcResponse {
+        let refused = |reason: String| RpcResponse::Refused { reason };
+        let Some(key) = NodeKey::from_peer_id(&peer.to_base58()) else {
+            return refused("the peer id is not an ed25519 member key".into());
+        };
+        let node = node_id(&key);
+        let Some(group) = self.groups.get(id) else {
+            return refused(format!("group {id} is not open here"));
+        };
+        if group.leader() != Some(self.me()) {
+            return refused(format!("not the leader of group {id}"));
+        }
+        self.resigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(node, now_ms());
+        if id == FEDERAL_GROUP {
+            let at = now_ms().to_be_bytes();
+            if let Err(error) = self
+                .propose(
+                    &[b"leave", &key.0, &at],
+                    RegistryCommand::RemoveMember { node: key },
+                )
+                .await
+            {
+                return refused(format!("marking the member as left failed: {error}"));
+            }
+        }
+        match aamas_consensus::remove_member(&group, node).await {
+            Ok(aamas_consensus::Removal::Removed | aamas_consensus::Removal::NotInGroup) => {
+                tracing::info!(group = id, %peer, "a member left the group");
+                RpcResponse::Ack
+            }
+            Ok(other) => refused(format!("not removed from group {id}: {other:?}")),
+            Err(error) => refused(error.to_string()),
+        }
+    }
+
     async fn handle_inbound(&self, inbound: Inbound) {
         let Inbound { peer, rpc, channel } = inbound;
         let response = match rpc {
@@ -1256,6 +1380,7 @@ impl Node {
                 Ok(()) => RpcResponse::Ack,
                 Err(reason) => RpcResponse::Refused { reason },
             },
+            Rpc::Resign { group } => self.handle_resign(peer, group).await,
             Rpc::Campaign { group } => match self.groups.get(group) {
                 Some(open) => match open.raft().trigger().elect().await {
                     Ok(()) => RpcResponse::Ack,
@@ -1543,7 +1668,11 @@ pub async fn run(
 pub struct Running {
     /// The node.
     pub node: Arc<Node>,
+    /// What serves other nodes and the user: inbound requests, gossip, the API. Stopped
+    /// last, so that a leaving node still votes and answers while it hands over.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The node's own duties (president, governor, work ticks). Stopped first.
+    duties: Vec<tokio::task::JoinHandle<()>>,
     store: Store,
 }
 
@@ -1567,12 +1696,18 @@ impl Running {
     /// the database after [`CRASH_CLOSE_LIMIT`].
     pub async fn crash(self) -> Result<(), NodeError> {
         self.node.stopping.send_replace(true);
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.duties) {
             task.abort();
         }
         self.node.groups.shutdown().await;
         self.node.handle.shutdown().await;
-        let Running { node, tasks, store } = self;
+        let Running {
+            node,
+            mut tasks,
+            duties,
+            store,
+        } = self;
+        tasks.extend(duties);
         let closing = store.watch_close();
         let path = store.path().display().to_string();
         drop((node, store));
@@ -1587,15 +1722,50 @@ impl Running {
         }
     }
 
-    /// Leaves gracefully: stops the duties, hands over the groups this node leads,
-    /// stops Raft, flushes the store and closes the swarm.
+    /// Leaves the mesh for good (the simulator's `leave` step; a member being retired):
+    /// stops its duties, gives up its place in every group it is in, its state groups
+    /// first, each within [`RESIGN_LIMIT`] (the last, the federal group's president also
+    /// marks it as left in the Registry), then stops as [`Running::stop`] does.
+    ///
+    /// A group keeps its quorum this way: two of three voters leaving one after the other
+    /// leave one voter that still decides, where two stopping would leave it stuck.
+    /// Returns the groups it could not leave, with why; it stops either way.
+    pub async fn leave(self) -> Result<(), NodeError> {
+        tracing::info!("leaving the mesh: giving up every group seat");
+        for task in &self.duties {
+            task.abort();
+        }
+        let mut ids = self.node.groups.ids();
+        // State groups first: once out of the federal group, this node is no member.
+        ids.sort_by_key(|id| *id == FEDERAL_GROUP);
+        let mut failed = Vec::new();
+        for id in ids {
+            if let Err(reason) = self.node.resign(id).await {
+                tracing::warn!(group = id, %reason, "could not leave a group");
+                failed.push(format!("group {id}: {reason}"));
+            }
+        }
+        self.stop().await;
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(NodeError::Resign(failed.join("; ")))
+        }
+    }
+
+    /// Stops gracefully (SIGTERM): stops the duties, hands over the groups this node
+    /// leads (still answering votes meanwhile), stops Raft, flushes the store and closes
+    /// the swarm. The node stays a member and a voter, to come back with its data dir.
     pub async fn stop(self) {
-        tracing::info!("leaving: stopping duties, Raft groups and the store");
-        for task in &self.tasks {
+        tracing::info!("stopping: duties, Raft groups and the store");
+        for task in &self.duties {
             task.abort();
         }
         self.node.hand_over_leadership().await;
         self.node.stopping.send_replace(true);
+        for task in &self.tasks {
+            task.abort();
+        }
         self.node.groups.shutdown().await;
         if let Err(error) = self.store.flush() {
             tracing::warn!(%error, "flushing the Raft database failed");
@@ -1690,6 +1860,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
             now_ms(),
         )),
         liveness: Mutex::new(HashMap::new()),
+        resigned: Mutex::new(HashMap::new()),
         work: crate::work::WorkState::new(
             usize::try_from(config.capacity.clamp(1, MAX_WORKER_CAPACITY)).unwrap_or(1),
             crate::executor::LlmConfig::from_env(),
@@ -1829,10 +2000,11 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
             working.work_tick().await;
         }
     });
-    tasks.extend([judge, president, governor, work]);
+    tasks.push(judge);
     Ok(Running {
         node,
         tasks,
+        duties: vec![president, governor, work],
         store: flushing,
     })
 }

@@ -72,6 +72,13 @@ pub enum Rpc {
         /// Who governs it, its voters and mayors.
         record: aamas_consensus::registry::GovernorRecord,
     },
+    /// A member that leaves for good asks a group's leader to take it out of the group.
+    /// For the federal group that is leaving the mesh: the president also marks it as
+    /// left in the Registry.
+    Resign {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// The answer to an [`Rpc`].

@@ -422,7 +422,8 @@ impl Sim {
             }
             self.observe(false).await;
         }
-        let members = self.slots.len();
+        // Nodes that left are no members any more.
+        let members = self.slots.iter().filter(|slot| !slot.left).count();
         self.wait_for(
             &format!("every live node to count {members} members"),
             |sim| {
@@ -861,8 +862,13 @@ impl Sim {
             self.slots[index].bytes_before += running.node.bytes_sent();
             self.slots[index].left = true;
             let peer = running.node.peer_id().to_string();
-            running.stop().await;
-            self.moment("fault", format!("leave {}", short(&peer)));
+            match running.leave().await {
+                Ok(()) => self.moment("fault", format!("leave {}", short(&peer))),
+                Err(error) => {
+                    tracing::warn!(%error, peer = short(&peer), "a node left, not from every group");
+                    self.moment("fault", format!("leave {} ({error})", short(&peer)));
+                }
+            }
             self.observe(false).await;
         }
         Ok(())

@@ -130,11 +130,22 @@ fn partition_heal() {
 }
 
 #[test]
-#[ignore = "stalls in about 1 of 7 runs: one state's tasks stay pending while it has no governor after nodes leave (a leaving node does not give up its voter seats first). Run with `make sim-test`"]
 fn churn() {
     let report = run("churn");
     all_results(&report);
     assert_eq!(report.nodes_ever, NODES + 10);
+    let leaves: Vec<&str> = report
+        .timeline
+        .iter()
+        .filter(|moment| moment.kind == "fault" && moment.what.starts_with("leave "))
+        .map(|moment| moment.what.as_str())
+        .collect();
+    assert_eq!(leaves.len(), 5, "{leaves:?}");
+    // Each leaving node gave up its place in every group it was in.
+    assert!(
+        leaves.iter().all(|what| !what.contains("still in")),
+        "{leaves:?}"
+    );
     probes_arrived(&report, 0.98);
 }
 
