@@ -626,6 +626,7 @@ fn main() -> Result<()> {
                     .unwrap_or(aamas_node::runtime::WORKER_CAPACITY),
                 faults: None,
                 memtable_bytes: None,
+                shared_memory: None,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(aamas_node::run(config, shutdown_signal()))?;

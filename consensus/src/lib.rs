@@ -47,6 +47,7 @@ pub use machine::{
 };
 pub use network::{GroupNetwork, GroupNetworkFactory, RaftTransport, RemoteResult, TransportError};
 pub use store::{
-    CloseWatch, LogStore, STORE_FORMAT, StateMachineStore, Store, StoreConfig, StoreError,
+    CloseWatch, LogStore, STORE_FORMAT, SharedMemory, StateMachineStore, Store, StoreConfig,
+    StoreError,
 };
 pub use types::{GroupId, MemberNode, NodeId, RequestId, TypeConfig};

@@ -52,6 +52,9 @@ pub struct StoreConfig {
     /// preallocates its write-ahead log at about this size, so a simulator running a
     /// thousand databases sets it small (1 MiB).
     pub memtable_bytes: Option<usize>,
+    /// One block cache and one memtable budget shared with other databases in this
+    /// process (the simulator's thousand nodes); `None` gives this database its own.
+    pub shared: Option<SharedMemory>,
 }
 
 impl Default for StoreConfig {
@@ -59,7 +62,51 @@ impl Default for StoreConfig {
         Self {
             fsync: true,
             memtable_bytes: None,
+            shared: None,
         }
+    }
+}
+
+/// A RocksDB block cache and write-buffer manager that many databases in one process
+/// share, so that their memory has one bound instead of one each: a thousand databases
+/// with RocksDB's defaults would each keep their own cache and memtables.
+#[derive(Clone)]
+pub struct SharedMemory {
+    cache: rocksdb::Cache,
+    write_buffers: rocksdb::WriteBufferManager,
+    cache_bytes: usize,
+    memtables_bytes: usize,
+}
+
+impl SharedMemory {
+    /// A block cache of `cache_bytes` and a budget of `memtables_bytes` for the
+    /// memtables of every database opened with it. When the memtables reach the
+    /// budget, RocksDB flushes the largest; writers are not stalled.
+    pub fn new(cache_bytes: usize, memtables_bytes: usize) -> Self {
+        Self {
+            cache: rocksdb::Cache::new_lru_cache(cache_bytes),
+            write_buffers: rocksdb::WriteBufferManager::new_write_buffer_manager(
+                memtables_bytes,
+                false,
+            ),
+            cache_bytes,
+            memtables_bytes,
+        }
+    }
+
+    /// Bytes the memtables of every database sharing this budget hold now.
+    pub fn memtables_in_use_bytes(&self) -> usize {
+        self.write_buffers.get_usage()
+    }
+}
+
+impl Debug for SharedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("cache_bytes", &self.cache_bytes)
+            .field("memtables_bytes", &self.memtables_bytes)
+            .field("memtables_in_use_bytes", &self.memtables_in_use_bytes())
+            .finish()
     }
 }
 
@@ -120,10 +167,21 @@ impl Store {
         // RocksDB's own info log: a few small files, not an unbounded one per database.
         options.set_keep_log_file_num(2);
         options.set_max_log_file_size(1 << 20);
+        let table_options = config.shared.as_ref().map(|shared| {
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&shared.cache);
+            table
+        });
+        if let Some(shared) = &config.shared {
+            options.set_write_buffer_manager(&shared.write_buffers);
+        }
         let family_options = || {
             let mut family = Options::default();
             if let Some(bytes) = config.memtable_bytes {
                 family.set_write_buffer_size(bytes);
+            }
+            if let Some(table) = &table_options {
+                family.set_block_based_table_factory(table);
             }
             family
         };

@@ -7,7 +7,7 @@
 //!   inbound gossip   ──► fate(forwarder, me) ──► Deliver / Delay(d) / Drop (ignored, no penalty)
 //! ```
 //!
-//! Connections themselves stay up: libp2p's own traffic (identify, ping, Kademlia, gossip
+//! Connections themselves stay up: libp2p's own traffic (identify, ping, gossip
 //! control messages) flows, as it would through a lossy or partitioned network that
 //! still lets some packets through. A node without a fault layer (every real node) pays
 //! nothing for it.

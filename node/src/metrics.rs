@@ -40,6 +40,10 @@ pub struct Metrics {
     pub governs: Gauge,
     /// Bytes written to TCP and in-process connections (Noise and Yamux included).
     pub bytes_sent: Counter,
+    /// Connections open now.
+    pub connections: Gauge,
+    /// Connections established since start.
+    pub connections_opened: Counter,
 }
 
 impl Default for Metrics {
@@ -58,6 +62,8 @@ impl Default for Metrics {
             is_president: Gauge::default(),
             governs: Gauge::default(),
             bytes_sent: Counter::default(),
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -119,6 +125,16 @@ impl Default for Metrics {
             "transport_bytes_sent",
             "Bytes written to TCP and in-process connections, framing and encryption included",
             metrics.bytes_sent.clone(),
+        );
+        registry.register(
+            "connections",
+            "Connections open now, to any peer, in either direction",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_opened",
+            "Connections established since the node started",
+            metrics.connections_opened.clone(),
         );
         Self {
             registry,

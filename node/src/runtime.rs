@@ -276,6 +276,9 @@ pub struct NodeConfig {
     /// RocksDB memtable size per column family; `None` keeps RocksDB's default (the
     /// simulator sets it small, see `StoreConfig::memtable_bytes`).
     pub memtable_bytes: Option<usize>,
+    /// A RocksDB block cache and memtable budget shared with other nodes in this process
+    /// (the simulator's); `None` on real nodes, whose database has its own.
+    pub shared_memory: Option<aamas_consensus::SharedMemory>,
 }
 
 /// The shared state of a running node.
@@ -845,6 +848,14 @@ impl Node {
     /// Bytes this node has written to its connections.
     pub fn bytes_sent(&self) -> u64 {
         self.metrics.bytes_sent.get()
+    }
+
+    /// Connections open now, and connections established since start.
+    pub fn connections(&self) -> (u64, u64) {
+        (
+            u64::try_from(self.metrics.connections.get()).unwrap_or(0),
+            self.metrics.connections_opened.get(),
+        )
     }
 
     /// Active members in this node's Registry copy.
@@ -1804,6 +1815,8 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         listen: config.listen.clone(),
         mdns: config.mdns,
         bytes_sent: metrics.bytes_sent.clone(),
+        connections: metrics.connections.clone(),
+        connections_opened: metrics.connections_opened.clone(),
         faults: config.faults.clone(),
     };
     let (handle, incoming) = swarm::start(keypair, &swarm_config).await?;
@@ -1817,6 +1830,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         StoreConfig {
             fsync: config.fsync,
             memtable_bytes: config.memtable_bytes,
+            shared: config.shared_memory.clone(),
         },
     )?;
     let known_groups = store

@@ -8,8 +8,12 @@
 //! ```
 //!
 //! Behaviours: request-response (Raft RPCs, joins), gossipsub v1.1 with explicit
-//! validation and peer scoring, Kademlia (peer routing), identify, ping, mDNS (optional),
-//! and connection limits.
+//! validation and peer scoring, identify, ping, mDNS (optional), and connection limits.
+//!
+//! No Kademlia: every member's addresses are in the Registry that every node replicates,
+//! so peer routing has nothing to add, and its bootstrap queries dialled every member
+//! (a hundred simulated nodes each held 108 connections with it, 30 without; memory per
+//! node halved; see docs/PERFORMANCE.md).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -23,9 +27,10 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, connection_limits, identify, kad, mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Swarm, connection_limits, identify, mdns, noise, ping, tcp, yamux,
 };
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::faults::{Fate, Faults, MAX_DELAYED};
@@ -54,7 +59,6 @@ struct Behaviour {
     limits: connection_limits::Behaviour,
     rpc: request_response::Behaviour<Codec>,
     gossip: gossipsub::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -70,6 +74,10 @@ pub struct SwarmConfig {
     /// Counts every byte written to a TCP or in-process connection (below Noise, so
     /// framing and encryption included; QUIC is not counted).
     pub bytes_sent: Counter,
+    /// Connections open now (to any peer, in either direction).
+    pub connections: Gauge,
+    /// Connections established since start.
+    pub connections_opened: Counter,
     /// The simulator's fault layer; `None` on real nodes.
     pub faults: Option<Arc<dyn Faults>>,
 }
@@ -277,7 +285,7 @@ impl NodeHandle {
             .await;
     }
 
-    /// Tells peer routing (Kademlia) where a peer listens and, with `connect`, dials it
+    /// Tells the swarm where a peer listens and, with `connect`, dials it
     /// unless already connected (without waiting for the outcome).
     pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>, connect: bool) {
         let _ = self
@@ -399,8 +407,6 @@ pub async fn start(
                 )?;
                 let (params, thresholds) = score_params();
                 gossip.with_peer_score(params, thresholds)?;
-                let mut kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
-                kad.set_mode(Some(kad::Mode::Server));
                 let mdns = if config.mdns {
                     Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
                 } else {
@@ -421,7 +427,6 @@ pub async fn start(
                             .with_max_concurrent_streams(256),
                     ),
                     gossip,
-                    kad,
                     identify: identify::Behaviour::new(identify::Config::new(
                         "/aamas/1".into(),
                         key.public(),
@@ -466,11 +471,21 @@ pub async fn start(
             gossip: gossip_tx,
         },
         config.faults.clone(),
+        ConnectionCounters {
+            open: config.connections.clone(),
+            opened: config.connections_opened.clone(),
+        },
     ));
     Ok((
         NodeHandle { commands, peer_id },
         Incoming { requests, gossip },
     ))
+}
+
+/// The swarm task's count of connections.
+struct ConnectionCounters {
+    open: Gauge,
+    opened: Counter,
 }
 
 /// Where the swarm task hands what arrives.
@@ -529,6 +544,7 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     outlets: Outlets,
     faults: Option<Arc<dyn Faults>>,
+    connections: ConnectionCounters,
 ) {
     let me = *swarm.local_peer_id();
     let fate = |from: &PeerId, to: &PeerId| {
@@ -565,7 +581,6 @@ async fn run(
                     Command::Request { peer, addrs, rpc, reply } => {
                         for addr in addrs {
                             swarm.add_peer_address(peer, addr.clone());
-                            swarm.behaviour_mut().kad.add_address(&peer, addr);
                         }
                         match fate(&me, &peer) {
                             Fate::Deliver => {
@@ -631,7 +646,6 @@ async fn run(
                     Command::AddAddresses { peer, addrs, connect } => {
                         for addr in &addrs {
                             swarm.add_peer_address(peer, addr.clone());
-                            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                         }
                         if connect && !swarm.is_connected(&peer) {
                             let options = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
@@ -668,7 +682,6 @@ async fn run(
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                     for addr in info.listen_addrs {
                         swarm.add_peer_address(peer_id, addr.clone());
-                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message_id, message })) => {
@@ -693,7 +706,6 @@ async fn run(
                 SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                     for (peer, addr) in found {
                         swarm.add_peer_address(peer, addr.clone());
-                        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                         if !swarm.is_connected(&peer) && let Err(error) = swarm.dial(addr) {
                             tracing::debug!(%peer, %error, "mDNS dial failed");
                         }
@@ -701,6 +713,8 @@ async fn run(
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
                     tracing::debug!(%peer_id, "connected");
+                    connections.open.inc();
+                    connections.opened.inc();
                     if let Some(reply) = dials.remove(&connection_id) {
                         let _ = reply.send(Ok(peer_id));
                     }
@@ -710,7 +724,10 @@ async fn run(
                         let _ = reply.send(Err(NetworkError::Setup(format!("dial failed: {error}"))));
                     }
                 }
-                SwarmEvent::ConnectionClosed { peer_id, .. } => tracing::debug!(%peer_id, "disconnected"),
+                SwarmEvent::ConnectionClosed { peer_id, .. } => {
+                    tracing::debug!(%peer_id, "disconnected");
+                    connections.open.dec();
+                }
                 _ => {}
             }
         }

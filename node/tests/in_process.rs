@@ -19,6 +19,7 @@ fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
         capacity: 4,
         faults: None,
         memtable_bytes: None,
+        shared_memory: None,
     }
 }
 

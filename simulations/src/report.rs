@@ -128,6 +128,12 @@ pub struct Report {
     pub bytes_sent_per_node_mean: u64,
     /// Bytes written to connections, the busiest node.
     pub bytes_sent_per_node_max: u64,
+    /// Connections open at the end, mean per live node.
+    pub connections_per_node_mean: f64,
+    /// Connections open at the end, the most at one node.
+    pub connections_per_node_max: u64,
+    /// Connections established during the run, mean per node that ever ran.
+    pub connections_opened_per_node_mean: f64,
     /// Messages the fault layer lost.
     pub messages_dropped: u64,
     /// Messages the fault layer delayed.
@@ -226,6 +232,15 @@ impl Report {
                     "mean {}, max {}",
                     mib(self.bytes_sent_per_node_mean),
                     mib(self.bytes_sent_per_node_max)
+                ),
+            ),
+            (
+                "connections per node",
+                format!(
+                    "{:.1} open at the end (max {}), {:.1} opened during the run",
+                    self.connections_per_node_mean,
+                    self.connections_per_node_max,
+                    self.connections_opened_per_node_mean
                 ),
             ),
             (

@@ -145,6 +145,8 @@ struct Slot {
     peer: Option<PeerId>,
     /// Bytes sent by earlier incarnations (before crashes).
     bytes_before: u64,
+    /// Connections the node's earlier runs (before crashes and restarts) established.
+    connections_before: u64,
     /// Left for good (`leave`).
     left: bool,
 }
@@ -190,6 +192,8 @@ pub struct Sim {
     /// Time to the first president and to the full mesh (ms).
     times: (Option<u64>, Option<u64>),
     raft: aamas_consensus::RaftConfig,
+    /// One block cache and one memtable budget for every node's RocksDB.
+    shared_memory: aamas_consensus::SharedMemory,
 }
 
 impl std::fmt::Debug for Sim {
@@ -200,29 +204,11 @@ impl std::fmt::Debug for Sim {
     }
 }
 
-fn node_config(
-    dir: &std::path::Path,
-    join: Option<&(String, String)>,
-    faults: &Arc<SimFaults>,
-    raft: &aamas_consensus::RaftConfig,
-) -> Result<NodeConfig> {
-    Ok(NodeConfig {
-        data_dir: dir.to_owned(),
-        listen: vec!["/memory/0".parse().context("memory address")?],
-        api: None,
-        join: match join {
-            Some((addr, token)) => Some((addr.parse().context("join address")?, token.clone())),
-            None => None,
-        },
-        skills: Vec::new(),
-        raft: raft.clone(),
-        fsync: false,
-        mdns: false,
-        capacity: 16,
-        faults: Some(faults.clone() as Arc<dyn aamas_node::faults::Faults>),
-        memtable_bytes: (raft.heartbeat_interval_ms > 100).then_some(LARGE_MESH_MEMTABLE_BYTES),
-    })
-}
+/// RocksDB block cache shared by every simulated node.
+pub const SHARED_CACHE_BYTES: usize = 64 << 20;
+/// The memtable budget shared by every simulated node: above it RocksDB flushes the
+/// largest memtables, so a thousand databases cannot each hold megabytes of them.
+pub const SHARED_MEMTABLES_BYTES: usize = 512 << 20;
 
 fn short(peer: &str) -> &str {
     &peer[peer.len().saturating_sub(6)..]
@@ -233,6 +219,30 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Sim {
+    /// A node's configuration; `join` has it join the mesh through the founder.
+    fn node_config(&self, dir: &std::path::Path, join: bool) -> Result<NodeConfig> {
+        let raft = &self.raft;
+        Ok(NodeConfig {
+            data_dir: dir.to_owned(),
+            listen: vec!["/memory/0".parse().context("memory address")?],
+            api: None,
+            join: if join {
+                let (addr, token) = &self.join;
+                Some((addr.parse().context("join address")?, token.clone()))
+            } else {
+                None
+            },
+            skills: Vec::new(),
+            raft: raft.clone(),
+            fsync: false,
+            mdns: false,
+            capacity: 16,
+            faults: Some(self.faults.clone() as Arc<dyn aamas_node::faults::Faults>),
+            memtable_bytes: (raft.heartbeat_interval_ms > 100).then_some(LARGE_MESH_MEMTABLE_BYTES),
+            shared_memory: Some(self.shared_memory.clone()),
+        })
+    }
+
     /// Runs a scenario from start to report. A run that cannot go on (the mesh never
     /// forms, a failover never ends before the time limit) still reports what it saw,
     /// with `completed` false and the reason in `error`.
@@ -277,6 +287,10 @@ impl Sim {
             minority: None,
             times: (None, None),
             raft: raft_config(config.nodes),
+            shared_memory: aamas_consensus::SharedMemory::new(
+                SHARED_CACHE_BYTES,
+                SHARED_MEMTABLES_BYTES,
+            ),
         })
     }
 
@@ -363,8 +377,7 @@ impl Sim {
     /// waits for governors in every populated state.
     pub async fn form(&mut self, nodes: usize) -> Result<()> {
         let founder_dir = self._root.path().join("n1");
-        let founder =
-            aamas_node::start(node_config(&founder_dir, None, &self.faults, &self.raft)?).await?;
+        let founder = aamas_node::start(self.node_config(&founder_dir, false)?).await?;
         let peer = founder.node.peer_id();
         self.join.0 = dial_addr(&founder.node)
             .await
@@ -374,6 +387,7 @@ impl Sim {
             running: Some(founder),
             peer: Some(peer),
             bytes_before: 0,
+            connections_before: 0,
             left: false,
         });
         self.wait_president(None, None).await?;
@@ -405,7 +419,7 @@ impl Sim {
             let mut joining = tokio::task::JoinSet::new();
             for i in batch_start..(batch_start + JOIN_BATCH).min(count) {
                 let dir = self._root.path().join(format!("n{}", first + i + 1));
-                let config = node_config(&dir, Some(&self.join), &self.faults, &self.raft)?;
+                let config = self.node_config(&dir, true)?;
                 joining.spawn(async move { (dir, aamas_node::start(config).await) });
             }
             while let Some(joined) = joining.join_next().await {
@@ -417,6 +431,7 @@ impl Sim {
                     peer: Some(running.node.peer_id()),
                     running: Some(running),
                     bytes_before: 0,
+                    connections_before: 0,
                     left: false,
                 });
             }
@@ -680,6 +695,7 @@ impl Sim {
             .take()
             .context("the victim is not running")?;
         self.slots[index].bytes_before += running.node.bytes_sent();
+        self.slots[index].connections_before += running.node.connections().1;
         let crashed = Instant::now();
         running.crash().await?;
         self.moment("fault", format!("crash {target:?} {}", short(&peer)));
@@ -720,7 +736,7 @@ impl Sim {
             _ => {}
         }
         if restart {
-            let config = node_config(&self.slots[index].dir, None, &self.faults, &self.raft)?;
+            let config = self.node_config(&self.slots[index].dir, false)?;
             let restarted = aamas_node::start(config).await?;
             self.slots[index].running = Some(restarted);
             self.moment("heal", format!("restart {}", short(&peer)));
@@ -860,6 +876,8 @@ impl Sim {
             };
             let running = self.slots[index].running.take().context("live")?;
             self.slots[index].bytes_before += running.node.bytes_sent();
+            self.slots[index].connections_before += running.node.connections().1;
+            self.slots[index].connections_before += running.node.connections().1;
             self.slots[index].left = true;
             let peer = running.node.peer_id().to_string();
             match running.leave().await {
@@ -1171,6 +1189,21 @@ impl Sim {
                         .map_or(0, |running| running.node.bytes_sent())
             })
             .collect();
+        let open: Vec<u64> = self
+            .live()
+            .map(|(_, running)| running.node.connections().0)
+            .collect();
+        let opened: u64 = self
+            .slots
+            .iter()
+            .map(|slot| {
+                slot.connections_before
+                    + slot
+                        .running
+                        .as_ref()
+                        .map_or(0, |running| running.node.connections().1)
+            })
+            .sum();
         let peak = peak_memory_bytes();
         let nodes_ever = self.slots.len();
         // Crash rather than stop: the run is over, and a thousand hand-overs take long.
@@ -1231,6 +1264,9 @@ impl Sim {
             peak_memory_per_node_bytes: peak / nodes_ever.max(1) as u64,
             bytes_sent_per_node_mean: bytes.iter().sum::<u64>() / bytes.len().max(1) as u64,
             bytes_sent_per_node_max: bytes.iter().copied().max().unwrap_or(0),
+            connections_per_node_mean: open.iter().sum::<u64>() as f64 / open.len().max(1) as f64,
+            connections_per_node_max: open.iter().copied().max().unwrap_or(0),
+            connections_opened_per_node_mean: opened as f64 / nodes_ever.max(1) as f64,
             messages_dropped: self.faults.dropped(),
             messages_delayed: self.faults.delayed(),
             terms_seen: self.checker.terms(),
