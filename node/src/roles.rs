@@ -617,35 +617,46 @@ impl Node {
     /// nothing, would cut a state off). `limit` dials a tick, until this node has
     /// [`NEIGHBOURS`] connections (in a large mesh, every member connected to every other
     /// of its state would be a quarter of N squared connections).
-    pub(crate) async fn connect_to_neighbours(&self, limit: usize) {
+    pub(crate) async fn connect_to_neighbours(&self, limit: usize, look_anyway: bool) {
+        let connected: BTreeSet<PeerId> = self.handle.connected_peers().await.into_iter().collect();
+        // Enough links: look for missing links into other states only now and then, since
+        // each look reads every member.
+        if connected.len() >= NEIGHBOURS && !look_anyway {
+            return;
+        }
         let me = self.identity.node_key();
-        let candidates: Vec<(NodeKey, bool, Vec<String>)> = self
+        let candidates: Vec<(NodeKey, bool)> = self
             .registry(|registry| {
                 let mine = registry.members().get(&me).and_then(|m| m.state.clone());
                 registry
                     .active_members()
                     .filter(|(key, _)| **key != me)
-                    .map(|(key, member)| {
-                        let same = mine.is_none() || member.state == mine;
-                        (*key, same, member.addrs.clone())
-                    })
+                    .map(|(key, member)| (*key, mine.is_none() || member.state == mine))
                     .collect()
             })
             .await
             .unwrap_or_default();
-        let connected: BTreeSet<PeerId> = self.handle.connected_peers().await.into_iter().collect();
         let peers: Vec<(NodeKey, bool, bool)> = candidates
             .iter()
-            .filter_map(|(key, same, _)| {
+            .filter_map(|(key, same)| {
                 let peer = self.peer_of(key)?;
                 Some((*key, *same, connected.contains(&peer)))
             })
             .collect();
         let wanted = neighbours_to_dial(&me, &peers, connected.len(), limit);
-        for (key, _, addrs) in candidates {
-            if !wanted.contains(&key) {
-                continue;
-            }
+        if wanted.is_empty() {
+            return;
+        }
+        let dials: Vec<(NodeKey, Vec<String>)> = self
+            .registry(|registry| {
+                wanted
+                    .iter()
+                    .filter_map(|key| Some((*key, registry.members().get(key)?.addrs.clone())))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        for (key, addrs) in dials {
             let Some(peer) = self.peer_of(&key) else {
                 continue;
             };

@@ -54,8 +54,20 @@ pub const LEARNERS_PER_TICK: usize = 64;
 /// change and ignores the answers to what the old streams sent, so changes every tick
 /// during a mesh's formation kept learners from ever catching up.
 pub const LEARNER_CHANGE_GAP: Duration = Duration::from_secs(2);
-/// How many times a joiner follows redirects or retries before giving up.
+/// How many times a restarted member goes round the members it knows to re-announce
+/// its addresses.
 pub const JOIN_ATTEMPTS: usize = 20;
+/// How long a joiner follows redirects and retries a busy or changing president before
+/// it gives up. A president admitting hundreds of joiners at once refuses some as busy
+/// for many seconds; twenty quick retries (the old bound) gave up on a 1,000-node
+/// simulated mesh at its 486th member.
+pub const JOIN_PATIENCE: Duration = Duration::from_secs(120);
+/// First pause between join attempts; it doubles up to [`JOIN_RETRY_MAX`].
+pub const JOIN_RETRY_MIN: Duration = Duration::from_millis(250);
+/// Longest pause between join attempts.
+pub const JOIN_RETRY_MAX: Duration = Duration::from_secs(4);
+/// How long a restarted member tries one member when it re-announces itself.
+const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -309,13 +321,35 @@ pub struct Node {
     deliveries: Mutex<std::collections::VecDeque<(aamas_protocol::MessageId, std::time::Instant)>>,
     /// Peer ids of node keys, computed once each (a peer id costs an encoding and a
     /// hash; ticks look up every member's).
-    peer_ids: Mutex<HashMap<NodeKey, PeerId>>,
+    peer_ids: Mutex<HashMap<NodeKey, (NodeId, PeerId)>>,
     /// The Registry's applied index and the president when the book and the inbox were
-    /// last rebuilt: unchanged, they are not rebuilt (each rebuild reads every member).
-    registry_version: Mutex<Option<(u64, Option<NodeId>)>>,
+    /// last rebuilt, the members that rebuild saw, and when it ran (see
+    /// [`Node::registry_changed`]).
+    registry_version: Mutex<RebuildMark>,
     /// When this node (as president) last added federal learners.
     learners_added: Mutex<Option<std::time::Instant>>,
 }
+
+/// What the last rebuild of the book and the inbox saw: the Registry's applied index
+/// and the president, the members, and when.
+type RebuildMark = (
+    Option<(u64, Option<NodeId>)>,
+    usize,
+    Option<std::time::Instant>,
+);
+
+/// Least time between two rebuilds of the book and the inbox while only the Registry
+/// changes (the president's change rebuilds at once): one tick up to 200 members, then
+/// one more tick per 200 members, at most 5 s. A new member's messages are ignored as
+/// from an unknown sender until the next rebuild, so small meshes keep one tick.
+pub fn rebuild_gap(members: usize) -> Duration {
+    (PRESIDENT_TICK * u32::try_from(1 + members / 200).unwrap_or(u32::MAX))
+        .min(Duration::from_secs(5))
+}
+
+/// A node with enough connections still looks for missing links into other states
+/// every this many ticks (see `Node::connect_to_neighbours`).
+pub const NEIGHBOUR_LOOK_EVERY_TICKS: u64 = 10;
 
 /// How long a member that resigned from a group counts as gone, whether or not it is
 /// still connected (see [`Node::last_seen`]).
@@ -474,16 +508,22 @@ impl Node {
 
     /// The peer id of `key`, computed once.
     pub(crate) fn peer_of(&self, key: &NodeKey) -> Option<PeerId> {
+        self.ids_of(key).map(|(_, peer)| peer)
+    }
+
+    /// The Raft node id and the peer id of `key`, computed once (each costs a hash; the
+    /// ticks of a thousand-member mesh look up every member's).
+    pub(crate) fn ids_of(&self, key: &NodeKey) -> Option<(NodeId, PeerId)> {
         let mut known = self
             .peer_ids
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(peer) = known.get(key) {
-            return Some(*peer);
+        if let Some(ids) = known.get(key) {
+            return Some(*ids);
         }
-        let peer = peer_id(key).ok()?;
-        known.insert(*key, peer);
-        Some(peer)
+        let ids = (node_id(key), peer_id(key).ok()?);
+        known.insert(*key, ids);
+        Some(ids)
     }
 
     /// Runs `work` in the background for as long as this node lives: it is dropped (and
@@ -502,11 +542,15 @@ impl Node {
         });
     }
 
-    /// Whether the Registry (its applied index) or the president changed since the last
-    /// call.
+    /// Whether the book and the inbox should be rebuilt now: the president changed, or
+    /// the Registry (its applied index) changed and the last rebuild is older than
+    /// [`rebuild_gap`] for a mesh of this size. Each rebuild reads every member, so in a
+    /// mesh of a thousand forming members a rebuild every tick on every node was a
+    /// billion member reads a minute.
     fn registry_changed(&self) -> bool {
         let version = self.federal().map(|federal| {
-            let metrics = federal.raft().metrics().borrow().clone();
+            let metrics = federal.raft().metrics();
+            let metrics = metrics.borrow();
             (
                 metrics.last_applied.map_or(0, |applied| applied.index),
                 metrics.current_leader,
@@ -516,9 +560,23 @@ impl Node {
             .registry_version
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let changed = *last != version;
-        *last = version;
-        changed
+        let (seen, members, at) = &mut *last;
+        let president_changed = seen.map(|(_, leader)| leader) != version.map(|(_, leader)| leader);
+        let due = at.is_none_or(|at| at.elapsed() >= rebuild_gap(*members));
+        if *seen == version || !(president_changed || due) {
+            return false;
+        }
+        *seen = version;
+        *at = Some(std::time::Instant::now());
+        true
+    }
+
+    /// Notes how many members the last rebuild saw (for [`rebuild_gap`]).
+    fn rebuilt_with(&self, members: usize) {
+        self.registry_version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1 = members;
     }
 
     /// Marks connected members as seen now and starts the grace period of new ones.
@@ -530,21 +588,24 @@ impl Node {
             .await
             .unwrap_or_default();
         let me = self.identity.node_key();
+        let ids: Vec<(NodeKey, NodeId, PeerId)> = members
+            .iter()
+            .filter_map(|key| {
+                let (id, peer) = self.ids_of(key)?;
+                Some((*key, id, peer))
+            })
+            .collect();
         let mut liveness = self
             .liveness
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let wanted: BTreeSet<NodeId> = members.iter().map(node_id).collect();
+        let wanted: std::collections::HashSet<NodeId> = ids.iter().map(|(_, id, _)| *id).collect();
         liveness.retain(|id, _| wanted.contains(id));
-        for key in &members {
-            let alive = *key == me
-                || self
-                    .peer_of(key)
-                    .is_some_and(|peer| connected.contains(&peer));
-            if alive {
-                liveness.insert(node_id(key), now);
+        for (key, id, peer) in ids {
+            if key == me || connected.contains(&peer) {
+                liveness.insert(id, now);
             } else {
-                liveness.entry(node_id(key)).or_insert(now);
+                liveness.entry(id).or_insert(now);
             }
         }
     }
@@ -707,6 +768,7 @@ impl Node {
             })
             .await;
         if let Some((members, authority)) = snapshot {
+            self.rebuilt_with(members.len());
             self.inbox.update(&members, authority);
         }
     }
@@ -1566,7 +1628,7 @@ async fn join(
             .await
             .map_err(|error| NodeError::JoinRefused(format!("cannot reach {addr}: {error}")))?,
     };
-    join_through(node, target_peer, vec![addr], token, skills, JOIN_ATTEMPTS).await
+    join_through(node, target_peer, vec![addr], token, skills, JOIN_PATIENCE).await
 }
 
 /// A member that restarted tells the president its (possibly new) addresses, trying
@@ -1586,9 +1648,16 @@ async fn announce(node: &Node) {
         .unwrap_or_default();
     for _ in 0..JOIN_ATTEMPTS {
         for (peer, addrs) in &known {
-            if join_through(node, *peer, addrs.clone(), "", &node.skills, 2)
-                .await
-                .is_ok()
+            if join_through(
+                node,
+                *peer,
+                addrs.clone(),
+                "",
+                &node.skills,
+                ANNOUNCE_PATIENCE,
+            )
+            .await
+            .is_ok()
             {
                 tracing::info!("re-announced this member's addresses");
                 return;
@@ -1604,8 +1673,11 @@ async fn join_through(
     mut target_addrs: Vec<Multiaddr>,
     token: &str,
     skills: &[String],
-    attempts: usize,
+    patience: Duration,
 ) -> Result<(), NodeError> {
+    let give_up = tokio::time::Instant::now() + patience;
+    let mut pause = JOIN_RETRY_MIN;
+    let mut attempts = 0_u32;
     let listen: Vec<String> = node
         .handle
         .listen_addrs()
@@ -1613,7 +1685,8 @@ async fn join_through(
         .iter()
         .map(ToString::to_string)
         .collect();
-    for _ in 0..attempts {
+    loop {
+        attempts += 1;
         let request = Rpc::Join(JoinRequest {
             token: token.to_string(),
             identity: node.identity.public(),
@@ -1657,11 +1730,17 @@ async fn join_through(
             Ok(other) => tracing::debug!(?other, "join: no president yet, retrying"),
             Err(error) => tracing::debug!(%error, "join attempt failed, retrying"),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = tokio::time::Instant::now();
+        if now + pause > give_up {
+            return Err(NodeError::JoinRefused(format!(
+                "no president admitted this node in {} s ({attempts} attempts); check the \
+                 address and that the mesh is running",
+                patience.as_secs()
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(JOIN_RETRY_MAX);
     }
-    Err(NodeError::JoinRefused(format!(
-        "no president admitted this node after {attempts} attempts; check the address and that the mesh is running"
-    )))
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -1864,7 +1943,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         metrics,
         deliveries: Mutex::new(std::collections::VecDeque::new()),
         peer_ids: Mutex::new(HashMap::new()),
-        registry_version: Mutex::new(None),
+        registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),
         inbox: Inbox::new(mesh.mesh),
         topics: Topics::new(mesh.mesh),
@@ -1978,6 +2057,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     // The president's duties and the bookkeeping every node does.
     let ticking = node.clone();
     let president = tokio::spawn(async move {
+        let mut ticks = 0_u64;
         let mut interval = tokio::time::interval(PRESIDENT_TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1988,7 +2068,10 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
             }
             ticking.update_liveness().await;
             ticking.subscribe_to_state().await;
-            ticking.connect_to_neighbours(8).await;
+            ticks = ticks.wrapping_add(1);
+            ticking
+                .connect_to_neighbours(8, ticks % NEIGHBOUR_LOOK_EVERY_TICKS == 0)
+                .await;
             ticking.president_tick().await;
         }
     });

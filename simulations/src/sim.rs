@@ -35,13 +35,15 @@ pub const LARGE_MESH_MEMTABLE_BYTES: usize = 1 << 20;
 /// all of them share two cores. With openraft's 50 ms default, answers under that load
 /// came late so often that followers missed heartbeats and called elections (five
 /// federal terms in a 50-node flood run). The simulator therefore uses 100 ms up to 60
-/// nodes, 250 ms up to 300, then 500 ms, with elections at 4-8 heartbeats.
+/// nodes, 250 ms up to 300, 500 ms up to 600, then 1 s, with elections at 4-8
+/// heartbeats.
 pub fn raft_config(nodes: usize) -> aamas_consensus::RaftConfig {
     let mut config = aamas_consensus::RaftConfig::default();
     let heartbeat = match nodes {
         0..=60 => 100,
         61..=300 => 250,
-        _ => 500,
+        301..=600 => 500,
+        _ => 1_000,
     };
     config.heartbeat_interval_ms = heartbeat;
     config.election_timeout_min_ms = heartbeat * 4;
