@@ -67,7 +67,7 @@ pub const JOIN_RETRY_MIN: Duration = Duration::from_millis(250);
 /// Longest pause between join attempts.
 pub const JOIN_RETRY_MAX: Duration = Duration::from_secs(4);
 /// How long a restarted member tries one member when it re-announces itself.
-const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(1);
+const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -339,12 +339,12 @@ type RebuildMark = (
 );
 
 /// Least time between two rebuilds of the book and the inbox while only the Registry
-/// changes (the president's change rebuilds at once): one tick up to 200 members, then
-/// one more tick per 200 members, at most 5 s. A new member's messages are ignored as
-/// from an unknown sender until the next rebuild, so small meshes keep one tick.
+/// changes (the president's change rebuilds at once): none below 200 members (every
+/// tick that sees a change rebuilds, as small meshes always did), then one tick per 200
+/// members, at most 5 s. A new member's messages are ignored as from an unknown sender
+/// until the next rebuild.
 pub fn rebuild_gap(members: usize) -> Duration {
-    (PRESIDENT_TICK * u32::try_from(1 + members / 200).unwrap_or(u32::MAX))
-        .min(Duration::from_secs(5))
+    (PRESIDENT_TICK * u32::try_from(members / 200).unwrap_or(u32::MAX)).min(Duration::from_secs(5))
 }
 
 /// A node with enough connections still looks for missing links into other states
@@ -2070,7 +2070,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
             ticking.subscribe_to_state().await;
             ticks = ticks.wrapping_add(1);
             ticking
-                .connect_to_neighbours(8, ticks % NEIGHBOUR_LOOK_EVERY_TICKS == 0)
+                .connect_to_neighbours(8, ticks.is_multiple_of(NEIGHBOUR_LOOK_EVERY_TICKS))
                 .await;
             ticking.president_tick().await;
         }
