@@ -531,7 +531,7 @@ impl Node {
                 registry
                     .active_members()
                     .map(|(key, _)| *key)
-                    .filter(|key| voter_ids.contains(&node_id(key)))
+                    .filter(|key| voter_ids.contains(&self.id_of(key)))
                     .collect()
             })
             .await

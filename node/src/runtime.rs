@@ -502,13 +502,18 @@ impl Node {
 
     /// Whether `key` was seen connected within `window_ms` of `now_ms`.
     pub(crate) fn seen_within(&self, key: &NodeKey, now_ms: u64, window_ms: u64) -> bool {
-        self.last_seen(node_id(key))
+        self.last_seen(self.id_of(key))
             .is_some_and(|seen| now_ms.saturating_sub(seen) <= window_ms)
     }
 
     /// The peer id of `key`, computed once.
     pub(crate) fn peer_of(&self, key: &NodeKey) -> Option<PeerId> {
         self.ids_of(key).map(|(_, peer)| peer)
+    }
+
+    /// The Raft node id of `key`, computed once (see [`Node::ids_of`]).
+    pub(crate) fn id_of(&self, key: &NodeKey) -> NodeId {
+        self.ids_of(key).map_or_else(|| node_id(key), |(id, _)| id)
     }
 
     /// The Raft node id and the peer id of `key`, computed once (each costs a hash; the
@@ -1096,7 +1101,7 @@ impl Node {
             president: president.clone(),
             federal_voters: registry
                 .active_members()
-                .filter(|(key, _)| federal_voters.contains(&node_id(key)))
+                .filter(|(key, _)| federal_voters.contains(&self.id_of(key)))
                 .map(|(key, _)| key.peer_id())
                 .collect(),
             states: registry
@@ -1158,8 +1163,8 @@ impl Node {
             .await
             .unwrap_or_default();
         for (key, addrs) in members {
-            if let Some(peer) = self.peer_of(&key) {
-                self.book.insert(node_id(&key), peer, parse_addrs(&addrs));
+            if let Some((id, peer)) = self.ids_of(&key) {
+                self.book.insert(id, peer, parse_addrs(&addrs));
             }
         }
     }
@@ -1498,7 +1503,7 @@ impl Node {
                     .active_members()
                     .map(|(key, member)| {
                         (
-                            node_id(key),
+                            self.id_of(key),
                             MemberNode {
                                 peer_id: key.peer_id(),
                                 addrs: member.addrs.clone(),
@@ -1567,7 +1572,7 @@ impl Node {
             .registry(|registry| {
                 registry
                     .active_members()
-                    .map(|(key, member)| (node_id(key), member.state.clone()))
+                    .map(|(key, member)| (self.id_of(key), member.state.clone()))
                     .collect()
             })
             .await

@@ -828,7 +828,7 @@ impl Node {
                 registry
                     .active_members()
                     .map(|(key, _)| *key)
-                    .find(|key| crate::runtime::node_id(key) == leader)
+                    .find(|key| self.id_of(key) == leader)
             })
             .await
             .flatten()
