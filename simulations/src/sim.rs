@@ -30,20 +30,21 @@ pub const JOIN_BATCH: usize = 32;
 /// profile, RocksDB's C++ unoptimised), where they had passed with the default.
 pub const LARGE_MESH_MEMTABLE_BYTES: usize = 1 << 20;
 
-/// Raft timers for a simulated mesh of `nodes`. openraft gives an AppendEntries RPC
-/// one heartbeat interval before it times out; every member is a federal learner, and
+/// Raft timers for a simulated mesh of `nodes`. openraft 0.9 gives an AppendEntries
+/// RPC one heartbeat interval before it times out; every member is a federal learner, and
 /// all of them share two cores. With openraft's 50 ms default, answers under that load
 /// came late so often that followers missed heartbeats and called elections (five
 /// federal terms in a 50-node flood run). The simulator therefore uses 100 ms up to 60
-/// nodes, 250 ms up to 300, 500 ms up to 600, then 1 s, with elections at 4-8
-/// heartbeats.
+/// nodes, 250 ms up to 300, 500 ms up to 600, then 2 s, with elections at 4-8
+/// heartbeats. At 1,000 nodes 2 s took the mesh to 652 members where 1 s stalled at
+/// about 600 (late answers are resent, which loads the late nodes further).
 pub fn raft_config(nodes: usize) -> aamas_consensus::RaftConfig {
     let mut config = aamas_consensus::RaftConfig::default();
     let heartbeat = match nodes {
         0..=60 => 100,
         61..=300 => 250,
         301..=600 => 500,
-        _ => 1_000,
+        _ => 2_000,
     };
     config.heartbeat_interval_ms = heartbeat;
     config.election_timeout_min_ms = heartbeat * 4;
