@@ -627,6 +627,7 @@ fn main() -> Result<()> {
                 faults: None,
                 memtable_bytes: None,
                 shared_memory: None,
+                kademlia: true,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(aamas_node::run(config, shutdown_signal()))?;

@@ -291,6 +291,8 @@ pub struct NodeConfig {
     /// A RocksDB block cache and memtable budget shared with other nodes in this process
     /// (the simulator's); `None` on real nodes, whose database has its own.
     pub shared_memory: Option<aamas_consensus::SharedMemory>,
+    /// Run Kademlia peer routing (see `swarm::SwarmConfig::kademlia`).
+    pub kademlia: bool,
 }
 
 /// The shared state of a running node.
@@ -1899,6 +1901,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         listen: config.listen.clone(),
         mdns: config.mdns,
         bytes_sent: metrics.bytes_sent.clone(),
+        kademlia: config.kademlia,
         connections: metrics.connections.clone(),
         connections_opened: metrics.connections_opened.clone(),
         faults: config.faults.clone(),

@@ -10,10 +10,11 @@
 //! Behaviours: request-response (Raft RPCs, joins), gossipsub v1.1 with explicit
 //! validation and peer scoring, identify, ping, mDNS (optional), and connection limits.
 //!
-//! No Kademlia: every member's addresses are in the Registry that every node replicates,
-//! so peer routing has nothing to add, and its bootstrap queries dialled every member
-//! (a hundred simulated nodes each held 108 connections with it, 30 without; memory per
-//! node halved; see docs/PERFORMANCE.md).
+//! Kademlia (peer routing) is optional ([`SwarmConfig::kademlia`]): its bootstrap
+//! queries dial every member they learn of, so with it every node ends up connected to
+//! every other (a hundred simulated nodes each held 108 connections with it, 27
+//! without; memory per node fell from 12.9 to 4.8 MiB; see docs/PERFORMANCE.md). Every
+//! member's addresses are in the Registry, so a large mesh can do without it.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -27,7 +28,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, connection_limits, identify, mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Swarm, connection_limits, identify, kad, mdns, noise, ping, tcp, yamux,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -62,6 +63,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
 }
 
 /// How to build the swarm.
@@ -74,6 +76,9 @@ pub struct SwarmConfig {
     /// Counts every byte written to a TCP or in-process connection (below Noise, so
     /// framing and encryption included; QUIC is not counted).
     pub bytes_sent: Counter,
+    /// Run Kademlia peer routing. Real nodes do; the simulator turns it off above 60
+    /// nodes, where its bootstrap queries would connect every node to every other.
+    pub kademlia: bool,
     /// Connections open now (to any peer, in either direction).
     pub connections: Gauge,
     /// Connections established since start.
@@ -407,6 +412,11 @@ pub async fn start(
                 )?;
                 let (params, thresholds) = score_params();
                 gossip.with_peer_score(params, thresholds)?;
+                let kad = config.kademlia.then(|| {
+                    let mut kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
+                    kad.set_mode(Some(kad::Mode::Server));
+                    kad
+                });
                 let mdns = if config.mdns {
                     Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
                 } else {
@@ -433,6 +443,7 @@ pub async fn start(
                     )),
                     ping: ping::Behaviour::new(ping::Config::new()),
                     mdns: Toggle::from(mdns),
+                    kad: Toggle::from(kad),
                 })
             },
         )
@@ -581,6 +592,9 @@ async fn run(
                     Command::Request { peer, addrs, rpc, reply } => {
                         for addr in addrs {
                             swarm.add_peer_address(peer, addr.clone());
+                            if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+                                kad.add_address(&peer, addr);
+                            }
                         }
                         match fate(&me, &peer) {
                             Fate::Deliver => {
@@ -646,6 +660,9 @@ async fn run(
                     Command::AddAddresses { peer, addrs, connect } => {
                         for addr in &addrs {
                             swarm.add_peer_address(peer, addr.clone());
+                            if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+                                kad.add_address(&peer, addr.clone());
+                            }
                         }
                         if connect && !swarm.is_connected(&peer) {
                             let options = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
@@ -682,6 +699,9 @@ async fn run(
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                     for addr in info.listen_addrs {
                         swarm.add_peer_address(peer_id, addr.clone());
+                        if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+                            kad.add_address(&peer_id, addr);
+                        }
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message_id, message })) => {
@@ -706,6 +726,9 @@ async fn run(
                 SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                     for (peer, addr) in found {
                         swarm.add_peer_address(peer, addr.clone());
+                        if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+                            kad.add_address(&peer, addr.clone());
+                        }
                         if !swarm.is_connected(&peer) && let Err(error) = swarm.dial(addr) {
                             tracing::debug!(%peer, %error, "mDNS dial failed");
                         }

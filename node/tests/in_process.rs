@@ -20,6 +20,7 @@ fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
         faults: None,
         memtable_bytes: None,
         shared_memory: None,
+        kademlia: true,
     }
 }
 

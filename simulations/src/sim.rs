@@ -243,6 +243,8 @@ impl Sim {
             faults: Some(self.faults.clone() as Arc<dyn aamas_node::faults::Faults>),
             memtable_bytes: (raft.heartbeat_interval_ms > 100).then_some(LARGE_MESH_MEMTABLE_BYTES),
             shared_memory: Some(self.shared_memory.clone()),
+            // Above 60 nodes Kademlia's bootstrap would connect every node to every other.
+            kademlia: raft.heartbeat_interval_ms <= 100,
         })
     }
 
