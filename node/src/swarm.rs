@@ -14,7 +14,9 @@
 //! queries dial every member they learn of, so with it every node ends up connected to
 //! every other (a hundred simulated nodes each held 108 connections with it, 27
 //! without; memory per node fell from 12.9 to 4.8 MiB; see docs/PERFORMANCE.md). Every
-//! member's addresses are in the Registry, so a large mesh can do without it.
+//! member's addresses are in the Registry, so peer routing adds little; but without it
+//! two 50-node scenarios (a restart, a leaving leader's hand-over) failed at times, so
+//! it stays on unless turned off.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -493,6 +495,14 @@ pub async fn start(
     ))
 }
 
+/// Tells the swarm, and Kademlia when it runs, where `peer` listens.
+fn learn_address(swarm: &mut Swarm<Behaviour>, peer: PeerId, addr: Multiaddr) {
+    swarm.add_peer_address(peer, addr.clone());
+    if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+        kad.add_address(&peer, addr);
+    }
+}
+
 /// The swarm task's count of connections.
 struct ConnectionCounters {
     open: Gauge,
@@ -591,10 +601,7 @@ async fn run(
                 match command {
                     Command::Request { peer, addrs, rpc, reply } => {
                         for addr in addrs {
-                            swarm.add_peer_address(peer, addr.clone());
-                            if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
-                                kad.add_address(&peer, addr);
-                            }
+                            learn_address(&mut swarm, peer, addr);
                         }
                         match fate(&me, &peer) {
                             Fate::Deliver => {
@@ -659,10 +666,7 @@ async fn run(
                     Command::Shutdown => break,
                     Command::AddAddresses { peer, addrs, connect } => {
                         for addr in &addrs {
-                            swarm.add_peer_address(peer, addr.clone());
-                            if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
-                                kad.add_address(&peer, addr.clone());
-                            }
+                            learn_address(&mut swarm, peer, addr.clone());
                         }
                         if connect && !swarm.is_connected(&peer) {
                             let options = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
@@ -698,10 +702,7 @@ async fn run(
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                     for addr in info.listen_addrs {
-                        swarm.add_peer_address(peer_id, addr.clone());
-                        if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
-                            kad.add_address(&peer_id, addr);
-                        }
+                        learn_address(&mut swarm, peer_id, addr);
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message_id, message })) => {
@@ -725,10 +726,7 @@ async fn run(
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                     for (peer, addr) in found {
-                        swarm.add_peer_address(peer, addr.clone());
-                        if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
-                            kad.add_address(&peer, addr.clone());
-                        }
+                        learn_address(&mut swarm, peer, addr.clone());
                         if !swarm.is_connected(&peer) && let Err(error) = swarm.dial(addr) {
                             tracing::debug!(%peer, %error, "mDNS dial failed");
                         }
