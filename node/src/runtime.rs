@@ -48,12 +48,25 @@ pub const MAX_WORKER_CAPACITY: u32 = 1_024;
 const ADMISSION_NOT_COMMITTED: &str = "could not commit the admission";
 /// Most members the president adds as federal learners per tick (in one membership
 /// change).
-pub const LEARNERS_PER_TICK: usize = 64;
+pub const LEARNERS_PER_TICK: usize = 256;
 /// Least time between two changes of the federal membership that add learners, unless
 /// a full batch is waiting. openraft rebuilds every replication stream on a membership
 /// change and ignores the answers to what the old streams sent, so changes every tick
 /// during a mesh's formation kept learners from ever catching up.
 pub const LEARNER_CHANGE_GAP: Duration = Duration::from_secs(2);
+/// The gap grows by this much per member: a change rebuilds one stream per member.
+pub const LEARNER_CHANGE_GAP_PER_MEMBER: Duration = Duration::from_millis(10);
+/// The most the gap grows to.
+pub const MAX_LEARNER_CHANGE_GAP: Duration = Duration::from_secs(15);
+
+/// Least time between two learner changes in a group of `members`: [`LEARNER_CHANGE_GAP`],
+/// or [`LEARNER_CHANGE_GAP_PER_MEMBER`] per member when that is longer, at most
+/// [`MAX_LEARNER_CHANGE_GAP`].
+pub fn learner_change_gap(members: usize) -> Duration {
+    let per_member =
+        LEARNER_CHANGE_GAP_PER_MEMBER.saturating_mul(u32::try_from(members).unwrap_or(u32::MAX));
+    per_member.clamp(LEARNER_CHANGE_GAP, MAX_LEARNER_CHANGE_GAP)
+}
 /// How many times a restarted member goes round the members it knows to re-announce
 /// its addresses.
 pub const JOIN_ATTEMPTS: usize = 20;
@@ -324,6 +337,8 @@ pub struct Node {
     /// Peer ids of node keys, computed once each (a peer id costs an encoding and a
     /// hash; ticks look up every member's).
     peer_ids: Mutex<HashMap<NodeKey, (NodeId, PeerId)>>,
+    /// The Registry's members by peer id, as of the last [`Node::reconcile_liveness`].
+    member_peers: Mutex<HashMap<PeerId, NodeId>>,
     /// The Registry's applied index and the president when the book and the inbox were
     /// last rebuilt, the members that rebuild saw, and when it ran (see
     /// [`Node::registry_changed`]).
@@ -586,33 +601,56 @@ impl Node {
             .1 = members;
     }
 
-    /// Marks connected members as seen now and starts the grace period of new ones.
-    async fn update_liveness(&self) {
+    /// Takes the Registry's members into the liveness map: new ones get their grace
+    /// period from now, members that left are dropped. Reads every member, so it runs
+    /// only when the Registry changed (see [`Node::registry_changed`]).
+    async fn reconcile_liveness(&self) {
         let now = now_ms();
-        let connected: BTreeSet<PeerId> = self.handle.connected_peers().await.into_iter().collect();
         let members: Vec<NodeKey> = self
             .registry(|registry| registry.active_members().map(|(key, _)| *key).collect())
             .await
             .unwrap_or_default();
-        let me = self.identity.node_key();
-        let ids: Vec<(NodeKey, NodeId, PeerId)> = members
+        let by_peer: HashMap<PeerId, NodeId> = members
             .iter()
             .filter_map(|key| {
                 let (id, peer) = self.ids_of(key)?;
-                Some((*key, id, peer))
+                Some((peer, id))
             })
             .collect();
+        {
+            let mut liveness = self
+                .liveness
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let wanted: std::collections::HashSet<NodeId> = by_peer.values().copied().collect();
+            liveness.retain(|id, _| wanted.contains(id));
+            for id in wanted {
+                liveness.entry(id).or_insert(now);
+            }
+        }
+        *self
+            .member_peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = by_peer;
+    }
+
+    /// Marks this node and the members it is connected to as seen now. Costs one lookup
+    /// per connection, not one per member: every node runs it every tick.
+    async fn update_liveness(&self) {
+        let now = now_ms();
+        let connected = self.handle.connected_peers().await;
+        let me = self.handle.peer_id();
+        let members = self
+            .member_peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut liveness = self
             .liveness
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let wanted: std::collections::HashSet<NodeId> = ids.iter().map(|(_, id, _)| *id).collect();
-        liveness.retain(|id, _| wanted.contains(id));
-        for (key, id, peer) in ids {
-            if key == me || connected.contains(&peer) {
-                liveness.insert(id, now);
-            } else {
-                liveness.entry(id).or_insert(now);
+        for peer in connected.iter().chain(std::iter::once(&me)) {
+            if let Some(id) = members.get(peer) {
+                liveness.insert(*id, now);
             }
         }
     }
@@ -990,7 +1028,14 @@ impl Node {
         let metrics = federal.raft().metrics().borrow().clone();
         let president = metrics.current_leader.and_then(|leader| {
             let node = metrics.membership_config.membership().get_node(&leader)?;
-            Some((leader, node.peer_id.clone()))
+            // Learners (and voters promoted from them) have no peer id in the
+            // membership; the book has it.
+            let peer = if node.peer_id.is_empty() {
+                self.book.peer(leader)?.to_string()
+            } else {
+                node.peer_id.clone()
+            };
+            Some((leader, peer))
         });
         (president, metrics.current_term)
     }
@@ -1153,22 +1198,17 @@ impl Node {
         issue_token(&self.identity, self.mesh.mesh, ttl)
     }
 
-    /// Refreshes the peer book from the Registry and the federal membership.
+    /// Refreshes the peer book from the Registry: parses only the entries whose
+    /// addresses changed since the last refresh.
     async fn refresh_book(&self) {
-        let members: Vec<(NodeKey, Vec<String>)> = self
-            .registry(|registry| {
-                registry
-                    .active_members()
-                    .map(|(key, member)| (*key, member.addrs.clone()))
-                    .collect()
-            })
-            .await
-            .unwrap_or_default();
-        for (key, addrs) in members {
-            if let Some((id, peer)) = self.ids_of(&key) {
-                self.book.insert(id, peer, parse_addrs(&addrs));
+        self.registry(|registry| {
+            for (key, member) in registry.active_members() {
+                if let Some((id, peer)) = self.ids_of(key) {
+                    self.book.insert_listed(id, peer, &member.addrs);
+                }
             }
-        }
+        })
+        .await;
     }
 
     pub(crate) async fn propose(
@@ -1536,17 +1576,21 @@ impl Node {
             membership.membership().nodes().map(|(id, _)| *id).collect();
         // Newcomers join as learners in batches, one membership change for each batch,
         // so that a thousand joins are not a thousand changes replicated to everyone.
+        // A learner's entry in the membership is empty: every membership change carries
+        // the whole membership to every member, and the transport finds members through
+        // the book (built from the Registry), not through openraft's node records.
         let missing: BTreeMap<NodeId, MemberNode> = members
-            .iter()
-            .filter(|(id, _)| !in_group.contains(id))
+            .keys()
+            .filter(|id| !in_group.contains(id))
             .take(LEARNERS_PER_TICK)
-            .map(|(id, node)| (*id, node.clone()))
+            .map(|id| (*id, MemberNode::default()))
             .collect();
+        let gap = learner_change_gap(in_group.len());
         let waited = self
             .learners_added
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_none_or(|at| at.elapsed() >= LEARNER_CHANGE_GAP);
+            .is_none_or(|at| at.elapsed() >= gap);
         if !missing.is_empty()
             && (waited || missing.len() >= LEARNERS_PER_TICK)
             && membership.membership().get_joint_config().len() == 1
@@ -1951,6 +1995,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         metrics,
         deliveries: Mutex::new(std::collections::VecDeque::new()),
         peer_ids: Mutex::new(HashMap::new()),
+        member_peers: Mutex::new(HashMap::new()),
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),
         inbox: Inbox::new(mesh.mesh),
@@ -2073,6 +2118,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
             if ticking.registry_changed() {
                 ticking.refresh_book().await;
                 ticking.update_inbox().await;
+                ticking.reconcile_liveness().await;
             }
             ticking.update_liveness().await;
             ticking.subscribe_to_state().await;
@@ -2112,4 +2158,26 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         duties: vec![president, governor, work],
         store: flushing,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learner_changes_space_out_as_the_group_grows() {
+        assert_eq!(learner_change_gap(0), LEARNER_CHANGE_GAP);
+        assert_eq!(learner_change_gap(50), LEARNER_CHANGE_GAP);
+        assert_eq!(learner_change_gap(500), Duration::from_secs(5));
+        assert_eq!(learner_change_gap(1_000), Duration::from_secs(10));
+        assert_eq!(learner_change_gap(100_000), MAX_LEARNER_CHANGE_GAP);
+        assert_eq!(learner_change_gap(usize::MAX), MAX_LEARNER_CHANGE_GAP);
+    }
+
+    #[test]
+    fn rebuilds_space_out_only_in_large_meshes() {
+        assert_eq!(rebuild_gap(199), Duration::ZERO);
+        assert_eq!(rebuild_gap(400), PRESIDENT_TICK * 2);
+        assert_eq!(rebuild_gap(usize::MAX), Duration::from_secs(5));
+    }
 }

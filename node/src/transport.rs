@@ -20,7 +20,15 @@ pub type PeerAddrs = (PeerId, Vec<Multiaddr>);
 /// Where each Raft node id lives on the network.
 #[derive(Clone, Debug, Default)]
 pub struct PeerBook {
-    peers: Arc<RwLock<HashMap<NodeId, PeerAddrs>>>,
+    peers: Arc<RwLock<HashMap<NodeId, Listing>>>,
+}
+
+#[derive(Debug)]
+struct Listing {
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    /// A hash of the Registry's address strings this listing was parsed from, if it was.
+    source: Option<u64>,
 }
 
 impl PeerBook {
@@ -29,7 +37,47 @@ impl PeerBook {
         self.peers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(node, (peer, addrs));
+            .insert(
+                node,
+                Listing {
+                    peer,
+                    addrs,
+                    source: None,
+                },
+            );
+    }
+
+    /// Records where `node` is from its Registry entry's address strings, unless the
+    /// book already holds what those strings say: every node re-reads every member's
+    /// entry whenever the Registry changes, and parsing them all each time was a
+    /// noticeable share of a thousand-node mesh's CPU. Unparsable strings are skipped.
+    /// Returns whether the listing changed.
+    pub fn insert_listed(&self, node: NodeId, peer: PeerId, addrs: &[String]) -> bool {
+        let source = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            addrs.hash(&mut hasher);
+            hasher.finish()
+        };
+        let unchanged = self
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&node)
+            .is_some_and(|listing| listing.peer == peer && listing.source == Some(source));
+        if unchanged {
+            return false;
+        }
+        let listing = Listing {
+            peer,
+            addrs: addrs.iter().filter_map(|addr| addr.parse().ok()).collect(),
+            source: Some(source),
+        };
+        self.peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node, listing);
+        true
     }
 
     /// Where `node` is, if known.
@@ -38,7 +86,39 @@ impl PeerBook {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&node)
-            .cloned()
+            .map(|listing| (listing.peer, listing.addrs.clone()))
+    }
+
+    /// The peer id of `node`, if known.
+    pub fn peer(&self, node: NodeId) -> Option<PeerId> {
+        self.peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&node)
+            .map(|listing| listing.peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_is_parsed_again_only_when_its_strings_change() {
+        let book = PeerBook::default();
+        let peer = PeerId::random();
+        let first = vec!["/memory/1".to_string(), "not an address".to_string()];
+        assert!(book.insert_listed(7, peer, &first));
+        assert_eq!(book.get(7), Some((peer, vec!["/memory/1".parse().unwrap()])));
+        assert!(!book.insert_listed(7, peer, &first));
+        let moved = vec!["/memory/2".to_string()];
+        assert!(book.insert_listed(7, peer, &moved));
+        assert_eq!(book.get(7).map(|(_, addrs)| addrs), Some(vec!["/memory/2".parse().unwrap()]));
+        // A listing from elsewhere (a join answer) is replaced by the Registry's.
+        book.insert(7, peer, Vec::new());
+        assert!(book.insert_listed(7, peer, &moved));
+        assert_eq!(book.peer(7), Some(peer));
+        assert_eq!(book.peer(8), None);
     }
 }
 
