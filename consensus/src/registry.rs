@@ -391,6 +391,9 @@ pub struct Registry {
     join_tokens: BTreeMap<[u8; 32], JoinToken>,
     group_key_epoch: u64,
     group_keys: BTreeMap<u64, BTreeMap<NodeKey, Vec<u8>>>,
+    /// Bumped by every change to `members`: readers that rebuild something from every
+    /// member (a node's peer book, its inbox roster) skip the rebuild while it stays.
+    members_version: u64,
 }
 
 /// A handler's result: the response, or why the command is rejected.
@@ -496,9 +499,13 @@ impl Registry {
                 }
                 // A repeated admission (a retry, or a restart with new addresses) refreshes
                 // the profile and spends no token use: the node was admitted already.
-                member.addrs = addrs.to_vec();
-                member.skills.clone_from(skills);
-                member.capacity = capacity;
+                if member.addrs != addrs || member.skills != *skills || member.capacity != capacity
+                {
+                    member.addrs = addrs.to_vec();
+                    member.skills.clone_from(skills);
+                    member.capacity = capacity;
+                    self.members_version += 1;
+                }
                 return Ok(RegistryResponse::Admitted { node });
             }
         } else if self.members.len() >= MAX_MEMBERS {
@@ -534,6 +541,7 @@ impl Registry {
             joined_ms: now_ms,
         };
         self.members.insert(node, member);
+        self.members_version += 1;
         Ok(RegistryResponse::Admitted { node })
     }
 
@@ -546,9 +554,12 @@ impl Registry {
     ) -> Outcome {
         check_profile(addrs, skills)?;
         let member = self.active_member_mut(node)?;
-        member.addrs = addrs.to_vec();
-        member.skills.clone_from(skills);
-        member.capacity = capacity;
+        if member.addrs != addrs || member.skills != *skills || member.capacity != capacity {
+            member.addrs = addrs.to_vec();
+            member.skills.clone_from(skills);
+            member.capacity = capacity;
+            self.members_version += 1;
+        }
         OK
     }
 
@@ -557,7 +568,11 @@ impl Registry {
         if !self.states.contains_key(state) {
             return Err(format!("no state {state:?}; add it with AddState"));
         }
-        self.active_member_mut(node)?.state = Some(state.to_owned());
+        let member = self.active_member_mut(node)?;
+        if member.state.as_deref() != Some(state) {
+            member.state = Some(state.to_owned());
+            self.members_version += 1;
+        }
         OK
     }
 
@@ -565,8 +580,11 @@ impl Registry {
         let Some(member) = self.members.get_mut(node) else {
             return Err(format!("{node} is not a member"));
         };
-        member.status = MemberStatus::Left;
-        member.state = None;
+        if member.status != MemberStatus::Left || member.state.is_some() {
+            member.status = MemberStatus::Left;
+            member.state = None;
+            self.members_version += 1;
+        }
         OK
     }
 
@@ -917,6 +935,13 @@ impl Registry {
             let size_ok = |key: &Vec<u8>| !key.is_empty() && key.len() <= MAX_WRAPPED_KEY_BYTES;
             assert!(wrapped.values().all(size_ok), "bad wrapped key in {epoch}");
         }
+    }
+
+    /// A counter that changes whenever any member is admitted, updated, placed or
+    /// removed, and only then: equal versions of one group's Registry hold the same
+    /// members.
+    pub fn members_version(&self) -> u64 {
+        self.members_version
     }
 
     /// All members, active and left.
@@ -1279,6 +1304,32 @@ mod tests {
             );
             assert_eq!(registry, once, "{command:?} took effect twice");
         }
+    }
+
+    #[test]
+    fn the_members_version_moves_with_the_members_and_only_with_them() {
+        let mut registry = populated();
+        let mut version = registry.members_version();
+        let mut moved = |registry: &Registry| {
+            let now = registry.members_version();
+            let changed = now != version;
+            version = now;
+            changed
+        };
+        run_ok(&mut registry, &[admit(3, None)]);
+        assert!(moved(&registry), "a new member");
+        run_ok(&mut registry, &[admit(3, None)]);
+        assert!(!moved(&registry), "the same admission again");
+        run_ok(
+            &mut registry,
+            &[C::SetPolicy {
+                key: "p".into(),
+                value: "t".into(),
+            }],
+        );
+        assert!(!moved(&registry), "a change outside the members");
+        run_ok(&mut registry, &[C::RemoveMember { node: node(3) }]);
+        assert!(moved(&registry), "a member left");
     }
 
     #[test]

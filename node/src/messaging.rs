@@ -184,6 +184,15 @@ impl Inbox {
         *self.authority.lock().unwrap_or_else(|p| p.into_inner()) = authority;
     }
 
+    /// Replaces the president, the governors and the mayors, keeping the roster and
+    /// each member's state (for when only roles changed).
+    pub fn update_roles(&self, roles: Authority) {
+        let mut authority = self.authority.lock().unwrap_or_else(|p| p.into_inner());
+        authority.president = roles.president;
+        authority.governors = roles.governors;
+        authority.mayors = roles.mayors;
+    }
+
     /// How many members the roster holds: whose messages this node can check.
     pub fn known(&self) -> usize {
         self.roster

@@ -339,6 +339,8 @@ pub struct Node {
     peer_ids: Mutex<HashMap<NodeKey, (NodeId, PeerId)>>,
     /// The Registry's members by peer id, as of the last [`Node::reconcile_liveness`].
     member_peers: Mutex<HashMap<PeerId, NodeId>>,
+    /// The Registry's members version at the last rebuild of the book and the roster.
+    members_seen: Mutex<Option<u64>>,
     /// The Registry's applied index and the president when the book and the inbox were
     /// last rebuilt, the members that rebuild saw, and when it ran (see
     /// [`Node::registry_changed`]).
@@ -779,22 +781,32 @@ impl Node {
         }
     }
 
-    /// Rebuilds the inbox's roster and authority from the Registry.
-    async fn update_inbox(&self) {
+    /// Whether the Registry's members changed since the last call (see
+    /// [`aamas_consensus::Registry::members_version`]).
+    async fn members_changed(&self) -> bool {
+        let Some(version) = self.registry(|registry| registry.members_version()).await else {
+            return false;
+        };
+        let mut seen = self
+            .members_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *seen != Some(version);
+        *seen = Some(version);
+        changed
+    }
+
+    /// Rebuilds the inbox's authority from the Registry, and its roster too when the
+    /// members changed: the roster and each member's state are read from every member,
+    /// the president, governors and mayors from a few records.
+    async fn update_inbox(&self, members_changed: bool) {
         let president = self
             .president()
-            .and_then(|(_, peer)| peer.parse::<PeerId>().ok());
+            .and_then(|(_, peer)| NodeKey::from_peer_id(&peer));
         let snapshot = self
             .registry(|registry| {
-                let members: Vec<aamas_protocol::PublicIdentity> = registry
-                    .active_members()
-                    .map(|(_, member)| member.identity)
-                    .collect();
                 let mut authority = Authority {
-                    president: registry
-                        .active_members()
-                        .map(|(key, _)| *key)
-                        .find(|key| president.is_some() && self.peer_of(key) == president),
+                    president: president.filter(|key| registry.is_active(key)),
                     ..Authority::default()
                 };
                 for (state, info) in registry.states() {
@@ -805,16 +817,26 @@ impl Node {
                         }
                     }
                 }
-                authority.states = registry
-                    .active_members()
-                    .filter_map(|(key, member)| Some((*key, member.state.clone()?)))
-                    .collect();
+                let members = members_changed.then(|| {
+                    authority.states = registry
+                        .active_members()
+                        .filter_map(|(key, member)| Some((*key, member.state.clone()?)))
+                        .collect();
+                    registry
+                        .active_members()
+                        .map(|(_, member)| member.identity)
+                        .collect::<Vec<aamas_protocol::PublicIdentity>>()
+                });
                 (members, authority)
             })
             .await;
-        if let Some((members, authority)) = snapshot {
-            self.rebuilt_with(members.len());
-            self.inbox.update(&members, authority);
+        match snapshot {
+            Some((Some(members), authority)) => {
+                self.rebuilt_with(members.len());
+                self.inbox.update(&members, authority);
+            }
+            Some((None, authority)) => self.inbox.update_roles(authority),
+            None => {}
         }
     }
 
@@ -1392,9 +1414,16 @@ impl Node {
     }
 
     fn is_member_peer(&self, peer: &PeerId) -> bool {
-        NodeKey::from_peer_id(&peer.to_base58())
-            .and_then(|key| self.book.get(node_id(&key)))
-            .is_some_and(|(known, _)| known == *peer)
+        let known = self
+            .member_peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(peer);
+        // Members admitted since the last reconcile, and those a join answer named.
+        known
+            || NodeKey::from_peer_id(&peer.to_base58())
+                .and_then(|key| self.book.peer(node_id(&key)))
+                .is_some_and(|listed| listed == *peer)
     }
 
     /// Opens a state group on first contact: a governor adds this node as a learner or
@@ -1738,6 +1767,12 @@ async fn join_through(
         .collect();
     loop {
         attempts += 1;
+        // The node asked to admit us starts replicating to us as soon as it commits the
+        // admission, which may be before its answer arrives: take its Raft traffic.
+        if let Some(key) = NodeKey::from_peer_id(&target_peer.to_base58()) {
+            node.book
+                .insert(node_id(&key), target_peer, target_addrs.clone());
+        }
         let request = Rpc::Join(JoinRequest {
             token: token.to_string(),
             identity: node.identity.public(),
@@ -1996,6 +2031,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         deliveries: Mutex::new(std::collections::VecDeque::new()),
         peer_ids: Mutex::new(HashMap::new()),
         member_peers: Mutex::new(HashMap::new()),
+        members_seen: Mutex::new(None),
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),
         inbox: Inbox::new(mesh.mesh),
@@ -2116,9 +2152,12 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         loop {
             interval.tick().await;
             if ticking.registry_changed() {
-                ticking.refresh_book().await;
-                ticking.update_inbox().await;
-                ticking.reconcile_liveness().await;
+                let members_changed = ticking.members_changed().await;
+                if members_changed {
+                    ticking.refresh_book().await;
+                    ticking.reconcile_liveness().await;
+                }
+                ticking.update_inbox(members_changed).await;
             }
             ticking.update_liveness().await;
             ticking.subscribe_to_state().await;

@@ -109,11 +109,17 @@ mod tests {
         let peer = PeerId::random();
         let first = vec!["/memory/1".to_string(), "not an address".to_string()];
         assert!(book.insert_listed(7, peer, &first));
-        assert_eq!(book.get(7), Some((peer, vec!["/memory/1".parse().unwrap()])));
+        assert_eq!(
+            book.get(7),
+            Some((peer, vec!["/memory/1".parse().unwrap()]))
+        );
         assert!(!book.insert_listed(7, peer, &first));
         let moved = vec!["/memory/2".to_string()];
         assert!(book.insert_listed(7, peer, &moved));
-        assert_eq!(book.get(7).map(|(_, addrs)| addrs), Some(vec!["/memory/2".parse().unwrap()]));
+        assert_eq!(
+            book.get(7).map(|(_, addrs)| addrs),
+            Some(vec!["/memory/2".parse().unwrap()])
+        );
         // A listing from elsewhere (a join answer) is replaced by the Registry's.
         book.insert(7, peer, Vec::new());
         assert!(book.insert_listed(7, peer, &moved));
