@@ -1047,19 +1047,27 @@ impl Node {
         let Some(federal) = self.federal() else {
             return (None, 0);
         };
-        let metrics = federal.raft().metrics().borrow().clone();
-        let president = metrics.current_leader.and_then(|leader| {
-            let node = metrics.membership_config.membership().get_node(&leader)?;
+        // Only the fields needed: on the president, a clone of the whole metrics copies
+        // the replication progress of every member, and this runs for every message.
+        let (leader, term) = {
+            let metrics = federal.raft().metrics();
+            let metrics = metrics.borrow();
+            let leader = metrics.current_leader.and_then(|leader| {
+                let node = metrics.membership_config.membership().get_node(&leader)?;
+                Some((leader, node.peer_id.clone()))
+            });
+            (leader, metrics.current_term)
+        };
+        let president = leader.and_then(|(leader, peer)| {
             // Learners (and voters promoted from them) have no peer id in the
             // membership; the book has it.
-            let peer = if node.peer_id.is_empty() {
-                self.book.peer(leader)?.to_string()
+            if peer.is_empty() {
+                Some((leader, self.book.peer(leader)?.to_string()))
             } else {
-                node.peer_id.clone()
-            };
-            Some((leader, peer))
+                Some((leader, peer))
+            }
         });
-        (president, metrics.current_term)
+        (president, term)
     }
 
     /// What this node knows.
