@@ -103,22 +103,23 @@ impl PeerBook {
 mod tests {
     use super::*;
 
+    fn addrs(text: &str) -> Vec<Multiaddr> {
+        text.parse().into_iter().collect()
+    }
+
     #[test]
     fn a_listing_is_parsed_again_only_when_its_strings_change() {
         let book = PeerBook::default();
         let peer = PeerId::random();
         let first = vec!["/memory/1".to_string(), "not an address".to_string()];
         assert!(book.insert_listed(7, peer, &first));
-        assert_eq!(
-            book.get(7),
-            Some((peer, vec!["/memory/1".parse().unwrap()]))
-        );
+        assert_eq!(book.get(7), Some((peer, addrs("/memory/1"))));
         assert!(!book.insert_listed(7, peer, &first));
         let moved = vec!["/memory/2".to_string()];
         assert!(book.insert_listed(7, peer, &moved));
         assert_eq!(
             book.get(7).map(|(_, addrs)| addrs),
-            Some(vec!["/memory/2".parse().unwrap()])
+            Some(addrs("/memory/2"))
         );
         // A listing from elsewhere (a join answer) is replaced by the Registry's.
         book.insert(7, peer, Vec::new());
