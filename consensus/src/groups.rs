@@ -432,7 +432,6 @@ impl<T: RaftTransport> Groups<T> {
             .group(group)
             .map_err(|source| GroupError::Storage { group, source })?;
         let network = GroupNetworkFactory::new(group, self.inner.transport.clone());
-        let learners = network.learner_view();
         let raft = Raft::new(
             self.inner.node,
             self.inner.config.clone(),
@@ -442,7 +441,6 @@ impl<T: RaftTransport> Groups<T> {
         )
         .await
         .map_err(|source| GroupError::Fatal { group, source })?;
-        learners.attach(raft.metrics());
         let (proposals, queue) = mpsc::channel(self.inner.limits.max_pending_writes);
         tokio::spawn(batcher(
             group,

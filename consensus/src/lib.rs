@@ -45,10 +45,7 @@ pub use machine::{
     Batch, BatchResponse, Command, FEDERAL_GROUP, MAX_REMEMBERED_REQUESTS, Machine, Outcome,
     Request, Response,
 };
-pub use network::{
-    GroupNetwork, GroupNetworkFactory, LEARNER_HEARTBEAT_EVERY, LearnerView, RaftTransport,
-    RemoteResult, TransportError,
-};
+pub use network::{GroupNetwork, GroupNetworkFactory, RaftTransport, RemoteResult, TransportError};
 pub use store::{
     CloseWatch, LogStore, STORE_FORMAT, SharedMemory, StateMachineStore, Store, StoreConfig,
     StoreError,

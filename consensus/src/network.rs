@@ -8,10 +8,8 @@
 //! ```
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use openraft::RaftMetrics;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -95,74 +93,14 @@ pub trait RaftTransport: Clone + Send + Sync + 'static {
 pub struct GroupNetworkFactory<T> {
     group: GroupId,
     transport: T,
-    learners: LearnerView,
 }
 
 impl<T> GroupNetworkFactory<T> {
     /// The factory of `group`.
     pub fn new(group: GroupId, transport: T) -> Self {
-        Self {
-            group,
-            transport,
-            learners: LearnerView::default(),
-        }
-    }
-
-    /// Which targets are learners, for the group's clients; attach the group's Raft to
-    /// it once the Raft exists ([`LearnerView::attach`]). Until then every target is
-    /// treated as a voter.
-    pub fn learner_view(&self) -> LearnerView {
-        self.learners.clone()
+        Self { group, transport }
     }
 }
-
-/// Tells whether a target is a learner of the group (a member that does not vote), from
-/// the group's own Raft metrics. Shared by the group's network clients.
-#[derive(Clone, Default)]
-pub struct LearnerView(Arc<OnceLock<LearnerTest>>);
-
-type LearnerTest = Box<dyn Fn(NodeId) -> bool + Send + Sync>;
-
-impl std::fmt::Debug for LearnerView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("LearnerView")
-            .field(&self.0.get().is_some())
-            .finish()
-    }
-}
-
-impl LearnerView {
-    /// Reads learners from `metrics` (the group's `Raft::metrics()`); the first attach
-    /// wins. Holds only the metrics channel, not the Raft.
-    pub fn attach(&self, metrics: tokio::sync::watch::Receiver<RaftMetrics<NodeId, MemberNode>>) {
-        self.attach_test(move |target| {
-            let metrics = metrics.borrow();
-            let membership = metrics.membership_config.membership();
-            membership.get_node(&target).is_some()
-                && !membership.voter_ids().any(|voter| voter == target)
-        });
-    }
-
-    fn attach_test(&self, test: impl Fn(NodeId) -> bool + Send + Sync + 'static) {
-        let _ = self.0.set(Box::new(test));
-    }
-
-    fn is_learner(&self, target: NodeId) -> bool {
-        self.0.get().is_some_and(|test| test(target))
-    }
-}
-
-/// A learner gets one heartbeat in this many when there is nothing new to tell it: see
-/// [`GroupNetwork`]'s `append_entries`.
-pub const LEARNER_HEARTBEAT_EVERY: u32 = 5;
-
-/// What an AppendEntries left its target knowing: the leader's vote, the last log id it
-/// matched and the commit index it was told.
-type Told = (
-    openraft::Vote<NodeId>,
-    Option<openraft::LogId<NodeId>>,
-    Option<openraft::LogId<NodeId>>,
-);
 
 /// openraft's connection to one target in one group.
 #[derive(Debug, Clone)]
@@ -173,9 +111,6 @@ pub struct GroupNetwork<T> {
     /// Bytes of entries the next AppendEntries may carry: halved when one goes
     /// unanswered in time, doubled back (up to [`MAX_APPEND_BYTES`]) when one is answered.
     append_bytes: usize,
-    learners: LearnerView,
-    /// What the last answered AppendEntries told the target, and when.
-    told: Option<(Told, std::time::Instant)>,
 }
 
 impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for GroupNetworkFactory<T> {
@@ -187,8 +122,6 @@ impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for GroupNetworkFactory<T>
             target,
             transport: self.transport.clone(),
             append_bytes: MAX_APPEND_BYTES,
-            learners: self.learners.clone(),
-            told: None,
         }
     }
 }
@@ -252,31 +185,8 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for GroupNetwork<T> {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
     {
-        // A heartbeat to a learner that would tell it nothing new is answered here, in
-        // four of five heartbeat intervals: learners do not vote, so they need no
-        // heartbeat to keep from campaigning, and the president of a thousand-node mesh
-        // spent most of its RPCs on heartbeats to learners. A new vote, new entries or a
-        // new commit index is always sent, and so is one heartbeat in five (a restarted
-        // learner learns the leader within five intervals).
-        let told: Told = (rpc.vote, rpc.prev_log_id, rpc.leader_commit);
-        let quiet = option.hard_ttl().saturating_mul(LEARNER_HEARTBEAT_EVERY);
-        if rpc.entries.is_empty()
-            && self
-                .told
-                .as_ref()
-                .is_some_and(|(last, at)| *last == told && at.elapsed() < quiet)
-            && self.learners.is_learner(self.target)
-        {
-            return Ok(AppendEntriesResponse::Success);
-        }
         let mut rpc = rpc;
         let trimmed_to = trim_to_bytes(&mut rpc.entries, self.append_bytes);
-        let told = (
-            told.0,
-            rpc.entries.last().map(|entry| entry.log_id).or(told.1),
-            told.2,
-        );
-        self.told = None;
         let sending = self.transport.append_entries(self.group, self.target, rpc);
         // Answer just before openraft's own timeout (the hard TTL, one heartbeat):
         // openraft resends at once after a timeout, but backs off after `Unreachable`,
@@ -293,9 +203,6 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for GroupNetwork<T> {
         };
         let response = into_rpc(self.target, result)?;
         self.append_bytes = self.append_bytes.saturating_mul(2).min(MAX_APPEND_BYTES);
-        if response == AppendEntriesResponse::Success {
-            self.told = Some((told, std::time::Instant::now()));
-        }
         Ok(match (response, trimmed_to) {
             // The target took what was sent: openraft sends the rest next.
             (AppendEntriesResponse::Success, Some(last)) => {
@@ -391,13 +298,9 @@ mod tests {
         assert_eq!(trim_to_bytes(&mut alone, 10_000), None);
     }
 
-    /// Answers AppendEntries with success, after a delay taken from a shared setting;
-    /// counts the AppendEntries it is given.
+    /// Answers AppendEntries with success, after a delay taken from a shared setting.
     #[derive(Clone)]
-    struct Slow(
-        std::sync::Arc<std::sync::Mutex<Duration>>,
-        std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    );
+    struct Slow(std::sync::Arc<std::sync::Mutex<Duration>>);
 
     impl RaftTransport for Slow {
         async fn append_entries(
@@ -406,7 +309,6 @@ mod tests {
             _target: NodeId,
             _rpc: AppendEntriesRequest<TypeConfig>,
         ) -> Result<RemoteResult<AppendEntriesResponse<NodeId>>, TransportError> {
-            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let delay = *self.0.lock().expect("lock");
             tokio::time::sleep(delay).await;
             Ok(Ok(AppendEntriesResponse::Success))
@@ -452,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn a_late_answer_is_unreachable_and_shrinks_the_next_payload() {
         let delay = std::sync::Arc::new(std::sync::Mutex::new(Duration::from_secs(1)));
-        let mut factory = GroupNetworkFactory::new(5, Slow(delay.clone(), Default::default()));
+        let mut factory = GroupNetworkFactory::new(5, Slow(delay.clone()));
         let mut network = factory.new_client(2, &MemberNode::default()).await;
         let option = RPCOption::new(Duration::from_millis(100));
 
@@ -478,59 +380,13 @@ mod tests {
         assert_eq!(network.append_bytes, MAX_APPEND_BYTES);
     }
 
-    #[tokio::test]
-    async fn a_learner_is_spared_heartbeats_that_tell_it_nothing_new() {
-        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut factory = GroupNetworkFactory::new(5, Slow(Default::default(), sent.clone()));
-        factory.learner_view().attach_test(|target| target == 3);
-        let mut voter = factory.new_client(2, &MemberNode::default()).await;
-        let mut learner = factory.new_client(3, &MemberNode::default()).await;
-        let option = RPCOption::new(Duration::from_secs(60));
-        let sent_now = || sent.load(std::sync::atomic::Ordering::SeqCst);
-        let heartbeat = |commit: u64| AppendEntriesRequest::<TypeConfig> {
-            vote: openraft::Vote::new_committed(1, 1),
-            prev_log_id: Some(openraft::LogId::new(
-                openraft::CommittedLeaderId::new(1, 1),
-                4,
-            )),
-            leader_commit: Some(openraft::LogId::new(
-                openraft::CommittedLeaderId::new(1, 1),
-                commit,
-            )),
-            entries: Vec::new(),
-        };
-        for _ in 0..3 {
-            let answer = voter.append_entries(heartbeat(4), option.clone()).await;
-            assert_eq!(answer.ok(), Some(AppendEntriesResponse::Success));
-        }
-        assert_eq!(sent_now(), 3, "a voter gets every heartbeat");
-        for _ in 0..3 {
-            let answer = learner.append_entries(heartbeat(4), option.clone()).await;
-            assert_eq!(answer.ok(), Some(AppendEntriesResponse::Success));
-        }
-        assert_eq!(sent_now(), 4, "a learner gets the first, and no repeats");
-        learner
-            .append_entries(heartbeat(3), option.clone())
-            .await
-            .expect("answered");
-        assert_eq!(sent_now(), 5, "a new commit index is sent");
-        let short = RPCOption::new(Duration::ZERO);
-        learner
-            .append_entries(heartbeat(3), short)
-            .await
-            .expect("answered");
-        assert_eq!(sent_now(), 6, "the same, once the quiet interval is over");
-    }
-
     #[test]
     fn the_backoff_starts_short_and_is_capped() {
         let network = GroupNetwork {
             group: 1,
             target: 2,
-            transport: Slow(Default::default(), Default::default()),
+            transport: Slow(Default::default()),
             append_bytes: MAX_APPEND_BYTES,
-            learners: LearnerView::default(),
-            told: None,
         };
         let steps: Vec<u128> = network.backoff().take(8).map(|d| d.as_millis()).collect();
         assert_eq!(steps, [25, 50, 100, 200, 400, 500, 500, 500]);
