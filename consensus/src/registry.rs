@@ -88,6 +88,19 @@ pub struct Member {
     pub joined_ms: u64,
 }
 
+impl Member {
+    /// Sets the addresses, skills and capacity; returns whether any of them changed.
+    fn set_profile(&mut self, addrs: &[String], skills: &BTreeSet<String>, capacity: u32) -> bool {
+        if self.addrs == addrs && self.skills == *skills && self.capacity == capacity {
+            return false;
+        }
+        self.addrs = addrs.to_vec();
+        self.skills.clone_from(skills);
+        self.capacity = capacity;
+        true
+    }
+}
+
 /// Most voters recorded for a state group's founding.
 pub const MAX_STATE_VOTERS: usize = 7;
 /// Most cities a governor reports.
@@ -499,11 +512,7 @@ impl Registry {
                 }
                 // A repeated admission (a retry, or a restart with new addresses) refreshes
                 // the profile and spends no token use: the node was admitted already.
-                if member.addrs != addrs || member.skills != *skills || member.capacity != capacity
-                {
-                    member.addrs = addrs.to_vec();
-                    member.skills.clone_from(skills);
-                    member.capacity = capacity;
+                if member.set_profile(addrs, skills, capacity) {
                     self.members_version += 1;
                 }
                 return Ok(RegistryResponse::Admitted { node });
@@ -553,11 +562,10 @@ impl Registry {
         capacity: u32,
     ) -> Outcome {
         check_profile(addrs, skills)?;
-        let member = self.active_member_mut(node)?;
-        if member.addrs != addrs || member.skills != *skills || member.capacity != capacity {
-            member.addrs = addrs.to_vec();
-            member.skills.clone_from(skills);
-            member.capacity = capacity;
+        if self
+            .active_member_mut(node)?
+            .set_profile(addrs, skills, capacity)
+        {
             self.members_version += 1;
         }
         OK
