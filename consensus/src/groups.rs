@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::machine::{Batch, Machine, Request, Response};
 use crate::network::{GroupNetworkFactory, RaftTransport, RemoteResult, TransportError};
-use crate::store::{StateMachineStore, Store};
+use crate::store::{LogStore, StateMachineStore, Store};
 use crate::types::{GroupId, MemberNode, NodeId, TypeConfig};
 
 /// Raft timing and log compaction, shared by every group on a node.
@@ -180,6 +180,7 @@ pub struct Committed {
 pub struct Group {
     id: GroupId,
     raft: Raft<TypeConfig>,
+    log: LogStore,
     machine: StateMachineStore,
     proposals: mpsc::Sender<Proposal>,
 }
@@ -315,6 +316,16 @@ impl Group {
         self.machine.with(read).await
     }
 
+    /// This member's log (read by [`crate::Mirror`]'s catch-up).
+    pub(crate) fn log(&self) -> LogStore {
+        self.log.clone()
+    }
+
+    /// This member's state machine (read by [`crate::Mirror`]'s catch-up).
+    pub(crate) fn machine(&self) -> StateMachineStore {
+        self.machine.clone()
+    }
+
     /// The current leader, as this member knows it.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
@@ -436,7 +447,7 @@ impl<T: RaftTransport> Groups<T> {
             self.inner.node,
             self.inner.config.clone(),
             network,
-            log,
+            log.clone(),
             machine.clone(),
         )
         .await
@@ -452,6 +463,7 @@ impl<T: RaftTransport> Groups<T> {
         let opened = Group {
             id: group,
             raft,
+            log,
             machine,
             proposals,
         };

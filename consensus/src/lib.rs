@@ -19,6 +19,7 @@
 //! - `network`: the transport trait (`RaftTransport`) and openraft's network over it.
 //! - `groups`: the groups a node runs; writes, linearizable reads, RPC handlers.
 //! - `heal`: replacing dead voters.
+//! - `mirror`: copies of a group's state machine on nodes outside it, fed by its members.
 //! - `testing`: an in-memory transport for tests.
 
 #![deny(missing_docs)]
@@ -30,6 +31,7 @@ mod groups;
 mod heal;
 pub mod ledger;
 mod machine;
+mod mirror;
 mod network;
 pub mod registry;
 mod store;
@@ -45,6 +47,7 @@ pub use machine::{
     Batch, BatchResponse, Command, FEDERAL_GROUP, MAX_REMEMBERED_REQUESTS, Machine, Outcome,
     Request, Response,
 };
+pub use mirror::{Catchup, CatchupError, CatchupLimits, Mirror, MirrorError};
 pub use network::{GroupNetwork, GroupNetworkFactory, RaftTransport, RemoteResult, TransportError};
 pub use store::{
     CloseWatch, LogStore, STORE_FORMAT, SharedMemory, StateMachineStore, Store, StoreConfig,

@@ -32,6 +32,7 @@ const META_VOTE: &[u8] = b"vote";
 const META_COMMITTED: &[u8] = b"committed";
 const META_PURGED: &[u8] = b"purged";
 const SM_SNAPSHOT: &[u8] = b"snapshot";
+const SM_MIRROR_SNAPSHOT: &[u8] = b"mirror-snapshot";
 /// The key, in the meta family, of the database's format version. Group keys are
 /// eight bytes of group id and a suffix, so this one cannot collide with them.
 const META_FORMAT: &[u8] = b"format";
@@ -265,6 +266,11 @@ impl Store {
         };
         let machine = StateMachineStore::open(self.db.clone(), group, self.config.fsync)?;
         Ok((log, machine))
+    }
+
+    /// The state machine of a mirror of `group` on this node (see [`crate::Mirror`]).
+    pub(crate) fn mirror_machine(&self, group: GroupId) -> StoreResult<StateMachineStore> {
+        StateMachineStore::open_mirror(self.db.clone(), group, self.config.fsync)
     }
 }
 
@@ -600,6 +606,8 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     db: Arc<DB>,
     group: GroupId,
+    /// Where its snapshot lives: the group's, or a mirror's of that group.
+    snapshot_key: Vec<u8>,
     fsync: bool,
     state: Arc<RwLock<MachineState>>,
     snapshots_built: Arc<std::sync::atomic::AtomicU64>,
@@ -615,9 +623,25 @@ impl Debug for StateMachineStore {
 
 impl StateMachineStore {
     fn open(db: Arc<DB>, group: GroupId, fsync: bool) -> StoreResult<Self> {
+        Self::open_at(db, group, group_key(group, SM_SNAPSHOT), fsync)
+    }
+
+    /// The state machine of a mirror of `group` (see [`crate::Mirror`]): the same kind of
+    /// machine, with its snapshot kept apart from the group's own.
+    pub(crate) fn open_mirror(db: Arc<DB>, group: GroupId, fsync: bool) -> StoreResult<Self> {
+        Self::open_at(db, group, group_key(group, SM_MIRROR_SNAPSHOT), fsync)
+    }
+
+    fn open_at(
+        db: Arc<DB>,
+        group: GroupId,
+        snapshot_key: Vec<u8>,
+        fsync: bool,
+    ) -> StoreResult<Self> {
         let store = Self {
             db,
             group,
+            snapshot_key,
             fsync,
             state: Arc::new(RwLock::new(MachineState::new(group))),
             snapshots_built: Arc::new(std::sync::atomic::AtomicU64::new(0)),
@@ -653,7 +677,7 @@ impl StateMachineStore {
     fn read_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
         let Some(bytes) = self
             .db
-            .get_cf(self.cf()?, group_key(self.group, SM_SNAPSHOT))
+            .get_cf(self.cf()?, &self.snapshot_key)
             .map_err(|error| StorageIOError::read_snapshot(None, &error))?
         else {
             return Ok(None);
@@ -670,7 +694,7 @@ impl StateMachineStore {
         self.db
             .put_cf_opt(
                 self.cf()?,
-                group_key(self.group, SM_SNAPSHOT),
+                &self.snapshot_key,
                 bytes,
                 &write_options(self.fsync),
             )

@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use aamas_consensus::{
-    FEDERAL_GROUP, HealOutcome, MemberNode, NodeId, RaftConfig, Removal, remove_member,
-    replace_dead_voter,
+    Catchup, CatchupLimits, FEDERAL_GROUP, HealOutcome, MemberNode, Mirror, NodeId, RaftConfig,
+    Removal, Store, StoreConfig, remove_member, replace_dead_voter,
 };
 use common::*;
 
@@ -403,4 +403,141 @@ async fn fifty_groups_run_in_one_process() {
             "group {group}"
         );
     }
+}
+
+/// Catches `mirror` up from `relay` until the relay has nothing newer; returns how many
+/// answers that took and whether one of them was a snapshot.
+async fn follow(
+    mirror: &Mirror,
+    relay: &aamas_consensus::Group,
+    limits: CatchupLimits,
+) -> (usize, bool) {
+    let mut answers = 0;
+    let mut snapshot = false;
+    loop {
+        let after = mirror.applied().await;
+        let answer = relay.catch_up(after, limits).await.expect("catch-up");
+        if matches!(answer, Catchup::UpToDate) {
+            return (answers, snapshot);
+        }
+        snapshot |= matches!(answer, Catchup::Snapshot { .. });
+        assert!(mirror.take(answer).await.expect("take") > 0);
+        answers += 1;
+        assert!(answers < 100, "the mirror never caught up");
+    }
+}
+
+async fn mirrored_names(mirror: &Mirror) -> Vec<String> {
+    mirror
+        .read(|machine| {
+            machine
+                .registry()
+                .map(|registry| registry.states().keys().cloned().collect())
+                .unwrap_or_default()
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_follows_a_group_from_any_member_by_entries_and_by_snapshot() {
+    let config = RaftConfig {
+        snapshot_after_entries: 10,
+        log_entries_kept_after_snapshot: 0,
+        ..fast_config()
+    };
+    let cluster = Cluster::start(3, config).await;
+    let members = cluster.ids();
+    cluster.create_group(G, &members).await;
+    let mut index = 0;
+    for i in 0..6u128 {
+        index = cluster
+            .write(G, &members, add_state(i, &format!("s{i:02}")))
+            .await
+            .index;
+    }
+    for id in &members {
+        assert!(cluster.group(*id, G).wait_applied(index, WAIT).await);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("store");
+    let mirror = Mirror::open(&store, G).await.expect("mirror");
+    assert_eq!(mirror.applied_index(), None);
+
+    // Small answers: entries, a few at a time, from the first member.
+    let small = CatchupLimits {
+        max_entries: 3,
+        max_bytes: 1 << 20,
+    };
+    let first = cluster.group(members[0], G);
+    let (answers, _) = follow(&mirror, &first, small).await;
+    assert!(
+        answers >= 2,
+        "several answers of at most 3 entries ({answers})"
+    );
+    assert_eq!(mirrored_names(&mirror).await, state_names(&first).await);
+    assert_eq!(mirror.applied_index(), first.applied_index());
+    assert_eq!(
+        mirror.membership().await.membership().voter_ids().count(),
+        members.len(),
+        "the mirror knows the group's members"
+    );
+
+    // The group compacts its log; the mirror, behind, gets a snapshot from another member.
+    for i in 6..40u128 {
+        index = cluster
+            .write(G, &members, add_state(i, &format!("s{i:02}")))
+            .await
+            .index;
+    }
+    let other = cluster.group(members[2], G);
+    assert!(other.wait_applied(index, WAIT).await);
+    other
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.purged.is_some_and(|p| p.index > 8), "log purged")
+        .await
+        .expect("the member purges its log after snapshots");
+    let (_, snapshot) = follow(&mirror, &other, small).await;
+    assert!(snapshot, "the purged entries came as a snapshot");
+    assert_eq!(mirrored_names(&mirror).await, state_names(&other).await);
+    assert_eq!(mirror.applied_index(), Some(index));
+
+    // Entries that do not continue its log are refused, and change nothing.
+    let stale = first
+        .catch_up(
+            None,
+            CatchupLimits {
+                max_entries: 1_000,
+                max_bytes: 1 << 20,
+            },
+        )
+        .await
+        .expect("catch-up from nothing");
+    if let Catchup::Entries(entries) = stale {
+        assert!(matches!(
+            mirror.take(Catchup::Entries(entries)).await,
+            Err(aamas_consensus::MirrorError::Gap { .. })
+        ));
+    }
+    assert_eq!(mirror.applied_index(), Some(index));
+
+    // A snapshot larger than an answer may carry is refused with a reason.
+    let tiny = CatchupLimits {
+        max_entries: 1,
+        max_bytes: 16,
+    };
+    let empty = Mirror::open(&store, aamas_consensus::FEDERAL_GROUP ^ 1)
+        .await
+        .expect("second mirror");
+    assert!(matches!(
+        other.catch_up(empty.applied().await, tiny).await,
+        Err(aamas_consensus::CatchupError::TooLarge { .. })
+    ));
+
+    // Reopened, the mirror starts from the snapshot it took.
+    drop(mirror);
+    let reopened = Mirror::open(&store, G).await.expect("reopen");
+    assert!(reopened.applied_index().is_some());
+    let (_, _) = follow(&reopened, &other, small).await;
+    assert_eq!(mirrored_names(&reopened).await, state_names(&other).await);
 }
