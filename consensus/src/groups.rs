@@ -345,6 +345,17 @@ impl Group {
         .then(|| vote.leader_id().get_term())
     }
 
+    /// Whether `node` is a voter or learner of this group, as this member knows it.
+    pub fn has_member(&self, node: NodeId) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node)
+            .is_some()
+    }
+
     /// The current term.
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term

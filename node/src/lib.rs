@@ -14,7 +14,8 @@
 //!
 //! Also: state groups, governors and mayors (`roles`), projects through the hierarchy
 //! (`work`, `projects`, `spec`, `executor`), gossip judged by the receive pipeline
-//! (`messaging`), metrics (`metrics`), and a fault layer the simulator plugs into the
+//! (`messaging`), Registry copies outside the federal group (`mirroring`), metrics
+//! (`metrics`), and a fault layer the simulator plugs into the
 //! swarm (`faults`).
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod executor;
 pub mod faults;
 pub mod messaging;
 pub mod metrics;
+pub mod mirroring;
 pub mod projects;
 pub mod roles;
 pub mod runtime;

@@ -44,6 +44,11 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Connections established since start.
     pub connections_opened: Counter,
+    /// Registry entries (a snapshot counts as one) this node's mirror took from relays.
+    pub mirror_taken: Counter,
+    /// Catch-ups of this node's Registry mirror that failed, by reason (`unreachable`,
+    /// `refused`, `gap`, `storage`, `unexpected`).
+    pub mirror_failed: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -64,8 +69,20 @@ impl Default for Metrics {
             bytes_sent: Counter::default(),
             connections: Gauge::default(),
             connections_opened: Counter::default(),
+            mirror_taken: Counter::default(),
+            mirror_failed: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "mirror_taken",
+            "Registry entries this node's mirror took from relays (a snapshot counts as one)",
+            metrics.mirror_taken.clone(),
+        );
+        registry.register(
+            "mirror_failed",
+            "Catch-ups of this node's Registry mirror that failed, by reason",
+            metrics.mirror_failed.clone(),
+        );
         registry.register(
             "api_unauthorized",
             "API requests refused for a missing or wrong bearer token",

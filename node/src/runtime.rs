@@ -347,6 +347,11 @@ pub struct Node {
     registry_version: Mutex<RebuildMark>,
     /// When this node (as president) last added federal learners.
     learners_added: Mutex<Option<std::time::Instant>>,
+    /// This node's copy of the Registry while it is outside the federal group (see
+    /// `crate::mirroring`).
+    pub(crate) mirror: aamas_consensus::Mirror,
+    /// The member that admitted this node: the relay its mirror asks first.
+    pub(crate) relay_hint: Mutex<Option<NodeId>>,
 }
 
 /// What the last rebuild of the book and the inbox saw: the Registry's applied index
@@ -572,14 +577,9 @@ impl Node {
     /// mesh of a thousand forming members a rebuild every tick on every node was a
     /// billion member reads a minute.
     fn registry_changed(&self) -> bool {
-        let version = self.federal().map(|federal| {
-            let metrics = federal.raft().metrics();
-            let metrics = metrics.borrow();
-            (
-                metrics.last_applied.map_or(0, |applied| applied.index),
-                metrics.current_leader,
-            )
-        });
+        let version = self
+            .registry_index()
+            .map(|index| (index, self.president_and_term().0.map(|(id, _)| id)));
         let mut last = self
             .registry_version
             .lock()
@@ -723,7 +723,8 @@ impl Node {
 
     /// Gives up this node's place in group `id` (voter or learner) for good: hands the
     /// group over if it leads it, then asks the leader to take it out, for at most
-    /// [`RESIGN_LIMIT`]. A group this node is not in (any more) is done at once.
+    /// [`RESIGN_LIMIT`]. A state group this node is not in (any more) is done at once;
+    /// outside the federal group, it still asks the president to mark it as left.
     async fn resign(&self, id: aamas_consensus::GroupId) -> Result<(), String> {
         let me = self.me();
         let deadline = tokio::time::Instant::now() + RESIGN_LIMIT;
@@ -734,10 +735,16 @@ impl Node {
             };
             let metrics = group.raft().metrics().borrow().clone();
             let membership = metrics.membership_config.membership();
+            let mut leader = metrics.current_leader;
             if membership.get_node(&me).is_none() {
-                return Ok(());
+                // A member outside the federal group (a mirror) still leaves the mesh:
+                // the president marks it as left in the Registry.
+                if id != FEDERAL_GROUP {
+                    return Ok(());
+                }
+                leader = self.president().map(|(president, _)| president);
             }
-            match metrics.current_leader {
+            match leader {
                 Some(leader) if leader == me => {
                     if membership.voter_ids().all(|voter| voter == me) {
                         return Err("this node is the group's only voter".into());
@@ -1030,10 +1037,24 @@ impl Node {
     }
 
     pub(crate) async fn registry<R>(&self, read: impl FnOnce(&Registry) -> R) -> Option<R> {
-        let federal = self.federal()?;
-        federal
+        let federal = self.federal();
+        let federal_applied = federal.as_ref().and_then(Group::applied_index);
+        if self.mirror.applied_index() > federal_applied {
+            return self
+                .mirror
+                .read(|machine| machine.registry().map(read))
+                .await;
+        }
+        federal?
             .read_local(|machine| machine.registry().map(read))
             .await
+    }
+
+    /// The index of the last Registry entry this node applied, in the federal group or
+    /// in its mirror, whichever is further.
+    fn registry_index(&self) -> Option<u64> {
+        let federal = self.federal().and_then(|federal| federal.applied_index());
+        federal.max(self.mirror.applied_index())
     }
 
     /// The federal leader's peer id, if known.
@@ -1044,12 +1065,9 @@ impl Node {
     /// The federal leader and the term, from one snapshot of the metrics, so that a
     /// leader is never paired with a later term it does not lead.
     fn president_and_term(&self) -> (Option<(NodeId, String)>, u64) {
-        let Some(federal) = self.federal() else {
-            return (None, 0);
-        };
         // Only the fields needed: on the president, a clone of the whole metrics copies
         // the replication progress of every member, and this runs for every message.
-        let (leader, term) = {
+        let (leader, term) = self.federal().map_or((None, 0), |federal| {
             let metrics = federal.raft().metrics();
             let metrics = metrics.borrow();
             let leader = metrics.current_leader.and_then(|leader| {
@@ -1057,6 +1075,14 @@ impl Node {
                 Some((leader, node.peer_id.clone()))
             });
             (leader, metrics.current_term)
+        });
+        // Outside the federal group, the relays tell the president (and a later term
+        // than this node's own Raft has seen).
+        let (relayed, relayed_term) = self.mirror.leader();
+        let (leader, term) = if relayed_term > term {
+            (relayed.map(|id| (id, String::new())), relayed_term)
+        } else {
+            (leader, term)
         };
         let president = leader.and_then(|(leader, peer)| {
             // Learners (and voters promoted from them) have no peer id in the
@@ -1161,19 +1187,27 @@ impl Node {
     /// The tree president → governors → mayors → workers.
     pub async fn hierarchy(&self) -> Hierarchy {
         let president = self.president().map(|(_, peer)| peer);
-        let federal_voters: BTreeSet<NodeId> = self
-            .federal()
-            .map(|federal| {
-                federal
-                    .raft()
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let federal_voters: BTreeSet<NodeId> = if self.in_federal_group() {
+            self.federal()
+                .map(|federal| {
+                    federal
+                        .raft()
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            self.mirror
+                .membership()
+                .await
+                .membership()
+                .voter_ids()
+                .collect()
+        };
         self.registry(|registry| Hierarchy {
             president: president.clone(),
             federal_voters: registry
@@ -1538,6 +1572,11 @@ impl Node {
                 Err(reason) => RpcResponse::Refused { reason },
             },
             Rpc::Resign { group } => self.handle_resign(peer, group).await,
+            Rpc::Mirror {
+                group,
+                after,
+                wait_ms,
+            } => self.handle_mirror(group, after, wait_ms).await,
             Rpc::Campaign { group } => match self.groups.get(group) {
                 Some(open) => match open.raft().trigger().elect().await {
                     Ok(()) => RpcResponse::Ack,
@@ -1607,10 +1646,17 @@ impl Node {
         }
         let membership = federal.raft().metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
-        // Every member holds a copy of the Registry: the ones that are not voters follow
-        // as learners (added without waiting for them to catch up).
+        // Every member holds a copy of the Registry. Besides the voters, the group has
+        // learners (relays, added without waiting for them to catch up) up to
+        // `federal_members_wanted`; every other member mirrors a relay (see
+        // `crate::mirroring`).
         let in_group: BTreeSet<NodeId> =
             membership.membership().nodes().map(|(id, _)| *id).collect();
+        let alive = |id: NodeId| now.saturating_sub(self.last_seen(id).unwrap_or(0)) < 2_000;
+        let live_in_group = in_group.iter().filter(|id| alive(**id)).count();
+        let wanted = crate::mirroring::federal_members_wanted(members.len())
+            .saturating_sub(live_in_group)
+            .min(LEARNERS_PER_TICK);
         // Newcomers join as learners in batches, one membership change for each batch,
         // so that a thousand joins are not a thousand changes replicated to everyone.
         // A learner's entry in the membership is empty: every membership change carries
@@ -1618,8 +1664,8 @@ impl Node {
         // the book (built from the Registry), not through openraft's node records.
         let missing: BTreeMap<NodeId, MemberNode> = members
             .keys()
-            .filter(|id| !in_group.contains(id))
-            .take(LEARNERS_PER_TICK)
+            .filter(|id| !in_group.contains(id) && alive(**id))
+            .take(wanted)
             .map(|id| (*id, MemberNode::default()))
             .collect();
         let gap = learner_change_gap(in_group.len());
@@ -1794,6 +1840,14 @@ async fn join_through(
             .await
         {
             Ok(RpcResponse::Join(JoinResponse::Admitted { members, .. })) => {
+                // The member that admitted this node is in the federal group: the first
+                // relay its Registry mirror asks.
+                if let Some(key) = NodeKey::from_peer_id(&target_peer.to_base58()) {
+                    *node
+                        .relay_hint
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(node_id(&key));
+                }
                 for (peer, addrs) in members {
                     if let (Ok(peer), Some(key)) =
                         (peer.parse::<PeerId>(), NodeKey::from_peer_id(&peer))
@@ -2011,6 +2065,9 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         .known_groups()
         .map_err(|error| NodeError::Invalid(format!("reading the Raft database: {error}")))?;
     let flushing = store.clone();
+    let mirror = aamas_consensus::Mirror::open(&store, FEDERAL_GROUP)
+        .await
+        .map_err(|error| NodeError::Invalid(format!("opening the Registry mirror: {error}")))?;
     let me = node_id(&identity.node_key());
     let groups = Groups::new(
         me,
@@ -2042,6 +2099,8 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         members_seen: Mutex::new(None),
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),
+        mirror,
+        relay_hint: Mutex::new(None),
         inbox: Inbox::new(mesh.mesh),
         topics: Topics::new(mesh.mesh),
         sealer: Mutex::new(aamas_protocol::Sealer::new(
@@ -2083,12 +2142,15 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         // commit them.
         let raft_slots = Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT));
         let other_slots = Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT));
+        // Mirrors' catch-ups are held while there is nothing newer: slots of their own.
+        let mirror_slots = Arc::new(Semaphore::new(crate::mirroring::MAX_MIRROR_WAITERS));
         while let Some(request) = inbound.recv().await {
             let slots = match request.rpc {
                 Rpc::Append { .. }
                 | Rpc::Vote { .. }
                 | Rpc::Snapshot { .. }
                 | Rpc::Campaign { .. } => &raft_slots,
+                Rpc::Mirror { .. } => &mirror_slots,
                 _ => &other_slots,
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -2150,6 +2212,10 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     } else {
         tracing::info!("waiting for the mesh to reach this node");
     }
+
+    // Outside the federal group, the Registry comes from a relay.
+    let following = node.clone();
+    node.spawn(async move { following.follow_registry().await });
 
     // The president's duties and the bookkeeping every node does.
     let ticking = node.clone();

@@ -72,6 +72,18 @@ pub enum Rpc {
         /// Who governs it, its voters and mayors.
         record: aamas_consensus::registry::GovernorRecord,
     },
+    /// A node outside the federal group asks a member of it (a relay) for the committed
+    /// Registry entries after the last one its mirror applied (see
+    /// [`aamas_consensus::Mirror`]); the relay holds the request up to `wait_ms` (at most
+    /// [`crate::runtime::MIRROR_WAIT`]) until it has something newer.
+    Mirror {
+        /// The group (only the federal group is served).
+        group: GroupId,
+        /// The last entry the mirror applied.
+        after: Option<openraft::LogId<NodeId>>,
+        /// How long the relay may wait for newer entries, in milliseconds.
+        wait_ms: u64,
+    },
     /// A member that leaves for good asks a group's leader to take it out of the group.
     /// For the federal group that is leaving the mesh: the president also marks it as
     /// left in the Registry.
@@ -100,6 +112,16 @@ pub enum RpcResponse {
     Submitted {
         /// Its id.
         id: String,
+    },
+    /// To [`Rpc::Mirror`]: what the mirror is missing, and the relay's view of the term and
+    /// its leader.
+    Mirror {
+        /// The federal term the relay is in.
+        term: u64,
+        /// The president the relay follows in it, if any.
+        leader: Option<NodeId>,
+        /// The entries or snapshot.
+        catchup: aamas_consensus::Catchup,
     },
     /// The sender is not allowed to make this request.
     Refused {

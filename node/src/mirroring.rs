@@ -1,0 +1,255 @@
+//! How members outside the federal group keep their copy of the Registry.
+//!
+//! The federal group has the voters and a few learners, the *relays*: enough of them
+//! that each serves about [`MIRRORS_PER_RELAY`] other members. Every other member keeps
+//! a [`Mirror`] of the Registry and long-polls a relay for the committed entries after
+//! the last one it applied:
+//!
+//! ```text
+//!   president ──Raft──► voters + relays ──Rpc::Mirror (held until newer)──► other members
+//! ```
+//!
+//! With every member a learner, a thousand-member president sent every entry and every
+//! heartbeat to 999 learners over as many replication streams, and after a failover the
+//! new president could not bring them all up before its writes timed out. A relay's
+//! answer also names the term and the president it follows, so members outside the group
+//! learn of a new president from it.
+
+use std::time::Duration;
+
+use aamas_consensus::{Catchup, CatchupLimits, FEDERAL_GROUP, GroupId, NodeId};
+use openraft::LogId;
+
+use crate::runtime::Node;
+use crate::wire::{Rpc, RpcResponse};
+
+/// The federal group keeps at least this many members (voters and relays): meshes up
+/// to this size have every member in it, as before relays existed.
+pub const MIN_FEDERAL_MEMBERS: usize = 8;
+/// Members outside the federal group per relay the president aims for.
+pub const MIRRORS_PER_RELAY: usize = 24;
+/// The longest a relay holds a mirror's request while it has nothing newer. Below the
+/// request-response timeout ([`crate::swarm::RPC_TIMEOUT`]), so an idle relay answers
+/// before the request times out.
+pub const MIRROR_WAIT: Duration = Duration::from_secs(5);
+/// Requests from mirrors a node holds at once; more are refused as busy (the mirror
+/// asks another relay).
+pub const MAX_MIRROR_WAITERS: usize = 512;
+/// Bounds of one relay answer: a mirror further behind gets the relay's snapshot. The
+/// byte bound leaves room under [`crate::wire::MAX_RPC_BYTES`] for the envelope.
+pub const MIRROR_LIMITS: CatchupLimits = CatchupLimits {
+    max_entries: 512,
+    max_bytes: 3 << 20,
+};
+/// A mirror's first pause after a failed catch-up; it doubles up to [`MIRROR_RETRY_MAX`].
+pub const MIRROR_RETRY_MIN: Duration = Duration::from_millis(200);
+/// A mirror's longest pause between failed catch-ups.
+pub const MIRROR_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often a member of the federal group (which follows the Registry through Raft)
+/// looks whether it has left the group and must mirror again.
+pub const MIRROR_IDLE: Duration = Duration::from_secs(1);
+
+/// How many members the federal group should have (voters and relays) in a mesh of
+/// `members`: every member up to [`MIN_FEDERAL_MEMBERS`], then one per
+/// [`MIRRORS_PER_RELAY`].
+pub fn federal_members_wanted(members: usize) -> usize {
+    members
+        .div_ceil(MIRRORS_PER_RELAY)
+        .max(MIN_FEDERAL_MEMBERS)
+        .min(members)
+}
+
+impl Node {
+    /// Serves a mirror's catch-up: what it lacks after `after`, waiting up to `wait_ms`
+    /// (at most [`MIRROR_WAIT`]) for newer entries when there are none yet.
+    pub(crate) async fn handle_mirror(
+        &self,
+        group: GroupId,
+        after: Option<LogId<NodeId>>,
+        wait_ms: u64,
+    ) -> RpcResponse {
+        let refused = |reason: String| RpcResponse::Refused { reason };
+        if group != FEDERAL_GROUP {
+            return refused(format!("group {group} is not mirrored"));
+        }
+        let Some(federal) = self.groups.get(FEDERAL_GROUP) else {
+            return refused("the federal group is not open here".into());
+        };
+        if !federal.has_member(self.me()) {
+            return refused("not a member of the federal group: ask one of its members".into());
+        }
+        let next = after.map_or(0, |id| id.index.saturating_add(1));
+        if federal.applied_index().is_none_or(|applied| applied < next) && wait_ms > 0 {
+            let wait = Duration::from_millis(wait_ms).min(MIRROR_WAIT);
+            federal.wait_applied(next, wait).await;
+        }
+        let (leader, term) = {
+            let metrics = federal.raft().metrics();
+            let metrics = metrics.borrow();
+            (metrics.current_leader, metrics.current_term)
+        };
+        match federal.catch_up(after, MIRROR_LIMITS).await {
+            Ok(catchup) => RpcResponse::Mirror {
+                term,
+                leader,
+                catchup,
+            },
+            Err(error) => refused(error.to_string()),
+        }
+    }
+
+    /// Whether this node follows the Registry through Raft (a voter or relay).
+    pub(crate) fn in_federal_group(&self) -> bool {
+        self.groups
+            .get(FEDERAL_GROUP)
+            .is_some_and(|federal| federal.has_member(self.me()))
+    }
+
+    /// The members a mirror may ask, in order of preference: the relays (learners) of
+    /// the freshest membership this node knows, else the voters other than the
+    /// president, else the president, else the member that admitted this node.
+    async fn relays(&self) -> Vec<NodeId> {
+        let me = self.me();
+        let federal = self.groups.get(FEDERAL_GROUP);
+        let federal_applied = federal.as_ref().and_then(|f| f.applied_index());
+        let membership = if self.mirror.applied_index() > federal_applied || federal.is_none() {
+            self.mirror.membership().await.membership().clone()
+        } else {
+            federal
+                .map(|f| {
+                    f.raft()
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .clone()
+                })
+                .unwrap_or_default()
+        };
+        let president = self.president().map(|(id, _)| id);
+        let learners: Vec<NodeId> = membership.learner_ids().filter(|id| *id != me).collect();
+        if !learners.is_empty() {
+            return learners;
+        }
+        let voters: Vec<NodeId> = membership
+            .voter_ids()
+            .filter(|id| *id != me && Some(*id) != president)
+            .collect();
+        if !voters.is_empty() {
+            return voters;
+        }
+        president
+            .into_iter()
+            .chain(
+                *self
+                    .relay_hint
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+            .filter(|id| *id != me)
+            .collect()
+    }
+
+    /// Keeps this node's Registry mirror up to date while it is outside the federal
+    /// group: long-polls one relay (chosen by this node's id, so mirrors spread over the
+    /// relays), and moves to the next one when a catch-up fails.
+    pub(crate) async fn follow_registry(&self) {
+        let mut turn = 0_usize;
+        let mut pause = MIRROR_RETRY_MIN;
+        loop {
+            if self.in_federal_group() {
+                tokio::time::sleep(MIRROR_IDLE).await;
+                continue;
+            }
+            let relays = self.relays().await;
+            let failure = match self.catch_up_once(&relays, turn).await {
+                Ok(()) => {
+                    pause = MIRROR_RETRY_MIN;
+                    continue;
+                }
+                Err(reason) => reason,
+            };
+            self.metrics
+                .mirror_failed
+                .get_or_create(&crate::metrics::labels(&[("reason", failure)]))
+                .inc();
+            turn = turn.wrapping_add(1);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MIRROR_RETRY_MAX);
+        }
+    }
+
+    /// One catch-up from the relay this turn picks; the reason of a failure, for the
+    /// metric.
+    async fn catch_up_once(&self, relays: &[NodeId], turn: usize) -> Result<(), &'static str> {
+        if relays.is_empty() {
+            return Err("no_relay");
+        }
+        // The node id is a hash: taking it modulo the relays spreads the mirrors.
+        let first = usize::try_from(self.me() % relays.len() as u64).unwrap_or(0);
+        let relay = relays[(first + turn) % relays.len()];
+        let Some((peer, addrs)) = self.book.get(relay) else {
+            return Err("unknown_relay");
+        };
+        let request = Rpc::Mirror {
+            group: FEDERAL_GROUP,
+            after: self.mirror.applied().await,
+            wait_ms: u64::try_from(MIRROR_WAIT.as_millis()).unwrap_or(u64::MAX),
+        };
+        match self.handle.request(peer, addrs, request).await {
+            Ok(RpcResponse::Mirror {
+                term,
+                leader,
+                catchup,
+            }) => {
+                self.mirror.note_leader(term, leader);
+                let snapshot = matches!(catchup, Catchup::Snapshot { .. });
+                match self.mirror.take(catchup).await {
+                    Ok(taken) => {
+                        self.metrics.mirror_taken.inc_by(taken as u64);
+                        if snapshot {
+                            tracing::debug!(%peer, "the Registry mirror took a snapshot");
+                        }
+                        Ok(())
+                    }
+                    Err(aamas_consensus::MirrorError::Gap { expected, got }) => {
+                        tracing::debug!(%peer, expected, got, "a relay's entries do not continue the mirror");
+                        Err("gap")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "the Registry mirror could not take a relay's answer");
+                        Err("storage")
+                    }
+                }
+            }
+            Ok(RpcResponse::Refused { reason }) => {
+                tracing::debug!(%peer, reason, "a relay refused a catch-up");
+                Err("refused")
+            }
+            Ok(other) => {
+                tracing::debug!(%peer, ?other, "a relay answered a catch-up with something else");
+                Err("unexpected")
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %error, "a relay did not answer a catch-up");
+                Err("unreachable")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_federal_group_grows_with_the_mesh_by_one_relay_per_24_members() {
+        assert_eq!(federal_members_wanted(0), 0);
+        assert_eq!(federal_members_wanted(5), 5);
+        assert_eq!(federal_members_wanted(8), 8);
+        assert_eq!(federal_members_wanted(50), 8);
+        assert_eq!(federal_members_wanted(200), 9);
+        assert_eq!(federal_members_wanted(1_000), 42);
+        assert_eq!(federal_members_wanted(10_000), 417);
+    }
+}
