@@ -98,11 +98,24 @@ impl Node {
         }
     }
 
-    /// Whether this node follows the Registry through Raft (a voter or relay).
-    pub(crate) fn in_federal_group(&self) -> bool {
+    /// Whether this node follows the Registry through Raft (a voter or relay); the
+    /// others mirror a relay.
+    pub fn in_federal_group(&self) -> bool {
         self.groups
             .get(FEDERAL_GROUP)
             .is_some_and(|federal| federal.has_member(self.me()))
+    }
+
+    /// Whether this node's Registry copy follows a leader through Raft: it is in the
+    /// federal group and knows the leader. A voter that was replaced while it was down
+    /// still believes itself in the group, but no leader replicates to it any more; it
+    /// mirrors a relay (as does a member during an election, which costs one catch-up).
+    fn follows_by_raft(&self) -> bool {
+        self.in_federal_group()
+            && self
+                .groups
+                .get(FEDERAL_GROUP)
+                .is_some_and(|federal| federal.leader().is_some())
     }
 
     /// The members a mirror may ask, in order of preference: the relays (learners) of
@@ -157,7 +170,7 @@ impl Node {
         let mut turn = 0_usize;
         let mut pause = MIRROR_RETRY_MIN;
         loop {
-            if self.in_federal_group() {
+            if self.follows_by_raft() {
                 tokio::time::sleep(MIRROR_IDLE).await;
                 continue;
             }

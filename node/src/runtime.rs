@@ -1076,13 +1076,16 @@ impl Node {
             });
             (leader, metrics.current_term)
         });
-        // Outside the federal group, the relays tell the president (and a later term
-        // than this node's own Raft has seen).
+        // Outside the federal group, the relays tell the president. A known leader
+        // wins over none (a voter replaced while it was down campaigns alone, in
+        // ever later terms), the later term between two.
         let (relayed, relayed_term) = self.mirror.leader();
-        let (leader, term) = if relayed_term > term {
-            (relayed.map(|id| (id, String::new())), relayed_term)
-        } else {
-            (leader, term)
+        let relayed = relayed.map(|id| (id, String::new()));
+        let (leader, term) = match (&leader, &relayed) {
+            (Some(_), Some(_)) if relayed_term > term => (relayed, relayed_term),
+            (None, Some(_)) => (relayed, relayed_term),
+            (None, None) => (None, term.max(relayed_term)),
+            _ => (leader, term),
         };
         let president = leader.and_then(|(leader, peer)| {
             // Learners (and voters promoted from them) have no peer id in the

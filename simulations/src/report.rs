@@ -132,6 +132,10 @@ pub struct Report {
     pub connections_per_node_mean: f64,
     /// Connections open at the end, the most at one node.
     pub connections_per_node_max: u64,
+    /// Live nodes at the end that follow the Registry through Raft (voters and relays).
+    pub federal_members: usize,
+    /// Live nodes at the end that keep a mirror of the Registry from a relay.
+    pub registry_mirrors: usize,
     /// Connections established during the run, mean per node that ever ran.
     pub connections_opened_per_node_mean: f64,
     /// Messages the fault layer lost.
@@ -241,6 +245,13 @@ impl Report {
                     self.connections_per_node_mean,
                     self.connections_per_node_max,
                     self.connections_opened_per_node_mean
+                ),
+            ),
+            (
+                "registry copies",
+                format!(
+                    "{} in the federal group, {} mirrored from relays",
+                    self.federal_members, self.registry_mirrors
                 ),
             ),
             (

@@ -1198,6 +1198,10 @@ impl Sim {
             .live()
             .map(|(_, running)| running.node.connections().0)
             .collect();
+        let mirrors = self
+            .live()
+            .filter(|(_, running)| !running.node.in_federal_group())
+            .count();
         let opened: u64 = self
             .slots
             .iter()
@@ -1271,6 +1275,8 @@ impl Sim {
             bytes_sent_per_node_max: bytes.iter().copied().max().unwrap_or(0),
             connections_per_node_mean: open.iter().sum::<u64>() as f64 / open.len().max(1) as f64,
             connections_per_node_max: open.iter().copied().max().unwrap_or(0),
+            registry_mirrors: mirrors,
+            federal_members: open.len().saturating_sub(mirrors),
             connections_opened_per_node_mean: opened as f64 / nodes_ever.max(1) as f64,
             messages_dropped: self.faults.dropped(),
             messages_delayed: self.faults.delayed(),

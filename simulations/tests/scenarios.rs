@@ -84,6 +84,15 @@ fn steady() {
     assert_eq!(report.gossip.probes, 20);
     assert!(report.failovers.is_empty());
     assert!(report.bytes_sent_per_node_mean > 0);
+    // Most members keep the Registry as mirrors of a relay, and the mesh still formed
+    // (every node's copy held all 50 members) and ran its projects.
+    assert!(report.time_to_full_mesh_ms.is_some());
+    assert_eq!(report.federal_members + report.registry_mirrors, NODES);
+    assert!(
+        report.registry_mirrors >= NODES / 2,
+        "{} mirrors",
+        report.registry_mirrors
+    );
 }
 
 #[test]
