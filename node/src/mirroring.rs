@@ -198,6 +198,20 @@ impl Node {
         if relays.is_empty() {
             return Err("no_relay");
         }
+        // A relay this node is connected to already, if any: each connection costs both
+        // ends buffers, and most nodes' few dozen links include a relay.
+        let connected: std::collections::HashSet<libp2p::PeerId> =
+            self.handle.connected_peers().await.into_iter().collect();
+        let near: Vec<NodeId> = relays
+            .iter()
+            .copied()
+            .filter(|relay| {
+                self.book
+                    .peer(*relay)
+                    .is_some_and(|peer| connected.contains(&peer))
+            })
+            .collect();
+        let relays = if near.is_empty() { relays } else { &near };
         // The node id is a hash: taking it modulo the relays spreads the mirrors.
         let first = usize::try_from(self.me() % relays.len() as u64).unwrap_or(0);
         let relay = relays[(first + turn) % relays.len()];
