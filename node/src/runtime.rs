@@ -383,6 +383,12 @@ pub const RESIGNED_FOR_MS: u64 = 60_000;
 /// [`Running::leave`]).
 pub const RESIGN_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long a leader that hands over waits for the successor to take the campaign
+/// request, and then to win. Each new request starts another election, so a wait cut
+/// short by load (a dev build of a 50-node simulation answered later than a second)
+/// makes the next try disrupt the one under way.
+pub const HAND_OVER_WAIT: Duration = Duration::from_secs(3);
+
 /// How many accepted gossip envelopes a node remembers for [`Node::deliveries`].
 pub const DELIVERY_LOG: usize = 4_096;
 
@@ -700,13 +706,13 @@ impl Node {
         let campaign = self
             .handle
             .request(peer, addrs, Rpc::Campaign { group: id });
-        match tokio::time::timeout(Duration::from_secs(1), campaign).await {
+        match tokio::time::timeout(HAND_OVER_WAIT, campaign).await {
             Ok(Ok(RpcResponse::Ack)) => {
-                // Stay (and vote) until the successor has won, for at most a second:
-                // with two voters it needs this node's vote.
+                // Stay (and vote) until the successor has won, for at most
+                // HAND_OVER_WAIT: with two voters it needs this node's vote.
                 let mut watch = group.raft().metrics();
                 let won = tokio::time::timeout(
-                    Duration::from_secs(1),
+                    HAND_OVER_WAIT,
                     watch.wait_for(|m| m.current_leader.is_some_and(|leader| leader != me)),
                 )
                 .await
