@@ -230,12 +230,15 @@ impl Node {
                 catchup,
             }) => {
                 self.mirror.note_leader(term, leader);
-                let snapshot = matches!(catchup, Catchup::Snapshot { .. });
+                let snapshot = match &catchup {
+                    Catchup::Snapshot { data, .. } => Some(data.len()),
+                    _ => None,
+                };
                 match self.mirror.take(catchup).await {
                     Ok(taken) => {
                         self.metrics.mirror_taken.inc_by(taken as u64);
-                        if snapshot {
-                            tracing::debug!(%peer, "the Registry mirror took a snapshot");
+                        if let Some(bytes) = snapshot {
+                            tracing::debug!(%peer, bytes, "the Registry mirror took a snapshot");
                         }
                         Ok(())
                     }
