@@ -20,7 +20,7 @@ use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use openraft::storage::{RaftLogReader, RaftStateMachine};
+use openraft::storage::{RaftLogReader, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{Entry, LogId, SnapshotMeta, StoredMembership};
 use serde::{Deserialize, Serialize};
 
@@ -205,6 +205,8 @@ pub struct Mirror {
     applied: Arc<AtomicU64>,
     /// The highest term a relay reported, and the leader it named in it.
     leader: Arc<Mutex<(u64, Option<NodeId>)>>,
+    /// The applied index (plus one) of the last snapshot written to disk, and when.
+    saved: Arc<Mutex<(u64, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Mirror {
@@ -222,11 +224,13 @@ impl Mirror {
     pub async fn open(store: &Store, group: GroupId) -> Result<Self, MirrorError> {
         let mut machine = store.mirror_machine(group)?;
         let (applied, _) = machine.applied_state().await?;
+        let applied = applied.map_or(0, |id| id.index + 1);
         Ok(Self {
             group,
             machine,
-            applied: Arc::new(AtomicU64::new(applied.map_or(0, |id| id.index + 1))),
+            applied: Arc::new(AtomicU64::new(applied)),
             leader: Arc::new(Mutex::new((0, None))),
+            saved: Arc::new(Mutex::new((applied, std::time::Instant::now()))),
         })
     }
 
@@ -298,6 +302,33 @@ impl Mirror {
         self.applied
             .store(now.map_or(0, |id| id.index + 1), Ordering::Release);
         Ok(taken)
+    }
+
+    /// Writes the mirrored state to disk as a snapshot, so that after a restart the node
+    /// starts from it (a mirror keeps what it applies in memory otherwise), when `now`
+    /// is set, or when `every_entries` entries or `every` time passed since the last
+    /// write and something was applied since. Returns whether it wrote.
+    pub async fn save_if_due(
+        &self,
+        now: bool,
+        every_entries: u64,
+        every: std::time::Duration,
+    ) -> Result<bool, MirrorError> {
+        let applied = self.applied.load(Ordering::Acquire);
+        let due = {
+            let saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
+            applied > saved.0
+                && (now || applied - saved.0 >= every_entries || saved.1.elapsed() >= every)
+        };
+        if !due {
+            return Ok(false);
+        }
+        let mut machine = self.machine.clone();
+        let snapshot = machine.build_snapshot().await?;
+        let written = snapshot.meta.last_log_id.map_or(0, |id| id.index + 1);
+        *self.saved.lock().unwrap_or_else(PoisonError::into_inner) =
+            (written, std::time::Instant::now());
+        Ok(true)
     }
 
     /// Notes the leader a relay named in `term`; an older term than one already noted

@@ -481,6 +481,35 @@ async fn a_mirror_follows_a_group_from_any_member_by_entries_and_by_snapshot() {
         members.len(),
         "the mirror knows the group's members"
     );
+    // What it applied from entries is in memory until it is written out; then a
+    // reopened mirror starts from it.
+    let never = std::time::Duration::from_secs(3_600);
+    assert!(
+        !mirror
+            .save_if_due(false, u64::MAX, never)
+            .await
+            .expect("save")
+    );
+    assert!(
+        mirror
+            .save_if_due(true, u64::MAX, never)
+            .await
+            .expect("save")
+    );
+    assert!(
+        !mirror
+            .save_if_due(true, u64::MAX, never)
+            .await
+            .expect("save"),
+        "nothing new"
+    );
+    let reopened = Mirror::open(&store, G).await.expect("reopen");
+    assert_eq!(reopened.applied_index(), mirror.applied_index());
+    assert_eq!(
+        mirrored_names(&reopened).await,
+        mirrored_names(&mirror).await
+    );
+    drop(reopened);
 
     // The group compacts its log; the mirror, behind, gets a snapshot from another member.
     for i in 6..40u128 {

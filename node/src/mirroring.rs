@@ -49,6 +49,13 @@ pub const MIRROR_RETRY_MAX: Duration = Duration::from_secs(5);
 /// looks whether it has left the group and must mirror again.
 pub const MIRROR_IDLE: Duration = Duration::from_secs(1);
 
+/// A mirror writes its state to disk after this many entries since it last did...
+pub const MIRROR_SAVE_EVERY_ENTRIES: u64 = 5_000;
+/// ...or this long after it last did, if it applied anything since; and always when it
+/// first sees its own node admitted, so that a node restarted with its data dir knows
+/// it is a member and whom to tell that it is back.
+pub const MIRROR_SAVE_EVERY: Duration = Duration::from_secs(300);
+
 /// How many members the federal group should have (voters and relays) in a mesh of
 /// `members`: every member up to [`MIN_FEDERAL_MEMBERS`], then one per
 /// [`MIRRORS_PER_RELAY`].
@@ -192,6 +199,30 @@ impl Node {
         }
     }
 
+    /// Writes the mirror to disk when due (see [`MIRROR_SAVE_EVERY`]).
+    async fn save_mirror(&self) {
+        let me = self.identity.node_key();
+        let admitted = self
+            .mirror
+            .read(|machine| {
+                machine
+                    .registry()
+                    .is_some_and(|registry| registry.is_active(&me))
+            })
+            .await;
+        let first = admitted
+            && !self
+                .mirror_saved_admitted
+                .swap(true, std::sync::atomic::Ordering::AcqRel);
+        if let Err(error) = self
+            .mirror
+            .save_if_due(first, MIRROR_SAVE_EVERY_ENTRIES, MIRROR_SAVE_EVERY)
+            .await
+        {
+            tracing::warn!(%error, "writing the Registry mirror to disk failed");
+        }
+    }
+
     /// One catch-up from the relay this turn picks; the reason of a failure, for the
     /// metric.
     async fn catch_up_once(&self, relays: &[NodeId], turn: usize) -> Result<(), &'static str> {
@@ -237,6 +268,7 @@ impl Node {
                 match self.mirror.take(catchup).await {
                     Ok(taken) => {
                         self.metrics.mirror_taken.inc_by(taken as u64);
+                        self.save_mirror().await;
                         if let Some(bytes) = snapshot {
                             tracing::debug!(%peer, bytes, "the Registry mirror took a snapshot");
                         }

@@ -352,6 +352,8 @@ pub struct Node {
     pub(crate) mirror: aamas_consensus::Mirror,
     /// The member that admitted this node: the relay its mirror asks first.
     pub(crate) relay_hint: Mutex<Option<NodeId>>,
+    /// Whether the mirror was written to disk with this node admitted in it.
+    pub(crate) mirror_saved_admitted: std::sync::atomic::AtomicBool,
 }
 
 /// What the last rebuild of the book and the inbox saw: the Registry's applied index
@@ -1666,6 +1668,23 @@ impl Node {
         let wanted = crate::mirroring::federal_members_wanted(members.len())
             .saturating_sub(live_in_group)
             .min(LEARNERS_PER_TICK);
+        // A relay dead for as long as a voter may be is taken out of the group, one per
+        // tick: the count above has replaced it already, and its replication stream
+        // would dial it for ever. If it comes back, it mirrors a relay (it hears from no
+        // leader) until the president makes it a relay again.
+        let dead_relay = membership.membership().learner_ids().find(|id| {
+            now.saturating_sub(self.last_seen(*id).unwrap_or(0)) >= VOTER_DEAD_TIMEOUT_MS
+        });
+        if let Some(dead) = dead_relay
+            && membership.membership().get_joint_config().len() == 1
+        {
+            let change = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([dead]));
+            match federal.raft().change_membership(change, false).await {
+                Ok(_) => tracing::info!(relay = dead, "took a dead relay out of the federal group"),
+                Err(error) => tracing::warn!(%error, "taking a dead relay out failed"),
+            }
+            return;
+        }
         // Newcomers join as learners in batches, one membership change for each batch,
         // so that a thousand joins are not a thousand changes replicated to everyone.
         // A learner's entry in the membership is empty: every membership change carries
@@ -2110,6 +2129,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         learners_added: Mutex::new(None),
         mirror,
         relay_hint: Mutex::new(None),
+        mirror_saved_admitted: std::sync::atomic::AtomicBool::new(false),
         inbox: Inbox::new(mesh.mesh),
         topics: Topics::new(mesh.mesh),
         sealer: Mutex::new(aamas_protocol::Sealer::new(
