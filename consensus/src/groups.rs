@@ -345,6 +345,17 @@ impl Group {
         .then(|| vote.leader_id().get_term())
     }
 
+    /// The group's voters, as this member knows them.
+    pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// Whether `node` is a voter or learner of this group, as this member knows it.
     pub fn has_member(&self, node: NodeId) -> bool {
         self.raft

@@ -278,15 +278,7 @@ impl Node {
                     continue;
                 }
             };
-            let uninitialised = open
-                .raft()
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .next()
-                .is_none();
+            let uninitialised = open.voters().is_empty();
             if group.founder == me && uninitialised {
                 let voters = group
                     .voters

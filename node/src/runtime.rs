@@ -1200,16 +1200,7 @@ impl Node {
         let president = self.president().map(|(_, peer)| peer);
         let federal_voters: BTreeSet<NodeId> = if self.in_federal_group() {
             self.federal()
-                .map(|federal| {
-                    federal
-                        .raft()
-                        .metrics()
-                        .borrow()
-                        .membership_config
-                        .membership()
-                        .voter_ids()
-                        .collect()
-                })
+                .map(|federal| federal.voters())
                 .unwrap_or_default()
         } else {
             self.mirror
