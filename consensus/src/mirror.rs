@@ -191,7 +191,7 @@ pub enum MirrorError {
         got: u64,
     },
     /// Applying or storing failed (a snapshot that cannot be decoded, a disk error).
-    #[error("the mirror could not take the answer: {0}")]
+    #[error("the mirror's storage failed: {0}")]
     Storage(#[from] openraft::StorageError<NodeId>),
 }
 
