@@ -299,17 +299,8 @@ async fn a_leaving_member_gives_up_its_seat_while_the_group_keeps_its_quorum() {
         .add_learner(4, MemberNode::default(), true)
         .await
         .expect("learner");
-    let voter_set = |id: NodeId| -> std::collections::BTreeSet<NodeId> {
-        cluster
-            .group(id, G)
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect()
-    };
+    let voter_set =
+        |id: NodeId| -> std::collections::BTreeSet<NodeId> { cluster.group(id, G).voters() };
     let followers: Vec<NodeId> = voters.iter().copied().filter(|id| *id != leader).collect();
 
     // Only the leader changes the membership.

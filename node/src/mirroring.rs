@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use aamas_consensus::{Catchup, CatchupLimits, FEDERAL_GROUP, GroupId, NodeId};
+use aamas_consensus::{Catchup, CatchupLimits, FEDERAL_GROUP, GroupId, MemberNode, NodeId};
 use openraft::LogId;
 
 use crate::runtime::Node;
@@ -118,11 +118,33 @@ impl Node {
     /// still believes itself in the group, but no leader replicates to it any more; it
     /// mirrors a relay (as does a member during an election, which costs one catch-up).
     fn follows_by_raft(&self) -> bool {
-        self.in_federal_group()
-            && self
-                .groups
-                .get(FEDERAL_GROUP)
-                .is_some_and(|federal| federal.leader().is_some())
+        self.groups
+            .get(FEDERAL_GROUP)
+            .is_some_and(|federal| federal.has_member(self.me()) && federal.leader().is_some())
+    }
+
+    /// Whether the mirror has applied more of the Registry than the federal group here:
+    /// then it is this node's freshest copy.
+    pub(crate) fn mirror_is_ahead(&self) -> bool {
+        let federal = self
+            .groups
+            .get(FEDERAL_GROUP)
+            .and_then(|federal| federal.applied_index());
+        self.mirror.applied_index() > federal
+    }
+
+    /// The federal group's membership as this node's freshest Registry copy has it.
+    pub(crate) async fn federal_membership(&self) -> openraft::Membership<NodeId, MemberNode> {
+        match self.groups.get(FEDERAL_GROUP) {
+            Some(federal) if !self.mirror_is_ahead() => federal
+                .raft()
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .clone(),
+            _ => self.mirror.membership().await.membership().clone(),
+        }
     }
 
     /// The members a mirror may ask, in order of preference: the relays (learners) of
@@ -130,22 +152,7 @@ impl Node {
     /// president, else the president, else the member that admitted this node.
     async fn relays(&self) -> Vec<NodeId> {
         let me = self.me();
-        let federal = self.groups.get(FEDERAL_GROUP);
-        let federal_applied = federal.as_ref().and_then(|f| f.applied_index());
-        let membership = if self.mirror.applied_index() > federal_applied || federal.is_none() {
-            self.mirror.membership().await.membership().clone()
-        } else {
-            federal
-                .map(|f| {
-                    f.raft()
-                        .metrics()
-                        .borrow()
-                        .membership_config
-                        .membership()
-                        .clone()
-                })
-                .unwrap_or_default()
-        };
+        let membership = self.federal_membership().await;
         let president = self.president().map(|(id, _)| id);
         let learners: Vec<NodeId> = membership.learner_ids().filter(|id| *id != me).collect();
         if !learners.is_empty() {

@@ -1045,15 +1045,13 @@ impl Node {
     }
 
     pub(crate) async fn registry<R>(&self, read: impl FnOnce(&Registry) -> R) -> Option<R> {
-        let federal = self.federal();
-        let federal_applied = federal.as_ref().and_then(Group::applied_index);
-        if self.mirror.applied_index() > federal_applied {
+        if self.mirror_is_ahead() {
             return self
                 .mirror
                 .read(|machine| machine.registry().map(read))
                 .await;
         }
-        federal?
+        self.federal()?
             .read_local(|machine| machine.registry().map(read))
             .await
     }
@@ -1198,18 +1196,8 @@ impl Node {
     /// The tree president → governors → mayors → workers.
     pub async fn hierarchy(&self) -> Hierarchy {
         let president = self.president().map(|(_, peer)| peer);
-        let federal_voters: BTreeSet<NodeId> = if self.in_federal_group() {
-            self.federal()
-                .map(|federal| federal.voters())
-                .unwrap_or_default()
-        } else {
-            self.mirror
-                .membership()
-                .await
-                .membership()
-                .voter_ids()
-                .collect()
-        };
+        let federal_voters: BTreeSet<NodeId> =
+            self.federal_membership().await.voter_ids().collect();
         self.registry(|registry| Hierarchy {
             president: president.clone(),
             federal_voters: registry
@@ -1733,10 +1721,7 @@ impl Node {
         }
         let Some((id, node)) = members
             .iter()
-            .filter(|(id, _)| {
-                !voters.contains(id)
-                    && now.saturating_sub(self.last_seen(**id).unwrap_or(0)) < 2_000
-            })
+            .filter(|(id, _)| !voters.contains(id) && alive(**id))
             .min_by_key(|(id, _)| {
                 let state = states.get(id).cloned().flatten();
                 (per_state.get(&state).copied().unwrap_or(0), **id)
