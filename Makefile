@@ -1,8 +1,16 @@
 # The two commands of a fresh machine: `make demo` and `make test`.
 # Both check and install system packages first (scripts/ensure-deps.sh).
 #
-# Everything builds in the dev profile so that RocksDB's C++ (from issue 2 on) is compiled
-# once for `test` and once for `clippy`, never a third time for a release build.
+# Everything builds in the dev profile, and RocksDB's C++ is compiled once for all of
+# `make demo`, `make test` (build, clippy, tests) and `cargo test -p <crate>`: cargo
+# reuses a build script's output whenever the script and its dependencies (bindgen, cc,
+# ...) were built the same way. Two things used to break that, each costing another 9
+# minutes: build dependencies got debug info only where cargo could share them with a
+# normal dependency, which depends on the packages a command selects (fixed by
+# `[profile.dev.build-override]` in Cargo.toml), and `cargo test -p aamas-consensus`
+# resolved bindgen's `either` without `use_std` (fixed by consensus's build-dependency).
+# No crate has cargo features any more, so `-p aamas-cli` and `--workspace` also share
+# every crate of ours.
 
 CARGO ?= cargo
 

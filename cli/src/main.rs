@@ -144,14 +144,22 @@ enum ProjectCommand {
         /// The project's id.
         id: String,
     },
-    /// Hold, resume or advance a project's phase by hand.
+    /// Hold, resume or advance a project's phase by hand (or archive it).
     Phase {
         #[command(flatten)]
         target: Target,
         /// The project's id.
         id: String,
-        /// hold, resume or advance.
+        /// hold, resume, advance or archive.
         action: String,
+    },
+    /// Archive a completed or failed project: it leaves the Registry, and its tasks leave
+    /// every state's Ledger, freeing its place for new projects.
+    Archive {
+        #[command(flatten)]
+        target: Target,
+        /// The project's id.
+        id: String,
     },
     /// Print the built-in template spec (the seed's eight phases).
     Template,
@@ -216,6 +224,15 @@ struct Client {
     token: String,
 }
 
+/// How often `project submit` tries before it gives up.
+const SUBMIT_TRIES: u32 = 5;
+
+/// Why a request failed: worth another try with the same request id, or not.
+enum Failure {
+    Transient(anyhow::Error),
+    Final(anyhow::Error),
+}
+
 impl Client {
     fn new(target: &Target) -> Result<Self> {
         if let Some(api) = &target.api {
@@ -247,6 +264,34 @@ impl Client {
 
     fn send(&self, method: &str, path: &str, body: &str) -> Result<serde_json::Value> {
         self.call(method, path, Some(body))
+    }
+
+    /// Submits a spec with a request id; a failure that a retry may cure (no answer, or
+    /// the mesh has no president right now) is `Transient`.
+    fn submit(&self, text: &str, request: &str) -> Result<serde_json::Value, Failure> {
+        let url = format!("{}/api/v1/projects", self.base);
+        let response = ureq::post(&url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Idempotency-Key", request)
+            .timeout(Duration::from_secs(30))
+            .send_string(text);
+        match response {
+            Ok(response) => response
+                .into_json()
+                .context("the API answered with invalid JSON")
+                .map_err(Failure::Final),
+            Err(ureq::Error::Status(code, response)) => {
+                let body = response.into_string().unwrap_or_default();
+                let error = anyhow::anyhow!("{url}: HTTP {code}: {body}");
+                // The president may be changing hands: the refusal says so.
+                if body.contains("no president") || code >= 500 {
+                    Err(Failure::Transient(error))
+                } else {
+                    Err(Failure::Final(error))
+                }
+            }
+            Err(error) => Err(Failure::Transient(anyhow::anyhow!("{url}: {error}"))),
+        }
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
@@ -350,8 +395,16 @@ fn draw_hierarchy(tree: &Hierarchy) {
             state.term,
             state.voters.len()
         );
-        for mayor in &state.mayors {
-            println!("{indent}├── mayor {mayor}");
+        for city in &state.cities {
+            let queue = city
+                .queue
+                .map(|queue| format!(", queue {queue}"))
+                .unwrap_or_default();
+            println!(
+                "{indent}├── city {} (mayor {}{queue})",
+                city.name,
+                city.mayor.as_deref().unwrap_or("none")
+            );
         }
         for (i, worker) in state.workers.iter().enumerate() {
             let twig = if i + 1 == state.workers.len() {
@@ -465,7 +518,25 @@ fn project(command: ProjectCommand) -> Result<()> {
             if let Err(error) = aamas_node::spec::parse(&text) {
                 bail!("{}: {error}; nothing was submitted", file.display());
             }
-            let answer = Client::new(&target)?.send("POST", "/api/v1/projects", &text)?;
+            // One request id for every try: a try whose answer was lost (the node or the
+            // president failed after committing it) returns the first project, not a
+            // second one.
+            let request = aamas_protocol::MessageId::random()
+                .context("no randomness for a request id")?
+                .to_string();
+            let client = Client::new(&target)?;
+            let mut tries = 0;
+            let answer = loop {
+                tries += 1;
+                match client.submit(&text, &request) {
+                    Ok(answer) => break answer,
+                    Err(Failure::Transient(error)) if tries < SUBMIT_TRIES => {
+                        eprintln!("{error}; trying again ({tries} of {SUBMIT_TRIES})");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    Err(Failure::Transient(error) | Failure::Final(error)) => return Err(error),
+                }
+            };
             if target.json {
                 println!("{answer}");
             } else {
@@ -514,6 +585,19 @@ fn project(command: ProjectCommand) -> Result<()> {
             })?;
             if last.get("status").and_then(|v| v.as_str()) == Some("failed") {
                 bail!("project {id} failed");
+            }
+        }
+        ProjectCommand::Archive { target, id } => {
+            let body = serde_json::json!({ "action": "archive" }).to_string();
+            let answer = Client::new(&target)?.send(
+                "PUT",
+                &format!("/api/v1/projects/{id}/phase"),
+                &body,
+            )?;
+            if target.json {
+                println!("{answer}");
+            } else {
+                println!("{id} archived");
             }
         }
         ProjectCommand::Phase { target, id, action } => {
@@ -628,6 +712,7 @@ fn main() -> Result<()> {
                 memtable_bytes: None,
                 shared_memory: None,
                 kademlia: true,
+                liveness: None,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(aamas_node::run(config, shutdown_signal()))?;

@@ -367,6 +367,19 @@ impl Group {
             .is_some()
     }
 
+    /// The current term, and whether `node` is a voter or learner of the latest
+    /// membership this member knows (`None` while it knows none: a member being added
+    /// learns the membership from its leader's first entries). One read of the metrics,
+    /// for the checks of every inbound Raft RPC.
+    pub fn term_and_membership_of(&self, node: NodeId) -> (u64, Option<bool>) {
+        let watch = self.raft.metrics();
+        let metrics = watch.borrow();
+        let membership = metrics.membership_config.membership();
+        let known = membership.nodes().next().is_some();
+        let member = known.then(|| membership.get_node(&node).is_some());
+        (metrics.current_term, member)
+    }
+
     /// The current term.
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term

@@ -117,6 +117,11 @@ pub struct Task {
     pub result_digest: Option<[u8; 32]>,
     /// The latest failure or escalation reason.
     pub failure: Option<String>,
+    /// Whether the latest failure was a fault of the moment (a lost worker, a timeout,
+    /// an unreachable service), which another attempt may cure, rather than the task
+    /// failing on its merits. Set by whoever records the failure, from the failure's
+    /// type, never read out of the reason's words.
+    pub transient: bool,
     /// How many times the president reopened it after an escalation.
     pub reopened: u32,
 }
@@ -184,16 +189,6 @@ pub enum LedgerCommand {
         /// SHA-256 of the result.
         result_digest: [u8; 32],
     },
-    /// Overwrites a task's committed result, breaking the one-result invariant on
-    /// purpose. Only with the `fault-injection` feature: the simulator's test of its own
-    /// checker commits it through a test hook.
-    #[cfg(feature = "fault-injection")]
-    OverwriteResult {
-        /// The task.
-        key: TaskKey,
-        /// The other result's SHA-256.
-        result_digest: [u8; 32],
-    },
     /// Records the failure of the current attempt: back to pending while attempts are
     /// left, else failed.
     FailTask {
@@ -203,6 +198,8 @@ pub enum LedgerCommand {
         attempt: u32,
         /// Why.
         reason: String,
+        /// Whether it was a fault of the moment (see [`Task::transient`]).
+        transient: bool,
     },
     /// Hands a task that has not succeeded up to the governor.
     EscalateTask {
@@ -233,6 +230,23 @@ pub enum LedgerCommand {
     ForgetProject {
         /// The project's id.
         project: String,
+    },
+    /// Overwrites a task's committed result, breaking the one-result invariant on
+    /// purpose: only the simulator's test of its own checker proposes it, through
+    /// `aamas_node::Node::overwrite_result`; no role ever does. It is part of every build
+    /// and stays the last variant, so that the log's encoding never depends on a cargo
+    /// feature (a build with a test hook and one without read each other's entries).
+    OverwriteResult {
+        /// The task.
+        key: TaskKey,
+        /// The other result's SHA-256.
+        result_digest: [u8; 32],
+    },
+    /// Closes a city that no task is assigned through; closing an unknown one is a
+    /// duplicate. Its pending tasks go to the remaining cities' mayors.
+    RemoveCity {
+        /// Its name.
+        name: String,
     },
 }
 
@@ -308,13 +322,14 @@ impl Ledger {
                 attempt,
                 result_digest,
             } => self.complete_task(key, *attempt, *result_digest),
-            #[cfg(feature = "fault-injection")]
             C::OverwriteResult { key, result_digest } => self.overwrite_result(key, *result_digest),
+            C::RemoveCity { name } => self.remove_city(name),
             C::FailTask {
                 key,
                 attempt,
                 reason,
-            } => self.fail_task(key, *attempt, reason),
+                transient,
+            } => self.fail_task(key, *attempt, reason, *transient),
             C::EscalateTask { key, reason } => self.escalate_task(key, reason),
             C::ReopenTask {
                 key,
@@ -336,6 +351,24 @@ impl Ledger {
             return Err(full("cities", MAX_CITIES));
         }
         self.cities.insert(name.to_owned(), City::default());
+        OK
+    }
+
+    fn remove_city(&mut self, name: &str) -> Outcome {
+        check_name("city name", name)?;
+        if !self.cities.contains_key(name) {
+            return DUPLICATE;
+        }
+        let busy = self
+            .tasks
+            .values()
+            .any(|task| task.status == TaskStatus::Assigned && task.city.as_deref() == Some(name));
+        if busy {
+            return Err(format!(
+                "city {name:?} has tasks assigned through it; close it once they finish"
+            ));
+        }
+        self.cities.remove(name);
         OK
     }
 
@@ -417,6 +450,7 @@ impl Ledger {
             status: TaskStatus::Pending,
             result_digest: None,
             failure: None,
+            transient: false,
             reopened: 0,
         };
         self.tasks.insert(key.clone(), task);
@@ -474,7 +508,6 @@ impl Ledger {
         Ok(task_state(task))
     }
 
-    #[cfg(feature = "fault-injection")]
     fn overwrite_result(&mut self, key: &TaskKey, result_digest: [u8; 32]) -> Outcome {
         let task = self.task_mut(key)?;
         task.status = TaskStatus::Succeeded;
@@ -482,7 +515,7 @@ impl Ledger {
         Ok(task_state(task))
     }
 
-    fn fail_task(&mut self, key: &TaskKey, attempt: u32, reason: &str) -> Outcome {
+    fn fail_task(&mut self, key: &TaskKey, attempt: u32, reason: &str, transient: bool) -> Outcome {
         check_size("failure reason", reason.len(), MAX_REASON_BYTES)?;
         let task = self.task_mut(key)?;
         let settled = matches!(task.status, TaskStatus::Pending | TaskStatus::Failed);
@@ -491,6 +524,7 @@ impl Ledger {
         }
         check_attempt(key, task, attempt)?;
         task.failure = Some(reason.to_owned());
+        task.transient = transient;
         if attempt < task.max_attempts {
             task.status = TaskStatus::Pending;
             task.worker = None;
@@ -601,7 +635,8 @@ impl Ledger {
                 task.worker.is_none() || task.attempt >= 1,
                 "{key} worker unassigned"
             );
-            if let Some(city) = &task.city {
+            // A finished task may name a city closed since; a running one may not.
+            if let (TaskStatus::Assigned, Some(city)) = (task.status, &task.city) {
                 assert!(self.cities.contains_key(city), "{key} in unknown city");
             }
             assert!(
@@ -747,6 +782,61 @@ mod tests {
         }
     }
 
+    /// The log's encoding of a command is its variant's index first: these are on disk
+    /// and on the wire, so a variant is never inserted, removed or reordered, and none
+    /// depends on a cargo feature.
+    #[test]
+    fn command_tags_on_disk_never_move() {
+        let tag = |command: &C| postcard::to_stdvec(command).expect("encodes")[0];
+        let fail = C::FailTask {
+            key: key("t"),
+            attempt: 1,
+            reason: "r".into(),
+            transient: false,
+        };
+        let forget = C::ForgetProject {
+            project: "p1".into(),
+        };
+        let overwrite = C::OverwriteResult {
+            key: key("t"),
+            result_digest: [0; 32],
+        };
+        assert_eq!(tag(&add_task("t", 1)), 3);
+        assert_eq!(tag(&assign("t", 1, 1)), 4);
+        assert_eq!(tag(&complete("t", 1, 1)), 5);
+        assert_eq!(tag(&fail), 6);
+        assert_eq!(tag(&forget), 10);
+        assert_eq!(tag(&overwrite), 11);
+        assert_eq!(tag(&C::RemoveCity { name: "c".into() }), 12);
+    }
+
+    #[test]
+    fn a_city_closes_only_without_assigned_tasks() {
+        let mut ledger = Ledger::default();
+        for command in [
+            C::AddCity {
+                name: "north".into(),
+            },
+            add_task("t", 2),
+            assign("t", 1, 1),
+        ] {
+            assert!(!matches!(ledger.apply(&command), R::Rejected { .. }));
+        }
+        let close = C::RemoveCity {
+            name: "north".into(),
+        };
+        assert!(matches!(ledger.apply(&close), R::Rejected { .. }));
+        assert!(ledger.cities().contains_key("north"));
+        assert!(!matches!(
+            ledger.apply(&complete("t", 1, 7)),
+            R::Rejected { .. }
+        ));
+        assert_eq!(ledger.apply(&close), R::Ok);
+        assert!(!ledger.cities().contains_key("north"));
+        assert_eq!(ledger.apply(&close), R::Duplicate);
+        ledger.validate();
+    }
+
     fn assign(task: &str, worker: u8, attempt: u32) -> C {
         C::AssignTask {
             key: key(task),
@@ -769,6 +859,7 @@ mod tests {
             key: key(task),
             attempt,
             reason: "timeout".to_owned(),
+            transient: true,
         }
     }
 

@@ -200,6 +200,9 @@ pub struct Project {
     pub progress: BTreeMap<Phase, PhaseProgress>,
     /// When it was submitted, in the proposer's milliseconds.
     pub submitted_ms: u64,
+    /// The member it was submitted through: besides the president's own operator, the
+    /// only member that may hold, resume, advance or archive it.
+    pub owner: NodeKey,
 }
 
 /// A join token, known only by its digest.
@@ -286,6 +289,8 @@ pub enum RegistryCommand {
         spec: Vec<u8>,
         /// The proposer's time.
         now_ms: u64,
+        /// The member it was submitted through.
+        owner: NodeKey,
     },
     /// Records the task counts of a phase the project has reached.
     SetProjectProgress {
@@ -450,7 +455,8 @@ impl Registry {
                 name,
                 spec,
                 now_ms,
-            } => self.submit_project(id, name, spec, *now_ms),
+                owner,
+            } => self.submit_project(id, name, spec, *now_ms, *owner),
             C::SetProjectProgress {
                 id,
                 phase,
@@ -624,7 +630,14 @@ impl Registry {
         OK
     }
 
-    fn submit_project(&mut self, id: &str, name: &str, spec: &[u8], now_ms: u64) -> Outcome {
+    fn submit_project(
+        &mut self,
+        id: &str,
+        name: &str,
+        spec: &[u8],
+        now_ms: u64,
+        owner: NodeKey,
+    ) -> Outcome {
         check_name("project id", id)?;
         check_name("project name", name)?;
         check_size("project spec", spec.len(), MAX_SPEC_BYTES)?;
@@ -654,6 +667,7 @@ impl Registry {
             status: ProjectStatus::Running,
             progress: BTreeMap::new(),
             submitted_ms: now_ms,
+            owner,
         };
         self.projects.insert(id.to_owned(), project);
         OK
@@ -1130,6 +1144,7 @@ mod tests {
             name,
             spec,
             now_ms: 5,
+            owner: NodeKey([9; 32]),
         }
     }
 

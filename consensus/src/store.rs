@@ -37,10 +37,12 @@ const SM_MIRROR_SNAPSHOT: &[u8] = b"mirror-snapshot";
 /// eight bytes of group id and a suffix, so this one cannot collide with them.
 const META_FORMAT: &[u8] = b"format";
 
-/// The on-disk format this build reads and writes. Version 2: log ids carry a term only
-/// (openraft's `single-term-leader`, standard Raft's one leader per term); version 1
-/// (unmarked) carried (term, node).
-pub const STORE_FORMAT: u32 = 2;
+/// The on-disk format this build reads and writes. Version 3: a Ledger task records
+/// whether its failure was transient (`FailTask::transient`), a Registry project the
+/// member it was submitted through (`Project::owner`). Version 2: log ids carry a
+/// term only (openraft's `single-term-leader`, standard Raft's one leader per term);
+/// version 1 (unmarked) carried (term, node).
+pub const STORE_FORMAT: u32 = 3;
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 

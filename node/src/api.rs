@@ -84,14 +84,32 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 /// Largest project spec accepted, in bytes.
 pub const MAX_SPEC_BODY_BYTES: usize = 1 << 20;
 
-async fn submit_project(State(api): State<Api>, body: String) -> Response {
+/// The header that carries a client's request id: a submission retried with the same
+/// one returns the first project.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+async fn submit_project(
+    State(api): State<Api>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Response {
     if body.len() > MAX_SPEC_BODY_BYTES {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "the spec is larger than 1 MiB",
         );
     }
-    match api.node.submit_project(&body).await {
+    let request = match headers.get(IDEMPOTENCY_KEY).map(|value| value.to_str()) {
+        None => None,
+        Some(Ok(request)) => Some(request),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the Idempotency-Key header is not plain text",
+            );
+        }
+    };
+    match api.node.submit_project(&body, request).await {
         Ok(id) => (StatusCode::CREATED, Json(serde_json::json!({"id": id}))).into_response(),
         Err(reason) => error(StatusCode::BAD_REQUEST, reason),
     }
@@ -123,6 +141,9 @@ async fn change_phase(
     Json(change): Json<PhaseChange>,
 ) -> Response {
     match api.node.change_project(&id, &change.action).await {
+        Ok(()) if change.action == "archive" => {
+            Json(serde_json::json!({"id": id, "status": "archived"})).into_response()
+        }
         Ok(()) => match api.node.project(&id).await {
             Some(project) => Json(project).into_response(),
             None => Json(serde_json::json!({"id": id})).into_response(),

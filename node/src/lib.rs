@@ -19,6 +19,8 @@
 //! swarm (`faults`).
 
 pub mod api;
+pub mod authority;
+pub mod cities;
 pub mod executor;
 pub mod faults;
 pub mod messaging;

@@ -153,11 +153,30 @@ pub struct Inbox {
     authority: Mutex<Authority>,
 }
 
+/// Largest envelope a node seals or opens. Direct envelopes carry task outcomes (up to
+/// [`crate::work::MAX_OUTCOME_OUTPUT`] of output, plus the failure reason and headers)
+/// over request-response, whose frames may be up to [`crate::wire::MAX_RPC_BYTES`];
+/// gossip stays within gossipsub's own transmit limit, whatever this allows.
+pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
+
+/// The envelope limits of every node: [`MAX_ENVELOPE_BYTES`], the protocol's default
+/// recipient count.
+pub fn envelope_limits() -> aamas_protocol::Limits {
+    aamas_protocol::Limits {
+        max_message_bytes: MAX_ENVELOPE_BYTES,
+        ..aamas_protocol::Limits::default()
+    }
+}
+
 impl Inbox {
     /// An inbox for `mesh`, with nobody known yet.
     pub fn new(mesh: MeshId) -> Self {
+        let config = ReceiverConfig {
+            limits: envelope_limits(),
+            ..ReceiverConfig::default()
+        };
         Self {
-            receiver: Mutex::new(Receiver::new(mesh, ReceiverConfig::default())),
+            receiver: Mutex::new(Receiver::new(mesh, config)),
             roster: Mutex::new((Roster::new(), BTreeSet::new())),
             authority: Mutex::new(Authority::default()),
         }

@@ -2,7 +2,7 @@
 //! advance). Any node takes the request; the president commits it.
 
 use aamas_consensus::registry::{Project, ProjectStatus, RegistryCommand};
-use aamas_protocol::Phase;
+use aamas_protocol::{NodeKey, Phase};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -200,13 +200,44 @@ impl Node {
 
     /// Submits a project spec (TOML); returns its id. The spec is checked here first,
     /// so a bad one is refused (with its line) before anything is sent.
-    pub async fn submit_project(&self, text: &str) -> Result<String, String> {
+    ///
+    /// With a client `request` id (the API's `Idempotency-Key`), the project's id is
+    /// derived from it and the spec, so a submission retried after a lost answer or a
+    /// failover returns the first project instead of creating a second one.
+    pub async fn submit_project(
+        &self,
+        text: &str,
+        request: Option<&str>,
+    ) -> Result<String, String> {
+        self.submit_project_as(self.identity.node_key(), text, request)
+            .await
+    }
+
+    /// [`Node::submit_project`] on behalf of `owner`: this node's own API, or the member
+    /// that forwarded the request to the president.
+    pub(crate) async fn submit_project_as(
+        &self,
+        owner: NodeKey,
+        text: &str,
+        request: Option<&str>,
+    ) -> Result<String, String> {
         let parsed = spec::parse(text).map_err(|error| error.to_string())?;
+        if let Some(request) = request {
+            check_request_id(request)?;
+        }
         let Some((peer, addrs)) = self.president_peer()? else {
             let mut hasher = Sha256::new();
             hasher.update(text.as_bytes());
-            hasher.update(now_ms().to_be_bytes());
-            hasher.update(self.identity.node_key().0);
+            match request {
+                Some(request) => {
+                    hasher.update(b"request");
+                    hasher.update(request.as_bytes());
+                }
+                None => {
+                    hasher.update(now_ms().to_be_bytes());
+                    hasher.update(self.identity.node_key().0);
+                }
+            }
             let digest = hasher.finalize();
             let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
             let command = RegistryCommand::SubmitProject {
@@ -214,6 +245,7 @@ impl Node {
                 name: parsed.name.clone(),
                 spec: parsed.to_bytes(),
                 now_ms: now_ms(),
+                owner,
             };
             self.propose(&[b"submit", id.as_bytes()], command)
                 .await
@@ -223,6 +255,7 @@ impl Node {
         };
         let rpc = Rpc::SubmitProject {
             spec: text.to_string(),
+            request: request.map(str::to_string),
         };
         match self.handle.request(peer, addrs, rpc).await {
             Ok(RpcResponse::Submitted { id }) => Ok(id),
@@ -232,14 +265,37 @@ impl Node {
         }
     }
 
-    /// Holds, resumes or advances a project by hand.
+    /// Holds, resumes or advances a project by hand, or archives a finished one: it
+    /// leaves the Registry (freeing its place among [`aamas_consensus::registry::MAX_PROJECTS`])
+    /// and each governor forgets its tasks once its copy of the Registry no longer has
+    /// it (see [`crate::work::ARCHIVE_GRACE_MS`]).
     pub async fn change_project(&self, id: &str, action: &str) -> Result<(), String> {
+        self.change_project_as(self.identity.node_key(), id, action)
+            .await
+    }
+
+    /// [`Node::change_project`] on behalf of `requester`: this node's own API, or the
+    /// member that forwarded the request. The president takes it from its own operator
+    /// and from the member the project was submitted through
+    /// ([`crate::authority::project_change`]).
+    pub(crate) async fn change_project_as(
+        &self,
+        requester: NodeKey,
+        id: &str,
+        action: &str,
+    ) -> Result<(), String> {
         let Some((peer, addrs)) = self.president_peer()? else {
-            let phase = self
-                .registry(|registry| registry.projects().get(id).map(|p| p.phase))
+            let (phase, owner) = self
+                .registry(|registry| registry.projects().get(id).map(|p| (p.phase, p.owner)))
                 .await
                 .flatten()
                 .ok_or_else(|| format!("no project {id}"))?;
+            if let Err(refusal) =
+                crate::authority::project_change(requester, self.identity.node_key(), owner)
+            {
+                self.refuse(&refusal);
+                return Err(refusal.to_string());
+            }
             let command = match action {
                 "hold" => RegistryCommand::HoldProject { id: id.into() },
                 "resume" => RegistryCommand::ResumeProject { id: id.into() },
@@ -247,9 +303,10 @@ impl Node {
                     id: id.into(),
                     from: phase,
                 },
+                "archive" => RegistryCommand::RemoveProject { id: id.into() },
                 other => {
                     return Err(format!(
-                        "unknown action {other:?}: use hold, resume or advance"
+                        "unknown action {other:?}: use hold, resume, advance or archive"
                     ));
                 }
             };
@@ -270,5 +327,39 @@ impl Node {
             action: action.into(),
         };
         RpcResponse::acked(self.handle.request(peer, addrs, rpc).await)
+    }
+}
+
+/// Longest client request id a submission may carry.
+pub const MAX_REQUEST_ID_BYTES: usize = 64;
+
+/// A client request id: 1 to [`MAX_REQUEST_ID_BYTES`] of `[A-Za-z0-9_.-]`.
+pub fn check_request_id(request: &str) -> Result<(), String> {
+    let fits = (1..=MAX_REQUEST_ID_BYTES).contains(&request.len())
+        && request
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "the request id must be 1 to {MAX_REQUEST_ID_BYTES} characters of A-Z, a-z, 0-9, \
+             '_', '-' and '.'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_short_plain_words() {
+        assert!(check_request_id("0123abcd-ef.GH_").is_ok());
+        assert!(check_request_id(&"a".repeat(MAX_REQUEST_ID_BYTES)).is_ok());
+        assert!(check_request_id("").is_err());
+        assert!(check_request_id(&"a".repeat(MAX_REQUEST_ID_BYTES + 1)).is_err());
+        assert!(check_request_id("a b").is_err());
+        assert!(check_request_id("a/b").is_err());
     }
 }

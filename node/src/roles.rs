@@ -5,7 +5,8 @@
 //!   founder   ── initialize(voters) ──► state group (Raft)          (exactly one node does it)
 //!   governor  = leader of the state group:
 //!       keeps STATE_VOTERS voters (state members first), replaces dead ones,
-//!       keeps a city with a mayor on a lease (Ledger), renews or replaces it,
+//!       keeps as many cities as its queue needs (`cities`), each with a mayor on a lease
+//!       (Ledger), renews or replaces them,
 //!       reports itself, its voters and mayors ── RecordGovernor ──► Registry (via president)
 //! ```
 //!
@@ -40,11 +41,6 @@ pub fn state_group_id(state: &str) -> GroupId {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(bytes).max(1)
-}
-
-/// The one city every state starts with.
-pub fn first_city(state: &str) -> String {
-    format!("{state}-1")
 }
 
 /// A member as the role logic sees it.
@@ -340,7 +336,7 @@ impl Node {
         for (state, group) in governed {
             self.heal_state_voters(&state, &group, &candidates, &addrs)
                 .await;
-            self.keep_mayor(&state, &group, &candidates).await;
+            self.keep_cities(&state, &group, &candidates).await;
             self.report_governor(&state, &group).await;
         }
     }
@@ -437,73 +433,141 @@ impl Node {
         }
     }
 
-    async fn keep_mayor(&self, state: &str, group: &Group, candidates: &[Candidate]) {
-        let city = first_city(state);
+    /// Keeps the state's cities in step with its queue ([`crate::cities::scale`]) and
+    /// each city with a mayor on a lease. A mayor dispatches from the Ledger, so it must
+    /// hold a copy: only the group's voters qualify, and each city prefers a voter that
+    /// is not the mayor of another.
+    async fn keep_cities(&self, state: &str, group: &Group, candidates: &[Candidate]) {
+        use crate::cities::{CityChange, CityLoad};
+        use aamas_consensus::ledger::TaskStatus;
         let now = now_ms();
-        let (has_city, lease) = group
+        let (cities, pending): (
+            Vec<(String, Option<aamas_consensus::ledger::Lease>, usize)>,
+            usize,
+        ) = group
             .read_local(|machine| {
-                let ledger = machine.ledger();
-                let record = ledger.and_then(|ledger| ledger.cities().get(&city));
-                (record.is_some(), record.and_then(|c| c.mayor))
+                let Some(ledger) = machine.ledger() else {
+                    return (Vec::new(), 0);
+                };
+                let mut assigned: BTreeMap<&str, usize> = BTreeMap::new();
+                let mut pending = 0;
+                for task in ledger.tasks().values() {
+                    match task.status {
+                        TaskStatus::Pending => pending += 1,
+                        TaskStatus::Assigned => {
+                            if let Some(city) = task.city.as_deref() {
+                                *assigned.entry(city).or_default() += 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let cities = ledger
+                    .cities()
+                    .iter()
+                    .map(|(name, city)| {
+                        let busy = assigned.get(name.as_str()).copied().unwrap_or(0);
+                        (name.clone(), city.mayor, busy)
+                    })
+                    .collect();
+                (cities, pending)
             })
             .await;
-        if !has_city {
-            let command = LedgerCommand::AddCity { name: city.clone() };
-            if !self
-                .write_ledger(group, &[b"city", city.as_bytes()], command)
-                .await
-            {
-                return;
-            }
-        }
         let me = self.identity.node_key();
         let alive = |key: &NodeKey| candidates.iter().any(|c| c.key == *key && c.alive);
-        // A mayor dispatches from the Ledger, so it must hold a copy: only the group's
-        // voters qualify.
-        let voters: BTreeSet<NodeId> = group
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = group.voters();
         let eligible: Vec<Candidate> = candidates
             .iter()
             .filter(|c| voters.contains(&node_id(&c.key)))
             .cloned()
             .collect();
-        let action = mayor_action(lease.as_ref(), now, me, alive, || {
-            pick_mayor(state, me, &eligible)
-        });
-        let (mayor, command) = match action {
-            MayorAction::Keep | MayorAction::WaitForLapse => return,
-            MayorAction::Renew(mayor) => (
-                mayor,
-                LedgerCommand::RenewLease {
-                    city: city.clone(),
+        let loads: Vec<CityLoad> = cities
+            .iter()
+            .map(|(name, _, assigned)| CityLoad {
+                name: name.clone(),
+                assigned: *assigned,
+            })
+            .collect();
+        let last_change = self.work.city_changed(state);
+        let possible = eligible.iter().filter(|c| c.alive).count();
+        let (what, command) =
+            match crate::cities::scale(state, &loads, pending, possible, last_change, now) {
+                CityChange::Keep => (None, None),
+                CityChange::Open(name) => (
+                    Some(("open", name.clone())),
+                    Some(LedgerCommand::AddCity { name }),
+                ),
+                CityChange::Close(name) => (
+                    Some(("close", name.clone())),
+                    Some(LedgerCommand::RemoveCity { name }),
+                ),
+            };
+        if let (Some((what, name)), Some(command)) = (what, command) {
+            let stamp = now.to_be_bytes();
+            if self
+                .write_ledger(
+                    group,
+                    &[b"cities", what.as_bytes(), name.as_bytes(), &stamp],
+                    command,
+                )
+                .await
+            {
+                tracing::info!(state, city = %name, pending, "{what}ed a city");
+                self.work.set_city_changed(state, now);
+            }
+            // The next tick sees the city list as committed.
+            return;
+        }
+        let holders: BTreeMap<&str, NodeKey> = cities
+            .iter()
+            .filter_map(|(name, lease, _)| {
+                let lease = lease.as_ref().filter(|lease| lease.holds_at(now))?;
+                Some((name.as_str(), lease.mayor))
+            })
+            .collect();
+        for (city, lease, _) in &cities {
+            let busy_elsewhere: BTreeSet<NodeKey> = holders
+                .iter()
+                .filter(|(other, _)| *other != city)
+                .map(|(_, mayor)| *mayor)
+                .collect();
+            let free: Vec<Candidate> = eligible
+                .iter()
+                .filter(|c| !busy_elsewhere.contains(&c.key))
+                .cloned()
+                .collect();
+            let action = mayor_action(lease.as_ref(), now, me, alive, || {
+                pick_mayor(state, me, &free).or_else(|| pick_mayor(state, me, &eligible))
+            });
+            let (mayor, command) = match action {
+                MayorAction::Keep | MayorAction::WaitForLapse => continue,
+                MayorAction::Renew(mayor) => (
                     mayor,
-                    now_ms: now,
-                    until_ms: now + MAYOR_LEASE_MS,
-                },
-            ),
-            MayorAction::Appoint(mayor) => (
-                mayor,
-                LedgerCommand::AppointMayor {
-                    city: city.clone(),
+                    LedgerCommand::RenewLease {
+                        city: city.clone(),
+                        mayor,
+                        now_ms: now,
+                        until_ms: now + MAYOR_LEASE_MS,
+                    },
+                ),
+                MayorAction::Appoint(mayor) => (
                     mayor,
-                    now_ms: now,
-                    until_ms: now + MAYOR_LEASE_MS,
-                },
-            ),
-        };
-        let stamp = now.to_be_bytes();
-        self.write_ledger(
-            group,
-            &[b"mayor", city.as_bytes(), &mayor.0, &stamp],
-            command,
-        )
-        .await;
+                    LedgerCommand::AppointMayor {
+                        city: city.clone(),
+                        mayor,
+                        now_ms: now,
+                        until_ms: now + MAYOR_LEASE_MS,
+                    },
+                ),
+            };
+            let stamp = now.to_be_bytes();
+            self.write_ledger(
+                group,
+                &[b"mayor", city.as_bytes(), &mayor.0, &stamp],
+                command,
+            )
+            .await;
+        }
     }
 
     /// Tells the president (through the Registry) who governs `state`, its voters and

@@ -306,6 +306,9 @@ pub struct NodeConfig {
     pub shared_memory: Option<aamas_consensus::SharedMemory>,
     /// Run Kademlia peer routing (see `swarm::SwarmConfig::kademlia`).
     pub kademlia: bool,
+    /// How connections are checked for life (see `swarm::Liveness`); `None` is the
+    /// default for real nodes.
+    pub liveness: Option<swarm::Liveness>,
 }
 
 /// The shared state of a running node.
@@ -393,6 +396,10 @@ pub const HAND_OVER_WAIT: Duration = Duration::from_secs(3);
 
 /// How many accepted gossip envelopes a node remembers for [`Node::deliveries`].
 pub const DELIVERY_LOG: usize = 4_096;
+/// How many known voters of a state the president asks to confirm a governor's report.
+pub const LEADERSHIP_ASKED: usize = 3;
+/// How long the president waits for a voter's answer about a state's leadership.
+pub const LEADERSHIP_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -447,8 +454,22 @@ pub struct StateView {
     pub voters: Vec<String>,
     /// Its mayors' peer ids.
     pub mayors: Vec<String>,
+    /// Its cities, their mayors and queues.
+    pub cities: Vec<CityView>,
     /// Its workers' peer ids.
     pub workers: Vec<String>,
+}
+
+/// One city of a state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CityView {
+    /// Its name.
+    pub name: String,
+    /// Its mayor's peer id, while a lease holds.
+    pub mayor: Option<String>,
+    /// Its queue: pending tasks that fall to it and tasks assigned through it. Known only
+    /// on a node that holds a copy of the state's Ledger (a voter of the state).
+    pub queue: Option<u64>,
 }
 
 /// One member as `members` shows it.
@@ -962,8 +983,8 @@ impl Node {
     }
 
     /// Test hook: publishes `bytes` on the `all` topic as they are (the simulator's flood
-    /// replays and tampers with a member's envelopes through it).
-    #[cfg(feature = "fault-injection")]
+    /// replays and tampers with a member's envelopes through it). Not reachable from the
+    /// network, the API or the CLI.
     pub async fn publish_raw(&self, bytes: Vec<u8>) -> Result<(), NodeError> {
         self.handle.publish(&self.topics.all(), bytes).await?;
         Ok(())
@@ -1196,6 +1217,7 @@ impl Node {
     /// The tree president → governors → mayors → workers.
     pub async fn hierarchy(&self) -> Hierarchy {
         let president = self.president().map(|(_, peer)| peer);
+        let queues = self.city_queues().await;
         let federal_voters: BTreeSet<NodeId> =
             self.federal_membership().await.voter_ids().collect();
         self.registry(|registry| Hierarchy {
@@ -1227,6 +1249,16 @@ impl Node {
                         .flat_map(|g| g.mayors.values().flatten())
                         .map(NodeKey::peer_id)
                         .collect(),
+                    cities: info
+                        .governor
+                        .iter()
+                        .flat_map(|g| g.mayors.iter())
+                        .map(|(city, mayor)| CityView {
+                            name: city.clone(),
+                            mayor: mayor.as_ref().map(NodeKey::peer_id),
+                            queue: queues.get(city).copied(),
+                        })
+                        .collect(),
                     workers: registry
                         .members_in_state(name)
                         .map(|(key, _)| key.peer_id())
@@ -1245,6 +1277,43 @@ impl Node {
             states: Vec::new(),
             unplaced: Vec::new(),
         })
+    }
+
+    /// The queue of every city of the state Ledgers this node holds a copy of.
+    async fn city_queues(&self) -> BTreeMap<String, u64> {
+        use aamas_consensus::ledger::TaskStatus;
+        let mut queues = BTreeMap::new();
+        for id in self.groups.ids() {
+            let Some(group) = self.groups.get(id) else {
+                continue;
+            };
+            let found: Vec<(String, u64)> = group
+                .read_local(|machine| {
+                    let Some(ledger) = machine.ledger() else {
+                        return Vec::new();
+                    };
+                    let cities: Vec<String> = ledger.cities().keys().cloned().collect();
+                    let mut counts: BTreeMap<&str, u64> =
+                        cities.iter().map(|city| (city.as_str(), 0)).collect();
+                    for (key, task) in ledger.tasks() {
+                        let city = match task.status {
+                            TaskStatus::Pending => crate::cities::city_for(key, &cities),
+                            TaskStatus::Assigned => task.city.as_deref(),
+                            _ => None,
+                        };
+                        if let Some(count) = city.and_then(|city| counts.get_mut(city)) {
+                            *count += 1;
+                        }
+                    }
+                    counts
+                        .into_iter()
+                        .map(|(city, count)| (city.to_string(), count))
+                        .collect()
+                })
+                .await;
+            queues.extend(found);
+        }
+        queues
     }
 
     /// A new join token signed by this node.
@@ -1445,17 +1514,52 @@ impl Node {
         }
     }
 
-    fn is_member_peer(&self, peer: &PeerId) -> bool {
+    /// The Raft node id of `peer` when it is a member: one the Registry lists, or one
+    /// admitted since the last reconcile or named by a join answer (in the book).
+    fn member_id_of_peer(&self, peer: &PeerId) -> Option<NodeId> {
         let known = self
             .member_peers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains_key(peer);
-        // Members admitted since the last reconcile, and those a join answer named.
-        known
-            || NodeKey::from_peer_id(&peer.to_base58())
-                .and_then(|key| self.book.peer(node_id(&key)))
-                .is_some_and(|listed| listed == *peer)
+            .get(peer)
+            .copied();
+        known.or_else(|| {
+            let id = node_id(&NodeKey::from_peer_id(&peer.to_base58())?);
+            (self.book.peer(id) == Some(*peer)).then_some(id)
+        })
+    }
+
+    /// Counts a refusal under its reason and turns it into the answer.
+    pub(crate) fn refuse(&self, refusal: &crate::authority::Refusal) -> RpcResponse {
+        self.metrics
+            .rpc_refused
+            .get_or_create(&crate::metrics::labels(&[("reason", refusal.label())]))
+            .inc();
+        RpcResponse::Refused {
+            reason: refusal.to_string(),
+        }
+    }
+
+    /// The checks of [`crate::authority::raft`] for a Raft RPC of `sender` into `group`
+    /// (opened here on first contact).
+    async fn admit_raft(
+        &self,
+        sender: NodeId,
+        group: aamas_consensus::GroupId,
+        claim: crate::authority::RaftClaim,
+    ) -> Result<(), crate::authority::Refusal> {
+        self.open_on_contact(group).await;
+        let (term, sender_in_group) = self
+            .groups
+            .get(group)
+            .map(|open| open.term_and_membership_of(sender))
+            .unwrap_or_default();
+        let view = crate::authority::GroupView {
+            group,
+            term,
+            sender_in_group,
+        };
+        crate::authority::raft(sender, claim, &view)
     }
 
     /// Opens a state group on first contact: a governor adds this node as a learner or
@@ -1473,23 +1577,99 @@ impl Node {
 
     async fn handle_governor_report(
         &self,
-        peer: PeerId,
+        sender: NodeId,
         state: String,
         record: aamas_consensus::registry::GovernorRecord,
     ) -> RpcResponse {
-        let refused = |reason: &str| RpcResponse::Refused {
-            reason: reason.to_string(),
-        };
         if self.federal().and_then(|federal| federal.leader()) != Some(self.me()) {
-            return refused("not the president");
+            return RpcResponse::Refused {
+                reason: "not the president".into(),
+            };
         }
-        if peer_id(&record.node).ok() != Some(peer) {
-            return refused("a governor reports only for itself");
+        let claimant = self.id_of(&record.node);
+        let seen = if sender == claimant {
+            self.leadership_seen(&state, claimant, record.term).await
+        } else {
+            Vec::new()
+        };
+        if let Err(refusal) = crate::authority::governor(sender, claimant, record.term, &seen) {
+            tracing::debug!(state, %refusal, "governor report refused");
+            return self.refuse(&refusal);
         }
         match self.record_governor(&state, record).await {
             Ok(()) => RpcResponse::Ack,
             Err(reason) => RpcResponse::Refused { reason },
         }
+    }
+
+    /// What members of `state`'s group other than `claimant` say about its leadership:
+    /// this node's own view when it is a member, else the answers of up to
+    /// [`LEADERSHIP_ASKED`] voters the Registry knows (the founding voters and those of the
+    /// last confirmed report), asked at once.
+    async fn leadership_seen(
+        &self,
+        state: &str,
+        claimant: NodeId,
+        term: u64,
+    ) -> Vec<crate::authority::LeaderSeen> {
+        use crate::authority::LeaderSeen;
+        let me = self.me();
+        let known = self
+            .registry(|registry| {
+                let info = registry.states().get(state)?;
+                let group = info.group.as_ref()?;
+                let mut voters: BTreeSet<NodeKey> = group.voters.iter().copied().collect();
+                if let Some(governor) = &info.governor {
+                    voters.extend(governor.voters.iter().copied());
+                }
+                Some((group.id, voters))
+            })
+            .await
+            .flatten();
+        let Some((group, voters)) = known else {
+            return Vec::new();
+        };
+        if let Some(open) = self.groups.get(group)
+            && open.has_member(me)
+        {
+            let own = LeaderSeen {
+                voter: me,
+                leader: open.leader(),
+                term: open.term(),
+            };
+            if own.leader == Some(claimant) && own.term == term {
+                return vec![own];
+            }
+        }
+        let asked: Vec<(NodeId, PeerId, Vec<Multiaddr>)> = voters
+            .iter()
+            .filter_map(|key| {
+                let (id, peer) = self.ids_of(key)?;
+                let addrs = self
+                    .book
+                    .get(id)
+                    .map(|(_, addrs)| addrs)
+                    .unwrap_or_default();
+                (id != claimant && id != me).then_some((id, peer, addrs))
+            })
+            .take(LEADERSHIP_ASKED)
+            .collect();
+        let answers = asked.into_iter().map(|(voter, peer, addrs)| async move {
+            let request = self.handle.request(peer, addrs, Rpc::Leadership { group });
+            match tokio::time::timeout(LEADERSHIP_TIMEOUT, request).await {
+                Ok(Ok(RpcResponse::Leadership { leader, term })) => Some(LeaderSeen {
+                    voter,
+                    leader,
+                    term,
+                }),
+                _ => None,
+            }
+        });
+        futures::future::join_all(answers)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// A member leaves `group`, which this node leads: it is taken out of the group (and,
@@ -1534,61 +1714,115 @@ impl Node {
     }
 
     async fn handle_inbound(&self, inbound: Inbound) {
+        use crate::authority::{RaftClaim, RaftRpc};
         let Inbound { peer, rpc, channel } = inbound;
-        let response = match rpc {
-            Rpc::Join(request) => RpcResponse::Join(self.handle_join(peer, request).await),
-            // Raft traffic only from members: the peer book holds the Registry's members and
-            // the members a join answer named.
-            _ if !self.is_member_peer(&peer) => {
-                self.metrics
-                    .rpc_refused
-                    .get_or_create(&crate::metrics::labels(&[("reason", "non_member")]))
-                    .inc();
+        let sender = self.member_id_of_peer(&peer);
+        let response = match (rpc, sender) {
+            (Rpc::Join(request), _) => RpcResponse::Join(self.handle_join(peer, request).await),
+            // Everything else only from members: the peer book holds the Registry's members
+            // and the members a join answer named.
+            (_, None) => {
                 tracing::debug!(%peer, "refused an RPC from a non-member");
-                RpcResponse::Refused {
-                    reason: "not a member of this mesh".into(),
+                self.refuse(&crate::authority::Refusal::NonMember)
+            }
+            (Rpc::GovernorReport { state, record }, Some(sender)) => {
+                self.handle_governor_report(sender, state, record).await
+            }
+            (Rpc::Envelope(bytes), Some(_)) => self.handle_envelope(&bytes).await,
+            (Rpc::SubmitProject { spec, request }, Some(_)) => {
+                match NodeKey::from_peer_id(&peer.to_base58()) {
+                    None => self.refuse(&crate::authority::Refusal::NonMember),
+                    Some(owner) => {
+                        match self
+                            .submit_project_as(owner, &spec, request.as_deref())
+                            .await
+                        {
+                            Ok(id) => RpcResponse::Submitted { id },
+                            Err(reason) => RpcResponse::Refused { reason },
+                        }
+                    }
                 }
             }
-            Rpc::GovernorReport { state, record } => {
-                self.handle_governor_report(peer, state, record).await
+            (Rpc::ChangeProject { id, action }, Some(_)) => {
+                match NodeKey::from_peer_id(&peer.to_base58()) {
+                    None => self.refuse(&crate::authority::Refusal::NonMember),
+                    Some(requester) => {
+                        match self.change_project_as(requester, &id, &action).await {
+                            Ok(()) => RpcResponse::Ack,
+                            Err(reason) => RpcResponse::Refused { reason },
+                        }
+                    }
+                }
             }
-            Rpc::Envelope(bytes) => self.handle_envelope(&bytes).await,
-            Rpc::SubmitProject { spec } => match self.submit_project(&spec).await {
-                Ok(id) => RpcResponse::Submitted { id },
-                Err(reason) => RpcResponse::Refused { reason },
-            },
-            Rpc::ChangeProject { id, action } => match self.change_project(&id, &action).await {
-                Ok(()) => RpcResponse::Ack,
-                Err(reason) => RpcResponse::Refused { reason },
-            },
-            Rpc::Resign { group } => self.handle_resign(peer, group).await,
-            Rpc::Mirror {
-                group,
-                after,
-                wait_ms,
-            } => self.handle_mirror(group, after, wait_ms).await,
-            Rpc::Campaign { group } => match self.groups.get(group) {
-                Some(open) => match open.raft().trigger().elect().await {
-                    Ok(()) => RpcResponse::Ack,
-                    Err(error) => RpcResponse::Refused {
-                        reason: error.to_string(),
+            (Rpc::Resign { group }, Some(_)) => self.handle_resign(peer, group).await,
+            (
+                Rpc::Mirror {
+                    group,
+                    after,
+                    wait_ms,
+                },
+                Some(_),
+            ) => self.handle_mirror(group, after, wait_ms).await,
+            (Rpc::Leadership { group }, Some(_)) => {
+                let me = self.me();
+                let (leader, term) = self
+                    .groups
+                    .get(group)
+                    .filter(|open| open.has_member(me))
+                    .map(|open| (open.leader(), open.term()))
+                    .unwrap_or_default();
+                RpcResponse::Leadership { leader, term }
+            }
+            (Rpc::Campaign { group }, Some(sender)) => match self.groups.get(group) {
+                Some(open) => match crate::authority::campaign(sender, group, open.leader()) {
+                    Err(refusal) => self.refuse(&refusal),
+                    Ok(()) => match open.raft().trigger().elect().await {
+                        Ok(()) => RpcResponse::Ack,
+                        Err(error) => RpcResponse::Refused {
+                            reason: error.to_string(),
+                        },
                     },
                 },
                 None => RpcResponse::Refused {
                     reason: format!("group {group} is not open here"),
                 },
             },
-            Rpc::Append { group, rpc } => {
-                self.open_on_contact(group).await;
-                RpcResponse::Append(self.groups.handle_append_entries(group, rpc).await)
+            (Rpc::Append { group, rpc }, Some(sender)) => {
+                let claim = RaftClaim {
+                    rpc: RaftRpc::Append,
+                    term: rpc.vote.leader_id().get_term(),
+                    named: rpc.vote.leader_id().voted_for(),
+                };
+                match self.admit_raft(sender, group, claim).await {
+                    Ok(()) => {
+                        RpcResponse::Append(self.groups.handle_append_entries(group, rpc).await)
+                    }
+                    Err(refusal) => self.refuse(&refusal),
+                }
             }
-            Rpc::Vote { group, rpc } => {
-                self.open_on_contact(group).await;
-                RpcResponse::Vote(self.groups.handle_vote(group, rpc).await)
+            (Rpc::Vote { group, rpc }, Some(sender)) => {
+                let claim = RaftClaim {
+                    rpc: RaftRpc::Vote,
+                    term: rpc.vote.leader_id().get_term(),
+                    named: rpc.vote.leader_id().voted_for(),
+                };
+                match self.admit_raft(sender, group, claim).await {
+                    Ok(()) => RpcResponse::Vote(self.groups.handle_vote(group, rpc).await),
+                    Err(refusal) => self.refuse(&refusal),
+                }
             }
-            Rpc::Snapshot { group, rpc } => {
-                self.open_on_contact(group).await;
-                RpcResponse::Snapshot(self.groups.handle_install_snapshot(group, rpc).await)
+            (Rpc::Snapshot { group, rpc }, Some(sender)) => {
+                let claim = RaftClaim {
+                    rpc: RaftRpc::Snapshot,
+                    term: rpc.vote.leader_id().get_term(),
+                    named: rpc.vote.leader_id().voted_for(),
+                };
+                match self.admit_raft(sender, group, claim).await {
+                    Ok(()) => {
+                        RpcResponse::Snapshot(self.groups.handle_install_snapshot(group, rpc).await)
+                    }
+                    Err(refusal) => self.refuse(&refusal),
+                }
             }
         };
         self.handle.respond(channel, response).await;
@@ -2050,6 +2284,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         connections: metrics.connections.clone(),
         connections_opened: metrics.connections_opened.clone(),
         faults: config.faults.clone(),
+        liveness: config.liveness,
     };
     let (handle, incoming) = swarm::start(keypair, &swarm_config).await?;
     let swarm::Incoming {
@@ -2110,7 +2345,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         topics: Topics::new(mesh.mesh),
         sealer: Mutex::new(aamas_protocol::Sealer::new(
             mesh.mesh,
-            aamas_protocol::Limits::default(),
+            crate::messaging::envelope_limits(),
             now_ms(),
         )),
         liveness: Mutex::new(HashMap::new()),
@@ -2154,7 +2389,8 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
                 Rpc::Append { .. }
                 | Rpc::Vote { .. }
                 | Rpc::Snapshot { .. }
-                | Rpc::Campaign { .. } => &raft_slots,
+                | Rpc::Campaign { .. }
+                | Rpc::Leadership { .. } => &raft_slots,
                 Rpc::Mirror { .. } => &mirror_slots,
                 _ => &other_slots,
             };

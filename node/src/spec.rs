@@ -897,34 +897,7 @@ fn check_tasks(checker: &Checker<'_>, spec: &ProjectSpec) -> Result<(), SpecErro
                     ),
                 ));
             }
-            let what = format!("task {}: the state", quoted(&task.name));
-            checker.name(at(Field::State), &what, &task.state, true)?;
-            if let Some(skill) = &task.skill {
-                let what = format!("task {}: the skill", quoted(&task.name));
-                checker.name(at(Field::Skill), &what, skill, false)?;
-            }
-            checker.text(
-                at(Field::Input),
-                &task.name,
-                "input",
-                &task.input,
-                MAX_INPUT_BYTES,
-            )?;
-            checker.range(
-                at(Field::TimeoutSecs),
-                &task.name,
-                "timeout_secs",
-                task.timeout_secs,
-                1..=MAX_TIMEOUT_SECS,
-            )?;
-            checker.range(
-                at(Field::Retries),
-                &task.name,
-                "retries",
-                task.retries,
-                0..=MAX_RETRIES,
-            )?;
-            check_executor(checker, p, t, task)?;
+            check_task(checker, p, t, task)?;
             budget_total = budget_total.saturating_add(task.budget);
             if budget_total > spec.budget {
                 return Err(checker.fail(
@@ -940,6 +913,49 @@ fn check_tasks(checker: &Checker<'_>, spec: &ProjectSpec) -> Result<(), SpecErro
         }
     }
     Ok(())
+}
+
+/// The rules one task obeys on its own (its place in the project aside: unique name,
+/// dependencies, budget share).
+fn check_task(checker: &Checker<'_>, p: usize, t: usize, task: &TaskSpec) -> Result<(), SpecError> {
+    let at = |field| At::Field(p, t, field);
+    checker.name(at(Field::Name), "the task name", &task.name, true)?;
+    let what = format!("task {}: the state", quoted(&task.name));
+    checker.name(at(Field::State), &what, &task.state, true)?;
+    if let Some(skill) = &task.skill {
+        let what = format!("task {}: the skill", quoted(&task.name));
+        checker.name(at(Field::Skill), &what, skill, false)?;
+    }
+    checker.text(
+        at(Field::Input),
+        &task.name,
+        "input",
+        &task.input,
+        MAX_INPUT_BYTES,
+    )?;
+    checker.range(
+        at(Field::TimeoutSecs),
+        &task.name,
+        "timeout_secs",
+        task.timeout_secs,
+        1..=MAX_TIMEOUT_SECS,
+    )?;
+    checker.range(
+        at(Field::Retries),
+        &task.name,
+        "retries",
+        task.retries,
+        0..=MAX_RETRIES,
+    )?;
+    check_executor(checker, p, t, task)
+}
+
+impl TaskSpec {
+    /// Checks the rules one task obeys on its own, for a task that arrived in a message
+    /// (a worker checks the spec it is asked to run). Errors carry no line.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        check_task(&Checker { lines: None }, 0, 0, self)
+    }
 }
 
 fn check_executor(

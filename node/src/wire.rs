@@ -57,6 +57,8 @@ pub enum Rpc {
     SubmitProject {
         /// The spec's text.
         spec: String,
+        /// The client's request id, so that a retry returns the first project.
+        request: Option<String>,
     },
     /// A user's change of a project's phase, for the president.
     ChangeProject {
@@ -91,6 +93,12 @@ pub enum Rpc {
         /// The group.
         group: GroupId,
     },
+    /// The president asks a member of a state's group whom it follows, to confirm a
+    /// governor's report before recording it.
+    Leadership {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// The answer to an [`Rpc`].
@@ -122,6 +130,14 @@ pub enum RpcResponse {
         leader: Option<NodeId>,
         /// The entries or snapshot.
         catchup: aamas_consensus::Catchup,
+    },
+    /// To [`Rpc::Leadership`]: the leader the answering member follows and its term
+    /// (no leader when it is not a member of the group).
+    Leadership {
+        /// The leader.
+        leader: Option<NodeId>,
+        /// The term.
+        term: u64,
     },
     /// The sender is not allowed to make this request.
     Refused {

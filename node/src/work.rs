@@ -33,7 +33,6 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::executor::{ExecError, Execution, Executors, LlmConfig};
-use crate::roles::first_city;
 use crate::runtime::{Node, now_ms, peer_id, request_id};
 use crate::spec::{ProjectSpec, TaskSpec};
 use crate::wire::{Rpc, RpcResponse};
@@ -53,6 +52,11 @@ pub const PROGRESS_REFRESH_MS: u64 = 1_000;
 pub const ASSIGN_RESEND_MS: u64 = 1_000;
 /// Largest output kept with a task outcome.
 pub const MAX_OUTCOME_OUTPUT: usize = 64 << 10;
+/// How long a governor's copy of the Registry must go without a project before the
+/// governor forgets the project's tasks (it was archived). A new project's tasks can
+/// reach a governor a moment before its copy of the Registry has the project; they are
+/// never forgotten for that.
+pub const ARCHIVE_GRACE_MS: u64 = 30_000;
 
 /// A task the president hands to a governor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +78,8 @@ pub struct TaskReport {
     pub attempt: u32,
     /// The last failure or escalation reason.
     pub reason: Option<String>,
+    /// Whether the last failure was a fault of the moment ([`aamas_consensus::ledger::Task::transient`]).
+    pub transient: bool,
     /// How often the president reopened it.
     pub reopened: u32,
 }
@@ -215,15 +221,12 @@ pub enum Decision {
 }
 
 /// The president's decision: a task lost to faults of the moment (a lost worker, a
-/// timeout, an unreachable service) is reassigned, at most [`MAX_REOPENINGS`] times; a
-/// task that failed on its merits (a non-zero exit, a refused request, a bad reply)
-/// fails the phase.
+/// timeout, an unreachable service: [`TaskReport::transient`], recorded from the
+/// failure's type) is reassigned, at most [`MAX_REOPENINGS`] times; a task that failed on
+/// its merits (a non-zero exit, a refused request, a bad reply) fails the phase, whatever
+/// words its output or reason holds.
 pub fn decide(report: &TaskReport) -> Decision {
-    let reason = report.reason.as_deref().unwrap_or_default();
-    let transient = ["worker was lost", "timed out", "unavailable", "busy"]
-        .iter()
-        .any(|fault| reason.to_lowercase().contains(fault));
-    if transient && report.reopened < MAX_REOPENINGS {
+    if report.transient && report.reopened < MAX_REOPENINGS {
         Decision::Reassign
     } else {
         Decision::FailPhase
@@ -296,6 +299,11 @@ pub struct WorkState {
     progress: Mutex<BTreeMap<String, Vec<StateProgress>>>,
     /// President: when tasks were last sent to each (project, phase, state).
     sent: Mutex<HashMap<(String, Phase, String), u64>>,
+    /// Governor: projects with tasks in a governed Ledger that the Registry does not
+    /// have, and since when (see [`ARCHIVE_GRACE_MS`]).
+    unlisted: Mutex<HashMap<String, u64>>,
+    /// Governor: when each governed state last opened or closed a city.
+    city_changed: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for WorkState {
@@ -317,7 +325,19 @@ impl WorkState {
             reported: Mutex::new(HashMap::new()),
             progress: Mutex::new(BTreeMap::new()),
             sent: Mutex::new(HashMap::new()),
+            unlisted: Mutex::new(HashMap::new()),
+            city_changed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// When `state` last opened or closed a city under this governor.
+    pub(crate) fn city_changed(&self, state: &str) -> Option<u64> {
+        lock(&self.city_changed).get(state).copied()
+    }
+
+    /// Records that `state` opened or closed a city at `now_ms`.
+    pub(crate) fn set_city_changed(&self, state: &str, now_ms: u64) {
+        lock(&self.city_changed).insert(state.to_string(), now_ms);
     }
 }
 
@@ -415,7 +435,7 @@ impl Node {
                 attempt,
                 city,
                 spec,
-            } => self.worker_execute(key, attempt, city, spec),
+            } => self.worker_execute(sender, key, attempt, city, spec).await,
             Work::Outcome {
                 key,
                 attempt,
@@ -490,7 +510,7 @@ impl Node {
 
     /// Test hook: commits a second, different result for a task of a state this node
     /// governs, breaking the one-result invariant so that a checker can be seen to fail.
-    #[cfg(feature = "fault-injection")]
+    /// Not reachable from the network, the API or the CLI.
     pub async fn overwrite_result(&self, project: &str, task: &str) -> Result<(), String> {
         let key = TaskKey {
             project: project.to_string(),
@@ -647,14 +667,55 @@ impl Node {
         self.ledger_write(&group, &[&id], command).await
     }
 
-    fn worker_execute(
+    /// Runs an attempt a mayor hands this worker, after [`crate::authority::execute`]
+    /// and a check of the spec: only from the mayor of the task's city, only an attempt
+    /// the Ledger (as far as this node sees it) assigned here.
+    async fn worker_execute(
         &self,
+        sender: NodeKey,
         key: TaskKey,
         attempt: u32,
         city: String,
         spec: Vec<u8>,
     ) -> Result<(), String> {
-        let spec = TaskSpec::decode(&spec).map_err(|error| error.to_string())?;
+        let view = self.execute_view(&key, &city, now_ms()).await;
+        let checked =
+            crate::authority::execute(sender, self.identity.node_key(), &city, attempt, &view)
+                .and_then(|()| {
+                    let spec = TaskSpec::decode(&spec).map_err(|error| {
+                        crate::authority::Refusal::BadSpec {
+                            reason: error.to_string(),
+                        }
+                    })?;
+                    spec.validate()
+                        .map_err(|error| crate::authority::Refusal::BadSpec {
+                            reason: error.to_string(),
+                        })?;
+                    Ok(spec)
+                });
+        match checked {
+            Ok(spec) => self.start_attempt(key, attempt, city, spec),
+            Err(refusal) => {
+                self.metrics
+                    .rpc_refused
+                    .get_or_create(&crate::metrics::labels(&[("reason", refusal.label())]))
+                    .inc();
+                tracing::debug!(task = %key, %sender, %refusal, "refused an Execute");
+                Err(refusal.to_string())
+            }
+        }
+    }
+
+    /// Starts an attempt that passed the checks, unless it runs here already. Not async:
+    /// the attempt's future sends its outcome, which can come back to this node's
+    /// `handle_work`, and an async caller would make that future's type recursive.
+    fn start_attempt(
+        &self,
+        key: TaskKey,
+        attempt: u32,
+        city: String,
+        spec: TaskSpec,
+    ) -> Result<(), String> {
         {
             let mut running = lock(&self.work.running);
             if running.contains(&(key.clone(), attempt)) {
@@ -721,6 +782,43 @@ impl Node {
         lock(&self.work.running).remove(&(key, attempt));
     }
 
+    /// What this worker knows about who may hand it `key`'s attempts in `city`: the
+    /// Registry's mayor record, and its own replica of the state's Ledger when it has one.
+    async fn execute_view(
+        &self,
+        key: &TaskKey,
+        city: &str,
+        now: u64,
+    ) -> crate::authority::ExecuteView {
+        let mayor_of_record = self.mayor_of(city).await;
+        let mut ledger = None;
+        for id in self.groups.ids() {
+            let Some(group) = self.groups.get(id) else {
+                continue;
+            };
+            ledger = group
+                .read_local(|machine| {
+                    let ledger = machine.ledger()?;
+                    ledger.cities().get(city)?;
+                    Some(crate::authority::LedgerSeen {
+                        lease_holder: ledger.mayor_at(city, now).map(|lease| lease.mayor),
+                        assigned: ledger
+                            .tasks()
+                            .get(key)
+                            .map(|task| (task.attempt, task.worker)),
+                    })
+                })
+                .await;
+            if ledger.is_some() {
+                break;
+            }
+        }
+        crate::authority::ExecuteView {
+            mayor_of_record,
+            ledger,
+        }
+    }
+
     /// The mayor of `city` as the Registry records it.
     async fn mayor_of(&self, city: &str) -> Option<NodeKey> {
         self.registry(|registry| {
@@ -783,6 +881,7 @@ impl Node {
                     key: key.clone(),
                     attempt,
                     reason,
+                    transient: error.retryable(),
                 }
             }
         };
@@ -890,38 +989,52 @@ impl Node {
 
     async fn mayor_tick(self: &Arc<Self>) {
         let now = now_ms();
+        let me = self.identity.node_key();
+        // The open tasks of the cities this node is the mayor of: what the mayor's soft
+        // state may keep entries for.
+        let mut open: BTreeSet<TaskKey> = BTreeSet::new();
         for id in self.groups.ids() {
             let Some(state) = self.state_of_group(id).await else {
                 continue;
             };
-            let city = first_city(&state);
             let Some(group) = self.groups.get(id) else {
                 continue;
             };
-            if !self.holds_lease(&group, &city, now).await {
-                continue;
-            }
-            let tasks: Vec<(TaskKey, aamas_consensus::ledger::Task)> = group
+            // The cities whose lease this node holds, and each one's tasks: its assigned
+            // ones, and the pending ones that hash to it among the state's cities.
+            let mine: Vec<(String, Vec<(TaskKey, aamas_consensus::ledger::Task)>)> = group
                 .read_local(|machine| {
-                    machine
-                        .ledger()
-                        .map(|ledger| {
+                    let Some(ledger) = machine.ledger() else {
+                        return Vec::new();
+                    };
+                    let all: Vec<String> = ledger.cities().keys().cloned().collect();
+                    all.iter()
+                        .filter(|city| {
                             ledger
+                                .mayor_at(city, now)
+                                .is_some_and(|lease| lease.mayor == me)
+                        })
+                        .map(|city| {
+                            let tasks = ledger
                                 .tasks()
                                 .iter()
-                                .filter(|(_, task)| {
-                                    matches!(
-                                        task.status,
-                                        TaskStatus::Pending | TaskStatus::Assigned
-                                    )
+                                .filter(|(key, task)| match task.status {
+                                    TaskStatus::Pending => {
+                                        crate::cities::city_for(key, &all) == Some(city.as_str())
+                                    }
+                                    TaskStatus::Assigned => {
+                                        task.city.as_deref() == Some(city.as_str())
+                                    }
+                                    _ => false,
                                 })
                                 .map(|(key, task)| (key.clone(), task.clone()))
-                                .collect()
+                                .collect();
+                            (city.clone(), tasks)
                         })
-                        .unwrap_or_default()
+                        .collect()
                 })
                 .await;
-            if tasks.is_empty() {
+            if mine.iter().all(|(_, tasks)| tasks.is_empty()) {
                 continue;
             }
             let candidates = self.candidates().await;
@@ -942,28 +1055,44 @@ impl Node {
                 })
                 .await
                 .unwrap_or_default();
-            let mut load: BTreeMap<NodeKey, u32> = BTreeMap::new();
-            for (_, task) in &tasks {
-                if task.status == TaskStatus::Assigned
-                    && let Some(worker) = task.worker
-                {
-                    *load.entry(worker).or_default() += 1;
+            // Load over the whole state: a worker may run tasks of several of its cities.
+            let mut load: BTreeMap<NodeKey, u32> = group
+                .read_local(|machine| {
+                    let mut load = BTreeMap::new();
+                    for task in machine
+                        .ledger()
+                        .into_iter()
+                        .flat_map(|l| l.tasks().values())
+                    {
+                        if task.status == TaskStatus::Assigned
+                            && let Some(worker) = task.worker
+                        {
+                            *load.entry(worker).or_default() += 1;
+                        }
+                    }
+                    load
+                })
+                .await;
+            for (city, tasks) in mine {
+                open.extend(tasks.iter().map(|(key, _)| key.clone()));
+                for (key, task) in tasks {
+                    self.dispatch(
+                        &group,
+                        &city,
+                        key,
+                        task,
+                        &candidates,
+                        &skills,
+                        &mut load,
+                        now,
+                    )
+                    .await;
                 }
             }
-            for (key, task) in tasks {
-                self.dispatch(
-                    &group,
-                    &city,
-                    key,
-                    task,
-                    &candidates,
-                    &skills,
-                    &mut load,
-                    now,
-                )
-                .await;
-            }
         }
+        // Tasks that succeeded, failed for good, were forgotten or went to another mayor.
+        lock(&self.work.assigned).retain(|(key, _), _| open.contains(key));
+        lock(&self.work.failed_on).retain(|key, _| open.contains(key));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1006,6 +1135,8 @@ impl Node {
                         key: key.clone(),
                         attempt: task.attempt,
                         reason: reason.into(),
+                        // Lost or overdue: nothing is known against the task itself.
+                        transient: true,
                     };
                     self.spawn_proposal(group, city, slot, command, None);
                     return;
@@ -1175,6 +1306,7 @@ impl Node {
                                         status: task.status,
                                         attempt: task.attempt,
                                         reason: task.failure.clone(),
+                                        transient: task.transient,
                                         reopened: task.reopened,
                                     },
                                 ),
@@ -1184,6 +1316,7 @@ impl Node {
                     by_project.into_values().collect()
                 })
                 .await;
+            let projects = self.forget_archived(&group, projects, now).await;
             let due = {
                 let reported = lock(&self.work.reported);
                 reported.get(&state).is_none_or(|(at, last)| {
@@ -1212,6 +1345,62 @@ impl Node {
         }
     }
 
+    /// Forgets the tasks of projects the Registry has gone without for
+    /// [`ARCHIVE_GRACE_MS`] (archived), and returns the progress of the others.
+    async fn forget_archived(
+        &self,
+        group: &Group,
+        projects: Vec<StateProgress>,
+        now: u64,
+    ) -> Vec<StateProgress> {
+        let listed: BTreeSet<String> = self
+            .registry(|registry| {
+                projects
+                    .iter()
+                    .filter(|progress| registry.projects().contains_key(&progress.project))
+                    .map(|progress| progress.project.clone())
+                    .collect()
+            })
+            .await
+            .unwrap_or_else(|| projects.iter().map(|p| p.project.clone()).collect());
+        let mut kept = Vec::with_capacity(projects.len());
+        for progress in projects {
+            if listed.contains(&progress.project) {
+                lock(&self.work.unlisted).remove(&progress.project);
+                kept.push(progress);
+                continue;
+            }
+            let since = *lock(&self.work.unlisted)
+                .entry(progress.project.clone())
+                .or_insert(now);
+            if now.saturating_sub(since) < ARCHIVE_GRACE_MS {
+                kept.push(progress);
+                continue;
+            }
+            let command = LedgerCommand::ForgetProject {
+                project: progress.project.clone(),
+            };
+            let stamp = since.to_be_bytes();
+            match self
+                .ledger_write(
+                    group,
+                    &[b"forget", progress.project.as_bytes(), &stamp],
+                    command,
+                )
+                .await
+            {
+                Ok(()) => {
+                    lock(&self.work.unlisted).remove(&progress.project);
+                    tracing::info!(project = %progress.project, "forgot an archived project's tasks");
+                }
+                Err(reason) => {
+                    tracing::debug!(project = %progress.project, reason, "forgetting not committed")
+                }
+            }
+        }
+        kept
+    }
+
     async fn president_work_tick(self: &Arc<Self>) {
         if self.president().map(|(id, _)| id) != Some(self.me()) {
             return;
@@ -1228,6 +1417,14 @@ impl Node {
             })
             .await
             .unwrap_or_default();
+        // Resend times of phases no longer running are of no use: keep the map bounded
+        // by the running projects.
+        let current: BTreeSet<(&str, Phase)> = running
+            .iter()
+            .map(|(id, phase, _)| (id.as_str(), *phase))
+            .collect();
+        lock(&self.work.sent)
+            .retain(|(project, phase, _), _| current.contains(&(project.as_str(), *phase)));
         for (id, phase, spec) in running {
             let Ok(spec) = ProjectSpec::from_bytes(&spec) else {
                 let _ = self
@@ -1517,6 +1714,64 @@ mod tests {
     use super::*;
     use crate::spec::ExecutorSpec;
 
+    /// The largest outcome a worker sends (output at the cap, every character multi-byte,
+    /// the longest failure reason aside) is sealed, travels and is opened by the mayor.
+    #[test]
+    fn an_outcome_with_output_at_the_cap_is_delivered() {
+        use aamas_protocol::{Identity, MeshId, Outgoing, Sealer, To};
+        let mesh = MeshId::random().expect("random");
+        let (worker, mayor) = (
+            Identity::generate().expect("identity"),
+            Identity::generate().expect("identity"),
+        );
+        let output = "é".repeat(MAX_OUTCOME_OUTPUT / 2);
+        assert_eq!(output.len(), MAX_OUTCOME_OUTPUT);
+        let work = Work::Outcome {
+            key: TaskKey {
+                project: "p".repeat(64),
+                task: "t".repeat(64),
+            },
+            attempt: u32::MAX,
+            city: "c".repeat(64),
+            result: Ok(Execution {
+                output,
+                output_truncated: true,
+                usage: None,
+            }),
+        };
+        let payload = Payload::Report(Report {
+            subject: work.action().into(),
+            event: None,
+            body: postcard::to_stdvec(&work).expect("encode"),
+        });
+        let topics = crate::messaging::Topics::new(mesh);
+        let now = 1_000_000;
+        let to = [mayor.public()];
+        let sealed = Sealer::new(mesh, crate::messaging::envelope_limits(), now)
+            .seal(
+                &worker,
+                now,
+                Outgoing {
+                    topic: &topics.direct(),
+                    payload: &payload,
+                    to: To::Members(&to),
+                    ttl_ms: 60_000,
+                },
+            )
+            .expect("an outcome at the cap seals");
+        assert!(sealed.bytes.len() <= crate::wire::MAX_RPC_BYTES);
+        let inbox = crate::messaging::Inbox::new(mesh);
+        inbox.update(
+            &[worker.public(), mayor.public()],
+            crate::messaging::Authority::default(),
+        );
+        let metrics = crate::metrics::Metrics::default();
+        let opened = inbox
+            .open_direct(&mayor, now, &topics.direct(), &sealed.bytes, &metrics)
+            .expect("the mayor opens it");
+        assert_eq!(opened.payload, payload);
+    }
+
     fn key(n: u8) -> NodeKey {
         NodeKey([n; 32])
     }
@@ -1586,17 +1841,44 @@ mod tests {
 
     #[test]
     fn the_president_reassigns_faults_of_the_moment_once_and_fails_the_rest() {
-        let report = |reason: &str, reopened: u32| TaskReport {
+        let report = |reason: &str, transient: bool, reopened: u32| TaskReport {
             status: TaskStatus::Escalated,
             attempt: 3,
             reason: Some(reason.to_string()),
+            transient,
             reopened,
         };
         let lost = "failed after every attempt: the worker was lost";
-        assert_eq!(decide(&report(lost, 0)), Decision::Reassign);
-        assert_eq!(decide(&report(lost, 1)), Decision::FailPhase);
+        assert_eq!(decide(&report(lost, true, 0)), Decision::Reassign);
+        assert_eq!(decide(&report(lost, true, 1)), Decision::FailPhase);
         let exit = "failed after every attempt: task failed: exit status 3";
-        assert_eq!(decide(&report(exit, 0)), Decision::FailPhase);
+        assert_eq!(decide(&report(exit, false, 0)), Decision::FailPhase);
+        // A task whose own output says "busy" or "timed out" failed on its merits.
+        let printed = "failed after every attempt: task failed: busy, timed out, unavailable";
+        assert_eq!(decide(&report(printed, false, 0)), Decision::FailPhase);
+    }
+
+    /// The failure's type, not its words, says whether it was a fault of the moment.
+    #[test]
+    fn only_timeouts_and_unreachable_services_are_transient() {
+        use crate::executor::ExecError;
+        assert!(ExecError::Timeout { after_ms: 1 }.retryable());
+        assert!(
+            ExecError::Unavailable {
+                reason: "connection refused".into()
+            }
+            .retryable()
+        );
+        let printed = ExecError::Failed {
+            reason: "exit status 1: busy, timed out".into(),
+        };
+        assert!(!printed.retryable());
+        assert!(
+            !ExecError::Misconfigured {
+                reason: "no model".into()
+            }
+            .retryable()
+        );
     }
 
     #[test]

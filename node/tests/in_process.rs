@@ -21,6 +21,7 @@ fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
         memtable_bytes: None,
         shared_memory: None,
         kademlia: true,
+        liveness: None,
     }
 }
 

@@ -4,7 +4,7 @@
 //! ```text
 //!   outsider (a libp2p peer that is no member, dialled into three members):
 //!       garbage bytes · oversized messages · envelopes sealed by an unknown identity
-//!   a member (not the president), through the fault-injection hook `publish_raw`:
+//!   a member (not the president), through the test hook `Node::publish_raw`:
 //!       one of its own envelopes replayed · copies of it with a byte flipped
 //!   honest probes, one a second from other nodes: each must reach every live node
 //! ```

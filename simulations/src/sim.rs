@@ -245,6 +245,13 @@ impl Sim {
             shared_memory: Some(self.shared_memory.clone()),
             // Above 60 nodes Kademlia's bootstrap would connect every node to every other.
             kademlia: raft.heartbeat_interval_ms <= 100,
+            // The simulator's partitions drop messages, not connections, and a thousand
+            // nodes on two cores answer late: libp2p's own ping timing (15 s, 20 s)
+            // keeps connections that are slow, not cut.
+            liveness: Some(aamas_node::swarm::Liveness {
+                interval: Duration::from_secs(15),
+                timeout: Duration::from_secs(20),
+            }),
         })
     }
 
@@ -619,6 +626,9 @@ impl Sim {
     async fn submit(&mut self, tasks: usize, states: usize) -> Result<()> {
         let spec = workload(tasks, states, &mut self.choices);
         let give_up = Instant::now() + Duration::from_secs(30);
+        // One request id for every try: a try whose answer was lost (a president that
+        // committed it and died) is not a second project.
+        let request = format!("sim-{}", self.projects.len());
         loop {
             let live = self.live_indices();
             let index = self.choices.pick(&live).context("no live node")?;
@@ -628,7 +638,7 @@ impl Sim {
                 .context("live node")?
                 .node
                 .clone();
-            match node.submit_project(&spec).await {
+            match node.submit_project(&spec, Some(&request)).await {
                 Ok(id) => {
                     self.projects.push(Project {
                         id,

@@ -178,7 +178,7 @@ fn lossy() {
     assert!(report.messages_dropped > 0 && report.messages_delayed > 0);
 }
 
-/// A second result committed for a task (through the fault-injection hook) is caught.
+/// A second result committed for a task (through the test hook `Node::overwrite_result`) is caught.
 #[test]
 fn the_checker_catches_a_second_result_for_a_task() {
     let config = config("steady", 10);

@@ -58,6 +58,17 @@ impl Node {
 
     /// Starts `aamas node` on `dir` with `extra` arguments.
     pub fn start_with(dir: &Path, join: Option<(&str, &str)>, extra: &[&str]) -> Self {
+        Self::start_in(None, dir, join, extra)
+    }
+
+    /// Starts `aamas node` on `dir` with `extra` arguments, inside the network namespace
+    /// `netns` when given (`ip netns exec`, which runs the binary in its own process).
+    pub fn start_in(
+        netns: Option<&str>,
+        dir: &Path,
+        join: Option<(&str, &str)>,
+        extra: &[&str],
+    ) -> Self {
         let mut args = vec![
             "node".to_string(),
             "--data-dir".into(),
@@ -70,7 +81,15 @@ impl Node {
         args.extend(extra.iter().map(|arg| arg.to_string()));
         std::fs::create_dir_all(dir).expect("data dir");
         let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
-        let child = Command::new(binary())
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
+        let child = command
             .args(&args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
@@ -258,14 +277,32 @@ impl Node {
 
     /// An API GET with the node's bearer token: (status line, body).
     pub fn api_get(&self, path: &str) -> Option<(String, String)> {
+        self.api_request("GET", path, &[], "")
+    }
+
+    /// An API request with the node's bearer token, extra `headers` and `body`: (status
+    /// line, body).
+    pub fn api_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Option<(String, String)> {
         use std::io::{Read as _, Write as _};
         let addr = std::fs::read_to_string(self.dir.join("api.addr")).ok()?;
         let token = std::fs::read_to_string(self.dir.join("api.token")).ok()?;
         let mut stream = std::net::TcpStream::connect(addr.trim()).ok()?;
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            token.trim()
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n{extra}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            token.trim(),
+            body.len()
         )
         .ok()?;
         let mut response = String::new();
@@ -414,4 +451,156 @@ pub fn all_tasks(nodes: &[Node], id: &str) -> std::collections::BTreeMap<(String
         }
     }
     tasks
+}
+
+/// Hosts on one switch, each in a Linux network namespace of its own, for tests of what
+/// crosses a real network: a host's link can be cut (its switch port down, so its TCP
+/// connections look established and simply go quiet, as after a pulled cable) and healed.
+///
+/// ```text
+///   root ns ── mgmt veth ── host i (10.78.S.4i+2)      API, reachable from the test
+///   host i ── data veth ── switch ns (bridge) ── ...   libp2p (10.77.S.i), can be cut
+/// ```
+/// Needs root and iproute2. Every namespace is deleted on drop (with its links).
+#[derive(Debug)]
+pub struct Hosts {
+    tag: String,
+    subnet: u8,
+    count: usize,
+}
+
+impl Hosts {
+    /// Creates `count` hosts (at most 60) and the switch between them.
+    pub fn new(count: usize) -> Self {
+        assert!((1..=60).contains(&count), "1 to 60 hosts");
+        // Short (interface names have at most 15 bytes) and unique to this process and
+        // this call, so that concurrent tests and leftovers of a killed run do not clash.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let call = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let unique = std::process::id().wrapping_mul(7).wrapping_add(call * 131) % 250;
+        let subnet = u8::try_from(unique).expect("below 250");
+        let hosts = Self {
+            tag: format!("a{subnet}"),
+            subnet,
+            count,
+        };
+        hosts.delete();
+        let switch = hosts.switch();
+        ip(&["netns", "add", &switch]);
+        ip(&["-n", &switch, "link", "set", "lo", "up"]);
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        for i in 1..=count {
+            let host = hosts.netns(i);
+            ip(&["netns", "add", &host]);
+            ip(&["-n", &host, "link", "set", "lo", "up"]);
+            // Data: host ↔ switch.
+            let (data, port) = (format!("{}d{i}", hosts.tag), hosts.port(i));
+            ip(&["link", "add", &data, "type", "veth", "peer", "name", &port]);
+            ip(&["link", "set", &data, "netns", &host]);
+            ip(&["link", "set", &port, "netns", &switch]);
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
+            let address = format!("{}/24", hosts.data_ip(i));
+            ip(&["-n", &host, "addr", "add", &address, "dev", &data]);
+            ip(&["-n", &host, "link", "set", &data, "up"]);
+            // Management: host ↔ the root namespace, for the API only.
+            let (outside, inside) = (format!("{}m{i}", hosts.tag), format!("{}g{i}", hosts.tag));
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ]);
+            ip(&["link", "set", &inside, "netns", &host]);
+            let root_side = format!("10.78.{}.{}/30", subnet, 4 * i + 1);
+            ip(&["addr", "add", &root_side, "dev", &outside]);
+            ip(&["link", "set", &outside, "up"]);
+            let host_side = format!("{}/30", hosts.api_ip(i));
+            ip(&["-n", &host, "addr", "add", &host_side, "dev", &inside]);
+            ip(&["-n", &host, "link", "set", &inside, "up"]);
+        }
+        hosts
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-sw", self.tag)
+    }
+
+    fn port(&self, i: usize) -> String {
+        format!("{}p{i}", self.tag)
+    }
+
+    /// The network namespace of host `i` (from 1).
+    pub fn netns(&self, i: usize) -> String {
+        format!("{}-h{i}", self.tag)
+    }
+
+    /// Host `i`'s address on the switch.
+    pub fn data_ip(&self, i: usize) -> String {
+        format!("10.77.{}.{i}", self.subnet)
+    }
+
+    /// Host `i`'s address towards the test (its API listens there).
+    pub fn api_ip(&self, i: usize) -> String {
+        format!("10.78.{}.{}", self.subnet, 4 * i + 2)
+    }
+
+    /// Starts `aamas node` on host `i` with data dir `dir`, listening for peers on the
+    /// switch and serving its API towards the test.
+    pub fn start(&self, i: usize, dir: &Path, join: Option<(&str, &str)>) -> Node {
+        let listen = format!("/ip4/{}/tcp/0", self.data_ip(i));
+        let api = format!("{}:0", self.api_ip(i));
+        Node::start_in(
+            Some(&self.netns(i)),
+            dir,
+            join,
+            &["--listen", &listen, "--api", &api],
+        )
+    }
+
+    /// Takes host `i`'s switch port down: its link is cut, nothing is closed.
+    pub fn cut(&self, i: usize) {
+        ip(&["-n", &self.switch(), "link", "set", &self.port(i), "down"]);
+    }
+
+    /// Brings host `i`'s switch port back up.
+    pub fn heal(&self, i: usize) {
+        ip(&["-n", &self.switch(), "link", "set", &self.port(i), "up"]);
+    }
+
+    fn delete(&self) {
+        for i in 1..=self.count {
+            let _ = quiet_ip(&["netns", "delete", &self.netns(i)]);
+            let _ = quiet_ip(&["link", "delete", &format!("{}m{i}", self.tag)]);
+        }
+        let _ = quiet_ip(&["netns", "delete", &self.switch()]);
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+fn quiet_ip(args: &[&str]) -> Option<()> {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success()
+        .then_some(())
+}
+
+/// Runs `ip ARGS`, failing the test with its error.
+fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2's `ip` (tests of several hosts need root and iproute2)");
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

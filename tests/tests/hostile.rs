@@ -5,6 +5,9 @@
 //!   flipped (tampered), and an envelope signed by a non-member. Each verdict shows up
 //!   under its reason in the node's `/metrics`.
 //! - Raft: the outsider asks for a vote and is refused, and the refusal is counted.
+//! - A member turned hostile: each move a plain member must not make (Raft RPCs for
+//!   others or far-ahead terms, a campaign, a governor report, a change of another's
+//!   project, an Execute) is refused and counted by reason (`node::authority`).
 
 use aamas_node::runtime::MeshFile;
 use aamas_node::swarm::{self, SwarmConfig};
@@ -188,5 +191,258 @@ fn a_non_members_raft_rpc_is_refused_and_counted() {
     assert_eq!(
         status.get("term").and_then(serde_json::Value::as_u64),
         Some(1)
+    );
+}
+
+/// The keypair a node's libp2p swarm uses: its member identity's signing key.
+fn keypair_of(identity: &Identity) -> libp2p::identity::Keypair {
+    let mut seed = *identity.signing_seed();
+    libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).expect("an ed25519 keypair")
+}
+
+/// A state of the hierarchy whose mayors do not include `peer`.
+fn state_not_run_by(hierarchy: &serde_json::Value, peer: &str) -> Option<String> {
+    let states = hierarchy.get("states")?.as_array()?;
+    states
+        .iter()
+        .find(|state| {
+            state
+                .get("mayors")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|mayors| !mayors.iter().any(|m| m.as_str() == Some(peer)))
+        })
+        .and_then(|state| state.get("name")?.as_str().map(str::to_string))
+}
+
+/// An admitted member turned hostile: a raw libp2p peer with a live member's key (so it
+/// passes the membership check) makes every move a plain member must not: a vote for a
+/// term absurdly far ahead, a vote in another's name, entries in the president's name, a
+/// campaign it may not ask for, a governor report for a state it does not lead, and an
+/// Execute for a city it is not the mayor of. Each is refused and counted by reason, the
+/// president stays in its term, and the task never runs.
+#[test]
+fn a_hostile_members_moves_are_refused_and_counted() {
+    use aamas_consensus::ledger::TaskKey;
+    use aamas_consensus::registry::GovernorRecord;
+    use aamas_node::runtime::node_id;
+    use aamas_node::wire::{Rpc, RpcResponse};
+    use openraft::Vote;
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy(root.path(), 4);
+    let p = index_of(&nodes, &president);
+    let h = (p + 1) % nodes.len();
+    let hostile = Identity::load(&nodes[h].dir.join("identity.key")).expect("identity");
+    let hostile_peer = keypair_of(&hostile).public().to_peer_id().to_base58();
+    let hierarchy = wait_for("the president's hierarchy", || nodes[p].hierarchy());
+    let state = state_not_run_by(&hierarchy, &hostile_peer).expect("a state");
+    let city = format!("{state}-1");
+    let status = nodes[p].status().expect("status");
+    let term = status
+        .get("term")
+        .and_then(serde_json::Value::as_u64)
+        .expect("term");
+    let president_key = aamas_protocol::NodeKey::from_peer_id(&president).expect("key");
+    let president_id = node_id(&president_key);
+    let hostile_key = hostile.node_key();
+    let hostile_id = node_id(&hostile_key);
+    let mesh = MeshFile::load(&nodes[p].dir)
+        .expect("mesh file")
+        .expect("a mesh")
+        .mesh;
+    let worker = Identity::load(&nodes[p].dir.join("identity.key")).expect("identity");
+    let marker = root.path().join("ran");
+    let spec = aamas_node::spec::TaskSpec {
+        name: "t".into(),
+        state: state.clone(),
+        skill: None,
+        executor: aamas_node::spec::ExecutorSpec::Shell {
+            command: format!("touch {}", marker.display()),
+            workdir: None,
+            cpu_secs: 1,
+            memory_mb: 64,
+            max_output_bytes: 1024,
+        },
+        input: String::new(),
+        depends_on: Vec::new(),
+        timeout_secs: 5,
+        retries: 0,
+        budget: 0,
+    };
+    let execute = aamas_node::work::Work::Execute {
+        key: TaskKey {
+            project: "p".into(),
+            task: "t".into(),
+        },
+        attempt: 1,
+        city: city.clone(),
+        spec: spec.encode(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let payload = Payload::Command(aamas_protocol::Command {
+        priority: aamas_protocol::Priority::Normal,
+        action: "execute".into(),
+        body: postcard::to_stdvec(&execute).expect("encode"),
+    });
+    let to = [worker.public()];
+    let sealed = Sealer::new(mesh, Limits::default(), now)
+        .seal(
+            &hostile,
+            now,
+            Outgoing {
+                topic: &format!("aamas/1/{mesh}/direct"),
+                payload: &payload,
+                to: To::Members(&to),
+                ttl_ms: 60_000,
+            },
+        )
+        .expect("seal")
+        .bytes;
+    let record = GovernorRecord {
+        node: hostile_key,
+        term: 99,
+        mayors: [(city.clone(), Some(hostile_key))].into(),
+        voters: vec![hostile_key],
+    };
+    let template = aamas(&["project", "template"]);
+    assert!(template.status.success());
+    let project = nodes[p]
+        .submit(&String::from_utf8(template.stdout).expect("utf-8"))
+        .expect("the president's operator submits a project");
+    let far = term + aamas_node::authority::MAX_TERM_JUMP + 1;
+    let moves: Vec<(&str, Rpc)> = vec![
+        (
+            "term_too_far",
+            Rpc::Vote {
+                group: 0,
+                rpc: VoteRequest::new(Vote::new(far, hostile_id), None),
+            },
+        ),
+        (
+            "not_the_candidate",
+            Rpc::Vote {
+                group: 0,
+                rpc: VoteRequest::new(Vote::new(term + 1, president_id), None),
+            },
+        ),
+        (
+            "not_the_leader",
+            Rpc::Append {
+                group: 0,
+                rpc: AppendEntriesRequest {
+                    vote: Vote::new_committed(term, president_id),
+                    prev_log_id: None,
+                    entries: Vec::new(),
+                    leader_commit: None,
+                },
+            },
+        ),
+        ("not_handing_over", Rpc::Campaign { group: 0 }),
+        (
+            "governor_unconfirmed",
+            Rpc::GovernorReport {
+                state: state.clone(),
+                record,
+            },
+        ),
+        (
+            "not_project_owner",
+            Rpc::ChangeProject {
+                id: project.clone(),
+                action: "hold".into(),
+            },
+        ),
+        ("execute", Rpc::Envelope(sealed)),
+    ];
+
+    let addr = first_listen_addr(&nodes[p]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let answers: Vec<(&str, RpcResponse)> = runtime.block_on(async {
+        let config = SwarmConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+            ..SwarmConfig::default()
+        };
+        let (handle, _incoming) = swarm::start(keypair_of(&hostile), &config)
+            .await
+            .expect("swarm");
+        let peer = handle
+            .dial(addr.parse().expect("node addr"))
+            .await
+            .expect("dial the president");
+        let mut answers = Vec::new();
+        for (reason, rpc) in moves {
+            let answer = handle
+                .request(peer, Vec::new(), rpc)
+                .await
+                .expect("an answer");
+            answers.push((reason, answer));
+        }
+        answers
+    });
+    for (reason, answer) in &answers {
+        assert!(
+            matches!(answer, RpcResponse::Refused { .. }),
+            "{reason}: {answer:?}"
+        );
+    }
+    let (_, metrics) = nodes[p].api_get("/metrics").expect("metrics");
+    for reason in [
+        "term_too_far",
+        "not_the_candidate",
+        "not_the_leader",
+        "not_handing_over",
+        "governor_unconfirmed",
+        "not_project_owner",
+    ] {
+        assert!(
+            counter(
+                &metrics,
+                "aamas_rpc_refused_total",
+                &format!("reason=\"{reason}\"")
+            ) >= 1,
+            "{reason} not counted: {metrics}"
+        );
+    }
+    // A member with no role fails the envelope's authority check; one that is a mayor
+    // elsewhere fails the worker's check of the city's mayor.
+    let execute_refused = counter(
+        &metrics,
+        "aamas_direct_rejected_total",
+        "reason=\"command_from_non_superior\"",
+    ) + counter(
+        &metrics,
+        "aamas_direct_rejected_total",
+        "reason=\"command_to_non_subordinate\"",
+    ) + counter(
+        &metrics,
+        "aamas_rpc_refused_total",
+        "reason=\"not_the_mayor\"",
+    );
+    assert!(execute_refused >= 1, "{metrics}");
+    assert!(!marker.exists(), "the hostile Execute ran");
+    // The president is still the president, in the same term, and no state is governed
+    // in the hostile report's term.
+    let status = nodes[p].status().expect("status");
+    assert_eq!(
+        status.get("term").and_then(serde_json::Value::as_u64),
+        Some(term)
+    );
+    assert_eq!(
+        field(&status, "president").as_deref(),
+        Some(president.as_str())
+    );
+    let shown = nodes[p].project(&project).expect("the project");
+    assert_ne!(field(&shown, "status").as_deref(), Some("held"), "{shown}");
+    let hierarchy = nodes[p].hierarchy().expect("hierarchy");
+    let states = hierarchy["states"].as_array().expect("states");
+    assert!(
+        states
+            .iter()
+            .all(|state| state["term"].as_u64() != Some(99)),
+        "{hierarchy}"
     );
 }

@@ -222,3 +222,53 @@ fn a_malformed_spec_is_refused_with_its_line_and_nothing_is_submitted() {
     let (_, body) = nodes[0].api_get("/api/v1/projects").expect("projects");
     assert_eq!(body.trim(), "[]", "nothing was submitted");
 }
+
+/// A submission retried with the same request id (an answer lost to a timeout or a
+/// failover) is the first project again, never a second one; another request id is
+/// another project.
+#[test]
+fn a_submission_retried_with_its_request_id_is_one_project() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_mesh(root.path(), 2);
+    // Through the member that is not the president, so the request is forwarded.
+    let member = &nodes[(index_of(&nodes, &president) + 1) % nodes.len()];
+    let spec = template();
+    let submit = |request: &str| {
+        let (status, body) = member
+            .api_request(
+                "POST",
+                "/api/v1/projects",
+                &[("Idempotency-Key", request)],
+                &spec,
+            )
+            .expect("the API answers");
+        assert!(status.contains("201"), "{status}: {body}");
+        let answer: Value = serde_json::from_str(&body).expect("json");
+        field(&answer, "id").expect("an id")
+    };
+    let first = submit("retry-1");
+    let again = submit("retry-1");
+    let other = submit("retry-2");
+    assert_eq!(first, again);
+    assert_ne!(first, other);
+    // The member's copy of the Registry may be a moment behind the president's.
+    let ids = wait_for("both projects in the member's Registry", || {
+        let (_, listed) = member.api_get("/api/v1/projects")?;
+        let listed: Vec<Value> = serde_json::from_str(&listed).ok()?;
+        let mut ids: Vec<String> = listed.iter().filter_map(|p| field(p, "id")).collect();
+        ids.sort();
+        (ids.len() >= 2).then_some(ids)
+    });
+    let mut expected = vec![first, other];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let (status, body) = member
+        .api_request(
+            "POST",
+            "/api/v1/projects",
+            &[("Idempotency-Key", "not a plain word")],
+            &spec,
+        )
+        .expect("the API answers");
+    assert!(status.contains("400"), "{status}: {body}");
+}
