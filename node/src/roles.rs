@@ -650,11 +650,15 @@ impl Node {
         state: &str,
         record: GovernorRecord,
     ) -> Result<(), String> {
+        // The time is part of the request id: a record can return to an earlier value
+        // (a city opened and closed again), and the Registry would take a request id it
+        // has seen as a retry of the old write and leave the newer record in place.
         let key = [
             state.as_bytes(),
             &record.node.0,
             &record.term.to_be_bytes(),
             format!("{:?}{:?}", record.mayors, record.voters).as_bytes(),
+            &now_ms().to_be_bytes(),
         ]
         .concat();
         let command = RegistryCommand::RecordGovernor {
