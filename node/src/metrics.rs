@@ -49,6 +49,9 @@ pub struct Metrics {
     /// Catch-ups of this node's Registry mirror that failed, by reason (`unreachable`,
     /// `refused`, `gap`, `storage`, `unexpected`).
     pub mirror_failed: Family<Labels, Counter>,
+    /// Rounds of a duty (`president`, `governor`, `work`) that panicked; the duty goes on
+    /// with its next round.
+    pub duty_panics: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,8 +74,14 @@ impl Default for Metrics {
             connections_opened: Counter::default(),
             mirror_taken: Counter::default(),
             mirror_failed: Family::default(),
+            duty_panics: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "duty_panics",
+            "Rounds of a duty that panicked (the duty goes on), by duty",
+            metrics.duty_panics.clone(),
+        );
         registry.register(
             "mirror_taken",
             "Registry entries this node's mirror took from relays (a snapshot counts as one)",

@@ -387,6 +387,8 @@ pub const RESIGNED_FOR_MS: u64 = 60_000;
 /// How long a leaving node tries to give up its seat in one group (see
 /// [`Running::leave`]).
 pub const RESIGN_LIMIT: Duration = Duration::from_secs(10);
+/// How long one request to leave a group may wait for the leader's answer.
+pub const RESIGN_ASK_LIMIT: Duration = Duration::from_secs(3);
 
 /// How long a leader that hands over waits for the successor to take the campaign
 /// request, and then to win. Each new request starts another election, so a wait cut
@@ -785,7 +787,11 @@ impl Node {
                 Some(leader) => match self.book.get(leader) {
                     Some((peer, addrs)) => {
                         let asked = self.handle.request(peer, addrs, Rpc::Resign { group: id });
-                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        // One ask may not take all the time left: a leader that is stuck
+                        // or was deposed meanwhile is asked again, or its successor is.
+                        let left = deadline
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .min(RESIGN_ASK_LIMIT);
                         match tokio::time::timeout(left, asked).await {
                             Ok(answer) => match RpcResponse::acked(answer) {
                                 Ok(()) => return Ok(()),
@@ -1588,7 +1594,8 @@ impl Node {
         }
         let claimant = self.id_of(&record.node);
         let seen = if sender == claimant {
-            self.leadership_seen(&state, claimant, record.term).await
+            self.leadership_seen(&state, claimant, record.term, &record.voters)
+                .await
         } else {
             Vec::new()
         };
@@ -1604,13 +1611,16 @@ impl Node {
 
     /// What members of `state`'s group other than `claimant` say about its leadership:
     /// this node's own view when it is a member, else the answers of up to
-    /// [`LEADERSHIP_ASKED`] voters the Registry knows (the founding voters and those of the
-    /// last confirmed report), asked at once.
+    /// [`LEADERSHIP_ASKED`] active members, asked at once: first the voters the Registry
+    /// knows (the founding voters and those of the last confirmed report), then the
+    /// voters the report names (after churn the known ones may all have left; the
+    /// answers are checked all the same, so naming a voter proves nothing by itself).
     async fn leadership_seen(
         &self,
         state: &str,
         claimant: NodeId,
         term: u64,
+        claimed: &[NodeKey],
     ) -> Vec<crate::authority::LeaderSeen> {
         use crate::authority::LeaderSeen;
         let me = self.me();
@@ -1618,9 +1628,15 @@ impl Node {
             .registry(|registry| {
                 let info = registry.states().get(state)?;
                 let group = info.group.as_ref()?;
-                let mut voters: BTreeSet<NodeKey> = group.voters.iter().copied().collect();
-                if let Some(governor) = &info.governor {
-                    voters.extend(governor.voters.iter().copied());
+                let recorded = info
+                    .governor
+                    .iter()
+                    .flat_map(|governor| governor.voters.iter());
+                let mut voters: Vec<NodeKey> = Vec::new();
+                for key in group.voters.iter().chain(recorded).chain(claimed) {
+                    if registry.is_active(key) && !voters.contains(key) {
+                        voters.push(*key);
+                    }
                 }
                 Some((group.id, voters))
             })
@@ -2459,13 +2475,10 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     node.spawn(async move { following.follow_registry().await });
 
     // The president's duties and the bookkeeping every node does.
-    let ticking = node.clone();
-    let president = tokio::spawn(async move {
-        let mut ticks = 0_u64;
-        let mut interval = tokio::time::interval(PRESIDENT_TICK);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let president = duty(node.clone(), "president", PRESIDENT_TICK, move |ticking| {
+        let ticks = ticks.clone();
+        async move {
             if ticking.registry_changed() {
                 let members_changed = ticking.members_changed().await;
                 if members_changed {
@@ -2476,41 +2489,71 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
             }
             ticking.update_liveness().await;
             ticking.subscribe_to_state().await;
-            ticks = ticks.wrapping_add(1);
+            let tick = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ticking
-                .connect_to_neighbours(8, ticks.is_multiple_of(NEIGHBOUR_LOOK_EVERY_TICKS))
+                .connect_to_neighbours(8, tick.is_multiple_of(NEIGHBOUR_LOOK_EVERY_TICKS))
                 .await;
             ticking.president_tick().await;
         }
     });
     // State groups and the governors' duties, apart so that a slow membership change in
     // one does not hold up the other.
-    let governing = node.clone();
-    let governor = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(PRESIDENT_TICK);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
+    let governor = duty(
+        node.clone(),
+        "governor",
+        PRESIDENT_TICK,
+        |governing| async move {
             governing.open_state_groups().await;
             governing.governor_tick().await;
-        }
-    });
-
-    let working = node.clone();
-    let work = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(crate::work::WORK_TICK);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
+        },
+    );
+    let work = duty(
+        node.clone(),
+        "work",
+        crate::work::WORK_TICK,
+        |working| async move {
             working.work_tick().await;
-        }
-    });
+        },
+    );
     tasks.push(judge);
     Ok(Running {
         node,
         tasks,
         duties: vec![president, governor, work],
         store: flushing,
+    })
+}
+
+/// Runs one of a node's duties every `every`: a round that panics (a bug) is counted in
+/// `aamas_duty_panics_total{duty}` and logged, and the duty goes on with its next round,
+/// instead of the node silently losing the role.
+fn duty<F, Fut>(
+    node: Arc<Node>,
+    name: &'static str,
+    every: Duration,
+    round: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Arc<Node>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::FutureExt as _;
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let outcome = std::panic::AssertUnwindSafe(round(node.clone()))
+                .catch_unwind()
+                .await;
+            if outcome.is_err() {
+                node.metrics
+                    .duty_panics
+                    .get_or_create(&crate::metrics::labels(&[("duty", name)]))
+                    .inc();
+                tracing::error!(duty = name, "a round of this duty panicked; it goes on");
+            }
+        }
     })
 }
 
