@@ -23,6 +23,7 @@ pub mod authority;
 pub mod cities;
 pub mod executor;
 pub mod faults;
+pub mod mayor;
 pub mod messaging;
 pub mod metrics;
 pub mod mirroring;

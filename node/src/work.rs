@@ -41,9 +41,7 @@ use crate::wire::{Rpc, RpcResponse};
 pub const WORK_TICK: Duration = Duration::from_millis(50);
 /// How long one delivery attempt may take.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a task may stay assigned past its own timeout before the mayor gives its
-/// attempt up (worker dead or unreachable) and assigns the next one.
-pub const ASSIGNMENT_GRACE_MS: u64 = 5_000;
+pub use crate::mayor::ASSIGNMENT_GRACE_MS;
 /// How long a worker keeps trying to deliver an outcome.
 pub const OUTCOME_DELIVERY_MS: u64 = 120_000;
 /// How often a governor reports unchanged progress anyway (a new president learns it).
@@ -233,52 +231,7 @@ pub fn decide(report: &TaskReport) -> Decision {
     }
 }
 
-/// A member as a mayor sees it when dispatching.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Worker {
-    /// Its skills.
-    pub skills: BTreeSet<String>,
-    /// Tasks it runs at once.
-    pub capacity: u32,
-    /// Whether it belongs to the dispatching state.
-    pub in_state: bool,
-}
-
-/// The worker for the next attempt of a task: alive, with free capacity, of the state
-/// (others only when the state has no live member); preferring one it has not failed
-/// on, then the task's skill, then the least loaded, key order breaking ties.
-pub fn pick_worker(
-    spec: &TaskSpec,
-    workers: &BTreeMap<NodeKey, Worker>,
-    failed_on: &BTreeSet<NodeKey>,
-    load: &BTreeMap<NodeKey, u32>,
-    alive: impl Fn(&NodeKey) -> bool,
-) -> Option<NodeKey> {
-    // Borrow from other states only when this state has no live worker at all; a busy
-    // state waits for its own workers.
-    let own_alive = workers
-        .iter()
-        .any(|(key, worker)| worker.in_state && alive(key));
-    workers
-        .iter()
-        .filter(|(key, _)| alive(key))
-        .filter(|(_, worker)| worker.in_state || !own_alive)
-        .filter(|(key, worker)| load.get(*key).copied().unwrap_or(0) < worker.capacity)
-        .min_by_key(|(key, worker)| {
-            let skilled = spec
-                .skill
-                .as_ref()
-                .is_none_or(|skill| worker.skills.contains(skill));
-            (
-                failed_on.contains(key),
-                !worker.in_state,
-                !skilled,
-                load.get(*key).copied().unwrap_or(0),
-                **key,
-            )
-        })
-        .map(|(key, _)| *key)
-}
+pub use crate::mayor::{Worker, pick_worker};
 
 /// Soft state of this node's work roles; rebuilt from the log after a restart.
 pub struct WorkState {
@@ -286,10 +239,8 @@ pub struct WorkState {
     slots: Arc<Semaphore>,
     /// Worker: attempts running here (or delivering their outcome).
     running: Mutex<std::collections::HashSet<(TaskKey, u32)>>,
-    /// Mayor: when an attempt was first seen assigned, and whether the worker has it.
-    assigned: Mutex<HashMap<(TaskKey, u32), (u64, bool)>>,
-    /// Mayor: workers a task failed on, to retry it elsewhere.
-    failed_on: Mutex<HashMap<TaskKey, BTreeSet<NodeKey>>>,
+    /// Mayor: the core that decides dispatch, losses and retries ([`crate::mayor`]).
+    mayor: Mutex<crate::mayor::Mayor>,
     /// Mayor: deliveries in flight, so a slow one is not started twice: (task, attempt,
     /// what is being sent).
     sending: Mutex<BTreeSet<(TaskKey, u32, Sending)>>,
@@ -319,8 +270,7 @@ impl WorkState {
             executors: Executors::new(llm),
             slots: Arc::new(Semaphore::new(capacity.max(1))),
             running: Mutex::new(std::collections::HashSet::new()),
-            assigned: Mutex::new(HashMap::new()),
-            failed_on: Mutex::new(HashMap::new()),
+            mayor: Mutex::new(crate::mayor::Mayor::new()),
             sending: Mutex::new(BTreeSet::new()),
             reported: Mutex::new(HashMap::new()),
             progress: Mutex::new(BTreeMap::new()),
@@ -871,10 +821,13 @@ impl Node {
                 result_digest: result_digest(execution),
             },
             Err(error) => {
-                lock(&self.work.failed_on)
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(sender);
+                lock(&self.work.mayor).handle(
+                    now_ms(),
+                    crate::mayor::Input::FailedOn {
+                        key: key.clone(),
+                        worker: sender,
+                    },
+                );
                 // At most 400 bytes, cut at a character boundary (`ExecError::reason`).
                 let reason = error.reason();
                 LedgerCommand::FailTask {
@@ -987,12 +940,14 @@ impl Node {
         self.president_work_tick().await;
     }
 
+    /// The mayor's duty: hands the core ([`crate::mayor::Mayor`]) a look at the cities
+    /// this node holds the lease of, and carries out what it asks.
     async fn mayor_tick(self: &Arc<Self>) {
+        use crate::mayor::Input;
         let now = now_ms();
         let me = self.identity.node_key();
-        // The open tasks of the cities this node is the mayor of: what the mayor's soft
-        // state may keep entries for.
-        let mut open: BTreeSet<TaskKey> = BTreeSet::new();
+        let mut states: Vec<crate::mayor::StateTasks> = Vec::new();
+        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         for id in self.groups.ids() {
             let Some(state) = self.state_of_group(id).await else {
                 continue;
@@ -1001,14 +956,24 @@ impl Node {
                 continue;
             };
             // The cities whose lease this node holds, and each one's tasks: its assigned
-            // ones, and the pending ones that hash to it among the state's cities.
-            let mine: Vec<(String, Vec<(TaskKey, aamas_consensus::ledger::Task)>)> = group
+            // ones, and the pending ones that hash to it among the state's cities; and
+            // every worker's running tasks in the state.
+            let (mine, running) = group
                 .read_local(|machine| {
+                    let mut running: BTreeMap<NodeKey, u32> = BTreeMap::new();
                     let Some(ledger) = machine.ledger() else {
-                        return Vec::new();
+                        return (Vec::new(), running);
                     };
+                    for task in ledger.tasks().values() {
+                        if task.status == TaskStatus::Assigned
+                            && let Some(worker) = task.worker
+                        {
+                            *running.entry(worker).or_default() += 1;
+                        }
+                    }
                     let all: Vec<String> = ledger.cities().keys().cloned().collect();
-                    all.iter()
+                    let mine: Vec<(String, Vec<(TaskKey, aamas_consensus::ledger::Task)>)> = all
+                        .iter()
                         .filter(|city| {
                             ledger
                                 .mayor_at(city, now)
@@ -1031,15 +996,15 @@ impl Node {
                                 .collect();
                             (city.clone(), tasks)
                         })
-                        .collect()
+                        .collect();
+                    (mine, running)
                 })
                 .await;
             if mine.iter().all(|(_, tasks)| tasks.is_empty()) {
                 continue;
             }
-            let candidates = self.candidates().await;
             // Every member can work; the state's own members come first.
-            let skills: BTreeMap<NodeKey, Worker> = self
+            let workers: BTreeMap<NodeKey, Worker> = self
                 .registry(|registry| {
                     registry
                         .active_members()
@@ -1055,124 +1020,99 @@ impl Node {
                 })
                 .await
                 .unwrap_or_default();
-            // Load over the whole state: a worker may run tasks of several of its cities.
-            let mut load: BTreeMap<NodeKey, u32> = group
-                .read_local(|machine| {
-                    let mut load = BTreeMap::new();
-                    for task in machine
-                        .ledger()
-                        .into_iter()
-                        .flat_map(|l| l.tasks().values())
-                    {
-                        if task.status == TaskStatus::Assigned
-                            && let Some(worker) = task.worker
-                        {
-                            *load.entry(worker).or_default() += 1;
-                        }
-                    }
-                    load
-                })
-                .await;
-            for (city, tasks) in mine {
-                open.extend(tasks.iter().map(|(key, _)| key.clone()));
-                for (key, task) in tasks {
-                    self.dispatch(
-                        &group,
-                        &city,
-                        key,
-                        task,
-                        &candidates,
-                        &skills,
-                        &mut load,
-                        now,
-                    )
-                    .await;
-                }
+            for (city, _) in &mine {
+                groups.insert(city.clone(), group.clone());
             }
+            states.push(crate::mayor::StateTasks {
+                workers,
+                load: running,
+                cities: mine,
+            });
         }
-        // Tasks that succeeded, failed for good, were forgotten or went to another mayor.
-        lock(&self.work.assigned).retain(|(key, _), _| open.contains(key));
-        lock(&self.work.failed_on).retain(|key, _| open.contains(key));
+        let alive: BTreeSet<NodeKey> = if states.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.candidates()
+                .await
+                .into_iter()
+                .filter(|candidate| candidate.alive)
+                .map(|candidate| candidate.key)
+                .collect()
+        };
+        let tasks: HashMap<&TaskKey, &aamas_consensus::ledger::Task> = states
+            .iter()
+            .flat_map(|state| state.cities.iter())
+            .flat_map(|(_, tasks)| tasks.iter().map(|(key, task)| (key, task)))
+            .collect();
+        let spec_of = |key: &TaskKey| tasks.get(key).map(|task| task.spec.clone());
+        let commands: Vec<crate::mayor::Command> = {
+            let mut mayor = lock(&self.work.mayor);
+            mayor.handle(
+                now,
+                Input::Tick {
+                    states: &states,
+                    alive: &alive,
+                },
+            );
+            if cfg!(debug_assertions) {
+                mayor.validate();
+            }
+            mayor.drain().collect()
+        };
+        for command in commands {
+            self.carry_out(command, &groups, &spec_of, None);
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn dispatch(
+    /// Carries out one of the mayor core's commands in the background: a proposal to the
+    /// governor of `groups[city]`, or an Execute to a worker, with the spec from `specs`.
+    fn carry_out(
         self: &Arc<Self>,
-        group: &Group,
-        city: &str,
-        key: TaskKey,
-        task: aamas_consensus::ledger::Task,
-        candidates: &[crate::roles::Candidate],
-        skills: &BTreeMap<NodeKey, Worker>,
-        load: &mut BTreeMap<NodeKey, u32>,
-        now: u64,
+        command: crate::mayor::Command,
+        groups: &BTreeMap<String, Group>,
+        spec_of: &dyn Fn(&TaskKey) -> Option<Vec<u8>>,
+        started: Option<std::time::Instant>,
     ) {
-        let Ok(spec) = TaskSpec::decode(&task.spec) else {
-            return;
-        };
-        let alive = |key: &NodeKey| candidates.iter().any(|c| c.key == *key && c.alive);
-        if task.status == TaskStatus::Assigned {
-            let Some(worker) = task.worker else { return };
-            let slot = (key.clone(), task.attempt);
-            let (since, delivered) = *lock(&self.work.assigned)
-                .entry(slot.clone())
-                .or_insert((now, false));
-            let overdue =
-                now.saturating_sub(since) > spec.timeout_secs * 1_000 + ASSIGNMENT_GRACE_MS;
-            let lost = !alive(&worker) && now.saturating_sub(since) > crate::roles::ALIVE_WINDOW_MS;
-            if overdue || lost {
-                lock(&self.work.failed_on)
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(worker);
-                if task.attempt >= task.max_attempts {
-                    let reason = if lost {
-                        "the worker was lost"
-                    } else {
-                        "the task timed out"
-                    };
-                    let command = LedgerCommand::FailTask {
-                        key: key.clone(),
-                        attempt: task.attempt,
-                        reason: reason.into(),
-                        // Lost or overdue: nothing is known against the task itself.
-                        transient: true,
-                    };
-                    self.spawn_proposal(group, city, slot, command, None);
+        use crate::mayor::Command;
+        match command {
+            Command::Propose {
+                city,
+                command,
+                then_execute,
+            } => {
+                let (key, attempt) = match &command {
+                    LedgerCommand::AssignTask { key, attempt, .. }
+                    | LedgerCommand::FailTask { key, attempt, .. } => (key.clone(), *attempt),
+                    _ => return,
+                };
+                let Some(group) = groups.get(&city) else {
                     return;
+                };
+                let execute = match then_execute {
+                    Some(worker) => match spec_of(&key) {
+                        Some(spec) => Some((worker, spec)),
+                        None => return,
+                    },
+                    None => None,
+                };
+                self.spawn_proposal(group, &city, (key, attempt), command, execute);
+            }
+            Command::Execute {
+                city,
+                worker,
+                key,
+                attempt,
+            } => {
+                if let Some(spec) = spec_of(&key) {
+                    self.spawn_execute(worker, key, attempt, &city, spec, started);
                 }
-                // Reassign below as the next attempt.
-            } else {
-                if !delivered {
-                    self.spawn_execute(worker, key, task.attempt, city, task.spec.clone(), None);
-                }
-                return;
             }
         }
-        // Pending (or overdue): pick a worker by skill and free capacity, elsewhere than
-        // where it failed when possible.
-        let failed_on = lock(&self.work.failed_on)
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
-        let Some(worker) = pick_worker(&spec, skills, &failed_on, load, alive) else {
-            return;
-        };
-        *load.entry(worker).or_default() += 1;
-        let attempt = task.attempt + 1;
-        let command = LedgerCommand::AssignTask {
-            key: key.clone(),
-            city: city.to_string(),
-            worker,
-            attempt,
-        };
-        let execute = (worker, task.spec.clone());
-        self.spawn_proposal(group, city, (key, attempt), command, Some(execute));
     }
 
     /// Proposes `command` to the governor in the background; once an assignment is
-    /// committed, hands the attempt to its worker (`execute`) without waiting for the
-    /// next tick.
+    /// committed, tells the mayor core, which hands the attempt to its worker
+    /// (`execute`) without waiting for the next tick.
     fn spawn_proposal(
         self: &Arc<Self>,
         group: &Group,
@@ -1193,15 +1133,24 @@ impl Node {
             match node.propose_to_governor(&group, &city, command).await {
                 Ok(()) => {
                     if let Some((worker, spec)) = execute {
-                        lock(&node.work.assigned).insert((key.clone(), attempt), (now_ms(), false));
-                        node.spawn_execute(
-                            worker,
-                            key.clone(),
-                            attempt,
-                            &city,
-                            spec,
-                            Some(started),
-                        );
+                        let commands: Vec<crate::mayor::Command> = {
+                            let mut mayor = lock(&node.work.mayor);
+                            mayor.handle(
+                                now_ms(),
+                                crate::mayor::Input::Assigned {
+                                    city: city.clone(),
+                                    key: key.clone(),
+                                    attempt,
+                                    worker,
+                                },
+                            );
+                            mayor.drain().collect()
+                        };
+                        let groups = BTreeMap::from([(city.clone(), group.clone())]);
+                        let spec_of = |wanted: &TaskKey| (*wanted == key).then(|| spec.clone());
+                        for command in commands {
+                            node.carry_out(command, &groups, &spec_of, Some(started));
+                        }
                     }
                 }
                 Err(reason) => tracing::debug!(task = %key, reason, "proposal not taken yet"),
@@ -1238,10 +1187,13 @@ impl Node {
                             .dispatch_seconds
                             .observe(started.elapsed().as_secs_f64());
                     }
-                    if let Some(entry) = lock(&node.work.assigned).get_mut(&(key.clone(), attempt))
-                    {
-                        entry.1 = true;
-                    }
+                    lock(&node.work.mayor).handle(
+                        now_ms(),
+                        crate::mayor::Input::Delivered {
+                            key: key.clone(),
+                            attempt,
+                        },
+                    );
                 }
                 Err(reason) => tracing::debug!(task = %key, reason, "execute not delivered yet"),
             }

@@ -1,0 +1,666 @@
+//! The mayor's core: which worker runs the next attempt of each task of its cities, when
+//! an attempt is lost or overdue, and when a task has used up its attempts. Pure, in the
+//! style of openraft's engine: the driver feeds [`Input`]s with the time, the core queues
+//! [`Command`]s, and the driver drains them ([`Mayor::drain`]) into proposals to the
+//! governor and Execute messages to workers, whose completions come back as inputs.
+//!
+//! ```text
+//!   Tick(cities' tasks, workers, alive) ──► Propose(AssignTask, then Execute) ─► governor
+//!                                       ──► Propose(FailTask)  (attempts used up)
+//!                                       ──► Execute            (assigned, not yet delivered)
+//!   Assigned(key, attempt, worker)      ──► Execute            (the assignment committed)
+//!   Delivered(key, attempt)                 the worker holds it: no more Execute
+//!   FailedOn(key, worker)                   retried elsewhere when possible
+//! ```
+//!
+//! The soft state (when each attempt was first seen, whether its worker has it, where a
+//! task failed) is rebuilt from the Ledger after a restart or a change of mayor: a new
+//! mayor gives running attempts their full time again.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use aamas_consensus::ledger::{LedgerCommand, Task, TaskKey, TaskStatus};
+use aamas_protocol::NodeKey;
+
+use crate::spec::TaskSpec;
+
+/// How long an attempt may stay assigned past its own timeout before the mayor gives it
+/// up (worker dead or unreachable) and assigns the next one.
+pub const ASSIGNMENT_GRACE_MS: u64 = 5_000;
+/// How long an attempt's worker may be unreachable before the attempt counts as lost.
+pub const LOST_WORKER_MS: u64 = 3_000;
+/// Most commands the core queues before the driver drains them: a tick of a city with
+/// more tasks than this dispatches the rest on the next tick.
+pub const MAX_QUEUED_COMMANDS: usize = 4_096;
+
+/// A member as a mayor sees it when dispatching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Its skills.
+    pub skills: BTreeSet<String>,
+    /// Tasks it runs at once.
+    pub capacity: u32,
+    /// Whether it belongs to the dispatching state.
+    pub in_state: bool,
+}
+
+/// The worker for the next attempt of a task: alive, with free capacity, of the state
+/// (others only when the state has no live member); preferring one it has not failed
+/// on, then the task's skill, then the least loaded, key order breaking ties.
+pub fn pick_worker(
+    spec: &TaskSpec,
+    workers: &BTreeMap<NodeKey, Worker>,
+    failed_on: &BTreeSet<NodeKey>,
+    load: &BTreeMap<NodeKey, u32>,
+    alive: impl Fn(&NodeKey) -> bool,
+) -> Option<NodeKey> {
+    // Borrow from other states only when this state has no live worker at all; a busy
+    // state waits for its own workers.
+    let own_alive = workers
+        .iter()
+        .any(|(key, worker)| worker.in_state && alive(key));
+    workers
+        .iter()
+        .filter(|(key, _)| alive(key))
+        .filter(|(_, worker)| worker.in_state || !own_alive)
+        .filter(|(key, worker)| load.get(*key).copied().unwrap_or(0) < worker.capacity)
+        .min_by_key(|(key, worker)| {
+            let skilled = spec
+                .skill
+                .as_ref()
+                .is_none_or(|skill| worker.skills.contains(skill));
+            (
+                failed_on.contains(key),
+                !worker.in_state,
+                !skilled,
+                load.get(*key).copied().unwrap_or(0),
+                **key,
+            )
+        })
+        .map(|(key, _)| *key)
+}
+
+/// The cities of one state this node holds the lease of.
+#[derive(Debug, Clone, Default)]
+pub struct StateTasks {
+    /// The members that can work, seen from this state (its own members first).
+    pub workers: BTreeMap<NodeKey, Worker>,
+    /// Tasks assigned to each worker in the state's Ledger.
+    pub load: BTreeMap<NodeKey, u32>,
+    /// Each city's open tasks: the pending ones that fall to it, and those assigned
+    /// through it.
+    pub cities: Vec<(String, Vec<(TaskKey, Task)>)>,
+}
+
+/// What the mayor learns.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A look at every city this node holds the lease of, by state, and at who is alive.
+    /// What the core follows of tasks not in it (finished, forgotten, or of a city whose
+    /// lease lapsed) is dropped.
+    Tick {
+        /// The states' cities.
+        states: &'a [StateTasks],
+        /// Who is alive.
+        alive: &'a BTreeSet<NodeKey>,
+    },
+    /// An assignment this core proposed was committed: hand the attempt to its worker.
+    Assigned {
+        /// The city it was assigned through.
+        city: String,
+        /// The task.
+        key: TaskKey,
+        /// The attempt.
+        attempt: u32,
+        /// Its worker.
+        worker: NodeKey,
+    },
+    /// The worker acknowledged an Execute: it holds the attempt.
+    Delivered {
+        /// The task.
+        key: TaskKey,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// An attempt of `key` failed on `worker`: the next one goes elsewhere if it can.
+    FailedOn {
+        /// The task.
+        key: TaskKey,
+        /// The worker.
+        worker: NodeKey,
+    },
+}
+
+/// What the mayor asks the driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Propose `command` to the state's governor for `city`; once an assignment is
+    /// committed, feed back [`Input::Assigned`] when `then_execute` is set.
+    Propose {
+        /// The city it is for.
+        city: String,
+        /// The Ledger command: AssignTask or FailTask.
+        command: LedgerCommand,
+        /// The worker that runs the attempt once it is committed.
+        then_execute: Option<NodeKey>,
+    },
+    /// Send the attempt to its worker, until it acknowledges ([`Input::Delivered`]).
+    Execute {
+        /// The city dispatching it (where the outcome goes).
+        city: String,
+        /// The worker.
+        worker: NodeKey,
+        /// The task.
+        key: TaskKey,
+        /// The attempt.
+        attempt: u32,
+    },
+}
+
+/// One attempt as the mayor follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Attempt {
+    /// When this mayor first saw it assigned.
+    since_ms: u64,
+    /// Whether its worker acknowledged the Execute.
+    delivered: bool,
+}
+
+/// The mayor's state: soft, rebuilt from the Ledger by the next ticks.
+#[derive(Debug, Default)]
+pub struct Mayor {
+    attempts: BTreeMap<(TaskKey, u32), Attempt>,
+    failed_on: BTreeMap<TaskKey, BTreeSet<NodeKey>>,
+    queued: VecDeque<Command>,
+}
+
+impl Mayor {
+    /// A mayor that knows nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one input at `now_ms`.
+    pub fn handle(&mut self, now_ms: u64, input: Input<'_>) {
+        match input {
+            Input::Tick { states, alive } => {
+                for state in states {
+                    let mut load = state.load.clone();
+                    for (city, tasks) in &state.cities {
+                        for (key, task) in tasks {
+                            self.dispatch(
+                                now_ms,
+                                city,
+                                key,
+                                task,
+                                &state.workers,
+                                alive,
+                                &mut load,
+                            );
+                        }
+                    }
+                }
+                // Tasks that finished, were forgotten or went to another mayor.
+                let open: BTreeSet<&TaskKey> = states
+                    .iter()
+                    .flat_map(|state| state.cities.iter())
+                    .flat_map(|(_, tasks)| tasks.iter().map(|(key, _)| key))
+                    .collect();
+                self.attempts.retain(|(key, _), _| open.contains(key));
+                self.failed_on.retain(|key, _| open.contains(key));
+            }
+            Input::Assigned {
+                city,
+                key,
+                attempt,
+                worker,
+            } => {
+                self.attempts.insert(
+                    (key.clone(), attempt),
+                    Attempt {
+                        since_ms: now_ms,
+                        delivered: false,
+                    },
+                );
+                self.queue(Command::Execute {
+                    city,
+                    worker,
+                    key,
+                    attempt,
+                });
+            }
+            Input::Delivered { key, attempt } => {
+                if let Some(followed) = self.attempts.get_mut(&(key, attempt)) {
+                    followed.delivered = true;
+                }
+            }
+            Input::FailedOn { key, worker } => {
+                self.failed_on.entry(key).or_default().insert(worker);
+            }
+        }
+    }
+
+    /// The commands queued since the last drain, oldest first.
+    pub fn drain(&mut self) -> impl Iterator<Item = Command> + '_ {
+        self.queued.drain(..)
+    }
+
+    /// Checks the invariants; only a bug breaks them.
+    pub fn validate(&self) {
+        assert!(
+            self.queued.len() <= MAX_QUEUED_COMMANDS,
+            "queue over its bound"
+        );
+        for (key, attempt) in self.attempts.keys() {
+            assert!(*attempt >= 1, "{key}: attempt 0 followed");
+        }
+        for (key, workers) in &self.failed_on {
+            assert!(!workers.is_empty(), "{key}: empty failure set");
+        }
+    }
+
+    fn queue(&mut self, command: Command) {
+        if self.queued.len() < MAX_QUEUED_COMMANDS {
+            self.queued.push_back(command);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        now_ms: u64,
+        city: &str,
+        key: &TaskKey,
+        task: &Task,
+        workers: &BTreeMap<NodeKey, Worker>,
+        alive: &BTreeSet<NodeKey>,
+        load: &mut BTreeMap<NodeKey, u32>,
+    ) {
+        let Ok(spec) = TaskSpec::decode(&task.spec) else {
+            return;
+        };
+        if task.status == TaskStatus::Assigned {
+            let Some(worker) = task.worker else { return };
+            let followed = *self
+                .attempts
+                .entry((key.clone(), task.attempt))
+                .or_insert(Attempt {
+                    since_ms: now_ms,
+                    delivered: false,
+                });
+            let held_ms = now_ms.saturating_sub(followed.since_ms);
+            let overdue = held_ms > spec.timeout_secs.saturating_mul(1_000) + ASSIGNMENT_GRACE_MS;
+            let lost = !alive.contains(&worker) && held_ms > LOST_WORKER_MS;
+            if !overdue && !lost {
+                if !followed.delivered {
+                    self.queue(Command::Execute {
+                        city: city.to_string(),
+                        worker,
+                        key: key.clone(),
+                        attempt: task.attempt,
+                    });
+                }
+                return;
+            }
+            self.failed_on
+                .entry(key.clone())
+                .or_default()
+                .insert(worker);
+            if task.attempt >= task.max_attempts {
+                let reason = if lost {
+                    "the worker was lost"
+                } else {
+                    "the task timed out"
+                };
+                self.queue(Command::Propose {
+                    city: city.to_string(),
+                    command: LedgerCommand::FailTask {
+                        key: key.clone(),
+                        attempt: task.attempt,
+                        reason: reason.into(),
+                        // Lost or overdue: nothing is known against the task itself.
+                        transient: true,
+                    },
+                    then_execute: None,
+                });
+                return;
+            }
+            // Reassigned below as the next attempt.
+        } else if task.status != TaskStatus::Pending {
+            return;
+        }
+        let none = BTreeSet::new();
+        let failed_on = self.failed_on.get(key).unwrap_or(&none);
+        let Some(worker) = pick_worker(&spec, workers, failed_on, load, |k| alive.contains(k))
+        else {
+            return;
+        };
+        *load.entry(worker).or_default() += 1;
+        let attempt = task.attempt + 1;
+        self.queue(Command::Propose {
+            city: city.to_string(),
+            command: LedgerCommand::AssignTask {
+                key: key.clone(),
+                city: city.to_string(),
+                worker,
+                attempt,
+            },
+            then_execute: Some(worker),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ExecutorSpec;
+
+    fn node(n: u8) -> NodeKey {
+        NodeKey([n; 32])
+    }
+
+    fn key(task: &str) -> TaskKey {
+        TaskKey {
+            project: "p".into(),
+            task: task.into(),
+        }
+    }
+
+    fn spec(skill: Option<&str>) -> Vec<u8> {
+        TaskSpec {
+            name: "t".into(),
+            state: "technical".into(),
+            skill: skill.map(str::to_string),
+            executor: ExecutorSpec::Builtin {
+                action: "noop".into(),
+            },
+            input: String::new(),
+            depends_on: Vec::new(),
+            timeout_secs: 10,
+            retries: 1,
+            budget: 0,
+        }
+        .encode()
+    }
+
+    fn pending(skill: Option<&str>, attempt: u32) -> Task {
+        Task {
+            phase: aamas_protocol::Phase::Development,
+            spec: spec(skill),
+            city: None,
+            worker: None,
+            attempt,
+            max_attempts: 2,
+            status: TaskStatus::Pending,
+            result_digest: None,
+            failure: None,
+            transient: false,
+            reopened: 0,
+        }
+    }
+
+    fn assigned(worker: u8, attempt: u32) -> Task {
+        Task {
+            city: Some("c-1".into()),
+            worker: Some(node(worker)),
+            status: TaskStatus::Assigned,
+            ..pending(None, attempt)
+        }
+    }
+
+    fn workers() -> BTreeMap<NodeKey, Worker> {
+        BTreeMap::from([
+            (
+                node(1),
+                Worker {
+                    skills: BTreeSet::new(),
+                    capacity: 1,
+                    in_state: true,
+                },
+            ),
+            (
+                node(2),
+                Worker {
+                    skills: BTreeSet::from(["rust".to_string()]),
+                    capacity: 1,
+                    in_state: true,
+                },
+            ),
+        ])
+    }
+
+    fn tick(
+        mayor: &mut Mayor,
+        now_ms: u64,
+        tasks: Vec<(TaskKey, Task)>,
+        alive: &[u8],
+    ) -> Vec<Command> {
+        let alive: BTreeSet<NodeKey> = alive.iter().map(|n| node(*n)).collect();
+        let load = tasks
+            .iter()
+            .filter(|(_, task)| task.status == TaskStatus::Assigned)
+            .filter_map(|(_, task)| task.worker)
+            .fold(BTreeMap::new(), |mut load, worker| {
+                *load.entry(worker).or_insert(0) += 1;
+                load
+            });
+        let states = [StateTasks {
+            workers: workers(),
+            load,
+            cities: vec![("c-1".to_string(), tasks)],
+        }];
+        mayor.handle(
+            now_ms,
+            Input::Tick {
+                states: &states,
+                alive: &alive,
+            },
+        );
+        mayor.validate();
+        mayor.drain().collect()
+    }
+
+    fn assign(task: &str, worker: u8, attempt: u32) -> Command {
+        Command::Propose {
+            city: "c-1".into(),
+            command: LedgerCommand::AssignTask {
+                key: key(task),
+                city: "c-1".into(),
+                worker: node(worker),
+                attempt,
+            },
+            then_execute: Some(node(worker)),
+        }
+    }
+
+    fn execute(task: &str, worker: u8, attempt: u32) -> Command {
+        Command::Execute {
+            city: "c-1".into(),
+            worker: node(worker),
+            key: key(task),
+            attempt,
+        }
+    }
+
+    #[test]
+    fn pending_tasks_go_to_skilled_workers_with_free_capacity() {
+        let mut mayor = Mayor::new();
+        let out = tick(
+            &mut mayor,
+            0,
+            vec![
+                (key("a"), pending(Some("rust"), 0)),
+                (key("b"), pending(Some("rust"), 0)),
+                (key("c"), pending(None, 0)),
+            ],
+            &[1, 2],
+        );
+        // a: the skilled worker; b: the other (the skilled one is full); c: nobody free.
+        assert_eq!(out, vec![assign("a", 2, 1), assign("b", 1, 1)]);
+    }
+
+    #[test]
+    fn a_committed_assignment_is_executed_until_delivered() {
+        let mut mayor = Mayor::new();
+        mayor.handle(
+            0,
+            Input::Assigned {
+                city: "c-1".into(),
+                key: key("a"),
+                attempt: 1,
+                worker: node(2),
+            },
+        );
+        assert_eq!(mayor.drain().collect::<Vec<_>>(), vec![execute("a", 2, 1)]);
+        // Not acknowledged yet: sent again on the next tick.
+        assert_eq!(
+            tick(&mut mayor, 100, vec![(key("a"), assigned(2, 1))], &[1, 2]),
+            vec![execute("a", 2, 1)]
+        );
+        mayor.handle(
+            150,
+            Input::Delivered {
+                key: key("a"),
+                attempt: 1,
+            },
+        );
+        assert_eq!(
+            tick(&mut mayor, 200, vec![(key("a"), assigned(2, 1))], &[1, 2]),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn an_attempt_on_a_lost_worker_goes_to_another() {
+        let mut mayor = Mayor::new();
+        mayor.handle(
+            0,
+            Input::Delivered {
+                key: key("a"),
+                attempt: 1,
+            },
+        );
+        assert_eq!(
+            tick(&mut mayor, 0, vec![(key("a"), assigned(2, 1))], &[1, 2]),
+            vec![execute("a", 2, 1)]
+        );
+        mayor.handle(
+            0,
+            Input::Delivered {
+                key: key("a"),
+                attempt: 1,
+            },
+        );
+        // Worker 2 goes quiet: not before LOST_WORKER_MS.
+        assert_eq!(
+            tick(
+                &mut mayor,
+                LOST_WORKER_MS,
+                vec![(key("a"), assigned(2, 1))],
+                &[1]
+            ),
+            vec![]
+        );
+        assert_eq!(
+            tick(
+                &mut mayor,
+                LOST_WORKER_MS + 1,
+                vec![(key("a"), assigned(2, 1))],
+                &[1]
+            ),
+            vec![assign("a", 1, 2)]
+        );
+    }
+
+    #[test]
+    fn an_outcome_that_failed_sends_the_next_attempt_elsewhere() {
+        let mut mayor = Mayor::new();
+        mayor.handle(
+            0,
+            Input::FailedOn {
+                key: key("a"),
+                worker: node(2),
+            },
+        );
+        // Back to pending after the failure: worker 1 although 2 has the skill.
+        assert_eq!(
+            tick(
+                &mut mayor,
+                10,
+                vec![(key("a"), pending(Some("rust"), 1))],
+                &[1, 2]
+            ),
+            vec![assign("a", 1, 2)]
+        );
+    }
+
+    #[test]
+    fn a_task_that_used_up_its_attempts_is_failed_once_overdue() {
+        let mut mayor = Mayor::new();
+        mayor.handle(
+            0,
+            Input::Delivered {
+                key: key("a"),
+                attempt: 2,
+            },
+        );
+        let last = vec![(key("a"), assigned(1, 2))];
+        assert_eq!(
+            tick(&mut mayor, 0, last.clone(), &[1, 2]),
+            vec![execute("a", 1, 2)]
+        );
+        mayor.handle(
+            0,
+            Input::Delivered {
+                key: key("a"),
+                attempt: 2,
+            },
+        );
+        let due = 10_000 + ASSIGNMENT_GRACE_MS;
+        assert_eq!(tick(&mut mayor, due, last.clone(), &[1, 2]), vec![]);
+        assert_eq!(
+            tick(&mut mayor, due + 1, last, &[1, 2]),
+            vec![Command::Propose {
+                city: "c-1".into(),
+                command: LedgerCommand::FailTask {
+                    key: key("a"),
+                    attempt: 2,
+                    reason: "the task timed out".into(),
+                    transient: true,
+                },
+                then_execute: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_city_whose_lease_lapsed_is_forgotten() {
+        let mut mayor = Mayor::new();
+        assert_eq!(
+            tick(&mut mayor, 0, vec![(key("a"), assigned(2, 1))], &[1, 2]),
+            vec![execute("a", 2, 1)]
+        );
+        mayor.handle(
+            0,
+            Input::FailedOn {
+                key: key("a"),
+                worker: node(1),
+            },
+        );
+        // The lease lapsed: the driver's next tick has no city for this node.
+        mayor.handle(
+            1,
+            Input::Tick {
+                states: &[],
+                alive: &BTreeSet::new(),
+            },
+        );
+        assert_eq!(mayor.drain().count(), 0);
+        assert!(mayor.attempts.is_empty() && mayor.failed_on.is_empty());
+        // Given the city again later, it follows the attempt from scratch.
+        assert_eq!(
+            tick(&mut mayor, 5, vec![(key("a"), assigned(2, 1))], &[1, 2]),
+            vec![execute("a", 2, 1)]
+        );
+    }
+}
