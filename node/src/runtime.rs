@@ -1730,7 +1730,7 @@ impl Node {
     }
 
     async fn handle_inbound(&self, inbound: Inbound) {
-        use crate::authority::{RaftClaim, RaftRpc};
+        use crate::authority::RaftRpc;
         let Inbound { peer, rpc, channel } = inbound;
         let sender = self.member_id_of_peer(&peer);
         let response = match (rpc, sender) {
@@ -1804,11 +1804,7 @@ impl Node {
                 },
             },
             (Rpc::Append { group, rpc }, Some(sender)) => {
-                let claim = RaftClaim {
-                    rpc: RaftRpc::Append,
-                    term: rpc.vote.leader_id().get_term(),
-                    named: rpc.vote.leader_id().voted_for(),
-                };
+                let claim = raft_claim(RaftRpc::Append, &rpc.vote);
                 match self.admit_raft(sender, group, claim).await {
                     Ok(()) => {
                         RpcResponse::Append(self.groups.handle_append_entries(group, rpc).await)
@@ -1817,22 +1813,14 @@ impl Node {
                 }
             }
             (Rpc::Vote { group, rpc }, Some(sender)) => {
-                let claim = RaftClaim {
-                    rpc: RaftRpc::Vote,
-                    term: rpc.vote.leader_id().get_term(),
-                    named: rpc.vote.leader_id().voted_for(),
-                };
+                let claim = raft_claim(RaftRpc::Vote, &rpc.vote);
                 match self.admit_raft(sender, group, claim).await {
                     Ok(()) => RpcResponse::Vote(self.groups.handle_vote(group, rpc).await),
                     Err(refusal) => self.refuse(&refusal),
                 }
             }
             (Rpc::Snapshot { group, rpc }, Some(sender)) => {
-                let claim = RaftClaim {
-                    rpc: RaftRpc::Snapshot,
-                    term: rpc.vote.leader_id().get_term(),
-                    named: rpc.vote.leader_id().voted_for(),
-                };
+                let claim = raft_claim(RaftRpc::Snapshot, &rpc.vote);
                 match self.admit_raft(sender, group, claim).await {
                     Ok(()) => {
                         RpcResponse::Snapshot(self.groups.handle_install_snapshot(group, rpc).await)
@@ -2522,6 +2510,19 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         duties: vec![president, governor, work],
         store: flushing,
     })
+}
+
+/// What a Raft RPC claims about itself (its vote's term and the node the vote is for),
+/// for [`crate::authority::raft`].
+fn raft_claim(
+    rpc: crate::authority::RaftRpc,
+    vote: &openraft::Vote<NodeId>,
+) -> crate::authority::RaftClaim {
+    crate::authority::RaftClaim {
+        rpc,
+        term: vote.leader_id().get_term(),
+        named: vote.leader_id().voted_for(),
+    }
 }
 
 /// Runs one of a node's duties every `every`: a round that panics (a bug) is counted in
