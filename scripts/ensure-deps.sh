@@ -2,6 +2,7 @@
 # Installs what a fresh machine needs to build AAMAS, and nothing it already has.
 #   - a Rust toolchain with cargo, rustfmt and clippy (checked, not installed)
 #   - libclang and clang's C headers, which RocksDB's bindings (bindgen) load at build time
+#   - iproute2 (`ip`), for the tests that put nodes on hosts in network namespaces
 # As root it installs missing Debian packages with apt-get; otherwise it prints the exact
 # command to run and stops.
 set -euo pipefail
@@ -37,6 +38,8 @@ packages=()
 have_libclang || packages+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || packages+=(g++)
 command -v make >/dev/null 2>&1 || packages+=(make)
+# The tests of several hosts (tests/tests/partition.rs) build network namespaces.
+command -v ip >/dev/null 2>&1 || packages+=(iproute2)
 
 if [ ${#packages[@]} -eq 0 ]; then
   exit 0
