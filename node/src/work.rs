@@ -1039,12 +1039,6 @@ impl Node {
                 .map(|candidate| candidate.key)
                 .collect()
         };
-        let tasks: HashMap<&TaskKey, &aamas_consensus::ledger::Task> = states
-            .iter()
-            .flat_map(|state| state.cities.iter())
-            .flat_map(|(_, tasks)| tasks.iter().map(|(key, task)| (key, task)))
-            .collect();
-        let spec_of = |key: &TaskKey| tasks.get(key).map(|task| task.spec.clone());
         let commands: Vec<crate::mayor::Command> = {
             let mut mayor = lock(&self.work.mayor);
             mayor.handle(
@@ -1059,13 +1053,23 @@ impl Node {
             }
             mayor.drain().collect()
         };
+        if commands.is_empty() {
+            return;
+        }
+        // Specs by task, built only on ticks that have something to carry out.
+        let tasks: HashMap<&TaskKey, &aamas_consensus::ledger::Task> = states
+            .iter()
+            .flat_map(|state| state.cities.iter())
+            .flat_map(|(_, tasks)| tasks.iter().map(|(key, task)| (key, task)))
+            .collect();
+        let spec_of = |key: &TaskKey| tasks.get(key).map(|task| task.spec.clone());
         for command in commands {
             self.carry_out(command, &groups, &spec_of, None);
         }
     }
 
     /// Carries out one of the mayor core's commands in the background: a proposal to the
-    /// governor of `groups[city]`, or an Execute to a worker, with the spec from `specs`.
+    /// governor of `groups[city]`, or an Execute to a worker, with the spec `spec_of` gives.
     fn carry_out(
         self: &Arc<Self>,
         command: crate::mayor::Command,
