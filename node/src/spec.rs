@@ -882,7 +882,6 @@ fn check_tasks(checker: &Checker<'_>, spec: &ProjectSpec) -> Result<(), SpecErro
                 ));
             }
             let at = |field| At::Field(p, t, field);
-            checker.name(at(Field::Name), "the task name", &task.name, true)?;
             if let Some((first_phase, first_task)) = seen.insert(&task.name, (p, t)) {
                 let first = checker
                     .lines
