@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The layering rules of STYLE.md that a machine can check:
 #   - aamas-protocol depends on no async runtime, network stack or storage engine;
-#   - node's pure cores (authority, cities, mayor) reach no IO, clock or randomness;
+#   - node's pure cores (authority, cities, mayor, worker, governor, president) reach no IO, clock or randomness;
 #   - bincode (unmaintained, RUSTSEC-2025-0141) is nowhere in Cargo.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ fi
 # The pure cores of node/: no runtime, network, consensus, storage, clock or randomness.
 # Each may name only std, serde, thiserror, aamas-protocol and aamas-consensus's plain
 # types (ledger keys, node ids), and crate modules that are pure themselves.
-pure_cores="node/src/authority.rs node/src/cities.rs node/src/mayor.rs"
+pure_cores="node/src/authority.rs node/src/cities.rs node/src/mayor.rs node/src/worker.rs node/src/governor.rs node/src/president.rs"
 for core in $pure_cores; do
   hits=$(grep -nE '\b(tokio|libp2p|openraft|rocksdb|axum|hyper|rand|getrandom)::|Instant::now|SystemTime::now|\bGroup\b|\bGroups\b|crate::(runtime|swarm|transport|wire|work|roles|api|mirroring|messaging)\b' "$core" || true)
   if [ -n "$hits" ]; then

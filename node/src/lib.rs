@@ -17,16 +17,26 @@
 //! (`messaging`), Registry copies outside the federal group (`mirroring`), metrics
 //! (`metrics`), and a fault layer the simulator plugs into the
 //! swarm (`faults`).
+//!
+//! The role logic lives in pure cores, each a state machine fed with the time and what
+//! happened and drained of commands, with no IO, clock or randomness inside (`make
+//! layering` checks): `president` (placement, federal voters, phases, escalations),
+//! `governor` (cities, mayors, escalations, progress reports, what other roles may ask),
+//! `mayor` (dispatch, outcomes, lost workers, retries), `worker` (attempts and their
+//! deliveries), `authority` (who may send what) and `cities` (scaling). `work`, `roles`
+//! and `runtime` drive them.
 
 pub mod api;
 pub mod authority;
 pub mod cities;
 pub mod executor;
 pub mod faults;
+pub mod governor;
 pub mod mayor;
 pub mod messaging;
 pub mod metrics;
 pub mod mirroring;
+pub mod president;
 pub mod projects;
 pub mod roles;
 pub mod runtime;
@@ -36,6 +46,7 @@ pub mod token;
 pub mod transport;
 pub mod wire;
 pub mod work;
+pub mod worker;
 
 pub use runtime::{
     Founded, Hierarchy, MemberView, NodeConfig, NodeError, Running, StateView, Status, init, run,

@@ -5,32 +5,27 @@
 //!   founder   ── initialize(voters) ──► state group (Raft)          (exactly one node does it)
 //!   governor  = leader of the state group:
 //!       keeps STATE_VOTERS voters (state members first), replaces dead ones,
-//!       keeps as many cities as its queue needs (`cities`), each with a mayor on a lease
-//!       (Ledger), renews or replaces them,
+//!       (its cities, mayors, escalations and progress reports: `governor`, driven from
+//!       `work`)
 //!       reports itself, its voters and mayors ── RecordGovernor ──► Registry (via president)
 //! ```
 //!
-//! The decisions are pure functions ([`pick_voters`], [`pick_mayor`]); the `Node` methods
-//! carry them out through Raft.
+//! The decisions are pure functions of the governor's core ([`pick_voters`],
+//! [`pick_mayor`], [`mayor_action`]); the `Node` methods carry them out through Raft.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aamas_consensus::ledger::LedgerCommand;
 use aamas_consensus::registry::{GovernorRecord, RegistryCommand, StateGroup};
-use aamas_consensus::{
-    Command, FEDERAL_GROUP, Group, GroupId, HealOutcome, MemberNode, NodeId, Request,
-};
+use aamas_consensus::{FEDERAL_GROUP, Group, GroupId, HealOutcome, MemberNode, NodeId};
 use aamas_protocol::NodeKey;
 use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 
-use crate::runtime::{Node, node_id, now_ms, parse_addrs, request_id};
+use crate::runtime::{Node, node_id, now_ms, parse_addrs};
 use crate::wire::{Rpc, RpcResponse};
 
 /// Voters of a state group, when the mesh has that many members.
 pub const STATE_VOTERS: usize = 3;
-/// How long a mayor's lease lasts; the governor renews it when half has passed.
-pub const MAYOR_LEASE_MS: u64 = 10_000;
 /// A member not connected for this long counts as dead for choosing voters and mayors.
 pub const ALIVE_WINDOW_MS: u64 = 3_000;
 
@@ -43,101 +38,9 @@ pub fn state_group_id(state: &str) -> GroupId {
     u64::from_be_bytes(bytes).max(1)
 }
 
-/// A member as the role logic sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// Its key.
-    pub key: NodeKey,
-    /// Its state.
-    pub state: Option<String>,
-    /// Whether it is alive.
-    pub alive: bool,
-    /// How many groups it is a voter of already.
-    pub load: usize,
-}
-
-/// Up to `count` voters for `state`, not in `exclude`: alive members of the state first,
-/// then other alive members; fewest voterships first, key order breaking ties.
-pub fn pick_voters(
-    state: &str,
-    candidates: &[Candidate],
-    exclude: &BTreeSet<NodeKey>,
-    count: usize,
-) -> Vec<NodeKey> {
-    let mut eligible: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|candidate| candidate.alive && !exclude.contains(&candidate.key))
-        .collect();
-    eligible.sort_by_key(|candidate| {
-        (
-            candidate.state.as_deref() != Some(state),
-            candidate.load,
-            candidate.key,
-        )
-    });
-    eligible
-        .into_iter()
-        .take(count)
-        .map(|candidate| candidate.key)
-        .collect()
-}
-
-/// The mayor a governor should appoint for `state`: an alive member of the state other
-/// than the governor (roles spread out), else the governor itself.
-pub fn pick_mayor(state: &str, governor: NodeKey, candidates: &[Candidate]) -> Option<NodeKey> {
-    let in_state: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|candidate| candidate.alive && candidate.state.as_deref() == Some(state))
-        .collect();
-    in_state
-        .iter()
-        .filter(|candidate| candidate.key != governor)
-        .min_by_key(|candidate| (candidate.load, candidate.key))
-        .or_else(|| in_state.first())
-        .map(|candidate| candidate.key)
-        .or(Some(governor))
-}
-
-/// What a governor should do about a city's mayor at `now_ms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MayorAction {
-    /// Nothing: the lease holds for a while yet.
-    Keep,
-    /// Extend the current mayor's lease.
-    Renew(NodeKey),
-    /// Appoint this member (the lease lapsed or there never was one).
-    Appoint(NodeKey),
-    /// Wait: the mayor is dead but its lease has not lapsed yet.
-    WaitForLapse,
-}
-
-/// Decides about a city's mayor.
-///
-/// A governor that stood in as its own mayor lets its lease lapse once `choose` offers
-/// someone else, so that roles spread out as the state grows.
-pub fn mayor_action(
-    lease: Option<&aamas_consensus::ledger::Lease>,
-    now_ms: u64,
-    governor: NodeKey,
-    alive: impl Fn(&NodeKey) -> bool,
-    choose: impl FnOnce() -> Option<NodeKey>,
-) -> MayorAction {
-    match lease {
-        Some(lease) if lease.holds_at(now_ms) => {
-            if !alive(&lease.mayor) {
-                MayorAction::WaitForLapse
-            } else if lease.until_ms.saturating_sub(now_ms) < MAYOR_LEASE_MS / 2 {
-                if lease.mayor == governor && choose().is_some_and(|other| other != governor) {
-                    return MayorAction::WaitForLapse;
-                }
-                MayorAction::Renew(lease.mayor)
-            } else {
-                MayorAction::Keep
-            }
-        }
-        _ => choose().map_or(MayorAction::Keep, MayorAction::Appoint),
-    }
-}
+pub use crate::governor::{
+    Candidate, MAYOR_LEASE_MS, MayorAction, mayor_action, pick_mayor, pick_voters,
+};
 
 impl Node {
     /// The active members as role candidates, with liveness and voter load.
@@ -336,7 +239,6 @@ impl Node {
         for (state, group) in governed {
             self.heal_state_voters(&state, &group, &candidates, &addrs)
                 .await;
-            self.keep_cities(&state, &group, &candidates).await;
             self.report_governor(&state, &group).await;
         }
     }
@@ -408,165 +310,6 @@ impl Node {
         match group.raft().change_membership(grown, false).await {
             Ok(_) => tracing::info!(state, voter = %newcomer, "added a state voter"),
             Err(error) => tracing::warn!(state, %error, "adding a state voter failed"),
-        }
-    }
-
-    async fn write_ledger(&self, group: &Group, key: &[&[u8]], command: LedgerCommand) -> bool {
-        let request = Request {
-            id: request_id(key),
-            command: Command::Ledger(command),
-        };
-        match group.write(request).await {
-            Ok(committed) => match committed.response.outcome {
-                aamas_consensus::Outcome::Ledger(
-                    aamas_consensus::ledger::LedgerResponse::Rejected { reason },
-                ) => {
-                    tracing::warn!(group = group.id(), reason, "the ledger refused a command");
-                    false
-                }
-                _ => true,
-            },
-            Err(error) => {
-                tracing::warn!(group = group.id(), %error, "ledger write failed");
-                false
-            }
-        }
-    }
-
-    /// Keeps the state's cities in step with its queue ([`crate::cities::scale`]) and
-    /// each city with a mayor on a lease. A mayor dispatches from the Ledger, so it must
-    /// hold a copy: only the group's voters qualify, and each city prefers a voter that
-    /// is not the mayor of another.
-    async fn keep_cities(&self, state: &str, group: &Group, candidates: &[Candidate]) {
-        use crate::cities::{CityChange, CityLoad};
-        use aamas_consensus::ledger::TaskStatus;
-        let now = now_ms();
-        let (cities, pending): (
-            Vec<(String, Option<aamas_consensus::ledger::Lease>, usize)>,
-            usize,
-        ) = group
-            .read_local(|machine| {
-                let Some(ledger) = machine.ledger() else {
-                    return (Vec::new(), 0);
-                };
-                let mut assigned: BTreeMap<&str, usize> = BTreeMap::new();
-                let mut pending = 0;
-                for task in ledger.tasks().values() {
-                    match task.status {
-                        TaskStatus::Pending => pending += 1,
-                        TaskStatus::Assigned => {
-                            if let Some(city) = task.city.as_deref() {
-                                *assigned.entry(city).or_default() += 1;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                let cities = ledger
-                    .cities()
-                    .iter()
-                    .map(|(name, city)| {
-                        let busy = assigned.get(name.as_str()).copied().unwrap_or(0);
-                        (name.clone(), city.mayor, busy)
-                    })
-                    .collect();
-                (cities, pending)
-            })
-            .await;
-        let me = self.identity.node_key();
-        let alive = |key: &NodeKey| candidates.iter().any(|c| c.key == *key && c.alive);
-        let voters = group.voters();
-        let eligible: Vec<Candidate> = candidates
-            .iter()
-            .filter(|c| voters.contains(&node_id(&c.key)))
-            .cloned()
-            .collect();
-        let loads: Vec<CityLoad> = cities
-            .iter()
-            .map(|(name, _, assigned)| CityLoad {
-                name: name.clone(),
-                assigned: *assigned,
-            })
-            .collect();
-        let last_change = self.work.city_changed(state);
-        let possible = eligible.iter().filter(|c| c.alive).count();
-        let (what, command) =
-            match crate::cities::scale(state, &loads, pending, possible, last_change, now) {
-                CityChange::Keep => (None, None),
-                CityChange::Open(name) => (
-                    Some(("open", name.clone())),
-                    Some(LedgerCommand::AddCity { name }),
-                ),
-                CityChange::Close(name) => (
-                    Some(("close", name.clone())),
-                    Some(LedgerCommand::RemoveCity { name }),
-                ),
-            };
-        if let (Some((what, name)), Some(command)) = (what, command) {
-            let stamp = now.to_be_bytes();
-            if self
-                .write_ledger(
-                    group,
-                    &[b"cities", what.as_bytes(), name.as_bytes(), &stamp],
-                    command,
-                )
-                .await
-            {
-                tracing::info!(state, city = %name, pending, "{what}ed a city");
-                self.work.set_city_changed(state, now);
-            }
-            // The next tick sees the city list as committed.
-            return;
-        }
-        let holders: BTreeMap<&str, NodeKey> = cities
-            .iter()
-            .filter_map(|(name, lease, _)| {
-                let lease = lease.as_ref().filter(|lease| lease.holds_at(now))?;
-                Some((name.as_str(), lease.mayor))
-            })
-            .collect();
-        for (city, lease, _) in &cities {
-            let busy_elsewhere: BTreeSet<NodeKey> = holders
-                .iter()
-                .filter(|(other, _)| *other != city)
-                .map(|(_, mayor)| *mayor)
-                .collect();
-            let free: Vec<Candidate> = eligible
-                .iter()
-                .filter(|c| !busy_elsewhere.contains(&c.key))
-                .cloned()
-                .collect();
-            let action = mayor_action(lease.as_ref(), now, me, alive, || {
-                pick_mayor(state, me, &free).or_else(|| pick_mayor(state, me, &eligible))
-            });
-            let (mayor, command) = match action {
-                MayorAction::Keep | MayorAction::WaitForLapse => continue,
-                MayorAction::Renew(mayor) => (
-                    mayor,
-                    LedgerCommand::RenewLease {
-                        city: city.clone(),
-                        mayor,
-                        now_ms: now,
-                        until_ms: now + MAYOR_LEASE_MS,
-                    },
-                ),
-                MayorAction::Appoint(mayor) => (
-                    mayor,
-                    LedgerCommand::AppointMayor {
-                        city: city.clone(),
-                        mayor,
-                        now_ms: now,
-                        until_ms: now + MAYOR_LEASE_MS,
-                    },
-                ),
-            };
-            let stamp = now.to_be_bytes();
-            self.write_ledger(
-                group,
-                &[b"mayor", city.as_bytes(), &mayor.0, &stamp],
-                command,
-            )
-            .await;
         }
     }
 

@@ -32,23 +32,17 @@ use crate::token::JoinToken;
 use crate::transport::{Libp2pTransport, PeerBook};
 use crate::wire::{JoinRequest, JoinResponse, Rpc, RpcResponse};
 
-/// Most voters of the federal group.
-pub const FEDERAL_VOTERS: usize = 5;
+pub use crate::president::{FEDERAL_VOTERS, LEARNERS_PER_TICK, VOTER_DEAD_TIMEOUT_MS};
 /// Inbound requests handled at once.
 pub const MAX_INBOUND_IN_FLIGHT: usize = 64;
 /// How often the president reconciles voters and liveness.
 pub const PRESIDENT_TICK: Duration = Duration::from_millis(500);
-/// A voter not connected for this long is replaced.
-pub const VOTER_DEAD_TIMEOUT_MS: u64 = 10_000;
 /// Tasks a worker runs at once by default (its capacity in the Registry).
 pub const WORKER_CAPACITY: u32 = 4;
 /// Most tasks a worker may run at once.
 pub const MAX_WORKER_CAPACITY: u32 = 1_024;
 /// How a join refusal that is worth retrying begins.
 const ADMISSION_NOT_COMMITTED: &str = "could not commit the admission";
-/// Most members the president adds as federal learners per tick (in one membership
-/// change).
-pub const LEARNERS_PER_TICK: usize = 256;
 /// Least time between two changes of the federal membership that add learners, unless
 /// a full batch is waiting. openraft rebuilds every replication stream on a membership
 /// change and ignores the answers to what the old streams sent, so changes every tick
@@ -350,6 +344,9 @@ pub struct Node {
     registry_version: Mutex<RebuildMark>,
     /// When this node (as president) last added federal learners.
     learners_added: Mutex<Option<std::time::Instant>>,
+    /// Wakes the work roles at once: a group this node holds applied an entry, or a
+    /// governor's report arrived (see [`crate::work::WORK_TICK`]).
+    pub(crate) work_wake: Arc<tokio::sync::Notify>,
     /// This node's copy of the Registry while it is outside the federal group (see
     /// `crate::mirroring`).
     pub(crate) mirror: aamas_consensus::Mirror,
@@ -1404,10 +1401,10 @@ impl Node {
             },
         )
         .await?;
-        // Place it: a state named like one of its skills, else the least populated.
+        // Place it: a state named like one of its skills, else the least populated
+        // ([`crate::president::place`]).
         let choice = self
             .registry(|registry| {
-                let counts = registry.member_count_by_state();
                 let placed = registry
                     .members()
                     .get(&identity.node)
@@ -1415,17 +1412,16 @@ impl Node {
                 if placed.is_some() {
                     return None;
                 }
-                skills
-                    .iter()
-                    .find(|skill| registry.states().contains_key(*skill))
-                    .cloned()
-                    .or_else(|| {
-                        registry
-                            .states()
-                            .keys()
-                            .min_by_key(|state| counts.get(state.as_str()).copied().unwrap_or(0))
-                            .cloned()
+                let counts = registry.member_count_by_state();
+                let states: BTreeMap<String, usize> = registry
+                    .states()
+                    .keys()
+                    .map(|state| {
+                        let members = counts.get(state.as_str()).copied().unwrap_or(0);
+                        (state.clone(), members)
                     })
+                    .collect();
+                crate::president::place(&skills, &states)
             })
             .await
             .flatten();
@@ -1835,6 +1831,7 @@ impl Node {
     /// The president keeps the federal group's voters at `FEDERAL_VOTERS` (or every
     /// member, when fewer) and replaces voters that stay unreachable.
     async fn president_tick(&self) {
+        use crate::president::FederalChange;
         let Some(federal) = self.federal() else {
             return;
         };
@@ -1843,139 +1840,133 @@ impl Node {
         }
         self.found_state_groups().await;
         let now = now_ms();
-        let members: BTreeMap<NodeId, MemberNode> = self
+        let members: BTreeMap<NodeId, (MemberNode, Option<String>)> = self
             .registry(|registry| {
                 registry
                     .active_members()
                     .map(|(key, member)| {
-                        (
-                            self.id_of(key),
-                            MemberNode {
-                                peer_id: key.peer_id(),
-                                addrs: member.addrs.clone(),
-                            },
-                        )
+                        let node = MemberNode {
+                            peer_id: key.peer_id(),
+                            addrs: member.addrs.clone(),
+                        };
+                        (self.id_of(key), (node, member.state.clone()))
                     })
                     .collect()
             })
             .await
             .unwrap_or_default();
-        let outcome = aamas_consensus::replace_dead_voter(
-            &federal,
-            &members,
-            |id| self.last_seen(id),
-            now,
-            VOTER_DEAD_TIMEOUT_MS,
-        )
-        .await;
-        if let Ok(aamas_consensus::HealOutcome::Replaced(replacement)) = &outcome {
-            tracing::info!(?replacement, "replaced a dead federal voter");
-            return;
-        }
         let membership = federal.raft().metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
-        // Every member holds a copy of the Registry. Besides the voters, the group has
-        // learners (relays, added without waiting for them to catch up) up to
-        // `federal_members_wanted`; every other member mirrors a relay (see
-        // `crate::mirroring`).
-        let in_group: BTreeSet<NodeId> =
-            membership.membership().nodes().map(|(id, _)| *id).collect();
-        let alive = |id: NodeId| now.saturating_sub(self.last_seen(id).unwrap_or(0)) < 2_000;
-        let live_in_group = in_group.iter().filter(|id| alive(**id)).count();
-        let wanted = crate::mirroring::federal_members_wanted(members.len())
-            .saturating_sub(live_in_group)
-            .min(LEARNERS_PER_TICK);
-        // A relay dead for as long as a voter may be is taken out of the group, one per
-        // tick: the count above has replaced it already, and its replication stream
-        // would dial it for ever. If it comes back, it mirrors a relay (it hears from no
-        // leader) until the president makes it a relay again.
-        let dead_relay = membership.membership().learner_ids().find(|id| {
-            now.saturating_sub(self.last_seen(*id).unwrap_or(0)) >= VOTER_DEAD_TIMEOUT_MS
-        });
-        if let Some(dead) = dead_relay
-            && membership.membership().get_joint_config().len() == 1
-        {
-            let change = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([dead]));
-            match federal.raft().change_membership(change, false).await {
-                Ok(_) => tracing::info!(relay = dead, "took a dead relay out of the federal group"),
-                Err(error) => tracing::warn!(%error, "taking a dead relay out failed"),
-            }
-            return;
-        }
-        // Newcomers join as learners in batches, one membership change for each batch,
-        // so that a thousand joins are not a thousand changes replicated to everyone.
-        // A learner's entry in the membership is empty: every membership change carries
-        // the whole membership to every member, and the transport finds members through
-        // the book (built from the Registry), not through openraft's node records.
-        let missing: BTreeMap<NodeId, MemberNode> = members
-            .keys()
-            .filter(|id| !in_group.contains(id) && alive(**id))
-            .take(wanted)
-            .map(|id| (*id, MemberNode::default()))
+        let learners: BTreeSet<NodeId> = membership.membership().learner_ids().collect();
+        let states: BTreeMap<NodeId, Option<String>> = members
+            .iter()
+            .map(|(id, (_, state))| (*id, state.clone()))
             .collect();
-        let gap = learner_change_gap(in_group.len());
-        let waited = self
+        let last_seen: BTreeMap<NodeId, u64> = members
+            .keys()
+            .chain(&voters)
+            .chain(&learners)
+            .filter_map(|id| Some((*id, self.last_seen(*id)?)))
+            .collect();
+        let gap = learner_change_gap(voters.len() + learners.len());
+        let learner_gap_passed = self
             .learners_added
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_none_or(|at| at.elapsed() >= gap);
-        if !missing.is_empty()
-            && (waited || missing.len() >= LEARNERS_PER_TICK)
-            && membership.membership().get_joint_config().len() == 1
-        {
-            *self
-                .learners_added
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some(std::time::Instant::now());
-            let added = missing.len();
-            match federal
-                .raft()
-                .change_membership(openraft::ChangeMembers::AddNodes(missing), false)
-                .await
-            {
-                Ok(_) => tracing::info!(added, "added federal learners"),
-                Err(error) => tracing::warn!(%error, "adding federal learners failed"),
-            }
-        }
-        if voters.len() >= FEDERAL_VOTERS.min(members.len()) {
-            return;
-        }
-        // Spread voters over states: the next one from the state with fewest voters.
-        let states: BTreeMap<NodeId, Option<String>> = self
-            .registry(|registry| {
-                registry
-                    .active_members()
-                    .map(|(key, member)| (self.id_of(key), member.state.clone()))
-                    .collect()
-            })
-            .await
-            .unwrap_or_default();
-        let mut per_state: BTreeMap<Option<String>, usize> = BTreeMap::new();
-        for voter in &voters {
-            *per_state
-                .entry(states.get(voter).cloned().flatten())
-                .or_default() += 1;
-        }
-        let Some((id, node)) = members
-            .iter()
-            .filter(|(id, _)| !voters.contains(id) && alive(**id))
-            .min_by_key(|(id, _)| {
-                let state = states.get(id).cloned().flatten();
-                (per_state.get(&state).copied().unwrap_or(0), **id)
-            })
-        else {
-            return;
+        // Every member holds a copy of the Registry. Besides the voters, the group has
+        // learners (relays) up to `federal_members_wanted`; every other member mirrors a
+        // relay (see `crate::mirroring`).
+        let view = crate::president::FederalView {
+            me: self.me(),
+            voters: &voters,
+            learners: &learners,
+            members: &states,
+            last_seen: &last_seen,
+            changing: membership.membership().get_joint_config().len() > 1,
+            wanted: crate::mirroring::federal_members_wanted(members.len()),
+            learner_gap_passed,
+            now_ms: now,
         };
-        if let Err(error) = federal.raft().add_learner(*id, node.clone(), true).await {
-            tracing::warn!(%error, "adding a learner failed");
-            return;
-        }
-        let mut new_voters = voters;
-        new_voters.insert(*id);
-        match federal.raft().change_membership(new_voters, false).await {
-            Ok(_) => tracing::info!(node = %node.peer_id, "added a federal voter"),
-            Err(error) => tracing::warn!(%error, "adding a voter failed"),
+        for change in crate::president::plan_federal(&view) {
+            match change {
+                FederalChange::ReplaceVoter { dead, with } => {
+                    // Carried out by consensus, which plans it again from the same look.
+                    let with_node: BTreeMap<NodeId, MemberNode> = members
+                        .get(&with)
+                        .map(|(node, _)| (with, node.clone()))
+                        .into_iter()
+                        .collect();
+                    match aamas_consensus::replace_dead_voter(
+                        &federal,
+                        &with_node,
+                        |id| self.last_seen(id),
+                        now,
+                        VOTER_DEAD_TIMEOUT_MS,
+                    )
+                    .await
+                    {
+                        Ok(aamas_consensus::HealOutcome::Replaced(replacement)) => {
+                            tracing::info!(?replacement, "replaced a dead federal voter");
+                        }
+                        Ok(outcome) => tracing::debug!(dead, with, ?outcome, "no federal swap"),
+                        Err(error) => tracing::warn!(%error, "replacing a federal voter failed"),
+                    }
+                }
+                // A relay dead for as long as a voter may be is taken out of the group:
+                // its replication stream would dial it for ever. If it comes back, it
+                // mirrors a relay until the president makes it a relay again.
+                FederalChange::RemoveRelay(dead) => {
+                    let change = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([dead]));
+                    match federal.raft().change_membership(change, false).await {
+                        Ok(_) => tracing::info!(
+                            relay = dead,
+                            "took a dead relay out of the federal group"
+                        ),
+                        Err(error) => tracing::warn!(%error, "taking a dead relay out failed"),
+                    }
+                }
+                // Newcomers join as learners in batches, one membership change for each
+                // batch. A learner's entry in the membership is empty: every membership
+                // change carries the whole membership to every member, and the transport
+                // finds members through the book, not through openraft's node records.
+                FederalChange::AddLearners(ids) => {
+                    *self
+                        .learners_added
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(std::time::Instant::now());
+                    let added = ids.len();
+                    let nodes: BTreeMap<NodeId, MemberNode> = ids
+                        .into_iter()
+                        .map(|id| (id, MemberNode::default()))
+                        .collect();
+                    match federal
+                        .raft()
+                        .change_membership(openraft::ChangeMembers::AddNodes(nodes), false)
+                        .await
+                    {
+                        Ok(_) => tracing::info!(added, "added federal learners"),
+                        Err(error) => tracing::warn!(%error, "adding federal learners failed"),
+                    }
+                }
+                FederalChange::AddVoter(id) => {
+                    let node = members
+                        .get(&id)
+                        .map(|(node, _)| node.clone())
+                        .unwrap_or_default();
+                    if let Err(error) = federal.raft().add_learner(id, node.clone(), true).await {
+                        tracing::warn!(%error, "adding a learner failed");
+                        return;
+                    }
+                    let mut new_voters = voters.clone();
+                    new_voters.insert(id);
+                    match federal.raft().change_membership(new_voters, false).await {
+                        Ok(_) => tracing::info!(node = %node.peer_id, "added a federal voter"),
+                        Err(error) => tracing::warn!(%error, "adding a voter failed"),
+                    }
+                }
+            }
         }
     }
 }
@@ -2342,6 +2333,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         members_seen: Mutex::new(None),
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),
+        work_wake: Arc::new(tokio::sync::Notify::new()),
         mirror,
         relay_hint: Mutex::new(None),
         mirror_saved_admitted: std::sync::atomic::AtomicBool::new(false),
@@ -2355,6 +2347,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         liveness: Mutex::new(HashMap::new()),
         resigned: Mutex::new(HashMap::new()),
         work: crate::work::WorkState::new(
+            identity.node_key(),
             usize::try_from(config.capacity.clamp(1, MAX_WORKER_CAPACITY)).unwrap_or(1),
             crate::executor::LlmConfig::from_env(),
         ),
@@ -2464,32 +2457,39 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
 
     // The president's duties and the bookkeeping every node does.
     let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let president = duty(node.clone(), "president", PRESIDENT_TICK, move |ticking| {
-        let ticks = ticks.clone();
-        async move {
-            if ticking.registry_changed() {
-                let members_changed = ticking.members_changed().await;
-                if members_changed {
-                    ticking.refresh_book().await;
-                    ticking.reconcile_liveness().await;
+    let president = duty(
+        node.clone(),
+        "president",
+        PRESIDENT_TICK,
+        None,
+        move |ticking| {
+            let ticks = ticks.clone();
+            async move {
+                if ticking.registry_changed() {
+                    let members_changed = ticking.members_changed().await;
+                    if members_changed {
+                        ticking.refresh_book().await;
+                        ticking.reconcile_liveness().await;
+                    }
+                    ticking.update_inbox(members_changed).await;
                 }
-                ticking.update_inbox(members_changed).await;
+                ticking.update_liveness().await;
+                ticking.subscribe_to_state().await;
+                let tick = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ticking
+                    .connect_to_neighbours(8, tick.is_multiple_of(NEIGHBOUR_LOOK_EVERY_TICKS))
+                    .await;
+                ticking.president_tick().await;
             }
-            ticking.update_liveness().await;
-            ticking.subscribe_to_state().await;
-            let tick = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            ticking
-                .connect_to_neighbours(8, tick.is_multiple_of(NEIGHBOUR_LOOK_EVERY_TICKS))
-                .await;
-            ticking.president_tick().await;
-        }
-    });
+        },
+    );
     // State groups and the governors' duties, apart so that a slow membership change in
     // one does not hold up the other.
     let governor = duty(
         node.clone(),
         "governor",
         PRESIDENT_TICK,
+        None,
         |governing| async move {
             governing.open_state_groups().await;
             governing.governor_tick().await;
@@ -2499,6 +2499,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         node.clone(),
         "work",
         crate::work::WORK_TICK,
+        Some(node.work_wake.clone()),
         |working| async move {
             working.work_tick().await;
         },
@@ -2532,6 +2533,7 @@ fn duty<F, Fut>(
     node: Arc<Node>,
     name: &'static str,
     every: Duration,
+    wake: Option<Arc<tokio::sync::Notify>>,
     round: F,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -2543,7 +2545,19 @@ where
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            interval.tick().await;
+            match &wake {
+                // A round when something happened, or at the latest every `every`;
+                // wakes during a round make one more round, not one each.
+                Some(wake) => {
+                    tokio::select! {
+                        _ = interval.tick() => {}
+                        () = wake.notified() => interval.reset(),
+                    }
+                }
+                None => {
+                    interval.tick().await;
+                }
+            }
             let outcome = std::panic::AssertUnwindSafe(round(node.clone()))
                 .catch_unwind()
                 .await;
@@ -2553,6 +2567,10 @@ where
                     .get_or_create(&crate::metrics::labels(&[("duty", name)]))
                     .inc();
                 tracing::error!(duty = name, "a round of this duty panicked; it goes on");
+            }
+            if wake.is_some() {
+                // Under load commits wake it all the time: rounds at most this often.
+                tokio::time::sleep(crate::work::WORK_MIN_GAP).await;
             }
         }
     })

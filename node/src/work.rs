@@ -23,73 +23,37 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aamas_consensus::ledger::{LedgerCommand, LedgerResponse, TaskKey, TaskStatus};
-use aamas_consensus::registry::{PhaseProgress, ProjectStatus, RegistryCommand};
+use aamas_consensus::registry::{PhaseProgress, ProjectStatus};
 use aamas_consensus::{Command as RaftCommand, Group, Outcome, Request};
 use aamas_protocol::{
     Command, Event, MessageKind, NodeKey, Notification, Payload, Phase, Priority, Report,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Semaphore;
 
 use crate::executor::{ExecError, Execution, Executors, LlmConfig};
 use crate::runtime::{Node, now_ms, peer_id, request_id};
 use crate::spec::{ProjectSpec, TaskSpec};
 use crate::wire::{Rpc, RpcResponse};
 
-/// How often the president, governors, mayors and workers look at their work.
-pub const WORK_TICK: Duration = Duration::from_millis(50);
+/// How often the president, governors, mayors and workers look at their work when
+/// nothing wakes them: for leases, timeouts and retries. A committed entry in a group
+/// this node holds, or a governor's report to the president, wakes them at once.
+pub const WORK_TICK: Duration = Duration::from_millis(250);
+/// The least time between two rounds of the work roles (commits under load wake them
+/// continuously; each round reads whole Ledgers).
+pub const WORK_MIN_GAP: Duration = Duration::from_millis(5);
 /// How long one delivery attempt may take.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::governor::{ARCHIVE_GRACE_MS, PROGRESS_REFRESH_MS};
 pub use crate::mayor::ASSIGNMENT_GRACE_MS;
-/// How long a worker keeps trying to deliver an outcome.
-pub const OUTCOME_DELIVERY_MS: u64 = 120_000;
-/// How often a governor reports unchanged progress anyway (a new president learns it).
-pub const PROGRESS_REFRESH_MS: u64 = 1_000;
-/// How often the president resends tasks a state has not reported yet.
-pub const ASSIGN_RESEND_MS: u64 = 1_000;
+pub use crate::president::{
+    ASSIGN_RESEND_MS, Decision, MAX_REOPENINGS, REOPEN_ATTEMPTS, decide, ready_tasks,
+};
+pub use crate::worker::OUTCOME_DELIVERY_MS;
 /// Largest output kept with a task outcome.
 pub const MAX_OUTCOME_OUTPUT: usize = 64 << 10;
-/// How long a governor's copy of the Registry must go without a project before the
-/// governor forgets the project's tasks (it was archived). A new project's tasks can
-/// reach a governor a moment before its copy of the Registry has the project; they are
-/// never forgotten for that.
-pub const ARCHIVE_GRACE_MS: u64 = 30_000;
-
-/// A task the president hands to a governor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewTask {
-    /// Its name within the project.
-    pub name: String,
-    /// Its [`TaskSpec`], postcard.
-    pub spec: Vec<u8>,
-    /// Attempts allowed (retries + 1).
-    pub max_attempts: u32,
-}
-
-/// Where one task of a state stands, as its governor reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskReport {
-    /// Its status in the state's Ledger.
-    pub status: TaskStatus,
-    /// Attempts made.
-    pub attempt: u32,
-    /// The last failure or escalation reason.
-    pub reason: Option<String>,
-    /// Whether the last failure was a fault of the moment ([`aamas_consensus::ledger::Task::transient`]).
-    pub transient: bool,
-    /// How often the president reopened it.
-    pub reopened: u32,
-}
-
-/// One project phase of a state, as its governor reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateProgress {
-    /// The project.
-    pub project: String,
-    /// Task name → where it stands, every phase.
-    pub tasks: BTreeMap<String, (Phase, TaskReport)>,
-}
+pub use crate::governor::{NewTask, StateProgress, TaskReport};
 
 /// The work messages, carried in Command and Report payloads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,24 +143,6 @@ pub fn result_digest(execution: &Execution) -> [u8; 32] {
     Sha256::digest(execution.output.as_bytes()).into()
 }
 
-/// Which tasks of a phase may start: not yet handed out, and every dependency succeeded.
-pub fn ready_tasks<'a>(
-    phase: &'a crate::spec::PhaseSpec,
-    known: &BTreeSet<&str>,
-    succeeded: &BTreeSet<&str>,
-) -> Vec<&'a TaskSpec> {
-    phase
-        .tasks
-        .iter()
-        .filter(|task| !known.contains(task.name.as_str()))
-        .filter(|task| {
-            task.depends_on
-                .iter()
-                .all(|dep| succeeded.contains(dep.as_str()))
-        })
-        .collect()
-}
-
 /// What a mayor has in flight for one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Sending {
@@ -204,57 +150,31 @@ enum Sending {
     Execute,
 }
 
-/// How many more attempts a reopened task gets.
-pub const REOPEN_ATTEMPTS: u32 = 2;
-/// How often the president reopens one task.
-pub const MAX_REOPENINGS: u32 = 1;
-
-/// What the president decides about an escalated task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Give it another round of attempts.
-    Reassign,
-    /// Fail the phase (and the project) with the task's reason.
-    FailPhase,
-}
-
-/// The president's decision: a task lost to faults of the moment (a lost worker, a
-/// timeout, an unreachable service: [`TaskReport::transient`], recorded from the
-/// failure's type) is reassigned, at most [`MAX_REOPENINGS`] times; a task that failed on
-/// its merits (a non-zero exit, a refused request, a bad reply) fails the phase, whatever
-/// words its output or reason holds.
-pub fn decide(report: &TaskReport) -> Decision {
-    if report.transient && report.reopened < MAX_REOPENINGS {
-        Decision::Reassign
-    } else {
-        Decision::FailPhase
-    }
-}
-
 pub use crate::mayor::{Worker, pick_worker};
+
+/// What an attempt produced, as a worker delivers it.
+type AttemptOutcome = Result<Execution, ExecError>;
+/// A command of the worker core.
+type WorkerCommand = crate::worker::Command<AttemptOutcome>;
 
 /// Soft state of this node's work roles; rebuilt from the log after a restart.
 pub struct WorkState {
     executors: Executors,
-    slots: Arc<Semaphore>,
-    /// Worker: attempts running here (or delivering their outcome).
-    running: Mutex<std::collections::HashSet<(TaskKey, u32)>>,
+    /// Worker: the core that keeps the attempts running here and their deliveries
+    /// ([`crate::worker`]).
+    worker: Mutex<crate::worker::Worker<AttemptOutcome>>,
     /// Mayor: the core that decides dispatch, losses and retries ([`crate::mayor`]).
     mayor: Mutex<crate::mayor::Mayor>,
     /// Mayor: deliveries in flight, so a slow one is not started twice: (task, attempt,
     /// what is being sent).
     sending: Mutex<BTreeSet<(TaskKey, u32, Sending)>>,
-    /// Governor: the last progress sent per state, and when.
-    reported: Mutex<HashMap<String, (u64, Vec<StateProgress>)>>,
-    /// President: the latest progress of each state.
-    progress: Mutex<BTreeMap<String, Vec<StateProgress>>>,
-    /// President: when tasks were last sent to each (project, phase, state).
-    sent: Mutex<HashMap<(String, Phase, String), u64>>,
-    /// Governor: projects with tasks in a governed Ledger that the Registry does not
-    /// have, and since when (see [`ARCHIVE_GRACE_MS`]).
-    unlisted: Mutex<HashMap<String, u64>>,
-    /// Governor: when each governed state last opened or closed a city.
-    city_changed: Mutex<HashMap<String, u64>>,
+    /// Governor: the core that keeps cities, mayors, escalations and reports
+    /// ([`crate::governor`]).
+    governor: Mutex<crate::governor::Governor>,
+    /// President: the core that plans, advances and fails phases ([`crate::president`]).
+    president: Mutex<crate::president::President>,
+    /// The groups whose applied entries wake the work roles.
+    watched: Mutex<BTreeSet<aamas_consensus::GroupId>>,
 }
 
 impl std::fmt::Debug for WorkState {
@@ -264,30 +184,17 @@ impl std::fmt::Debug for WorkState {
 }
 
 impl WorkState {
-    /// Work state for a worker that runs `capacity` tasks at once.
-    pub fn new(capacity: usize, llm: Option<LlmConfig>) -> Self {
+    /// Work state for node `me`, a worker that runs `capacity` tasks at once.
+    pub fn new(me: NodeKey, capacity: usize, llm: Option<LlmConfig>) -> Self {
         Self {
             executors: Executors::new(llm),
-            slots: Arc::new(Semaphore::new(capacity.max(1))),
-            running: Mutex::new(std::collections::HashSet::new()),
+            worker: Mutex::new(crate::worker::Worker::new(capacity)),
             mayor: Mutex::new(crate::mayor::Mayor::new()),
             sending: Mutex::new(BTreeSet::new()),
-            reported: Mutex::new(HashMap::new()),
-            progress: Mutex::new(BTreeMap::new()),
-            sent: Mutex::new(HashMap::new()),
-            unlisted: Mutex::new(HashMap::new()),
-            city_changed: Mutex::new(HashMap::new()),
+            governor: Mutex::new(crate::governor::Governor::new(me)),
+            president: Mutex::new(crate::president::President::new()),
+            watched: Mutex::new(BTreeSet::new()),
         }
-    }
-
-    /// When `state` last opened or closed a city under this governor.
-    pub(crate) fn city_changed(&self, state: &str) -> Option<u64> {
-        lock(&self.city_changed).get(state).copied()
-    }
-
-    /// Records that `state` opened or closed a city at `now_ms`.
-    pub(crate) fn set_city_changed(&self, state: &str, now_ms: u64) {
-        lock(&self.city_changed).insert(state.to_string(), now_ms);
     }
 }
 
@@ -406,15 +313,6 @@ impl Node {
         }
     }
 
-    /// The open state group this node leads for `state`.
-    async fn governing(&self, state: &str) -> Option<Group> {
-        self.governed()
-            .await
-            .into_iter()
-            .find(|(name, _)| name == state)
-            .map(|(_, group)| group)
-    }
-
     /// The group this node leads whose Ledger holds the task `key`.
     async fn governing_task(&self, key: &TaskKey) -> Option<Group> {
         for (_, group) in self.governed().await {
@@ -503,45 +401,35 @@ impl Node {
         }
     }
 
-    async fn governor_add_tasks(
-        &self,
-        sender: NodeKey,
-        project: &str,
-        phase: Phase,
-        tasks: Vec<NewTask>,
-    ) -> Result<(), String> {
-        let president = self.president().map(|(_, peer)| peer);
-        if president.as_deref() != Some(sender.peer_id().as_str()) {
-            return Err("only the president assigns tasks".into());
-        }
-        // Tasks go to the state named by the first task; the president groups them so.
-        let state = tasks
-            .first()
-            .and_then(|task| crate::spec::TaskSpec::decode(&task.spec).ok())
-            .map(|spec| spec.state)
-            .ok_or("no tasks")?;
-        let group = self
-            .governing(&state)
-            .await
-            .ok_or_else(|| format!("this node does not govern {state}"))?;
-        // All at once: the group's batcher commits them in a few log entries.
-        let writes = tasks.into_iter().map(|task| {
-            let key = TaskKey {
-                project: project.to_string(),
-                task: task.name.clone(),
-            };
-            let command = LedgerCommand::AddTask {
-                key,
-                phase,
-                spec: task.spec,
-                max_attempts: task.max_attempts,
-            };
-            let id = request_id(&[b"task", project.as_bytes(), task.name.as_bytes()]);
-            let group = &group;
-            async move { self.ledger_request(group, id, command).await }
+    /// The president's key, when this node knows who it is.
+    fn president_key(&self) -> Option<NodeKey> {
+        self.president()
+            .and_then(|(_, peer)| NodeKey::from_peer_id(&peer))
+    }
+
+    /// Answers a request to the governor: the core ([`crate::governor::Governor::request`])
+    /// judges it and names the writes; they are committed before the sender is
+    /// acknowledged. A write the Ledger refused as done before (a task added twice) is
+    /// no error.
+    async fn governor_request(&self, request: crate::governor::Request<'_>) -> Result<(), String> {
+        let president = self.president_key();
+        let writes = lock(&self.work.governor)
+            .request(request, president)
+            .map_err(|refused| refused.to_string())?;
+        let governed = self.governed().await;
+        let commits = writes.into_iter().map(|write| {
+            let group = governed
+                .iter()
+                .find(|(state, _)| *state == write.state)
+                .map(|(_, group)| group.clone());
+            async move {
+                let group = group.ok_or("no longer the governor")?;
+                let parts: Vec<&[u8]> = write.request.iter().map(Vec::as_slice).collect();
+                self.ledger_write(&group, &parts, write.command).await
+            }
         });
-        for result in futures::future::join_all(writes).await {
-            // Added before (the same task again) is fine.
+        // All at once: the group's batcher commits them in a few log entries.
+        for result in futures::future::join_all(commits).await {
             if let Err(reason) = result
                 && !reason.contains("exists")
             {
@@ -551,6 +439,32 @@ impl Node {
         Ok(())
     }
 
+    async fn governor_add_tasks(
+        &self,
+        sender: NodeKey,
+        project: &str,
+        phase: Phase,
+        tasks: Vec<NewTask>,
+    ) -> Result<(), String> {
+        // Tasks go to the state named by the first task; the president groups them so.
+        let named = tasks
+            .first()
+            .and_then(|task| crate::spec::TaskSpec::decode(&task.spec).ok())
+            .map(|spec| spec.state);
+        let governed = self.governed().await;
+        let state = named
+            .as_deref()
+            .filter(|state| governed.iter().any(|(name, _)| name == state));
+        self.governor_request(crate::governor::Request::AssignTasks {
+            sender,
+            state,
+            project,
+            phase,
+            tasks,
+        })
+        .await
+    }
+
     async fn governor_reopen(
         &self,
         sender: NodeKey,
@@ -558,26 +472,28 @@ impl Node {
         attempts: u32,
         reopening: u32,
     ) -> Result<(), String> {
-        let president = self.president().map(|(_, peer)| peer);
-        if president.as_deref() != Some(sender.peer_id().as_str()) {
-            return Err("only the president reopens tasks".into());
+        let mut state = None;
+        for (name, group) in self.governed().await {
+            let holds = group
+                .read_local(|machine| {
+                    machine
+                        .ledger()
+                        .is_some_and(|ledger| ledger.tasks().contains_key(&key))
+                })
+                .await;
+            if holds {
+                state = Some(name);
+                break;
+            }
         }
-        if let Some(group) = self.governing_task(&key).await {
-            let id = [
-                b"reopen".as_slice(),
-                key.project.as_bytes(),
-                key.task.as_bytes(),
-                &reopening.to_be_bytes(),
-            ]
-            .concat();
-            let command = LedgerCommand::ReopenTask {
-                key,
-                attempts,
-                reopening,
-            };
-            return self.ledger_write(&group, &[&id], command).await;
-        }
-        Err(format!("this node governs no state holding {key}"))
+        self.governor_request(crate::governor::Request::Reopen {
+            sender,
+            state: state.as_deref(),
+            key,
+            attempts,
+            reopening,
+        })
+        .await
     }
 
     async fn governor_commit(
@@ -586,35 +502,28 @@ impl Node {
         city: &str,
         command: LedgerCommand,
     ) -> Result<(), String> {
-        let (_, group) = self
-            .governing_city(city)
-            .await
-            .ok_or_else(|| format!("this node governs no state with city {city}"))?;
         let now = now_ms();
-        let mayor = group
-            .read_local(|machine| {
-                machine
-                    .ledger()
-                    .and_then(|ledger| ledger.mayor_at(city, now).map(|lease| lease.mayor))
-            })
-            .await;
-        if mayor != Some(sender) {
-            return Err(format!("{sender} is not the mayor of {city}"));
-        }
-        let (what, key, attempt): (&[u8], _, _) = match &command {
-            LedgerCommand::AssignTask { key, attempt, .. } => (b"assign", key, attempt),
-            LedgerCommand::CompleteTask { key, attempt, .. } => (b"complete", key, attempt),
-            LedgerCommand::FailTask { key, attempt, .. } => (b"fail", key, attempt),
-            _ => return Err("a mayor proposes only assignments and outcomes".into()),
+        let (state, lease_holder) = match self.governing_city(city).await {
+            Some((state, group)) => {
+                let holder = group
+                    .read_local(|machine| {
+                        machine
+                            .ledger()
+                            .and_then(|ledger| ledger.mayor_at(city, now).map(|lease| lease.mayor))
+                    })
+                    .await;
+                (Some(state), holder)
+            }
+            None => (None, None),
         };
-        let id = [
-            what,
-            key.project.as_bytes(),
-            key.task.as_bytes(),
-            &attempt.to_be_bytes(),
-        ]
-        .concat();
-        self.ledger_write(&group, &[&id], command).await
+        self.governor_request(crate::governor::Request::Propose {
+            sender,
+            state: state.as_deref(),
+            city,
+            lease_holder,
+            command,
+        })
+        .await
     }
 
     /// Runs an attempt a mayor hands this worker, after [`crate::authority::execute`]
@@ -644,7 +553,7 @@ impl Node {
                     Ok(spec)
                 });
         match checked {
-            Ok(spec) => self.start_attempt(key, attempt, city, spec),
+            Ok(spec) => self.start_attempt(sender, key, attempt, city, spec),
             Err(refusal) => {
                 self.metrics
                     .rpc_refused
@@ -661,39 +570,88 @@ impl Node {
     /// `handle_work`, and an async caller would make that future's type recursive.
     fn start_attempt(
         &self,
+        mayor: NodeKey,
         key: TaskKey,
         attempt: u32,
         city: String,
         spec: TaskSpec,
     ) -> Result<(), String> {
-        {
-            let mut running = lock(&self.work.running);
-            if running.contains(&(key.clone(), attempt)) {
-                return Ok(());
-            }
-            if self.work.slots.available_permits() == 0 {
-                return Err("busy: no free capacity".into());
-            }
-            running.insert((key.clone(), attempt));
-        }
         let Some(node) = self.me_arc() else {
             return Err("the node is stopping".into());
         };
-        let life = node.clone();
-        life.spawn(async move { node.run_attempt(key, attempt, city, spec).await });
+        let commands: Vec<WorkerCommand> = {
+            let mut worker = lock(&self.work.worker);
+            worker
+                .handle(
+                    now_ms(),
+                    crate::worker::Input::Execute {
+                        key,
+                        attempt,
+                        city,
+                        mayor,
+                    },
+                )
+                .map_err(|refused| refused.to_string())?;
+            worker.drain().collect()
+        };
+        node.worker_carry_out(commands, Some(spec));
         Ok(())
     }
 
-    async fn run_attempt(
-        self: Arc<Self>,
-        key: TaskKey,
-        attempt: u32,
-        city: String,
-        spec: TaskSpec,
-    ) {
-        let Ok(_slot) = self.work.slots.clone().acquire_owned().await else {
-            return;
-        };
+    /// Carries out the worker core's commands in the background: runs the executor of an
+    /// attempt just taken (`spec` is its spec), or delivers an outcome to its mayor.
+    fn worker_carry_out(self: &Arc<Self>, commands: Vec<WorkerCommand>, spec: Option<TaskSpec>) {
+        use crate::worker::Command;
+        for command in commands {
+            match command {
+                Command::Run { key, attempt } => {
+                    let Some(spec) = spec.clone() else { continue };
+                    let node = self.clone();
+                    self.spawn(async move { node.run_attempt(key, attempt, spec).await });
+                }
+                Command::Deliver {
+                    key,
+                    attempt,
+                    city,
+                    mayor,
+                    outcome,
+                } => {
+                    let node = self.clone();
+                    self.spawn(async move {
+                        let work = Work::Outcome {
+                            key: key.clone(),
+                            attempt,
+                            city: city.clone(),
+                            result: outcome,
+                        };
+                        // The mayor that sent the attempt first: the Registry's record
+                        // of a city's mayor lags a change of lease, and an outcome sent
+                        // only there waited for the task's whole timeout.
+                        let mut sent = node.send_work(mayor, &work).await;
+                        if sent.is_err()
+                            && let Some(now_mayor) = node.mayor_of(&city).await
+                            && now_mayor != mayor
+                        {
+                            sent = node.send_work(now_mayor, &work).await;
+                        }
+                        let input = match sent {
+                            Ok(()) => crate::worker::Input::Delivered { key, attempt },
+                            Err(reason) => {
+                                tracing::debug!(%key, reason, "outcome not delivered yet");
+                                crate::worker::Input::Undelivered { key, attempt }
+                            }
+                        };
+                        let _ = lock(&node.work.worker).handle(now_ms(), input);
+                    });
+                }
+                Command::GaveUp { key, attempt } => {
+                    tracing::warn!(%key, attempt, "no mayor took the outcome in time; dropped");
+                }
+            }
+        }
+    }
+
+    async fn run_attempt(self: Arc<Self>, key: TaskKey, attempt: u32, spec: TaskSpec) {
         let timeout = Duration::from_secs(spec.timeout_secs.max(1));
         let mut result = self
             .work
@@ -710,26 +668,62 @@ impl Node {
             execution.output.truncate(end);
             execution.output_truncated = true;
         }
-        let work = Work::Outcome {
-            key: key.clone(),
-            attempt,
-            city: city.clone(),
-            result,
+        let commands: Vec<WorkerCommand> = {
+            let mut worker = lock(&self.work.worker);
+            let _ = worker.handle(
+                now_ms(),
+                crate::worker::Input::Finished {
+                    key,
+                    attempt,
+                    outcome: result,
+                },
+            );
+            worker.drain().collect()
         };
-        let deadline = now_ms() + OUTCOME_DELIVERY_MS;
-        let mut backoff = Duration::from_millis(50);
-        while now_ms() < deadline {
-            let mayor = self.mayor_of(&city).await;
-            if let Some(mayor) = mayor {
-                match self.send_work(mayor, &work).await {
-                    Ok(()) => break,
-                    Err(reason) => tracing::debug!(%key, reason, "outcome not delivered yet"),
-                }
+        self.worker_carry_out(commands, None);
+    }
+
+    /// Wakes the work roles whenever a group open here applies an entry: one watcher
+    /// per group, ending with the group.
+    fn watch_groups(self: &Arc<Self>) {
+        for id in self.groups.ids() {
+            if !lock(&self.work.watched).insert(id) {
+                continue;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            let Some(group) = self.groups.get(id) else {
+                lock(&self.work.watched).remove(&id);
+                continue;
+            };
+            let mut metrics = group.raft().metrics();
+            let wake = self.work_wake.clone();
+            let node = self.clone();
+            self.spawn(async move {
+                let mut applied = metrics.borrow().last_applied;
+                while metrics.changed().await.is_ok() {
+                    let now = metrics.borrow().last_applied;
+                    if now != applied {
+                        applied = now;
+                        wake.notify_one();
+                    }
+                }
+                lock(&node.work.watched).remove(&id);
+            });
         }
-        lock(&self.work.running).remove(&(key, attempt));
+    }
+
+    /// The worker's duty: outcomes whose delivery is due again, or given up.
+    fn worker_tick(self: &Arc<Self>) {
+        let commands: Vec<WorkerCommand> = {
+            let mut worker = lock(&self.work.worker);
+            let _ = worker.handle(now_ms(), crate::worker::Input::Tick);
+            if cfg!(debug_assertions) {
+                worker.validate();
+            }
+            worker.drain().collect()
+        };
+        if !commands.is_empty() {
+            self.worker_carry_out(commands, None);
+        }
     }
 
     /// What this worker knows about who may hand it `key`'s attempts in `city`: the
@@ -929,12 +923,18 @@ impl Node {
         if governor != Some(sender) && !voter {
             return Err(format!("{sender} does not govern {state}"));
         }
-        lock(&self.work.progress).insert(state, projects);
+        lock(&self.work.president).handle(
+            now_ms(),
+            crate::president::Input::Progress { state, projects },
+        );
+        self.work_wake.notify_one();
         Ok(())
     }
 
     /// One round of every work role this node holds.
     pub(crate) async fn work_tick(self: &Arc<Self>) {
+        self.watch_groups();
+        self.worker_tick();
         self.mayor_tick().await;
         self.governor_work_tick().await;
         self.president_work_tick().await;
@@ -1205,422 +1205,292 @@ impl Node {
         });
     }
 
+    /// The governor's duty: hands the core ([`crate::governor::Governor`]) a look at each
+    /// state this node governs, and carries out what it asks in the background.
     async fn governor_work_tick(self: &Arc<Self>) {
         let now = now_ms();
-        for (state, group) in self.governed().await {
-            // Failed tasks (attempts used up) go up to the president.
-            let failed: Vec<(TaskKey, String)> = group
+        let governed = self.governed().await;
+        if governed.is_empty() {
+            return;
+        }
+        let candidates = self.candidates().await;
+        let mut looks = Vec::with_capacity(governed.len());
+        for (state, group) in &governed {
+            let (tasks, cities) = group
                 .read_local(|machine| {
                     machine
                         .ledger()
                         .map(|ledger| {
-                            ledger
+                            let tasks: BTreeMap<TaskKey, crate::governor::TaskLook> = ledger
                                 .tasks()
                                 .iter()
-                                .filter(|(_, task)| task.status == TaskStatus::Failed)
-                                .map(|(key, task)| {
-                                    (key.clone(), task.failure.clone().unwrap_or_default())
-                                })
-                                .collect()
+                                .map(|(key, task)| (key.clone(), task.into()))
+                                .collect();
+                            (tasks, ledger.cities().clone())
                         })
                         .unwrap_or_default()
                 })
                 .await;
-            for (key, reason) in failed {
-                let command = LedgerCommand::EscalateTask {
-                    key: key.clone(),
-                    reason: format!("failed after every attempt: {reason}"),
-                };
-                if let Err(reason) = self
-                    .ledger_write(
-                        &group,
-                        &[b"escalate", key.project.as_bytes(), key.task.as_bytes()],
-                        command,
-                    )
-                    .await
-                {
-                    tracing::debug!(%key, reason, "escalation not committed");
-                }
+            let named: BTreeSet<&str> = tasks.keys().map(|key| key.project.as_str()).collect();
+            let projects: BTreeMap<String, bool> = self
+                .registry(|registry| {
+                    named
+                        .iter()
+                        .filter_map(|project| {
+                            let listed = registry.projects().get(*project)?;
+                            Some((
+                                (*project).to_string(),
+                                listed.status == ProjectStatus::Running,
+                            ))
+                        })
+                        .collect()
+                })
+                .await
+                // Without a copy of the Registry nothing counts as archived.
+                .unwrap_or_else(|| named.iter().map(|p| ((*p).to_string(), true)).collect());
+            let voters = group.voters();
+            let eligible = candidates
+                .iter()
+                .filter(|c| voters.contains(&crate::runtime::node_id(&c.key)))
+                .cloned()
+                .collect();
+            looks.push(crate::governor::StateLook {
+                state: state.clone(),
+                tasks,
+                cities,
+                projects,
+                eligible,
+            });
+        }
+        let president = self.president_key();
+        let commands: Vec<crate::governor::Command> = {
+            let mut governor = lock(&self.work.governor);
+            governor.handle(
+                now,
+                crate::governor::Input::Tick {
+                    states: &looks,
+                    president,
+                },
+            );
+            if cfg!(debug_assertions) {
+                governor.validate();
             }
-            let projects: Vec<StateProgress> = group
-                .read_local(|machine| {
-                    let mut by_project: BTreeMap<String, StateProgress> = BTreeMap::new();
-                    if let Some(ledger) = machine.ledger() {
-                        for (key, task) in ledger.tasks() {
-                            let entry =
-                                by_project.entry(key.project.clone()).or_insert_with(|| {
-                                    StateProgress {
-                                        project: key.project.clone(),
-                                        tasks: BTreeMap::new(),
-                                    }
-                                });
-                            entry.tasks.insert(
-                                key.task.clone(),
-                                (
-                                    task.phase,
-                                    TaskReport {
-                                        status: task.status,
-                                        attempt: task.attempt,
-                                        reason: task.failure.clone(),
-                                        transient: task.transient,
-                                        reopened: task.reopened,
-                                    },
-                                ),
-                            );
+            governor.drain().collect()
+        };
+        for command in commands {
+            self.governor_carry_out(command, &governed);
+        }
+    }
+
+    /// Carries out one of the governor core's commands in the background; its completion
+    /// goes back to the core.
+    fn governor_carry_out(
+        self: &Arc<Self>,
+        command: crate::governor::Command,
+        governed: &[(String, Group)],
+    ) {
+        use crate::governor::{Command, Input};
+        let node = self.clone();
+        match command {
+            Command::Write(write) => {
+                let group = governed
+                    .iter()
+                    .find(|(state, _)| *state == write.state)
+                    .map(|(_, group)| group.clone());
+                self.spawn(async move {
+                    let result = match group {
+                        Some(group) => {
+                            let parts: Vec<&[u8]> =
+                                write.request.iter().map(Vec::as_slice).collect();
+                            node.ledger_write(&group, &parts, write.command.clone())
+                                .await
+                        }
+                        None => Err("no longer the governor".into()),
+                    };
+                    match &result {
+                        Ok(()) => tracing::debug!(state = write.state, command = ?write.command, "committed"),
+                        Err(reason) => {
+                            tracing::debug!(state = write.state, reason, "ledger write not committed")
                         }
                     }
-                    by_project.into_values().collect()
-                })
-                .await;
-            let projects = self.forget_archived(&group, projects, now).await;
-            let due = {
-                let reported = lock(&self.work.reported);
-                reported.get(&state).is_none_or(|(at, last)| {
-                    *last != projects || now.saturating_sub(*at) >= PROGRESS_REFRESH_MS
-                })
-            };
-            if !due {
-                continue;
+                    lock(&node.work.governor).handle(
+                        now_ms(),
+                        Input::Written {
+                            slot: write.slot,
+                            committed: result.is_ok(),
+                        },
+                    );
+                });
             }
-            let Some((_, president)) = self.president() else {
-                continue;
-            };
-            let Some(president) = aamas_protocol::NodeKey::from_peer_id(&president) else {
-                continue;
-            };
-            let work = Work::Progress {
-                state: state.clone(),
-                projects: projects.clone(),
-            };
-            match self.send_work(president, &work).await {
-                Ok(()) => {
-                    lock(&self.work.reported).insert(state, (now, projects));
-                }
-                Err(reason) => tracing::debug!(state, reason, "progress not delivered"),
+            Command::Report {
+                president,
+                state,
+                progress,
+            } => {
+                self.spawn(async move {
+                    let project = progress.project.clone();
+                    let work = Work::Progress {
+                        state: state.clone(),
+                        projects: vec![progress],
+                    };
+                    let sent = node.send_work(president, &work).await;
+                    if let Err(reason) = &sent {
+                        tracing::debug!(state, reason, "progress not delivered");
+                    }
+                    lock(&node.work.governor).handle(
+                        now_ms(),
+                        Input::Reported {
+                            state,
+                            project,
+                            acknowledged: sent.is_ok(),
+                        },
+                    );
+                });
             }
         }
     }
 
-    /// Forgets the tasks of projects the Registry has gone without for
-    /// [`ARCHIVE_GRACE_MS`] (archived), and returns the progress of the others.
-    async fn forget_archived(
-        &self,
-        group: &Group,
-        projects: Vec<StateProgress>,
-        now: u64,
-    ) -> Vec<StateProgress> {
-        let listed: BTreeSet<String> = self
-            .registry(|registry| {
-                projects
-                    .iter()
-                    .filter(|progress| registry.projects().contains_key(&progress.project))
-                    .map(|progress| progress.project.clone())
-                    .collect()
-            })
-            .await
-            .unwrap_or_else(|| projects.iter().map(|p| p.project.clone()).collect());
-        let mut kept = Vec::with_capacity(projects.len());
-        for progress in projects {
-            if listed.contains(&progress.project) {
-                lock(&self.work.unlisted).remove(&progress.project);
-                kept.push(progress);
-                continue;
-            }
-            let since = *lock(&self.work.unlisted)
-                .entry(progress.project.clone())
-                .or_insert(now);
-            if now.saturating_sub(since) < ARCHIVE_GRACE_MS {
-                kept.push(progress);
-                continue;
-            }
-            let command = LedgerCommand::ForgetProject {
-                project: progress.project.clone(),
-            };
-            let stamp = since.to_be_bytes();
-            match self
-                .ledger_write(
-                    group,
-                    &[b"forget", progress.project.as_bytes(), &stamp],
-                    command,
-                )
-                .await
-            {
-                Ok(()) => {
-                    lock(&self.work.unlisted).remove(&progress.project);
-                    tracing::info!(project = %progress.project, "forgot an archived project's tasks");
-                }
-                Err(reason) => {
-                    tracing::debug!(project = %progress.project, reason, "forgetting not committed")
-                }
-            }
-        }
-        kept
-    }
-
+    /// The president's duty: hands the core ([`crate::president::President`]) the running
+    /// projects and the states' governors, and carries out what it asks in the background.
     async fn president_work_tick(self: &Arc<Self>) {
         if self.president().map(|(id, _)| id) != Some(self.me()) {
             return;
         }
         let now = now_ms();
-        let running: Vec<(String, Phase, Vec<u8>)> = self
+        type Running = (String, Phase, Vec<u8>, Option<PhaseProgress>);
+        let looked: Option<(Vec<Running>, BTreeMap<String, NodeKey>)> = self
             .registry(|registry| {
-                registry
+                let running = registry
                     .projects()
                     .iter()
                     .filter(|(_, project)| project.status == ProjectStatus::Running)
-                    .map(|(id, project)| (id.clone(), project.phase, project.spec.clone()))
-                    .collect()
+                    .map(|(id, project)| {
+                        (
+                            id.clone(),
+                            project.phase,
+                            project.spec.clone(),
+                            project.progress.get(&project.phase).copied(),
+                        )
+                    })
+                    .collect();
+                let governors = registry
+                    .states()
+                    .iter()
+                    .filter_map(|(name, info)| Some((name.clone(), info.governor.as_ref()?.node)))
+                    .collect();
+                (running, governors)
             })
-            .await
-            .unwrap_or_default();
-        // Resend times of phases no longer running are of no use: keep the map bounded
-        // by the running projects.
-        let current: BTreeSet<(&str, Phase)> = running
+            .await;
+        let Some((running, governors)) = looked else {
+            return;
+        };
+        let specs: Vec<Option<ProjectSpec>> = running
             .iter()
-            .map(|(id, phase, _)| (id.as_str(), *phase))
+            .map(|(_, _, spec, _)| ProjectSpec::from_bytes(spec).ok())
             .collect();
-        lock(&self.work.sent)
-            .retain(|(project, phase, _), _| current.contains(&(project.as_str(), *phase)));
-        for (id, phase, spec) in running {
-            let Ok(spec) = ProjectSpec::from_bytes(&spec) else {
-                let _ = self
-                    .propose(
-                        &[b"fail", id.as_bytes()],
-                        RegistryCommand::FailProject {
-                            id: id.clone(),
-                            reason: "its spec cannot be read".into(),
-                        },
-                    )
-                    .await;
-                continue;
-            };
-            self.plan_phase(&id, phase, &spec, now).await;
+        let projects: Vec<crate::president::RunningProject<'_>> = running
+            .iter()
+            .zip(&specs)
+            .map(
+                |((id, phase, _, recorded), spec)| crate::president::RunningProject {
+                    id,
+                    phase: *phase,
+                    spec: spec.as_ref(),
+                    recorded: *recorded,
+                },
+            )
+            .collect();
+        let commands: Vec<crate::president::Command> = {
+            let mut president = lock(&self.work.president);
+            president.handle(
+                now,
+                crate::president::Input::Tick {
+                    projects: &projects,
+                    governors: &governors,
+                },
+            );
+            if cfg!(debug_assertions) {
+                president.validate();
+            }
+            president.drain().collect()
+        };
+        for command in commands {
+            self.president_carry_out(command);
         }
     }
 
-    async fn plan_phase(self: &Arc<Self>, id: &str, phase: Phase, spec: &ProjectSpec, now: u64) {
-        let Some(phase_spec) = spec.phase(phase) else {
-            self.advance(id, phase).await;
-            return;
-        };
-        // What the states report about this project's tasks of this phase.
-        let mut reports: BTreeMap<String, (String, TaskReport)> = BTreeMap::new();
-        for (state, projects) in lock(&self.work.progress).iter() {
-            for progress in projects.iter().filter(|p| p.project == id) {
-                for (name, (task_phase, report)) in &progress.tasks {
-                    if *task_phase == phase {
-                        reports.insert(name.clone(), (state.clone(), report.clone()));
-                    }
-                }
-            }
-        }
-        let known: BTreeSet<&str> = reports.keys().map(String::as_str).collect();
-        let succeeded: BTreeSet<&str> = reports
-            .iter()
-            .filter(|(_, (_, report))| report.status == TaskStatus::Succeeded)
-            .map(|(name, _)| name.as_str())
-            .collect();
-        let failed = reports.iter().find(|(_, (_, report))| {
-            matches!(report.status, TaskStatus::Escalated | TaskStatus::Failed)
-        });
-        let progress = PhaseProgress {
-            tasks_total: u32::try_from(phase_spec.tasks.len()).unwrap_or(u32::MAX),
-            tasks_done: u32::try_from(succeeded.len()).unwrap_or(u32::MAX),
-            tasks_failed: u32::try_from(
-                reports
-                    .values()
-                    .filter(|(_, report)| {
-                        matches!(report.status, TaskStatus::Escalated | TaskStatus::Failed)
-                    })
-                    .count(),
-            )
-            .unwrap_or(u32::MAX),
-        };
-        self.record_progress(id, phase, progress).await;
-        if let Some((name, (state, report))) = failed {
-            let reason = report
-                .reason
-                .clone()
-                .unwrap_or_else(|| "no reason given".into());
-            match decide(report) {
-                // The president's decision on an escalation: a fault of the moment gets
-                // the task another round of attempts, once; anything else fails the phase.
-                Decision::Reassign => {
-                    let key = TaskKey {
-                        project: id.to_string(),
-                        task: name.clone(),
-                    };
-                    let governor = self
-                        .registry(|registry| {
-                            registry
-                                .states()
-                                .get(state)
-                                .and_then(|info| info.governor.as_ref().map(|g| g.node))
-                        })
-                        .await
-                        .flatten();
-                    if let Some(governor) = governor {
-                        let work = Work::Reopen {
-                            key,
-                            attempts: REOPEN_ATTEMPTS,
-                            reopening: report.reopened + 1,
-                        };
-                        tracing::info!(project = id, task = %name, reason, "reassigning an escalated task");
-                        if let Err(reason) = self.send_work(governor, &work).await {
-                            tracing::debug!(reason, "reopening not delivered yet");
+    /// Carries out one of the president core's commands in the background; its
+    /// completion goes back to the core.
+    fn president_carry_out(self: &Arc<Self>, command: crate::president::Command) {
+        use crate::president::{Command, Input};
+        let node = self.clone();
+        match command {
+            Command::Propose {
+                slot,
+                request,
+                command,
+                announce,
+            } => self.spawn(async move {
+                let parts: Vec<&[u8]> = request.iter().map(Vec::as_slice).collect();
+                match node.propose(&parts, command).await {
+                    Ok(()) => {
+                        if let Some(event) = announce {
+                            if let Event::PhaseTransition { project, from, .. } = &event {
+                                tracing::info!(
+                                    project,
+                                    from = from.map(|phase| phase.as_str()),
+                                    "phase complete"
+                                );
+                            }
+                            node.announce(event).await;
                         }
                     }
+                    Err(error) => tracing::debug!(%error, "a president's proposal failed"),
                 }
-                Decision::FailPhase => {
-                    let reason = format!(
-                        "phase {} failed: task {name} in {state}: {reason}",
-                        phase.as_str()
-                    );
-                    let command = RegistryCommand::FailProject {
-                        id: id.to_string(),
-                        reason: reason.chars().take(900).collect(),
-                    };
-                    let key = [b"fail".as_slice(), id.as_bytes(), phase.as_str().as_bytes()];
-                    if let Err(error) = self.propose(&key, command).await {
-                        tracing::warn!(%error, "failing the project failed");
-                    }
-                }
-            }
-            return;
-        }
-        if succeeded.len() == phase_spec.tasks.len() {
-            self.advance(id, phase).await;
-            return;
-        }
-        let ready = ready_tasks(phase_spec, &known, &succeeded);
-        let mut by_state: BTreeMap<String, Vec<NewTask>> = BTreeMap::new();
-        for task in ready {
-            let state = self.assignable_state(&task.state).await;
-            let Some(state) = state else { continue };
-            let mut task = task.clone();
-            task.state = state.clone();
-            by_state.entry(state).or_default().push(NewTask {
-                name: task.name.clone(),
-                spec: task.encode(),
-                max_attempts: task.retries.saturating_add(1).clamp(1, 16),
-            });
-        }
-        for (state, tasks) in by_state {
-            let slot = (id.to_string(), phase, state.clone());
-            let recently = lock(&self.work.sent)
-                .get(&slot)
-                .is_some_and(|at| now.saturating_sub(*at) < ASSIGN_RESEND_MS);
-            if recently {
-                continue;
-            }
-            let Some(governor) = self
-                .registry(|registry| {
-                    registry
-                        .states()
-                        .get(&state)
-                        .and_then(|info| info.governor.as_ref().map(|g| g.node))
-                })
-                .await
-                .flatten()
-            else {
-                continue;
-            };
-            lock(&self.work.sent).insert(slot.clone(), now);
-            let node = self.clone();
-            let work = Work::AssignTasks {
-                project: id.to_string(),
+                lock(&node.work.president).handle(now_ms(), Input::Proposed { slot });
+            }),
+            Command::AssignTasks {
+                governor,
+                project,
                 phase,
+                state,
                 tasks,
-            };
-            self.spawn(async move {
-                match node.send_work(governor, &work).await {
-                    // Sent: the next report shows them; resend only after ASSIGN_RESEND_MS.
-                    Ok(()) => {}
-                    Err(reason) => {
-                        tracing::debug!(reason, "tasks not assigned yet");
-                        lock(&node.work.sent).remove(&slot);
-                    }
-                }
-            });
-        }
-    }
-
-    /// The state that runs a task meant for `state`: itself when it has a governor, else
-    /// the first state (by name) that has one.
-    async fn assignable_state(&self, state: &str) -> Option<String> {
-        self.registry(|registry| {
-            let governed = |name: &str| {
-                registry
-                    .states()
-                    .get(name)
-                    .is_some_and(|info| info.governor.is_some())
-            };
-            if governed(state) {
-                return Some(state.to_string());
-            }
-            registry
-                .states()
-                .iter()
-                .find(|(_, info)| info.governor.is_some())
-                .map(|(name, _)| name.clone())
-        })
-        .await
-        .flatten()
-    }
-
-    async fn record_progress(&self, id: &str, phase: Phase, progress: PhaseProgress) {
-        let current = self
-            .registry(|registry| {
-                registry
-                    .projects()
-                    .get(id)
-                    .and_then(|project| project.progress.get(&phase).copied())
-            })
-            .await
-            .flatten();
-        if current == Some(progress) {
-            return;
-        }
-        let key = [
-            id.as_bytes(),
-            phase.as_str().as_bytes(),
-            &progress.tasks_total.to_be_bytes(),
-            &progress.tasks_done.to_be_bytes(),
-            &progress.tasks_failed.to_be_bytes(),
-        ]
-        .concat();
-        let command = RegistryCommand::SetProjectProgress {
-            id: id.to_string(),
-            phase,
-            progress,
-        };
-        if let Err(error) = self.propose(&[b"progress", &key], command).await {
-            tracing::debug!(%error, "progress not recorded");
-        }
-    }
-
-    async fn advance(&self, id: &str, phase: Phase) {
-        let command = RegistryCommand::AdvancePhase {
-            id: id.to_string(),
-            from: phase,
-        };
-        match self
-            .propose(
-                &[b"advance", id.as_bytes(), phase.as_str().as_bytes()],
-                command,
-            )
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(project = id, from = phase.as_str(), "phase complete");
-                let event = Event::PhaseTransition {
-                    project: id.to_string(),
-                    from: Some(phase),
-                    to: phase.next().unwrap_or(phase),
+            } => self.spawn(async move {
+                let work = Work::AssignTasks {
+                    project: project.clone(),
+                    phase,
+                    tasks,
                 };
-                self.announce(event).await;
-            }
-            Err(error) => tracing::debug!(%error, "advancing the phase failed"),
+                let sent = node.send_work(governor, &work).await;
+                if let Err(reason) = &sent {
+                    tracing::debug!(reason, "tasks not assigned yet");
+                }
+                lock(&node.work.president).handle(
+                    now_ms(),
+                    Input::Assigned {
+                        project,
+                        phase,
+                        state,
+                        delivered: sent.is_ok(),
+                    },
+                );
+            }),
+            Command::Reopen {
+                governor,
+                key,
+                attempts,
+                reopening,
+            } => self.spawn(async move {
+                tracing::info!(task = %key, reopening, "reassigning an escalated task");
+                let work = Work::Reopen {
+                    key,
+                    attempts,
+                    reopening,
+                };
+                if let Err(reason) = node.send_work(governor, &work).await {
+                    tracing::debug!(reason, "reopening not delivered yet");
+                }
+            }),
         }
     }
 
