@@ -217,6 +217,9 @@ fn short(peer: &str) -> &str {
     &peer[peer.len().saturating_sub(6)..]
 }
 
+/// How long the join tokens a simulation issues stay valid.
+const JOIN_TOKEN_TTL: Duration = Duration::from_secs(3_600);
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -874,6 +877,12 @@ impl Sim {
         self.join.0 = dial_addr(&running.node)
             .await
             .context("a live node listens nowhere")?;
+        // A token of the node they join through: the founder's may be of a member that
+        // has left since (churn), and a mesh refuses tokens of non-members.
+        self.join.1 = running
+            .node
+            .create_token(JOIN_TOKEN_TTL)
+            .context("issuing a join token")?;
         self.moment("step", format!("{count} nodes join"));
         self.add_nodes(count).await
     }
@@ -891,7 +900,6 @@ impl Sim {
             };
             let running = self.slots[index].running.take().context("live")?;
             self.slots[index].bytes_before += running.node.bytes_sent();
-            self.slots[index].connections_before += running.node.connections().1;
             self.slots[index].connections_before += running.node.connections().1;
             self.slots[index].left = true;
             let peer = running.node.peer_id().to_string();
