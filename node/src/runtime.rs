@@ -2558,6 +2558,7 @@ where
                     interval.tick().await;
                 }
             }
+            let began = tokio::time::Instant::now();
             let outcome = std::panic::AssertUnwindSafe(round(node.clone()))
                 .catch_unwind()
                 .await;
@@ -2569,8 +2570,9 @@ where
                 tracing::error!(duty = name, "a round of this duty panicked; it goes on");
             }
             if wake.is_some() {
-                // Under load commits wake it all the time: rounds at most this often.
-                tokio::time::sleep(crate::work::WORK_MIN_GAP).await;
+                // Under load commits wake it all the time: rounds start at most this
+                // often (each reads whole Ledgers).
+                tokio::time::sleep_until(began + crate::work::WORK_MIN_GAP).await;
             }
         }
     })

@@ -40,9 +40,10 @@ use crate::wire::{Rpc, RpcResponse};
 /// nothing wakes them: for leases, timeouts and retries. A committed entry in a group
 /// this node holds, or a governor's report to the president, wakes them at once.
 pub const WORK_TICK: Duration = Duration::from_millis(250);
-/// The least time between two rounds of the work roles (commits under load wake them
-/// continuously; each round reads whole Ledgers).
-pub const WORK_MIN_GAP: Duration = Duration::from_millis(5);
+/// The least time between the starts of two rounds of the work roles: commits under load
+/// wake them continuously, and each round reads whole Ledgers, so under load they run as
+/// often as they used to poll, and a quiet node reacts at once.
+pub const WORK_MIN_GAP: Duration = Duration::from_millis(50);
 /// How long one delivery attempt may take.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub use crate::governor::{ARCHIVE_GRACE_MS, PROGRESS_REFRESH_MS};
