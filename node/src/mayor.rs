@@ -29,6 +29,10 @@ use crate::spec::TaskSpec;
 pub const ASSIGNMENT_GRACE_MS: u64 = 5_000;
 /// How long an attempt's worker may be unreachable before the attempt counts as lost.
 pub const LOST_WORKER_MS: u64 = 3_000;
+/// How long a live worker may go without taking an attempt (its Execute refused: busy,
+/// or not yet seeing the mayor or the assignment) before the attempt counts as lost and
+/// goes elsewhere, rather than waiting for the task's whole timeout.
+pub const UNTAKEN_MS: u64 = 5_000;
 /// Most commands the core queues before the driver drains them: a tick of a city with
 /// more tasks than this dispatches the rest on the next tick.
 pub const MAX_QUEUED_COMMANDS: usize = 4_096;
@@ -291,7 +295,8 @@ impl Mayor {
             let held_ms = now_ms.saturating_sub(followed.since_ms);
             let overdue = held_ms > spec.timeout_secs.saturating_mul(1_000) + ASSIGNMENT_GRACE_MS;
             let lost = !alive.contains(&worker) && held_ms > LOST_WORKER_MS;
-            if !overdue && !lost {
+            let untaken = !followed.delivered && held_ms > UNTAKEN_MS;
+            if !overdue && !lost && !untaken {
                 if !followed.delivered {
                     self.queue(Command::Execute {
                         city: city.to_string(),
@@ -309,6 +314,8 @@ impl Mayor {
             if task.attempt >= task.max_attempts {
                 let reason = if lost {
                     "the worker was lost"
+                } else if untaken {
+                    "the worker did not take the attempt"
                 } else {
                     "the task timed out"
                 };
@@ -661,6 +668,27 @@ mod tests {
         assert_eq!(
             tick(&mut mayor, 5, vec![(key("a"), assigned(2, 1))], &[1, 2]),
             vec![execute("a", 2, 1)]
+        );
+    }
+
+    #[test]
+    fn an_attempt_its_live_worker_never_takes_goes_elsewhere() {
+        let mut mayor = Mayor::new();
+        let held = vec![(key("a"), assigned(2, 1))];
+        // Worker 2 is alive but refuses the Execute (busy, or it does not see the
+        // assignment yet): resent until UNTAKEN_MS...
+        assert_eq!(
+            tick(&mut mayor, 0, held.clone(), &[1, 2]),
+            vec![execute("a", 2, 1)]
+        );
+        assert_eq!(
+            tick(&mut mayor, UNTAKEN_MS, held.clone(), &[1, 2]),
+            vec![execute("a", 2, 1)]
+        );
+        // ...then the next attempt goes to worker 1, not after the task's timeout.
+        assert_eq!(
+            tick(&mut mayor, UNTAKEN_MS + 1, held, &[1, 2]),
+            vec![assign("a", 1, 2)]
         );
     }
 }
