@@ -311,6 +311,19 @@ pub enum Refused {
     Empty,
 }
 
+impl Refused {
+    /// The `reason` label of `aamas_rpc_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::NotPresident { .. } => "not_the_president",
+            Refused::NotGoverned { .. } => "not_governed_here",
+            Refused::NotMayor { .. } => "not_the_mayor",
+            Refused::NotAMayorsCommand => "not_a_mayors_command",
+            Refused::Empty => "empty",
+        }
+    }
+}
+
 /// A request from another role.
 #[derive(Debug)]
 pub enum Request<'a> {

@@ -414,9 +414,14 @@ impl Node {
     /// no error.
     async fn governor_request(&self, request: crate::governor::Request<'_>) -> Result<(), String> {
         let president = self.president_key();
-        let writes = lock(&self.work.governor)
-            .request(request, president)
-            .map_err(|refused| refused.to_string())?;
+        let judged = lock(&self.work.governor).request(request, president);
+        let writes = judged.map_err(|refused| {
+            self.metrics
+                .rpc_refused
+                .get_or_create(&crate::metrics::labels(&[("reason", refused.label())]))
+                .inc();
+            refused.to_string()
+        })?;
         let governed = self.governed().await;
         let commits = writes.into_iter().map(|write| {
             let group = governed
