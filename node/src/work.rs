@@ -314,9 +314,9 @@ impl Node {
         }
     }
 
-    /// The group this node leads whose Ledger holds the task `key`.
-    async fn governing_task(&self, key: &TaskKey) -> Option<Group> {
-        for (_, group) in self.governed().await {
+    /// The state (and its group) this node leads whose Ledger holds the task `key`.
+    async fn governing_task(&self, key: &TaskKey) -> Option<(String, Group)> {
+        for (state, group) in self.governed().await {
             let holds = group
                 .read_local(|machine| {
                     machine
@@ -325,7 +325,7 @@ impl Node {
                 })
                 .await;
             if holds {
-                return Some(group);
+                return Some((state, group));
             }
         }
         None
@@ -365,7 +365,7 @@ impl Node {
             project: project.to_string(),
             task: task.to_string(),
         };
-        let Some(group) = self.governing_task(&key).await else {
+        let Some((_, group)) = self.governing_task(&key).await else {
             return Err(format!(
                 "this node governs no state holding {project}/{task}"
             ));
@@ -478,20 +478,7 @@ impl Node {
         attempts: u32,
         reopening: u32,
     ) -> Result<(), String> {
-        let mut state = None;
-        for (name, group) in self.governed().await {
-            let holds = group
-                .read_local(|machine| {
-                    machine
-                        .ledger()
-                        .is_some_and(|ledger| ledger.tasks().contains_key(&key))
-                })
-                .await;
-            if holds {
-                state = Some(name);
-                break;
-            }
-        }
+        let state = self.governing_task(&key).await.map(|(state, _)| state);
         self.governor_request(crate::governor::Request::Reopen {
             sender,
             state: state.as_deref(),
