@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The layering rules of STYLE.md that a machine can check:
 #   - aamas-protocol depends on no async runtime, network stack or storage engine;
-#   - node's pure cores (authority, cities, mayor, worker, governor, president) reach no IO, clock or randomness;
+#   - node's pure cores (node/src/roles/) reach no IO, clock or randomness;
+#   - node/src's lower layers (net/, messaging, executor, spec, metrics, token) never import the driver or the API;
 #   - bincode (unmaintained, RUSTSEC-2025-0141) is nowhere in Cargo.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,21 +12,37 @@ if [ -n "$forbidden" ]; then
   echo "error: aamas-protocol must stay pure but depends on: $forbidden" >&2
   status=1
 fi
-# The pure cores of node/: no runtime, network, consensus, storage, clock or randomness.
-# Each may name only std, serde, thiserror, aamas-protocol and aamas-consensus's plain
-# types (ledger keys, node ids), and crate modules that are pure themselves.
-pure_cores="node/src/authority.rs node/src/cities.rs node/src/mayor.rs node/src/worker.rs node/src/governor.rs node/src/president.rs"
+# The pure cores of node/ (node/src/roles/): no runtime, network, consensus, storage,
+# clock or randomness. Each may name only std, serde, thiserror, aamas-protocol and
+# aamas-consensus's plain types (ledger keys, node ids), the other cores, and pure crate
+# modules (spec).
+pure_cores=$(ls node/src/roles/*.rs)
 for core in $pure_cores; do
-  hits=$(grep -nE '\b(tokio|libp2p|openraft|rocksdb|axum|hyper|rand|getrandom)::|Instant::now|SystemTime::now|\bGroup\b|\bGroups\b|crate::(runtime|swarm|transport|wire|work|roles|api|mirroring|messaging)\b' "$core" || true)
+  hits=$(grep -nE '\b(tokio|libp2p|openraft|rocksdb|axum|hyper|rand|getrandom)::|Instant::now|SystemTime::now|\bGroup\b|\bGroups\b|crate::(driver|net|api|messaging|executor|metrics|token)\b' "$core" || true)
   if [ -n "$hits" ]; then
     echo "error: $core is a pure core but reaches IO, time or randomness:" >&2
     echo "$hits" >&2
     status=1
   fi
 done
+# Imports go down only: node/src's lower layers never name the layers above them.
+#   net/                 -> not driver, api, roles, messaging
+#   messaging, executor, spec, metrics, token -> not driver, api
+check_down() {
+  local files=$1 forbidden=$2 hits
+  # shellcheck disable=SC2086
+  hits=$(grep -nE "crate::($forbidden)\b" $files || true)
+  if [ -n "$hits" ]; then
+    echo "error: a lower layer of node/src names a layer above it ($forbidden):" >&2
+    echo "$hits" >&2
+    status=1
+  fi
+}
+check_down "node/src/net/*.rs" "driver|api|roles|messaging"
+check_down "node/src/messaging.rs node/src/events.rs node/src/executor.rs node/src/spec.rs node/src/metrics.rs node/src/token.rs" "driver|api"
 if grep -q '^name = "bincode"' Cargo.lock; then
   echo "error: bincode is in Cargo.lock; use serde + postcard (RUSTSEC-2025-0141)" >&2
   status=1
 fi
-[ $status -eq 0 ] && echo "layering: aamas-protocol and the node's pure cores ($pure_cores) are pure; no bincode in Cargo.lock"
+[ $status -eq 0 ] && echo "layering: aamas-protocol and the node's pure cores (node/src/roles/) are pure; node/src imports go down only; no bincode in Cargo.lock"
 exit $status

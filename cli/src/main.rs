@@ -707,7 +707,7 @@ fn main() -> Result<()> {
                 mdns,
                 capacity: capacity
                     .or(file.capacity)
-                    .unwrap_or(aamas_node::runtime::WORKER_CAPACITY),
+                    .unwrap_or(aamas_node::driver::runtime::WORKER_CAPACITY),
                 faults: None,
                 memtable_bytes: None,
                 shared_memory: None,

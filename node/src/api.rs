@@ -14,7 +14,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::runtime::{Node, NodeError};
+use crate::driver::projects::ProjectError;
+use crate::driver::runtime::{Node, NodeError};
 
 #[derive(Clone)]
 struct Api {
@@ -81,6 +82,20 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+/// A project request's failure as an answer: the request's own fault is a 400 (a 404
+/// for an unknown project, a 403 when the requester may not change it); a mesh that
+/// cannot take it right now (no president, not committed) is a 503, worth retrying
+/// with the same `Idempotency-Key`.
+fn project_error(failure: ProjectError) -> Response {
+    let status = match &failure {
+        ProjectError::NoSuchProject(_) => StatusCode::NOT_FOUND,
+        ProjectError::Refused(_) => StatusCode::FORBIDDEN,
+        failure if failure.is_client_error() => StatusCode::BAD_REQUEST,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, failure)
+}
+
 /// Largest project spec accepted, in bytes.
 pub const MAX_SPEC_BODY_BYTES: usize = 1 << 20;
 
@@ -111,7 +126,7 @@ async fn submit_project(
     };
     match api.node.submit_project(&body, request).await {
         Ok(id) => (StatusCode::CREATED, Json(serde_json::json!({"id": id}))).into_response(),
-        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+        Err(reason) => project_error(reason),
     }
 }
 
@@ -148,7 +163,7 @@ async fn change_phase(
             Some(project) => Json(project).into_response(),
             None => Json(serde_json::json!({"id": id})).into_response(),
         },
-        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+        Err(reason) => project_error(reason),
     }
 }
 

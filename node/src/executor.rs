@@ -1041,10 +1041,20 @@ struct ChatUsage {
     completion_tokens: Option<u64>,
 }
 
+/// What is wrong with a chat completion reply.
+#[derive(Debug, thiserror::Error)]
+enum MalformedReply {
+    #[error("not a chat completion ({0})")]
+    NotJson(serde_json::Error),
+    #[error("no choices[0]")]
+    NoChoice,
+    #[error("no choices[0].message.content")]
+    NoContent,
+}
+
 /// The first choice's content; `Err` says what is missing.
-fn parse_reply(body: &[u8]) -> Result<Execution, String> {
-    let reply: ChatReply =
-        serde_json::from_slice(body).map_err(|error| format!("not a chat completion ({error})"))?;
+fn parse_reply(body: &[u8]) -> Result<Execution, MalformedReply> {
+    let reply: ChatReply = serde_json::from_slice(body).map_err(MalformedReply::NotJson)?;
     let usage =
         reply.usage.and_then(
             |usage| match (usage.prompt_tokens, usage.completion_tokens) {
@@ -1055,11 +1065,12 @@ fn parse_reply(body: &[u8]) -> Result<Execution, String> {
                 }),
             },
         );
-    let choice = reply.choices.into_iter().next().ok_or("no choices[0]")?;
-    let output = choice
-        .message
-        .content
-        .ok_or("no choices[0].message.content")?;
+    let choice = reply
+        .choices
+        .into_iter()
+        .next()
+        .ok_or(MalformedReply::NoChoice)?;
+    let output = choice.message.content.ok_or(MalformedReply::NoContent)?;
     Ok(Execution {
         output,
         output_truncated: choice.finish_reason.as_deref() == Some("length"),

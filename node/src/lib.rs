@@ -1,54 +1,46 @@
 //! # aamas-node
 //!
-//! The node runtime: one task owns the libp2p swarm (`swarm`), Raft RPCs and joins travel
-//! over request-response (`wire`, `transport`), the federal Raft group elects the
-//! president, who admits members with join tokens (`token`) and keeps the voters healthy
-//! (`runtime`), and a localhost control API serves status (`api`).
+//! One `aamas` node, in folders by responsibility:
 //!
 //! ```text
-//!   aamas (cli) ──► runtime::run ──► swarm task ◄──► peers (TCP/QUIC, Noise, Yamux)
-//!                         │              │
+//!   net/        the network: the swarm task (libp2p TCP/QUIC, Noise, Yamux, gossipsub,
+//!               request-response), the wire protocol, openraft's transport, the fault layer
+//!   messaging   the receive pipeline every envelope goes through (open, verify, judge the
+//!               sender, drop replays), the gossip topics, and the sealer
+//!   roles/      the pure role cores: president, governor, mayor, worker, authority
+//!               (who may send what), cities (scaling); no IO, clock or randomness
+//!   driver/     a running node: start and stop, admission, liveness, the duties that feed
+//!               the cores and carry out their commands, Registry mirrors, projects
+//!   executor    what runs a task: builtin, shell, http, llm
+//!   spec        the project spec: TOML, checked before anything runs
+//!   api         the localhost control API (axum, bearer token)
+//!   events      the node's bounded event bus: the seed's five events and role changes
+//!   metrics     Prometheus metrics; token: join tokens
+//! ```
+//!
+//! ```text
+//!   aamas (cli) ──► driver::runtime::run ──► net::swarm task ◄──► peers
+//!                         │                        │
 //!                         ├── Groups (aamas-consensus, RocksDB) ◄── Raft RPCs
+//!                         ├── roles/* cores ◄── committed entries, messages, timers
 //!                         └── api (axum, bearer token)
 //! ```
 //!
-//! Also: state groups, governors and mayors (`roles`), projects through the hierarchy
-//! (`work`, `projects`, `spec`, `executor`), gossip judged by the receive pipeline
-//! (`messaging`), Registry copies outside the federal group (`mirroring`), metrics
-//! (`metrics`), and a fault layer the simulator plugs into the
-//! swarm (`faults`).
-//!
-//! The role logic lives in pure cores, each a state machine fed with the time and what
-//! happened and drained of commands, with no IO, clock or randomness inside (`make
-//! layering` checks): `president` (placement, federal voters, phases, escalations),
-//! `governor` (cities, mayors, escalations, progress reports, what other roles may ask),
-//! `mayor` (dispatch, outcomes, lost workers, retries), `worker` (attempts and their
-//! deliveries), `authority` (who may send what) and `cities` (scaling). `work`, `roles`
-//! and `runtime` drive them.
+//! Imports go down only: `net`, `roles`, `spec`, `executor`, `messaging`, `events` and `metrics`
+//! never import `driver` or `api`, and `roles` imports nothing with IO (`make layering`).
 
 pub mod api;
-pub mod authority;
-pub mod cities;
+pub mod driver;
+pub mod events;
 pub mod executor;
-pub mod faults;
-pub mod governor;
-pub mod mayor;
 pub mod messaging;
 pub mod metrics;
-pub mod mirroring;
-pub mod president;
-pub mod projects;
+pub mod net;
 pub mod roles;
-pub mod runtime;
 pub mod spec;
-pub mod swarm;
 pub mod token;
-pub mod transport;
-pub mod wire;
-pub mod work;
-pub mod worker;
 
-pub use runtime::{
+pub use driver::runtime::{
     Founded, Hierarchy, MemberView, NodeConfig, NodeError, Running, StateView, Status, init, run,
     start,
 };

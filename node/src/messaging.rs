@@ -154,8 +154,8 @@ pub struct Inbox {
 }
 
 /// Largest envelope a node seals or opens. Direct envelopes carry task outcomes (up to
-/// [`crate::work::MAX_OUTCOME_OUTPUT`] of output, plus the failure reason and headers)
-/// over request-response, whose frames may be up to [`crate::wire::MAX_RPC_BYTES`];
+/// the work duty's `MAX_OUTCOME_OUTPUT` of output, plus the failure reason and headers)
+/// over request-response, whose frames may be up to [`crate::net::wire::MAX_RPC_BYTES`];
 /// gossip stays within gossipsub's own transmit limit, whatever this allows.
 pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
 
@@ -240,28 +240,26 @@ impl Inbox {
         topic: &str,
         data: &[u8],
         metrics: &Metrics,
-    ) -> Result<Opened, String> {
+    ) -> Result<Opened, DirectRefused> {
         let outcome = {
             let roster = self.roster.lock().unwrap_or_else(|p| p.into_inner());
             let mut receiver = self.receiver.lock().unwrap_or_else(|p| p.into_inner());
             receiver.receive(now_ms, data, identity, &roster.0)
         };
-        let refuse = |reason: &str, detail: String| {
+        let refuse = |refused: DirectRefused| {
             metrics
                 .direct_rejected
-                .get_or_create(&labels(&[("reason", reason)]))
+                .get_or_create(&labels(&[("reason", refused.label())]))
                 .inc();
-            Err(detail)
+            Err(refused)
         };
         let opened = match outcome {
             Ok(Delivery::Opened(opened)) => opened,
-            Ok(Delivery::Relay(_)) => {
-                return refuse("not_a_recipient", "not addressed to this node".into());
-            }
-            Err(rejection) => return refuse(rejection.reason(), rejection.to_string()),
+            Ok(Delivery::Relay(_)) => return refuse(DirectRefused::NotARecipient),
+            Err(rejection) => return refuse(DirectRefused::Rejected(rejection)),
         };
         if opened.header.topic != topic {
-            return refuse("topic_mismatch", "sealed for another topic".into());
+            return refuse(DirectRefused::TopicMismatch);
         }
         let allowed = self
             .authority
@@ -269,7 +267,7 @@ impl Inbox {
             .unwrap_or_else(|p| p.into_inner())
             .check(&opened.header);
         if let Err(unauthorised) = allowed {
-            return refuse(unauthorised.reason(), unauthorised.to_string());
+            return refuse(DirectRefused::Unauthorised(unauthorised));
         }
         metrics
             .direct_accepted
@@ -349,6 +347,37 @@ impl Inbox {
             acceptance: MessageAcceptance::Accept,
             opened,
             accepted: Some(header.id),
+        }
+    }
+}
+
+/// Why a direct envelope was refused by [`Inbox::open_direct`]; its
+/// [`DirectRefused::label`] is the metric label it is counted under
+/// (`aamas_direct_rejected_total{reason}`).
+#[derive(Debug, thiserror::Error)]
+pub enum DirectRefused {
+    /// Sealed for other members: a direct envelope is never relayed.
+    #[error("not addressed to this node")]
+    NotARecipient,
+    /// The receive pipeline refused it (malformed, bad signature, replay, unknown sender...).
+    #[error(transparent)]
+    Rejected(aamas_protocol::Rejection),
+    /// Sealed for another topic than the direct one.
+    #[error("sealed for another topic")]
+    TopicMismatch,
+    /// The hierarchy does not allow its sender to send it.
+    #[error(transparent)]
+    Unauthorised(Unauthorised),
+}
+
+impl DirectRefused {
+    /// The metric label of this refusal.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotARecipient => "not_a_recipient",
+            Self::Rejected(rejection) => rejection.reason(),
+            Self::TopicMismatch => "topic_mismatch",
+            Self::Unauthorised(unauthorised) => unauthorised.reason(),
         }
     }
 }

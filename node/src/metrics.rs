@@ -52,6 +52,8 @@ pub struct Metrics {
     /// Rounds of a duty (`president`, `governor`, `work`) that panicked; the duty goes on
     /// with its next round.
     pub duty_panics: Family<Labels, Counter>,
+    /// Events published on this node's event bus ([`crate::events`]), by kind.
+    pub events: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -75,8 +77,14 @@ impl Default for Metrics {
             mirror_taken: Counter::default(),
             mirror_failed: Family::default(),
             duty_panics: Family::default(),
+            events: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "events",
+            "Events published on this node's event bus, by kind",
+            metrics.events.clone(),
+        );
         registry.register(
             "duty_panics",
             "Rounds of a duty that panicked (the duty goes on), by duty",

@@ -51,6 +51,11 @@ pub enum Violation {
         /// What was seen.
         detail: String,
     },
+    /// Tasks completed, but no node's event bus published a TaskCompletion.
+    EventsMissing {
+        /// What was seen.
+        detail: String,
+    },
     /// An acknowledged project did not complete.
     ProjectLost {
         /// The project.
@@ -93,6 +98,9 @@ impl std::fmt::Display for Violation {
             ),
             Violation::HonestTrafficStalled { detail } => {
                 write!(f, "honest traffic stalled during the flood: {detail}")
+            }
+            Violation::EventsMissing { detail } => {
+                write!(f, "the event buses missed what happened: {detail}")
             }
             Violation::ProjectLost { project, status } => {
                 write!(
@@ -203,6 +211,18 @@ impl Checker {
         }
     }
 
+    /// `completed` tasks have results, and the nodes' event buses published
+    /// `task_completions` TaskCompletion events: none at all means the buses miss what
+    /// the Ledgers commit. (Not every success must have its event: a governor that loses
+    /// its lead while a write commits does not see it applied.)
+    pub fn task_events(&mut self, completed: usize, task_completions: u64) {
+        if completed > 0 && task_completions == 0 {
+            self.violations.push(Violation::EventsMissing {
+                detail: format!("{completed} tasks completed, no TaskCompletion event"),
+            });
+        }
+    }
+
     /// An acknowledged project ended with `status`.
     pub fn project_ended(&mut self, project: &str, status: &str) {
         if status != "completed" {
@@ -252,6 +272,19 @@ mod tests {
                 term: 4,
                 presidents: vec!["b".into(), "c".into()]
             }]
+        );
+    }
+
+    #[test]
+    fn completed_tasks_without_any_task_event_are_a_violation() {
+        let mut checker = Checker::default();
+        checker.task_events(0, 0);
+        checker.task_events(10, 3);
+        assert!(checker.violations().is_empty());
+        checker.task_events(10, 0);
+        assert_eq!(
+            checker.violations()[0].to_string(),
+            "the event buses missed what happened: 10 tasks completed, no TaskCompletion event"
         );
     }
 

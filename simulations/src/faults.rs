@@ -1,5 +1,5 @@
 //! The simulator's fault layer: one [`SimFaults`] shared by every node of a run decides
-//! each message's fate (see `aamas_node::faults`): partitions first, then loss, then
+//! each message's fate (see `aamas_node::net::faults`): partitions first, then loss, then
 //! delay.
 
 use std::collections::HashMap;
@@ -7,7 +7,7 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aamas_node::faults::{Fate, Faults};
+use aamas_node::net::faults::{Fate, Faults};
 use libp2p::PeerId;
 
 /// What the layer does now.

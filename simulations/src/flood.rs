@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use aamas_node::runtime::now_ms;
-use aamas_node::swarm::{self, SwarmConfig};
+use aamas_node::driver::runtime::now_ms;
+use aamas_node::net::swarm::{self, SwarmConfig};
 use anyhow::{Context as _, Result};
 use libp2p::gossipsub::MessageAcceptance;
 

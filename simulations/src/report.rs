@@ -148,6 +148,13 @@ pub struct Report {
     pub governor_terms_seen: usize,
     /// Tasks whose committed result the checker saw.
     pub results_seen: usize,
+    /// Events the simulator read from every node's event bus, by kind
+    /// (`aamas_node::events`).
+    #[serde(default)]
+    pub events_seen: BTreeMap<String, u64>,
+    /// Events a node's bus dropped before the simulator read them (it fell behind).
+    #[serde(default)]
+    pub events_missed: u64,
     /// Tasks by status at the end, across the Ledger replicas (most advanced copy).
     pub task_statuses: BTreeMap<String, usize>,
     /// Every invariant violation (empty when the scenario passed).
@@ -245,6 +252,22 @@ impl Report {
                     self.connections_per_node_mean,
                     self.connections_per_node_max,
                     self.connections_opened_per_node_mean
+                ),
+            ),
+            (
+                "event buses",
+                format!(
+                    "{} ({} missed)",
+                    if self.events_seen.is_empty() {
+                        "no events".to_string()
+                    } else {
+                        self.events_seen
+                            .iter()
+                            .map(|(kind, count)| format!("{count} {kind}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                    self.events_missed
                 ),
             ),
             (

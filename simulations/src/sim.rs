@@ -152,7 +152,12 @@ struct Slot {
     connections_before: u64,
     /// Left for good (`leave`).
     left: bool,
+    /// A subscriber to the running node's event bus, with the node it reads (a restarted
+    /// node is a new one).
+    events: Option<(usize, EventReceiver)>,
 }
+
+type EventReceiver = tokio::sync::broadcast::Receiver<aamas_node::events::Stamped>;
 
 struct Project {
     id: String,
@@ -173,6 +178,9 @@ pub(crate) struct Probe {
 pub struct Sim {
     _root: tempfile::TempDir,
     slots: Vec<Slot>,
+    /// Events read from the nodes' buses, by kind, and those a bus dropped unread.
+    events_seen: BTreeMap<String, u64>,
+    events_missed: u64,
     checker: Checker,
     faults: Arc<SimFaults>,
     choices: Choices,
@@ -243,7 +251,7 @@ impl Sim {
             fsync: false,
             mdns: false,
             capacity: 16,
-            faults: Some(self.faults.clone() as Arc<dyn aamas_node::faults::Faults>),
+            faults: Some(self.faults.clone() as Arc<dyn aamas_node::net::faults::Faults>),
             memtable_bytes: (raft.heartbeat_interval_ms > 100).then_some(LARGE_MESH_MEMTABLE_BYTES),
             shared_memory: Some(self.shared_memory.clone()),
             // Above 60 nodes Kademlia's bootstrap would connect every node to every other.
@@ -251,7 +259,7 @@ impl Sim {
             // The simulator's partitions drop messages, not connections, and a thousand
             // nodes on two cores answer late: libp2p's own ping timing (15 s, 20 s)
             // keeps connections that are slow, not cut.
-            liveness: Some(aamas_node::swarm::Liveness {
+            liveness: Some(aamas_node::net::swarm::Liveness {
                 interval: Duration::from_secs(15),
                 timeout: Duration::from_secs(20),
             }),
@@ -281,6 +289,8 @@ impl Sim {
         )?;
         Ok(Sim {
             slots: Vec::new(),
+            events_seen: BTreeMap::new(),
+            events_missed: 0,
             _root: root,
             checker: Checker::default(),
             faults: Arc::new(SimFaults::new(config.seed)),
@@ -404,6 +414,7 @@ impl Sim {
             bytes_before: 0,
             connections_before: 0,
             left: false,
+            events: None,
         });
         self.wait_president(None, None).await?;
         self.times.0 = Some(millis(self.started.elapsed()));
@@ -448,6 +459,7 @@ impl Sim {
                     bytes_before: 0,
                     connections_before: 0,
                     left: false,
+                    events: None,
                 });
             }
             self.observe(false).await;
@@ -530,6 +542,7 @@ impl Sim {
             }
             named.push(president);
         }
+        self.read_events();
         for (term, peer) in claims {
             self.checker.president(term, &peer);
         }
@@ -557,6 +570,58 @@ impl Sim {
                 self.president.as_deref().map_or("none", short),
                 self.failovers.len(),
             ));
+        }
+    }
+
+    /// Reads what every live node's event bus published since the last look: counted
+    /// by kind, and each success's result checked like a result read from a Ledger
+    /// (one result per task, whoever reports it).
+    fn read_events(&mut self) {
+        use aamas_node::events::BusEvent;
+        use aamas_protocol::{Event, TaskOutcome};
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut results = Vec::new();
+        for slot in &mut self.slots {
+            let Some(running) = &slot.running else {
+                slot.events = None;
+                continue;
+            };
+            let node = std::sync::Arc::as_ptr(&running.node) as usize;
+            if slot.events.as_ref().is_none_or(|(read, _)| *read != node) {
+                slot.events = Some((node, running.node.subscribe_events()));
+            }
+            let Some((_, receiver)) = &mut slot.events else {
+                continue;
+            };
+            loop {
+                match receiver.try_recv() {
+                    Ok(stamped) => {
+                        *self
+                            .events_seen
+                            .entry(stamped.event.label().to_string())
+                            .or_default() += 1;
+                        if let BusEvent::Mesh {
+                            event:
+                                Event::TaskCompletion {
+                                    project,
+                                    task,
+                                    outcome: TaskOutcome::Succeeded { result_digest },
+                                    ..
+                                },
+                        } = stamped.event
+                        {
+                            let hex: String =
+                                result_digest.iter().map(|b| format!("{b:02x}")).collect();
+                            results.push((project, task, hex));
+                        }
+                    }
+                    Err(TryRecvError::Lagged(missed)) => self.events_missed += missed,
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
+        }
+        for (project, task, result) in results {
+            self.checker.result(&project, &task, &result);
         }
     }
 
@@ -1154,6 +1219,14 @@ impl Sim {
             tokio::time::sleep(self.poll()).await;
         }
         self.check_results().await;
+        self.read_events();
+        let completions = self
+            .events_seen
+            .get("task_completion")
+            .copied()
+            .unwrap_or(0);
+        self.checker
+            .task_events(self.checker.tasks_with_results(), completions);
         for project in &self.projects {
             let status = project
                 .ended
@@ -1301,6 +1374,8 @@ impl Sim {
             terms_seen: self.checker.terms(),
             governor_terms_seen: self.checker.governor_terms(),
             results_seen: self.checker.tasks_with_results(),
+            events_seen: self.events_seen.clone(),
+            events_missed: self.events_missed,
             task_statuses,
             violations: self
                 .checker
@@ -1336,7 +1411,7 @@ impl Sim {
 }
 
 /// Where to dial `node`: its first listen address with its peer id.
-pub(crate) async fn dial_addr(node: &aamas_node::runtime::Node) -> Option<String> {
+pub(crate) async fn dial_addr(node: &aamas_node::driver::runtime::Node) -> Option<String> {
     let addr = node.status().await.listen_addrs.into_iter().next()?;
     Some(format!("{addr}/p2p/{}", node.peer_id()))
 }

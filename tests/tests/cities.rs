@@ -10,7 +10,7 @@ use aamas_tests::*;
 /// How long the burst may take (debug build, loaded machine).
 const BURST_LIMIT: Duration = Duration::from_secs(300);
 /// How long the cities may take to close after the burst: one cool-down per closed city
-/// (`aamas_node::cities::CITY_COOLDOWN_MS`, 30 s) and some.
+/// (`aamas_node::roles::cities::CITY_COOLDOWN_MS`, 30 s) and some.
 const CLOSE_LIMIT: Duration = Duration::from_secs(150);
 
 fn burst(name: &str, tasks: usize) -> String {

@@ -9,8 +9,8 @@
 //!   others or far-ahead terms, a campaign, a governor report, a change of another's
 //!   project, an Execute) is refused and counted by reason (`node::authority`).
 
-use aamas_node::runtime::MeshFile;
-use aamas_node::swarm::{self, SwarmConfig};
+use aamas_node::driver::runtime::MeshFile;
+use aamas_node::net::swarm::{self, SwarmConfig};
 use aamas_protocol::{Event, Identity, Limits, Notification, Outgoing, Payload, Sealer, To};
 use aamas_tests::*;
 
@@ -167,7 +167,7 @@ fn a_non_members_raft_rpc_is_refused_and_counted() {
             .expect("dial the node");
         // A vote request for a term far ahead: a member's would depose the president.
         let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(1_000, 7), None);
-        let rpc = aamas_node::wire::Rpc::Vote {
+        let rpc = aamas_node::net::wire::Rpc::Vote {
             group: 0,
             rpc: vote,
         };
@@ -177,7 +177,7 @@ fn a_non_members_raft_rpc_is_refused_and_counted() {
             .expect("an answer")
     });
     assert!(
-        matches!(answer, aamas_node::wire::RpcResponse::Refused { ref reason } if reason.contains("not a member")),
+        matches!(answer, aamas_node::net::wire::RpcResponse::Refused { ref reason } if reason.contains("not a member")),
         "{answer:?}"
     );
     let (_, metrics) = node.api_get("/metrics").expect("metrics");
@@ -224,8 +224,8 @@ fn state_not_run_by(hierarchy: &serde_json::Value, peer: &str) -> Option<String>
 fn a_hostile_members_moves_are_refused_and_counted() {
     use aamas_consensus::ledger::TaskKey;
     use aamas_consensus::registry::GovernorRecord;
-    use aamas_node::runtime::node_id;
-    use aamas_node::wire::{Rpc, RpcResponse};
+    use aamas_node::driver::runtime::node_id;
+    use aamas_node::net::wire::{Rpc, RpcResponse};
     use openraft::Vote;
     use openraft::raft::{AppendEntriesRequest, VoteRequest};
 
@@ -270,7 +270,7 @@ fn a_hostile_members_moves_are_refused_and_counted() {
         retries: 0,
         budget: 0,
     };
-    let execute = aamas_node::work::Work::Execute {
+    let execute = aamas_node::driver::work::Work::Execute {
         key: TaskKey {
             project: "p".into(),
             task: "t".into(),
@@ -313,7 +313,7 @@ fn a_hostile_members_moves_are_refused_and_counted() {
     let project = nodes[p]
         .submit(&String::from_utf8(template.stdout).expect("utf-8"))
         .expect("the president's operator submits a project");
-    let far = term + aamas_node::authority::MAX_TERM_JUMP + 1;
+    let far = term + aamas_node::roles::authority::MAX_TERM_JUMP + 1;
     let moves: Vec<(&str, Rpc)> = vec![
         (
             "term_too_far",

@@ -14,7 +14,7 @@
 //!   Delivered(key, attempt)          done: the attempt is forgotten
 //! ```
 //!
-//! The spec was checked before the core sees the Execute ([`crate::authority::execute`]);
+//! The spec was checked before the core sees the Execute ([`crate::roles::authority::execute`]);
 //! the core only keeps the books. `O` is the outcome as the executor gives it: the core
 //! carries it without looking inside.
 

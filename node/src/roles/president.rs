@@ -23,7 +23,7 @@ use aamas_consensus::ledger::{TaskKey, TaskStatus};
 use aamas_consensus::registry::{PhaseProgress, RegistryCommand};
 use aamas_protocol::{Event, NodeKey, Phase};
 
-use crate::governor::{NewTask, StateProgress, TaskReport};
+use crate::roles::governor::{NewTask, StateProgress, TaskReport};
 use crate::spec::{PhaseSpec, ProjectSpec, TaskSpec};
 
 /// Most voters of the federal group.

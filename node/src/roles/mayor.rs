@@ -52,7 +52,7 @@ pub struct Worker {
 /// (others only when the state has no live member); preferring one it has not failed
 /// on, then the task's skill, then the least loaded, key order breaking ties.
 pub fn pick_worker(
-    spec: &TaskSpec,
+    skill: Option<&str>,
     workers: &BTreeMap<NodeKey, Worker>,
     failed_on: &BTreeSet<NodeKey>,
     load: &BTreeMap<NodeKey, u32>,
@@ -69,10 +69,7 @@ pub fn pick_worker(
         .filter(|(_, worker)| worker.in_state || !own_alive)
         .filter(|(key, worker)| load.get(*key).copied().unwrap_or(0) < worker.capacity)
         .min_by_key(|(key, worker)| {
-            let skilled = spec
-                .skill
-                .as_ref()
-                .is_none_or(|skill| worker.skills.contains(skill));
+            let skilled = skill.is_none_or(|skill| worker.skills.contains(skill));
             (
                 failed_on.contains(key),
                 !worker.in_state,
@@ -161,6 +158,15 @@ pub enum Command {
     },
 }
 
+/// One state's look during a tick: its workers, who is alive, the load so far (with
+/// this tick's assignments), and whether every worker is full.
+struct Look<'a> {
+    workers: &'a BTreeMap<NodeKey, Worker>,
+    alive: &'a BTreeSet<NodeKey>,
+    load: BTreeMap<NodeKey, u32>,
+    full: bool,
+}
+
 /// One attempt as the mayor follows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Attempt {
@@ -174,6 +180,9 @@ struct Attempt {
 #[derive(Debug, Default)]
 pub struct Mayor {
     attempts: BTreeMap<(TaskKey, u32), Attempt>,
+    /// Each open task's spec, decoded once (`None`: it does not decode, and is left
+    /// alone); dropped with the task.
+    specs: BTreeMap<TaskKey, Option<TaskSpec>>,
     failed_on: BTreeMap<TaskKey, BTreeSet<NodeKey>>,
     queued: VecDeque<Command>,
 }
@@ -189,18 +198,15 @@ impl Mayor {
         match input {
             Input::Tick { states, alive } => {
                 for state in states {
-                    let mut load = state.load.clone();
+                    let mut look = Look {
+                        workers: &state.workers,
+                        alive,
+                        load: state.load.clone(),
+                        full: false,
+                    };
                     for (city, tasks) in &state.cities {
                         for (key, task) in tasks {
-                            self.dispatch(
-                                now_ms,
-                                city,
-                                key,
-                                task,
-                                &state.workers,
-                                alive,
-                                &mut load,
-                            );
+                            self.dispatch(now_ms, city, key, task, &mut look);
                         }
                     }
                 }
@@ -212,6 +218,7 @@ impl Mayor {
                     .collect();
                 self.attempts.retain(|(key, _), _| open.contains(key));
                 self.failed_on.retain(|key, _| open.contains(key));
+                self.specs.retain(|key, _| open.contains(key));
             }
             Input::Assigned {
                 city,
@@ -269,20 +276,21 @@ impl Mayor {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn dispatch(
-        &mut self,
-        now_ms: u64,
-        city: &str,
-        key: &TaskKey,
-        task: &Task,
-        workers: &BTreeMap<NodeKey, Worker>,
-        alive: &BTreeSet<NodeKey>,
-        load: &mut BTreeMap<NodeKey, u32>,
-    ) {
-        let Ok(spec) = TaskSpec::decode(&task.spec) else {
+    /// The decoded spec of `key` (decoded on first sight, then kept while it is open).
+    fn spec(&mut self, key: &TaskKey, task: &Task) -> Option<&TaskSpec> {
+        if !self.specs.contains_key(key) {
+            self.specs
+                .insert(key.clone(), TaskSpec::decode(&task.spec).ok());
+        }
+        self.specs.get(key).and_then(Option::as_ref)
+    }
+
+    fn dispatch(&mut self, now_ms: u64, city: &str, key: &TaskKey, task: &Task, look: &mut Look) {
+        let Some(spec) = self.spec(key, task) else {
             return;
         };
+        let (timeout_secs, skill) = (spec.timeout_secs, spec.skill.clone());
+        let (workers, alive) = (look.workers, look.alive);
         if task.status == TaskStatus::Assigned {
             let Some(worker) = task.worker else { return };
             let followed = *self
@@ -293,7 +301,7 @@ impl Mayor {
                     delivered: false,
                 });
             let held_ms = now_ms.saturating_sub(followed.since_ms);
-            let overdue = held_ms > spec.timeout_secs.saturating_mul(1_000) + ASSIGNMENT_GRACE_MS;
+            let overdue = held_ms > timeout_secs.saturating_mul(1_000) + ASSIGNMENT_GRACE_MS;
             let lost = !alive.contains(&worker) && held_ms > LOST_WORKER_MS;
             let untaken = !followed.delivered && held_ms > UNTAKEN_MS;
             if !overdue && !lost && !untaken {
@@ -336,13 +344,20 @@ impl Mayor {
         } else if task.status != TaskStatus::Pending {
             return;
         }
+        // Which workers can take a task does not depend on the task (only which one is
+        // preferred does): once none can, none can for the rest of this look.
+        if look.full {
+            return;
+        }
         let none = BTreeSet::new();
         let failed_on = self.failed_on.get(key).unwrap_or(&none);
-        let Some(worker) = pick_worker(&spec, workers, failed_on, load, |k| alive.contains(k))
-        else {
+        let Some(worker) = pick_worker(skill.as_deref(), workers, failed_on, &look.load, |k| {
+            alive.contains(k)
+        }) else {
+            look.full = true;
             return;
         };
-        *load.entry(worker).or_default() += 1;
+        *look.load.entry(worker).or_default() += 1;
         let attempt = task.attempt + 1;
         self.queue(Command::Propose {
             city: city.to_string(),

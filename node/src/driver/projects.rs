@@ -7,9 +7,10 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::runtime::{Node, now_ms};
+use crate::driver::runtime::{Node, now_ms};
+use crate::net::swarm::Unacked;
+use crate::net::wire::{Rpc, RpcResponse};
 use crate::spec;
-use crate::wire::{Rpc, RpcResponse};
 
 /// One phase of a project as `aamas project show` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,14 +183,12 @@ impl Node {
     /// The president's peer, or `None` when this node is the president.
     pub(crate) fn president_peer(
         &self,
-    ) -> Result<Option<(PeerId, Vec<libp2p::Multiaddr>)>, String> {
-        let (president, peer) = self
-            .president()
-            .ok_or("no president right now; try again")?;
+    ) -> Result<Option<(PeerId, Vec<libp2p::Multiaddr>)>, ProjectError> {
+        let (president, peer) = self.president().ok_or(ProjectError::NoPresident)?;
         if president == self.me() {
             return Ok(None);
         }
-        let peer: PeerId = peer.parse().map_err(|_| "bad president peer id")?;
+        let peer: PeerId = peer.parse().map_err(|_| ProjectError::NoPresident)?;
         let addrs = self
             .book
             .get(president)
@@ -208,7 +207,7 @@ impl Node {
         &self,
         text: &str,
         request: Option<&str>,
-    ) -> Result<String, String> {
+    ) -> Result<String, ProjectError> {
         self.submit_project_as(self.identity.node_key(), text, request)
             .await
     }
@@ -220,8 +219,8 @@ impl Node {
         owner: NodeKey,
         text: &str,
         request: Option<&str>,
-    ) -> Result<String, String> {
-        let parsed = spec::parse(text).map_err(|error| error.to_string())?;
+    ) -> Result<String, ProjectError> {
+        let parsed = spec::parse(text).map_err(|error| ProjectError::BadSpec(error.to_string()))?;
         if let Some(request) = request {
             check_request_id(request)?;
         }
@@ -249,7 +248,7 @@ impl Node {
             };
             self.propose(&[b"submit", id.as_bytes()], command)
                 .await
-                .map_err(|error| error.to_string())?;
+                .map_err(ProjectError::NotCommitted)?;
             tracing::info!(project = %id, name = %parsed.name, "project accepted");
             return Ok(id);
         };
@@ -259,17 +258,21 @@ impl Node {
         };
         match self.handle.request(peer, addrs, rpc).await {
             Ok(RpcResponse::Submitted { id }) => Ok(id),
-            Ok(RpcResponse::Refused { reason }) => Err(reason),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(error) => Err(error.to_string()),
+            Ok(RpcResponse::Refused { reason }) => {
+                Err(ProjectError::President(Unacked::Refused { reason }))
+            }
+            Ok(other) => Err(ProjectError::President(Unacked::Unexpected {
+                answer: format!("{other:?}"),
+            })),
+            Err(error) => Err(ProjectError::President(Unacked::Network(error))),
         }
     }
 
     /// Holds, resumes or advances a project by hand, or archives a finished one: it
     /// leaves the Registry (freeing its place among [`aamas_consensus::registry::MAX_PROJECTS`])
     /// and each governor forgets its tasks once its copy of the Registry no longer has
-    /// it (see [`crate::work::ARCHIVE_GRACE_MS`]).
-    pub async fn change_project(&self, id: &str, action: &str) -> Result<(), String> {
+    /// it (see [`crate::driver::work::ARCHIVE_GRACE_MS`]).
+    pub async fn change_project(&self, id: &str, action: &str) -> Result<(), ProjectError> {
         self.change_project_as(self.identity.node_key(), id, action)
             .await
     }
@@ -277,24 +280,24 @@ impl Node {
     /// [`Node::change_project`] on behalf of `requester`: this node's own API, or the
     /// member that forwarded the request. The president takes it from its own operator
     /// and from the member the project was submitted through
-    /// ([`crate::authority::project_change`]).
+    /// ([`crate::roles::authority::project_change`]).
     pub(crate) async fn change_project_as(
         &self,
         requester: NodeKey,
         id: &str,
         action: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProjectError> {
         let Some((peer, addrs)) = self.president_peer()? else {
             let (phase, owner) = self
                 .registry(|registry| registry.projects().get(id).map(|p| (p.phase, p.owner)))
                 .await
                 .flatten()
-                .ok_or_else(|| format!("no project {id}"))?;
+                .ok_or_else(|| ProjectError::NoSuchProject(id.to_string()))?;
             if let Err(refusal) =
-                crate::authority::project_change(requester, self.identity.node_key(), owner)
+                crate::roles::authority::project_change(requester, self.identity.node_key(), owner)
             {
                 self.refuse(&refusal);
-                return Err(refusal.to_string());
+                return Err(ProjectError::Refused(refusal));
             }
             let command = match action {
                 "hold" => RegistryCommand::HoldProject { id: id.into() },
@@ -304,11 +307,7 @@ impl Node {
                     from: phase,
                 },
                 "archive" => RegistryCommand::RemoveProject { id: id.into() },
-                other => {
-                    return Err(format!(
-                        "unknown action {other:?}: use hold, resume, advance or archive"
-                    ));
-                }
+                other => return Err(ProjectError::UnknownAction(other.to_string())),
             };
             let key = [
                 id.as_bytes(),
@@ -320,13 +319,64 @@ impl Node {
             return self
                 .propose(&[b"change", &key], command)
                 .await
-                .map_err(|error| error.to_string());
+                .map_err(ProjectError::NotCommitted);
         };
         let rpc = Rpc::ChangeProject {
             id: id.into(),
             action: action.into(),
         };
-        RpcResponse::acked(self.handle.request(peer, addrs, rpc).await)
+        crate::net::swarm::acked(self.handle.request(peer, addrs, rpc).await)
+            .map_err(ProjectError::President)
+    }
+}
+
+/// Why a project request (submit, change) failed. Its `Display` is what the API and
+/// the CLI show; [`ProjectError::is_client_error`] tells the API's status code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectError {
+    /// The spec does not parse or breaks a rule (the message names the line).
+    #[error("{0}")]
+    BadSpec(String),
+    /// The client request id is not a plain short word.
+    #[error(
+        "the request id must be 1 to {MAX_REQUEST_ID_BYTES} characters of A-Z, a-z, 0-9, \
+         '_', '-' and '.'"
+    )]
+    BadRequestId,
+    /// No project has that id.
+    #[error("no project {0}")]
+    NoSuchProject(String),
+    /// Not one of hold, resume, advance, archive.
+    #[error("unknown action {0:?}: use hold, resume, advance or archive")]
+    UnknownAction(String),
+    /// The requester may not change this project ([`crate::roles::authority`]).
+    #[error(transparent)]
+    Refused(crate::roles::authority::Refusal),
+    /// The mesh has no president this node knows of (an election is under way).
+    #[error("no president right now; try again")]
+    NoPresident,
+    /// The president took the request but could not commit it.
+    #[error("the president could not commit it: {0}")]
+    NotCommitted(aamas_consensus::WriteError),
+    /// The president refused the forwarded request, or it did not reach it.
+    #[error(transparent)]
+    President(Unacked),
+}
+
+impl ProjectError {
+    /// Whether the request itself is wrong (a 4xx), as opposed to the mesh being unable
+    /// to take it right now (a 503: retry, with the same request id).
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            Self::BadSpec(_)
+            | Self::BadRequestId
+            | Self::NoSuchProject(_)
+            | Self::UnknownAction(_)
+            | Self::Refused(_) => true,
+            Self::President(Unacked::Refused { .. }) => true,
+            Self::NoPresident | Self::NotCommitted(_) | Self::President(_) => false,
+        }
     }
 }
 
@@ -334,7 +384,7 @@ impl Node {
 pub const MAX_REQUEST_ID_BYTES: usize = 64;
 
 /// A client request id: 1 to [`MAX_REQUEST_ID_BYTES`] of `[A-Za-z0-9_.-]`.
-pub fn check_request_id(request: &str) -> Result<(), String> {
+pub fn check_request_id(request: &str) -> Result<(), ProjectError> {
     let fits = (1..=MAX_REQUEST_ID_BYTES).contains(&request.len())
         && request
             .bytes()
@@ -342,10 +392,7 @@ pub fn check_request_id(request: &str) -> Result<(), String> {
     if fits {
         Ok(())
     } else {
-        Err(format!(
-            "the request id must be 1 to {MAX_REQUEST_ID_BYTES} characters of A-Z, a-z, 0-9, \
-             '_', '-' and '.'"
-        ))
+        Err(ProjectError::BadRequestId)
     }
 }
 

@@ -21,8 +21,22 @@ use aamas_protocol::NodeKey;
 use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 
-use crate::runtime::{Node, node_id, now_ms, parse_addrs};
-use crate::wire::{Rpc, RpcResponse};
+use crate::driver::runtime::{Node, node_id, now_ms, parse_addrs};
+use crate::net::wire::Rpc;
+
+/// Why a governor's report did not reach the Registry.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// No president is known right now.
+    #[error("no president right now")]
+    NoPresident,
+    /// The president did not acknowledge the report.
+    #[error(transparent)]
+    Unacked(#[from] crate::net::swarm::Unacked),
+    /// The president could not commit it.
+    #[error("the report was not committed: {0}")]
+    NotCommitted(#[from] aamas_consensus::WriteError),
+}
 
 /// Voters of a state group, when the mesh has that many members.
 pub const STATE_VOTERS: usize = 3;
@@ -38,7 +52,7 @@ pub fn state_group_id(state: &str) -> GroupId {
     u64::from_be_bytes(bytes).max(1)
 }
 
-pub use crate::governor::{
+pub use crate::roles::governor::{
     Candidate, MAYOR_LEASE_MS, MayorAction, mayor_action, pick_mayor, pick_voters,
 };
 
@@ -272,7 +286,7 @@ impl Node {
             &to_map(&preferred),
             last_seen,
             now,
-            crate::runtime::VOTER_DEAD_TIMEOUT_MS,
+            crate::driver::runtime::VOTER_DEAD_TIMEOUT_MS,
         )
         .await;
         match outcome {
@@ -368,7 +382,7 @@ impl Node {
             return;
         }
         if let Err(reason) = self.send_governor_report(state, record).await {
-            tracing::debug!(state, reason, "governor report not taken yet");
+            tracing::debug!(state, %reason, "governor report not taken yet");
         }
     }
 
@@ -376,15 +390,20 @@ impl Node {
         &self,
         state: &str,
         record: GovernorRecord,
-    ) -> Result<(), String> {
-        let Some((peer, addrs)) = self.president_peer()? else {
+    ) -> Result<(), ReportError> {
+        let Some((peer, addrs)) = self
+            .president_peer()
+            .map_err(|_| ReportError::NoPresident)?
+        else {
             return self.record_governor(state, record).await;
         };
         let rpc = Rpc::GovernorReport {
             state: state.to_string(),
             record,
         };
-        RpcResponse::acked(self.handle.request(peer, addrs, rpc).await)
+        Ok(crate::net::swarm::acked(
+            self.handle.request(peer, addrs, rpc).await,
+        )?)
     }
 
     /// The president commits a governor's report.
@@ -392,7 +411,7 @@ impl Node {
         &self,
         state: &str,
         record: GovernorRecord,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReportError> {
         // The time is part of the request id: a record can return to an earlier value
         // (a city opened and closed again), and the Registry would take a request id it
         // has seen as a retry of the old write and leave the newer record in place.
@@ -408,9 +427,7 @@ impl Node {
             state: state.to_string(),
             governor: record,
         };
-        self.propose(&[b"governor", &key], command)
-            .await
-            .map_err(|error| error.to_string())
+        Ok(self.propose(&[b"governor", &key], command).await?)
     }
 
     /// Reconnects to the members of this node's state, so that liveness is known and

@@ -27,12 +27,12 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::messaging::{Authority, Inbox, Topics};
-use crate::swarm::{self, Gossip, Inbound, NodeHandle};
+use crate::net::swarm::{self, Gossip, Inbound, NodeHandle};
+use crate::net::transport::{Libp2pTransport, PeerBook};
+use crate::net::wire::{JoinRequest, JoinResponse, Rpc, RpcResponse};
 use crate::token::JoinToken;
-use crate::transport::{Libp2pTransport, PeerBook};
-use crate::wire::{JoinRequest, JoinResponse, Rpc, RpcResponse};
 
-pub use crate::president::{FEDERAL_VOTERS, LEARNERS_PER_TICK, VOTER_DEAD_TIMEOUT_MS};
+pub use crate::roles::president::{FEDERAL_VOTERS, LEARNERS_PER_TICK, VOTER_DEAD_TIMEOUT_MS};
 /// Inbound requests handled at once.
 pub const MAX_INBOUND_IN_FLIGHT: usize = 64;
 /// How often the president reconciles voters and liveness.
@@ -291,7 +291,7 @@ pub struct NodeConfig {
     /// Tasks this node runs at once as a worker.
     pub capacity: u32,
     /// The simulator's fault layer; `None` on real nodes.
-    pub faults: Option<Arc<dyn crate::faults::Faults>>,
+    pub faults: Option<Arc<dyn crate::net::faults::Faults>>,
     /// RocksDB memtable size per column family; `None` keeps RocksDB's default (the
     /// simulator sets it small, see `StoreConfig::memtable_bytes`).
     pub memtable_bytes: Option<usize>,
@@ -303,6 +303,29 @@ pub struct NodeConfig {
     /// How connections are checked for life (see `swarm::Liveness`); `None` is the
     /// default for real nodes.
     pub liveness: Option<swarm::Liveness>,
+}
+
+/// Why this node could not give up its place in a group (see `Node::resign`).
+#[derive(Debug, thiserror::Error)]
+pub enum ResignError {
+    /// The group has no leader to ask.
+    #[error("the group has no leader")]
+    NoLeader,
+    /// This node is the group's only voter: nobody can take it over.
+    #[error("this node is the group's only voter")]
+    OnlyVoter,
+    /// This node leads the group and could not hand it over.
+    #[error("handing over the lead failed")]
+    HandOverFailed,
+    /// The leader did not answer within the ask's limit.
+    #[error("the leader did not answer in time")]
+    LeaderSilent,
+    /// The leader is not in the peer book.
+    #[error("the leader {0} is not in the peer book")]
+    LeaderUnknown(NodeId),
+    /// The leader refused or the request failed.
+    #[error(transparent)]
+    Unacked(crate::net::swarm::Unacked),
 }
 
 /// The shared state of a running node.
@@ -317,7 +340,10 @@ pub struct Node {
     pub(crate) inbox: Inbox,
     pub(crate) topics: Topics,
     sealer: Mutex<aamas_protocol::Sealer>,
-    pub(crate) work: crate::work::WorkState,
+    pub(crate) work: crate::driver::work::WorkState,
+    /// What this node's roles decided or committed, and its role changes
+    /// ([`crate::events`]).
+    pub(crate) events: crate::events::EventBus,
     skills: Vec<String>,
     capacity: u32,
     this: std::sync::OnceLock<std::sync::Weak<Node>>,
@@ -345,10 +371,10 @@ pub struct Node {
     /// When this node (as president) last added federal learners.
     learners_added: Mutex<Option<std::time::Instant>>,
     /// Wakes the work roles at once: a group this node holds applied an entry, or a
-    /// governor's report arrived (see [`crate::work::WORK_TICK`]).
+    /// governor's report arrived (see [`crate::driver::work::WORK_TICK`]).
     pub(crate) work_wake: Arc<tokio::sync::Notify>,
     /// This node's copy of the Registry while it is outside the federal group (see
-    /// `crate::mirroring`).
+    /// `crate::driver::mirroring`).
     pub(crate) mirror: aamas_consensus::Mirror,
     /// The member that admitted this node: the relay its mirror asks first.
     pub(crate) relay_hint: Mutex<Option<NodeId>>,
@@ -753,10 +779,10 @@ impl Node {
     /// group over if it leads it, then asks the leader to take it out, for at most
     /// [`RESIGN_LIMIT`]. A state group this node is not in (any more) is done at once;
     /// outside the federal group, it still asks the president to mark it as left.
-    async fn resign(&self, id: aamas_consensus::GroupId) -> Result<(), String> {
+    async fn resign(&self, id: aamas_consensus::GroupId) -> Result<(), ResignError> {
         let me = self.me();
         let deadline = tokio::time::Instant::now() + RESIGN_LIMIT;
-        let mut last = String::from("the group has no leader");
+        let mut last = ResignError::NoLeader;
         loop {
             let Some(group) = self.groups.get(id) else {
                 return Ok(());
@@ -775,10 +801,10 @@ impl Node {
             match leader {
                 Some(leader) if leader == me => {
                     if membership.voter_ids().all(|voter| voter == me) {
-                        return Err("this node is the group's only voter".into());
+                        return Err(ResignError::OnlyVoter);
                     }
                     if !self.hand_over(id).await {
-                        last = "handing over the lead failed".into();
+                        last = ResignError::HandOverFailed;
                     }
                 }
                 Some(leader) => match self.book.get(leader) {
@@ -790,14 +816,14 @@ impl Node {
                             .saturating_duration_since(tokio::time::Instant::now())
                             .min(RESIGN_ASK_LIMIT);
                         match tokio::time::timeout(left, asked).await {
-                            Ok(answer) => match RpcResponse::acked(answer) {
+                            Ok(answer) => match crate::net::swarm::acked(answer) {
                                 Ok(()) => return Ok(()),
-                                Err(reason) => last = reason,
+                                Err(unacked) => last = ResignError::Unacked(unacked),
                             },
-                            Err(_) => last = "the leader did not answer in time".into(),
+                            Err(_) => last = ResignError::LeaderSilent,
                         }
                     }
-                    None => last = format!("the leader {leader} is not in the peer book"),
+                    None => last = ResignError::LeaderUnknown(leader),
                 },
                 None => {}
             }
@@ -1130,6 +1156,13 @@ impl Node {
     }
 
     /// What this node knows.
+    /// A subscriber to this node's event bus: the seed's five events as this node's
+    /// roles decide or commit them, and its role changes, from now on (bounded: see
+    /// [`crate::events`]).
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<crate::events::Stamped> {
+        self.events.subscribe()
+    }
+
     pub async fn status(&self) -> Status {
         let me = self.identity.node_key();
         let (president, term) = self.president_and_term();
@@ -1300,7 +1333,7 @@ impl Node {
                         cities.iter().map(|city| (city.as_str(), 0)).collect();
                     for (key, task) in ledger.tasks() {
                         let city = match task.status {
-                            TaskStatus::Pending => crate::cities::city_for(key, &cities),
+                            TaskStatus::Pending => crate::roles::cities::city_for(key, &cities),
                             TaskStatus::Assigned => task.city.as_deref(),
                             _ => None,
                         };
@@ -1402,7 +1435,7 @@ impl Node {
         )
         .await?;
         // Place it: a state named like one of its skills, else the least populated
-        // ([`crate::president::place`]).
+        // ([`crate::roles::president::place`]).
         let choice = self
             .registry(|registry| {
                 let placed = registry
@@ -1421,7 +1454,7 @@ impl Node {
                         (state.clone(), members)
                     })
                     .collect();
-                crate::president::place(&skills, &states)
+                crate::roles::president::place(&skills, &states)
             })
             .await
             .flatten();
@@ -1532,7 +1565,7 @@ impl Node {
     }
 
     /// Counts a refusal under its reason and turns it into the answer.
-    pub(crate) fn refuse(&self, refusal: &crate::authority::Refusal) -> RpcResponse {
+    pub(crate) fn refuse(&self, refusal: &crate::roles::authority::Refusal) -> RpcResponse {
         self.metrics
             .rpc_refused
             .get_or_create(&crate::metrics::labels(&[("reason", refusal.label())]))
@@ -1542,26 +1575,26 @@ impl Node {
         }
     }
 
-    /// The checks of [`crate::authority::raft`] for a Raft RPC of `sender` into `group`
+    /// The checks of [`crate::roles::authority::raft`] for a Raft RPC of `sender` into `group`
     /// (opened here on first contact).
     async fn admit_raft(
         &self,
         sender: NodeId,
         group: aamas_consensus::GroupId,
-        claim: crate::authority::RaftClaim,
-    ) -> Result<(), crate::authority::Refusal> {
+        claim: crate::roles::authority::RaftClaim,
+    ) -> Result<(), crate::roles::authority::Refusal> {
         self.open_on_contact(group).await;
         let (term, sender_in_group) = self
             .groups
             .get(group)
             .map(|open| open.term_and_membership_of(sender))
             .unwrap_or_default();
-        let view = crate::authority::GroupView {
+        let view = crate::roles::authority::GroupView {
             group,
             term,
             sender_in_group,
         };
-        crate::authority::raft(sender, claim, &view)
+        crate::roles::authority::raft(sender, claim, &view)
     }
 
     /// Opens a state group on first contact: a governor adds this node as a learner or
@@ -1595,13 +1628,17 @@ impl Node {
         } else {
             Vec::new()
         };
-        if let Err(refusal) = crate::authority::governor(sender, claimant, record.term, &seen) {
+        if let Err(refusal) =
+            crate::roles::authority::governor(sender, claimant, record.term, &seen)
+        {
             tracing::debug!(state, %refusal, "governor report refused");
             return self.refuse(&refusal);
         }
         match self.record_governor(&state, record).await {
             Ok(()) => RpcResponse::Ack,
-            Err(reason) => RpcResponse::Refused { reason },
+            Err(reason) => RpcResponse::Refused {
+                reason: reason.to_string(),
+            },
         }
     }
 
@@ -1617,8 +1654,8 @@ impl Node {
         claimant: NodeId,
         term: u64,
         claimed: &[NodeKey],
-    ) -> Vec<crate::authority::LeaderSeen> {
-        use crate::authority::LeaderSeen;
+    ) -> Vec<crate::roles::authority::LeaderSeen> {
+        use crate::roles::authority::LeaderSeen;
         let me = self.me();
         let known = self
             .registry(|registry| {
@@ -1726,7 +1763,7 @@ impl Node {
     }
 
     async fn handle_inbound(&self, inbound: Inbound) {
-        use crate::authority::RaftRpc;
+        use crate::roles::authority::RaftRpc;
         let Inbound { peer, rpc, channel } = inbound;
         let sender = self.member_id_of_peer(&peer);
         let response = match (rpc, sender) {
@@ -1735,7 +1772,7 @@ impl Node {
             // and the members a join answer named.
             (_, None) => {
                 tracing::debug!(%peer, "refused an RPC from a non-member");
-                self.refuse(&crate::authority::Refusal::NonMember)
+                self.refuse(&crate::roles::authority::Refusal::NonMember)
             }
             (Rpc::GovernorReport { state, record }, Some(sender)) => {
                 self.handle_governor_report(sender, state, record).await
@@ -1743,25 +1780,29 @@ impl Node {
             (Rpc::Envelope(bytes), Some(_)) => self.handle_envelope(&bytes).await,
             (Rpc::SubmitProject { spec, request }, Some(_)) => {
                 match NodeKey::from_peer_id(&peer.to_base58()) {
-                    None => self.refuse(&crate::authority::Refusal::NonMember),
+                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
                     Some(owner) => {
                         match self
                             .submit_project_as(owner, &spec, request.as_deref())
                             .await
                         {
                             Ok(id) => RpcResponse::Submitted { id },
-                            Err(reason) => RpcResponse::Refused { reason },
+                            Err(reason) => RpcResponse::Refused {
+                                reason: reason.to_string(),
+                            },
                         }
                     }
                 }
             }
             (Rpc::ChangeProject { id, action }, Some(_)) => {
                 match NodeKey::from_peer_id(&peer.to_base58()) {
-                    None => self.refuse(&crate::authority::Refusal::NonMember),
+                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
                     Some(requester) => {
                         match self.change_project_as(requester, &id, &action).await {
                             Ok(()) => RpcResponse::Ack,
-                            Err(reason) => RpcResponse::Refused { reason },
+                            Err(reason) => RpcResponse::Refused {
+                                reason: reason.to_string(),
+                            },
                         }
                     }
                 }
@@ -1786,7 +1827,8 @@ impl Node {
                 RpcResponse::Leadership { leader, term }
             }
             (Rpc::Campaign { group }, Some(sender)) => match self.groups.get(group) {
-                Some(open) => match crate::authority::campaign(sender, group, open.leader()) {
+                Some(open) => match crate::roles::authority::campaign(sender, group, open.leader())
+                {
                     Err(refusal) => self.refuse(&refusal),
                     Ok(()) => match open.raft().trigger().elect().await {
                         Ok(()) => RpcResponse::Ack,
@@ -1831,7 +1873,7 @@ impl Node {
     /// The president keeps the federal group's voters at `FEDERAL_VOTERS` (or every
     /// member, when fewer) and replaces voters that stay unreachable.
     async fn president_tick(&self) {
-        use crate::president::FederalChange;
+        use crate::roles::president::FederalChange;
         let Some(federal) = self.federal() else {
             return;
         };
@@ -1876,19 +1918,19 @@ impl Node {
             .is_none_or(|at| at.elapsed() >= gap);
         // Every member holds a copy of the Registry. Besides the voters, the group has
         // learners (relays) up to `federal_members_wanted`; every other member mirrors a
-        // relay (see `crate::mirroring`).
-        let view = crate::president::FederalView {
+        // relay (see `crate::driver::mirroring`).
+        let view = crate::roles::president::FederalView {
             me: self.me(),
             voters: &voters,
             learners: &learners,
             members: &states,
             last_seen: &last_seen,
             changing: membership.membership().get_joint_config().len() > 1,
-            wanted: crate::mirroring::federal_members_wanted(members.len()),
+            wanted: crate::driver::mirroring::federal_members_wanted(members.len()),
             learner_gap_passed,
             now_ms: now,
         };
-        for change in crate::president::plan_federal(&view) {
+        for change in crate::roles::president::plan_federal(&view) {
             match change {
                 FederalChange::ReplaceVoter { dead, with } => {
                     // Carried out by consensus, which plans it again from the same look.
@@ -2346,7 +2388,8 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         )),
         liveness: Mutex::new(HashMap::new()),
         resigned: Mutex::new(HashMap::new()),
-        work: crate::work::WorkState::new(
+        events: crate::events::EventBus::default(),
+        work: crate::driver::work::WorkState::new(
             identity.node_key(),
             usize::try_from(config.capacity.clamp(1, MAX_WORKER_CAPACITY)).unwrap_or(1),
             crate::executor::LlmConfig::from_env(),
@@ -2380,7 +2423,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         let raft_slots = Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT));
         let other_slots = Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT));
         // Mirrors' catch-ups are held while there is nothing newer: slots of their own.
-        let mirror_slots = Arc::new(Semaphore::new(crate::mirroring::MAX_MIRROR_WAITERS));
+        let mirror_slots = Arc::new(Semaphore::new(crate::driver::mirroring::MAX_MIRROR_WAITERS));
         while let Some(request) = inbound.recv().await {
             let slots = match request.rpc {
                 Rpc::Append { .. }
@@ -2498,7 +2541,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     let work = duty(
         node.clone(),
         "work",
-        crate::work::WORK_TICK,
+        crate::driver::work::WORK_TICK,
         Some(node.work_wake.clone()),
         |working| async move {
             working.work_tick().await;
@@ -2514,12 +2557,12 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
 }
 
 /// What a Raft RPC claims about itself (its vote's term and the node the vote is for),
-/// for [`crate::authority::raft`].
+/// for [`crate::roles::authority::raft`].
 fn raft_claim(
-    rpc: crate::authority::RaftRpc,
+    rpc: crate::roles::authority::RaftRpc,
     vote: &openraft::Vote<NodeId>,
-) -> crate::authority::RaftClaim {
-    crate::authority::RaftClaim {
+) -> crate::roles::authority::RaftClaim {
+    crate::roles::authority::RaftClaim {
         rpc,
         term: vote.leader_id().get_term(),
         named: vote.leader_id().voted_for(),
@@ -2572,7 +2615,7 @@ where
             if wake.is_some() {
                 // Under load commits wake it all the time: rounds start at most this
                 // often (each reads whole Ledgers).
-                tokio::time::sleep_until(began + crate::work::WORK_MIN_GAP).await;
+                tokio::time::sleep_until(began + crate::driver::work::WORK_MIN_GAP).await;
             }
         }
     })

@@ -36,8 +36,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::faults::{Fate, Faults, MAX_DELAYED};
-use crate::wire::{Codec, PROTOCOL, Rpc, RpcResponse};
+use crate::net::faults::{Fate, Faults, MAX_DELAYED};
+use crate::net::wire::{Codec, PROTOCOL, Rpc, RpcResponse};
 
 /// Bound of the command and inbound queues.
 pub const QUEUE_CAPACITY: usize = 1024;
@@ -154,6 +154,37 @@ pub enum NetworkError {
         /// What failed.
         reason: String,
     },
+}
+
+/// Why a request was not acknowledged (see [`acked`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Unacked {
+    /// The peer refused it, with its reason.
+    #[error("{reason}")]
+    Refused {
+        /// The peer's reason, as it answered.
+        reason: String,
+    },
+    /// The peer answered something other than an acknowledgement.
+    #[error("unexpected answer {answer}")]
+    Unexpected {
+        /// The answer, for the log.
+        answer: String,
+    },
+    /// The request never got an answer.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+}
+
+/// `Ok` when `answer` is an [`RpcResponse::Ack`]; otherwise why not.
+pub fn acked(answer: Result<RpcResponse, NetworkError>) -> Result<(), Unacked> {
+    match answer? {
+        RpcResponse::Ack => Ok(()),
+        RpcResponse::Refused { reason } => Err(Unacked::Refused { reason }),
+        other => Err(Unacked::Unexpected {
+            answer: format!("{other:?}"),
+        }),
+    }
 }
 
 enum Command {

@@ -77,7 +77,7 @@ pub enum Rpc {
     /// A node outside the federal group asks a member of it (a relay) for the committed
     /// Registry entries after the last one its mirror applied (see
     /// [`aamas_consensus::Mirror`]); the relay holds the request up to `wait_ms` (at most
-    /// [`crate::runtime::MIRROR_WAIT`]) until it has something newer.
+    /// the driver's `MIRROR_WAIT`) until it has something newer.
     Mirror {
         /// The group (only the federal group is served).
         group: GroupId,
@@ -144,19 +144,6 @@ pub enum RpcResponse {
         /// Why.
         reason: String,
     },
-}
-
-impl RpcResponse {
-    /// `Ok` when `answer` is an [`RpcResponse::Ack`]; otherwise the refusal's reason or
-    /// what went wrong, in one line.
-    pub fn acked(answer: Result<RpcResponse, crate::swarm::NetworkError>) -> Result<(), String> {
-        match answer {
-            Ok(RpcResponse::Ack) => Ok(()),
-            Ok(RpcResponse::Refused { reason }) => Err(reason),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(error) => Err(error.to_string()),
-        }
-    }
 }
 
 /// A joining node's request.

@@ -31,10 +31,11 @@ use aamas_protocol::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::driver::runtime::{Node, now_ms, peer_id, request_id};
+use crate::events::{BusEvent, Role};
 use crate::executor::{ExecError, Execution, Executors, LlmConfig};
-use crate::runtime::{Node, now_ms, peer_id, request_id};
+use crate::net::wire::{Rpc, RpcResponse};
 use crate::spec::{ProjectSpec, TaskSpec};
-use crate::wire::{Rpc, RpcResponse};
 
 /// How often the president, governors, mayors and workers look at their work when
 /// nothing wakes them: for leases, timeouts and retries. A committed entry in a group
@@ -46,15 +47,15 @@ pub const WORK_TICK: Duration = Duration::from_millis(250);
 pub const WORK_MIN_GAP: Duration = Duration::from_millis(50);
 /// How long one delivery attempt may take.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
-pub use crate::governor::{ARCHIVE_GRACE_MS, PROGRESS_REFRESH_MS};
-pub use crate::mayor::ASSIGNMENT_GRACE_MS;
-pub use crate::president::{
+pub use crate::roles::governor::{ARCHIVE_GRACE_MS, PROGRESS_REFRESH_MS};
+pub use crate::roles::mayor::ASSIGNMENT_GRACE_MS;
+pub use crate::roles::president::{
     ASSIGN_RESEND_MS, Decision, MAX_REOPENINGS, REOPEN_ATTEMPTS, decide, ready_tasks,
 };
-pub use crate::worker::OUTCOME_DELIVERY_MS;
+pub use crate::roles::worker::OUTCOME_DELIVERY_MS;
 /// Largest output kept with a task outcome.
 pub const MAX_OUTCOME_OUTPUT: usize = 64 << 10;
-pub use crate::governor::{NewTask, StateProgress, TaskReport};
+pub use crate::roles::governor::{NewTask, StateProgress, TaskReport};
 
 /// The work messages, carried in Command and Report payloads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,31 +152,33 @@ enum Sending {
     Execute,
 }
 
-pub use crate::mayor::{Worker, pick_worker};
+pub use crate::roles::mayor::{Worker, pick_worker};
 
 /// What an attempt produced, as a worker delivers it.
 type AttemptOutcome = Result<Execution, ExecError>;
 /// A command of the worker core.
-type WorkerCommand = crate::worker::Command<AttemptOutcome>;
+type WorkerCommand = crate::roles::worker::Command<AttemptOutcome>;
 
 /// Soft state of this node's work roles; rebuilt from the log after a restart.
 pub struct WorkState {
     executors: Executors,
     /// Worker: the core that keeps the attempts running here and their deliveries
-    /// ([`crate::worker`]).
-    worker: Mutex<crate::worker::Worker<AttemptOutcome>>,
-    /// Mayor: the core that decides dispatch, losses and retries ([`crate::mayor`]).
-    mayor: Mutex<crate::mayor::Mayor>,
+    /// ([`crate::roles::worker`]).
+    worker: Mutex<crate::roles::worker::Worker<AttemptOutcome>>,
+    /// Mayor: the core that decides dispatch, losses and retries ([`crate::roles::mayor`]).
+    mayor: Mutex<crate::roles::mayor::Mayor>,
     /// Mayor: deliveries in flight, so a slow one is not started twice: (task, attempt,
     /// what is being sent).
     sending: Mutex<BTreeSet<(TaskKey, u32, Sending)>>,
     /// Governor: the core that keeps cities, mayors, escalations and reports
-    /// ([`crate::governor`]).
-    governor: Mutex<crate::governor::Governor>,
-    /// President: the core that plans, advances and fails phases ([`crate::president`]).
-    president: Mutex<crate::president::President>,
+    /// ([`crate::roles::governor`]).
+    governor: Mutex<crate::roles::governor::Governor>,
+    /// President: the core that plans, advances and fails phases ([`crate::roles::president`]).
+    president: Mutex<crate::roles::president::President>,
     /// The groups whose applied entries wake the work roles.
     watched: Mutex<BTreeSet<aamas_consensus::GroupId>>,
+    /// The roles this node held at the end of the last round (for RoleChange events).
+    roles: Mutex<BTreeSet<Role>>,
 }
 
 impl std::fmt::Debug for WorkState {
@@ -189,13 +192,126 @@ impl WorkState {
     pub fn new(me: NodeKey, capacity: usize, llm: Option<LlmConfig>) -> Self {
         Self {
             executors: Executors::new(llm),
-            worker: Mutex::new(crate::worker::Worker::new(capacity)),
-            mayor: Mutex::new(crate::mayor::Mayor::new()),
+            worker: Mutex::new(crate::roles::worker::Worker::new(capacity)),
+            mayor: Mutex::new(crate::roles::mayor::Mayor::new()),
             sending: Mutex::new(BTreeSet::new()),
-            governor: Mutex::new(crate::governor::Governor::new(me)),
-            president: Mutex::new(crate::president::President::new()),
+            governor: Mutex::new(crate::roles::governor::Governor::new(me)),
+            president: Mutex::new(crate::roles::president::President::new()),
             watched: Mutex::new(BTreeSet::new()),
+            roles: Mutex::new(BTreeSet::new()),
         }
+    }
+}
+
+/// Why a work message was not delivered, taken or committed. Crosses the wire as a
+/// refusal's reason (its `Display`), so the sender's log says what the receiver thought.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkError {
+    /// The message could not be encoded.
+    #[error("encoding the work message failed: {0}")]
+    Encode(postcard::Error),
+    /// The message could not be sealed.
+    #[error("sealing the work message failed: {0}")]
+    Seal(aamas_protocol::SealError),
+    /// The recipient is not an active member (or its key names no peer).
+    #[error("the recipient {0} is not a member")]
+    NotAMember(NodeKey),
+    /// No answer within [`DELIVERY_TIMEOUT`].
+    #[error("delivery timed out")]
+    DeliveryTimedOut,
+    /// The recipient did not acknowledge it.
+    #[error(transparent)]
+    Unacked(#[from] crate::net::swarm::Unacked),
+    /// The authority refused an inbound message ([`crate::roles::authority`]).
+    #[error(transparent)]
+    Refused(crate::roles::authority::Refusal),
+    /// The governor's core refused a request ([`crate::roles::governor::Governor::request`]).
+    #[error(transparent)]
+    Governor(crate::roles::governor::Refused),
+    /// The worker's core refused an attempt ([`crate::roles::worker`]).
+    #[error(transparent)]
+    Worker(crate::roles::worker::Refused),
+    /// The proposal was not committed (no leader, the group closed, a timeout...).
+    #[error("the write was not committed: {0}")]
+    NotCommitted(String),
+    /// The Ledger refused the command.
+    #[error("the Ledger refused it: {reason}")]
+    LedgerRejected {
+        /// The Ledger's reason.
+        reason: String,
+    },
+    /// This node no longer leads the state the write was for.
+    #[error("no longer the governor")]
+    NoLongerGovernor,
+    /// This node governs no state whose Ledger holds the task.
+    #[error("this node governs no state holding {0}")]
+    NotGoverned(TaskKey),
+    /// This node does not hold the lease of the outcome's city.
+    #[error("not the mayor of that city")]
+    NotTheMayor,
+    /// The mayor's Ledger replica has no such task.
+    #[error("no such task {0}")]
+    NoSuchTask(TaskKey),
+    /// The mayor's Ledger replica has not seen the attempt yet; the worker retries.
+    #[error("the mayor's copy of the Ledger is behind; retry")]
+    Behind,
+    /// The state has no governor that is a member right now.
+    #[error("the state has no governor right now")]
+    NoGovernor,
+    /// A progress report reached a node that is not the president.
+    #[error("not the president")]
+    NotThePresident,
+    /// A progress report from a member that is neither the state's governor nor a voter.
+    #[error("{sender} does not govern {state}")]
+    NotItsGovernor {
+        /// Who sent it.
+        sender: NodeKey,
+        /// The state it reported on.
+        state: String,
+    },
+    /// The node is stopping.
+    #[error("the node is stopping")]
+    Stopping,
+}
+
+/// The event a committed Ledger command is, for the event bus: an attempt's end
+/// (TaskCompletion) or a task handed up (ErrorEscalation).
+fn task_event(command: &LedgerCommand) -> Option<Event> {
+    match command {
+        LedgerCommand::CompleteTask {
+            key,
+            attempt,
+            result_digest,
+        } => Some(Event::TaskCompletion {
+            project: key.project.clone(),
+            task: key.task.clone(),
+            attempt: *attempt,
+            outcome: aamas_protocol::TaskOutcome::Succeeded {
+                result_digest: *result_digest,
+            },
+        }),
+        LedgerCommand::FailTask {
+            key,
+            attempt,
+            reason,
+            ..
+        } => Some(Event::TaskCompletion {
+            project: key.project.clone(),
+            task: key.task.clone(),
+            attempt: *attempt,
+            outcome: aamas_protocol::TaskOutcome::Failed {
+                reason: reason.clone(),
+            },
+        }),
+        LedgerCommand::EscalateTask { key, reason } => Some(Event::ErrorEscalation {
+            project: Some(key.project.clone()),
+            task: Some(key.task.clone()),
+            error: reason.clone(),
+            // Handed up by the governor: one level above the mayor.
+            level: 1,
+        }),
+        _ => None,
     }
 }
 
@@ -207,12 +323,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Node {
     /// Seals `work` for `to` and delivers it; `Ok` once `to` acknowledged it.
-    pub(crate) async fn send_work(&self, to: NodeKey, work: &Work) -> Result<(), String> {
+    pub(crate) async fn send_work(&self, to: NodeKey, work: &Work) -> Result<(), WorkError> {
         if to == self.identity.node_key() {
             // To itself (one node holding several roles): no envelope, no network.
             return Box::pin(self.handle_work(to, work.clone())).await;
         }
-        let body = postcard::to_stdvec(work).map_err(|error| error.to_string())?;
+        let body = postcard::to_stdvec(work).map_err(WorkError::Encode)?;
         let payload = match work.kind() {
             MessageKind::Command => Payload::Command(Command {
                 priority: Priority::Normal,
@@ -229,20 +345,20 @@ impl Node {
             .registry(|registry| registry.members().get(&to).map(|member| member.identity))
             .await
             .flatten()
-            .ok_or("the recipient is not a member")?;
+            .ok_or(WorkError::NotAMember(to))?;
         let bytes = self
             .seal(&self.topics.direct(), &payload, &[recipient])
-            .map_err(|error| error.to_string())?;
-        let peer = peer_id(&to).map_err(|error| error.to_string())?;
+            .map_err(WorkError::Seal)?;
+        let peer = peer_id(&to).map_err(|_| WorkError::NotAMember(to))?;
         let addrs = self
             .book
-            .get(crate::runtime::node_id(&to))
+            .get(crate::driver::runtime::node_id(&to))
             .map(|(_, addrs)| addrs)
             .unwrap_or_default();
         let request = self.handle.request(peer, addrs, Rpc::Envelope(bytes));
         match tokio::time::timeout(DELIVERY_TIMEOUT, request).await {
-            Ok(answer) => RpcResponse::acked(answer),
-            Err(_) => Err("delivery timed out".into()),
+            Ok(answer) => Ok(crate::net::swarm::acked(answer)?),
+            Err(_) => Err(WorkError::DeliveryTimedOut),
         }
     }
 
@@ -257,7 +373,7 @@ impl Node {
             &self.metrics,
         ) {
             Ok(opened) => opened,
-            Err(reason) => return refused(reason),
+            Err(reason) => return refused(reason.to_string()),
         };
         let body = match &opened.payload {
             Payload::Command(command) => &command.body,
@@ -273,11 +389,11 @@ impl Node {
         }
         match self.handle_work(opened.header.sender, work).await {
             Ok(()) => RpcResponse::Ack,
-            Err(reason) => refused(reason),
+            Err(reason) => refused(reason.to_string()),
         }
     }
 
-    async fn handle_work(&self, sender: NodeKey, work: Work) -> Result<(), String> {
+    async fn handle_work(&self, sender: NodeKey, work: Work) -> Result<(), WorkError> {
         match work {
             Work::AssignTasks {
                 project,
@@ -348,27 +464,33 @@ impl Node {
         None
     }
 
+    /// Commits `command` to `group`'s Ledger; `Ok(true)` when it changed the Ledger,
+    /// `Ok(false)` when its effect was there already (a retry).
     async fn ledger_write(
         &self,
         group: &Group,
         key: &[&[u8]],
         command: LedgerCommand,
-    ) -> Result<(), String> {
-        self.ledger_request(group, request_id(key), command).await
+    ) -> Result<bool, WorkError> {
+        let event = task_event(&command);
+        let applied = self.ledger_request(group, request_id(key), command).await?;
+        if applied && let Some(event) = event {
+            self.events
+                .publish(now_ms(), BusEvent::Mesh { event }, &self.metrics);
+        }
+        Ok(applied)
     }
 
     /// Test hook: commits a second, different result for a task of a state this node
     /// governs, breaking the one-result invariant so that a checker can be seen to fail.
     /// Not reachable from the network, the API or the CLI.
-    pub async fn overwrite_result(&self, project: &str, task: &str) -> Result<(), String> {
+    pub async fn overwrite_result(&self, project: &str, task: &str) -> Result<(), WorkError> {
         let key = TaskKey {
             project: project.to_string(),
             task: task.to_string(),
         };
         let Some((_, group)) = self.governing_task(&key).await else {
-            return Err(format!(
-                "this node governs no state holding {project}/{task}"
-            ));
+            return Err(WorkError::NotGoverned(key));
         };
         let command = LedgerCommand::OverwriteResult {
             key: key.clone(),
@@ -380,6 +502,7 @@ impl Node {
             command,
         )
         .await
+        .map(|_| ())
     }
 
     async fn ledger_request(
@@ -387,7 +510,7 @@ impl Node {
         group: &Group,
         id: u128,
         command: LedgerCommand,
-    ) -> Result<(), String> {
+    ) -> Result<bool, WorkError> {
         let request = Request {
             id,
             command: RaftCommand::Ledger(command),
@@ -395,10 +518,13 @@ impl Node {
         let committed = group
             .write(request)
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| WorkError::NotCommitted(error.to_string()))?;
         match committed.response.outcome {
-            Outcome::Ledger(LedgerResponse::Rejected { reason }) => Err(reason),
-            _ => Ok(()),
+            Outcome::Ledger(LedgerResponse::Rejected { reason }) => {
+                Err(WorkError::LedgerRejected { reason })
+            }
+            Outcome::Ledger(LedgerResponse::Duplicate) => Ok(false),
+            _ => Ok(true),
         }
     }
 
@@ -408,11 +534,14 @@ impl Node {
             .and_then(|(_, peer)| NodeKey::from_peer_id(&peer))
     }
 
-    /// Answers a request to the governor: the core ([`crate::governor::Governor::request`])
+    /// Answers a request to the governor: the core ([`crate::roles::governor::Governor::request`])
     /// judges it and names the writes; they are committed before the sender is
     /// acknowledged. A write the Ledger refused as done before (a task added twice) is
     /// no error.
-    async fn governor_request(&self, request: crate::governor::Request<'_>) -> Result<(), String> {
+    async fn governor_request(
+        &self,
+        request: crate::roles::governor::Request<'_>,
+    ) -> Result<(), WorkError> {
         let president = self.president_key();
         let judged = lock(&self.work.governor).request(request, president);
         let writes = judged.map_err(|refused| {
@@ -420,7 +549,7 @@ impl Node {
                 .rpc_refused
                 .get_or_create(&crate::metrics::labels(&[("reason", refused.label())]))
                 .inc();
-            refused.to_string()
+            WorkError::Governor(refused)
         })?;
         let governed = self.governed().await;
         let commits = writes.into_iter().map(|write| {
@@ -429,17 +558,18 @@ impl Node {
                 .find(|(state, _)| *state == write.state)
                 .map(|(_, group)| group.clone());
             async move {
-                let group = group.ok_or("no longer the governor")?;
+                let group = group.ok_or(WorkError::NoLongerGovernor)?;
                 let parts: Vec<&[u8]> = write.request.iter().map(Vec::as_slice).collect();
                 self.ledger_write(&group, &parts, write.command).await
             }
         });
         // All at once: the group's batcher commits them in a few log entries.
         for result in futures::future::join_all(commits).await {
-            if let Err(reason) = result
-                && !reason.contains("exists")
-            {
-                return Err(reason);
+            match result {
+                // Added before with other content: the first version stands.
+                Err(WorkError::LedgerRejected { reason }) if reason.contains("exists") => {}
+                Err(error) => return Err(error),
+                Ok(_) => {}
             }
         }
         Ok(())
@@ -451,7 +581,7 @@ impl Node {
         project: &str,
         phase: Phase,
         tasks: Vec<NewTask>,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         // Tasks go to the state named by the first task; the president groups them so.
         let named = tasks
             .first()
@@ -461,7 +591,7 @@ impl Node {
         let state = named
             .as_deref()
             .filter(|state| governed.iter().any(|(name, _)| name == state));
-        self.governor_request(crate::governor::Request::AssignTasks {
+        self.governor_request(crate::roles::governor::Request::AssignTasks {
             sender,
             state,
             project,
@@ -477,9 +607,9 @@ impl Node {
         key: TaskKey,
         attempts: u32,
         reopening: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         let state = self.governing_task(&key).await.map(|(state, _)| state);
-        self.governor_request(crate::governor::Request::Reopen {
+        self.governor_request(crate::roles::governor::Request::Reopen {
             sender,
             state: state.as_deref(),
             key,
@@ -494,7 +624,7 @@ impl Node {
         sender: NodeKey,
         city: &str,
         command: LedgerCommand,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         let now = now_ms();
         let (state, lease_holder) = match self.governing_city(city).await {
             Some((state, group)) => {
@@ -509,7 +639,7 @@ impl Node {
             }
             None => (None, None),
         };
-        self.governor_request(crate::governor::Request::Propose {
+        self.governor_request(crate::roles::governor::Request::Propose {
             sender,
             state: state.as_deref(),
             city,
@@ -519,7 +649,7 @@ impl Node {
         .await
     }
 
-    /// Runs an attempt a mayor hands this worker, after [`crate::authority::execute`]
+    /// Runs an attempt a mayor hands this worker, after [`crate::roles::authority::execute`]
     /// and a check of the spec: only from the mayor of the task's city, only an attempt
     /// the Ledger (as far as this node sees it) assigned here.
     async fn worker_execute(
@@ -529,22 +659,27 @@ impl Node {
         attempt: u32,
         city: String,
         spec: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         let view = self.execute_view(&key, &city, now_ms()).await;
-        let checked =
-            crate::authority::execute(sender, self.identity.node_key(), &city, attempt, &view)
-                .and_then(|()| {
-                    let spec = TaskSpec::decode(&spec).map_err(|error| {
-                        crate::authority::Refusal::BadSpec {
-                            reason: error.to_string(),
-                        }
-                    })?;
-                    spec.validate()
-                        .map_err(|error| crate::authority::Refusal::BadSpec {
-                            reason: error.to_string(),
-                        })?;
-                    Ok(spec)
-                });
+        let checked = crate::roles::authority::execute(
+            sender,
+            self.identity.node_key(),
+            &city,
+            attempt,
+            &view,
+        )
+        .and_then(|()| {
+            let spec = TaskSpec::decode(&spec).map_err(|error| {
+                crate::roles::authority::Refusal::BadSpec {
+                    reason: error.to_string(),
+                }
+            })?;
+            spec.validate()
+                .map_err(|error| crate::roles::authority::Refusal::BadSpec {
+                    reason: error.to_string(),
+                })?;
+            Ok(spec)
+        });
         match checked {
             Ok(spec) => self.start_attempt(sender, key, attempt, city, spec),
             Err(refusal) => {
@@ -553,7 +688,7 @@ impl Node {
                     .get_or_create(&crate::metrics::labels(&[("reason", refusal.label())]))
                     .inc();
                 tracing::debug!(task = %key, %sender, %refusal, "refused an Execute");
-                Err(refusal.to_string())
+                Err(WorkError::Refused(refusal))
             }
         }
     }
@@ -568,23 +703,23 @@ impl Node {
         attempt: u32,
         city: String,
         spec: TaskSpec,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         let Some(node) = self.me_arc() else {
-            return Err("the node is stopping".into());
+            return Err(WorkError::Stopping);
         };
         let commands: Vec<WorkerCommand> = {
             let mut worker = lock(&self.work.worker);
             worker
                 .handle(
                     now_ms(),
-                    crate::worker::Input::Execute {
+                    crate::roles::worker::Input::Execute {
                         key,
                         attempt,
                         city,
                         mayor,
                     },
                 )
-                .map_err(|refused| refused.to_string())?;
+                .map_err(WorkError::Worker)?;
             worker.drain().collect()
         };
         node.worker_carry_out(commands, Some(spec));
@@ -594,7 +729,7 @@ impl Node {
     /// Carries out the worker core's commands in the background: runs the executor of an
     /// attempt just taken (`spec` is its spec), or delivers an outcome to its mayor.
     fn worker_carry_out(self: &Arc<Self>, commands: Vec<WorkerCommand>, spec: Option<TaskSpec>) {
-        use crate::worker::Command;
+        use crate::roles::worker::Command;
         for command in commands {
             match command {
                 Command::Run { key, attempt } => {
@@ -628,10 +763,10 @@ impl Node {
                             sent = node.send_work(now_mayor, &work).await;
                         }
                         let input = match sent {
-                            Ok(()) => crate::worker::Input::Delivered { key, attempt },
+                            Ok(()) => crate::roles::worker::Input::Delivered { key, attempt },
                             Err(reason) => {
-                                tracing::debug!(%key, reason, "outcome not delivered yet");
-                                crate::worker::Input::Undelivered { key, attempt }
+                                tracing::debug!(%key, %reason, "outcome not delivered yet");
+                                crate::roles::worker::Input::Undelivered { key, attempt }
                             }
                         };
                         let _ = lock(&node.work.worker).handle(now_ms(), input);
@@ -665,7 +800,7 @@ impl Node {
             let mut worker = lock(&self.work.worker);
             let _ = worker.handle(
                 now_ms(),
-                crate::worker::Input::Finished {
+                crate::roles::worker::Input::Finished {
                     key,
                     attempt,
                     outcome: result,
@@ -708,7 +843,7 @@ impl Node {
     fn worker_tick(self: &Arc<Self>) {
         let commands: Vec<WorkerCommand> = {
             let mut worker = lock(&self.work.worker);
-            let _ = worker.handle(now_ms(), crate::worker::Input::Tick);
+            let _ = worker.handle(now_ms(), crate::roles::worker::Input::Tick);
             if cfg!(debug_assertions) {
                 worker.validate();
             }
@@ -726,7 +861,7 @@ impl Node {
         key: &TaskKey,
         city: &str,
         now: u64,
-    ) -> crate::authority::ExecuteView {
+    ) -> crate::roles::authority::ExecuteView {
         let mayor_of_record = self.mayor_of(city).await;
         let mut ledger = None;
         for id in self.groups.ids() {
@@ -737,7 +872,7 @@ impl Node {
                 .read_local(|machine| {
                     let ledger = machine.ledger()?;
                     ledger.cities().get(city)?;
-                    Some(crate::authority::LedgerSeen {
+                    Some(crate::roles::authority::LedgerSeen {
                         lease_holder: ledger.mayor_at(city, now).map(|lease| lease.mayor),
                         assigned: ledger
                             .tasks()
@@ -750,7 +885,7 @@ impl Node {
                 break;
             }
         }
-        crate::authority::ExecuteView {
+        crate::roles::authority::ExecuteView {
             mayor_of_record,
             ledger,
         }
@@ -776,11 +911,11 @@ impl Node {
         attempt: u32,
         city: &str,
         result: Result<Execution, ExecError>,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         let group = self
             .mayor_group(city, now_ms())
             .await
-            .ok_or("not the mayor of that city")?;
+            .ok_or(WorkError::NotTheMayor)?;
         let task = group
             .read_local(|machine| {
                 machine
@@ -788,10 +923,10 @@ impl Node {
                     .and_then(|ledger| ledger.tasks().get(&key).cloned())
             })
             .await
-            .ok_or("no such task")?;
+            .ok_or_else(|| WorkError::NoSuchTask(key.clone()))?;
         // This replica has not seen the assignment yet: the worker retries shortly.
         if task.attempt < attempt {
-            return Err("the mayor's copy of the Ledger is behind; retry".into());
+            return Err(WorkError::Behind);
         }
         // A stale attempt (reassigned since) or another worker's: its outcome no longer
         // counts. Acknowledge so the worker stops retrying.
@@ -810,7 +945,7 @@ impl Node {
             Err(error) => {
                 lock(&self.work.mayor).handle(
                     now_ms(),
-                    crate::mayor::Input::FailedOn {
+                    crate::roles::mayor::Input::FailedOn {
                         key: key.clone(),
                         worker: sender,
                     },
@@ -858,10 +993,8 @@ impl Node {
         group: &Group,
         city: &str,
         command: LedgerCommand,
-    ) -> Result<(), String> {
-        let leader = group
-            .leader()
-            .ok_or("the state has no governor right now")?;
+    ) -> Result<(), WorkError> {
+        let leader = group.leader().ok_or(WorkError::NoGovernor)?;
         let governor = self
             .registry(|registry| {
                 registry
@@ -871,7 +1004,7 @@ impl Node {
             })
             .await
             .flatten()
-            .ok_or("the governor is not a member")?;
+            .ok_or(WorkError::NoGovernor)?;
         let work = Work::Propose {
             city: city.to_string(),
             command,
@@ -884,9 +1017,9 @@ impl Node {
         sender: NodeKey,
         state: String,
         projects: Vec<StateProgress>,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         if self.president().map(|(id, _)| id) != Some(self.me()) {
-            return Err("not the president".into());
+            return Err(WorkError::NotThePresident);
         }
         let governor = self
             .registry(|registry| {
@@ -914,11 +1047,11 @@ impl Node {
             .await
             .unwrap_or(false);
         if governor != Some(sender) && !voter {
-            return Err(format!("{sender} does not govern {state}"));
+            return Err(WorkError::NotItsGovernor { sender, state });
         }
         lock(&self.work.president).handle(
             now_ms(),
-            crate::president::Input::Progress { state, projects },
+            crate::roles::president::Input::Progress { state, projects },
         );
         self.work_wake.notify_one();
         Ok(())
@@ -928,19 +1061,38 @@ impl Node {
     pub(crate) async fn work_tick(self: &Arc<Self>) {
         self.watch_groups();
         self.worker_tick();
-        self.mayor_tick().await;
+        let mut roles: BTreeSet<Role> = self.mayor_tick().await;
         self.governor_work_tick().await;
         self.president_work_tick().await;
+        if self.president().map(|(id, _)| id) == Some(self.me()) {
+            roles.insert(Role::President);
+        }
+        for (state, _) in self.governed().await {
+            roles.insert(Role::Governor { state });
+        }
+        let changes = {
+            let mut held = lock(&self.work.roles);
+            let changes = crate::events::role_changes(&held, &roles);
+            *held = roles;
+            changes
+        };
+        for change in changes {
+            if let BusEvent::RoleChange { role, gained } = &change {
+                tracing::info!(?role, gained, "role changed");
+            }
+            self.events.publish(now_ms(), change, &self.metrics);
+        }
     }
 
-    /// The mayor's duty: hands the core ([`crate::mayor::Mayor`]) a look at the cities
-    /// this node holds the lease of, and carries out what it asks.
-    async fn mayor_tick(self: &Arc<Self>) {
-        use crate::mayor::Input;
+    /// The mayor's duty: hands the core ([`crate::roles::mayor::Mayor`]) a look at the cities
+    /// this node holds the lease of, and carries out what it asks. Returns those cities.
+    async fn mayor_tick(self: &Arc<Self>) -> BTreeSet<Role> {
+        use crate::roles::mayor::Input;
         let now = now_ms();
         let me = self.identity.node_key();
-        let mut states: Vec<crate::mayor::StateTasks> = Vec::new();
+        let mut states: Vec<crate::roles::mayor::StateTasks> = Vec::new();
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+        let mut held: BTreeSet<Role> = BTreeSet::new();
         for id in self.groups.ids() {
             let Some(state) = self.state_of_group(id).await else {
                 continue;
@@ -957,38 +1109,40 @@ impl Node {
                     let Some(ledger) = machine.ledger() else {
                         return (Vec::new(), running);
                     };
-                    for task in ledger.tasks().values() {
-                        if task.status == TaskStatus::Assigned
-                            && let Some(worker) = task.worker
-                        {
-                            *running.entry(worker).or_default() += 1;
-                        }
-                    }
                     let all: Vec<String> = ledger.cities().keys().cloned().collect();
-                    let mine: Vec<(String, Vec<(TaskKey, aamas_consensus::ledger::Task)>)> = all
+                    type Open = Vec<(TaskKey, aamas_consensus::ledger::Task)>;
+                    let mut mine: BTreeMap<&str, Open> = all
                         .iter()
                         .filter(|city| {
                             ledger
                                 .mayor_at(city, now)
                                 .is_some_and(|lease| lease.mayor == me)
                         })
-                        .map(|city| {
-                            let tasks = ledger
-                                .tasks()
-                                .iter()
-                                .filter(|(key, task)| match task.status {
-                                    TaskStatus::Pending => {
-                                        crate::cities::city_for(key, &all) == Some(city.as_str())
-                                    }
-                                    TaskStatus::Assigned => {
-                                        task.city.as_deref() == Some(city.as_str())
-                                    }
-                                    _ => false,
-                                })
-                                .map(|(key, task)| (key.clone(), task.clone()))
-                                .collect();
-                            (city.clone(), tasks)
-                        })
+                        .map(|city| (city.as_str(), Vec::new()))
+                        .collect();
+                    // Most members of a state hold no city: they need no look at all.
+                    if mine.is_empty() {
+                        return (Vec::new(), running);
+                    }
+                    // One pass over the tasks, each to its city.
+                    for (key, task) in ledger.tasks() {
+                        let city = match task.status {
+                            TaskStatus::Pending => crate::roles::cities::city_for(key, &all),
+                            TaskStatus::Assigned => {
+                                if let Some(worker) = task.worker {
+                                    *running.entry(worker).or_default() += 1;
+                                }
+                                task.city.as_deref()
+                            }
+                            _ => None,
+                        };
+                        if let Some(open) = city.and_then(|city| mine.get_mut(city)) {
+                            open.push((key.clone(), task.clone()));
+                        }
+                    }
+                    let mine: Vec<(String, Open)> = mine
+                        .into_iter()
+                        .map(|(city, open)| (city.to_string(), open))
                         .collect();
                     (mine, running)
                 })
@@ -1015,8 +1169,12 @@ impl Node {
                 .unwrap_or_default();
             for (city, _) in &mine {
                 groups.insert(city.clone(), group.clone());
+                held.insert(Role::Mayor {
+                    state: state.clone(),
+                    city: city.clone(),
+                });
             }
-            states.push(crate::mayor::StateTasks {
+            states.push(crate::roles::mayor::StateTasks {
                 workers,
                 load: running,
                 cities: mine,
@@ -1032,7 +1190,7 @@ impl Node {
                 .map(|candidate| candidate.key)
                 .collect()
         };
-        let commands: Vec<crate::mayor::Command> = {
+        let commands: Vec<crate::roles::mayor::Command> = {
             let mut mayor = lock(&self.work.mayor);
             mayor.handle(
                 now,
@@ -1047,7 +1205,7 @@ impl Node {
             mayor.drain().collect()
         };
         if commands.is_empty() {
-            return;
+            return held;
         }
         // Specs by task, built only on ticks that have something to carry out.
         let tasks: HashMap<&TaskKey, &aamas_consensus::ledger::Task> = states
@@ -1059,18 +1217,19 @@ impl Node {
         for command in commands {
             self.carry_out(command, &groups, &spec_of, None);
         }
+        held
     }
 
     /// Carries out one of the mayor core's commands in the background: a proposal to the
     /// governor of `groups[city]`, or an Execute to a worker, with the spec `spec_of` gives.
     fn carry_out(
         self: &Arc<Self>,
-        command: crate::mayor::Command,
+        command: crate::roles::mayor::Command,
         groups: &BTreeMap<String, Group>,
         spec_of: &dyn Fn(&TaskKey) -> Option<Vec<u8>>,
         started: Option<std::time::Instant>,
     ) {
-        use crate::mayor::Command;
+        use crate::roles::mayor::Command;
         match command {
             Command::Propose {
                 city,
@@ -1130,11 +1289,11 @@ impl Node {
             match node.propose_to_governor(&group, &city, command).await {
                 Ok(()) => {
                     if let Some((worker, spec)) = execute {
-                        let commands: Vec<crate::mayor::Command> = {
+                        let commands: Vec<crate::roles::mayor::Command> = {
                             let mut mayor = lock(&node.work.mayor);
                             mayor.handle(
                                 now_ms(),
-                                crate::mayor::Input::Assigned {
+                                crate::roles::mayor::Input::Assigned {
                                     city: city.clone(),
                                     key: key.clone(),
                                     attempt,
@@ -1150,7 +1309,7 @@ impl Node {
                         }
                     }
                 }
-                Err(reason) => tracing::debug!(task = %key, reason, "proposal not taken yet"),
+                Err(reason) => tracing::debug!(task = %key, %reason, "proposal not taken yet"),
             }
             lock(&node.work.sending).remove(&(key, attempt, Sending::Proposal));
         });
@@ -1186,19 +1345,19 @@ impl Node {
                     }
                     lock(&node.work.mayor).handle(
                         now_ms(),
-                        crate::mayor::Input::Delivered {
+                        crate::roles::mayor::Input::Delivered {
                             key: key.clone(),
                             attempt,
                         },
                     );
                 }
-                Err(reason) => tracing::debug!(task = %key, reason, "execute not delivered yet"),
+                Err(reason) => tracing::debug!(task = %key, %reason, "execute not delivered yet"),
             }
             lock(&node.work.sending).remove(&(key, attempt, Sending::Execute));
         });
     }
 
-    /// The governor's duty: hands the core ([`crate::governor::Governor`]) a look at each
+    /// The governor's duty: hands the core ([`crate::roles::governor::Governor`]) a look at each
     /// state this node governs, and carries out what it asks in the background.
     async fn governor_work_tick(self: &Arc<Self>) {
         let now = now_ms();
@@ -1214,7 +1373,7 @@ impl Node {
                     machine
                         .ledger()
                         .map(|ledger| {
-                            let tasks: BTreeMap<TaskKey, crate::governor::TaskLook> = ledger
+                            let tasks: BTreeMap<TaskKey, crate::roles::governor::TaskLook> = ledger
                                 .tasks()
                                 .iter()
                                 .map(|(key, task)| (key.clone(), task.into()))
@@ -1244,10 +1403,10 @@ impl Node {
             let voters = group.voters();
             let eligible = candidates
                 .iter()
-                .filter(|c| voters.contains(&crate::runtime::node_id(&c.key)))
+                .filter(|c| voters.contains(&crate::driver::runtime::node_id(&c.key)))
                 .cloned()
                 .collect();
-            looks.push(crate::governor::StateLook {
+            looks.push(crate::roles::governor::StateLook {
                 state: state.clone(),
                 tasks,
                 cities,
@@ -1256,11 +1415,11 @@ impl Node {
             });
         }
         let president = self.president_key();
-        let commands: Vec<crate::governor::Command> = {
+        let commands: Vec<crate::roles::governor::Command> = {
             let mut governor = lock(&self.work.governor);
             governor.handle(
                 now,
-                crate::governor::Input::Tick {
+                crate::roles::governor::Input::Tick {
                     states: &looks,
                     president,
                 },
@@ -1279,10 +1438,10 @@ impl Node {
     /// goes back to the core.
     fn governor_carry_out(
         self: &Arc<Self>,
-        command: crate::governor::Command,
+        command: crate::roles::governor::Command,
         governed: &[(String, Group)],
     ) {
-        use crate::governor::{Command, Input};
+        use crate::roles::governor::{Command, Input};
         let node = self.clone();
         match command {
             Command::Write(write) => {
@@ -1298,12 +1457,12 @@ impl Node {
                             node.ledger_write(&group, &parts, write.command.clone())
                                 .await
                         }
-                        None => Err("no longer the governor".into()),
+                        None => Err(WorkError::NoLongerGovernor),
                     };
                     match &result {
-                        Ok(()) => tracing::debug!(state = write.state, command = ?write.command, "committed"),
+                        Ok(_) => tracing::debug!(state = write.state, command = ?write.command, "committed"),
                         Err(reason) => {
-                            tracing::debug!(state = write.state, reason, "ledger write not committed")
+                            tracing::debug!(state = write.state, %reason, "ledger write not committed")
                         }
                     }
                     lock(&node.work.governor).handle(
@@ -1328,7 +1487,7 @@ impl Node {
                     };
                     let sent = node.send_work(president, &work).await;
                     if let Err(reason) = &sent {
-                        tracing::debug!(state, reason, "progress not delivered");
+                        tracing::debug!(state, %reason, "progress not delivered");
                     }
                     lock(&node.work.governor).handle(
                         now_ms(),
@@ -1343,7 +1502,7 @@ impl Node {
         }
     }
 
-    /// The president's duty: hands the core ([`crate::president::President`]) the running
+    /// The president's duty: hands the core ([`crate::roles::president::President`]) the running
     /// projects and the states' governors, and carries out what it asks in the background.
     async fn president_work_tick(self: &Arc<Self>) {
         if self.president().map(|(id, _)| id) != Some(self.me()) {
@@ -1381,11 +1540,11 @@ impl Node {
             .iter()
             .map(|(_, _, spec, _)| ProjectSpec::from_bytes(spec).ok())
             .collect();
-        let projects: Vec<crate::president::RunningProject<'_>> = running
+        let projects: Vec<crate::roles::president::RunningProject<'_>> = running
             .iter()
             .zip(&specs)
             .map(
-                |((id, phase, _, recorded), spec)| crate::president::RunningProject {
+                |((id, phase, _, recorded), spec)| crate::roles::president::RunningProject {
                     id,
                     phase: *phase,
                     spec: spec.as_ref(),
@@ -1393,11 +1552,11 @@ impl Node {
                 },
             )
             .collect();
-        let commands: Vec<crate::president::Command> = {
+        let commands: Vec<crate::roles::president::Command> = {
             let mut president = lock(&self.work.president);
             president.handle(
                 now,
-                crate::president::Input::Tick {
+                crate::roles::president::Input::Tick {
                     projects: &projects,
                     governors: &governors,
                 },
@@ -1414,8 +1573,8 @@ impl Node {
 
     /// Carries out one of the president core's commands in the background; its
     /// completion goes back to the core.
-    fn president_carry_out(self: &Arc<Self>, command: crate::president::Command) {
-        use crate::president::{Command, Input};
+    fn president_carry_out(self: &Arc<Self>, command: crate::roles::president::Command) {
+        use crate::roles::president::{Command, Input};
         let node = self.clone();
         match command {
             Command::Propose {
@@ -1435,6 +1594,13 @@ impl Node {
                                     "phase complete"
                                 );
                             }
+                            node.events.publish(
+                                now_ms(),
+                                BusEvent::Mesh {
+                                    event: event.clone(),
+                                },
+                                &node.metrics,
+                            );
                             node.announce(event).await;
                         }
                     }
@@ -1456,7 +1622,7 @@ impl Node {
                 };
                 let sent = node.send_work(governor, &work).await;
                 if let Err(reason) = &sent {
-                    tracing::debug!(reason, "tasks not assigned yet");
+                    tracing::debug!(%reason, "tasks not assigned yet");
                 }
                 lock(&node.work.president).handle(
                     now_ms(),
@@ -1481,7 +1647,7 @@ impl Node {
                     reopening,
                 };
                 if let Err(reason) = node.send_work(governor, &work).await {
-                    tracing::debug!(reason, "reopening not delivered yet");
+                    tracing::debug!(%reason, "reopening not delivered yet");
                 }
             }),
         }
@@ -1578,7 +1744,7 @@ mod tests {
                 },
             )
             .expect("an outcome at the cap seals");
-        assert!(sealed.bytes.len() <= crate::wire::MAX_RPC_BYTES);
+        assert!(sealed.bytes.len() <= crate::net::wire::MAX_RPC_BYTES);
         let inbox = crate::messaging::Inbox::new(mesh);
         inbox.update(
             &[worker.public(), mayor.public()],
@@ -1631,29 +1797,35 @@ mod tests {
         let all = |_: &NodeKey| true;
         let spec = task(Some("rust"), &[], "t");
         assert_eq!(
-            pick_worker(&spec, &workers, &none, &idle, all),
+            pick_worker(spec.skill.as_deref(), &workers, &none, &idle, all),
             Some(key(2))
         );
         // Failed there before: elsewhere, even outside the state.
         let failed = BTreeSet::from([key(2)]);
         assert_eq!(
-            pick_worker(&spec, &workers, &failed, &idle, all),
+            pick_worker(spec.skill.as_deref(), &workers, &failed, &idle, all),
             Some(key(1))
         );
         // Full: skipped.
         let full = BTreeMap::from([(key(2), 2)]);
         assert_eq!(
-            pick_worker(&spec, &workers, &none, &full, all),
+            pick_worker(spec.skill.as_deref(), &workers, &none, &full, all),
             Some(key(1))
         );
         // Only a member of another state is alive: it works for this state.
         let only_three = |k: &NodeKey| *k == key(3);
         assert_eq!(
-            pick_worker(&spec, &workers, &none, &idle, only_three),
+            pick_worker(spec.skill.as_deref(), &workers, &none, &idle, only_three),
             Some(key(3))
         );
         assert_eq!(
-            pick_worker(&spec, &workers, &none, &idle, |_: &NodeKey| false),
+            pick_worker(
+                spec.skill.as_deref(),
+                &workers,
+                &none,
+                &idle,
+                |_: &NodeKey| false
+            ),
             None
         );
     }

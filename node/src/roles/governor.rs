@@ -26,7 +26,7 @@ use aamas_consensus::ledger::{City, LedgerCommand, TaskKey, TaskStatus};
 use aamas_protocol::{NodeKey, Phase};
 use serde::{Deserialize, Serialize};
 
-use crate::cities::{CityChange, CityLoad};
+use crate::roles::cities::{CityChange, CityLoad};
 
 /// How long a mayor's lease lasts; the governor renews it when half has passed.
 pub const MAYOR_LEASE_MS: u64 = 10_000;
@@ -668,7 +668,7 @@ impl Governor {
         }
     }
 
-    /// Opens or closes a city when the queue asks for it ([`crate::cities::scale`]);
+    /// Opens or closes a city when the queue asks for it ([`crate::roles::cities::scale`]);
     /// whether a change is under way (mayors wait for the city list it commits).
     fn keep_cities(&mut self, now_ms: u64, look: &StateLook) -> bool {
         let slot = [b"cities".as_slice(), look.state.as_bytes()].concat();
@@ -699,7 +699,8 @@ impl Governor {
         let possible = look.eligible.iter().filter(|c| c.alive).count();
         let last = self.city_changed.get(&look.state).copied();
         let (what, name, command) =
-            match crate::cities::scale(&look.state, &loads, pending, possible, last, now_ms) {
+            match crate::roles::cities::scale(&look.state, &loads, pending, possible, last, now_ms)
+            {
                 CityChange::Keep => return false,
                 CityChange::Open(name) => ("open", name.clone(), LedgerCommand::AddCity { name }),
                 CityChange::Close(name) => {
@@ -1128,7 +1129,7 @@ mod tests {
         // ...and is closed only once the cool-down since it opened has passed.
         let closing = tick(
             &mut governor,
-            1_020 + crate::cities::CITY_COOLDOWN_MS,
+            1_020 + crate::roles::cities::CITY_COOLDOWN_MS,
             &[quiet],
             None,
         );

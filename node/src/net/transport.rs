@@ -11,8 +11,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
-use crate::swarm::NodeHandle;
-use crate::wire::{Rpc, RpcResponse};
+use crate::net::swarm::NodeHandle;
+use crate::net::wire::{Rpc, RpcResponse};
 
 /// A peer and the addresses to dial it at.
 pub type PeerAddrs = (PeerId, Vec<Multiaddr>);

@@ -20,8 +20,8 @@ use std::time::Duration;
 use aamas_consensus::{Catchup, CatchupLimits, FEDERAL_GROUP, GroupId, MemberNode, NodeId};
 use openraft::LogId;
 
-use crate::runtime::Node;
-use crate::wire::{Rpc, RpcResponse};
+use crate::driver::runtime::Node;
+use crate::net::wire::{Rpc, RpcResponse};
 
 /// The federal group keeps at least this many members (voters and relays): meshes up
 /// to this size have every member in it, as before relays existed.
@@ -29,14 +29,14 @@ pub const MIN_FEDERAL_MEMBERS: usize = 8;
 /// Members outside the federal group per relay the president aims for.
 pub const MIRRORS_PER_RELAY: usize = 24;
 /// The longest a relay holds a mirror's request while it has nothing newer. Below the
-/// request-response timeout ([`crate::swarm::RPC_TIMEOUT`]), so an idle relay answers
+/// request-response timeout ([`crate::net::swarm::RPC_TIMEOUT`]), so an idle relay answers
 /// before the request times out.
 pub const MIRROR_WAIT: Duration = Duration::from_secs(5);
 /// Requests from mirrors a node holds at once; more are refused as busy (the mirror
 /// asks another relay).
 pub const MAX_MIRROR_WAITERS: usize = 512;
 /// Bounds of one relay answer: a mirror further behind gets the relay's snapshot. The
-/// byte bound leaves room under [`crate::wire::MAX_RPC_BYTES`] for the envelope.
+/// byte bound leaves room under [`crate::net::wire::MAX_RPC_BYTES`] for the envelope.
 pub const MIRROR_LIMITS: CatchupLimits = CatchupLimits {
     max_entries: 512,
     max_bytes: 3 << 20,

@@ -1,0 +1,23 @@
+//! The driver: a running node, and the duties that feed the role cores
+//! ([`crate::roles`]) with what happened and carry out their commands through Raft,
+//! the network and the executors.
+//!
+//! ```text
+//!   runtime    start/run/stop, admission, the president's federal duties, liveness,
+//!              the inbound RPC pipeline
+//!   work       projects through the hierarchy: the president's, governors', mayors'
+//!              and workers' cores driven from committed entries and messages
+//!   states     state groups, governors' voters and mayor leases
+//!   mirroring  the Registry copies of members outside the federal group
+//!   projects   projects as users see them: submit, list, show, change
+//! ```
+//!
+//! The files of this folder share one `Node` (defined in `runtime`), whose methods
+//! they each extend; the layers below (`net`, `roles`, `messaging`, `executor`,
+//! `spec`) never import the driver.
+
+pub mod mirroring;
+pub mod projects;
+pub mod runtime;
+pub mod states;
+pub mod work;
