@@ -42,6 +42,23 @@ fn cities(node: &Node) -> Option<Vec<(String, Option<u64>)>> {
     )
 }
 
+/// The lines of the nodes' logs about roles and governor reports, for a failure message.
+fn role_lines(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(index, node)| {
+            std::fs::read_to_string(node.dir.with_extension("log"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| line.contains("role changed") || line.contains("governor"))
+                .map(|line| format!("n{}: {line}", index + 1))
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn a_burst_of_two_thousand_tasks_opens_cities_that_close_again() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -82,10 +99,12 @@ fn a_burst_of_two_thousand_tasks_opens_cities_that_close_again() {
     let burst_secs = started.elapsed().as_secs_f64();
     assert!(
         most >= 2,
-        "the burst opened no city: at most {most} seen; the hierarchy now: {}",
+        "the burst opened no city: at most {most} seen; the hierarchy now: {}; \
+         role changes and reports in the nodes' logs:\n{}",
         nodes[0]
             .hierarchy()
-            .map_or_else(|| "unreadable".to_string(), |h| h.to_string())
+            .map_or_else(|| "unreadable".to_string(), |h| h.to_string()),
+        role_lines(&nodes)
     );
     for project in &ended {
         assert_eq!(

@@ -221,6 +221,34 @@ fn a_malformed_spec_is_refused_with_its_line_and_nothing_is_submitted() {
     assert!(error.contains("line 3"), "{error}");
     let (_, body) = nodes[0].api_get("/api/v1/projects").expect("projects");
     assert_eq!(body.trim(), "[]", "nothing was submitted");
+    // The API tells the request's fault by its status: a bad spec, an unknown project,
+    // an unknown action.
+    let (status, body) = nodes[0]
+        .api_request("POST", "/api/v1/projects", &[], spec)
+        .expect("the API answers");
+    assert!(status.contains(" 400 "), "{status}: {body}");
+    assert!(body.contains("line 3"), "{body}");
+    let (status, body) = nodes[0]
+        .api_request(
+            "PUT",
+            "/api/v1/projects/0123456789abcdef/phase",
+            &[("Content-Type", "application/json")],
+            r#"{"action": "hold"}"#,
+        )
+        .expect("the API answers");
+    assert!(status.contains(" 404 "), "{status}: {body}");
+    assert!(body.contains("no project 0123456789abcdef"), "{body}");
+    let id = nodes[0].submit(&template()).expect("a good spec is taken");
+    let (status, body) = nodes[0]
+        .api_request(
+            "PUT",
+            &format!("/api/v1/projects/{id}/phase"),
+            &[("Content-Type", "application/json")],
+            r#"{"action": "skip"}"#,
+        )
+        .expect("the API answers");
+    assert!(status.contains(" 400 "), "{status}: {body}");
+    assert!(body.contains("unknown action"), "{body}");
 }
 
 /// A submission retried with the same request id (an answer lost to a timeout or a
