@@ -269,6 +269,12 @@ pub enum LedgerResponse {
         /// Its current attempt.
         attempt: u32,
     },
+    /// Not applied: the task exists with other content (phase, spec or attempts); the
+    /// first version stands. (Last, so that responses stored before it still decode.)
+    Conflict {
+        /// What differs and what to do about it.
+        reason: String,
+    },
 }
 
 /// A state group's replicated state; changed only through [`Ledger::apply`].
@@ -425,9 +431,9 @@ impl Ledger {
         }
         if let Some(task) = self.tasks.get(key) {
             if task.phase != phase || task.spec != spec || task.max_attempts != max_attempts {
-                return Err(format!(
-                    "task {key} exists with other content; use a new id"
-                ));
+                return Ok(LedgerResponse::Conflict {
+                    reason: format!("task {key} exists with other content; use a new id"),
+                });
             }
             return DUPLICATE;
         }
@@ -983,7 +989,6 @@ mod tests {
             (add_task("", 1), "task id is empty"),
             (add_task("t3", 0), "max_attempts must be 1 to 16"),
             (add_task("t3", MAX_TASK_ATTEMPTS + 1), "max_attempts"),
-            (other_spec, "exists with other content"),
             (elsewhere, "no city \"south\""),
             (assign("t9", 1, 1), "no task p1/t9"),
             (assign("t1", 1, 3), "does not follow 1"),
@@ -1012,6 +1017,14 @@ mod tests {
             }
             assert_eq!(ledger, assigned, "{command:?} changed the ledger");
         }
+        // A task added again with other content is a conflict, told apart from a
+        // rejection: the first version stands.
+        let mut ledger = assigned.clone();
+        match run(&mut ledger, &other_spec) {
+            R::Conflict { reason } => assert!(reason.contains("exists with other content")),
+            other => panic!("{other_spec:?} was not a conflict: {other:?}"),
+        }
+        assert_eq!(ledger, assigned, "a conflict changed the ledger");
     }
 
     #[test]

@@ -241,6 +241,12 @@ pub enum WorkError {
         /// The Ledger's reason.
         reason: String,
     },
+    /// The Ledger holds the task with other content; the first version stands.
+    #[error("the Ledger holds other content: {reason}")]
+    LedgerConflict {
+        /// The Ledger's reason.
+        reason: String,
+    },
     /// This node no longer leads the state the write was for.
     #[error("no longer the governor")]
     NoLongerGovernor,
@@ -519,12 +525,17 @@ impl Node {
             .write(request)
             .await
             .map_err(|error| WorkError::NotCommitted(error.to_string()))?;
+        // A retried request id (`duplicate`) answers what the first one did: applied
+        // then, not now.
         match committed.response.outcome {
             Outcome::Ledger(LedgerResponse::Rejected { reason }) => {
                 Err(WorkError::LedgerRejected { reason })
             }
+            Outcome::Ledger(LedgerResponse::Conflict { reason }) => {
+                Err(WorkError::LedgerConflict { reason })
+            }
             Outcome::Ledger(LedgerResponse::Duplicate) => Ok(false),
-            _ => Ok(true),
+            _ => Ok(!committed.response.duplicate),
         }
     }
 
@@ -567,7 +578,7 @@ impl Node {
         for result in futures::future::join_all(commits).await {
             match result {
                 // Added before with other content: the first version stands.
-                Err(WorkError::LedgerRejected { reason }) if reason.contains("exists") => {}
+                Err(WorkError::LedgerConflict { .. }) => {}
                 Err(error) => return Err(error),
                 Ok(_) => {}
             }
