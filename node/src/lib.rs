@@ -11,7 +11,7 @@
 //!               (who may send what), cities (scaling); no IO, clock or randomness
 //!   driver/     a running node: start and stop, admission, liveness, the duties that feed
 //!               the cores and carry out their commands, Registry mirrors, projects
-//!   executor    what runs a task: builtin, shell, http, llm
+//!   exec/       what runs a task: builtin, shell, http, llm
 //!   spec        the project spec: TOML, checked before anything runs
 //!   api         the localhost control API (axum, bearer token)
 //!   events      the node's bounded event bus: the seed's five events and role changes
@@ -26,13 +26,13 @@
 //!                         └── api (axum, bearer token)
 //! ```
 //!
-//! Imports go down only: `net`, `roles`, `spec`, `executor`, `messaging`, `events` and `metrics`
+//! Imports go down only: `net`, `roles`, `spec`, `exec`, `messaging`, `events` and `metrics`
 //! never import `driver` or `api`, and `roles` imports nothing with IO (`make layering`).
 
 pub mod api;
 pub mod driver;
 pub mod events;
-pub mod executor;
+pub mod exec;
 pub mod messaging;
 pub mod metrics;
 pub mod net;

@@ -5,8 +5,9 @@
 //! ```text
 //!   runtime    start/run/stop, admission, the president's federal duties, liveness,
 //!              the inbound RPC pipeline
-//!   work       projects through the hierarchy: the president's, governors', mayors'
-//!              and workers' cores driven from committed entries and messages
+//!   work       projects through the hierarchy: the messages between the president,
+//!              governors, mayors and workers, and the reads and writes behind them
+//!   owner      the one task that owns those four cores and feeds them every input
 //!   states     state groups, governors' voters and mayor leases
 //!   mirroring  the Registry copies of members outside the federal group
 //!   projects   projects as users see them: submit, list, show, change
@@ -17,6 +18,7 @@
 //! `spec`) never import the driver.
 
 pub mod mirroring;
+pub(crate) mod owner;
 pub mod projects;
 pub mod runtime;
 pub mod states;

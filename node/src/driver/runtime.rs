@@ -346,7 +346,6 @@ pub struct Node {
     pub(crate) events: crate::events::EventBus,
     skills: Vec<String>,
     capacity: u32,
-    this: std::sync::OnceLock<std::sync::Weak<Node>>,
     /// Set when the node stops or crashes: ends every task started by [`Node::spawn`].
     stopping: tokio::sync::watch::Sender<bool>,
     /// When each member was last seen connected (ms); members get a grace period from
@@ -930,11 +929,6 @@ impl Node {
         self.handle
             .validate(gossip.id, gossip.source, verdict.acceptance)
             .await;
-    }
-
-    /// This node as an `Arc`, while it runs.
-    pub(crate) fn me_arc(&self) -> Option<Arc<Node>> {
-        self.this.get().and_then(std::sync::Weak::upgrade)
     }
 
     fn seal_to(
@@ -2363,6 +2357,11 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         .map(ToString::to_string)
         .collect();
     book.insert(me, handle.peer_id(), parse_addrs(&listen));
+    let (work, cores, work_inputs) = crate::driver::work::WorkState::new(
+        identity.node_key(),
+        usize::try_from(config.capacity.clamp(1, MAX_WORKER_CAPACITY)).unwrap_or(1),
+        crate::exec::LlmConfig::from_env(),
+    );
     let node = Arc::new(Node {
         handle: handle.clone(),
         groups: groups.clone(),
@@ -2389,19 +2388,13 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         liveness: Mutex::new(HashMap::new()),
         resigned: Mutex::new(HashMap::new()),
         events: crate::events::EventBus::default(),
-        work: crate::driver::work::WorkState::new(
-            identity.node_key(),
-            usize::try_from(config.capacity.clamp(1, MAX_WORKER_CAPACITY)).unwrap_or(1),
-            crate::executor::LlmConfig::from_env(),
-        ),
-        this: std::sync::OnceLock::new(),
+        work,
         stopping: tokio::sync::watch::Sender::new(false),
         skills: config.skills.clone(),
         capacity: config.capacity.clamp(1, MAX_WORKER_CAPACITY),
         identity,
         mesh,
     });
-    let _ = node.this.set(Arc::downgrade(&node));
     node.handle.subscribe(&node.topics.all()).await;
     node.handle.subscribe(&node.topics.federal()).await;
 
@@ -2500,53 +2493,43 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
 
     // The president's duties and the bookkeeping every node does.
     let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let president = duty(
-        node.clone(),
-        "president",
-        PRESIDENT_TICK,
-        None,
-        move |ticking| {
-            let ticks = ticks.clone();
-            async move {
-                if ticking.registry_changed() {
-                    let members_changed = ticking.members_changed().await;
-                    if members_changed {
-                        ticking.refresh_book().await;
-                        ticking.reconcile_liveness().await;
-                    }
-                    ticking.update_inbox(members_changed).await;
+    let president = duty(node.clone(), "president", PRESIDENT_TICK, move |ticking| {
+        let ticks = ticks.clone();
+        async move {
+            if ticking.registry_changed() {
+                let members_changed = ticking.members_changed().await;
+                if members_changed {
+                    ticking.refresh_book().await;
+                    ticking.reconcile_liveness().await;
                 }
-                ticking.update_liveness().await;
-                ticking.subscribe_to_state().await;
-                let tick = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                ticking
-                    .connect_to_neighbours(8, tick.is_multiple_of(NEIGHBOUR_LOOK_EVERY_TICKS))
-                    .await;
-                ticking.president_tick().await;
+                ticking.update_inbox(members_changed).await;
             }
-        },
-    );
+            ticking.update_liveness().await;
+            ticking.subscribe_to_state().await;
+            let tick = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ticking
+                .connect_to_neighbours(8, tick.is_multiple_of(NEIGHBOUR_LOOK_EVERY_TICKS))
+                .await;
+            ticking.president_tick().await;
+        }
+    });
     // State groups and the governors' duties, apart so that a slow membership change in
     // one does not hold up the other.
     let governor = duty(
         node.clone(),
         "governor",
         PRESIDENT_TICK,
-        None,
         |governing| async move {
             governing.open_state_groups().await;
             governing.governor_tick().await;
         },
     );
-    let work = duty(
+    // The work roles' cores, owned by one task.
+    let work = tokio::spawn(crate::driver::owner::drive(
         node.clone(),
-        "work",
-        crate::driver::work::WORK_TICK,
-        Some(node.work_wake.clone()),
-        |working| async move {
-            working.work_tick().await;
-        },
-    );
+        cores,
+        work_inputs,
+    ));
     tasks.push(judge);
     Ok(Running {
         node,
@@ -2576,7 +2559,6 @@ fn duty<F, Fut>(
     node: Arc<Node>,
     name: &'static str,
     every: Duration,
-    wake: Option<Arc<tokio::sync::Notify>>,
     round: F,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -2588,20 +2570,7 @@ where
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            match &wake {
-                // A round when something happened, or at the latest every `every`;
-                // wakes during a round make one more round, not one each.
-                Some(wake) => {
-                    tokio::select! {
-                        _ = interval.tick() => {}
-                        () = wake.notified() => interval.reset(),
-                    }
-                }
-                None => {
-                    interval.tick().await;
-                }
-            }
-            let began = tokio::time::Instant::now();
+            interval.tick().await;
             let outcome = std::panic::AssertUnwindSafe(round(node.clone()))
                 .catch_unwind()
                 .await;
@@ -2611,11 +2580,6 @@ where
                     .get_or_create(&crate::metrics::labels(&[("duty", name)]))
                     .inc();
                 tracing::error!(duty = name, "a round of this duty panicked; it goes on");
-            }
-            if wake.is_some() {
-                // Under load commits wake it all the time: rounds start at most this
-                // often (each reads whole Ledgers).
-                tokio::time::sleep_until(began + crate::driver::work::WORK_MIN_GAP).await;
             }
         }
     })

@@ -19,7 +19,7 @@
 //! successor rebuilds it from the replicated log and from the next reports.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aamas_consensus::ledger::{LedgerCommand, LedgerResponse, TaskKey, TaskStatus};
@@ -31,9 +31,10 @@ use aamas_protocol::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::driver::owner::{Committed, Cores, Input, Inputs, Sending};
 use crate::driver::runtime::{Node, now_ms, peer_id, request_id};
 use crate::events::{BusEvent, Role};
-use crate::executor::{ExecError, Execution, Executors, LlmConfig};
+use crate::exec::{ExecError, Execution, Executors, LlmConfig};
 use crate::net::wire::{Rpc, RpcResponse};
 use crate::spec::{ProjectSpec, TaskSpec};
 
@@ -145,40 +146,19 @@ pub fn result_digest(execution: &Execution) -> [u8; 32] {
     Sha256::digest(execution.output.as_bytes()).into()
 }
 
-/// What a mayor has in flight for one attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Sending {
-    Proposal,
-    Execute,
-}
-
 pub use crate::roles::mayor::{Worker, pick_worker};
 
 /// What an attempt produced, as a worker delivers it.
-type AttemptOutcome = Result<Execution, ExecError>;
+pub(crate) type AttemptOutcome = Result<Execution, ExecError>;
 /// A command of the worker core.
-type WorkerCommand = crate::roles::worker::Command<AttemptOutcome>;
+pub(crate) type WorkerCommand = crate::roles::worker::Command<AttemptOutcome>;
 
-/// Soft state of this node's work roles; rebuilt from the log after a restart.
+/// What the work roles share with the rest of the node: the executors, and the queue
+/// into the driver that owns their cores ([`crate::driver::owner`]). Their soft state is
+/// rebuilt from the log after a restart.
 pub struct WorkState {
     executors: Executors,
-    /// Worker: the core that keeps the attempts running here and their deliveries
-    /// ([`crate::roles::worker`]).
-    worker: Mutex<crate::roles::worker::Worker<AttemptOutcome>>,
-    /// Mayor: the core that decides dispatch, losses and retries ([`crate::roles::mayor`]).
-    mayor: Mutex<crate::roles::mayor::Mayor>,
-    /// Mayor: deliveries in flight, so a slow one is not started twice: (task, attempt,
-    /// what is being sent).
-    sending: Mutex<BTreeSet<(TaskKey, u32, Sending)>>,
-    /// Governor: the core that keeps cities, mayors, escalations and reports
-    /// ([`crate::roles::governor`]).
-    governor: Mutex<crate::roles::governor::Governor>,
-    /// President: the core that plans, advances and fails phases ([`crate::roles::president`]).
-    president: Mutex<crate::roles::president::President>,
-    /// The groups whose applied entries wake the work roles.
-    watched: Mutex<BTreeSet<aamas_consensus::GroupId>>,
-    /// The roles this node held at the end of the last round (for RoleChange events).
-    roles: Mutex<BTreeSet<Role>>,
+    inputs: Inputs,
 }
 
 impl std::fmt::Debug for WorkState {
@@ -188,18 +168,19 @@ impl std::fmt::Debug for WorkState {
 }
 
 impl WorkState {
-    /// Work state for node `me`, a worker that runs `capacity` tasks at once.
-    pub fn new(me: NodeKey, capacity: usize, llm: Option<LlmConfig>) -> Self {
-        Self {
+    /// Work state for node `me`, a worker that runs `capacity` tasks at once, with the
+    /// cores and the queue that [`crate::driver::owner::drive`] takes.
+    pub(crate) fn new(
+        me: NodeKey,
+        capacity: usize,
+        llm: Option<LlmConfig>,
+    ) -> (Self, Cores, tokio::sync::mpsc::Receiver<Input>) {
+        let (inputs, receiver) = Inputs::new();
+        let state = Self {
             executors: Executors::new(llm),
-            worker: Mutex::new(crate::roles::worker::Worker::new(capacity)),
-            mayor: Mutex::new(crate::roles::mayor::Mayor::new()),
-            sending: Mutex::new(BTreeSet::new()),
-            governor: Mutex::new(crate::roles::governor::Governor::new(me)),
-            president: Mutex::new(crate::roles::president::President::new()),
-            watched: Mutex::new(BTreeSet::new()),
-            roles: Mutex::new(BTreeSet::new()),
-        }
+            inputs,
+        };
+        (state, Cores::new(me, capacity), receiver)
     }
 }
 
@@ -319,12 +300,6 @@ fn task_event(command: &LedgerCommand) -> Option<Event> {
         }),
         _ => None,
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Node {
@@ -551,10 +526,18 @@ impl Node {
     /// no error.
     async fn governor_request(
         &self,
-        request: crate::roles::governor::Request<'_>,
+        request: crate::roles::governor::Request,
     ) -> Result<(), WorkError> {
         let president = self.president_key();
-        let judged = lock(&self.work.governor).request(request, president);
+        let judged = self
+            .work
+            .inputs
+            .ask(|reply| Input::Governor {
+                request,
+                president,
+                reply,
+            })
+            .await?;
         let writes = judged.map_err(|refused| {
             self.metrics
                 .rpc_refused
@@ -599,13 +582,11 @@ impl Node {
             .and_then(|task| crate::spec::TaskSpec::decode(&task.spec).ok())
             .map(|spec| spec.state);
         let governed = self.governed().await;
-        let state = named
-            .as_deref()
-            .filter(|state| governed.iter().any(|(name, _)| name == state));
+        let state = named.filter(|state| governed.iter().any(|(name, _)| name == state));
         self.governor_request(crate::roles::governor::Request::AssignTasks {
             sender,
             state,
-            project,
+            project: project.to_string(),
             phase,
             tasks,
         })
@@ -622,7 +603,7 @@ impl Node {
         let state = self.governing_task(&key).await.map(|(state, _)| state);
         self.governor_request(crate::roles::governor::Request::Reopen {
             sender,
-            state: state.as_deref(),
+            state,
             key,
             attempts,
             reopening,
@@ -652,8 +633,8 @@ impl Node {
         };
         self.governor_request(crate::roles::governor::Request::Propose {
             sender,
-            state: state.as_deref(),
-            city,
+            state,
+            city: city.to_string(),
             lease_holder,
             command,
         })
@@ -692,7 +673,19 @@ impl Node {
             Ok(spec)
         });
         match checked {
-            Ok(spec) => self.start_attempt(sender, key, attempt, city, spec),
+            Ok(spec) => {
+                self.work
+                    .inputs
+                    .ask(|reply| Input::Execute {
+                        mayor: sender,
+                        key,
+                        attempt,
+                        city,
+                        spec,
+                        reply,
+                    })
+                    .await?
+            }
             Err(refusal) => {
                 self.metrics
                     .rpc_refused
@@ -704,42 +697,13 @@ impl Node {
         }
     }
 
-    /// Starts an attempt that passed the checks, unless it runs here already. Not async:
-    /// the attempt's future sends its outcome, which can come back to this node's
-    /// `handle_work`, and an async caller would make that future's type recursive.
-    fn start_attempt(
-        &self,
-        mayor: NodeKey,
-        key: TaskKey,
-        attempt: u32,
-        city: String,
-        spec: TaskSpec,
-    ) -> Result<(), WorkError> {
-        let Some(node) = self.me_arc() else {
-            return Err(WorkError::Stopping);
-        };
-        let commands: Vec<WorkerCommand> = {
-            let mut worker = lock(&self.work.worker);
-            worker
-                .handle(
-                    now_ms(),
-                    crate::roles::worker::Input::Execute {
-                        key,
-                        attempt,
-                        city,
-                        mayor,
-                    },
-                )
-                .map_err(WorkError::Worker)?;
-            worker.drain().collect()
-        };
-        node.worker_carry_out(commands, Some(spec));
-        Ok(())
-    }
-
     /// Carries out the worker core's commands in the background: runs the executor of an
     /// attempt just taken (`spec` is its spec), or delivers an outcome to its mayor.
-    fn worker_carry_out(self: &Arc<Self>, commands: Vec<WorkerCommand>, spec: Option<TaskSpec>) {
+    pub(crate) fn worker_carry_out(
+        self: &Arc<Self>,
+        commands: Vec<WorkerCommand>,
+        spec: Option<TaskSpec>,
+    ) {
         use crate::roles::worker::Command;
         for command in commands {
             match command {
@@ -773,14 +737,18 @@ impl Node {
                         {
                             sent = node.send_work(now_mayor, &work).await;
                         }
-                        let input = match sent {
-                            Ok(()) => crate::roles::worker::Input::Delivered { key, attempt },
-                            Err(reason) => {
-                                tracing::debug!(%key, %reason, "outcome not delivered yet");
-                                crate::roles::worker::Input::Undelivered { key, attempt }
-                            }
-                        };
-                        let _ = lock(&node.work.worker).handle(now_ms(), input);
+                        if let Err(reason) = &sent {
+                            tracing::debug!(%key, %reason, "outcome not delivered yet");
+                        }
+                        let _ = node
+                            .work
+                            .inputs
+                            .send(Input::OutcomeSent {
+                                key,
+                                attempt,
+                                delivered: sent.is_ok(),
+                            })
+                            .await;
                     });
                 }
                 Command::GaveUp { key, attempt } => {
@@ -807,32 +775,28 @@ impl Node {
             execution.output.truncate(end);
             execution.output_truncated = true;
         }
-        let commands: Vec<WorkerCommand> = {
-            let mut worker = lock(&self.work.worker);
-            let _ = worker.handle(
-                now_ms(),
-                crate::roles::worker::Input::Finished {
-                    key,
-                    attempt,
-                    outcome: result,
-                },
-            );
-            worker.drain().collect()
-        };
-        self.worker_carry_out(commands, None);
+        let _ = self
+            .work
+            .inputs
+            .send(Input::Finished {
+                key,
+                attempt,
+                outcome: result,
+            })
+            .await;
     }
 
     /// Wakes the work roles whenever a group open here applies an entry: one watcher
     /// per group, ending with the group.
-    fn watch_groups(self: &Arc<Self>) {
+    fn watch_groups(self: &Arc<Self>, watched: &mut BTreeSet<aamas_consensus::GroupId>) {
         for id in self.groups.ids() {
-            if !lock(&self.work.watched).insert(id) {
+            if watched.contains(&id) {
                 continue;
             }
             let Some(group) = self.groups.get(id) else {
-                lock(&self.work.watched).remove(&id);
                 continue;
             };
+            watched.insert(id);
             let mut metrics = group.raft().metrics();
             let wake = self.work_wake.clone();
             let node = self.clone();
@@ -845,21 +809,18 @@ impl Node {
                         wake.notify_one();
                     }
                 }
-                lock(&node.work.watched).remove(&id);
+                let _ = node.work.inputs.send(Input::Unwatched(id)).await;
             });
         }
     }
 
     /// The worker's duty: outcomes whose delivery is due again, or given up.
-    fn worker_tick(self: &Arc<Self>) {
-        let commands: Vec<WorkerCommand> = {
-            let mut worker = lock(&self.work.worker);
-            let _ = worker.handle(now_ms(), crate::roles::worker::Input::Tick);
-            if cfg!(debug_assertions) {
-                worker.validate();
-            }
-            worker.drain().collect()
-        };
+    fn worker_tick(self: &Arc<Self>, worker: &mut crate::roles::worker::Worker<AttemptOutcome>) {
+        let _ = worker.handle(now_ms(), crate::roles::worker::Input::Tick);
+        if cfg!(debug_assertions) {
+            worker.validate();
+        }
+        let commands: Vec<WorkerCommand> = worker.drain().collect();
         if !commands.is_empty() {
             self.worker_carry_out(commands, None);
         }
@@ -954,13 +915,13 @@ impl Node {
                 result_digest: result_digest(execution),
             },
             Err(error) => {
-                lock(&self.work.mayor).handle(
-                    now_ms(),
-                    crate::roles::mayor::Input::FailedOn {
+                self.work
+                    .inputs
+                    .send(Input::FailedOn {
                         key: key.clone(),
                         worker: sender,
-                    },
-                );
+                    })
+                    .await?;
                 // At most 400 bytes, cut at a character boundary (`ExecError::reason`).
                 let reason = error.reason();
                 LedgerCommand::FailTask {
@@ -1060,33 +1021,27 @@ impl Node {
         if governor != Some(sender) && !voter {
             return Err(WorkError::NotItsGovernor { sender, state });
         }
-        lock(&self.work.president).handle(
-            now_ms(),
-            crate::roles::president::Input::Progress { state, projects },
-        );
-        self.work_wake.notify_one();
-        Ok(())
+        self.work
+            .inputs
+            .send(Input::Progress { state, projects })
+            .await
     }
 
     /// One round of every work role this node holds.
-    pub(crate) async fn work_tick(self: &Arc<Self>) {
-        self.watch_groups();
-        self.worker_tick();
-        let mut roles: BTreeSet<Role> = self.mayor_tick().await;
-        self.governor_work_tick().await;
-        self.president_work_tick().await;
+    pub(crate) async fn work_round(self: &Arc<Self>, cores: &mut Cores) {
+        self.watch_groups(&mut cores.watched);
+        self.worker_tick(&mut cores.worker);
+        let mut roles: BTreeSet<Role> = self.mayor_tick(cores).await;
+        self.governor_work_tick(&mut cores.governor).await;
+        self.president_work_tick(&mut cores.president).await;
         if self.president().map(|(id, _)| id) == Some(self.me()) {
             roles.insert(Role::President);
         }
         for (state, _) in self.governed().await {
             roles.insert(Role::Governor { state });
         }
-        let changes = {
-            let mut held = lock(&self.work.roles);
-            let changes = crate::events::role_changes(&held, &roles);
-            *held = roles;
-            changes
-        };
+        let changes = crate::events::role_changes(&cores.roles, &roles);
+        cores.roles = roles;
         for change in changes {
             if let BusEvent::RoleChange { role, gained } = &change {
                 tracing::info!(?role, gained, "role changed");
@@ -1097,8 +1052,7 @@ impl Node {
 
     /// The mayor's duty: hands the core ([`crate::roles::mayor::Mayor`]) a look at the cities
     /// this node holds the lease of, and carries out what it asks. Returns those cities.
-    async fn mayor_tick(self: &Arc<Self>) -> BTreeSet<Role> {
-        use crate::roles::mayor::Input;
+    async fn mayor_tick(self: &Arc<Self>, cores: &mut Cores) -> BTreeSet<Role> {
         let now = now_ms();
         let me = self.identity.node_key();
         let mut states: Vec<crate::roles::mayor::StateTasks> = Vec::new();
@@ -1201,20 +1155,17 @@ impl Node {
                 .map(|candidate| candidate.key)
                 .collect()
         };
-        let commands: Vec<crate::roles::mayor::Command> = {
-            let mut mayor = lock(&self.work.mayor);
-            mayor.handle(
-                now,
-                Input::Tick {
-                    states: &states,
-                    alive: &alive,
-                },
-            );
-            if cfg!(debug_assertions) {
-                mayor.validate();
-            }
-            mayor.drain().collect()
-        };
+        cores.mayor.handle(
+            now,
+            crate::roles::mayor::Input::Tick {
+                states: &states,
+                alive: &alive,
+            },
+        );
+        if cfg!(debug_assertions) {
+            cores.mayor.validate();
+        }
+        let commands: Vec<crate::roles::mayor::Command> = cores.mayor.drain().collect();
         if commands.is_empty() {
             return held;
         }
@@ -1226,15 +1177,16 @@ impl Node {
             .collect();
         let spec_of = |key: &TaskKey| tasks.get(key).map(|task| task.spec.clone());
         for command in commands {
-            self.carry_out(command, &groups, &spec_of, None);
+            self.carry_out(&mut cores.sending, command, &groups, &spec_of, None);
         }
         held
     }
 
     /// Carries out one of the mayor core's commands in the background: a proposal to the
     /// governor of `groups[city]`, or an Execute to a worker, with the spec `spec_of` gives.
-    fn carry_out(
+    pub(crate) fn carry_out(
         self: &Arc<Self>,
+        sending: &mut BTreeSet<(TaskKey, u32, Sending)>,
         command: crate::roles::mayor::Command,
         groups: &BTreeMap<String, Group>,
         spec_of: &dyn Fn(&TaskKey) -> Option<Vec<u8>>,
@@ -1262,7 +1214,9 @@ impl Node {
                     },
                     None => None,
                 };
-                self.spawn_proposal(group, &city, (key, attempt), command, execute);
+                if sending.insert((key.clone(), attempt, Sending::Proposal)) {
+                    self.spawn_proposal(group, &city, (key, attempt), command, execute);
+                }
             }
             Command::Execute {
                 city,
@@ -1270,7 +1224,9 @@ impl Node {
                 key,
                 attempt,
             } => {
-                if let Some(spec) = spec_of(&key) {
+                if let Some(spec) = spec_of(&key)
+                    && sending.insert((key.clone(), attempt, Sending::Execute))
+                {
                     self.spawn_execute(worker, key, attempt, &city, spec, started);
                 }
             }
@@ -1278,8 +1234,8 @@ impl Node {
     }
 
     /// Proposes `command` to the governor in the background; once an assignment is
-    /// committed, tells the mayor core, which hands the attempt to its worker
-    /// (`execute`) without waiting for the next tick.
+    /// committed, the driver tells the mayor core, which hands the attempt to its worker
+    /// (`execute`) without waiting for the next round.
     fn spawn_proposal(
         self: &Arc<Self>,
         group: &Group,
@@ -1289,40 +1245,34 @@ impl Node {
         execute: Option<(NodeKey, Vec<u8>)>,
     ) {
         let (key, attempt) = slot;
-        if !lock(&self.work.sending).insert((key.clone(), attempt, Sending::Proposal)) {
-            return;
-        }
         let node = self.clone();
         let group = group.clone();
         let city = city.to_string();
         let started = std::time::Instant::now();
         self.spawn(async move {
-            match node.propose_to_governor(&group, &city, command).await {
-                Ok(()) => {
-                    if let Some((worker, spec)) = execute {
-                        let commands: Vec<crate::roles::mayor::Command> = {
-                            let mut mayor = lock(&node.work.mayor);
-                            mayor.handle(
-                                now_ms(),
-                                crate::roles::mayor::Input::Assigned {
-                                    city: city.clone(),
-                                    key: key.clone(),
-                                    attempt,
-                                    worker,
-                                },
-                            );
-                            mayor.drain().collect()
-                        };
-                        let groups = BTreeMap::from([(city.clone(), group.clone())]);
-                        let spec_of = |wanted: &TaskKey| (*wanted == key).then(|| spec.clone());
-                        for command in commands {
-                            node.carry_out(command, &groups, &spec_of, Some(started));
-                        }
-                    }
+            let proposed = node.propose_to_governor(&group, &city, command).await;
+            let committed = match proposed {
+                Ok(()) => execute.map(|(worker, spec)| Committed {
+                    city,
+                    worker,
+                    spec,
+                    group,
+                    started,
+                }),
+                Err(reason) => {
+                    tracing::debug!(task = %key, %reason, "proposal not taken yet");
+                    None
                 }
-                Err(reason) => tracing::debug!(task = %key, %reason, "proposal not taken yet"),
-            }
-            lock(&node.work.sending).remove(&(key, attempt, Sending::Proposal));
+            };
+            let _ = node
+                .work
+                .inputs
+                .send(Input::Proposed {
+                    key,
+                    attempt,
+                    committed,
+                })
+                .await;
         });
     }
 
@@ -1335,9 +1285,6 @@ impl Node {
         spec: Vec<u8>,
         started: Option<std::time::Instant>,
     ) {
-        if !lock(&self.work.sending).insert((key.clone(), attempt, Sending::Execute)) {
-            return;
-        }
         let node = self.clone();
         let city = city.to_string();
         self.spawn(async move {
@@ -1347,30 +1294,32 @@ impl Node {
                 city,
                 spec,
             };
-            match node.send_work(worker, &work).await {
+            let sent = node.send_work(worker, &work).await;
+            match &sent {
                 Ok(()) => {
                     if let Some(started) = started {
                         node.metrics
                             .dispatch_seconds
                             .observe(started.elapsed().as_secs_f64());
                     }
-                    lock(&node.work.mayor).handle(
-                        now_ms(),
-                        crate::roles::mayor::Input::Delivered {
-                            key: key.clone(),
-                            attempt,
-                        },
-                    );
                 }
                 Err(reason) => tracing::debug!(task = %key, %reason, "execute not delivered yet"),
             }
-            lock(&node.work.sending).remove(&(key, attempt, Sending::Execute));
+            let _ = node
+                .work
+                .inputs
+                .send(Input::ExecuteSent {
+                    key,
+                    attempt,
+                    delivered: sent.is_ok(),
+                })
+                .await;
         });
     }
 
     /// The governor's duty: hands the core ([`crate::roles::governor::Governor`]) a look at each
     /// state this node governs, and carries out what it asks in the background.
-    async fn governor_work_tick(self: &Arc<Self>) {
+    async fn governor_work_tick(self: &Arc<Self>, governor: &mut crate::roles::governor::Governor) {
         let now = now_ms();
         let governed = self.governed().await;
         if governed.is_empty() {
@@ -1426,20 +1375,17 @@ impl Node {
             });
         }
         let president = self.president_key();
-        let commands: Vec<crate::roles::governor::Command> = {
-            let mut governor = lock(&self.work.governor);
-            governor.handle(
-                now,
-                crate::roles::governor::Input::Tick {
-                    states: &looks,
-                    president,
-                },
-            );
-            if cfg!(debug_assertions) {
-                governor.validate();
-            }
-            governor.drain().collect()
-        };
+        governor.handle(
+            now,
+            crate::roles::governor::Input::Tick {
+                states: &looks,
+                president,
+            },
+        );
+        if cfg!(debug_assertions) {
+            governor.validate();
+        }
+        let commands: Vec<crate::roles::governor::Command> = governor.drain().collect();
         for command in commands {
             self.governor_carry_out(command, &governed);
         }
@@ -1452,7 +1398,7 @@ impl Node {
         command: crate::roles::governor::Command,
         governed: &[(String, Group)],
     ) {
-        use crate::roles::governor::{Command, Input};
+        use crate::roles::governor::Command;
         let node = self.clone();
         match command {
             Command::Write(write) => {
@@ -1476,13 +1422,14 @@ impl Node {
                             tracing::debug!(state = write.state, %reason, "ledger write not committed")
                         }
                     }
-                    lock(&node.work.governor).handle(
-                        now_ms(),
-                        Input::Written {
+                    let _ = node
+                        .work
+                        .inputs
+                        .send(Input::Written {
                             slot: write.slot,
                             committed: result.is_ok(),
-                        },
-                    );
+                        })
+                        .await;
                 });
             }
             Command::Report {
@@ -1500,14 +1447,15 @@ impl Node {
                     if let Err(reason) = &sent {
                         tracing::debug!(state, %reason, "progress not delivered");
                     }
-                    lock(&node.work.governor).handle(
-                        now_ms(),
-                        Input::Reported {
+                    let _ = node
+                        .work
+                        .inputs
+                        .send(Input::Reported {
                             state,
                             project,
                             acknowledged: sent.is_ok(),
-                        },
-                    );
+                        })
+                        .await;
                 });
             }
         }
@@ -1515,7 +1463,10 @@ impl Node {
 
     /// The president's duty: hands the core ([`crate::roles::president::President`]) the running
     /// projects and the states' governors, and carries out what it asks in the background.
-    async fn president_work_tick(self: &Arc<Self>) {
+    async fn president_work_tick(
+        self: &Arc<Self>,
+        president: &mut crate::roles::president::President,
+    ) {
         if self.president().map(|(id, _)| id) != Some(self.me()) {
             return;
         }
@@ -1563,20 +1514,17 @@ impl Node {
                 },
             )
             .collect();
-        let commands: Vec<crate::roles::president::Command> = {
-            let mut president = lock(&self.work.president);
-            president.handle(
-                now,
-                crate::roles::president::Input::Tick {
-                    projects: &projects,
-                    governors: &governors,
-                },
-            );
-            if cfg!(debug_assertions) {
-                president.validate();
-            }
-            president.drain().collect()
-        };
+        president.handle(
+            now,
+            crate::roles::president::Input::Tick {
+                projects: &projects,
+                governors: &governors,
+            },
+        );
+        if cfg!(debug_assertions) {
+            president.validate();
+        }
+        let commands: Vec<crate::roles::president::Command> = president.drain().collect();
         for command in commands {
             self.president_carry_out(command);
         }
@@ -1585,7 +1533,7 @@ impl Node {
     /// Carries out one of the president core's commands in the background; its
     /// completion goes back to the core.
     fn president_carry_out(self: &Arc<Self>, command: crate::roles::president::Command) {
-        use crate::roles::president::{Command, Input};
+        use crate::roles::president::Command;
         let node = self.clone();
         match command {
             Command::Propose {
@@ -1617,7 +1565,11 @@ impl Node {
                     }
                     Err(error) => tracing::debug!(%error, "a president's proposal failed"),
                 }
-                lock(&node.work.president).handle(now_ms(), Input::Proposed { slot });
+                let _ = node
+                    .work
+                    .inputs
+                    .send(Input::PresidentProposed { slot })
+                    .await;
             }),
             Command::AssignTasks {
                 governor,
@@ -1635,15 +1587,16 @@ impl Node {
                 if let Err(reason) = &sent {
                     tracing::debug!(%reason, "tasks not assigned yet");
                 }
-                lock(&node.work.president).handle(
-                    now_ms(),
-                    Input::Assigned {
+                let _ = node
+                    .work
+                    .inputs
+                    .send(Input::Assigned {
                         project,
                         phase,
                         state,
                         delivered: sent.is_ok(),
-                    },
-                );
+                    })
+                    .await;
             }),
             Command::Reopen {
                 governor,
@@ -1863,7 +1816,7 @@ mod tests {
     /// The failure's type, not its words, says whether it was a fault of the moment.
     #[test]
     fn only_timeouts_and_unreachable_services_are_transient() {
-        use crate::executor::ExecError;
+        use crate::exec::ExecError;
         assert!(ExecError::Timeout { after_ms: 1 }.retryable());
         assert!(
             ExecError::Unavailable {

@@ -326,15 +326,15 @@ impl Refused {
 
 /// A request from another role.
 #[derive(Debug)]
-pub enum Request<'a> {
+pub enum Request {
     /// The president adds tasks of `project`'s `phase` to `state`.
     AssignTasks {
         /// The sender.
         sender: NodeKey,
         /// The state they are for (as their specs name it), if this node governs it.
-        state: Option<&'a str>,
+        state: Option<String>,
         /// The project.
-        project: &'a str,
+        project: String,
         /// The phase.
         phase: Phase,
         /// The tasks.
@@ -345,7 +345,7 @@ pub enum Request<'a> {
         /// The sender.
         sender: NodeKey,
         /// The governed state whose Ledger holds the task, if any.
-        state: Option<&'a str>,
+        state: Option<String>,
         /// The task.
         key: TaskKey,
         /// More attempts.
@@ -358,9 +358,9 @@ pub enum Request<'a> {
         /// The sender.
         sender: NodeKey,
         /// The governed state that has the city, if any.
-        state: Option<&'a str>,
+        state: Option<String>,
         /// The city.
-        city: &'a str,
+        city: String,
         /// Who holds the city's lease now, in that state's Ledger.
         lease_holder: Option<NodeKey>,
         /// The command.
@@ -476,7 +476,7 @@ impl Governor {
     /// before it is acknowledged.
     pub fn request(
         &self,
-        request: Request<'_>,
+        request: Request,
         president: Option<NodeKey>,
     ) -> Result<Vec<Write>, Refused> {
         match request {
@@ -569,10 +569,7 @@ impl Governor {
                     what: format!("with city {city}"),
                 })?;
                 if lease_holder != Some(sender) {
-                    return Err(Refused::NotMayor {
-                        sender,
-                        city: city.to_string(),
-                    });
+                    return Err(Refused::NotMayor { sender, city });
                 }
                 let (what, key, attempt): (&[u8], _, _) = match &command {
                     LedgerCommand::AssignTask { key, attempt, .. } => (b"assign", key, attempt),
@@ -966,8 +963,8 @@ mod tests {
         }];
         let assign = |sender: u8, state: Option<&'static str>| Request::AssignTasks {
             sender: node(sender),
-            state,
-            project: "p",
+            state: state.map(str::to_string),
+            project: "p".into(),
             phase: Phase::Development,
             tasks: tasks.clone(),
         };
@@ -1010,8 +1007,8 @@ mod tests {
         };
         let propose = |sender: u8, command: LedgerCommand| Request::Propose {
             sender: node(sender),
-            state: Some("s"),
-            city: "s-1",
+            state: Some("s".into()),
+            city: "s-1".into(),
             lease_holder: Some(node(2)),
             command,
         };

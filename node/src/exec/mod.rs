@@ -1,0 +1,348 @@
+//! Executors: how a worker runs one task.
+//!
+//! ```text
+//!   worker ── run(spec, name, input, timeout) ──► Executors
+//!                                      ├─ builtin  in process, deterministic
+//!                                      ├─ shell    /bin/sh with ulimits, own process group,
+//!                                      │           clean environment, input on stdin,
+//!                                      │           capped stdout, stderr tail on failure
+//!                                      └─ llm      POST {base_url}/chat/completions
+//!                                                  (HTTP/1.1, plain or rustls),
+//!                                                  retries with backoff
+//! ```
+//!
+//! One file per executor: `builtin.rs`, `shell.rs` and `llm.rs`. This module holds what they
+//! share: the result ([`Execution`]), the errors ([`ExecError`]) and [`Executors`], which
+//! hands each task to its executor.
+//!
+//! Every run is bounded by the task's timeout, and every error says whether running the
+//! task again, possibly on another worker, can help ([`ExecError::retryable`]).
+//!
+//! The shell executor hands the task's input to the command on stdin and keeps stdout as
+//! the output; stderr only feeds the failure reason. A command has finished when its shell
+//! has exited and its stdout and stderr are closed (a background process holding them
+//! keeps the task running until its timeout). Processes a task leaves behind in its
+//! process group are killed when it ends.
+
+mod builtin;
+mod llm;
+mod shell;
+
+pub use builtin::BUILTIN_SLEEP_MAX_MS;
+pub use llm::{
+    ENV_LLM_API_KEY, ENV_LLM_BASE_URL, ENV_LLM_MODEL, LLM_ATTEMPTS_MAX, LLM_BACKOFF_MAX,
+    LLM_DEFAULT_ATTEMPTS, LLM_DEFAULT_BACKOFF, LLM_DEFAULT_REQUEST_TIMEOUT, LLM_REPLY_MAX_BYTES,
+    LlmConfig,
+};
+pub use shell::{
+    SHELL_INPUT_MAX_BYTES, SHELL_OUTPUT_MAX_BYTES, SHELL_PASSED_ENV, SHELL_STDERR_TAIL_BYTES,
+};
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
+
+use crate::spec::ExecutorSpec;
+
+use builtin::run_builtin;
+use llm::LlmEndpoint;
+use shell::{ShellLimits, run_shell};
+
+/// Longest [`ExecError::reason`], in bytes.
+pub const REASON_MAX_BYTES: usize = 400;
+
+/// What a task execution produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    /// The task's result: a builtin's digest, a command's stdout, a model's reply. Capped:
+    /// see `output_truncated`.
+    pub output: String,
+    /// True when `output` is only the start of what the task produced (a shell command
+    /// wrote more than its `max_output_bytes`, or a model stopped at `max_tokens`).
+    pub output_truncated: bool,
+    /// Tokens an LLM endpoint reported using, when it reported them.
+    pub usage: Option<TokenUsage>,
+}
+
+impl Execution {
+    fn complete(output: String) -> Self {
+        Execution {
+            output,
+            output_truncated: false,
+            usage: None,
+        }
+    }
+}
+
+/// Tokens used by one LLM call, as the endpoint reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Tokens in the prompt (system and user messages).
+    pub prompt_tokens: u64,
+    /// Tokens in the reply.
+    pub completion_tokens: u64,
+}
+
+/// Why a task execution did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// The task did not finish within its timeout; whatever it started has been stopped.
+    #[error("task timed out after {after_ms} ms")]
+    Timeout {
+        /// The task's timeout.
+        after_ms: u64,
+    },
+    /// The task ran and failed; running it again as it is would fail the same way.
+    #[error("task failed: {reason}")]
+    Failed {
+        /// What failed: exit status and stderr tail, the server's error message, ...
+        reason: String,
+    },
+    /// The task, or this worker's executor settings, cannot work: fix the spec or the
+    /// worker's configuration.
+    #[error("executor misconfigured: {reason}")]
+    Misconfigured {
+        /// What is wrong and what to set.
+        reason: String,
+    },
+    /// A resource the executor needs did not answer or was overloaded (connection refused,
+    /// HTTP 429 or 5xx, no reply in time): worth retrying, possibly elsewhere.
+    #[error("executor unavailable: {reason}")]
+    Unavailable {
+        /// What was unreachable and how it failed.
+        reason: String,
+    },
+}
+
+impl ExecError {
+    /// Whether running the task again, possibly on another worker, can succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ExecError::Timeout { .. } | ExecError::Unavailable { .. } => true,
+            ExecError::Failed { .. } | ExecError::Misconfigured { .. } => false,
+        }
+    }
+
+    /// The error as one line a user can read: no control characters, at most
+    /// [`REASON_MAX_BYTES`] bytes (cut at a character boundary).
+    pub fn reason(&self) -> String {
+        one_line(&self.to_string(), REASON_MAX_BYTES)
+    }
+}
+
+fn failed(reason: impl Into<String>) -> ExecError {
+    ExecError::Failed {
+        reason: reason.into(),
+    }
+}
+
+fn misconfigured(reason: impl Into<String>) -> ExecError {
+    ExecError::Misconfigured {
+        reason: reason.into(),
+    }
+}
+
+fn unavailable(reason: impl Into<String>) -> ExecError {
+    ExecError::Unavailable {
+        reason: reason.into(),
+    }
+}
+
+fn timed_out(timeout: Duration) -> ExecError {
+    ExecError::Timeout {
+        after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// The executors of one worker: the LLM endpoint and its HTTP client. Cheap to clone
+/// (clones share the client and its connection pool).
+#[derive(Clone)]
+pub struct Executors {
+    /// The endpoint ready to use, or why LLM tasks cannot run on this worker.
+    llm: Result<Arc<LlmEndpoint>, ExecError>,
+}
+
+impl fmt::Debug for Executors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let llm = match &self.llm {
+            Ok(endpoint) => format!("{} ({})", endpoint.url_text, endpoint.config.model),
+            Err(error) => error.reason(),
+        };
+        f.debug_struct("Executors").field("llm", &llm).finish()
+    }
+}
+
+impl Executors {
+    /// Executors with the given LLM endpoint, or none. A bad endpoint (unparsable URL,
+    /// missing model) is reported as [`ExecError::Misconfigured`] by each LLM task.
+    pub fn new(llm: Option<LlmConfig>) -> Self {
+        let llm = match llm {
+            None => Err(misconfigured(format!(
+                "this worker has no LLM endpoint: set {ENV_LLM_BASE_URL} and {ENV_LLM_MODEL}"
+            ))),
+            Some(config) => LlmEndpoint::new(config).map(Arc::new),
+        };
+        if let Err(error) = &llm {
+            tracing::debug!(reason = %error.reason(), "llm executor not available");
+        }
+        Executors { llm }
+    }
+
+    /// Whether this worker can run LLM tasks (an endpoint is configured and valid).
+    pub fn has_llm(&self) -> bool {
+        self.llm.is_ok()
+    }
+
+    /// Runs one task: `name` is the task's name, `input` its input, `timeout` the task's
+    /// timeout. Dropping the returned future stops the task (a shell task's processes are
+    /// killed).
+    pub async fn run(
+        &self,
+        spec: &ExecutorSpec,
+        name: &str,
+        input: &str,
+        timeout: Duration,
+    ) -> Result<Execution, ExecError> {
+        let executor = match spec {
+            ExecutorSpec::Builtin { .. } => "builtin",
+            ExecutorSpec::Shell { .. } => "shell",
+            ExecutorSpec::Llm { .. } => "llm",
+        };
+        let span = tracing::debug_span!("execute", task = name, executor);
+        let result = async {
+            match spec {
+                ExecutorSpec::Builtin { action } => run_builtin(action, name, input, timeout).await,
+                ExecutorSpec::Shell {
+                    command,
+                    workdir,
+                    cpu_secs,
+                    memory_mb,
+                    max_output_bytes,
+                } => {
+                    let limits = ShellLimits {
+                        cpu_secs: *cpu_secs,
+                        memory_mb: *memory_mb,
+                        max_output_bytes: *max_output_bytes,
+                    };
+                    run_shell(command, workdir.as_deref(), limits, input, timeout).await
+                }
+                ExecutorSpec::Llm { system, max_tokens } => {
+                    let endpoint = self.llm.as_ref().map_err(Clone::clone)?;
+                    endpoint
+                        .complete(system.as_deref(), *max_tokens, input, timeout)
+                        .await
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| match &result {
+            Ok(execution) => tracing::debug!(
+                output_bytes = execution.output.len(),
+                truncated = execution.output_truncated,
+                "task ran"
+            ),
+            Err(error) => tracing::debug!(
+                reason = %error.reason(),
+                retryable = error.retryable(),
+                "task did not run to a result"
+            ),
+        });
+        result
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// text
+
+/// `text` on one line: control characters become spaces, runs of whitespace one space,
+/// cut to at most `max_bytes` at a character boundary (marked with "…").
+fn one_line(text: &str, max_bytes: usize) -> String {
+    let mut line = String::with_capacity(text.len().min(max_bytes));
+    for word in text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+    {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+        if line.len() > max_bytes {
+            break;
+        }
+    }
+    if line.len() > max_bytes {
+        let mut end = max_bytes.saturating_sub('…'.len_utf8());
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+    line
+}
+
+/// Helpers shared by the tests of the three executors.
+#[cfg(test)]
+mod testing {
+    use super::*;
+
+    pub(super) const LONG: Duration = Duration::from_secs(30);
+
+    pub(super) async fn run(
+        spec: &ExecutorSpec,
+        input: &str,
+        timeout: Duration,
+    ) -> Result<Execution, ExecError> {
+        Executors::new(None).run(spec, "task", input, timeout).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_one_bounded_line() {
+        let error = ExecError::Failed {
+            reason: format!("first\nsecond\t{}", "é".repeat(500)),
+        };
+        let reason = error.reason();
+        assert!(
+            reason.starts_with("task failed: first second éé"),
+            "{reason}"
+        );
+        assert!(reason.len() <= REASON_MAX_BYTES);
+        assert!(reason.ends_with('…'));
+        assert!(!reason.chars().any(char::is_control));
+        assert_eq!(
+            ExecError::Timeout { after_ms: 5 }.reason(),
+            "task timed out after 5 ms"
+        );
+    }
+
+    #[test]
+    fn errors_survive_serialization() {
+        let errors = [
+            ExecError::Timeout { after_ms: 1 },
+            ExecError::Failed {
+                reason: "f".to_owned(),
+            },
+            ExecError::Misconfigured {
+                reason: "m".to_owned(),
+            },
+            ExecError::Unavailable {
+                reason: "u".to_owned(),
+            },
+        ];
+        for error in errors {
+            let json = serde_json::to_string(&error).unwrap();
+            assert_eq!(serde_json::from_str::<ExecError>(&json).unwrap(), error);
+        }
+    }
+}
