@@ -1,6 +1,10 @@
 //! Cities that scale with their state's queue: a burst of 2,000 tasks in one state (two
 //! projects of 1,000) opens more cities in that state, every task completes with exactly
 //! one result, and the extra cities close again once the queue is empty.
+//!
+//! The tasks name the `technical` state, but five nodes do not always give every state a
+//! group: the president then moves a phase's tasks to a governed state. So the test
+//! watches every state's cities, and the burst's state is the one whose cities grow.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -25,21 +29,31 @@ fn burst(name: &str, tasks: usize) -> String {
     text
 }
 
-/// The `technical` state's cities as `node` sees them: (name, queue if known).
-fn cities(node: &Node) -> Option<Vec<(String, Option<u64>)>> {
+/// Each state's cities as `node` sees them: state -> [(city, queue if known)].
+type Cities = std::collections::BTreeMap<String, Vec<(String, Option<u64>)>>;
+
+fn cities(node: &Node) -> Option<Cities> {
     let hierarchy = node.hierarchy()?;
-    let state = hierarchy["states"]
+    hierarchy["states"]
         .as_array()?
         .iter()
-        .find(|state| state["name"].as_str() == Some("technical"))?
-        .clone();
-    Some(
-        state["cities"]
-            .as_array()?
-            .iter()
-            .filter_map(|city| Some((city["name"].as_str()?.to_string(), city["queue"].as_u64())))
-            .collect(),
-    )
+        .map(|state| {
+            let name = state["name"].as_str()?.to_string();
+            let cities = state["cities"]
+                .as_array()?
+                .iter()
+                .filter_map(|city| {
+                    Some((city["name"].as_str()?.to_string(), city["queue"].as_u64()))
+                })
+                .collect();
+            Some((name, cities))
+        })
+        .collect()
+}
+
+/// The most cities any one state has.
+fn most_in_a_state(cities: &Cities) -> usize {
+    cities.values().map(Vec::len).max().unwrap_or(0)
 }
 
 /// The lines of the nodes' logs about roles and governor reports, for a failure message.
@@ -76,7 +90,7 @@ fn a_burst_of_two_thousand_tasks_opens_cities_that_close_again() {
     while ended.len() < 2 {
         for node in &nodes {
             if let Some(cities) = cities(node) {
-                most = most.max(cities.len());
+                most = most.max(most_in_a_state(&cities));
             }
         }
         ended = [&first, &second]
@@ -128,8 +142,8 @@ fn a_burst_of_two_thousand_tasks_opens_cities_that_close_again() {
     // The queue is empty: the state goes back to one city.
     let deadline = std::time::Instant::now() + CLOSE_LIMIT;
     loop {
-        let now: Vec<Vec<(String, Option<u64>)>> = nodes.iter().filter_map(cities).collect();
-        if now.iter().all(|cities| cities.len() == 1) && now.len() == nodes.len() {
+        let now: Vec<Cities> = nodes.iter().filter_map(cities).collect();
+        if now.iter().all(|cities| most_in_a_state(cities) == 1) && now.len() == nodes.len() {
             eprintln!(
                 "burst: 2,000 tasks in {burst_secs:.1} s, {most} cities at most, one city \
                  again {:.1} s later",
