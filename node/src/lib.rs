@@ -9,9 +9,10 @@
 //!               sender, drop replays), the gossip topics, and the sealer
 //!   roles/      the pure role cores: president, governor, mayor, worker, authority
 //!               (who may send what), cities (scaling); no IO, clock or randomness
-//!   driver/     a running node: start and stop, admission, liveness, the duties that feed
-//!               the cores and carry out their commands, Registry mirrors, projects
-//!   exec/       what runs a task: builtin, shell, http, llm
+//!   driver/     a running node: start and stop, admission, liveness, the federal and
+//!               state duties, the work driver (one task owning the four role cores),
+//!               Registry mirrors, projects
+//!   exec/       what runs a task: builtin, shell, llm
 //!   spec        the project spec: TOML, checked before anything runs
 //!   api         the localhost control API (axum, bearer token)
 //!   events      the node's bounded event bus: the seed's five events and role changes
@@ -19,7 +20,7 @@
 //! ```
 //!
 //! ```text
-//!   aamas (cli) ──► driver::runtime::run ──► net::swarm task ◄──► peers
+//!   aamas (cli) ──► run/start ──► driver::runtime::start ──► net::swarm task ◄──► peers
 //!                         │                        │
 //!                         ├── Groups (aamas-consensus, RocksDB) ◄── Raft RPCs
 //!                         ├── roles/* cores ◄── committed entries, messages, timers
@@ -27,7 +28,8 @@
 //! ```
 //!
 //! Imports go down only: `net`, `roles`, `spec`, `exec`, `messaging`, `events` and `metrics`
-//! never import `driver` or `api`, and `roles` imports nothing with IO (`make layering`).
+//! never import `driver` or `api`, the driver never imports `api` (the crate root hands
+//! it the API's start), and `roles` imports nothing with IO (`make layering`).
 
 pub mod api;
 pub mod driver;
@@ -41,6 +43,22 @@ pub mod spec;
 pub mod token;
 
 pub use driver::runtime::{
-    Founded, Hierarchy, MemberView, NodeConfig, NodeError, Running, StateView, Status, init, run,
-    start,
+    Founded, Hierarchy, MemberView, NodeConfig, NodeError, Running, StateView, Status, init,
 };
+
+/// Starts a node ([`driver::runtime::start`]) with its control API ([`api::serve`]) when
+/// the config names an address.
+pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
+    driver::runtime::start(config, |node, addr| Box::pin(api::serve(node, addr))).await
+}
+
+/// Runs a node until `shutdown` resolves, then stops it.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let running = start(config).await?;
+    shutdown.await;
+    running.stop().await;
+    Ok(())
+}

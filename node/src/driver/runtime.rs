@@ -2160,16 +2160,15 @@ async fn join_through(
     }
 }
 
-/// Runs a node until `shutdown` resolves.
-pub async fn run(
-    config: NodeConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), NodeError> {
-    let running = start(config).await?;
-    shutdown.await;
-    running.stop().await;
-    Ok(())
-}
+/// Starts the services a node serves beside itself (its control API) on `addr`: given
+/// by the crate root ([`crate::start`]), so that the driver never names the API.
+pub type Serve = fn(
+    Arc<Node>,
+    SocketAddr,
+) -> futures::future::BoxFuture<
+    'static,
+    Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError>,
+>;
 
 /// A node started by [`start`]: its shared state, and the tasks to stop with it.
 pub struct Running {
@@ -2281,8 +2280,9 @@ impl Running {
     }
 }
 
-/// Starts a node: identity, mesh, swarm, Raft groups, API; joins or rejoins the mesh.
-pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
+/// Starts a node: identity, mesh, swarm, Raft groups, the API (`serve`, when the config
+/// names an address); joins or rejoins the mesh.
+pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeError> {
     create_data_dir(&config.data_dir)?;
     let (identity, created) = Identity::load_or_create(&identity_path(&config.data_dir))?;
     if created {
@@ -2453,7 +2453,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     }));
 
     if let Some(addr) = config.api {
-        let (api, serving) = crate::api::serve(node.clone(), addr).await?;
+        let (api, serving) = serve(node.clone(), addr).await?;
         tasks.push(serving);
         tracing::info!(%api, "control API listening");
     }

@@ -307,23 +307,28 @@ impl Node {
         if voters.len() >= STATE_VOTERS || membership.membership().get_joint_config().len() > 1 {
             return;
         }
-        let Some(newcomer) = pick_voters(state, candidates, &voter_keys, 1).pop() else {
-            return;
-        };
-        let id = node_id(&newcomer);
-        if let Err(error) = group
-            .raft()
-            .add_learner(id, self.member_node(&newcomer, addrs), true)
-            .await
-        {
-            tracing::warn!(state, %error, "adding a state learner failed");
+        // Every missing voter in one membership change: grown one at a time, a group
+        // founded with one voter spends a while with two, where the loss of either
+        // leaves it without a quorum for good.
+        let newcomers = pick_voters(state, candidates, &voter_keys, STATE_VOTERS - voters.len());
+        if newcomers.is_empty() {
             return;
         }
+        for newcomer in &newcomers {
+            if let Err(error) = group
+                .raft()
+                .add_learner(node_id(newcomer), self.member_node(newcomer, addrs), true)
+                .await
+            {
+                tracing::warn!(state, %error, "adding a state learner failed");
+                return;
+            }
+        }
         let mut grown = voters;
-        grown.insert(id);
+        grown.extend(newcomers.iter().map(node_id));
         match group.raft().change_membership(grown, false).await {
-            Ok(_) => tracing::info!(state, voter = %newcomer, "added a state voter"),
-            Err(error) => tracing::warn!(state, %error, "adding a state voter failed"),
+            Ok(_) => tracing::info!(state, voters = ?newcomers, "added state voters"),
+            Err(error) => tracing::warn!(state, %error, "adding state voters failed"),
         }
     }
 

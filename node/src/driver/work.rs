@@ -1112,6 +1112,13 @@ impl Node {
                     (mine, running)
                 })
                 .await;
+            // A city's lease makes its holder the mayor, whatever its queue.
+            for (city, _) in &mine {
+                held.insert(Role::Mayor {
+                    state: state.clone(),
+                    city: city.clone(),
+                });
+            }
             if mine.iter().all(|(_, tasks)| tasks.is_empty()) {
                 continue;
             }
@@ -1134,10 +1141,6 @@ impl Node {
                 .unwrap_or_default();
             for (city, _) in &mine {
                 groups.insert(city.clone(), group.clone());
-                held.insert(Role::Mayor {
-                    state: state.clone(),
-                    city: city.clone(),
-                });
             }
             states.push(crate::roles::mayor::StateTasks {
                 workers,
