@@ -13,7 +13,7 @@
 //!               state duties, the work driver (one task owning the four role cores),
 //!               Registry mirrors, projects
 //!   exec/       what runs a task: builtin, shell, llm
-//!   spec        the project spec: TOML, checked before anything runs
+//!   spec/       the project spec: types (mod), parse (TOML), check (before anything runs)
 //!   api         the localhost control API (axum, bearer token)
 //!   events      the node's bounded event bus: the seed's five events and role changes
 //!   metrics     Prometheus metrics; token: join tokens
