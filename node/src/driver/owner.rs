@@ -2,7 +2,7 @@
 //! president's cores ([`crate::roles`]) and is the only code that touches them.
 //!
 //! ```text
-//!   inbound Execute / governor request ──┐                 ┌─► executor runs
+//!   inbound Execute ─────────────────────┐                 ┌─► executor runs
 //!   finished executions, deliveries,     ├─► Input queue ─►│   proposals to Raft
 //!   proposals, reports (completions)  ───┘   (bounded)     │   sealed sends
 //!   applied entries, reports ─► wake ─► round: reads ─►────┘   (spawned; each ends
@@ -10,8 +10,8 @@
 //! ```
 //!
 //! Everything that happens to the work roles reaches the driver as an [`Input`] on one
-//! bounded queue ([`WORK_INPUTS`]): an Execute a mayor sent, a request to the governor,
-//! and the completion of every command the driver started (an execution, a delivery, a
+//! bounded queue ([`WORK_INPUTS`]): an Execute a mayor sent, a governor's report to the
+//! president, and the completion of every command the driver started (an execution, a delivery, a
 //! proposal, a report). A round — when a group open on this node applied an entry, a
 //! governor's report arrived, or [`WORK_TICK`] passed — reads the Ledgers and the
 //! Registry and hands each core its look. Commands are carried out by spawned tasks that
@@ -128,14 +128,6 @@ pub(crate) enum Input {
         attempt: u32,
         delivered: bool,
     },
-    /// A request to the governor: the core names the writes (or refuses).
-    Governor {
-        request: crate::roles::governor::Request,
-        president: Option<NodeKey>,
-        reply: oneshot::Sender<
-            Result<Vec<crate::roles::governor::Write>, crate::roles::governor::Refused>,
-        >,
-    },
     /// A governor's Ledger write ended.
     Written { slot: Vec<u8>, committed: bool },
     /// A governor's progress report ended.
@@ -191,29 +183,29 @@ impl Inputs {
 
 /// Runs the driver until the queue closes or the task is aborted.
 pub(crate) async fn drive(node: Arc<Node>, mut cores: Cores, mut inputs: mpsc::Receiver<Input>) {
-    use futures::FutureExt as _;
     let wake = node.work_wake.clone();
     let mut last = tokio::time::Instant::now();
     // The first round at once.
     let mut woken = true;
     last -= WORK_TICK;
+    // Inputs applied since the last round: a due round waits for queued inputs (each is
+    // short, and someone waits on most), but at most this many, so a flood of inputs
+    // never starves it.
+    let mut streak = 0;
     loop {
         let due = last + if woken { WORK_MIN_GAP } else { WORK_TICK };
+        let round_first = streak >= MAX_INPUTS_BEFORE_A_ROUND;
         tokio::select! {
-            // A due round first, so that a flood of inputs never starves it.
             biased;
-            () = tokio::time::sleep_until(due) => {
+            () = tokio::time::sleep_until(due), if round_first => {
+                streak = 0;
                 last = tokio::time::Instant::now();
                 woken = false;
-                let round = std::panic::AssertUnwindSafe(node.work_round(&mut cores))
-                    .catch_unwind()
-                    .await;
-                if round.is_err() {
-                    panicked(&node, "a round");
-                }
+                round(&node, &mut cores).await;
             }
             input = inputs.recv() => {
                 let Some(input) = input else { return };
+                streak += 1;
                 let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     node.apply(&mut cores, input);
                 }));
@@ -221,9 +213,29 @@ pub(crate) async fn drive(node: Arc<Node>, mut cores: Cores, mut inputs: mpsc::R
                     panicked(&node, "an input");
                 }
             }
+            () = tokio::time::sleep_until(due), if !round_first => {
+                streak = 0;
+                last = tokio::time::Instant::now();
+                woken = false;
+                round(&node, &mut cores).await;
+            }
             // Something happened: a round as soon as the least gap allows.
             () = wake.notified(), if !woken => woken = true,
         }
+    }
+}
+
+/// Most inputs the driver applies in a row while a round is due.
+const MAX_INPUTS_BEFORE_A_ROUND: usize = 256;
+
+/// One round, a panic counted and survived.
+async fn round(node: &Arc<Node>, cores: &mut Cores) {
+    use futures::FutureExt as _;
+    let round = std::panic::AssertUnwindSafe(node.work_round(cores))
+        .catch_unwind()
+        .await;
+    if round.is_err() {
+        panicked(node, "a round");
     }
 }
 
@@ -340,13 +352,6 @@ impl Node {
                         .mayor
                         .handle(now, crate::roles::mayor::Input::Delivered { key, attempt });
                 }
-            }
-            Input::Governor {
-                request,
-                president,
-                reply,
-            } => {
-                let _ = reply.send(cores.governor.request(request, president));
             }
             Input::Written { slot, committed } => {
                 cores.governor.handle(

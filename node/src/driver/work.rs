@@ -529,15 +529,7 @@ impl Node {
         request: crate::roles::governor::Request,
     ) -> Result<(), WorkError> {
         let president = self.president_key();
-        let judged = self
-            .work
-            .inputs
-            .ask(|reply| Input::Governor {
-                request,
-                president,
-                reply,
-            })
-            .await?;
+        let judged = crate::roles::governor::Governor::judge(request, president);
         let writes = judged.map_err(|refused| {
             self.metrics
                 .rpc_refused
