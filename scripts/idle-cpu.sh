@@ -27,7 +27,9 @@ action = "await-president"
 action = "sleep"
 ms = $(( (settle + window + 60) * 1000 ))
 TOML
-RUST_LOG=error "$bin" run --nodes "$nodes" --file "$work/idle.toml" --duration 2h \
+# The simulator keeps its nodes' data dirs under TMPDIR (about 8 GiB at 1,000 nodes); a
+# killed simulator cannot remove them, so they go under $work, which the trap removes.
+TMPDIR="$work" RUST_LOG=error "$bin" run --nodes "$nodes" --file "$work/idle.toml" --duration 2h \
     > "$work/out" 2> "$work/err" &
 pid=$!
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }

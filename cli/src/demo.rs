@@ -1,6 +1,9 @@
 //! `aamas demo`: a local mesh of real `aamas node` processes on loopback, the template
 //! project through all eight phases, the president killed during development, and the
-//! timings per phase. Everything it starts is stopped and removed when it ends.
+//! timings per phase. Everything it starts is stopped and removed when it ends. With
+//! `--llm URL`, the nodes have a model and the project is `examples/idea-to-launch.toml`
+//! (LLM workers, a planned phase, reviewed phases); every task's output is written to a
+//! folder that stays.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,11 +16,54 @@ use crate::{Client, Target};
 
 /// The longest the demo waits for anything.
 const PATIENCE: Duration = Duration::from_secs(180);
+/// The longest the demo waits for a project whose tasks a model does.
+const LLM_PATIENCE: Duration = Duration::from_secs(3_600);
+
+/// The example project `aamas demo --llm` runs.
+pub const EXAMPLE: &str = include_str!("../../examples/idea-to-launch.toml");
+/// The example's product idea, which `--idea` replaces.
+pub const EXAMPLE_IDEA: &str = "a link shortener for a small team, with click counts";
+/// The longest idea `--idea` takes.
+const MAX_IDEA_CHARS: usize = 300;
+
+/// What `aamas demo --llm` was given.
+#[derive(Debug, Clone)]
+pub struct LlmDemo {
+    /// The OpenAI-compatible API root every node uses.
+    pub base_url: String,
+    /// The model, when given (else the nodes read AAMAS_LLM_MODEL).
+    pub model: Option<String>,
+    /// The product idea, when given.
+    pub idea: Option<String>,
+    /// Where the outputs go (a folder per project).
+    pub out: PathBuf,
+}
+
+impl LlmDemo {
+    /// The example spec with the idea in place: the idea is one line of plain text,
+    /// escaped for the TOML strings it lands in.
+    fn spec(&self) -> Result<String> {
+        let Some(idea) = &self.idea else {
+            return Ok(EXAMPLE.to_owned());
+        };
+        let idea = idea.trim();
+        if idea.is_empty() || idea.chars().count() > MAX_IDEA_CHARS {
+            bail!("--idea takes 1 to {MAX_IDEA_CHARS} characters");
+        }
+        if idea.chars().any(char::is_control) {
+            bail!("--idea takes one line of text, without control characters");
+        }
+        let escaped = idea.replace('\\', "\\\\").replace('"', "\\\"");
+        Ok(EXAMPLE.replace(EXAMPLE_IDEA, &escaped))
+    }
+}
 
 /// The demo's processes and files; stopped and removed on drop, however the demo ends.
 struct Mesh {
     root: PathBuf,
     nodes: Vec<(PathBuf, Option<Child>)>,
+    /// Environment every node gets (the model's settings).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Drop for Mesh {
@@ -48,6 +94,7 @@ impl Mesh {
         std::fs::create_dir_all(dir)?;
         let log = std::fs::File::create(dir.with_extension("log"))?;
         let child = command
+            .envs(self.env.iter().map(|(key, value)| (*key, value)))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -125,15 +172,33 @@ fn agreed(mesh: &Mesh, members: u64) -> Option<String> {
     (all && !president.is_empty()).then_some(president)
 }
 
-/// Runs the demo with `count` nodes.
-pub fn run(count: usize) -> Result<()> {
+/// Runs the demo with `count` nodes; with `llm`, the example project on LLM workers.
+pub fn run(count: usize, llm: Option<&LlmDemo>) -> Result<()> {
     if !(1..=32).contains(&count) {
         bail!("--nodes must be 1 to 32");
     }
+    // Checked before anything starts.
+    let spec = match llm {
+        Some(llm) => llm.spec()?,
+        None => aamas_node::spec::template().to_owned(),
+    };
+    let mut env = Vec::new();
+    if let Some(llm) = llm {
+        env.push((aamas_node::exec::ENV_LLM_BASE_URL, llm.base_url.clone()));
+        if let Some(model) = &llm.model {
+            env.push((aamas_node::exec::ENV_LLM_MODEL, model.clone()));
+        }
+    }
+    let patience = if llm.is_some() {
+        LLM_PATIENCE
+    } else {
+        PATIENCE
+    };
     let root = std::env::temp_dir().join(format!("aamas-demo-{}", std::process::id()));
     let mut mesh = Mesh {
         root: root.clone(),
         nodes: Vec::new(),
+        env,
     };
     let started = Instant::now();
     println!(
@@ -182,21 +247,25 @@ pub fn run(count: usize) -> Result<()> {
         crate::draw_hierarchy(&tree);
     }
 
-    let spec = aamas_node::spec::template();
     let submitted = mesh
         .client(0)
         .context("no API")?
-        .send("POST", "/api/v1/projects", spec)?;
+        .send("POST", "/api/v1/projects", &spec)?;
     let id = field(&submitted, "id");
-    println!("\n▶ submitted the template project as {id}");
+    let what = if llm.is_some() {
+        "examples/idea-to-launch.toml"
+    } else {
+        "the template project"
+    };
+    println!("\n▶ submitted {what} as {id}");
 
     let mut phase_started: Vec<(String, Instant)> = Vec::new();
     let mut timings: Vec<(String, Duration)> = Vec::new();
     let mut killed: Option<(usize, Instant, String)> = None;
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience;
     let outcome = loop {
         if Instant::now() > deadline {
-            bail!("the project did not finish within {PATIENCE:?}");
+            bail!("the project did not finish within {patience:?}");
         }
         let Some(project) = mesh.alive().iter().find_map(|index| {
             mesh.client(*index)?
@@ -266,6 +335,21 @@ pub fn run(count: usize) -> Result<()> {
         println!("  {name:<13} {elapsed:>10.2?}");
     }
     println!("total {:.2?}", started.elapsed());
+    if let Some(llm) = llm {
+        // What each task produced, from any live node, into a folder that stays.
+        let dir = llm.out.join(&id);
+        let target = mesh
+            .alive()
+            .first()
+            .map(|index| Target {
+                data_dir: Some(mesh.nodes[*index].0.clone()),
+                api: None,
+                json: false,
+            })
+            .context("no live node to read the outputs from")?;
+        println!("\nevery task's output, read from the mesh:");
+        crate::artifacts(&target, &id, None, Some(&dir))?;
+    }
     if field(&outcome, "status") != "completed" {
         bail!("the project failed: {}", field(&outcome, "reason"));
     }
@@ -275,4 +359,38 @@ pub fn run(count: usize) -> Result<()> {
     );
     drop(mesh);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo(idea: Option<&str>) -> LlmDemo {
+        LlmDemo {
+            base_url: "http://127.0.0.1:1/v1".into(),
+            model: None,
+            idea: idea.map(str::to_owned),
+            out: PathBuf::from("out"),
+        }
+    }
+
+    #[test]
+    fn the_example_is_a_valid_spec_and_takes_any_one_line_idea() {
+        let example = aamas_node::spec::parse(EXAMPLE).expect("the example parses");
+        assert_eq!(example.phases.len(), 8, "all eight phases");
+        assert!(example.phases.iter().any(|phase| phase.plan.is_some()));
+        assert!(example.phases.iter().any(|phase| phase.gate.llm));
+        assert!(EXAMPLE.contains(EXAMPLE_IDEA));
+
+        let quoted = demo(Some(r#"a "quiet" notes app \ for two"#))
+            .spec()
+            .expect("an idea with quotes");
+        let spec = aamas_node::spec::parse(&quoted).expect("still a valid spec");
+        assert!(spec.objectives[0].contains(r#"a "quiet" notes app \ for two"#));
+        assert!(!quoted.contains(EXAMPLE_IDEA));
+
+        for bad in ["", "two\nlines", &"x".repeat(MAX_IDEA_CHARS + 1)] {
+            assert!(demo(Some(bad)).spec().is_err(), "{bad:?}");
+        }
+    }
 }

@@ -90,6 +90,11 @@ enum Commands {
         /// Tasks this node runs at once as a worker [default: 4].
         #[arg(long, env = "AAMAS_CAPACITY")]
         capacity: Option<u32>,
+        /// The largest output a task may produce on this node, in bytes; a larger one
+        /// fails its task. Also the largest artefact this node keeps for others
+        /// [default: 4 MiB].
+        #[arg(long, env = "AAMAS_MAX_ARTIFACT_BYTES")]
+        max_artifact_bytes: Option<usize>,
     },
     /// Show this node's view: president, members, roles.
     Status(Target),
@@ -113,6 +118,20 @@ enum Commands {
         /// How many nodes.
         #[arg(long, default_value_t = 7)]
         nodes: usize,
+        /// Run examples/idea-to-launch.toml with LLM workers on this OpenAI-compatible
+        /// API root (e.g. http://127.0.0.1:11434/v1 for Ollama) instead of the template.
+        #[arg(long, value_name = "URL")]
+        llm: Option<String>,
+        /// The model the nodes ask for (with --llm; AAMAS_LLM_MODEL when absent).
+        #[arg(long, requires = "llm")]
+        model: Option<String>,
+        /// The product idea (with --llm), in place of the example's.
+        #[arg(long, requires = "llm")]
+        idea: Option<String>,
+        /// Where every task's output is written (with --llm); ./aamas-demo-output when
+        /// absent.
+        #[arg(long, requires = "llm", value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -153,6 +172,26 @@ enum ProjectCommand {
         /// hold, resume, advance or archive.
         action: String,
     },
+    /// Approve a project awaiting approval at a phase's human gate: it moves on.
+    Approve {
+        #[command(flatten)]
+        target: Target,
+        /// The project's id.
+        id: String,
+        /// Why, kept with the phase's gate.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Reject a project awaiting approval at a phase's human gate: it fails with the note.
+    Reject {
+        #[command(flatten)]
+        target: Target,
+        /// The project's id.
+        id: String,
+        /// Why, kept as the project's failure reason.
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// Archive a completed or failed project: it leaves the Registry, and its tasks leave
     /// every state's Ledger, freeing its place for new projects.
     Archive {
@@ -160,6 +199,21 @@ enum ProjectCommand {
         target: Target,
         /// The project's id.
         id: String,
+    },
+    /// A project's artefacts (its tasks' outputs), from any node: without TASK, the list;
+    /// with TASK, its bytes on stdout (or in --out DIR/TASK), checked against the digest
+    /// its state's Ledger committed.
+    Artifacts {
+        #[command(flatten)]
+        target: Target,
+        /// The project's id.
+        id: String,
+        /// One task's artefact.
+        task: Option<String>,
+        /// Write the artefacts (all of them without TASK) into this directory, one file
+        /// per task.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Print the built-in template spec (the seed's eight phases).
     Template,
@@ -262,6 +316,32 @@ impl Client {
         self.call("GET", path, None)
     }
 
+    /// The bytes of a GET (an artefact), at most [`MAX_ARTIFACT_READ`] of them.
+    fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        use std::io::Read as _;
+        let url = format!("{}{path}", self.base);
+        let response = ureq::get(&url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .timeout(Duration::from_secs(120))
+            .call();
+        match response {
+            Ok(response) => {
+                let mut bytes = Vec::new();
+                response
+                    .into_reader()
+                    .take(MAX_ARTIFACT_READ)
+                    .read_to_end(&mut bytes)
+                    .with_context(|| format!("{url}: reading the answer"))?;
+                Ok(bytes)
+            }
+            Err(ureq::Error::Status(code, response)) => {
+                let body = response.into_string().unwrap_or_default();
+                bail!("{url}: HTTP {code}: {body}")
+            }
+            Err(error) => bail!("{url}: {error}"),
+        }
+    }
+
     fn send(&self, method: &str, path: &str, body: &str) -> Result<serde_json::Value> {
         self.call(method, path, Some(body))
     }
@@ -300,7 +380,10 @@ impl Client {
             .set("Authorization", &format!("Bearer {}", self.token))
             .timeout(Duration::from_secs(30));
         let response = match body {
-            Some(body) => request.send_string(body),
+            // Every body sent here is JSON; the API refuses one without its type (415).
+            Some(body) => request
+                .set("Content-Type", "application/json")
+                .send_string(body),
             None => request.call(),
         };
         match response {
@@ -454,6 +537,13 @@ fn print_project(project: &serde_json::Value) {
     if let Some(reason) = project.get("reason").and_then(|v| v.as_str()) {
         println!("reason: {reason}");
     }
+    if text("status") == "awaiting-approval" {
+        println!(
+            "waiting for a person: aamas project approve {0} [--note TEXT] or aamas project \
+             reject {0} [--note TEXT]",
+            text("id")
+        );
+    }
     for phase in project
         .get("phases")
         .and_then(|v| v.as_array())
@@ -484,7 +574,93 @@ fn print_project(project: &serde_json::Value) {
                 String::new()
             }
         );
+        for (attempt, reason) in phase
+            .get("plan_refusals")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .enumerate()
+        {
+            println!("    plan {} refused: {reason}", attempt + 1);
+        }
+        for (round, review) in phase
+            .get("reviews")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let approved = review.get("approved").and_then(|v| v.as_bool()) == Some(true);
+            let reopen: Vec<&str> = review
+                .get("reopen")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            println!(
+                "    review {}: {}{} {}",
+                round + 1,
+                if approved { "approved" } else { "rejected" },
+                if reopen.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (redo {})", reopen.join(", "))
+                },
+                review
+                    .get("feedback")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+            );
+        }
+        if let Some(note) = phase.get("approval").and_then(|v| v.as_str()) {
+            println!("    approved by a person: {note}");
+        }
     }
+    if let Some(usage) = project.get("usage").filter(|v| !v.is_null()) {
+        let number = |value: &serde_json::Value, name: &str| {
+            value
+                .get(name)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        println!(
+            "model use: {} prompt + {} completion tokens, estimated cost {}",
+            number(usage, "prompt_tokens"),
+            number(usage, "completion_tokens"),
+            cost(number(usage, "cost_micros"))
+        );
+        if let Some(tasks) = usage.get("tasks").and_then(|v| v.as_object()) {
+            for (name, task) in tasks {
+                println!(
+                    "  {name:<24} {:<20} {:>7} + {:<7} {}",
+                    task.get("model").and_then(|v| v.as_str()).unwrap_or(""),
+                    number(task, "prompt_tokens"),
+                    number(task, "completion_tokens"),
+                    cost(number(task, "cost_micros"))
+                );
+            }
+        }
+    }
+}
+
+/// A cost kept in millionths of the price unit, as a decimal.
+fn cost(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+/// Approves or rejects a project awaiting approval, and prints where it stands.
+fn decide(target: &Target, id: &str, action: &str, note: Option<String>) -> Result<()> {
+    let body = serde_json::json!({ "action": action, "note": note }).to_string();
+    let project =
+        Client::new(target)?.send("PUT", &format!("/api/v1/projects/{id}/phase"), &body)?;
+    if target.json {
+        println!("{project}");
+    } else {
+        print_project(&project);
+    }
+    Ok(())
 }
 
 /// Follows a project until it completes or fails; returns its last view.
@@ -501,15 +677,99 @@ fn watch(
             last = project.clone();
         }
         let status = project.get("status").and_then(|v| v.as_str()).unwrap_or("");
-        if status == "completed" || status == "failed" {
+        if status == "completed" || status == "failed" || status == "awaiting-approval" {
             return Ok(project);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
+/// The most bytes `aamas project artifacts` reads for one artefact (nodes cap outputs
+/// far below: 4 MiB by default).
+const MAX_ARTIFACT_READ: u64 = 1 << 30;
+
+/// A task name as a file name: only what a spec allows in names, else refused.
+fn artifact_file(dir: &std::path::Path, task: &str) -> Result<PathBuf> {
+    if task.is_empty()
+        || task.starts_with('.')
+        || !task
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        bail!("task name {task:?} cannot be a file name");
+    }
+    Ok(dir.join(task))
+}
+
+fn artifacts(target: &Target, id: &str, task: Option<&str>, out: Option<&PathBuf>) -> Result<()> {
+    let client = Client::new(target)?;
+    let list = client.get(&format!("/api/v1/projects/{id}/artifacts"))?;
+    let entries: Vec<&serde_json::Value> = list.as_array().into_iter().flatten().collect();
+    let text = |entry: &serde_json::Value, name: &str| {
+        entry
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let wanted: Vec<String> = match task {
+        Some(task) => vec![task.to_string()],
+        None if out.is_some() => entries.iter().map(|e| text(e, "task")).collect(),
+        None => {
+            if target.json {
+                println!("{list}");
+            } else {
+                for entry in &entries {
+                    println!(
+                        "{:<24} {:<12} {:<13} {}",
+                        text(entry, "task"),
+                        text(entry, "state"),
+                        text(entry, "phase"),
+                        text(entry, "digest")
+                    );
+                }
+            }
+            return Ok(());
+        }
+    };
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for task in wanted {
+        let bytes = client.get_bytes(&format!("/api/v1/projects/{id}/artifacts/{task}"))?;
+        match out {
+            Some(dir) => {
+                let path = artifact_file(dir, &task)?;
+                std::fs::write(&path, &bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                if target.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"task": task, "path": path, "bytes": bytes.len()})
+                    );
+                } else {
+                    println!("{task}: {} bytes in {}", bytes.len(), path.display());
+                }
+            }
+            None => {
+                use std::io::Write as _;
+                std::io::stdout()
+                    .write_all(&bytes)
+                    .context("writing to stdout")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn project(command: ProjectCommand) -> Result<()> {
     match command {
+        ProjectCommand::Artifacts {
+            target,
+            id,
+            task,
+            out,
+        } => artifacts(&target, &id, task.as_deref(), out.as_ref())?,
         ProjectCommand::Template => print!("{}", aamas_node::spec::template()),
         ProjectCommand::Submit { target, file } => {
             let text = std::fs::read_to_string(&file)
@@ -547,7 +807,8 @@ fn project(command: ProjectCommand) -> Result<()> {
             }
         }
         ProjectCommand::Show { target, id } => {
-            let project = Client::new(&target)?.get(&format!("/api/v1/projects/{id}"))?;
+            let project =
+                Client::new(&target)?.get(&format!("/api/v1/projects/{id}?usage=true"))?;
             if target.json {
                 println!("{project}");
             } else {
@@ -600,6 +861,12 @@ fn project(command: ProjectCommand) -> Result<()> {
                 println!("{id} archived");
             }
         }
+        ProjectCommand::Approve { target, id, note } => {
+            decide(&target, &id, "approve", note)?;
+        }
+        ProjectCommand::Reject { target, id, note } => {
+            decide(&target, &id, "reject", note)?;
+        }
         ProjectCommand::Phase { target, id, action } => {
             let body = serde_json::json!({ "action": action }).to_string();
             let project = Client::new(&target)?.send(
@@ -648,6 +915,7 @@ fn main() -> Result<()> {
             no_fsync,
             mdns,
             capacity,
+            max_artifact_bytes,
         } => {
             let file = match &config {
                 Some(path) => NodeFile::load(path)?,
@@ -713,12 +981,27 @@ fn main() -> Result<()> {
                 shared_memory: None,
                 kademlia: true,
                 liveness: None,
+                max_artifact_bytes,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(aamas_node::run(config, shutdown_signal()))?;
         }
         Commands::Project { command } => project(command)?,
-        Commands::Demo { nodes } => demo::run(nodes)?,
+        Commands::Demo {
+            nodes,
+            llm,
+            model,
+            idea,
+            out,
+        } => {
+            let llm = llm.map(|base_url| demo::LlmDemo {
+                base_url,
+                model,
+                idea,
+                out: out.unwrap_or_else(|| PathBuf::from("aamas-demo-output")),
+            });
+            demo::run(nodes, llm.as_ref())?
+        }
         Commands::Status(target) => {
             let status = Client::new(&target)?.get("/api/v1/system/status")?;
             if target.json {

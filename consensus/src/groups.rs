@@ -150,6 +150,9 @@ pub enum WriteError {
 
 /// How long [`Group::write`] waits for its commit before giving up on it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest silence after which a follower or learner no longer counts as hearing
+/// a leader ([`Group::hears_a_leader`]).
+pub const MIN_LEADER_SILENCE: Duration = Duration::from_secs(5);
 
 /// Errors of a linearizable read.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +186,9 @@ pub struct Group {
     log: LogStore,
     machine: StateMachineStore,
     proposals: mpsc::Sender<Proposal>,
+    /// When a leader last reached this member (an AppendEntries or snapshot chunk it
+    /// took): see [`Group::hears_a_leader`].
+    contact: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// A write waiting for the batcher.
@@ -385,6 +391,40 @@ impl Group {
         self.raft.metrics().borrow().current_term
     }
 
+    /// Whether this member is in touch with a leader: it leads, or a leader's
+    /// AppendEntries or snapshot reached it within the silence window (twice the longest
+    /// election timeout, at least [`MIN_LEADER_SILENCE`]). A learner that was removed
+    /// from the group is never told so (the leader stops replicating to it) and goes on
+    /// naming the old leader; this is how it finds out that nobody replicates to it.
+    pub fn hears_a_leader(&self) -> bool {
+        let (me, leader) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.id, metrics.current_leader)
+        };
+        match leader {
+            None => false,
+            Some(leader) if leader == me => true,
+            Some(_) => {
+                let window = Duration::from_millis(self.raft.config().election_timeout_max)
+                    .saturating_mul(2)
+                    .max(MIN_LEADER_SILENCE);
+                self.contact
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_some_and(|at| at.elapsed() <= window)
+            }
+        }
+    }
+
+    /// Notes that a leader reached this member now.
+    fn heard_a_leader(&self) {
+        *self
+            .contact
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
+    }
+
     /// The index of the last entry applied here.
     pub fn applied_index(&self) -> Option<u64> {
         self.raft.metrics().borrow().last_applied.map(|id| id.index)
@@ -501,6 +541,7 @@ impl<T: RaftTransport> Groups<T> {
             log,
             machine,
             proposals,
+            contact: Arc::default(),
         };
         let mut groups = self
             .inner
@@ -579,7 +620,15 @@ impl<T: RaftTransport> Groups<T> {
         group: GroupId,
         rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Result<RemoteResult<AppendEntriesResponse<NodeId>>, TransportError> {
-        Ok(self.target(group)?.raft.append_entries(rpc).await)
+        let target = self.target(group)?;
+        let answer = target.raft.append_entries(rpc).await;
+        // A higher vote means the sender is no leader of ours; anything else (taken, or
+        // a conflict the leader resolves next) is a leader in touch.
+        if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+        {
+            target.heard_a_leader();
+        }
+        Ok(answer)
     }
 
     /// Serves a Vote for `group` that arrived from the network.
@@ -598,6 +647,11 @@ impl<T: RaftTransport> Groups<T> {
         rpc: InstallSnapshotRequest<TypeConfig>,
     ) -> Result<RemoteResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError>, TransportError>
     {
-        Ok(self.target(group)?.raft.install_snapshot(rpc).await)
+        let target = self.target(group)?;
+        let answer = target.raft.install_snapshot(rpc).await;
+        if answer.is_ok() {
+            target.heard_a_leader();
+        }
+        Ok(answer)
     }
 }

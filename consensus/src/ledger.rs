@@ -124,7 +124,28 @@ pub struct Task {
     pub transient: bool,
     /// How many times the president reopened it after an escalation.
     pub reopened: u32,
+    /// What the attempt that succeeded used of a model, when it called one.
+    pub usage: Option<TaskUsage>,
 }
+
+/// Model use of one task's successful attempt, as the worker measured it from the
+/// endpoint's replies: committed with the result, so that a project's cost is the sum
+/// over its tasks whoever reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskUsage {
+    /// The model the worker called.
+    pub model: String,
+    /// Tokens of the prompts (system, context and input).
+    pub prompt_tokens: u64,
+    /// Tokens of the replies.
+    pub completion_tokens: u64,
+    /// The estimated cost in millionths of the price unit, from the worker's configured
+    /// prices for the model (0 when it has none).
+    pub cost_micros: u64,
+}
+
+/// Longest model name a [`TaskUsage`] carries.
+pub const MAX_MODEL_NAME_BYTES: usize = 256;
 
 /// A command to a state group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +209,8 @@ pub enum LedgerCommand {
         attempt: u32,
         /// SHA-256 of the result.
         result_digest: [u8; 32],
+        /// What it used of a model, if it called one.
+        usage: Option<TaskUsage>,
     },
     /// Records the failure of the current attempt: back to pending while attempts are
     /// left, else failed.
@@ -327,7 +350,8 @@ impl Ledger {
                 key,
                 attempt,
                 result_digest,
-            } => self.complete_task(key, *attempt, *result_digest),
+                usage,
+            } => self.complete_task(key, *attempt, *result_digest, usage),
             C::OverwriteResult { key, result_digest } => self.overwrite_result(key, *result_digest),
             C::RemoveCity { name } => self.remove_city(name),
             C::FailTask {
@@ -458,6 +482,7 @@ impl Ledger {
             failure: None,
             transient: false,
             reopened: 0,
+            usage: None,
         };
         self.tasks.insert(key.clone(), task);
         self.task_spec_bytes = spec_bytes;
@@ -501,7 +526,16 @@ impl Ledger {
         Ok(task_state(task))
     }
 
-    fn complete_task(&mut self, key: &TaskKey, attempt: u32, result_digest: [u8; 32]) -> Outcome {
+    fn complete_task(
+        &mut self,
+        key: &TaskKey,
+        attempt: u32,
+        result_digest: [u8; 32],
+        usage: &Option<TaskUsage>,
+    ) -> Outcome {
+        if let Some(usage) = usage {
+            check_size("model name", usage.model.len(), MAX_MODEL_NAME_BYTES)?;
+        }
         let task = self.task_mut(key)?;
         match task.result_digest {
             Some(committed) if committed == result_digest => return DUPLICATE,
@@ -511,6 +545,7 @@ impl Ledger {
         check_attempt(key, task, attempt)?;
         task.status = TaskStatus::Succeeded;
         task.result_digest = Some(result_digest);
+        task.usage = usage.clone();
         Ok(task_state(task))
     }
 
@@ -857,6 +892,7 @@ mod tests {
             key: key(task),
             attempt,
             result_digest: [digest; 32],
+            usage: None,
         }
     }
 

@@ -6,7 +6,8 @@
 //!   one RocksDB per node
 //!   ├── cf "raft_log"   group id (8 B, big endian) ‖ log index (8 B)  → postcard(Entry)
 //!   ├── cf "raft_meta"  group id ‖ "vote" | "committed" | "purged"    → postcard(..)
-//!   └── cf "raft_sm"    group id ‖ "snapshot"                          → postcard(snapshot)
+//!   ├── cf "raft_sm"    group id ‖ "snapshot"                          → postcard(snapshot)
+//!   └── cf "artifacts"  project id ‖ 0 ‖ SHA-256                        → a task's output
 //!
 //!   Store::open(dir) ──group(id)──► (LogStore, StateMachineStore)  one pair per Raft group
 //! ```
@@ -27,6 +28,7 @@
 // our helpers return the same types so that `?` carries them without conversions.
 #![allow(clippy::result_large_err)]
 
+pub mod artifacts;
 mod groups;
 mod heal;
 pub mod ledger;

@@ -158,6 +158,12 @@ pub enum ProjectStatus {
         /// Why.
         reason: String,
     },
+    /// Every task of `phase` succeeded and its gates but the human one passed: waits for
+    /// a person to approve or reject it ([`RegistryCommand::DecideApproval`]).
+    AwaitingApproval {
+        /// The phase waiting.
+        phase: Phase,
+    },
 }
 
 impl ProjectStatus {
@@ -185,6 +191,46 @@ impl PhaseProgress {
     }
 }
 
+/// What a phase's gates decided ([`RegistryCommand::RecordReview`],
+/// [`RegistryCommand::DecideApproval`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseGate {
+    /// The reviews of its llm gate, one per round, oldest first.
+    pub reviews: Vec<Review>,
+    /// The note of the person who approved it.
+    pub approval: Option<String>,
+    /// The tasks an llm planned for it, once a plan passed the president's checks
+    /// (encoded by the node, opaque here; [`RegistryCommand::SetPlan`]).
+    pub plan: Option<Vec<u8>>,
+    /// Why each refused plan was refused, oldest first
+    /// ([`RegistryCommand::RefusePlan`]).
+    pub plan_refusals: Vec<String>,
+}
+
+/// One round of an llm gate's review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    /// Whether the reviewer accepted the phase's work.
+    pub approved: bool,
+    /// What the reviewer said.
+    pub feedback: String,
+    /// The tasks the reviewer sent back, by their names in the spec.
+    pub reopen: Vec<String>,
+}
+
+/// Most review rounds one phase records.
+pub const MAX_REVIEW_ROUNDS: usize = 16;
+/// Longest review feedback or approval note.
+pub const MAX_FEEDBACK_BYTES: usize = 4_096;
+/// Longest note of a person's approval or rejection (it becomes the failure reason).
+pub const MAX_NOTE_BYTES: usize = 900;
+/// Most tasks one review sends back.
+pub const MAX_REOPENED_TASKS: usize = 256;
+/// Most bytes of a phase's committed plan.
+pub const MAX_PLAN_BYTES: usize = 64 * 1024;
+/// Most refused plans one phase records.
+pub const MAX_PLAN_REFUSALS: usize = 8;
+
 /// A project driven through the eight phases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Project {
@@ -203,6 +249,8 @@ pub struct Project {
     /// The member it was submitted through: besides the president's own operator, the
     /// only member that may hold, resume, advance or archive it.
     pub owner: NodeKey,
+    /// What the gates of the phases reached so far decided.
+    pub gates: BTreeMap<Phase, PhaseGate>,
 }
 
 /// A join token, known only by its digest.
@@ -367,6 +415,61 @@ pub enum RegistryCommand {
         /// Its governor.
         governor: GovernorRecord,
     },
+    /// Records round `round` (from 1) of the review of the project's current phase.
+    /// The same review again is a no-op; any other round than the next is rejected.
+    RecordReview {
+        /// The project.
+        id: String,
+        /// The phase it must be in.
+        phase: Phase,
+        /// The round.
+        round: u32,
+        /// The review.
+        review: Review,
+    },
+    /// Makes a running project wait in `phase` for a person's decision
+    /// ([`ProjectStatus::AwaitingApproval`]); repeating it is a no-op.
+    AwaitApproval {
+        /// The project.
+        id: String,
+        /// The phase it must be in.
+        phase: Phase,
+    },
+    /// A person's decision on a project awaiting approval: approving moves it to the
+    /// next phase (or completes it after launch), rejecting fails it with the note.
+    DecideApproval {
+        /// The project.
+        id: String,
+        /// The phase it must be waiting in.
+        phase: Phase,
+        /// Approve (true) or reject.
+        approve: bool,
+        /// Why, in the person's words (may be empty).
+        note: String,
+    },
+    /// Commits the tasks an llm planned for the project's current phase. The same plan
+    /// again is a no-op; another once one is committed is rejected.
+    SetPlan {
+        /// The project.
+        id: String,
+        /// The phase it must be in.
+        phase: Phase,
+        /// The planned tasks, encoded by the node.
+        plan: Vec<u8>,
+    },
+    /// Records that planning attempt `attempt` (from 1) of the project's current phase
+    /// was refused, and why. The same refusal again is a no-op; any other attempt than
+    /// the next is rejected.
+    RefusePlan {
+        /// The project.
+        id: String,
+        /// The phase it must be in.
+        phase: Phase,
+        /// The attempt.
+        attempt: u32,
+        /// Why the plan was refused (the planner's next brief names it).
+        reason: String,
+    },
     /// Starts the next group-key epoch, keeping only it and the previous one. Repeating the
     /// rotation to the current epoch with the same keys is a no-op.
     RotateGroupKey {
@@ -473,6 +576,26 @@ impl Registry {
             C::RotateGroupKey { epoch, wrapped } => self.rotate_group_key(*epoch, wrapped),
             C::FoundStateGroup { state, group } => self.found_state_group(state, group),
             C::RecordGovernor { state, governor } => self.record_governor(state, governor),
+            C::RecordReview {
+                id,
+                phase,
+                round,
+                review,
+            } => self.record_review(id, *phase, *round, review),
+            C::AwaitApproval { id, phase } => self.await_approval(id, *phase),
+            C::DecideApproval {
+                id,
+                phase,
+                approve,
+                note,
+            } => self.decide_approval(id, *phase, *approve, note),
+            C::SetPlan { id, phase, plan } => self.set_plan(id, *phase, plan),
+            C::RefusePlan {
+                id,
+                phase,
+                attempt,
+                reason,
+            } => self.refuse_plan(id, *phase, *attempt, reason),
         };
         outcome.unwrap_or_else(|reason| RegistryResponse::Rejected { reason })
     }
@@ -666,6 +789,7 @@ impl Registry {
             phase: Phase::Initiation,
             status: ProjectStatus::Running,
             progress: BTreeMap::new(),
+            gates: BTreeMap::new(),
             submitted_ms: now_ms,
             owner,
         };
@@ -728,7 +852,9 @@ impl Registry {
         check_size("failure reason", reason.len(), MAX_REASON_BYTES)?;
         let project = self.project_mut(id)?;
         match &project.status {
-            ProjectStatus::Running | ProjectStatus::Held => {}
+            ProjectStatus::Running
+            | ProjectStatus::Held
+            | ProjectStatus::AwaitingApproval { .. } => {}
             ProjectStatus::Failed { reason: earlier } if earlier == reason => return OK,
             ProjectStatus::Failed { .. } => return Err(format!("project {id:?} failed already")),
             ProjectStatus::Completed => return Err(format!("project {id:?} is completed")),
@@ -736,6 +862,141 @@ impl Registry {
         let reason = reason.to_owned();
         project.status = ProjectStatus::Failed { reason };
         OK
+    }
+
+    /// The project, running in `phase`.
+    fn running_in(&mut self, id: &str, phase: Phase) -> Result<&mut Project, String> {
+        let project = self.project_mut(id)?;
+        if project.status != ProjectStatus::Running {
+            let status = &project.status;
+            return Err(format!("project {id:?} is {status:?}, not running"));
+        }
+        if project.phase != phase {
+            let current = project.phase;
+            return Err(format!(
+                "project {id:?} is in phase {current:?}, not {phase:?}"
+            ));
+        }
+        Ok(project)
+    }
+
+    fn record_review(&mut self, id: &str, phase: Phase, round: u32, review: &Review) -> Outcome {
+        check_size("review feedback", review.feedback.len(), MAX_FEEDBACK_BYTES)?;
+        check_size("reopened tasks", review.reopen.len(), MAX_REOPENED_TASKS)?;
+        for task in &review.reopen {
+            check_name("task name", task)?;
+        }
+        let project = self.running_in(id, phase)?;
+        let reviews = project
+            .gates
+            .get(&phase)
+            .map_or(&[][..], |gate| &gate.reviews);
+        // Checked before the gate's entry is made: a refused review changes nothing.
+        let new = next_in_order(reviews, round, review, MAX_REVIEW_ROUNDS).map_err(|order| {
+            order.describe(id, phase, "review round", "review rounds of a phase")
+        })?;
+        if !new {
+            return OK;
+        }
+        project
+            .gates
+            .entry(phase)
+            .or_default()
+            .reviews
+            .push(review.clone());
+        OK
+    }
+
+    fn set_plan(&mut self, id: &str, phase: Phase, plan: &[u8]) -> Outcome {
+        if plan.is_empty() {
+            return Err(format!("project {id:?}: an empty plan"));
+        }
+        check_size("plan", plan.len(), MAX_PLAN_BYTES)?;
+        let project = self.running_in(id, phase)?;
+        match project
+            .gates
+            .get(&phase)
+            .and_then(|gate| gate.plan.as_deref())
+        {
+            Some(committed) if committed == plan => OK,
+            Some(_) => Err(format!(
+                "project {id:?}: phase {phase:?} has a plan already"
+            )),
+            None => {
+                project.gates.entry(phase).or_default().plan = Some(plan.to_vec());
+                OK
+            }
+        }
+    }
+
+    fn refuse_plan(&mut self, id: &str, phase: Phase, attempt: u32, reason: &str) -> Outcome {
+        check_size("plan refusal", reason.len(), MAX_FEEDBACK_BYTES)?;
+        let project = self.running_in(id, phase)?;
+        let gate = project.gates.get(&phase);
+        if gate.is_some_and(|gate| gate.plan.is_some()) {
+            return Err(format!(
+                "project {id:?}: phase {phase:?} has a plan already"
+            ));
+        }
+        let refusals = gate.map_or(&[][..], |gate| &gate.plan_refusals);
+        let reason = reason.to_owned();
+        let new =
+            next_in_order(refusals, attempt, &reason, MAX_PLAN_REFUSALS).map_err(|order| {
+                order.describe(id, phase, "planning attempt", "refused plans of a phase")
+            })?;
+        if !new {
+            return OK;
+        }
+        project
+            .gates
+            .entry(phase)
+            .or_default()
+            .plan_refusals
+            .push(reason);
+        OK
+    }
+
+    fn await_approval(&mut self, id: &str, phase: Phase) -> Outcome {
+        let project = self.project_mut(id)?;
+        if project.status == (ProjectStatus::AwaitingApproval { phase }) {
+            return OK;
+        }
+        let project = self.running_in(id, phase)?;
+        project.status = ProjectStatus::AwaitingApproval { phase };
+        OK
+    }
+
+    fn decide_approval(&mut self, id: &str, phase: Phase, approve: bool, note: &str) -> Outcome {
+        check_size("approval note", note.len(), MAX_NOTE_BYTES)?;
+        let project = self.project_mut(id)?;
+        let waiting = ProjectStatus::AwaitingApproval { phase };
+        if project.status != waiting {
+            let status = &project.status;
+            return Err(format!(
+                "project {id:?} is {status:?}, not awaiting approval of phase {phase:?}"
+            ));
+        }
+        if !approve {
+            let reason = format!(
+                "rejected at the approval of phase {}: {}",
+                phase.as_str(),
+                if note.is_empty() {
+                    "no note given"
+                } else {
+                    note
+                }
+            );
+            project.status = ProjectStatus::Failed { reason };
+            return OK;
+        }
+        project.gates.entry(phase).or_default().approval = Some(note.to_owned());
+        project.status = ProjectStatus::Running;
+        let to = phase.next();
+        match to {
+            Some(next) => project.phase = next,
+            None => project.status = ProjectStatus::Completed,
+        }
+        Ok(RegistryResponse::PhaseAdvanced { to })
     }
 
     fn remove_project(&mut self, id: &str) -> Outcome {
@@ -939,6 +1200,20 @@ impl Registry {
                 assert!(*phase <= project.phase, "{id:?} has progress ahead");
                 assert!(progress.is_consistent(), "{id:?} progress inconsistent");
             }
+            if let ProjectStatus::AwaitingApproval { phase } = &project.status {
+                assert_eq!(*phase, project.phase, "{id:?} awaits another phase");
+            }
+            for (phase, gate) in &project.gates {
+                assert!(*phase <= project.phase, "{id:?} has a gate ahead");
+                assert!(gate.reviews.len() <= MAX_REVIEW_ROUNDS);
+                assert!(gate.plan.as_ref().is_none_or(|p| p.len() <= MAX_PLAN_BYTES));
+                assert!(gate.plan_refusals.len() <= MAX_PLAN_REFUSALS);
+                assert!(
+                    gate.approval
+                        .as_ref()
+                        .is_none_or(|n| n.len() <= MAX_NOTE_BYTES)
+                );
+            }
         }
         assert!(spec_bytes_total <= MAX_SPEC_BYTES_TOTAL);
         assert!(self.policies.len() <= MAX_POLICIES);
@@ -1080,6 +1355,48 @@ pub(crate) fn check_size(what: &str, size: usize, max: usize) -> Result<(), Stri
 }
 
 /// The reason for refusing to grow a collection that is full.
+/// Why an item numbered from 1 (a review round, a planning attempt) was not taken.
+enum OutOfOrder {
+    /// Not the next number.
+    NotNext { number: usize, next: usize },
+    /// The next, but past the bound.
+    Full { max: usize },
+}
+
+impl OutOfOrder {
+    fn describe(&self, id: &str, phase: Phase, item: &str, items: &str) -> String {
+        match self {
+            Self::NotNext { number, next } => format!(
+                "project {id:?}: {item} {number} of phase {phase:?} is not the next ({next})"
+            ),
+            Self::Full { max } => full(items, *max),
+        }
+    }
+}
+
+/// Whether `item`, numbered `number` from 1, is new to `recorded` (true: record it) or
+/// the one recorded under that number again (false: a retry, a no-op); any other number
+/// than the next, or one past `max`, is refused.
+fn next_in_order<T: PartialEq>(
+    recorded: &[T],
+    number: u32,
+    item: &T,
+    max: usize,
+) -> Result<bool, OutOfOrder> {
+    let number = usize::try_from(number).unwrap_or(usize::MAX);
+    if number >= 1 && recorded.get(number - 1) == Some(item) {
+        return Ok(false);
+    }
+    let next = recorded.len() + 1;
+    if number != next {
+        return Err(OutOfOrder::NotNext { number, next });
+    }
+    if number > max {
+        return Err(OutOfOrder::Full { max });
+    }
+    Ok(true)
+}
+
 fn full(what: &str, max: usize) -> String {
     format!("the registry holds the maximum of {max} {what}; remove some first")
 }
@@ -1287,6 +1604,128 @@ mod tests {
             }
             assert_eq!(registry, before, "{command:?} changed the registry");
         }
+    }
+
+    #[test]
+    fn gates_record_reviews_in_rounds_and_wait_for_a_person() {
+        let mut registry = populated();
+        let phase = registry.projects()["p1"].phase;
+        let id = || "p1".to_owned();
+        let record = |round: u32, approved: bool| C::RecordReview {
+            id: id(),
+            phase,
+            round,
+            review: Review {
+                approved,
+                feedback: "add the error cases".to_owned(),
+                reopen: vec!["a".to_owned()],
+            },
+        };
+        let refused = |registry: &mut Registry, command: &C, needle: &str| {
+            let before = registry.clone();
+            match run(registry, command) {
+                R::Rejected { reason } => assert!(reason.contains(needle), "{reason:?}"),
+                other => panic!("{command:?} was not rejected: {other:?}"),
+            }
+            assert_eq!(*registry, before);
+        };
+        refused(&mut registry, &record(2, false), "not the next (1)");
+        assert_eq!(run(&mut registry, &record(1, false)), R::Ok);
+        assert_eq!(run(&mut registry, &record(1, false)), R::Ok, "a retry");
+        refused(&mut registry, &record(1, true), "not the next (2)");
+        assert_eq!(registry.projects()["p1"].gates[&phase].reviews.len(), 1);
+
+        let decide = |approve: bool, note: &str| C::DecideApproval {
+            id: id(),
+            phase,
+            approve,
+            note: note.to_owned(),
+        };
+        refused(&mut registry, &decide(true, ""), "not awaiting approval");
+        let wait = C::AwaitApproval { id: id(), phase };
+        assert_eq!(run(&mut registry, &wait), R::Ok);
+        assert_eq!(run(&mut registry, &wait), R::Ok, "a retry");
+        let waiting = ProjectStatus::AwaitingApproval { phase };
+        assert_eq!(registry.projects()["p1"].status, waiting);
+        refused(&mut registry, &advance(phase), "not running");
+        refused(&mut registry, &record(2, true), "not running");
+        refused(
+            &mut registry,
+            &decide(true, &"n".repeat(MAX_NOTE_BYTES + 1)),
+            "approval note has size",
+        );
+
+        let mut rejected = registry.clone();
+        assert_eq!(
+            run(&mut registry, &decide(true, "as agreed with finance")),
+            R::PhaseAdvanced { to: phase.next() }
+        );
+        let project = &registry.projects()["p1"];
+        assert_eq!(project.status, ProjectStatus::Running);
+        assert_eq!(Some(project.phase), phase.next());
+        assert_eq!(
+            project.gates[&phase].approval.as_deref(),
+            Some("as agreed with finance")
+        );
+        refused(
+            &mut registry,
+            &decide(true, "again"),
+            "not awaiting approval",
+        );
+
+        assert_eq!(
+            run(&mut rejected, &decide(false, "not what we asked")),
+            R::Ok
+        );
+        match &rejected.projects()["p1"].status {
+            ProjectStatus::Failed { reason } => {
+                assert!(reason.contains("not what we asked"), "{reason}");
+                assert!(reason.contains(phase.as_str()), "{reason}");
+            }
+            other => panic!("a rejection left it {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plan_is_committed_once_after_refusals_counted_in_order() {
+        let mut registry = populated();
+        let phase = registry.projects()["p1"].phase;
+        let refuse = |attempt: u32, reason: &str| C::RefusePlan {
+            id: "p1".to_owned(),
+            phase,
+            attempt,
+            reason: reason.to_owned(),
+        };
+        let set = |plan: &[u8]| C::SetPlan {
+            id: "p1".to_owned(),
+            phase,
+            plan: plan.to_vec(),
+        };
+        let refused = |registry: &mut Registry, command: &C, needle: &str| {
+            let before = registry.clone();
+            match run(registry, command) {
+                R::Rejected { reason } => assert!(reason.contains(needle), "{reason:?}"),
+                other => panic!("{command:?} was not rejected: {other:?}"),
+            }
+            assert_eq!(*registry, before);
+        };
+        refused(&mut registry, &refuse(2, "a cycle"), "not the next (1)");
+        assert_eq!(run(&mut registry, &refuse(1, "a cycle")), R::Ok);
+        assert_eq!(run(&mut registry, &refuse(1, "a cycle")), R::Ok, "a retry");
+        refused(&mut registry, &refuse(1, "too many"), "not the next (2)");
+        refused(&mut registry, &set(&[]), "an empty plan");
+        refused(
+            &mut registry,
+            &set(&vec![1; MAX_PLAN_BYTES + 1]),
+            "plan has size",
+        );
+        assert_eq!(run(&mut registry, &set(b"tasks")), R::Ok);
+        assert_eq!(run(&mut registry, &set(b"tasks")), R::Ok, "a retry");
+        refused(&mut registry, &set(b"other"), "has a plan already");
+        refused(&mut registry, &refuse(2, "late"), "has a plan already");
+        let gate = &registry.projects()["p1"].gates[&phase];
+        assert_eq!(gate.plan.as_deref(), Some(&b"tasks"[..]));
+        assert_eq!(gate.plan_refusals, vec!["a cycle".to_owned()]);
     }
 
     #[test]

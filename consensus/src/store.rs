@@ -27,6 +27,8 @@ use crate::types::{GroupId, MemberNode, NodeId, TypeConfig};
 const CF_LOG: &str = "raft_log";
 const CF_META: &str = "raft_meta";
 const CF_SM: &str = "raft_sm";
+/// Task outputs by project and digest ([`crate::artifacts`]).
+pub(crate) const CF_ARTIFACTS: &str = "artifacts";
 
 const META_VOTE: &[u8] = b"vote";
 const META_COMMITTED: &[u8] = b"committed";
@@ -37,12 +39,15 @@ const SM_MIRROR_SNAPSHOT: &[u8] = b"mirror-snapshot";
 /// eight bytes of group id and a suffix, so this one cannot collide with them.
 const META_FORMAT: &[u8] = b"format";
 
-/// The on-disk format this build reads and writes. Version 3: a Ledger task records
+/// The on-disk format this build reads and writes. Version 4: a Ledger task keeps the
+/// model use of its result (`Task::usage`), a Registry project its gates' decisions
+/// (`Project::gates`) and may await approval; specs carry gates, prompts and llm
+/// context. Version 3: a Ledger task records
 /// whether its failure was transient (`FailTask::transient`), a Registry project the
 /// member it was submitted through (`Project::owner`). Version 2: log ids carry a
 /// term only (openraft's `single-term-leader`, standard Raft's one leader per term);
 /// version 1 (unmarked) carried (term, node).
-pub const STORE_FORMAT: u32 = 3;
+pub const STORE_FORMAT: u32 = 4;
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -192,7 +197,7 @@ impl Store {
             options.set_write_buffer_size(bytes);
             options.set_db_write_buffer_size(bytes * 4);
         }
-        let families = [CF_LOG, CF_META, CF_SM]
+        let families = [CF_LOG, CF_META, CF_SM, CF_ARTIFACTS]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, family_options()));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(|source| {
@@ -208,6 +213,11 @@ impl Store {
         })
     }
 
+    /// The task outputs kept on this node ([`crate::artifacts`]).
+    pub fn artifacts(&self) -> crate::artifacts::Artifacts {
+        crate::artifacts::Artifacts::new(self.db.clone(), self.config.fsync)
+    }
+
     /// The database directory.
     pub fn path(&self) -> &Path {
         self.db.path()
@@ -221,7 +231,7 @@ impl Store {
 
     /// Flushes every column family's memtable to SST files (and syncs them).
     pub fn flush(&self) -> Result<(), rocksdb::Error> {
-        for name in [CF_LOG, CF_META, CF_SM] {
+        for name in [CF_LOG, CF_META, CF_SM, CF_ARTIFACTS] {
             if let Some(cf) = self.db.cf_handle(name) {
                 self.db.flush_cf(cf)?;
             }
@@ -363,7 +373,7 @@ fn index_of(key: &[u8]) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
-fn write_options(fsync: bool) -> WriteOptions {
+pub(crate) fn write_options(fsync: bool) -> WriteOptions {
     let mut options = WriteOptions::default();
     options.set_sync(fsync);
     options

@@ -354,6 +354,67 @@ async fn a_leaving_member_gives_up_its_seat_while_the_group_keeps_its_quorum() {
     cluster.write(G, &[leader], add_state(2, "alone")).await;
 }
 
+/// Polls `condition` until it holds or [`WAIT`] passes; whether it held.
+async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    condition()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_learner_stops_hearing_a_leader_though_it_still_names_one() {
+    let cluster = Cluster::start(3, fast_config()).await;
+    for id in 1..=3 {
+        cluster.node(id).open(G).await.expect("open");
+    }
+    cluster.create_group(G, &[1, 2]).await;
+    let leader = cluster.leader(G, &[1, 2]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    // A committed write first: the founding membership must be committed before a
+    // membership change (openraft refuses one while another is in progress).
+    cluster.write(G, &[1, 2], add_state(0, "before")).await;
+    cluster
+        .group(leader, G)
+        .raft()
+        .add_learner(3, MemberNode::default(), true)
+        .await
+        .expect("learner");
+    let learner = cluster.group(3, G);
+    assert!(
+        eventually(|| learner.hears_a_leader()).await,
+        "the learner never heard the leader"
+    );
+    assert!(
+        cluster.group(leader, G).hears_a_leader(),
+        "a leader hears itself"
+    );
+
+    // The leader stops replicating to a removed learner, which is not told so.
+    assert_eq!(
+        remove_member(&cluster.group(leader, G), 3)
+            .await
+            .expect("remove"),
+        Removal::Removed
+    );
+    cluster.write(G, &[1, 2], add_state(1, "after")).await;
+    assert!(
+        eventually(|| !learner.hears_a_leader()).await,
+        "a removed learner still counts as hearing a leader"
+    );
+    assert_eq!(
+        learner.leader(),
+        Some(leader),
+        "it still names the old leader"
+    );
+    // The voters go on hearing each other.
+    assert!(cluster.group(follower, G).hears_a_leader());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_groups_run_in_one_process() {
     let config = RaftConfig {

@@ -90,6 +90,7 @@ fn project_error(failure: ProjectError) -> Response {
     let status = match &failure {
         ProjectError::NoSuchProject(_) => StatusCode::NOT_FOUND,
         ProjectError::Refused(_) => StatusCode::FORBIDDEN,
+        ProjectError::NotAwaitingApproval { .. } => StatusCode::CONFLICT,
         failure if failure.is_client_error() => StatusCode::BAD_REQUEST,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -134,20 +135,61 @@ async fn list_projects(State(api): State<Api>) -> Response {
     Json(api.node.projects().await).into_response()
 }
 
-async fn show_project(State(api): State<Api>, Path(id): Path<String>) -> Response {
+#[derive(Deserialize)]
+struct ShowQuery {
+    /// Add the model use of the project's tasks (asks every state for its tasks).
+    #[serde(default)]
+    usage: bool,
+}
+
+async fn show_project(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(query): Query<ShowQuery>,
+) -> Response {
     match api.node.project(&id).await {
-        Some(project) => Json(project).into_response(),
+        Some(mut project) => {
+            if query.usage {
+                let tasks = api.node.project_tasks_anywhere(&id).await;
+                project.usage = crate::driver::projects::ProjectUsage::of(&tasks);
+            }
+            Json(project).into_response()
+        }
         None => error(StatusCode::NOT_FOUND, format!("no project {id}")),
     }
 }
 
 async fn project_tasks(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    Json(api.node.project_tasks(&id).await).into_response()
+    Json(api.node.project_tasks_anywhere(&id).await).into_response()
+}
+
+async fn project_artifacts(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    Json(api.node.project_artifacts(&id).await).into_response()
+}
+
+/// The bytes of one task's artefact, checked against its committed digest: 404 when the
+/// task has no committed result, 503 when no holder answered with it.
+async fn task_artifact(
+    State(api): State<Api>,
+    Path((id, task)): Path<(String, String)>,
+) -> Response {
+    use crate::driver::artifacts::ArtifactFailure;
+    match api.node.artifact(&id, &task).await {
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response(),
+        Err(failure @ ArtifactFailure::NoResult(_)) => error(StatusCode::NOT_FOUND, failure),
+        Err(failure) => error(StatusCode::SERVICE_UNAVAILABLE, failure),
+    }
 }
 
 #[derive(Deserialize)]
 struct PhaseChange {
     action: String,
+    #[serde(default)]
+    note: Option<String>,
 }
 
 async fn change_phase(
@@ -155,7 +197,11 @@ async fn change_phase(
     Path(id): Path<String>,
     Json(change): Json<PhaseChange>,
 ) -> Response {
-    match api.node.change_project(&id, &change.action).await {
+    match api
+        .node
+        .change_project(&id, &change.action, change.note.as_deref())
+        .await
+    {
         Ok(()) if change.action == "archive" => {
             Json(serde_json::json!({"id": id, "status": "archived"})).into_response()
         }
@@ -250,6 +296,8 @@ pub async fn serve(
         .route("/api/v1/projects/{id}", get(show_project))
         .route("/api/v1/projects/{id}/phase", put(change_phase))
         .route("/api/v1/projects/{id}/tasks", get(project_tasks))
+        .route("/api/v1/projects/{id}/artifacts", get(project_artifacts))
+        .route("/api/v1/projects/{id}/artifacts/{task}", get(task_artifact))
         .layer(axum::extract::DefaultBodyLimit::max(
             MAX_SPEC_BODY_BYTES + 1024,
         ))

@@ -30,6 +30,17 @@ pub struct Metrics {
     /// Seconds from a mayor choosing a worker for an attempt to the worker holding it
     /// (assignment committed through the governor, Execute delivered and acknowledged).
     pub dispatch_seconds: Histogram,
+    /// Seconds the work driver spent in one round (reading the Ledgers and the Registry
+    /// and handing each role core its look); inputs wait meanwhile.
+    pub work_round_seconds: Histogram,
+    /// Seconds a worker took to place the copies of one non-empty output (stored here,
+    /// pulled by the state's voters).
+    pub artifact_copy_seconds: Histogram,
+    /// Bytes of outputs whose copies were placed.
+    pub artifact_bytes_kept: Counter,
+    /// Artefacts this node pulled as a state voter that lacked them (a voter added
+    /// after the task succeeded).
+    pub artifacts_repaired: Counter,
     /// Active members in this node's Registry copy.
     pub members: Gauge,
     /// The federal group's term.
@@ -67,6 +78,10 @@ impl Default for Metrics {
             direct_rejected: Family::default(),
             direct_accepted: Family::default(),
             dispatch_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            work_round_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            artifact_copy_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            artifact_bytes_kept: Counter::default(),
+            artifacts_repaired: Counter::default(),
             members: Gauge::default(),
             federal_term: Gauge::default(),
             is_president: Gauge::default(),
@@ -134,6 +149,26 @@ impl Default for Metrics {
             "dispatch_seconds",
             "Seconds from choosing a worker to the worker holding the attempt",
             metrics.dispatch_seconds.clone(),
+        );
+        registry.register(
+            "work_round_seconds",
+            "Seconds the work driver spent in one round (inputs wait meanwhile)",
+            metrics.work_round_seconds.clone(),
+        );
+        registry.register(
+            "artifact_copy_seconds",
+            "Seconds a worker took to place the copies of one output",
+            metrics.artifact_copy_seconds.clone(),
+        );
+        registry.register(
+            "artifact_bytes_kept",
+            "Bytes of outputs whose copies were placed",
+            metrics.artifact_bytes_kept.clone(),
+        );
+        registry.register(
+            "artifacts_repaired",
+            "Artefacts pulled by a state voter that lacked them",
+            metrics.artifacts_repaired.clone(),
         );
         registry.register(
             "members",

@@ -22,6 +22,7 @@ fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
         shared_memory: None,
         kademlia: true,
         liveness: None,
+        max_artifact_bytes: None,
     }
 }
 

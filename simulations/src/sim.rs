@@ -263,6 +263,7 @@ impl Sim {
                 interval: Duration::from_secs(15),
                 timeout: Duration::from_secs(20),
             }),
+            max_artifact_bytes: None,
         })
     }
 
@@ -466,22 +467,41 @@ impl Sim {
         }
         // Nodes that left are no members any more.
         let members = self.slots.iter().filter(|slot| !slot.left).count();
-        self.wait_for(
-            &format!("every live node to count {members} members"),
-            |sim| {
-                Box::pin(async move {
-                    for (_, running) in sim.live() {
-                        if running.node.member_count().await < members
-                            || running.node.checkable_members() < members
-                        {
-                            return false;
+        let counted = self
+            .wait_for(
+                &format!("every live node to count {members} members"),
+                |sim| {
+                    Box::pin(async move {
+                        for (_, running) in sim.live() {
+                            if running.node.member_count().await < members
+                                || running.node.checkable_members() < members
+                            {
+                                return false;
+                            }
                         }
-                    }
-                    true
-                })
-            },
-        )
-        .await?;
+                        true
+                    })
+                },
+            )
+            .await;
+        if let Err(error) = counted {
+            // Name the nodes behind and where their Registry copy comes from.
+            let mut behind = Vec::new();
+            for (index, running) in self.live() {
+                let (count, checkable) = (
+                    running.node.member_count().await,
+                    running.node.checkable_members(),
+                );
+                if count < members || checkable < members {
+                    behind.push(format!(
+                        "n{} counts {count} ({checkable} checkable): {}",
+                        index + 1,
+                        running.node.registry_copy()
+                    ));
+                }
+            }
+            bail!("{error}; behind: {}", behind.join("; "));
+        }
         self.wait_president(None, None).await.map(|_| ())
     }
 

@@ -1,4 +1,4 @@
-//! No-op builtin tasks through the full hierarchy of a real 5-process mesh: the
+//! Builtin tasks through the full hierarchy of a real 5-process mesh: the
 //! president hands them to the governors, mayors dispatch them to workers, workers run
 //! them and report, governors commit one result each; every hop a sealed, signed
 //! envelope and every commit a Raft write. Prints tasks per second (submission to the
@@ -6,7 +6,9 @@
 //! worker holding the attempt) from the nodes' `aamas_dispatch_seconds` histograms.
 //!
 //! Run: `cargo build --release -p aamas-cli && AAMAS_BIN=target/release/aamas cargo run --release -p aamas-tests --example task_throughput -- 1000 64`
-//! (tasks, worker capacity). Figures are kept in `docs/PERFORMANCE.md`.
+//! (tasks, worker capacity, builtin action: `noop` by default, or `digest`, whose 64-byte
+//! output is copied to two voters as an artefact before it is reported). Figures are
+//! kept in `docs/PERFORMANCE.md`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,30 +17,29 @@ use std::time::Instant;
 
 use aamas_tests::*;
 
-fn spec(tasks: usize) -> String {
+fn spec(tasks: usize, action: &str) -> String {
     let states = ["technical", "financial", "market", "operations"];
     let mut text = String::from("name = \"throughput\"\n[[phase]]\nname = \"development\"\n");
     for i in 0..tasks {
         let _ = write!(
             text,
-            "  [[phase.task]]\n  name = \"t{i:05}\"\n  state = \"{}\"\n  executor = \"builtin\"\n  action = \"noop\"\n  retries = 0\n",
-            states[i % states.len()]
+            "  [[phase.task]]\n  name = \"t{i:05}\"\n  state = \"{}\"\n  executor = \"builtin\"\n  action = \"{action}\"\n  retries = 0\n",
+            states[i % states.len()],
         );
     }
     text
 }
 
-/// Merged `aamas_dispatch_seconds` buckets of all nodes: upper bound → count.
-fn buckets(nodes: &[Node]) -> BTreeMap<u64, u64> {
+/// Merged buckets of the histogram `metric` (e.g. `aamas_dispatch_seconds`) of all
+/// nodes: upper bound in µs → count.
+fn buckets(nodes: &[Node], metric: &str) -> BTreeMap<u64, u64> {
+    let prefix = format!("{metric}_bucket");
     let mut merged = BTreeMap::new();
     for node in nodes {
         let Some((_, body)) = node.api_get("/metrics") else {
             continue;
         };
-        for line in body
-            .lines()
-            .filter(|l| l.starts_with("aamas_dispatch_seconds_bucket"))
-        {
+        for line in body.lines().filter(|l| l.starts_with(&prefix)) {
             let le = line
                 .split("le=\"")
                 .nth(1)
@@ -57,6 +58,17 @@ fn buckets(nodes: &[Node]) -> BTreeMap<u64, u64> {
     merged
 }
 
+const DISPATCH: &str = "aamas_dispatch_seconds";
+const ROUNDS: &str = "aamas_work_round_seconds";
+
+/// The observations in `after` that were not in `before`.
+fn since(before: &BTreeMap<u64, u64>, after: &BTreeMap<u64, u64>) -> BTreeMap<u64, u64> {
+    after
+        .iter()
+        .map(|(le, count)| (*le, count - before.get(le).copied().unwrap_or(0)))
+        .collect()
+}
+
 /// The bucket bound under which `q` of the observations fall (cumulative buckets).
 fn quantile(buckets: &BTreeMap<u64, u64>, q: f64) -> Option<u64> {
     let total = *buckets.values().max()?;
@@ -67,10 +79,16 @@ fn quantile(buckets: &BTreeMap<u64, u64>, q: f64) -> Option<u64> {
         .map(|(le, _)| *le)
 }
 
+/// A run longer than this keeps its nodes' directories (see `main`).
+const SLOW_SECS: u64 = 30;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let tasks: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1_000);
     let capacity: String = args.next().unwrap_or_else(|| "64".into());
+    // `noop` gives an empty output (nothing to copy); `digest` 64 bytes, which the worker
+    // copies to two voters of the task's state before reporting it.
+    let action: String = args.next().unwrap_or_else(|| "noop".into());
     let root = tempfile::tempdir().expect("tempdir");
     let dirs: Vec<PathBuf> = (1..=5).map(|i| root.path().join(format!("n{i}"))).collect();
     let (token, _) = init(&dirs[0]);
@@ -86,9 +104,10 @@ fn main() {
     wait_for("the governors", || {
         agreed_governors(&nodes.iter().collect::<Vec<_>>())
     });
-    let before = buckets(&nodes);
+    let before = buckets(&nodes, DISPATCH);
+    let rounds_before = buckets(&nodes, ROUNDS);
     let started = Instant::now();
-    let id = nodes[1].submit(&spec(tasks)).expect("submit");
+    let id = nodes[1].submit(&spec(tasks, &action)).expect("submit");
     // The end is read every 5 ms from the node the project was submitted through (the
     // tests' 200 ms poll over all five nodes was a fifth of the figure at 1,000 tasks).
     let limit = started + std::time::Duration::from_secs(600);
@@ -103,16 +122,24 @@ fn main() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
     let elapsed = started.elapsed();
+    // A slow run (or any, with AAMAS_KEEP set) keeps the nodes' data and logs to study:
+    // run with `AAMAS_TEST_LOG=info,aamas_node=debug,openraft=warn` to follow each task.
+    if elapsed > std::time::Duration::from_secs(SLOW_SECS)
+        || std::env::var_os("AAMAS_KEEP").is_some()
+    {
+        let kept = root.keep();
+        println!(
+            "slow run or AAMAS_KEEP: the nodes' logs are kept in {}",
+            kept.display()
+        );
+    }
     assert_eq!(
         field(&project, "status").as_deref(),
         Some("completed"),
         "{project}"
     );
-    let after = buckets(&nodes);
-    let delta: BTreeMap<u64, u64> = after
-        .iter()
-        .map(|(le, count)| (*le, count - before.get(le).copied().unwrap_or(0)))
-        .collect();
+    let delta = since(&before, &buckets(&nodes, DISPATCH));
+    let rounds = since(&rounds_before, &buckets(&nodes, ROUNDS));
     let micros = |v: Option<u64>| {
         v.map_or("-".to_string(), |v| {
             if v == u64::MAX {
@@ -123,7 +150,7 @@ fn main() {
         })
     };
     println!(
-        "{tasks} no-op tasks on 5 nodes (capacity {capacity} per worker): {elapsed:.2?} from submission to completion = {:.0} tasks/s",
+        "{tasks} builtin {action} tasks on 5 nodes (capacity {capacity} per worker): {elapsed:.2?} from submission to completion = {:.0} tasks/s",
         tasks as f64 / elapsed.as_secs_f64()
     );
     println!(
@@ -131,5 +158,11 @@ fn main() {
         delta.values().max().copied().unwrap_or(0),
         micros(quantile(&delta, 0.5)),
         micros(quantile(&delta, 0.99))
+    );
+    println!(
+        "work driver rounds (inputs wait meanwhile), {} rounds: p50 {}, p99 {}",
+        rounds.values().max().copied().unwrap_or(0),
+        micros(quantile(&rounds, 0.5)),
+        micros(quantile(&rounds, 0.99))
     );
 }

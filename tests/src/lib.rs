@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod llm;
+
 /// Bound on every wait: generous for a loaded CI machine; a healthy run takes seconds.
 pub const WAIT: Duration = Duration::from_secs(60);
 /// How often a wait looks again at the nodes' status.
@@ -69,6 +71,17 @@ impl Node {
         join: Option<(&str, &str)>,
         extra: &[&str],
     ) -> Self {
+        Self::start_env(netns, dir, join, extra, &[])
+    }
+
+    /// [`Node::start_in`] with `env` added to the node's environment.
+    pub fn start_env(
+        netns: Option<&str>,
+        dir: &Path,
+        join: Option<(&str, &str)>,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let mut args = vec![
             "node".to_string(),
             "--data-dir".into(),
@@ -91,7 +104,13 @@ impl Node {
         };
         let child = command
             .args(&args)
-            .env("RUST_LOG", "info,openraft=warn")
+            .envs(env.iter().map(|(name, value)| (name, value)))
+            // `AAMAS_TEST_LOG` overrides the nodes' log filter (to follow one task
+            // through a benchmark, say); the default keeps the logs short.
+            .env(
+                "RUST_LOG",
+                std::env::var("AAMAS_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -176,6 +195,16 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         );
         std::thread::sleep(POLL);
     }
+}
+
+/// The view of phase `name` in a project's JSON view.
+pub fn phase<'a>(project: &'a Value, name: &str) -> &'a Value {
+    project["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|phase| phase["name"] == name)
+        .unwrap_or_else(|| panic!("no phase {name} in {project}"))
 }
 
 /// A string field of a JSON object.
@@ -350,12 +379,17 @@ pub fn agreed_governors(nodes: &[&Node]) -> Option<Vec<(String, String, Vec<Stri
 
 /// Starts `n` nodes: one founds the mesh, the others join it; waits for one president.
 pub fn start_mesh(root: &Path, n: usize) -> (Vec<Node>, String) {
+    start_mesh_env(root, n, &[])
+}
+
+/// [`start_mesh`] with `env` in every node's environment.
+pub fn start_mesh_env(root: &Path, n: usize, env: &[(String, String)]) -> (Vec<Node>, String) {
     let dirs: Vec<PathBuf> = (1..=n).map(|i| root.join(format!("n{i}"))).collect();
     let (token, _) = init(&dirs[0]);
-    let mut nodes = vec![Node::start(&dirs[0], None)];
+    let mut nodes = vec![Node::start_env(None, &dirs[0], None, &[], env)];
     let addr = first_listen_addr(&nodes[0]);
     for dir in &dirs[1..] {
-        nodes.push(Node::start(dir, Some((&addr, &token))));
+        nodes.push(Node::start_env(None, dir, Some((&addr, &token)), &[], env));
     }
     let president = wait_for("the nodes to agree on a president", || {
         agreed_president(&nodes.iter().collect::<Vec<_>>(), n as u64)
@@ -365,7 +399,12 @@ pub fn start_mesh(root: &Path, n: usize) -> (Vec<Node>, String) {
 
 /// Starts `n` nodes and waits until every populated state has an agreed governor.
 pub fn start_hierarchy(root: &Path, n: usize) -> (Vec<Node>, String) {
-    let (nodes, president) = start_mesh(root, n);
+    start_hierarchy_env(root, n, &[])
+}
+
+/// [`start_hierarchy`] with `env` in every node's environment.
+pub fn start_hierarchy_env(root: &Path, n: usize, env: &[(String, String)]) -> (Vec<Node>, String) {
+    let (nodes, president) = start_mesh_env(root, n, env);
     wait_for("a governor for each populated state", || {
         agreed_governors(&nodes.iter().collect::<Vec<_>>())
     });

@@ -354,6 +354,7 @@ fn a_hostile_members_moves_are_refused_and_counted() {
             Rpc::ChangeProject {
                 id: project.clone(),
                 action: "hold".into(),
+                note: None,
             },
         ),
         ("execute", Rpc::Envelope(sealed)),

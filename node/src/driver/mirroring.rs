@@ -85,6 +85,11 @@ impl Node {
         if !federal.has_member(self.me()) {
             return refused("not a member of the federal group: ask one of its members".into());
         }
+        // A relay no leader replicates to (taken out of the group, or cut off) would
+        // answer with nothing new for ever: its mirrors ask another relay instead.
+        if !self.follows_by_raft() {
+            return refused("no leader replicates to this member now: ask another relay".into());
+        }
         let next = after.map_or(0, |id| id.index.saturating_add(1));
         if federal.applied_index().is_none_or(|applied| applied < next) && wait_ms > 0 {
             let wait = Duration::from_millis(wait_ms).min(MIRROR_WAIT);
@@ -114,13 +119,16 @@ impl Node {
     }
 
     /// Whether this node's Registry copy follows a leader through Raft: it is in the
-    /// federal group and knows the leader. A voter that was replaced while it was down
-    /// still believes itself in the group, but no leader replicates to it any more; it
-    /// mirrors a relay (as does a member during an election, which costs one catch-up).
+    /// federal group and a leader replicates to it. A voter that was replaced while it was
+    /// down, or a relay the president took out (it thought it dead), still believes
+    /// itself in the group, but no leader replicates to it any more; it mirrors a relay
+    /// (as does a member during an election, which costs one catch-up). A removed relay
+    /// even goes on naming the old leader, so what counts is that one was heard lately
+    /// ([`aamas_consensus::Group::hears_a_leader`]).
     fn follows_by_raft(&self) -> bool {
         self.groups
             .get(FEDERAL_GROUP)
-            .is_some_and(|federal| federal.has_member(self.me()) && federal.leader().is_some())
+            .is_some_and(|federal| federal.has_member(self.me()) && federal.hears_a_leader())
     }
 
     /// Whether the mirror has applied more of the Registry than the federal group here:
@@ -131,6 +139,22 @@ impl Node {
             .get(FEDERAL_GROUP)
             .and_then(|federal| federal.applied_index());
         self.mirror.applied_index() > federal
+    }
+
+    /// Where this node's Registry copy comes from and how far each copy has applied, for
+    /// diagnostics (the simulator names the nodes that lag with it).
+    pub fn registry_copy(&self) -> String {
+        let federal = self.groups.get(FEDERAL_GROUP);
+        let member = federal.as_ref().is_some_and(|f| f.has_member(self.me()));
+        let leader = federal.as_ref().and_then(|f| f.leader());
+        let applied = federal.as_ref().and_then(|f| f.applied_index());
+        let (mirror_leader, mirror_term) = self.mirror.leader();
+        format!(
+            "federal member {member}, leader {leader:?}, follows by Raft {}, federal applied \
+             {applied:?}, mirror applied {:?} (leader {mirror_leader:?} in term {mirror_term})",
+            self.follows_by_raft(),
+            self.mirror.applied_index(),
+        )
     }
 
     /// The federal group's membership as this node's freshest Registry copy has it.
@@ -147,48 +171,74 @@ impl Node {
         }
     }
 
-    /// The members a mirror may ask, in order of preference: the relays (learners) of
-    /// the freshest membership this node knows, else the voters other than the
-    /// president, else the president, else the member that admitted this node.
+    /// The members a mirror may ask, in the order it tries them: the relays (learners)
+    /// of the freshest membership this node knows, those it is connected to first and
+    /// each group starting at a place chosen by this node's id (so that mirrors spread
+    /// over the relays); then the voters other than the president, the president, and
+    /// the member that admitted this node. A mirror whose copy is old may know only
+    /// relays that were taken out since (they refuse): it then learns the newer
+    /// membership from a voter.
     async fn relays(&self) -> Vec<NodeId> {
         let me = self.me();
         let membership = self.federal_membership().await;
         let president = self.president().map(|(id, _)| id);
         let learners: Vec<NodeId> = membership.learner_ids().filter(|id| *id != me).collect();
-        if !learners.is_empty() {
-            return learners;
-        }
-        let voters: Vec<NodeId> = membership
+        // A relay this node is connected to already, if any: each connection costs both
+        // ends buffers, and most nodes' few dozen links include a relay.
+        let connected: std::collections::HashSet<libp2p::PeerId> =
+            self.handle.connected_peers().await.into_iter().collect();
+        let (near, far): (Vec<NodeId>, Vec<NodeId>) = learners.iter().partition(|relay| {
+            self.book
+                .peer(**relay)
+                .is_some_and(|peer| connected.contains(&peer))
+        });
+        let spread = |mut tier: Vec<NodeId>| {
+            if !tier.is_empty() {
+                // The node id is a hash: rotating by it modulo the tier spreads the mirrors.
+                let first = usize::try_from(me % tier.len() as u64).unwrap_or(0);
+                tier.rotate_left(first);
+            }
+            tier
+        };
+        let voters = membership
             .voter_ids()
-            .filter(|id| *id != me && Some(*id) != president)
-            .collect();
-        if !voters.is_empty() {
-            return voters;
-        }
-        president
+            .filter(|id| *id != me && Some(*id) != president);
+        let hint = *self
+            .relay_hint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut order: Vec<NodeId> = Vec::new();
+        for id in spread(near)
             .into_iter()
-            .chain(
-                *self
-                    .relay_hint
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            )
-            .filter(|id| *id != me)
-            .collect()
+            .chain(spread(far))
+            .chain(voters)
+            .chain(president)
+            .chain(hint)
+        {
+            if id != me && !order.contains(&id) {
+                order.push(id);
+            }
+        }
+        order
     }
 
     /// Keeps this node's Registry mirror up to date while it is outside the federal
-    /// group: long-polls one relay (chosen by this node's id, so mirrors spread over the
-    /// relays), and moves to the next one when a catch-up fails.
+    /// group: long-polls the first member [`Node::relays`] names, and moves to the next
+    /// one when a catch-up fails (back to the first when the list changes).
     pub(crate) async fn follow_registry(&self) {
         let mut turn = 0_usize;
         let mut pause = MIRROR_RETRY_MIN;
+        let mut last: Vec<NodeId> = Vec::new();
         loop {
             if self.follows_by_raft() {
                 tokio::time::sleep(MIRROR_IDLE).await;
                 continue;
             }
             let relays = self.relays().await;
+            if relays != last {
+                turn = 0;
+                last.clone_from(&relays);
+            }
             let failure = match self.catch_up_once(&relays, turn).await {
                 Ok(()) => {
                     pause = MIRROR_RETRY_MIN;
@@ -236,23 +286,7 @@ impl Node {
         if relays.is_empty() {
             return Err("no_relay");
         }
-        // A relay this node is connected to already, if any: each connection costs both
-        // ends buffers, and most nodes' few dozen links include a relay.
-        let connected: std::collections::HashSet<libp2p::PeerId> =
-            self.handle.connected_peers().await.into_iter().collect();
-        let near: Vec<NodeId> = relays
-            .iter()
-            .copied()
-            .filter(|relay| {
-                self.book
-                    .peer(*relay)
-                    .is_some_and(|peer| connected.contains(&peer))
-            })
-            .collect();
-        let relays = if near.is_empty() { relays } else { &near };
-        // The node id is a hash: taking it modulo the relays spreads the mirrors.
-        let first = usize::try_from(self.me() % relays.len() as u64).unwrap_or(0);
-        let relay = relays[(first + turn) % relays.len()];
+        let relay = relays[turn % relays.len()];
         let Some((peer, addrs)) = self.book.get(relay) else {
             return Err("unknown_relay");
         };

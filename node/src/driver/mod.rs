@@ -11,12 +11,15 @@
 //!   states     state groups, governors' voters and mayor leases
 //!   mirroring  the Registry copies of members outside the federal group
 //!   projects   projects as users see them: submit, list, show, change
+//!   artifacts  task outputs: kept by the worker, copied to the state's voters before
+//!              the result is reported, read by any member in chunks
 //! ```
 //!
 //! The files of this folder share one `Node` (defined in `runtime`), whose methods
 //! they each extend; the layers below (`net`, `roles`, `messaging`, `executor`,
 //! `spec`) never import the driver.
 
+pub mod artifacts;
 pub mod mirroring;
 pub(crate) mod owner;
 pub mod projects;

@@ -143,6 +143,20 @@ pub(crate) enum Input {
     },
     /// A president's proposal ended.
     PresidentProposed { slot: Vec<u8> },
+    /// A president's ReadPlan ended.
+    PlanRead {
+        project: String,
+        phase: Phase,
+        attempt: u32,
+        output: Result<String, String>,
+    },
+    /// A president's ReadReview ended.
+    ReviewRead {
+        project: String,
+        phase: Phase,
+        round: u32,
+        output: Result<String, String>,
+    },
     /// A president's AssignTasks ended.
     Assigned {
         project: String,
@@ -231,9 +245,13 @@ const MAX_INPUTS_BEFORE_A_ROUND: usize = 256;
 /// One round, a panic counted and survived.
 async fn round(node: &Arc<Node>, cores: &mut Cores) {
     use futures::FutureExt as _;
+    let started = std::time::Instant::now();
     let round = std::panic::AssertUnwindSafe(node.work_round(cores))
         .catch_unwind()
         .await;
+    node.metrics
+        .work_round_seconds
+        .observe(started.elapsed().as_secs_f64());
     if round.is_err() {
         panicked(node, "a round");
     }
@@ -263,12 +281,13 @@ impl Node {
                 let taken = cores.worker.handle(
                     now,
                     crate::roles::worker::Input::Execute {
-                        key,
+                        key: key.clone(),
                         attempt,
                         city,
                         mayor,
                     },
                 );
+                tracing::debug!(%key, attempt, taken = taken.is_ok(), "an Execute");
                 let commands: Vec<WorkerCommand> = cores.worker.drain().collect();
                 self.worker_carry_out(commands, Some(spec));
                 let _ = reply.send(taken.map_err(WorkError::Worker));
@@ -384,6 +403,40 @@ impl Node {
                 cores
                     .president
                     .handle(now, crate::roles::president::Input::Proposed { slot });
+            }
+            Input::PlanRead {
+                project,
+                phase,
+                attempt,
+                output,
+            } => {
+                cores.president.handle(
+                    now,
+                    crate::roles::president::Input::PlanRead {
+                        project,
+                        phase,
+                        attempt,
+                        output,
+                    },
+                );
+                self.work_wake.notify_one();
+            }
+            Input::ReviewRead {
+                project,
+                phase,
+                round,
+                output,
+            } => {
+                cores.president.handle(
+                    now,
+                    crate::roles::president::Input::ReviewRead {
+                        project,
+                        phase,
+                        round,
+                        output,
+                    },
+                );
+                self.work_wake.notify_one();
             }
             Input::Assigned {
                 project,

@@ -1,7 +1,9 @@
 //! Projects as users see them: submit, list, show, and change by hand (hold, resume,
 //! advance). Any node takes the request; the president commits it.
 
-use aamas_consensus::registry::{Project, ProjectStatus, RegistryCommand};
+use aamas_consensus::registry::{MAX_NOTE_BYTES, Project, ProjectStatus, RegistryCommand};
+use std::collections::BTreeMap;
+
 use aamas_protocol::{NodeKey, Phase};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -17,7 +19,7 @@ use crate::spec;
 pub struct PhaseView {
     /// Its lowercase name.
     pub name: String,
-    /// "pending", "running", "held", "done" or "failed".
+    /// "pending", "running", "held", "awaiting-approval", "done" or "failed".
     pub status: String,
     /// Tasks in the phase.
     pub tasks_total: u32,
@@ -25,6 +27,15 @@ pub struct PhaseView {
     pub tasks_done: u32,
     /// Tasks that failed every attempt (escalated).
     pub tasks_failed: u32,
+    /// The rounds of its llm gate's review, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<aamas_consensus::registry::Review>,
+    /// The note of the person who approved it at its human gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    /// Why each plan an llm made for it was refused, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan_refusals: Vec<String>,
 }
 
 /// A project as `aamas project show` prints it.
@@ -34,7 +45,7 @@ pub struct ProjectView {
     pub id: String,
     /// Its name.
     pub name: String,
-    /// "running", "completed", "failed" or "held".
+    /// "running", "completed", "failed", "held" or "awaiting-approval".
     pub status: String,
     /// The current phase's name.
     pub phase: String,
@@ -42,17 +53,72 @@ pub struct ProjectView {
     pub reason: Option<String>,
     /// Every phase of the lifecycle, in order.
     pub phases: Vec<PhaseView>,
+    /// What its tasks used of models (filled by `GET /api/v1/projects/{id}?usage=true`,
+    /// which reads every state's tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ProjectUsage>,
+}
+
+/// Model use of a project: the sum over its tasks' committed results.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectUsage {
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Estimated cost, in millionths of the workers' price unit.
+    pub cost_micros: u64,
+    /// Each task that called a model, by name.
+    pub tasks: BTreeMap<String, aamas_consensus::ledger::TaskUsage>,
+}
+
+impl ProjectUsage {
+    /// The sum over `tasks`; `None` when none called a model.
+    pub fn of(tasks: &[TaskView]) -> Option<ProjectUsage> {
+        let mut sum = ProjectUsage::default();
+        for task in tasks {
+            let Some(usage) = &task.usage else { continue };
+            sum.prompt_tokens = sum.prompt_tokens.saturating_add(usage.prompt_tokens);
+            sum.completion_tokens = sum
+                .completion_tokens
+                .saturating_add(usage.completion_tokens);
+            sum.cost_micros = sum.cost_micros.saturating_add(usage.cost_micros);
+            sum.tasks.insert(task.name.clone(), usage.clone());
+        }
+        (!sum.tasks.is_empty()).then_some(sum)
+    }
+}
+
+/// How a project's status is written: "running", "held", "completed", "failed" or
+/// "awaiting-approval".
+pub fn view_status(status: &ProjectStatus) -> &'static str {
+    match status {
+        ProjectStatus::Running => "running",
+        ProjectStatus::Held => "held",
+        ProjectStatus::Completed => "completed",
+        ProjectStatus::Failed { .. } => "failed",
+        ProjectStatus::AwaitingApproval { .. } => "awaiting-approval",
+    }
 }
 
 /// The view of one project.
 pub fn view(id: &str, project: &Project) -> ProjectView {
-    let (status, reason) = match &project.status {
-        ProjectStatus::Running => ("running", None),
-        ProjectStatus::Held => ("held", None),
-        ProjectStatus::Completed => ("completed", None),
-        ProjectStatus::Failed { reason } => ("failed", Some(reason.clone())),
+    let status = view_status(&project.status);
+    let reason = match &project.status {
+        ProjectStatus::Failed { reason } => Some(reason.clone()),
+        _ => None,
     };
-    let spec = spec::ProjectSpec::from_bytes(&project.spec).ok();
+    // Phases an llm planned count their planned tasks.
+    let spec = spec::ProjectSpec::from_bytes(&project.spec)
+        .ok()
+        .map(|spec| {
+            spec.with_plans(
+                project
+                    .gates
+                    .iter()
+                    .filter_map(|(phase, gate)| Some((*phase, gate.plan.as_deref()?))),
+            )
+        });
     let phases = Phase::ALL
         .iter()
         .map(|phase| {
@@ -82,6 +148,20 @@ pub fn view(id: &str, project: &Project) -> ProjectView {
                 tasks_total: total,
                 tasks_done: done,
                 tasks_failed: progress.tasks_failed,
+                reviews: project
+                    .gates
+                    .get(phase)
+                    .map(|gate| gate.reviews.clone())
+                    .unwrap_or_default(),
+                approval: project
+                    .gates
+                    .get(phase)
+                    .and_then(|gate| gate.approval.clone()),
+                plan_refusals: project
+                    .gates
+                    .get(phase)
+                    .map(|gate| gate.plan_refusals.clone())
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -92,31 +172,11 @@ pub fn view(id: &str, project: &Project) -> ProjectView {
         phase: project.phase.as_str().to_string(),
         reason,
         phases,
+        usage: None,
     }
 }
 
-/// One task as a state's Ledger has it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskView {
-    /// Its name.
-    pub name: String,
-    /// The state whose Ledger holds it.
-    pub state: String,
-    /// Its phase.
-    pub phase: String,
-    /// "pending", "assigned", "succeeded", "failed" or "escalated".
-    pub status: String,
-    /// Attempts made.
-    pub attempt: u32,
-    /// The worker of the latest attempt.
-    pub worker: Option<String>,
-    /// Hex SHA-256 of its one committed result.
-    pub result: Option<String>,
-    /// The last failure or escalation reason.
-    pub reason: Option<String>,
-    /// How often the president reopened it after an escalation.
-    pub reopened: u32,
-}
+pub use crate::net::wire::TaskView;
 
 impl Node {
     /// The tasks of a project in the state groups this node takes part in (a node
@@ -149,6 +209,7 @@ impl Node {
                                         .map(|d| d.iter().map(|b| format!("{b:02x}")).collect()),
                                     reason: task.failure.clone(),
                                     reopened: task.reopened,
+                                    usage: task.usage.clone(),
                                 })
                                 .collect()
                         })
@@ -272,8 +333,15 @@ impl Node {
     /// leaves the Registry (freeing its place among [`aamas_consensus::registry::MAX_PROJECTS`])
     /// and each governor forgets its tasks once its copy of the Registry no longer has
     /// it (see [`crate::driver::work::ARCHIVE_GRACE_MS`]).
-    pub async fn change_project(&self, id: &str, action: &str) -> Result<(), ProjectError> {
-        self.change_project_as(self.identity.node_key(), id, action)
+    /// `approve` and `reject` decide a project awaiting approval at a human gate, with
+    /// `note` (approving moves it on, rejecting fails it with the note).
+    pub async fn change_project(
+        &self,
+        id: &str,
+        action: &str,
+        note: Option<&str>,
+    ) -> Result<(), ProjectError> {
+        self.change_project_as(self.identity.node_key(), id, action, note)
             .await
     }
 
@@ -286,10 +354,19 @@ impl Node {
         requester: NodeKey,
         id: &str,
         action: &str,
+        note: Option<&str>,
     ) -> Result<(), ProjectError> {
+        if note.is_some_and(|note| note.len() > MAX_NOTE_BYTES) {
+            return Err(ProjectError::NoteTooLong);
+        }
         let Some((peer, addrs)) = self.president_peer()? else {
-            let (phase, owner) = self
-                .registry(|registry| registry.projects().get(id).map(|p| (p.phase, p.owner)))
+            let (phase, owner, status) = self
+                .registry(|registry| {
+                    registry
+                        .projects()
+                        .get(id)
+                        .map(|p| (p.phase, p.owner, p.status.clone()))
+                })
                 .await
                 .flatten()
                 .ok_or_else(|| ProjectError::NoSuchProject(id.to_string()))?;
@@ -307,6 +384,20 @@ impl Node {
                     from: phase,
                 },
                 "archive" => RegistryCommand::RemoveProject { id: id.into() },
+                "approve" | "reject" => match status {
+                    ProjectStatus::AwaitingApproval { phase } => RegistryCommand::DecideApproval {
+                        id: id.into(),
+                        phase,
+                        approve: action == "approve",
+                        note: note.unwrap_or_default().to_string(),
+                    },
+                    other => {
+                        return Err(ProjectError::NotAwaitingApproval {
+                            id: id.to_string(),
+                            status: view_status(&other).to_string(),
+                        });
+                    }
+                },
                 other => return Err(ProjectError::UnknownAction(other.to_string())),
             };
             let key = [
@@ -324,6 +415,7 @@ impl Node {
         let rpc = Rpc::ChangeProject {
             id: id.into(),
             action: action.into(),
+            note: note.map(str::to_string),
         };
         crate::net::swarm::acked(self.handle.request(peer, addrs, rpc).await)
             .map_err(ProjectError::President)
@@ -347,9 +439,20 @@ pub enum ProjectError {
     /// No project has that id.
     #[error("no project {0}")]
     NoSuchProject(String),
-    /// Not one of hold, resume, advance, archive.
-    #[error("unknown action {0:?}: use hold, resume, advance or archive")]
+    /// Not one of hold, resume, advance, archive, approve, reject.
+    #[error("unknown action {0:?}: use hold, resume, advance, archive, approve or reject")]
     UnknownAction(String),
+    /// Approve or reject of a project that is not awaiting approval.
+    #[error("project {id} is {status}, not awaiting approval")]
+    NotAwaitingApproval {
+        /// The project.
+        id: String,
+        /// Where it stands.
+        status: String,
+    },
+    /// An approval's note is over [`MAX_NOTE_BYTES`].
+    #[error("the note is longer than {MAX_NOTE_BYTES} bytes")]
+    NoteTooLong,
     /// The requester may not change this project ([`crate::roles::authority`]).
     #[error(transparent)]
     Refused(crate::roles::authority::Refusal),
@@ -373,6 +476,8 @@ impl ProjectError {
             | Self::BadRequestId
             | Self::NoSuchProject(_)
             | Self::UnknownAction(_)
+            | Self::NotAwaitingApproval { .. }
+            | Self::NoteTooLong
             | Self::Refused(_) => true,
             Self::President(Unacked::Refused { .. }) => true,
             Self::NoPresident | Self::NotCommitted(_) | Self::President(_) => false,

@@ -303,6 +303,10 @@ pub struct NodeConfig {
     /// How connections are checked for life (see `swarm::Liveness`); `None` is the
     /// default for real nodes.
     pub liveness: Option<swarm::Liveness>,
+    /// The largest output a task may produce here (`None`:
+    /// [`crate::driver::artifacts::DEFAULT_MAX_ARTIFACT_BYTES`]); a larger one fails its
+    /// task, and this node keeps no copy of a larger artefact for others.
+    pub max_artifact_bytes: Option<usize>,
 }
 
 /// Why this node could not give up its place in a group (see `Node::resign`).
@@ -341,6 +345,9 @@ pub struct Node {
     pub(crate) topics: Topics,
     sealer: Mutex<aamas_protocol::Sealer>,
     pub(crate) work: crate::driver::work::WorkState,
+    /// Task outputs kept here, and the limits of moving them
+    /// ([`crate::driver::artifacts`]).
+    pub(crate) artifacts: crate::driver::artifacts::ArtifactState,
     /// What this node's roles decided or committed, and its role changes
     /// ([`crate::events`]).
     pub(crate) events: crate::events::EventBus,
@@ -796,6 +803,14 @@ impl Node {
                     return Ok(());
                 }
                 leader = self.president().map(|(president, _)| president);
+            }
+            if leader.is_none() && id == FEDERAL_GROUP {
+                // A voter replaced while it was slow still counts itself in, but follows
+                // no leader: the president it knows from its mirror takes it out.
+                leader = self
+                    .president()
+                    .map(|(president, _)| president)
+                    .filter(|president| *president != me);
             }
             match leader {
                 Some(leader) if leader == me => {
@@ -1788,11 +1803,14 @@ impl Node {
                     }
                 }
             }
-            (Rpc::ChangeProject { id, action }, Some(_)) => {
+            (Rpc::ChangeProject { id, action, note }, Some(_)) => {
                 match NodeKey::from_peer_id(&peer.to_base58()) {
                     None => self.refuse(&crate::roles::authority::Refusal::NonMember),
                     Some(requester) => {
-                        match self.change_project_as(requester, &id, &action).await {
+                        match self
+                            .change_project_as(requester, &id, &action, note.as_deref())
+                            .await
+                        {
                             Ok(()) => RpcResponse::Ack,
                             Err(reason) => RpcResponse::Refused {
                                 reason: reason.to_string(),
@@ -1802,6 +1820,33 @@ impl Node {
                 }
             }
             (Rpc::Resign { group }, Some(_)) => self.handle_resign(peer, group).await,
+            (
+                Rpc::Replicate {
+                    project,
+                    digest,
+                    size,
+                    inline,
+                },
+                Some(_),
+            ) => match NodeKey::from_peer_id(&peer.to_base58()) {
+                None => self.refuse(&crate::roles::authority::Refusal::NonMember),
+                Some(from) => {
+                    self.handle_replicate(from, project, digest, size, inline)
+                        .await
+                }
+            },
+            (
+                Rpc::ArtifactRange {
+                    project,
+                    digest,
+                    offset,
+                    max,
+                },
+                Some(_),
+            ) => self.handle_artifact_range(&project, &digest, offset, max),
+            (Rpc::ProjectTasks { project }, Some(_)) => {
+                RpcResponse::Tasks(self.project_tasks(&project).await)
+            }
             (
                 Rpc::Mirror {
                     group,
@@ -2335,6 +2380,12 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         .known_groups()
         .map_err(|error| NodeError::Invalid(format!("reading the Raft database: {error}")))?;
     let flushing = store.clone();
+    let artifacts = crate::driver::artifacts::ArtifactState::new(
+        store.artifacts(),
+        config
+            .max_artifact_bytes
+            .unwrap_or(crate::driver::artifacts::DEFAULT_MAX_ARTIFACT_BYTES),
+    );
     let mirror = aamas_consensus::Mirror::open(&store, FEDERAL_GROUP)
         .await
         .map_err(|error| NodeError::Invalid(format!("opening the Registry mirror: {error}")))?;
@@ -2362,7 +2413,12 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         usize::try_from(config.capacity.clamp(1, MAX_WORKER_CAPACITY)).unwrap_or(1),
         crate::exec::LlmConfig::from_env(),
     );
+    let mut skills = config.skills.clone();
+    if work.executors.has_llm() && !skills.iter().any(|skill| skill == crate::exec::LLM_SKILL) {
+        skills.push(crate::exec::LLM_SKILL.into());
+    }
     let node = Arc::new(Node {
+        artifacts,
         handle: handle.clone(),
         groups: groups.clone(),
         book,
@@ -2390,7 +2446,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         events: crate::events::EventBus::default(),
         work,
         stopping: tokio::sync::watch::Sender::new(false),
-        skills: config.skills.clone(),
+        skills,
         capacity: config.capacity.clamp(1, MAX_WORKER_CAPACITY),
         identity,
         mesh,
@@ -2482,7 +2538,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
             tracing::warn!(%error, "bootstrap of the Registry failed");
         }
     } else if let Some((addr, token)) = &config.join {
-        join(&node, addr.clone(), token, &config.skills).await?;
+        join(&node, addr.clone(), token, &node.skills).await?;
     } else {
         tracing::info!("waiting for the mesh to reach this node");
     }
@@ -2524,6 +2580,28 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
             governing.governor_tick().await;
         },
     );
+    // Artefacts of projects that left the Registry (archived) are removed.
+    let absent: Arc<Mutex<HashMap<String, std::time::Instant>>> = Arc::default();
+    let artifacts = duty(
+        node.clone(),
+        "artifacts",
+        crate::driver::artifacts::ARTIFACT_SWEEP_EVERY,
+        move |sweeping| {
+            let absent = absent.clone();
+            async move { sweeping.sweep_artifacts(&absent).await }
+        },
+    );
+    // A state voter takes copies of its state's artefacts that it lacks.
+    let failures: Arc<crate::driver::artifacts::RepairFailures> = Arc::default();
+    let repair = duty(
+        node.clone(),
+        "artifact-repair",
+        crate::driver::artifacts::ARTIFACT_REPAIR_EVERY,
+        move |repairing| {
+            let failures = failures.clone();
+            async move { repairing.repair_artifacts(&failures).await }
+        },
+    );
     // The work roles' cores, owned by one task.
     let work = tokio::spawn(crate::driver::owner::drive(
         node.clone(),
@@ -2534,7 +2612,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
     Ok(Running {
         node,
         tasks,
-        duties: vec![president, governor, work],
+        duties: vec![president, governor, artifacts, repair, work],
         store: flushing,
     })
 }

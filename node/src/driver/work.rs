@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aamas_consensus::ledger::{LedgerCommand, LedgerResponse, TaskKey, TaskStatus};
+use aamas_consensus::ledger::{LedgerCommand, LedgerResponse, TaskKey, TaskStatus, TaskUsage};
 use aamas_consensus::registry::{PhaseProgress, ProjectStatus};
 use aamas_consensus::{Command as RaftCommand, Group, Outcome, Request};
 use aamas_protocol::{
@@ -31,6 +31,7 @@ use aamas_protocol::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::driver::artifacts::ArtifactFailure;
 use crate::driver::owner::{Committed, Cores, Input, Inputs, Sending};
 use crate::driver::runtime::{Node, now_ms, peer_id, request_id};
 use crate::events::{BusEvent, Role};
@@ -143,7 +144,9 @@ impl Work {
 
 /// The digest committed for a result: SHA-256 of its output.
 pub fn result_digest(execution: &Execution) -> [u8; 32] {
-    Sha256::digest(execution.output.as_bytes()).into()
+    execution
+        .digest
+        .unwrap_or_else(|| Sha256::digest(execution.output.as_bytes()).into())
 }
 
 pub use crate::roles::mayor::{Worker, pick_worker};
@@ -157,7 +160,7 @@ pub(crate) type WorkerCommand = crate::roles::worker::Command<AttemptOutcome>;
 /// into the driver that owns their cores ([`crate::driver::owner`]). Their soft state is
 /// rebuilt from the log after a restart.
 pub struct WorkState {
-    executors: Executors,
+    pub(crate) executors: Executors,
     inputs: Inputs,
 }
 
@@ -270,6 +273,7 @@ fn task_event(command: &LedgerCommand) -> Option<Event> {
             key,
             attempt,
             result_digest,
+            ..
         } => Some(Event::TaskCompletion {
             project: key.project.clone(),
             task: key.task.clone(),
@@ -729,8 +733,11 @@ impl Node {
                         {
                             sent = node.send_work(now_mayor, &work).await;
                         }
-                        if let Err(reason) = &sent {
-                            tracing::debug!(%key, %reason, "outcome not delivered yet");
+                        match &sent {
+                            Ok(()) => tracing::debug!(%key, attempt, "outcome delivered"),
+                            Err(reason) => {
+                                tracing::debug!(%key, attempt, %reason, "outcome not delivered yet")
+                            }
                         }
                         let _ = node
                             .work
@@ -752,11 +759,41 @@ impl Node {
 
     async fn run_attempt(self: Arc<Self>, key: TaskKey, attempt: u32, spec: TaskSpec) {
         let timeout = Duration::from_secs(spec.timeout_secs.max(1));
-        let mut result = self
-            .work
-            .executors
-            .run(&spec.executor, &spec.name, &spec.input, timeout)
-            .await;
+        let mut result = match self.fill_input(&key.project, &spec).await {
+            Ok(input) => {
+                self.work
+                    .executors
+                    .run(&spec.executor, &spec.name, &input, timeout)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        // The whole output becomes an artefact, on disk here and on the state's voters,
+        // before the outcome (with only its start) goes to the mayor.
+        if let Ok(execution) = &result {
+            match self
+                .keep_output(&key.project, &spec.state, execution.output.as_bytes())
+                .await
+            {
+                Ok(digest) => {
+                    if let Ok(execution) = &mut result {
+                        execution.digest = Some(digest);
+                    }
+                }
+                Err(failure) => {
+                    tracing::warn!(%key, attempt, %failure, "the output was not kept");
+                    result = Err(match failure {
+                        // The task itself is at fault: running it again gives the same.
+                        ArtifactFailure::TooLarge { .. } => ExecError::Failed {
+                            reason: failure.to_string(),
+                        },
+                        _ => ExecError::Unavailable {
+                            reason: format!("the output could not be kept: {failure}"),
+                        },
+                    });
+                }
+            }
+        }
         if let Ok(execution) = &mut result
             && execution.output.len() > MAX_OUTCOME_OUTPUT
         {
@@ -776,6 +813,82 @@ impl Node {
                 outcome: result,
             })
             .await;
+    }
+
+    /// The task's input with each `{{ outputs.NAME }}` replaced by task NAME's artefact
+    /// (the spec check allowed only its dependencies and tasks of earlier phases). A
+    /// missing or oversized output fails the attempt with the task's name: as
+    /// unavailable (retried) when no holder answered, else as failed.
+    async fn fill_input(&self, project: &str, spec: &TaskSpec) -> Result<String, ExecError> {
+        let refs = crate::spec::output_refs(&spec.input);
+        let context: &[String] = match &spec.executor {
+            crate::spec::ExecutorSpec::Llm { context, .. } => context,
+            _ => &[],
+        };
+        if refs.is_empty() && context.is_empty() {
+            return Ok(spec.input.clone());
+        }
+        let cap = self.artifacts.max_bytes;
+        let mut outputs: BTreeMap<String, String> = BTreeMap::new();
+        let mut total = spec.input.len();
+        let names = refs
+            .iter()
+            .map(|(_, name)| *name)
+            .chain(context.iter().map(String::as_str));
+        for name in names {
+            if outputs.contains_key(name) {
+                continue;
+            }
+            let reading =
+                |reason: String| format!("task {} reads the output of {name}: {reason}", spec.name);
+            let bytes = match self.artifact(project, name).await {
+                Ok(bytes) => bytes,
+                Err(failure @ ArtifactFailure::Unavailable { .. }) => {
+                    return Err(ExecError::Unavailable {
+                        reason: reading(failure.to_string()),
+                    });
+                }
+                Err(failure) => {
+                    return Err(ExecError::Failed {
+                        reason: reading(failure.to_string()),
+                    });
+                }
+            };
+            total = total.saturating_add(bytes.len());
+            if total > cap {
+                return Err(ExecError::Failed {
+                    reason: reading(format!(
+                        "the input with the outputs it reads is over {cap} bytes \
+                         (aamas node --max-artifact-bytes)"
+                    )),
+                });
+            }
+            let text = String::from_utf8(bytes).map_err(|_| ExecError::Failed {
+                reason: reading("the output is not UTF-8 text".into()),
+            })?;
+            outputs.insert(name.to_string(), text);
+        }
+        let filled = crate::spec::fill_outputs(&spec.input, |name| {
+            outputs.get(name).cloned().ok_or(ExecError::Failed {
+                reason: format!(
+                    "task {} reads the output of {name}, which was not read",
+                    spec.name
+                ),
+            })
+        })?;
+        if context.is_empty() {
+            return Ok(filled);
+        }
+        // Context first, each output under its task's name, then the task itself.
+        let mut prompt = String::with_capacity(total + 64 * (context.len() + 1));
+        prompt.push_str("Outputs of earlier tasks, for context:\n");
+        for name in context {
+            let output = outputs.get(name.as_str()).map_or("", String::as_str);
+            prompt.push_str(&format!("\n=== Output of task {name} ===\n{output}\n"));
+        }
+        prompt.push_str("\n=== Your task ===\n");
+        prompt.push_str(&filled);
+        Ok(prompt)
     }
 
     /// Wakes the work roles whenever a group open here applies an entry: one watcher
@@ -898,6 +1011,10 @@ impl Node {
             || task.worker != Some(sender)
             || task.status != TaskStatus::Assigned
         {
+            tracing::debug!(
+                %key, attempt, current = task.attempt, status = ?task.status,
+                "the outcome of an attempt that no longer counts: acknowledged, dropped"
+            );
             return Ok(());
         }
         let command = match &result {
@@ -905,6 +1022,16 @@ impl Node {
                 key: key.clone(),
                 attempt,
                 result_digest: result_digest(execution),
+                usage: execution.usage.as_ref().map(|usage| TaskUsage {
+                    model: usage
+                        .model
+                        .chars()
+                        .take(aamas_consensus::ledger::MAX_MODEL_NAME_BYTES / 4)
+                        .collect(),
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    cost_micros: usage.cost_micros,
+                }),
             },
             Err(error) => {
                 self.work
@@ -924,7 +1051,9 @@ impl Node {
                 }
             }
         };
-        self.propose_to_governor(&group, city, command).await
+        let proposed = self.propose_to_governor(&group, city, command).await;
+        tracing::debug!(%key, attempt, ok = proposed.is_ok(), "an outcome proposed to the governor");
+        proposed
     }
 
     /// Whether this node holds the lease of `city` in `group`'s Ledger at `now`.
@@ -1247,13 +1376,16 @@ impl Node {
         self.spawn(async move {
             let proposed = node.propose_to_governor(&group, &city, command).await;
             let committed = match proposed {
-                Ok(()) => execute.map(|(worker, spec)| Committed {
-                    city,
-                    worker,
-                    spec,
-                    group,
-                    started,
-                }),
+                Ok(()) => {
+                    tracing::debug!(task = %key, attempt, "proposal committed");
+                    execute.map(|(worker, spec)| Committed {
+                        city,
+                        worker,
+                        spec,
+                        group,
+                        started,
+                    })
+                }
                 Err(reason) => {
                     tracing::debug!(task = %key, %reason, "proposal not taken yet");
                     None
@@ -1292,6 +1424,7 @@ impl Node {
             let sent = node.send_work(worker, &work).await;
             match &sent {
                 Ok(()) => {
+                    tracing::debug!(task = %key, attempt, "execute taken");
                     if let Some(started) = started {
                         node.metrics
                             .dispatch_seconds
@@ -1466,7 +1599,13 @@ impl Node {
             return;
         }
         let now = now_ms();
-        type Running = (String, Phase, Vec<u8>, Option<PhaseProgress>);
+        type Running = (
+            String,
+            Phase,
+            Vec<u8>,
+            Option<PhaseProgress>,
+            BTreeMap<Phase, aamas_consensus::registry::PhaseGate>,
+        );
         let looked: Option<(Vec<Running>, BTreeMap<String, NodeKey>)> = self
             .registry(|registry| {
                 let running = registry
@@ -1479,6 +1618,7 @@ impl Node {
                             project.phase,
                             project.spec.clone(),
                             project.progress.get(&project.phase).copied(),
+                            project.gates.clone(),
                         )
                     })
                     .collect();
@@ -1495,19 +1635,20 @@ impl Node {
         };
         let specs: Vec<Option<ProjectSpec>> = running
             .iter()
-            .map(|(_, _, spec, _)| ProjectSpec::from_bytes(spec).ok())
+            .map(|(_, _, spec, _, _)| ProjectSpec::from_bytes(spec).ok())
             .collect();
         let projects: Vec<crate::roles::president::RunningProject<'_>> = running
             .iter()
             .zip(&specs)
-            .map(
-                |((id, phase, _, recorded), spec)| crate::roles::president::RunningProject {
+            .map(|((id, phase, _, recorded, gates), spec)| {
+                crate::roles::president::RunningProject {
                     id,
                     phase: *phase,
                     spec: spec.as_ref(),
                     recorded: *recorded,
-                },
-            )
+                    gates,
+                }
+            })
             .collect();
         president.handle(
             now,
@@ -1609,6 +1750,53 @@ impl Node {
                     tracing::debug!(%reason, "reopening not delivered yet");
                 }
             }),
+            Command::ReadPlan {
+                project,
+                phase,
+                attempt,
+                task,
+            } => self.spawn(async move {
+                let output = node.output_text(&project, &task).await;
+                let _ = node
+                    .work
+                    .inputs
+                    .send(Input::PlanRead {
+                        project,
+                        phase,
+                        attempt,
+                        output,
+                    })
+                    .await;
+            }),
+            Command::ReadReview {
+                project,
+                phase,
+                round,
+                task,
+            } => self.spawn(async move {
+                let output = node.output_text(&project, &task).await;
+                let _ = node
+                    .work
+                    .inputs
+                    .send(Input::ReviewRead {
+                        project,
+                        phase,
+                        round,
+                        output,
+                    })
+                    .await;
+            }),
+        }
+    }
+
+    /// A gate or planning task's output as text, or why it is not readable yet.
+    async fn output_text(&self, project: &str, task: &str) -> Result<String, String> {
+        match self.artifact(project, task).await {
+            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(failure) => {
+                tracing::debug!(%project, %task, %failure, "a task's output is not readable yet");
+                Err(failure.to_string())
+            }
         }
     }
 
@@ -1680,6 +1868,7 @@ mod tests {
             result: Ok(Execution {
                 output,
                 output_truncated: true,
+                digest: None,
                 usage: None,
             }),
         };
@@ -1840,6 +2029,9 @@ mod tests {
                 task(None, &["a"], "b"),
                 task(None, &["a", "b"], "c"),
             ],
+            acceptance: Vec::new(),
+            gate: crate::spec::GateSpec::default(),
+            plan: None,
         };
         let names =
             |tasks: Vec<&TaskSpec>| tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>();

@@ -82,6 +82,7 @@ mod tests {
             Execution {
                 output: String::new(),
                 output_truncated: false,
+                digest: None,
                 usage: None
             }
         );

@@ -47,6 +47,11 @@ pub const ENV_LLM_BASE_URL: &str = "AAMAS_LLM_BASE_URL";
 pub const ENV_LLM_MODEL: &str = "AAMAS_LLM_MODEL";
 /// Environment variable holding the API key (optional: local servers need none).
 pub const ENV_LLM_API_KEY: &str = "AAMAS_LLM_API_KEY";
+/// Environment variable holding the price of a million prompt tokens of the model
+/// (optional; any unit, e.g. USD: a task's cost is kept in millionths of it).
+pub const ENV_LLM_PRICE_IN: &str = "AAMAS_LLM_PRICE_IN";
+/// Environment variable holding the price of a million completion tokens.
+pub const ENV_LLM_PRICE_OUT: &str = "AAMAS_LLM_PRICE_OUT";
 
 /// LLM endpoint settings, normally from `AAMAS_LLM_BASE_URL`, `AAMAS_LLM_MODEL` and
 /// `AAMAS_LLM_API_KEY`. `Debug` does not print the key.
@@ -65,6 +70,10 @@ pub struct LlmConfig {
     pub attempts: u32,
     /// Wait before the first retry; doubled for each further retry, with jitter.
     pub backoff: Duration,
+    /// Price of a million prompt tokens and of a million completion tokens, for the
+    /// cost kept with each result; unset prices count as 0. Not a number or negative is
+    /// reported as [`ExecError::Misconfigured`] by each LLM task.
+    pub prices: (Option<f64>, Option<f64>),
 }
 
 impl LlmConfig {
@@ -88,7 +97,20 @@ impl LlmConfig {
             request_timeout: LLM_DEFAULT_REQUEST_TIMEOUT,
             attempts: LLM_DEFAULT_ATTEMPTS,
             backoff: LLM_DEFAULT_BACKOFF,
+            prices: (
+                present(ENV_LLM_PRICE_IN).map(|price| price.parse().unwrap_or(f64::NAN)),
+                present(ENV_LLM_PRICE_OUT).map(|price| price.parse().unwrap_or(f64::NAN)),
+            ),
         })
+    }
+
+    /// The cost of `usage` in millionths of the price unit.
+    fn cost_micros(&self, prompt_tokens: u64, completion_tokens: u64) -> u64 {
+        // Prices are per million tokens, the cost in millionths: tokens times price.
+        let cost = prompt_tokens as f64 * self.prices.0.unwrap_or(0.0)
+            + completion_tokens as f64 * self.prices.1.unwrap_or(0.0);
+        // Saturating float-to-int conversion: a huge cost stays u64::MAX.
+        cost.round() as u64
     }
 }
 
@@ -101,6 +123,7 @@ impl fmt::Debug for LlmConfig {
             .field("request_timeout", &self.request_timeout)
             .field("attempts", &self.attempts)
             .field("backoff", &self.backoff)
+            .field("prices", &self.prices)
             .finish()
     }
 }
@@ -131,6 +154,16 @@ enum AttemptError {
 
 impl LlmEndpoint {
     pub(super) fn new(config: LlmConfig) -> Result<Self, ExecError> {
+        for (name, price) in [
+            (ENV_LLM_PRICE_IN, config.prices.0),
+            (ENV_LLM_PRICE_OUT, config.prices.1),
+        ] {
+            if price.is_some_and(|price| !price.is_finite() || price < 0.0) {
+                return Err(misconfigured(format!(
+                    "{name} must be a price of a million tokens: a number, 0 or more"
+                )));
+            }
+        }
         if config.model.trim().is_empty() {
             return Err(misconfigured(format!(
                 "{ENV_LLM_MODEL} is not set: name the model the endpoint serves, e.g. llama3.1"
@@ -223,7 +256,15 @@ impl LlmEndpoint {
             let request_timeout = remaining.min(self.config.request_timeout);
             let (error, retry_after) =
                 match tokio::time::timeout(request_timeout, self.post(body.clone())).await {
-                    Ok(Ok(execution)) => return Ok(execution),
+                    Ok(Ok(mut execution)) => {
+                        if let Some(usage) = &mut execution.usage {
+                            usage.model.clone_from(&self.config.model);
+                            usage.cost_micros = self
+                                .config
+                                .cost_micros(usage.prompt_tokens, usage.completion_tokens);
+                        }
+                        return Ok(execution);
+                    }
                     Ok(Err(AttemptError::Final(error))) => return Err(error),
                     Ok(Err(AttemptError::Retry { error, retry_after })) => (error, retry_after),
                     Err(_) if time_left().is_zero() => return Err(timed_out(timeout)),
@@ -485,8 +526,10 @@ fn parse_reply(body: &[u8]) -> Result<Execution, MalformedReply> {
             |usage| match (usage.prompt_tokens, usage.completion_tokens) {
                 (None, None) => None,
                 (prompt, completion) => Some(TokenUsage {
+                    model: String::new(),
                     prompt_tokens: prompt.unwrap_or(0),
                     completion_tokens: completion.unwrap_or(0),
+                    cost_micros: 0,
                 }),
             },
         );
@@ -499,6 +542,7 @@ fn parse_reply(body: &[u8]) -> Result<Execution, MalformedReply> {
     Ok(Execution {
         output,
         output_truncated: choice.finish_reason.as_deref() == Some("length"),
+        digest: None,
         usage,
     })
 }
@@ -552,6 +596,7 @@ mod tests {
         ExecutorSpec::Llm {
             system: Some("be brief".to_owned()),
             max_tokens: 64,
+            context: Vec::new(),
         }
     }
 
@@ -649,6 +694,7 @@ mod tests {
             request_timeout: Duration::from_secs(10),
             attempts: 3,
             backoff: Duration::from_millis(1),
+            prices: (Some(2.5), Some(10.0)),
         }
     }
 
@@ -667,9 +713,13 @@ mod tests {
             Execution {
                 output: "hello from the model".to_owned(),
                 output_truncated: false,
+                digest: None,
                 usage: Some(TokenUsage {
+                    model: "test-model".to_owned(),
                     prompt_tokens: 12,
-                    completion_tokens: 5
+                    completion_tokens: 5,
+                    // 12 x 2.5 + 5 x 10 millionths.
+                    cost_micros: 80,
                 }),
             }
         );
@@ -697,6 +747,7 @@ mod tests {
         let spec = ExecutorSpec::Llm {
             system: None,
             max_tokens: 8,
+            context: Vec::new(),
         };
         Executors::new(Some(config))
             .run(&spec, "task", "hi", LONG)
@@ -904,6 +955,20 @@ mod tests {
         .unwrap();
         assert_eq!(local.api_key, None);
         assert_eq!(local.model, "");
+        assert_eq!(local.prices, (None, None));
+        let priced = LlmConfig::from_lookup(|name| match name {
+            "AAMAS_LLM_BASE_URL" => Some("http://127.0.0.1:11434/v1".to_owned()),
+            "AAMAS_LLM_MODEL" => Some("m".to_owned()),
+            "AAMAS_LLM_PRICE_IN" => Some("0.15".to_owned()),
+            "AAMAS_LLM_PRICE_OUT" => Some("lots".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(priced.prices.0, Some(0.15));
+        assert!(
+            !Executors::new(Some(priced)).has_llm(),
+            "a bad price is refused"
+        );
     }
 
     #[test]

@@ -30,9 +30,9 @@ mod shell;
 
 pub use builtin::BUILTIN_SLEEP_MAX_MS;
 pub use llm::{
-    ENV_LLM_API_KEY, ENV_LLM_BASE_URL, ENV_LLM_MODEL, LLM_ATTEMPTS_MAX, LLM_BACKOFF_MAX,
-    LLM_DEFAULT_ATTEMPTS, LLM_DEFAULT_BACKOFF, LLM_DEFAULT_REQUEST_TIMEOUT, LLM_REPLY_MAX_BYTES,
-    LlmConfig,
+    ENV_LLM_API_KEY, ENV_LLM_BASE_URL, ENV_LLM_MODEL, ENV_LLM_PRICE_IN, ENV_LLM_PRICE_OUT,
+    LLM_ATTEMPTS_MAX, LLM_BACKOFF_MAX, LLM_DEFAULT_ATTEMPTS, LLM_DEFAULT_BACKOFF,
+    LLM_DEFAULT_REQUEST_TIMEOUT, LLM_REPLY_MAX_BYTES, LlmConfig,
 };
 pub use shell::{
     SHELL_INPUT_MAX_BYTES, SHELL_OUTPUT_MAX_BYTES, SHELL_PASSED_ENV, SHELL_STDERR_TAIL_BYTES,
@@ -51,6 +51,8 @@ use builtin::run_builtin;
 use llm::LlmEndpoint;
 use shell::{ShellLimits, run_shell};
 
+pub use crate::spec::LLM_SKILL;
+
 /// Longest [`ExecError::reason`], in bytes.
 pub const REASON_MAX_BYTES: usize = 400;
 
@@ -63,6 +65,10 @@ pub struct Execution {
     /// True when `output` is only the start of what the task produced (a shell command
     /// wrote more than its `max_output_bytes`, or a model stopped at `max_tokens`).
     pub output_truncated: bool,
+    /// SHA-256 of the whole output when the worker kept it as an artefact
+    /// (the driver's artefacts): `output` is then only its start, and the digest is
+    /// the task's result.
+    pub digest: Option<[u8; 32]>,
     /// Tokens an LLM endpoint reported using, when it reported them.
     pub usage: Option<TokenUsage>,
 }
@@ -72,18 +78,24 @@ impl Execution {
         Execution {
             output,
             output_truncated: false,
+            digest: None,
             usage: None,
         }
     }
 }
 
-/// Tokens used by one LLM call, as the endpoint reported them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Tokens used by one LLM call, as the endpoint reported them, and what they cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUsage {
+    /// The model called.
+    pub model: String,
     /// Tokens in the prompt (system and user messages).
     pub prompt_tokens: u64,
     /// Tokens in the reply.
     pub completion_tokens: u64,
+    /// The estimated cost in millionths of the price unit, from the worker's
+    /// `AAMAS_LLM_PRICE_IN` and `AAMAS_LLM_PRICE_OUT` (0 without them).
+    pub cost_micros: u64,
 }
 
 /// Why a task execution did not produce a result.
@@ -230,7 +242,9 @@ impl Executors {
                     };
                     run_shell(command, workdir.as_deref(), limits, input, timeout).await
                 }
-                ExecutorSpec::Llm { system, max_tokens } => {
+                ExecutorSpec::Llm {
+                    system, max_tokens, ..
+                } => {
                     let endpoint = self.llm.as_ref().map_err(Clone::clone)?;
                     endpoint
                         .complete(system.as_deref(), *max_tokens, input, timeout)

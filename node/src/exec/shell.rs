@@ -178,6 +178,7 @@ pub(super) async fn run_shell(
     Ok(Execution {
         output: text_of(stdout, truncated),
         output_truncated: truncated,
+        digest: None,
         usage: None,
     })
 }
@@ -357,6 +358,7 @@ mod tests {
             Execution {
                 output: "got:hello".to_owned(),
                 output_truncated: false,
+                digest: None,
                 usage: None
             }
         );

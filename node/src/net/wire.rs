@@ -64,8 +64,10 @@ pub enum Rpc {
     ChangeProject {
         /// The project.
         id: String,
-        /// "hold", "resume" or "advance".
+        /// "hold", "resume", "advance", "archive", "approve" or "reject".
         action: String,
+        /// A person's note on an approval or rejection.
+        note: Option<String>,
     },
     /// A governor tells the president who governs a state.
     GovernorReport {
@@ -98,6 +100,36 @@ pub enum Rpc {
     Leadership {
         /// The group.
         group: GroupId,
+    },
+    /// A worker asks a voter of its task's state to keep a copy of an output: the voter
+    /// pulls it from the worker ([`Rpc::ArtifactRange`]) and answers Ack once it is on
+    /// its disk.
+    Replicate {
+        /// The project.
+        project: String,
+        /// SHA-256 of the bytes.
+        digest: [u8; 32],
+        /// Its size in bytes.
+        size: u64,
+        /// The bytes themselves when they fit in one chunk (at most 256 KiB): nothing
+        /// to pull.
+        inline: Option<Vec<u8>>,
+    },
+    /// A range of an artefact this member holds (at most 256 KiB).
+    ArtifactRange {
+        /// The project.
+        project: String,
+        /// SHA-256 of the bytes.
+        digest: [u8; 32],
+        /// From this byte.
+        offset: u64,
+        /// At most this many bytes.
+        max: u32,
+    },
+    /// The tasks of a project in the state Ledgers this member holds a copy of.
+    ProjectTasks {
+        /// The project.
+        project: String,
     },
 }
 
@@ -139,11 +171,46 @@ pub enum RpcResponse {
         /// The term.
         term: u64,
     },
+    /// To [`Rpc::ArtifactRange`]: the artefact's whole size and the bytes asked for.
+    ArtifactRange {
+        /// The artefact's size.
+        total: u64,
+        /// The range.
+        bytes: Vec<u8>,
+    },
+    /// To [`Rpc::ProjectTasks`].
+    Tasks(Vec<TaskView>),
     /// The sender is not allowed to make this request.
     Refused {
         /// Why.
         reason: String,
     },
+}
+
+/// One task as a state's Ledger has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Its name.
+    pub name: String,
+    /// The state whose Ledger holds it.
+    pub state: String,
+    /// Its phase.
+    pub phase: String,
+    /// "pending", "assigned", "succeeded", "failed" or "escalated".
+    pub status: String,
+    /// Attempts made.
+    pub attempt: u32,
+    /// The worker of the latest attempt.
+    pub worker: Option<String>,
+    /// Hex SHA-256 of its one committed result.
+    pub result: Option<String>,
+    /// The last failure or escalation reason.
+    pub reason: Option<String>,
+    /// How often the president reopened it after an escalation.
+    pub reopened: u32,
+    /// What its result used of a model, when it called one.
+    #[serde(default)]
+    pub usage: Option<aamas_consensus::ledger::TaskUsage>,
 }
 
 /// A joining node's request.

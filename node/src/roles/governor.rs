@@ -568,10 +568,30 @@ impl Governor {
                 if lease_holder != Some(sender) {
                     return Err(Refused::NotMayor { sender, city });
                 }
-                let (what, key, attempt): (&[u8], _, _) = match &command {
-                    LedgerCommand::AssignTask { key, attempt, .. } => (b"assign", key, attempt),
-                    LedgerCommand::CompleteTask { key, attempt, .. } => (b"complete", key, attempt),
-                    LedgerCommand::FailTask { key, attempt, .. } => (b"fail", key, attempt),
+                // An assignment's request names its worker and city: two proposals of
+                // the same attempt to different workers (a mayor whose copy of the Ledger
+                // lagged its own commit) must not share an id, or the second would be
+                // answered as a retry of the first, and its worker would run an attempt
+                // that the Ledger gave to another (whose outcome then counts for
+                // nothing: the task waited for its whole timeout).
+                let (what, key, attempt, who): (&[u8], _, _, Vec<u8>) = match &command {
+                    LedgerCommand::AssignTask {
+                        key,
+                        attempt,
+                        worker,
+                        city,
+                    } => (
+                        b"assign",
+                        key,
+                        attempt,
+                        [&worker.0[..], city.as_bytes()].concat(),
+                    ),
+                    LedgerCommand::CompleteTask { key, attempt, .. } => {
+                        (b"complete", key, attempt, Vec::new())
+                    }
+                    LedgerCommand::FailTask { key, attempt, .. } => {
+                        (b"fail", key, attempt, Vec::new())
+                    }
                     _ => return Err(Refused::NotAMayorsCommand),
                 };
                 let request = vec![
@@ -580,6 +600,7 @@ impl Governor {
                         key.project.as_bytes(),
                         key.task.as_bytes(),
                         &attempt.to_be_bytes(),
+                        &who,
                     ]
                     .concat(),
                 ];
@@ -998,6 +1019,7 @@ mod tests {
             key: key("a"),
             attempt: 2,
             result_digest: [7; 32],
+            usage: None,
         };
         let propose = |sender: u8, command: LedgerCommand| Request::Propose {
             sender: node(sender),
@@ -1041,6 +1063,31 @@ mod tests {
             ),
             Err(Refused::NotAMayorsCommand)
         );
+    }
+
+    #[test]
+    fn two_assignments_of_one_attempt_to_different_workers_are_different_requests() {
+        let assign = |worker: u8| Request::Propose {
+            sender: node(2),
+            state: Some("s".into()),
+            city: "s-1".into(),
+            lease_holder: Some(node(2)),
+            command: LedgerCommand::AssignTask {
+                key: key("a"),
+                attempt: 1,
+                city: "s-1".into(),
+                worker: node(worker),
+            },
+        };
+        let request = |worker: u8| {
+            Governor::judge(assign(worker), None).expect("from the lease holder")[0]
+                .request
+                .clone()
+        };
+        // The same assignment retried is the same request; another worker's is not
+        // (the Ledger then refuses it: the attempt was taken).
+        assert_eq!(request(4), request(4));
+        assert_ne!(request(4), request(5));
     }
 
     #[test]

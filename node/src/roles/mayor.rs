@@ -289,7 +289,13 @@ impl Mayor {
         let Some(spec) = self.spec(key, task) else {
             return;
         };
-        let (timeout_secs, skill) = (spec.timeout_secs, spec.skill.clone());
+        // An llm task without a skill of its own prefers workers with a model (they
+        // carry the skill `llm`, see `crate::spec::LLM_SKILL`).
+        let skill = match (&spec.skill, &spec.executor) {
+            (None, crate::spec::ExecutorSpec::Llm { .. }) => Some(crate::spec::LLM_SKILL.into()),
+            (skill, _) => skill.clone(),
+        };
+        let timeout_secs = spec.timeout_secs;
         let (workers, alive) = (look.workers, look.alive);
         if task.status == TaskStatus::Assigned {
             let Some(worker) = task.worker else { return };
@@ -342,6 +348,14 @@ impl Mayor {
             }
             // Reassigned below as the next attempt.
         } else if task.status != TaskStatus::Pending {
+            return;
+        } else if self
+            .attempts
+            .get(&(key.clone(), task.attempt + 1))
+            .is_some_and(|next| now_ms.saturating_sub(next.since_ms) <= UNTAKEN_MS)
+        {
+            // This core saw the next attempt committed, and the Ledger copy it reads
+            // has not applied it yet: a second assignment would only be refused.
             return;
         }
         // Which workers can take a task does not depend on the task (only which one is
@@ -418,6 +432,7 @@ mod tests {
             failure: None,
             transient: false,
             reopened: 0,
+            usage: None,
         }
     }
 
@@ -591,6 +606,46 @@ mod tests {
                 &[1]
             ),
             vec![assign("a", 1, 2)]
+        );
+    }
+
+    #[test]
+    fn an_assignment_committed_is_not_proposed_again_while_the_ledger_copy_lags() {
+        let mut mayor = Mayor::new();
+        assert_eq!(
+            tick(&mut mayor, 0, vec![(key("a"), pending(None, 0))], &[1, 2]),
+            vec![assign("a", 1, 1)]
+        );
+        mayor.handle(
+            10,
+            Input::Assigned {
+                city: "c-1".into(),
+                key: key("a"),
+                attempt: 1,
+                worker: node(1),
+            },
+        );
+        assert_eq!(mayor.drain().collect::<Vec<_>>(), vec![execute("a", 1, 1)]);
+        // The copy read on the next tick has not applied the assignment: no second one
+        // (to worker 2, now the least loaded), which the Ledger would refuse.
+        assert_eq!(
+            tick(&mut mayor, 20, vec![(key("a"), pending(None, 0))], &[1, 2]),
+            vec![]
+        );
+        // The copy caught up: the attempt is followed as assigned.
+        assert_eq!(
+            tick(&mut mayor, 30, vec![(key("a"), assigned(1, 1))], &[1, 2]),
+            vec![execute("a", 1, 1)]
+        );
+        // A copy that never shows it: proposed again once the attempt counts as untaken.
+        assert_eq!(
+            tick(
+                &mut mayor,
+                31 + UNTAKEN_MS,
+                vec![(key("a"), pending(None, 0))],
+                &[1, 2]
+            ),
+            vec![assign("a", 1, 1)]
         );
     }
 

@@ -13,18 +13,30 @@
 //!                                     ──► Propose AdvancePhase + PhaseTransition (all done)
 //!                                     ──► Reopen       (an escalation worth another round)
 //!                                     ──► Propose FailProject (an escalation that is not)
+//!                                     ──► ReadReview   (the gate's review task succeeded)
+//!                                     ──► Propose AwaitApproval (a human gate)
 //!   Assigned(project, phase, state, ok) / Proposed(slot, ok)   completions
+//!   ReviewRead(project, phase, round, output)                 the review's text
 //! ```
+//!
+//! A phase's gates come after its tasks. An llm gate is a review task
+//! (`gate-review-<phase>-<round>`, an llm task of the reviewing state reading the
+//! phase's outputs as context); its verdict is committed as a [`Review`], and a
+//! rejection sends the tasks it names back as revisions (`<task>--r<round>`, the
+//! original task with the feedback and its earlier output added), until a review
+//! approves or the rounds run out and the phase fails with the last feedback. Later
+//! tasks read the newest revision wherever they name the original. A human gate then
+//! makes the project await a person's decision.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use aamas_consensus::NodeId;
 use aamas_consensus::ledger::{TaskKey, TaskStatus};
-use aamas_consensus::registry::{PhaseProgress, RegistryCommand};
+use aamas_consensus::registry::{PhaseGate, PhaseProgress, RegistryCommand, Review};
 use aamas_protocol::{Event, NodeKey, Phase};
 
 use crate::roles::governor::{NewTask, StateProgress, TaskReport};
-use crate::spec::{PhaseSpec, ProjectSpec, TaskSpec};
+use crate::spec::{ExecutorSpec, GateSpec, PhaseSpec, PlanSpec, ProjectSpec, TaskSpec};
 
 /// Most voters of the federal group.
 pub const FEDERAL_VOTERS: usize = 5;
@@ -45,6 +57,16 @@ pub const MAX_REOPENINGS: u32 = 1;
 pub const MAX_PROPOSALS_IN_FLIGHT: usize = 1_024;
 /// The longest failure reason a project keeps.
 pub const MAX_FAILURE_REASON: usize = 900;
+/// Completion length of a review task.
+pub const REVIEW_MAX_TOKENS: u32 = 1_024;
+/// How long one attempt of a review task may take, in seconds.
+pub const REVIEW_TIMEOUT_SECS: u64 = 300;
+/// How often the president asks again for a review's text it has not got.
+pub const REVIEW_READ_RETRY_MS: u64 = 2_000;
+/// Completion length of a planning task.
+pub const PLAN_MAX_TOKENS: u32 = 4_096;
+/// The state whose llm worker plans a phase when the spec names none.
+pub const DEFAULT_PLANNER: &str = "technical";
 
 /// The state a newcomer with `skills` is placed in: a state named like one of its skills,
 /// else the least populated (`states`: each state's members), name order breaking ties.
@@ -230,6 +252,8 @@ pub struct RunningProject<'a> {
     pub spec: Option<&'a ProjectSpec>,
     /// The phase's progress as last recorded.
     pub recorded: Option<PhaseProgress>,
+    /// What the gates of its phases decided so far.
+    pub gates: &'a BTreeMap<Phase, PhaseGate>,
 }
 
 /// What the president learns.
@@ -264,6 +288,28 @@ pub enum Input<'a> {
     Proposed {
         /// Its slot.
         slot: Vec<u8>,
+    },
+    /// A [`Command::ReadPlan`] finished.
+    PlanRead {
+        /// The project.
+        project: String,
+        /// The phase.
+        phase: Phase,
+        /// The planning attempt.
+        attempt: u32,
+        /// The planning task's output, or why it could not be read.
+        output: Result<String, String>,
+    },
+    /// A [`Command::ReadReview`] finished.
+    ReviewRead {
+        /// The project.
+        project: String,
+        /// The phase.
+        phase: Phase,
+        /// The round.
+        round: u32,
+        /// The review task's output, or why it could not be read.
+        output: Result<String, String>,
     },
 }
 
@@ -310,6 +356,28 @@ pub enum Command {
         /// Which reopening this is.
         reopening: u32,
     },
+    /// Read the output of a phase's planning task; feed back [`Input::PlanRead`].
+    ReadPlan {
+        /// The project.
+        project: String,
+        /// The phase.
+        phase: Phase,
+        /// The planning attempt.
+        attempt: u32,
+        /// The planning task.
+        task: String,
+    },
+    /// Read the output of a phase's review task; feed back [`Input::ReviewRead`].
+    ReadReview {
+        /// The project.
+        project: String,
+        /// The phase.
+        phase: Phase,
+        /// The round.
+        round: u32,
+        /// The review task.
+        task: String,
+    },
 }
 
 /// The president's state: soft, rebuilt from the governors' next reports.
@@ -321,6 +389,12 @@ pub struct President {
     sent: BTreeMap<(String, Phase, String), u64>,
     /// When each escalated task was last reopened.
     reopened: BTreeMap<TaskKey, u64>,
+    /// Reviews being read: when the read was asked for, and the names of the phase's
+    /// tasks (what a review may send back).
+    reading: BTreeMap<(String, Phase, u32), (u64, Vec<String>)>,
+    /// Plans being read (when the read was asked for) and plans read (the planner's
+    /// reply, checked at the next tick, which has the spec), by planning attempt.
+    planning: BTreeMap<(String, Phase, u32), (u64, Option<String>)>,
     /// Proposals under way.
     proposing: BTreeSet<Vec<u8>>,
     queued: VecDeque<Command>,
@@ -355,6 +429,10 @@ impl President {
                     .retain(|(project, phase, _), _| current.contains(&(project.as_str(), *phase)));
                 self.reopened
                     .retain(|key, _| running.contains(key.project.as_str()));
+                self.reading
+                    .retain(|(project, phase, _), _| current.contains(&(project.as_str(), *phase)));
+                self.planning
+                    .retain(|(project, phase, _), _| current.contains(&(project.as_str(), *phase)));
                 for project in projects {
                     self.plan(now_ms, project, governors);
                 }
@@ -371,6 +449,49 @@ impl President {
             }
             Input::Proposed { slot } => {
                 self.proposing.remove(&slot);
+            }
+            Input::PlanRead {
+                project,
+                phase,
+                attempt,
+                output,
+            } => {
+                // Kept for the next tick; an unreadable output is asked for again after
+                // REVIEW_READ_RETRY_MS.
+                if let (Ok(text), Some((_, read))) =
+                    (output, self.planning.get_mut(&(project, phase, attempt)))
+                {
+                    *read = Some(text);
+                }
+            }
+            Input::ReviewRead {
+                project,
+                phase,
+                round,
+                output,
+            } => {
+                let slot = (project, phase, round);
+                let text = match output {
+                    Ok(text) => text,
+                    Err(_) => return, // asked again after REVIEW_READ_RETRY_MS
+                };
+                let Some((_, tasks)) = self.reading.get(&slot) else {
+                    return;
+                };
+                let review = parse_review(&text, tasks);
+                let (project, phase, round) = slot;
+                let mut request = phase_request(b"review", &project, phase);
+                request.push(round.to_be_bytes().to_vec());
+                self.propose(
+                    request,
+                    RegistryCommand::RecordReview {
+                        id: project,
+                        phase,
+                        round,
+                        review,
+                    },
+                    None,
+                );
             }
         }
     }
@@ -414,11 +535,7 @@ impl President {
 
     fn advance(&mut self, id: &str, phase: Phase) {
         self.propose(
-            vec![
-                b"advance".to_vec(),
-                id.as_bytes().to_vec(),
-                phase.as_str().as_bytes().to_vec(),
-            ],
+            phase_request(b"advance", id, phase),
             RegistryCommand::AdvancePhase {
                 id: id.to_string(),
                 from: phase,
@@ -450,22 +567,46 @@ impl President {
             );
             return;
         };
+        // Phases planned so far hold their planned tasks, as if written.
+        let with_plans;
+        let spec = if spec.phases.iter().any(|p| p.plan.is_some()) {
+            with_plans = spec.with_plans(
+                project
+                    .gates
+                    .iter()
+                    .filter_map(|(phase, gate)| Some((*phase, gate.plan.as_deref()?))),
+            );
+            &with_plans
+        } else {
+            spec
+        };
         let Some(phase_spec) = spec.phase(phase) else {
             self.advance(id, phase);
             return;
         };
-        // What the states report about this project's tasks of this phase.
-        let mut reports: BTreeMap<String, (String, TaskReport)> = BTreeMap::new();
-        for ((_, state), progress) in self.progress.range((id.to_string(), String::new())..) {
-            if progress.project != id {
-                break;
-            }
-            for (name, (task_phase, report)) in &progress.tasks {
-                if *task_phase == phase {
-                    reports.insert(name.clone(), (state.clone(), report.clone()));
-                }
-            }
+        if let Some(plan) = &phase_spec.plan {
+            self.planning(now_ms, spec, project, phase_spec, plan, governors);
+            return;
         }
+        let reviews: &[Review] = project
+            .gates
+            .get(&phase)
+            .map_or(&[], |gate| gate.reviews.as_slice());
+        // The phase's tasks as they run now: revisions in place of what reviews sent
+        // back, each reading the newest revision of what it names.
+        let newest = revised_names(spec, project.gates);
+        let effective = PhaseSpec {
+            phase,
+            tasks: phase_spec
+                .tasks
+                .iter()
+                .map(|task| effective_task(spec, task, &newest, reviews))
+                .collect(),
+            acceptance: Vec::new(),
+            gate: GateSpec::default(),
+            plan: None,
+        };
+        let reports = self.reports(id, phase);
         let known: BTreeSet<&str> = reports.keys().map(String::as_str).collect();
         let succeeded: BTreeSet<&str> = reports
             .iter()
@@ -476,9 +617,14 @@ impl President {
             matches!(report.status, TaskStatus::Escalated | TaskStatus::Failed)
         };
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let done = effective
+            .tasks
+            .iter()
+            .filter(|task| succeeded.contains(task.name.as_str()))
+            .count();
         let progress = PhaseProgress {
-            tasks_total: count(phase_spec.tasks.len()),
-            tasks_done: count(succeeded.len()),
+            tasks_total: count(effective.tasks.len()),
+            tasks_done: count(done),
             tasks_failed: count(reports.values().filter(|(_, r)| is_failed(r)).count()),
         };
         if project.recorded != Some(progress) {
@@ -495,7 +641,13 @@ impl President {
                 RegistryCommand::SetProjectProgress {
                     id: id.to_string(),
                     phase,
-                    progress,
+                    // Counts stay consistent even while a failed review task is counted.
+                    progress: PhaseProgress {
+                        tasks_failed: progress
+                            .tasks_failed
+                            .min(progress.tasks_total - progress.tasks_done),
+                        ..progress
+                    },
                 },
                 None,
             );
@@ -505,61 +657,311 @@ impl President {
             .find(|(_, (_, report))| is_failed(report))
             .map(|(name, (state, report))| (name.clone(), state.clone(), report.clone()));
         if let Some((name, state, report)) = failed {
-            let reason = report
-                .reason
-                .clone()
-                .unwrap_or_else(|| "no reason given".into());
-            match decide(&report) {
-                Decision::Reassign => {
-                    let key = TaskKey {
-                        project: id.to_string(),
-                        task: name,
-                    };
-                    let recently = self
-                        .reopened
-                        .get(&key)
-                        .is_some_and(|at| now_ms.saturating_sub(*at) < ASSIGN_RESEND_MS);
-                    if let Some(governor) = governors.get(&state)
-                        && !recently
-                    {
-                        self.reopened.insert(key.clone(), now_ms);
-                        self.queued.push_back(Command::Reopen {
-                            governor: *governor,
-                            key,
-                            attempts: REOPEN_ATTEMPTS,
-                            reopening: report.reopened + 1,
-                        });
-                    }
-                }
-                Decision::FailPhase => {
-                    let reason = format!(
-                        "phase {} failed: task {name} in {state}: {reason}",
-                        phase.as_str()
-                    );
-                    self.propose(
-                        vec![
-                            b"fail".to_vec(),
-                            id.as_bytes().to_vec(),
-                            phase.as_str().as_bytes().to_vec(),
-                        ],
-                        RegistryCommand::FailProject {
-                            id: id.to_string(),
-                            reason: reason.chars().take(MAX_FAILURE_REASON).collect(),
-                        },
-                        None,
-                    );
-                }
-            }
+            self.escalated(now_ms, id, phase, name, state, &report, governors);
             return;
         }
-        if succeeded.len() == phase_spec.tasks.len() {
+        if done == effective.tasks.len() {
+            if phase_spec.gate.llm
+                && !self.llm_gate(now_ms, spec, project, &effective, &reports, governors)
+            {
+                return;
+            }
+            if phase_spec.gate.human {
+                self.propose(
+                    phase_request(b"await", id, phase),
+                    RegistryCommand::AwaitApproval {
+                        id: id.to_string(),
+                        phase,
+                    },
+                    None,
+                );
+                return;
+            }
             self.advance(id, phase);
             return;
         }
-        // Ready tasks, by the state that runs them: the one they name when it has a
-        // governor, else the first (by name) that has one.
+        let ready: Vec<TaskSpec> = ready_tasks(&effective, &known, &succeeded)
+            .into_iter()
+            .cloned()
+            .collect();
+        self.assign(now_ms, id, phase, ready, governors);
+    }
+
+    /// What the states report about `id`'s tasks of `phase`: each task's state and
+    /// report, by name.
+    fn reports(&self, id: &str, phase: Phase) -> BTreeMap<String, (String, TaskReport)> {
+        let mut reports = BTreeMap::new();
+        for ((_, state), progress) in self.progress.range((id.to_string(), String::new())..) {
+            if progress.project != id {
+                break;
+            }
+            for (name, (task_phase, report)) in &progress.tasks {
+                if *task_phase == phase {
+                    reports.insert(name.clone(), (state.clone(), report.clone()));
+                }
+            }
+        }
+        reports
+    }
+
+    /// A phase an llm plans, not planned yet: runs the next attempt's planning task,
+    /// reads its reply, and commits the plan if it passes [`crate::spec::check_plan`]
+    /// or records why not (the next attempt's brief names it); once the attempts are
+    /// spent, fails the phase with the last reason.
+    fn planning(
+        &mut self,
+        now_ms: u64,
+        spec: &ProjectSpec,
+        project: &RunningProject<'_>,
+        phase_spec: &PhaseSpec,
+        plan: &PlanSpec,
+        governors: &BTreeMap<String, NodeKey>,
+    ) {
+        let (id, phase) = (project.id, project.phase);
+        let gate = project.gates.get(&phase);
+        if gate.is_some_and(|gate| gate.plan.is_some()) {
+            // `with_plans` left it out: it does not decode here.
+            let reason = format!(
+                "phase {}: its committed plan does not decode",
+                phase.as_str()
+            );
+            self.fail(id, phase, &reason);
+            return;
+        }
+        let refusals = gate.map_or(&[][..], |gate| gate.plan_refusals.as_slice());
+        if refusals.len() >= plan.attempts as usize {
+            let last = refusals.last().map_or("", String::as_str);
+            let reason = format!(
+                "phase {} could not be planned: {} plan{} refused, the last because {last}",
+                phase.as_str(),
+                refusals.len(),
+                if refusals.len() == 1 { "" } else { "s" }
+            );
+            // Escalated from the president (level 2): a person has to change the spec or
+            // the model.
+            let escalation = Event::ErrorEscalation {
+                project: Some(id.to_string()),
+                task: Some(planning_task_name(phase, count_u32(refusals.len()))),
+                error: reason.chars().take(MAX_FAILURE_REASON).collect(),
+                level: 2,
+            };
+            self.fail_announcing(id, phase, &reason, Some(escalation));
+            return;
+        }
+        let attempt = count_u32(refusals.len() + 1);
+        let slot = (id.to_string(), phase, attempt);
+        let request = |what: &[u8]| {
+            let mut request = phase_request(what, id, phase);
+            request.push(attempt.to_be_bytes().to_vec());
+            request
+        };
+        if let Some((_, Some(reply))) = self.planning.get(&slot) {
+            let checked = crate::spec::parse_plan(reply).and_then(|tasks| {
+                crate::spec::check_plan(spec, phase, &tasks)?;
+                let encoded = crate::spec::encode_plan(&tasks);
+                if encoded.len() > crate::spec::MAX_PLAN_BYTES {
+                    return Err(format!(
+                        "the plan is {} bytes encoded, over {}: write shorter inputs",
+                        encoded.len(),
+                        crate::spec::MAX_PLAN_BYTES
+                    ));
+                }
+                Ok(encoded)
+            });
+            let command = match checked {
+                Ok(encoded) => RegistryCommand::SetPlan {
+                    id: id.to_string(),
+                    phase,
+                    plan: encoded,
+                },
+                Err(reason) => RegistryCommand::RefusePlan {
+                    id: id.to_string(),
+                    phase,
+                    attempt,
+                    reason: cut(&reason, aamas_consensus::registry::MAX_FEEDBACK_BYTES),
+                },
+            };
+            self.propose(request(b"plan"), command, None);
+            return;
+        }
+        let task = planning_task(spec, phase_spec, plan, attempt, refusals.last());
+        let reports = self.reports(id, phase);
+        match reports.get(&task.name) {
+            None => self.assign(now_ms, id, phase, vec![task], governors),
+            Some((_, report)) if report.status == TaskStatus::Succeeded => {
+                let recently = self
+                    .planning
+                    .get(&slot)
+                    .is_some_and(|(at, _)| now_ms.saturating_sub(*at) < REVIEW_READ_RETRY_MS);
+                if !recently {
+                    self.planning.insert(slot, (now_ms, None));
+                    self.queued.push_back(Command::ReadPlan {
+                        project: id.to_string(),
+                        phase,
+                        attempt,
+                        task: task.name,
+                    });
+                }
+            }
+            Some((_, report))
+                if matches!(report.status, TaskStatus::Escalated | TaskStatus::Failed) =>
+            {
+                let reason = format!(
+                    "the planning task failed: {}",
+                    report.reason.as_deref().unwrap_or("no reason given")
+                );
+                let command = RegistryCommand::RefusePlan {
+                    id: id.to_string(),
+                    phase,
+                    attempt,
+                    reason: cut(&reason, aamas_consensus::registry::MAX_FEEDBACK_BYTES),
+                };
+                self.propose(request(b"plan"), command, None);
+            }
+            Some(_) => {} // under way
+        }
+    }
+
+    /// What to do about a task of the phase that failed or was escalated.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site; the arguments are what the decision reads"
+    )]
+    fn escalated(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        phase: Phase,
+        name: String,
+        state: String,
+        report: &TaskReport,
+        governors: &BTreeMap<String, NodeKey>,
+    ) {
+        let reason = report
+            .reason
+            .clone()
+            .unwrap_or_else(|| "no reason given".into());
+        match decide(report) {
+            Decision::Reassign => {
+                let key = TaskKey {
+                    project: id.to_string(),
+                    task: name,
+                };
+                let recently = self
+                    .reopened
+                    .get(&key)
+                    .is_some_and(|at| now_ms.saturating_sub(*at) < ASSIGN_RESEND_MS);
+                if let Some(governor) = governors.get(&state)
+                    && !recently
+                {
+                    self.reopened.insert(key.clone(), now_ms);
+                    self.queued.push_back(Command::Reopen {
+                        governor: *governor,
+                        key,
+                        attempts: REOPEN_ATTEMPTS,
+                        reopening: report.reopened + 1,
+                    });
+                }
+            }
+            Decision::FailPhase => {
+                let reason = format!(
+                    "phase {} failed: task {name} in {state}: {reason}",
+                    phase.as_str()
+                );
+                self.fail(id, phase, &reason);
+            }
+        }
+    }
+
+    fn fail(&mut self, id: &str, phase: Phase, reason: &str) {
+        self.fail_announcing(id, phase, reason, None);
+    }
+
+    /// Fails the project, and publishes `announce` once that is committed.
+    fn fail_announcing(&mut self, id: &str, phase: Phase, reason: &str, announce: Option<Event>) {
+        self.propose(
+            phase_request(b"fail", id, phase),
+            RegistryCommand::FailProject {
+                id: id.to_string(),
+                reason: reason.chars().take(MAX_FAILURE_REASON).collect(),
+            },
+            announce,
+        );
+    }
+
+    /// The llm gate of a phase whose tasks all succeeded: whether a review approved
+    /// them. Until one has, runs the next round's review task and reads its verdict,
+    /// or fails the phase once the rounds are spent.
+    fn llm_gate(
+        &mut self,
+        now_ms: u64,
+        spec: &ProjectSpec,
+        project: &RunningProject<'_>,
+        effective: &PhaseSpec,
+        reports: &BTreeMap<String, (String, TaskReport)>,
+        governors: &BTreeMap<String, NodeKey>,
+    ) -> bool {
+        let (id, phase) = (project.id, project.phase);
+        let Some(phase_spec) = spec.phase(phase) else {
+            return true;
+        };
+        let reviews: &[Review] = project
+            .gates
+            .get(&phase)
+            .map_or(&[], |gate| gate.reviews.as_slice());
+        if reviews.last().is_some_and(|review| review.approved) {
+            return true;
+        }
+        let rounds = reviews.len();
+        if rounds >= phase_spec.gate.review_rounds as usize {
+            let feedback = reviews.last().map_or("", |review| review.feedback.as_str());
+            let reason = format!(
+                "phase {} failed its review after {rounds} round{}: {feedback}",
+                phase.as_str(),
+                if rounds == 1 { "" } else { "s" }
+            );
+            self.fail(id, phase, &reason);
+            return false;
+        }
+        let round = count_u32(rounds + 1);
+        let task = review_task(spec, phase_spec, effective, round);
+        match reports.get(&task.name) {
+            None => self.assign(now_ms, id, phase, vec![task], governors),
+            Some((_, report)) if report.status == TaskStatus::Succeeded => {
+                let slot = (id.to_string(), phase, round);
+                let recently = self
+                    .reading
+                    .get(&slot)
+                    .is_some_and(|(at, _)| now_ms.saturating_sub(*at) < REVIEW_READ_RETRY_MS);
+                if !recently {
+                    let names = phase_spec.tasks.iter().map(|t| t.name.clone()).collect();
+                    self.reading.insert(slot, (now_ms, names));
+                    self.queued.push_back(Command::ReadReview {
+                        project: id.to_string(),
+                        phase,
+                        round,
+                        task: task.name,
+                    });
+                }
+            }
+            Some(_) => {} // under way; a failure is handled with the phase's others
+        }
+        false
+    }
+
+    /// Hands `tasks` to the governors of their states: the one they name when it has a
+    /// governor, else the first (by name) that has one; at most once per
+    /// [`ASSIGN_RESEND_MS`] for each (project, phase, state).
+    fn assign(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        phase: Phase,
+        tasks: Vec<TaskSpec>,
+        governors: &BTreeMap<String, NodeKey>,
+    ) {
         let mut by_state: BTreeMap<String, Vec<NewTask>> = BTreeMap::new();
-        for task in ready_tasks(phase_spec, &known, &succeeded) {
+        for mut task in tasks {
             let state = if governors.contains_key(&task.state) {
                 task.state.clone()
             } else {
@@ -568,7 +970,6 @@ impl President {
                     None => continue,
                 }
             };
-            let mut task = task.clone();
             task.state = state.clone();
             by_state.entry(state).or_default().push(NewTask {
                 name: task.name.clone(),
@@ -597,6 +998,361 @@ impl President {
                 tasks,
             });
         }
+    }
+}
+
+/// The parts of the request id of a proposal about `id`'s `phase`.
+fn phase_request(what: &[u8], id: &str, phase: Phase) -> Vec<Vec<u8>> {
+    vec![
+        what.to_vec(),
+        id.as_bytes().to_vec(),
+        phase.as_str().as_bytes().to_vec(),
+    ]
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// The name of a phase's planning task of `attempt`.
+pub fn planning_task_name(phase: Phase, attempt: u32) -> String {
+    format!("gate-plan-{}-{attempt}", phase.as_str())
+}
+
+/// The planning task of `attempt` for a phase an llm plans: an llm task of the planner
+/// state that reads the previous phase's outputs as context and answers with the
+/// phase's tasks in JSON; after a refusal, its brief says why.
+pub fn planning_task(
+    spec: &ProjectSpec,
+    phase: &PhaseSpec,
+    plan: &PlanSpec,
+    attempt: u32,
+    refused: Option<&String>,
+) -> TaskSpec {
+    let earlier: Vec<&TaskSpec> = spec
+        .phases
+        .iter()
+        .filter(|p| p.phase < phase.phase)
+        .flat_map(|p| p.tasks.iter())
+        .collect();
+    let taken: Vec<&str> = earlier.iter().map(|task| task.name.as_str()).collect();
+    let context: Vec<String> = spec
+        .phases
+        .iter()
+        .rfind(|p| p.phase < phase.phase)
+        .map(|previous| {
+            previous
+                .tasks
+                .iter()
+                .take(crate::spec::MAX_CONTEXT_TASKS)
+                .map(|task| task.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut states: Vec<&str> = ["technical", "financial", "market", "operations"]
+        .into_iter()
+        .chain(earlier.iter().map(|task| task.state.as_str()))
+        .collect();
+    states.sort_unstable();
+    states.dedup();
+    let numbered = |items: &[String]| -> String {
+        items
+            .iter()
+            .enumerate()
+            .map(|(k, item)| format!("{}. {item}\n", k + 1))
+            .collect()
+    };
+    let executors = if plan.allow_shell {
+        "\"llm\" (a model writes the output from \"input\"), or \"shell\" (\"command\" runs \
+         under sh -c)"
+    } else {
+        "\"llm\" (a model writes the output from \"input\")"
+    };
+    let mut input = format!(
+        "Project: {}\nProject objectives:\n{}\nPhase to plan: {} (attempt {attempt} of {})\n\
+         Phase objectives:\n{}\n\
+         Plan the tasks of this phase: at most {} tasks, each done by one worker of one \
+         state. Rules:\n\
+         - name: unique, 1 to 64 characters of a-z, 0-9, - and _, not starting with \
+         \"gate-\", and none of: {}\n\
+         - state: one of {}\n\
+         - executor: {}\n\
+         - depends_on: names of tasks of this plan that must finish first (no cycles)\n\
+         - context: names of tasks whose outputs the worker reads: tasks it depends on, \
+         or tasks of earlier phases\n\
+         - input: what the worker must produce; it may quote an output with \
+         {{{{ outputs.<task> }}}} under the same rule as context\n\n\
+         Reply with one JSON object and nothing else:\n\
+         {{\"tasks\": [{{\"name\": \"...\", \"state\": \"...\", \"executor\": \"llm\", \
+         \"input\": \"...\", \"depends_on\": [], \"context\": []}}]}}\n",
+        spec.name,
+        numbered(&spec.objectives),
+        phase.phase.as_str(),
+        plan.attempts,
+        numbered(&plan.objectives),
+        plan.max_tasks,
+        if taken.is_empty() {
+            "(none yet)".to_owned()
+        } else {
+            taken
+                .iter()
+                .take(64)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        states.join(", "),
+        executors,
+    );
+    if let Some(reason) = refused {
+        input.push_str(&format!(
+            "\nYour previous plan was refused: {reason}\nFix that and plan again.\n"
+        ));
+    }
+    TaskSpec {
+        name: planning_task_name(phase.phase, attempt),
+        state: plan
+            .planner
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PLANNER.to_owned()),
+        skill: None,
+        executor: ExecutorSpec::Llm {
+            system: Some(format!(
+                "You plan the {} phase of a software project for an organisation of AI \
+                 agents (a president, governors of states, mayors and workers). You split \
+                 the phase's objectives into a few well-scoped tasks and answer only with \
+                 the JSON asked for.",
+                phase.phase.as_str()
+            )),
+            max_tokens: PLAN_MAX_TOKENS,
+            context,
+        },
+        input,
+        depends_on: Vec::new(),
+        timeout_secs: REVIEW_TIMEOUT_SECS,
+        retries: crate::spec::DEFAULT_RETRIES,
+        budget: 0,
+    }
+}
+
+fn count_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The name of a phase's review task of `round`.
+pub fn review_task_name(phase: Phase, round: u32) -> String {
+    format!("gate-review-{}-{round}", phase.as_str())
+}
+
+/// The name of the revision of `task` that review round `round - 1` asked for.
+pub fn revision_name(task: &str, round: u32) -> String {
+    format!("{task}--r{round}")
+}
+
+/// Each task a review sent back, by its name in the spec, with the name of its newest
+/// revision: a rejection in round `k` names revisions `--r{k+1}`.
+pub fn revised_names(
+    spec: &ProjectSpec,
+    gates: &BTreeMap<Phase, PhaseGate>,
+) -> BTreeMap<String, String> {
+    let mut newest = BTreeMap::new();
+    for (phase, gate) in gates {
+        let Some(phase_spec) = spec.phase(*phase) else {
+            continue;
+        };
+        for (k, review) in gate.reviews.iter().enumerate() {
+            if review.approved {
+                continue;
+            }
+            for name in &review.reopen {
+                if phase_spec.tasks.iter().any(|task| &task.name == name) {
+                    newest.insert(name.clone(), revision_name(name, count_u32(k + 2)));
+                }
+            }
+        }
+    }
+    newest
+}
+
+/// `input` with each `{{ outputs.NAME }}` naming the newest revision of NAME.
+fn renamed_refs(input: &str, newest: &BTreeMap<String, String>) -> String {
+    crate::spec::fill_outputs(input, |name| {
+        let name = newest.get(name).map_or(name, String::as_str);
+        Ok::<_, std::convert::Infallible>(format!("{{{{ outputs.{name} }}}}"))
+    })
+    .unwrap_or_else(|never| match never {})
+}
+
+/// A task of the spec as it runs now: reading the newest revisions of what it names,
+/// with its role prompt resolved (an llm task), and, when a review sent it back, as
+/// its newest revision: the feedback and its earlier output added to its input, its
+/// dependencies (all succeeded) dropped.
+pub fn effective_task(
+    spec: &ProjectSpec,
+    task: &TaskSpec,
+    newest: &BTreeMap<String, String>,
+    reviews: &[Review],
+) -> TaskSpec {
+    let system = spec.system_prompt(task);
+    let mut effective = task.clone();
+    effective.input = renamed_refs(&task.input, newest);
+    if let ExecutorSpec::Llm {
+        system: prompt,
+        context,
+        ..
+    } = &mut effective.executor
+    {
+        *prompt = system;
+        for name in context.iter_mut() {
+            if let Some(revision) = newest.get(name.as_str()) {
+                name.clone_from(revision);
+            }
+        }
+    }
+    // The rounds of this phase that sent the task back, oldest first.
+    let sent_back: Vec<(usize, &Review)> = reviews
+        .iter()
+        .enumerate()
+        .filter(|(_, review)| !review.approved && review.reopen.contains(&task.name))
+        .collect();
+    if let Some((k, review)) = sent_back.last() {
+        let previous = match sent_back.len() {
+            1 => task.name.clone(),
+            n => revision_name(&task.name, count_u32(sent_back[n - 2].0 + 2)),
+        };
+        effective.name = revision_name(&task.name, count_u32(k + 2));
+        effective.depends_on.clear();
+        effective.input = format!(
+            "{}\n\nA reviewer sent your earlier output of this task back with this \
+             feedback:\n{}\n\nYour earlier output:\n{{{{ outputs.{previous} }}}}\n",
+            effective.input, review.feedback
+        );
+    }
+    effective
+}
+
+/// The review task of `round` of a phase's llm gate: an llm task of the reviewing
+/// state that reads the phase's outputs as context and answers with a verdict in JSON.
+pub fn review_task(
+    spec: &ProjectSpec,
+    phase: &PhaseSpec,
+    effective: &PhaseSpec,
+    round: u32,
+) -> TaskSpec {
+    let first_state = phase
+        .tasks
+        .first()
+        .map_or("technical", |t| t.state.as_str());
+    let state = phase.gate.reviewer.as_deref().unwrap_or(first_state);
+    let one_state = phase.tasks.iter().all(|task| task.state == first_state);
+    let on_behalf = if one_state {
+        format!("the governor of the {first_state} state")
+    } else {
+        "the president".to_owned()
+    };
+    let names: Vec<&str> = phase.tasks.iter().map(|task| task.name.as_str()).collect();
+    let criteria: String = phase
+        .acceptance
+        .iter()
+        .enumerate()
+        .map(|(k, criterion)| format!("{}. {criterion}\n", k + 1))
+        .collect();
+    let input = format!(
+        "Project: {}\nPhase: {} (review round {round} of {})\n\nAcceptance criteria:\n\
+         {criteria}\nThe outputs of the phase's tasks are above, each under its task's \
+         name. Judge whether together they meet every acceptance criterion. Reply with one \
+         JSON object and nothing else:\n{{\"approved\": true or false, \"feedback\": \"what \
+         is missing or wrong and how to fix it\", \"reopen\": [names of the tasks to redo, \
+         from: {}]}}\n",
+        spec.name,
+        phase.phase.as_str(),
+        phase.gate.review_rounds,
+        names.join(", ")
+    );
+    TaskSpec {
+        name: review_task_name(phase.phase, round),
+        state: state.to_owned(),
+        skill: None,
+        executor: ExecutorSpec::Llm {
+            system: Some(format!(
+                "You review the {} phase of a software project on behalf of {on_behalf}, \
+                 in an organisation of AI agents. You are strict and specific: you approve \
+                 only work that meets every acceptance criterion.",
+                phase.phase.as_str()
+            )),
+            max_tokens: REVIEW_MAX_TOKENS,
+            context: effective
+                .tasks
+                .iter()
+                .take(crate::spec::MAX_CONTEXT_TASKS)
+                .map(|task| task.name.clone())
+                .collect(),
+        },
+        input,
+        depends_on: Vec::new(),
+        timeout_secs: REVIEW_TIMEOUT_SECS,
+        retries: crate::spec::DEFAULT_RETRIES,
+        budget: 0,
+    }
+}
+
+/// A reviewer's verdict from its reply: the first `{` to the last `}` read as
+/// `{"approved": bool, "feedback": string, "reopen": [task names]}` (models often wrap
+/// JSON in prose or a code fence). Names not among `tasks` are dropped; a rejection
+/// naming none sends every task back. A reply that does not parse is a rejection
+/// saying so, which spends the round, so a reviewer that cannot answer fails the phase
+/// after its rounds rather than holding it.
+pub fn parse_review(reply: &str, tasks: &[String]) -> Review {
+    #[derive(serde::Deserialize)]
+    struct Verdict {
+        approved: bool,
+        #[serde(default)]
+        feedback: String,
+        #[serde(default)]
+        reopen: Vec<String>,
+    }
+    let max_feedback = aamas_consensus::registry::MAX_FEEDBACK_BYTES;
+    let json = match (reply.find('{'), reply.rfind('}')) {
+        (Some(start), Some(end)) if start < end => &reply[start..=end],
+        _ => "",
+    };
+    match serde_json::from_str::<Verdict>(json) {
+        Ok(verdict) => {
+            let mut reopen: Vec<String> = verdict
+                .reopen
+                .into_iter()
+                .filter(|name| tasks.contains(name))
+                .collect();
+            reopen.sort();
+            reopen.dedup();
+            if !verdict.approved && reopen.is_empty() {
+                reopen = tasks.to_vec();
+            }
+            if verdict.approved {
+                reopen.clear();
+            }
+            Review {
+                approved: verdict.approved,
+                feedback: cut(verdict.feedback.trim(), max_feedback),
+                reopen,
+            }
+        }
+        Err(error) => Review {
+            approved: false,
+            feedback: cut(
+                &format!(
+                    "the review could not be read as a verdict ({error}); it began: {}",
+                    reply.chars().take(200).collect::<String>()
+                ),
+                max_feedback,
+            ),
+            reopen: Vec::new(),
+        },
     }
 }
 
@@ -635,12 +1391,19 @@ mod tests {
                 PhaseSpec {
                     phase: Phase::Design,
                     tasks: vec![task("a", "technical", &[]), task("b", "financial", &["a"])],
+                    acceptance: Vec::new(),
+                    gate: GateSpec::default(),
+                    plan: None,
                 },
                 PhaseSpec {
                     phase: Phase::Testing,
                     tasks: vec![task("t", "technical", &[])],
+                    acceptance: Vec::new(),
+                    gate: GateSpec::default(),
+                    plan: None,
                 },
             ],
+            prompts: BTreeMap::new(),
         }
     }
 
@@ -685,12 +1448,23 @@ mod tests {
         phase: Phase,
         recorded: Option<PhaseProgress>,
     ) -> Vec<Command> {
-        let spec = spec();
+        tick_with(president, now, &spec(), &BTreeMap::new(), phase, recorded)
+    }
+
+    fn tick_with(
+        president: &mut President,
+        now: u64,
+        spec: &ProjectSpec,
+        gates: &BTreeMap<Phase, PhaseGate>,
+        phase: Phase,
+        recorded: Option<PhaseProgress>,
+    ) -> Vec<Command> {
         let projects = [RunningProject {
             id: "p",
             phase,
-            spec: Some(&spec),
+            spec: Some(spec),
             recorded,
+            gates,
         }];
         let governors = governors();
         president.handle(
@@ -710,6 +1484,479 @@ mod tests {
             tasks_done: done,
             tasks_failed: failed,
         })
+    }
+
+    /// [`spec`] with an llm and a human gate on design.
+    fn gated_spec() -> ProjectSpec {
+        let mut spec = spec();
+        let design = &mut spec.phases[0];
+        design.acceptance = vec!["every task has tests".into()];
+        design.gate = GateSpec {
+            llm: true,
+            human: true,
+            review_rounds: 2,
+            reviewer: None,
+        };
+        spec.phases[1].tasks[0].input = "check {{ outputs.b }}".into();
+        spec
+    }
+
+    fn rejected(feedback: &str, reopen: &[&str]) -> Review {
+        Review {
+            approved: false,
+            feedback: feedback.into(),
+            reopen: reopen.iter().map(|name| (*name).to_string()).collect(),
+        }
+    }
+
+    /// The tasks of the one AssignTasks among `commands`.
+    fn assigned(commands: &[Command]) -> Vec<TaskSpec> {
+        let tasks: Vec<TaskSpec> = commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::AssignTasks { tasks, .. } => Some(tasks),
+                _ => None,
+            })
+            .flatten()
+            .map(|task| TaskSpec::decode(&task.spec).expect("a task spec"))
+            .collect();
+        assert!(!tasks.is_empty(), "nothing assigned: {commands:?}");
+        tasks
+    }
+
+    fn proposed(commands: &[Command]) -> Vec<&RegistryCommand> {
+        commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::Propose { command, .. } => Some(command),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Design is planned by an llm (at most 2 tasks, 2 attempts); testing has `t`.
+    fn planned_spec() -> ProjectSpec {
+        let mut spec = spec();
+        let design = &mut spec.phases[0];
+        design.tasks.clear();
+        design.plan = Some(PlanSpec {
+            objectives: vec!["a schema and its migration".into()],
+            max_tasks: 2,
+            attempts: 2,
+            allow_shell: false,
+            planner: None,
+        });
+        spec
+    }
+
+    /// Runs the planning task of `attempt` to success and hands the president `reply`;
+    /// returns what the next tick proposes.
+    fn plan_with(
+        president: &mut President,
+        spec: &ProjectSpec,
+        gates: &BTreeMap<Phase, PhaseGate>,
+        attempt: u32,
+        reply: &str,
+    ) -> Vec<RegistryCommand> {
+        let name = planning_task_name(Phase::Design, attempt);
+        let now = u64::from(attempt) * 10_000;
+        let planning = assigned(&tick_with(president, now, spec, gates, Phase::Design, None));
+        assert_eq!(planning.len(), 1);
+        assert_eq!(planning[0].name, name);
+        assert_eq!(planning[0].state, DEFAULT_PLANNER);
+        // The brief describes `{{ outputs.<task> }}` without making a reference the
+        // worker would try to fill.
+        assert!(crate::spec::output_refs(&planning[0].input).is_empty());
+        assert!(planning[0].input.contains("outputs.<task>"));
+        president.handle(
+            now,
+            progress("technical", &[(&name, TaskStatus::Succeeded)]),
+        );
+        let commands = tick_with(president, now + 1, spec, gates, Phase::Design, None);
+        assert!(
+            commands.iter().any(|c| matches!(c, Command::ReadPlan { task, attempt: a, .. } if *task == name && *a == attempt)),
+            "{commands:?}"
+        );
+        president.handle(
+            now + 2,
+            Input::PlanRead {
+                project: "p".into(),
+                phase: Phase::Design,
+                attempt,
+                output: Ok(reply.into()),
+            },
+        );
+        proposed(&tick_with(
+            president,
+            now + 3,
+            spec,
+            gates,
+            Phase::Design,
+            None,
+        ))
+        .into_iter()
+        .cloned()
+        .collect()
+    }
+
+    #[test]
+    fn a_planned_phase_runs_what_a_checked_plan_gives_after_refusing_a_bad_one() {
+        let spec = planned_spec();
+        let mut gates: BTreeMap<Phase, PhaseGate> = BTreeMap::new();
+        let mut president = President::new();
+        // A plan with a cycle is refused with the checker's reason.
+        let cycle = r#"Here it is: {"tasks": [
+            {"name": "x", "state": "technical", "input": "x", "depends_on": ["y"]},
+            {"name": "y", "state": "technical", "input": "y", "depends_on": ["x"]}]}"#;
+        let refusal = match plan_with(&mut president, &spec, &gates, 1, cycle).as_slice() {
+            [
+                RegistryCommand::RefusePlan {
+                    attempt: 1, reason, ..
+                },
+            ] => reason.clone(),
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(refusal.contains("cycle"), "{refusal}");
+        gates
+            .entry(Phase::Design)
+            .or_default()
+            .plan_refusals
+            .push(refusal.clone());
+        // The second attempt's brief names the reason; a good plan is committed.
+        let planning = assigned(&tick_with(
+            &mut president,
+            15_000,
+            &spec,
+            &gates,
+            Phase::Design,
+            None,
+        ));
+        assert!(
+            planning[0].input.contains(&refusal),
+            "{}",
+            planning[0].input
+        );
+        let good = r#"{"tasks": [
+            {"name": "schema", "state": "technical", "input": "write the schema"},
+            {"name": "migration", "state": "financial", "input": "migrate {{ outputs.schema }}",
+             "depends_on": ["schema"]}]}"#;
+        let plan = match plan_with(&mut president, &spec, &gates, 2, good).as_slice() {
+            [RegistryCommand::SetPlan { plan, .. }] => plan.clone(),
+            other => panic!("not committed: {other:?}"),
+        };
+        let tasks = crate::spec::decode_plan(&plan).expect("a plan");
+        assert_eq!(tasks.len(), 2);
+        gates.entry(Phase::Design).or_default().plan = Some(plan);
+        // The planned tasks run like written ones: the ready one first.
+        let first = assigned(&tick_with(
+            &mut president,
+            30_000,
+            &spec,
+            &gates,
+            Phase::Design,
+            None,
+        ));
+        let names: Vec<&str> = first.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["schema"]);
+    }
+
+    #[test]
+    fn a_plan_over_its_bounds_is_refused_and_the_attempts_spent_fail_the_phase() {
+        let spec = planned_spec();
+        let mut gates: BTreeMap<Phase, PhaseGate> = BTreeMap::new();
+        let mut president = President::new();
+        let three = r#"{"tasks": [{"name": "a1", "state": "technical"},
+            {"name": "a2", "state": "technical"}, {"name": "a3", "state": "technical"}]}"#;
+        let shell = r#"{"tasks": [{"name": "s", "state": "technical", "executor": "shell",
+            "command": "rm -rf /"}]}"#;
+        for (attempt, reply, needle) in [(1, three, "at most 2"), (2, shell, "shell")] {
+            let reason = match plan_with(&mut president, &spec, &gates, attempt, reply).as_slice() {
+                [RegistryCommand::RefusePlan { reason, .. }] => reason.clone(),
+                other => panic!("not refused: {other:?}"),
+            };
+            assert!(reason.contains(needle), "{reason}");
+            gates
+                .entry(Phase::Design)
+                .or_default()
+                .plan_refusals
+                .push(reason);
+        }
+        let commands = tick_with(&mut president, 99_000, &spec, &gates, Phase::Design, None);
+        assert!(
+            commands.iter().any(|c| matches!(c, Command::Propose {
+                announce: Some(Event::ErrorEscalation { task: Some(task), level: 2, .. }), ..
+            } if task == "gate-plan-design-2")),
+            "the failure is escalated: {commands:?}"
+        );
+        match proposed(&commands).as_slice() {
+            [RegistryCommand::FailProject { reason, .. }] => {
+                assert!(
+                    reason.contains("could not be planned: 2 plans refused"),
+                    "{reason}"
+                );
+                assert!(reason.contains("shell"), "{reason}");
+            }
+            other => panic!("the phase did not fail: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_llm_gate_reviews_sends_tasks_back_with_the_feedback_and_reviews_again() {
+        use TaskStatus::Succeeded as Done;
+        let spec = gated_spec();
+        let mut gates = BTreeMap::new();
+        let mut president = President::new();
+        president.handle(0, progress("technical", &[("a", Done)]));
+        president.handle(0, progress("financial", &[("b", Done)]));
+        // Every task succeeded: the first round's review runs, reading both outputs.
+        let commands = tick_with(
+            &mut president,
+            0,
+            &spec,
+            &gates,
+            Phase::Design,
+            counts(2, 2, 0),
+        );
+        let review = &assigned(&commands)[0];
+        assert_eq!(review.name, "gate-review-design-1");
+        assert_eq!(review.state, "technical");
+        let ExecutorSpec::Llm {
+            context, system, ..
+        } = &review.executor
+        else {
+            panic!("a review is an llm task: {review:?}")
+        };
+        assert_eq!(context, &["a", "b"]);
+        assert!(
+            system.as_deref().unwrap_or("").contains("the president"),
+            "{system:?}"
+        );
+        assert!(
+            review.input.contains("every task has tests"),
+            "{}",
+            review.input
+        );
+        assert!(review.validate().is_ok());
+        assert!(
+            proposed(&commands)
+                .iter()
+                .all(|c| !matches!(c, RegistryCommand::AdvancePhase { .. }))
+        );
+
+        // The review succeeded: its text is read, once per REVIEW_READ_RETRY_MS.
+        president.handle(
+            1,
+            progress("technical", &[("a", Done), ("gate-review-design-1", Done)]),
+        );
+        let commands = tick_with(
+            &mut president,
+            2_000,
+            &spec,
+            &gates,
+            Phase::Design,
+            counts(2, 2, 0),
+        );
+        assert!(
+            commands.iter().any(|c| matches!(c, Command::ReadReview { round: 1, task, .. } if task == "gate-review-design-1")),
+            "{commands:?}"
+        );
+        assert!(
+            !tick_with(
+                &mut president,
+                2_500,
+                &spec,
+                &gates,
+                Phase::Design,
+                counts(2, 2, 0)
+            )
+            .iter()
+            .any(|c| matches!(c, Command::ReadReview { .. }))
+        );
+        president.handle(
+            2_600,
+            Input::ReviewRead {
+                project: "p".into(),
+                phase: Phase::Design,
+                round: 1,
+                output: Ok("Here it is:\n```json\n{\"approved\": false, \"feedback\": \"b has no tests\", \"reopen\": [\"b\", \"nope\"]}\n```".into()),
+            },
+        );
+        let commands: Vec<Command> = president.drain().collect();
+        let recorded = proposed(&commands);
+        assert_eq!(
+            recorded,
+            vec![&RegistryCommand::RecordReview {
+                id: "p".into(),
+                phase: Phase::Design,
+                round: 1,
+                review: rejected("b has no tests", &["b"]),
+            }]
+        );
+
+        // Committed: `b` runs again as its revision, with the feedback and its output.
+        gates.insert(
+            Phase::Design,
+            PhaseGate {
+                reviews: vec![rejected("b has no tests", &["b"])],
+                ..PhaseGate::default()
+            },
+        );
+        let commands = tick_with(
+            &mut president,
+            3_000,
+            &spec,
+            &gates,
+            Phase::Design,
+            counts(2, 2, 0),
+        );
+        let revision = &assigned(&commands)[0];
+        assert_eq!(revision.name, "b--r2");
+        assert!(revision.depends_on.is_empty());
+        assert!(
+            revision.input.contains("b has no tests"),
+            "{}",
+            revision.input
+        );
+        assert!(
+            revision.input.contains("{{ outputs.b }}"),
+            "{}",
+            revision.input
+        );
+        assert_eq!(proposed(&commands).len(), 1, "the counts: 1 of 2 done now");
+
+        // The revision succeeded: round two reads it instead of `b`.
+        president.handle(
+            4_000,
+            progress("financial", &[("b", Done), ("b--r2", Done)]),
+        );
+        let commands = tick_with(
+            &mut president,
+            4_000,
+            &spec,
+            &gates,
+            Phase::Design,
+            counts(2, 1, 0),
+        );
+        let review = &assigned(&commands)[0];
+        assert_eq!(review.name, "gate-review-design-2");
+        let ExecutorSpec::Llm { context, .. } = &review.executor else {
+            panic!("{review:?}")
+        };
+        assert_eq!(context, &["a", "b--r2"]);
+
+        // Approved: the human gate holds the project.
+        gates
+            .get_mut(&Phase::Design)
+            .expect("design")
+            .reviews
+            .push(Review {
+                approved: true,
+                feedback: String::new(),
+                reopen: Vec::new(),
+            });
+        let commands = tick_with(
+            &mut president,
+            5_000,
+            &spec,
+            &gates,
+            Phase::Design,
+            counts(2, 2, 0),
+        );
+        assert!(
+            proposed(&commands).contains(&&RegistryCommand::AwaitApproval {
+                id: "p".into(),
+                phase: Phase::Design
+            }),
+            "{commands:?}"
+        );
+        assert!(
+            !proposed(&commands)
+                .iter()
+                .any(|c| matches!(c, RegistryCommand::AdvancePhase { .. }))
+        );
+
+        // Later phases read the newest revision of what they name.
+        let newest = revised_names(&spec, &gates);
+        let testing = effective_task(&spec, &spec.phases[1].tasks[0], &newest, &[]);
+        assert_eq!(testing.input, "check {{ outputs.b--r2 }}");
+    }
+
+    #[test]
+    fn an_llm_gate_fails_the_phase_once_its_rounds_are_spent() {
+        let spec = gated_spec();
+        let gates = BTreeMap::from([(
+            Phase::Design,
+            PhaseGate {
+                reviews: vec![rejected("no", &["a"]), rejected("still no tests", &["a"])],
+                ..PhaseGate::default()
+            },
+        )]);
+        let mut president = President::new();
+        president.handle(
+            0,
+            progress(
+                "technical",
+                &[
+                    ("a", TaskStatus::Succeeded),
+                    ("a--r2", TaskStatus::Succeeded),
+                    ("a--r3", TaskStatus::Succeeded),
+                ],
+            ),
+        );
+        president.handle(0, progress("financial", &[("b", TaskStatus::Succeeded)]));
+        let commands = tick_with(
+            &mut president,
+            0,
+            &spec,
+            &gates,
+            Phase::Design,
+            counts(2, 2, 0),
+        );
+        let failed = proposed(&commands)
+            .into_iter()
+            .find_map(|command| match command {
+                RegistryCommand::FailProject { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("the phase fails");
+        assert!(
+            failed.contains("after 2 rounds: still no tests"),
+            "{failed}"
+        );
+    }
+
+    #[test]
+    fn a_review_is_read_from_prose_fences_or_not_at_all() {
+        let tasks = vec!["a".to_string(), "b".to_string()];
+        let review = parse_review(
+            "{\"approved\": true, \"feedback\": \"fine\", \"reopen\": [\"a\"]}",
+            &tasks,
+        );
+        assert!(review.approved);
+        assert!(review.reopen.is_empty(), "an approval sends nothing back");
+        let review = parse_review(
+            "no.\n{\"approved\": false, \"feedback\": \"x\"}\nthanks",
+            &tasks,
+        );
+        assert!(!review.approved);
+        assert_eq!(
+            review.reopen, tasks,
+            "a rejection naming nothing sends all back"
+        );
+        let review = parse_review("I think it is fine", &tasks);
+        assert!(!review.approved);
+        assert!(review.reopen.is_empty());
+        assert!(
+            review.feedback.contains("could not be read"),
+            "{}",
+            review.feedback
+        );
+        let long = format!(
+            "{{\"approved\": false, \"feedback\": \"{}\"}}",
+            "é".repeat(5_000)
+        );
+        let review = parse_review(&long, &tasks);
+        assert!(review.feedback.len() <= aamas_consensus::registry::MAX_FEEDBACK_BYTES);
     }
 
     #[test]
@@ -784,11 +2031,13 @@ mod tests {
     fn a_task_for_a_state_without_governor_goes_to_one_that_has_one() {
         let mut president = President::new();
         let spec = spec();
+        let gates = BTreeMap::new();
         let projects = [RunningProject {
             id: "p",
             phase: Phase::Testing,
             spec: Some(&spec),
             recorded: counts(1, 0, 0),
+            gates: &gates,
         }];
         let governors = BTreeMap::from([("financial".to_string(), node(2))]);
         president.handle(

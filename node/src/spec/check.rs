@@ -12,6 +12,10 @@ use super::{
     MAX_RETRIES, MAX_SLEEP_MS, MAX_TASKS, MAX_TIMEOUT_SECS, MAX_WORKDIR_BYTES, PhaseSpec,
     ProjectSpec, SpecError, TaskSpec, quoted,
 };
+use super::{
+    MAX_CONTEXT_TASKS, MAX_PLAN_ATTEMPTS, MAX_PLANNED_TASKS, MAX_PROMPTS, MAX_REVIEW_ROUNDS,
+    MAX_TASK_NAME_BYTES, PlanSpec, is_reserved_task_name,
+};
 
 // ---------------------------------------------------------------------------------------
 // The rules, for parsed and decoded specs alike.
@@ -118,7 +122,27 @@ pub(super) fn check(spec: &ProjectSpec, lines: Option<&Lines>) -> Result<(), Spe
             ));
         }
     }
+    if spec.prompts.len() > MAX_PROMPTS {
+        return Err(checker.fail(
+            At::Prompt(MAX_PROMPTS),
+            format!("more than {MAX_PROMPTS} role prompts; merge some"),
+        ));
+    }
+    for (k, (key, prompt)) in spec.prompts.iter().enumerate() {
+        checker.name(At::Prompt(k), "the role prompt's skill or state", key, true)?;
+        if prompt.trim().is_empty() || prompt.len() > MAX_INPUT_BYTES {
+            return Err(checker.fail(
+                At::Prompt(k),
+                format!(
+                    "the role prompt of {} is {} bytes; use 1 to {MAX_INPUT_BYTES}",
+                    quoted(key),
+                    prompt.len()
+                ),
+            ));
+        }
+    }
     check_phases(&checker, spec)?;
+    check_gates(&checker, spec)?;
     check_tasks(&checker, spec)?;
     for (phase_index, phase) in spec.phases.iter().enumerate() {
         check_dependencies(&checker, spec, phase_index, phase)?;
@@ -166,13 +190,178 @@ fn check_phases(checker: &Checker<'_>, spec: &ProjectSpec) -> Result<(), SpecErr
                 ));
             }
         }
-        if phase.tasks.is_empty() {
-            return Err(checker.fail(
-                At::Phase(index),
-                format!("phase `{name}` has no tasks; add a [[phase.task]] or remove the phase"),
-            ));
+        match (&phase.plan, phase.tasks.is_empty()) {
+            (None, true) => {
+                return Err(checker.fail(
+                    At::Phase(index),
+                    format!(
+                        "phase `{name}` has no tasks; add a [[phase.task]], plan it with \
+                         plan = \"llm\", or remove the phase"
+                    ),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(checker.fail(
+                    At::Phase(index),
+                    format!(
+                        "phase `{name}` is planned by an llm (plan = \"llm\") and lists \
+                         tasks too; remove one or the other"
+                    ),
+                ));
+            }
+            (Some(plan), true) => check_plan_settings(checker, index, name, plan)?,
+            (None, false) => {}
         }
         previous = Some(phase.phase);
+    }
+    Ok(())
+}
+
+/// A planned phase's brief and bounds.
+fn check_plan_settings(
+    checker: &Checker<'_>,
+    index: usize,
+    name: &str,
+    plan: &PlanSpec,
+) -> Result<(), SpecError> {
+    if plan.objectives.is_empty() || plan.objectives.len() > MAX_OBJECTIVES {
+        return Err(checker.fail(
+            At::Phase(index),
+            format!(
+                "phase `{name}` is planned by an llm: give it 1 to {MAX_OBJECTIVES} \
+                 objectives, the planner's brief (objectives = [\"...\"])"
+            ),
+        ));
+    }
+    if let Some((k, objective)) =
+        plan.objectives.iter().enumerate().find(|(_, objective)| {
+            objective.trim().is_empty() || objective.len() > MAX_OBJECTIVE_BYTES
+        })
+    {
+        return Err(checker.fail(
+            At::Phase(index),
+            format!(
+                "phase `{name}`: objective {} is {} bytes; use 1 to {MAX_OBJECTIVE_BYTES}",
+                k + 1,
+                objective.len()
+            ),
+        ));
+    }
+    if !(1..=MAX_PLANNED_TASKS).contains(&plan.max_tasks) {
+        return Err(checker.fail(
+            At::Phase(index),
+            format!(
+                "phase `{name}`: max_tasks = {} is out of range; use 1 to {MAX_PLANNED_TASKS}",
+                plan.max_tasks
+            ),
+        ));
+    }
+    if !(1..=MAX_PLAN_ATTEMPTS).contains(&plan.attempts) {
+        return Err(checker.fail(
+            At::Phase(index),
+            format!(
+                "phase `{name}`: plan_attempts = {} is out of range; use 1 to \
+                 {MAX_PLAN_ATTEMPTS}",
+                plan.attempts
+            ),
+        ));
+    }
+    if let Some(planner) = &plan.planner {
+        let what = format!("phase `{name}`: the planner state");
+        checker.name(At::Phase(index), &what, planner, true)?;
+    }
+    Ok(())
+}
+
+/// Checks the tasks an llm planned for `phase` of `spec` by every rule of a written spec
+/// (names, states, executors, limits, acyclic dependencies, what their inputs and
+/// context may name), and by the phase's plan: at most `max_tasks`, `shell` only where
+/// it is allowed. The reason is meant for the planner's next attempt.
+pub fn check_plan(spec: &ProjectSpec, phase: Phase, tasks: &[TaskSpec]) -> Result<(), String> {
+    let Some(plan) = spec.phase(phase).and_then(|p| p.plan.as_ref()) else {
+        return Err(format!("phase `{}` is not planned", phase.as_str()));
+    };
+    if tasks.is_empty() {
+        return Err("the plan has no tasks".to_owned());
+    }
+    if tasks.len() > plan.max_tasks as usize {
+        return Err(format!(
+            "the plan has {} tasks; give at most {}",
+            tasks.len(),
+            plan.max_tasks
+        ));
+    }
+    if !plan.allow_shell
+        && let Some(task) = tasks
+            .iter()
+            .find(|task| matches!(task.executor, ExecutorSpec::Shell { .. }))
+    {
+        return Err(format!(
+            "task `{}` runs a shell command, which this phase does not allow; use \
+             executor \"llm\"",
+            task.name
+        ));
+    }
+    let mut planned = spec.clone();
+    for written in &mut planned.phases {
+        if written.phase == phase {
+            written.plan = None;
+            written.tasks = tasks.to_vec();
+        }
+    }
+    check(&planned, None).map_err(|error| error.message)
+}
+
+/// A phase's acceptance criteria are bounded like objectives; an llm gate needs some
+/// and a reviewer with a valid name; review rounds are bounded.
+fn check_gates(checker: &Checker<'_>, spec: &ProjectSpec) -> Result<(), SpecError> {
+    for (p, phase) in spec.phases.iter().enumerate() {
+        let name = phase.phase.as_str();
+        if phase.acceptance.len() > MAX_OBJECTIVES {
+            return Err(checker.fail(
+                At::Acceptance(p, MAX_OBJECTIVES),
+                format!("phase `{name}` has more than {MAX_OBJECTIVES} acceptance criteria"),
+            ));
+        }
+        for (k, criterion) in phase.acceptance.iter().enumerate() {
+            if criterion.trim().is_empty() || criterion.len() > MAX_OBJECTIVE_BYTES {
+                return Err(checker.fail(
+                    At::Acceptance(p, k),
+                    format!(
+                        "phase `{name}`: acceptance criterion {} is {} bytes; use 1 to \
+                         {MAX_OBJECTIVE_BYTES}",
+                        k + 1,
+                        criterion.len()
+                    ),
+                ));
+            }
+        }
+        if !phase.gate.llm {
+            continue;
+        }
+        if phase.acceptance.is_empty() {
+            return Err(checker.fail(
+                At::Gate(p),
+                format!(
+                    "phase `{name}`: an llm gate judges the phase's outputs against its \
+                     acceptance criteria; add acceptance = [\"...\"]"
+                ),
+            ));
+        }
+        if !(1..=MAX_REVIEW_ROUNDS).contains(&phase.gate.review_rounds) {
+            return Err(checker.fail(
+                At::ReviewRounds(p),
+                format!(
+                    "phase `{name}`: review_rounds = {} is out of range; use 1 to \
+                     {MAX_REVIEW_ROUNDS}",
+                    phase.gate.review_rounds
+                ),
+            ));
+        }
+        if let Some(reviewer) = &phase.gate.reviewer {
+            let what = format!("phase `{name}`: the reviewer state");
+            checker.name(At::Reviewer(p), &what, reviewer, true)?;
+        }
     }
     Ok(())
 }
@@ -204,6 +393,29 @@ fn check_tasks(checker: &Checker<'_>, spec: &ProjectSpec) -> Result<(), SpecErro
                 ));
             }
             check_task(checker, p, t, task)?;
+            // Reserved in a spec only: a worker runs the tasks gates add under them, named
+            // `<task>--r<round>`, which must fit in a name too.
+            if task.name.len() > MAX_TASK_NAME_BYTES {
+                return Err(checker.fail(
+                    at(Field::Name),
+                    format!(
+                        "task name {} is {} bytes; the limit is {MAX_TASK_NAME_BYTES}",
+                        quoted(&task.name),
+                        task.name.len()
+                    ),
+                ));
+            }
+            if is_reserved_task_name(&task.name) {
+                return Err(checker.fail(
+                    at(Field::Name),
+                    format!(
+                        "task name {} is reserved: names holding `--` or starting with `gate-` \
+                         name the tasks gates add",
+                        quoted(&task.name)
+                    ),
+                ));
+            }
+
             budget_total = budget_total.saturating_add(task.budget);
             if budget_total > spec.budget {
                 return Err(checker.fail(
@@ -226,6 +438,7 @@ fn check_tasks(checker: &Checker<'_>, spec: &ProjectSpec) -> Result<(), SpecErro
 fn check_task(checker: &Checker<'_>, p: usize, t: usize, task: &TaskSpec) -> Result<(), SpecError> {
     let at = |field| At::Field(p, t, field);
     checker.name(at(Field::Name), "the task name", &task.name, true)?;
+
     let what = format!("task {}: the state", quoted(&task.name));
     checker.name(at(Field::State), &what, &task.state, true)?;
     if let Some(skill) = &task.skill {
@@ -346,7 +559,21 @@ fn check_executor(
                 1..=MAX_OUTPUT_CAP_BYTES,
             )?;
         }
-        ExecutorSpec::Llm { system, max_tokens } => {
+        ExecutorSpec::Llm {
+            system,
+            max_tokens,
+            context,
+        } => {
+            if context.len() > MAX_CONTEXT_TASKS {
+                return Err(checker.fail(
+                    at(Field::Context),
+                    format!(
+                        "task {}: context names {} tasks; the limit is {MAX_CONTEXT_TASKS}",
+                        quoted(name),
+                        context.len()
+                    ),
+                ));
+            }
             if task.input.trim().is_empty() {
                 return Err(checker.fail(
                     at(Field::Input),
@@ -425,6 +652,52 @@ fn check_dependencies(
             targets.push(target);
         }
         edges.push(targets);
+    }
+    // `{{ outputs.NAME }}` and `context` read a task this one depends on, or one of an
+    // earlier phase.
+    for (t, task) in phase.tasks.iter().enumerate() {
+        let context: &[String] = match &task.executor {
+            ExecutorSpec::Llm { context, .. } => context,
+            _ => &[],
+        };
+        for name in context {
+            let depended = task.depends_on.iter().any(|dependency| dependency == name);
+            let earlier = spec
+                .phases
+                .iter()
+                .take(p)
+                .any(|earlier| earlier.tasks.iter().any(|other| &other.name == name));
+            if !depended && !earlier {
+                return Err(checker.fail(
+                    At::Field(p, t, Field::Context),
+                    format!(
+                        "task {} reads the output of {} as context, but it is neither a task \
+                         it depends on nor a task of an earlier phase",
+                        quoted(&task.name),
+                        quoted(name)
+                    ),
+                ));
+            }
+        }
+        for (_, name) in crate::spec::output_refs(&task.input) {
+            let depended = task.depends_on.iter().any(|dependency| dependency == name);
+            let earlier = spec
+                .phases
+                .iter()
+                .take(p)
+                .any(|earlier| earlier.tasks.iter().any(|other| other.name == name));
+            if !depended && !earlier {
+                return Err(checker.fail(
+                    At::Field(p, t, Field::Input),
+                    format!(
+                        "task {} reads {{{{ outputs.{name} }}}}, but {} is neither a task it \
+                         depends on nor a task of an earlier phase",
+                        quoted(&task.name),
+                        quoted(name)
+                    ),
+                ));
+            }
+        }
     }
     if let Some((t, k, cycle)) = find_cycle(&edges) {
         let names: Vec<&str> = cycle
@@ -506,6 +779,226 @@ mod tests {
             .map(|(index, _)| index + 1)
             .last()
             .expect("the needle is in the text")
+    }
+
+    #[test]
+    fn an_output_reference_must_name_a_dependency_or_an_earlier_task() {
+        let plan = task("plan", "");
+        let text = format!("{}{}", design(&plan), "[[phase]]\nname = \"development\"\n");
+        let build = task("build", "  input = \"the plan: {{ outputs.plan }}\"\n");
+        assert!(
+            parse(&format!("{text}{build}")).is_ok(),
+            "an earlier phase's task"
+        );
+        let same = format!(
+            "{}{}",
+            task("a", ""),
+            task(
+                "b",
+                "  input = \"{{ outputs.a }}\"\n  depends_on = [\"a\"]\n"
+            )
+        );
+        assert!(parse(&design(&same)).is_ok(), "a dependency");
+        let unlisted = format!(
+            "{}{}",
+            task("a", ""),
+            task("b", "  input = \"{{ outputs.a }}\"\n")
+        );
+        assert_rejected_at(&design(&unlisted), "input", "neither a task it depends on");
+        let ghost = task("b", "  input = \"{{ outputs.ghost }}\"\n");
+        assert_rejected_at(&design(&ghost), "input", "`ghost`");
+    }
+
+    /// An llm task of the design phase reading `context`.
+    fn llm(name: &str, extra: &str) -> String {
+        format!(
+            "  [[phase.task]]\n  name = \"{name}\"\n  state = \"technical\"\n  \
+             executor = \"llm\"\n  input = \"write it\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn context_names_a_dependency_or_an_earlier_task() {
+        let ok = format!(
+            "{}{}",
+            task("a", ""),
+            llm("b", "  context = [\"a\"]\n  depends_on = [\"a\"]\n")
+        );
+        let spec = parse(&design(&ok)).expect("a dependency as context");
+        assert!(matches!(
+            &spec.task("b").expect("b").1.executor,
+            ExecutorSpec::Llm { context, .. } if context == &["a"]
+        ));
+        let unlisted = format!("{}{}", task("a", ""), llm("b", "  context = [\"a\"]\n"));
+        assert_rejected_at(
+            &design(&unlisted),
+            "context",
+            "as context, but it is neither",
+        );
+        let builtin = task("a", "  context = [\"x\"]\n");
+        assert_rejected_at(&design(&builtin), "context", "a setting of llm tasks");
+        let many: Vec<String> = (0..=crate::spec::MAX_CONTEXT_TASKS)
+            .map(|k| format!("\"t{k}\""))
+            .collect();
+        let crowded = llm("b", &format!("  context = [{}]\n", many.join(", ")));
+        assert_rejected_at(&design(&crowded), "context", "the limit is 16");
+    }
+
+    #[test]
+    fn gates_are_read_and_checked() {
+        let text = format!(
+            "{HEAD}gate = [\"llm\", \"human\"]\nacceptance = [\"has tests\"]\nreview_rounds = 3\n\
+             reviewer = \"financial\"\n{}",
+            task("a", "")
+        );
+        let spec = parse(&text).expect("a gated phase");
+        let first = &spec.phases[0];
+        assert_eq!(first.acceptance, ["has tests"]);
+        assert!(first.gate.llm && first.gate.human);
+        assert_eq!(first.gate.review_rounds, 3);
+        assert_eq!(first.gate.reviewer.as_deref(), Some("financial"));
+        let human = parse(&format!("{HEAD}gate = \"human\"\n{}", task("a", ""))).expect("human");
+        assert!(human.phases[0].gate.human && !human.phases[0].gate.llm);
+        assert_eq!(ProjectSpec::from_bytes(&spec.to_bytes()), Ok(spec));
+
+        let unknown = format!("{HEAD}gate = \"robot\"\n{}", task("a", ""));
+        assert_rejected_at(&unknown, "robot", "unknown gate `robot`");
+        let blind = format!("{HEAD}gate = \"llm\"\n{}", task("a", ""));
+        assert_rejected_at(&blind, "gate =", "add acceptance");
+        let stray = format!("{HEAD}review_rounds = 2\n{}", task("a", ""));
+        assert_rejected_at(&stray, "review_rounds", "a setting of an llm gate");
+        let endless = format!(
+            "{HEAD}gate = \"llm\"\nacceptance = [\"x\"]\nreview_rounds = 9\n{}",
+            task("a", "")
+        );
+        assert_rejected_at(&endless, "review_rounds", "out of range; use 1 to 5");
+        let empty = format!("{HEAD}acceptance = [\" \"]\n{}", task("a", ""));
+        assert_rejected_at(&empty, "acceptance", "acceptance criterion 1");
+        for reserved in ["gate-review-design-1", "a--r2"] {
+            assert_rejected_at(&design(&task(reserved, "")), reserved, "is reserved");
+        }
+    }
+
+    #[test]
+    fn a_planned_phase_is_read_and_its_plans_checked_like_written_tasks() {
+        let planned = format!(
+            "{HEAD}plan = \"llm\"\nobjectives = [\"a schema\"]\nmax_tasks = 2\n\
+             [[phase]]\nname = \"testing\"\n{}",
+            task("t", "")
+        );
+        let spec = parse(&planned).expect("a planned phase");
+        let plan = spec.phases[0].plan.as_ref().expect("a plan");
+        assert_eq!(plan.objectives, ["a schema"]);
+        assert_eq!(
+            (plan.max_tasks, plan.attempts, plan.allow_shell),
+            (2, 3, false)
+        );
+        assert_eq!(ProjectSpec::from_bytes(&spec.to_bytes()), Ok(spec.clone()));
+
+        let name = "name = \"design\"";
+        let both = format!(
+            "{HEAD}plan = \"llm\"\nobjectives = [\"x\"]\n{}",
+            task("a", "")
+        );
+        assert_rejected_at(&both, name, "lists tasks too");
+        let briefless = format!(
+            "{HEAD}plan = \"llm\"\n[[phase]]\nname = \"testing\"\n{}",
+            task("t", "")
+        );
+        assert_rejected_at(&briefless, name, "give it 1 to 64 objectives");
+        let unknown = format!("{HEAD}plan = \"magic\"\n{}", task("a", ""));
+        assert_rejected_at(&unknown, "magic", "unknown plan `magic`");
+        let stray = format!("{HEAD}max_tasks = 3\n{}", task("a", ""));
+        assert_rejected_at(&stray, "max_tasks", "a setting of a planned phase");
+        let huge = planned.replace("max_tasks = 2", "max_tasks = 99");
+        assert_rejected_at(&huge, name, "max_tasks = 99 is out of range");
+
+        // A plan obeys every rule of a written spec, and the plan's own bounds.
+        let planned_task = |name: &str, state: &str, depends_on: &[&str]| TaskSpec {
+            name: name.into(),
+            state: state.into(),
+            skill: None,
+            executor: ExecutorSpec::Llm {
+                system: None,
+                max_tokens: 100,
+                context: Vec::new(),
+            },
+            input: "do it".into(),
+            depends_on: depends_on.iter().map(|d| (*d).to_string()).collect(),
+            timeout_secs: 10,
+            retries: 0,
+            budget: 0,
+        };
+        let check = |tasks: &[TaskSpec]| check_plan(&spec, Phase::Design, tasks);
+        assert_eq!(check(&[planned_task("a", "technical", &[])]), Ok(()));
+        let cycle = [
+            planned_task("a", "technical", &["b"]),
+            planned_task("b", "technical", &["a"]),
+        ];
+        assert!(check(&cycle).is_err_and(|reason| reason.contains("cycle")));
+        let crowd: Vec<TaskSpec> = ["a", "b", "c"]
+            .iter()
+            .map(|name| planned_task(name, "technical", &[]))
+            .collect();
+        assert!(check(&crowd).is_err_and(|reason| reason.contains("at most 2")));
+        let taken = [planned_task("t", "technical", &[])];
+        assert!(
+            check(&taken).is_err_and(|reason| reason.contains("`t`")),
+            "{:?}",
+            check(&taken)
+        );
+        let reserved = [planned_task("gate-plan-design-1", "technical", &[])];
+        assert!(check(&reserved).is_err_and(|reason| reason.contains("reserved")));
+        let mut shell = planned_task("s", "technical", &[]);
+        shell.executor = ExecutorSpec::Shell {
+            command: "make".into(),
+            workdir: None,
+            cpu_secs: 1,
+            memory_mb: 64,
+            max_output_bytes: 1024,
+        };
+        assert!(check(&[shell]).is_err_and(|reason| reason.contains("does not allow")));
+        assert!(check(&[]).is_err_and(|reason| reason.contains("no tasks")));
+        let parsed = crate::spec::parse_plan(
+            "Sure! ```json\n{\"tasks\": [{\"name\": \"a\", \"state\": \"technical\", \
+             \"input\": \"x\"}]}\n```",
+        )
+        .expect("a plan in a fence");
+        assert_eq!(check(&parsed), Ok(()));
+        assert!(crate::spec::parse_plan("no plan today").is_err());
+        assert!(
+            crate::spec::parse_plan(
+                "{\"tasks\": [{\"name\": \"a\", \"state\": \"t\", \"executor\": \"rpc\"}]}"
+            )
+            .is_err_and(|reason| reason.contains("`rpc`"))
+        );
+        let encoded = crate::spec::encode_plan(&parsed);
+        assert_eq!(crate::spec::decode_plan(&encoded), Ok(parsed));
+        assert!(crate::spec::decode_plan(&encoded[..encoded.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn role_prompts_are_checked_and_chosen_by_skill_then_state() {
+        let text = format!(
+            "name = \"P\"\n[prompts]\ntechnical = \"You build.\"\nrust = \"You write Rust.\"\n\
+             [[phase]]\nname = \"design\"\n{}{}",
+            llm("a", "  skill = \"rust\"\n"),
+            llm("b", "")
+        );
+        let spec = parse(&text).expect("prompts");
+        let prompt = |name: &str| spec.system_prompt(spec.task(name).expect("task").1);
+        assert_eq!(prompt("a").as_deref(), Some("You write Rust."));
+        assert_eq!(prompt("b").as_deref(), Some("You build."));
+        let mut plain = spec.clone();
+        plain.prompts.clear();
+        let default = plain
+            .system_prompt(plain.task("b").expect("b").1)
+            .expect("a default");
+        assert!(default.contains("technical department"), "{default}");
+        let bad = text.replace("rust = \"You write Rust.\"", "Rust = \"You write Rust.\"");
+        assert_rejected_at(&bad, "Rust =", "lowercase");
+        let empty = text.replace("\"You build.\"", "\"\"");
+        assert_rejected_at(&empty, "technical =", "role prompt of `technical`");
     }
 
     #[test]

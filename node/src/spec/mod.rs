@@ -29,8 +29,16 @@
 //! objectives = ["Take card payments", "Settle daily"]
 //! budget = 10000                      # optional, default 0
 //!
+//! [prompts]                           # optional role prompts of llm workers, by skill
+//! technical = "You are a senior..."   # or state; a task's own `system` comes first
+//!
 //! [[phase]]
 //! name = "feasibility"                # lowercase phase name, phases in lifecycle order
+//! gate = ["llm", "human"]             # optional: "llm", "human" or both, in that order
+//! acceptance = ["..."]                # what an llm gate judges the phase's outputs by
+//! review_rounds = 2                   # llm gate: rounds before the phase fails, 1..=5
+//! reviewer = "technical"              # llm gate: the state that reviews (default: the
+//!                                     # first task's)
 //!
 //!   [[phase.task]]
 //!   name = "technical-assessment"     # [a-z0-9_-], unique in the project
@@ -40,7 +48,8 @@
 //!   action = "digest"                 # builtin: noop, digest, fail, sleep:<ms>
 //!   # command = "cargo test"          # shell: command (required), workdir, cpu_secs,
 //!   #                                 #        memory_mb, max_output_bytes
-//!   # system = "You are..."           # llm: system, max_tokens
+//!   # system = "You are..."           # llm: system, max_tokens, context (names of
+//!   #                                 # tasks whose outputs precede the input)
 //!   input = "Assess the stack"        # free text handed to the executor
 //!   depends_on = []                   # tasks of the same phase that must complete first
 //!   timeout_secs = 30                 # default 60, 1..=86400
@@ -49,10 +58,18 @@
 //!                                     # the project budget
 //! ```
 //!
+//! An llm gate runs a review task (`gate-review-<phase>-<round>`) once every task of the
+//! phase succeeded; a rejection sends the tasks it names back with the reviewer's
+//! feedback (as `<task>--r<round>`), for at most `review_rounds` rounds. A human gate
+//! then holds the project in `awaiting-approval` until `aamas project approve|reject`.
+//! Task names holding `--` or starting with `gate-` are reserved for these.
+//!
 //! Unknown keys are errors, and so is a setting of another executor (`command` on a
 //! builtin task). Only the phases listed run; each listed phase needs at least one task.
 //!
 //! Phases are named as `aamas_protocol::Phase::as_str` names them.
+
+use std::collections::BTreeMap;
 
 use aamas_protocol::Phase;
 use serde::{Deserialize, Serialize};
@@ -61,12 +78,15 @@ mod check;
 mod parse;
 
 use check::check;
-pub use parse::{parse, template};
+pub use check::check_plan;
+pub use parse::{parse, parse_plan, template};
 
 /// Largest spec file accepted, checked before parsing.
 pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 /// Largest project, task, state or skill name.
 pub const MAX_NAME_BYTES: usize = 256;
+/// Longest task name a spec may give (gates add `--r<round>` to it).
+pub const MAX_TASK_NAME_BYTES: usize = MAX_NAME_BYTES - 16;
 /// Most objectives in one spec.
 pub const MAX_OBJECTIVES: usize = 64;
 /// Largest single objective.
@@ -95,12 +115,78 @@ pub const DEFAULT_CPU_SECS: u64 = 60;
 pub const MAX_CPU_SECS: u64 = 86_400;
 /// Shell memory limit when the spec does not give one.
 pub const DEFAULT_MEMORY_MB: u64 = 512;
+/// `{{ outputs.NAME }}` in a task's input: the output of task NAME, put in its place
+/// before the executor runs (spaces inside the braces are optional). Returns each
+/// reference as (its byte range in `input`, NAME), in order. Text that only looks like
+/// one (`{{ outputs. }}`, `{{ output.x }}`) is left alone.
+pub fn output_refs(input: &str) -> Vec<(std::ops::Range<usize>, &str)> {
+    let mut refs = Vec::new();
+    let mut from = 0;
+    while let Some(open) = input[from..].find("{{").map(|i| from + i) {
+        let Some(close) = input[open..].find("}}").map(|i| open + i) else {
+            break;
+        };
+        let inner = input[open + 2..close].trim();
+        match inner.strip_prefix("outputs.") {
+            Some(name)
+                if !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) =>
+            {
+                refs.push((open..close + 2, name));
+                from = close + 2;
+            }
+            _ => from = open + 2,
+        }
+    }
+    refs
+}
+
+/// `input` with each `{{ outputs.NAME }}` replaced by `output(NAME)`.
+pub fn fill_outputs<E>(
+    input: &str,
+    mut output: impl FnMut(&str) -> Result<String, E>,
+) -> Result<String, E> {
+    let mut filled = String::with_capacity(input.len());
+    let mut last = 0;
+    for (range, name) in output_refs(input) {
+        filled.push_str(&input[last..range.start]);
+        filled.push_str(&output(name)?);
+        last = range.end;
+    }
+    filled.push_str(&input[last..]);
+    Ok(filled)
+}
+
 /// Largest shell memory limit.
 pub const MAX_MEMORY_MB: u64 = 64 * 1024;
-/// Shell output cap when the spec does not give one.
-pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 * 1024;
-/// Largest shell output cap: results are committed to a replicated log.
-pub const MAX_OUTPUT_CAP_BYTES: u64 = 1024 * 1024;
+/// Shell output cap when the spec does not give one: the nodes' default artefact cap
+/// (`aamas node --max-artifact-bytes`), so that a larger output fails its task with the
+/// reason rather than being cut short without one.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest shell output cap a spec may give (the shell executor's own limit); the node
+/// that runs the task still fails an output over its artefact cap.
+pub const MAX_OUTPUT_CAP_BYTES: u64 = 16 * 1024 * 1024;
+/// Most tasks an llm task reads as context.
+pub const MAX_CONTEXT_TASKS: usize = 16;
+/// The skill a node with a valid LLM endpoint adds to its own when it joins: mayors give
+/// `llm` tasks that name no skill to such workers first.
+pub const LLM_SKILL: &str = "llm";
+/// Most role prompts in one spec.
+pub const MAX_PROMPTS: usize = 64;
+/// Review rounds of an llm gate when the spec does not give them.
+pub const DEFAULT_REVIEW_ROUNDS: u32 = 2;
+/// Most review rounds of an llm gate.
+pub const MAX_REVIEW_ROUNDS: u32 = 5;
+/// Most tasks an llm planner may give one phase.
+pub const MAX_PLANNED_TASKS: u32 = 32;
+/// Tasks a planner may give when the spec does not say.
+pub const DEFAULT_PLANNED_TASKS: u32 = 8;
+/// Most planning attempts of one phase.
+pub const MAX_PLAN_ATTEMPTS: u32 = 5;
+/// Planning attempts when the spec does not say.
+pub const DEFAULT_PLAN_ATTEMPTS: u32 = 3;
 /// Llm completion length when the spec does not give one.
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 /// Largest llm completion length.
@@ -120,6 +206,9 @@ pub struct ProjectSpec {
     pub budget: u64,
     /// The phases that run, in lifecycle order, each at most once.
     pub phases: Vec<PhaseSpec>,
+    /// Role prompts of llm workers by skill or state name (see
+    /// [`ProjectSpec::system_prompt`]).
+    pub prompts: BTreeMap<String, String>,
 }
 
 /// One phase of a project and the tasks that complete it.
@@ -129,6 +218,46 @@ pub struct PhaseSpec {
     pub phase: Phase,
     /// Its tasks, in the order the spec lists them; at least one.
     pub tasks: Vec<TaskSpec>,
+    /// What the phase's outputs must meet, judged by its llm gate.
+    pub acceptance: Vec<String>,
+    /// What must pass before the project leaves the phase.
+    pub gate: GateSpec,
+    /// When the phase's tasks are planned by an llm instead of written (`plan = "llm"`);
+    /// the phase then lists no tasks.
+    pub plan: Option<PlanSpec>,
+}
+
+/// How an llm plans a phase's tasks: a planning task returns them as JSON, the
+/// president checks them by the rules of a written spec ([`check_plan`]) and commits
+/// them, or asks again with the reason, up to `attempts` times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSpec {
+    /// What the phase's tasks must achieve: the planner's brief.
+    pub objectives: Vec<String>,
+    /// Most tasks the plan may have (1 to [`MAX_PLANNED_TASKS`]).
+    pub max_tasks: u32,
+    /// Planning attempts before the phase fails with the last reason (1 to
+    /// [`MAX_PLAN_ATTEMPTS`]).
+    pub attempts: u32,
+    /// Whether planned tasks may run `shell` commands (off by default: a model's
+    /// command would run on a worker).
+    pub allow_shell: bool,
+    /// The state whose llm worker plans (`technical` when absent).
+    pub planner: Option<String>,
+}
+
+/// A phase's gates: what must pass, once every task succeeded, before the project moves
+/// on. No gate is the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateSpec {
+    /// A review task judges the outputs against the acceptance criteria.
+    pub llm: bool,
+    /// A person approves or rejects the phase.
+    pub human: bool,
+    /// Review rounds before the phase fails (llm gate).
+    pub review_rounds: u32,
+    /// The state whose governor the review is made for; the first task's when absent.
+    pub reviewer: Option<String>,
 }
 
 /// One task of a phase.
@@ -183,6 +312,9 @@ pub enum ExecutorSpec {
         system: Option<String>,
         /// The most tokens the completion may have.
         max_tokens: u32,
+        /// Tasks whose outputs are handed to the model before the input: tasks it
+        /// depends on or tasks of earlier phases.
+        context: Vec<String>,
     },
 }
 
@@ -277,6 +409,23 @@ impl ProjectSpec {
         })
     }
 
+    /// The system prompt of an llm task: its own `system`, else the spec's role prompt
+    /// for its skill, else for its state, else a default naming its state. `None` for
+    /// other executors.
+    pub fn system_prompt(&self, task: &TaskSpec) -> Option<String> {
+        let ExecutorSpec::Llm { system, .. } = &task.executor else {
+            return None;
+        };
+        let role = |key: &str| self.prompts.get(key).cloned();
+        Some(
+            system
+                .clone()
+                .or_else(|| task.skill.as_deref().and_then(role))
+                .or_else(|| role(&task.state))
+                .unwrap_or_else(|| default_role_prompt(&task.state)),
+        )
+    }
+
     /// How many tasks the project has, over all its phases.
     pub fn task_count(&self) -> usize {
         self.phases.iter().map(|phase| phase.tasks.len()).sum()
@@ -321,6 +470,70 @@ impl ProjectSpec {
     }
 }
 
+/// Most bytes of a committed plan (its tasks in postcard encoding).
+pub const MAX_PLAN_BYTES: usize = 64 * 1024;
+
+/// A phase's planned tasks as the Registry keeps them.
+pub fn encode_plan(tasks: &[TaskSpec]) -> Vec<u8> {
+    // As for `ProjectSpec::to_bytes`: only a bug in postcard or serde fails here, and an
+    // empty encoding is refused by `decode_plan`.
+    postcard::to_stdvec(tasks).unwrap_or_default()
+}
+
+/// Decodes [`encode_plan`]'s bytes (from the Registry: checked when committed, but a
+/// node never trusts bytes it did not check itself).
+pub fn decode_plan(bytes: &[u8]) -> Result<Vec<TaskSpec>, String> {
+    if bytes.is_empty() || bytes.len() > MAX_PLAN_BYTES {
+        return Err(format!(
+            "a plan of {} bytes; a plan has 1 to {MAX_PLAN_BYTES}",
+            bytes.len()
+        ));
+    }
+    match postcard::take_from_bytes::<Vec<TaskSpec>>(bytes) {
+        Ok((tasks, [])) => Ok(tasks),
+        Ok((_, rest)) => Err(format!("the plan has {} trailing bytes", rest.len())),
+        Err(error) => Err(format!("the plan does not decode: {error}")),
+    }
+}
+
+impl ProjectSpec {
+    /// This spec with each phase planned so far in `plans` (encoded by [`encode_plan`])
+    /// holding its planned tasks, as a written phase would (its `plan` cleared). A plan
+    /// that does not decode is left out: its phase stays unplanned.
+    pub fn with_plans<'a>(
+        &self,
+        plans: impl IntoIterator<Item = (Phase, &'a [u8])>,
+    ) -> ProjectSpec {
+        let mut planned = self.clone();
+        for (phase, bytes) in plans {
+            let Ok(tasks) = decode_plan(bytes) else {
+                continue;
+            };
+            if let Some(written) = planned.phases.iter_mut().find(|p| p.phase == phase)
+                && written.plan.is_some()
+            {
+                written.plan = None;
+                written.tasks = tasks;
+            }
+        }
+        planned
+    }
+}
+
+/// The role prompt of an llm worker of `state` when the spec gives none.
+pub fn default_role_prompt(state: &str) -> String {
+    format!(
+        "You are a worker of the {state} department of an organisation of AI agents that \
+         takes software projects from an idea to a launch. Do the task you are given \
+         thoroughly and reply with its result only, in Markdown: no preamble, no questions."
+    )
+}
+
+/// Whether `name` is reserved for the tasks gates add (reviews and revisions).
+pub fn is_reserved_task_name(name: &str) -> bool {
+    name.contains("--") || name.starts_with("gate-")
+}
+
 /// User text quoted in an error: escaped and cut short, so that an error message stays
 /// one bounded line whatever the spec holds.
 fn quoted(text: &str) -> String {
@@ -353,6 +566,7 @@ enum Field {
     MaxOutputBytes,
     System,
     MaxTokens,
+    Context,
     Input,
     DependsOn,
     TimeoutSecs,
@@ -373,6 +587,16 @@ enum At {
     Field(usize, usize, Field),
     /// The `k`th entry of a task's `depends_on`.
     Dependency(usize, usize, usize),
+    /// A phase's `gate`.
+    Gate(usize),
+    /// The `k`th of a phase's `acceptance` criteria.
+    Acceptance(usize, usize),
+    /// A phase's `review_rounds`.
+    ReviewRounds(usize),
+    /// A phase's `reviewer`.
+    Reviewer(usize),
+    /// The `k`th role prompt, in key order.
+    Prompt(usize),
 }
 
 #[derive(Debug)]
@@ -380,12 +604,17 @@ struct Lines {
     name: usize,
     objectives: Vec<usize>,
     phases: Vec<PhaseLines>,
+    prompts: BTreeMap<String, usize>,
 }
 
 #[derive(Debug)]
 struct PhaseLines {
     name: usize,
     tasks: Vec<TaskLines>,
+    gate: Option<usize>,
+    acceptance: Vec<usize>,
+    review_rounds: Option<usize>,
+    reviewer: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -419,7 +648,21 @@ impl Lines {
                     .or(lines.fields[Field::DependsOn as usize])
                     .unwrap_or(lines.header)
             }),
+            At::Gate(phase) => self.phase_line(phase, |lines| lines.gate),
+            At::Acceptance(phase, k) => {
+                self.phase_line(phase, |lines| lines.acceptance.get(k).copied())
+            }
+            At::ReviewRounds(phase) => self.phase_line(phase, |lines| lines.review_rounds),
+            At::Reviewer(phase) => self.phase_line(phase, |lines| lines.reviewer),
+            At::Prompt(k) => self.prompts.values().nth(k).copied(),
         }
+    }
+
+    /// A line of a phase's settings, else the phase's name.
+    fn phase_line(&self, phase: usize, of: impl Fn(&PhaseLines) -> Option<usize>) -> Option<usize> {
+        self.phases
+            .get(phase)
+            .map(|lines| of(lines).unwrap_or(lines.name))
     }
 }
 
@@ -474,6 +717,27 @@ mod tests {
     use super::testing::*;
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn output_references_are_found_and_filled_in_order() {
+        let input =
+            "plan: {{ outputs.plan }}; code: {{outputs.build-1}} {{ output.x }} {{ outputs. }} {{";
+        let names: Vec<&str> = output_refs(input).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(names, vec!["plan", "build-1"]);
+        let filled = fill_outputs(input, |name| Ok::<_, ()>(name.to_uppercase()));
+        assert_eq!(
+            filled,
+            Ok("plan: PLAN; code: BUILD-1 {{ output.x }} {{ outputs. }} {{".to_string())
+        );
+        assert_eq!(
+            fill_outputs("{{ outputs.a }}", |_| Err("gone")),
+            Err("gone")
+        );
+        assert_eq!(
+            fill_outputs("none here", |_| Err("never")),
+            Ok("none here".into())
+        );
+    }
 
     #[test]
     fn builtin_actions_follow_their_grammar() {

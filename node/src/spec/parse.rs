@@ -1,6 +1,8 @@
 //! How text becomes a spec: the TOML shape, conversion with defaults and line numbers,
 //! and the built-in template. The format itself is described in `mod.rs`.
 
+use std::collections::BTreeMap;
+
 use aamas_protocol::Phase;
 use serde::Deserialize;
 use toml::Spanned;
@@ -8,9 +10,99 @@ use toml::Spanned;
 use super::check::check;
 use super::{
     DEFAULT_CPU_SECS, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_MEMORY_MB,
-    DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, ExecutorSpec, FIELD_COUNT, Field, Lines, MAX_SPEC_BYTES,
-    PhaseLines, PhaseSpec, ProjectSpec, SpecError, TaskLines, TaskSpec, quoted,
+    DEFAULT_PLAN_ATTEMPTS, DEFAULT_PLANNED_TASKS, DEFAULT_RETRIES, DEFAULT_REVIEW_ROUNDS,
+    DEFAULT_TIMEOUT_SECS, ExecutorSpec, FIELD_COUNT, Field, GateSpec, Lines, MAX_SPEC_BYTES,
+    PhaseLines, PhaseSpec, PlanSpec, ProjectSpec, SpecError, TaskLines, TaskSpec, quoted,
 };
+
+/// One task as a planner writes it in JSON.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlannedTask {
+    name: String,
+    state: String,
+    #[serde(default)]
+    skill: Option<String>,
+    #[serde(default = "llm_executor")]
+    executor: String,
+    #[serde(default)]
+    input: String,
+    #[serde(default)]
+    depends_on: Vec<String>,
+    #[serde(default)]
+    context: Vec<String>,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+}
+
+fn llm_executor() -> String {
+    "llm".to_owned()
+}
+
+#[derive(Deserialize)]
+struct PlannedPhase {
+    tasks: Vec<PlannedTask>,
+}
+
+/// The tasks of a planner's reply: the first `{` to the last `}` read as
+/// `{"tasks": [{"name", "state", "executor", "input", "depends_on", "context", ...}]}`
+/// (models often wrap JSON in prose or a code fence), with a written spec's defaults.
+/// Only the shape is read here; [`super::check_plan`] applies the rules.
+pub fn parse_plan(reply: &str) -> Result<Vec<TaskSpec>, String> {
+    let json = match (reply.find('{'), reply.rfind('}')) {
+        (Some(start), Some(end)) if start < end => &reply[start..=end],
+        _ => return Err("the reply holds no JSON object".to_owned()),
+    };
+    let planned: PlannedPhase =
+        serde_json::from_str(json).map_err(|error| format!("the reply is not a plan ({error})"))?;
+    planned
+        .tasks
+        .into_iter()
+        .map(|task| {
+            let executor = match task.executor.as_str() {
+                "llm" => ExecutorSpec::Llm {
+                    system: None,
+                    max_tokens: task.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                    context: task.context,
+                },
+                "shell" => ExecutorSpec::Shell {
+                    command: task.command.unwrap_or_default(),
+                    workdir: None,
+                    cpu_secs: DEFAULT_CPU_SECS,
+                    memory_mb: DEFAULT_MEMORY_MB,
+                    max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+                },
+                "builtin" => ExecutorSpec::Builtin {
+                    action: task.action.unwrap_or_default(),
+                },
+                other => {
+                    return Err(format!(
+                        "task `{}` has executor {}; use \"llm\"",
+                        task.name,
+                        quoted(other)
+                    ));
+                }
+            };
+            Ok(TaskSpec {
+                name: task.name,
+                state: task.state,
+                skill: task.skill,
+                executor,
+                input: task.input,
+                depends_on: task.depends_on,
+                timeout_secs: task.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+                retries: DEFAULT_RETRIES,
+                budget: 0,
+            })
+        })
+        .collect()
+}
 
 /// Parses and validates a spec from TOML text.
 pub fn parse(text: &str) -> Result<ProjectSpec, SpecError> {
@@ -52,6 +144,8 @@ struct RawSpec {
     #[serde(default)]
     objectives: Vec<Spanned<String>>,
     budget: Option<Spanned<u64>>,
+    #[serde(default)]
+    prompts: BTreeMap<String, Spanned<String>>,
     #[serde(default, rename = "phase")]
     phases: Vec<RawPhase>,
 }
@@ -60,8 +154,28 @@ struct RawSpec {
 #[serde(deny_unknown_fields)]
 struct RawPhase {
     name: Spanned<String>,
+    gate: Option<Spanned<OneOrMany>>,
+    #[serde(default)]
+    acceptance: Vec<Spanned<String>>,
+    review_rounds: Option<Spanned<u32>>,
+    reviewer: Option<Spanned<String>>,
+    plan: Option<Spanned<String>>,
+    #[serde(default)]
+    objectives: Vec<Spanned<String>>,
+    max_tasks: Option<Spanned<u32>>,
+    plan_attempts: Option<Spanned<u32>>,
+    allow_shell: Option<Spanned<bool>>,
+    planner: Option<Spanned<String>>,
     #[serde(default, rename = "task")]
     tasks: Vec<Spanned<RawTask>>,
+}
+
+/// `gate = "llm"` or `gate = ["llm", "human"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -82,6 +196,7 @@ struct RawTask {
     // llm
     system: Option<Spanned<String>>,
     max_tokens: Option<Spanned<u32>>,
+    context: Option<Spanned<Vec<String>>>,
     input: Option<Spanned<String>>,
     depends_on: Option<Spanned<Vec<Spanned<String>>>>,
     timeout_secs: Option<Spanned<u64>>,
@@ -138,6 +253,11 @@ fn convert(index: &LineIndex, raw: RawSpec) -> Result<(ProjectSpec, Lines), Spec
             .map(|objective| index.of(objective))
             .collect(),
         phases: Vec::with_capacity(raw.phases.len()),
+        prompts: raw
+            .prompts
+            .iter()
+            .map(|(key, value)| (key.clone(), index.of(value)))
+            .collect(),
     };
     let mut phases = Vec::with_capacity(raw.phases.len());
     for raw_phase in raw.phases {
@@ -160,10 +280,114 @@ fn convert(index: &LineIndex, raw: RawSpec) -> Result<(ProjectSpec, Lines), Spec
             tasks.push(task);
             task_lines.push(line);
         }
-        phases.push(PhaseSpec { phase, tasks });
+        let gate_line = index.of_optional(&raw_phase.gate);
+        let mut gate = GateSpec {
+            review_rounds: inner(raw_phase.review_rounds.clone()).unwrap_or(DEFAULT_REVIEW_ROUNDS),
+            reviewer: inner(raw_phase.reviewer.clone()),
+            ..GateSpec::default()
+        };
+        let kinds = match inner(raw_phase.gate) {
+            None => Vec::new(),
+            Some(OneOrMany::One(kind)) => vec![kind],
+            Some(OneOrMany::Many(kinds)) => kinds,
+        };
+        for kind in kinds {
+            match kind.as_str() {
+                "llm" => gate.llm = true,
+                "human" => gate.human = true,
+                other => {
+                    return Err(SpecError::new(
+                        gate_line,
+                        format!(
+                            "phase `{}`: unknown gate {}; use \"llm\", \"human\" or both",
+                            phase.as_str(),
+                            quoted(other)
+                        ),
+                    ));
+                }
+            }
+        }
+        for (key, line) in [
+            ("review_rounds", index.of_optional(&raw_phase.review_rounds)),
+            ("reviewer", index.of_optional(&raw_phase.reviewer)),
+        ] {
+            if line.is_some() && !gate.llm {
+                return Err(SpecError::new(
+                    line,
+                    format!(
+                        "phase `{}`: `{key}` is a setting of an llm gate; add gate = \"llm\" \
+                         or remove it",
+                        phase.as_str()
+                    ),
+                ));
+            }
+        }
+        let plan = match inner(raw_phase.plan.clone()).as_deref() {
+            None => None,
+            Some("llm") => Some(PlanSpec {
+                objectives: raw_phase
+                    .objectives
+                    .iter()
+                    .map(|objective| objective.get_ref().clone())
+                    .collect(),
+                max_tasks: inner(raw_phase.max_tasks.clone()).unwrap_or(DEFAULT_PLANNED_TASKS),
+                attempts: inner(raw_phase.plan_attempts.clone()).unwrap_or(DEFAULT_PLAN_ATTEMPTS),
+                allow_shell: inner(raw_phase.allow_shell.clone()).unwrap_or(false),
+                planner: inner(raw_phase.planner.clone()),
+            }),
+            Some(other) => {
+                return Err(SpecError::new(
+                    index.of_optional(&raw_phase.plan),
+                    format!(
+                        "phase `{}`: unknown plan {}; use plan = \"llm\" or list the tasks",
+                        phase.as_str(),
+                        quoted(other)
+                    ),
+                ));
+            }
+        };
+        if plan.is_none() {
+            let settings = [
+                (
+                    "objectives",
+                    raw_phase.objectives.first().map(|o| index.of(o)),
+                ),
+                ("max_tasks", index.of_optional(&raw_phase.max_tasks)),
+                ("plan_attempts", index.of_optional(&raw_phase.plan_attempts)),
+                ("allow_shell", index.of_optional(&raw_phase.allow_shell)),
+                ("planner", index.of_optional(&raw_phase.planner)),
+            ];
+            for (key, line) in settings {
+                if line.is_some() {
+                    return Err(SpecError::new(
+                        line,
+                        format!(
+                            "phase `{}`: `{key}` is a setting of a planned phase; add \
+                             plan = \"llm\" or remove it",
+                            phase.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        phases.push(PhaseSpec {
+            plan,
+            phase,
+            tasks,
+            acceptance: raw_phase
+                .acceptance
+                .iter()
+                .map(|criterion| criterion.get_ref().clone())
+                .collect(),
+            gate,
+        });
         lines.phases.push(PhaseLines {
             name: name_line,
             tasks: task_lines,
+            gate: gate_line,
+            acceptance: raw_phase.acceptance.iter().map(|c| index.of(c)).collect(),
+            review_rounds: index.of_optional(&raw_phase.review_rounds),
+            reviewer: index.of_optional(&raw_phase.reviewer),
         });
     }
     let spec = ProjectSpec {
@@ -175,6 +399,11 @@ fn convert(index: &LineIndex, raw: RawSpec) -> Result<(ProjectSpec, Lines), Spec
             .collect(),
         budget: inner(raw.budget).unwrap_or(0),
         phases,
+        prompts: raw
+            .prompts
+            .into_iter()
+            .map(|(key, value)| (key, value.into_inner()))
+            .collect(),
     };
     Ok((spec, lines))
 }
@@ -198,6 +427,7 @@ fn convert_task(
     fields[Field::MaxOutputBytes as usize] = index.of_optional(&raw.max_output_bytes);
     fields[Field::System as usize] = index.of_optional(&raw.system);
     fields[Field::MaxTokens as usize] = index.of_optional(&raw.max_tokens);
+    fields[Field::Context as usize] = index.of_optional(&raw.context);
     fields[Field::Input as usize] = index.of_optional(&raw.input);
     fields[Field::DependsOn as usize] = index.of_optional(&raw.depends_on);
     fields[Field::TimeoutSecs as usize] = index.of_optional(&raw.timeout_secs);
@@ -226,6 +456,7 @@ fn convert_task(
         ("max_output_bytes", "shell", Field::MaxOutputBytes),
         ("system", "llm", Field::System),
         ("max_tokens", "llm", Field::MaxTokens),
+        ("context", "llm", Field::Context),
     ];
     for (key, owner, field) in settings {
         if owner != kind
@@ -277,6 +508,7 @@ fn convert_task(
         _ => ExecutorSpec::Llm {
             system: inner(raw.system),
             max_tokens: inner(raw.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
+            context: inner(raw.context).unwrap_or_default(),
         },
     };
     let (depends_on, depends_on_lines) = match raw.depends_on {
@@ -741,7 +973,7 @@ mod tests {
                 workdir: None,
                 cpu_secs: 60,
                 memory_mb: 512,
-                max_output_bytes: 65_536,
+                max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             }
         );
         let ask = spec.task("ask").expect("ask").1;
@@ -749,7 +981,8 @@ mod tests {
             ask.executor,
             ExecutorSpec::Llm {
                 system: None,
-                max_tokens: 512
+                max_tokens: 512,
+                context: Vec::new(),
             }
         );
         assert_eq!(ask.skill.as_deref(), Some("research"));
@@ -784,6 +1017,7 @@ name = "testing"
   executor = "llm"
   system = "You review test reports."
   max_tokens = 1024
+  context = ["unit"]
   input = "Summarise the unit test report"
   depends_on = ["unit"]
   budget = 30
@@ -808,7 +1042,8 @@ name = "testing"
             review.executor,
             ExecutorSpec::Llm {
                 system: Some("You review test reports.".to_owned()),
-                max_tokens: 1024
+                max_tokens: 1024,
+                context: vec!["unit".to_owned()],
             }
         );
         assert_eq!(ProjectSpec::from_bytes(&spec.to_bytes()), Ok(spec));
