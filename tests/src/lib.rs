@@ -304,6 +304,16 @@ impl Node {
         self.json("hierarchy")
     }
 
+    /// The value of one series of the node's `/metrics`, named in full with its labels as
+    /// the exposition prints them (`aamas_events_total{kind="error_escalation"}`), if the
+    /// node answers and has it.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.api_get("/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
     /// An API GET with the node's bearer token: (status line, body).
     pub fn api_get(&self, path: &str) -> Option<(String, String)> {
         self.api_request("GET", path, &[], "")

@@ -128,16 +128,6 @@ name = "development"
     }
 }
 
-/// The value of the counter `name` in a node's `/metrics`, if it answers.
-fn counter(node: &Node, name: &str) -> Option<u64> {
-    let (_, body) = node.api_get("/metrics")?;
-    body.lines()
-        .find(|line| line.starts_with(name))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse::<f64>().ok())
-        .map(|value| value as u64)
-}
-
 #[test]
 fn a_voter_that_replaces_a_dead_one_takes_a_copy_of_the_artefacts_it_lacked() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -186,7 +176,7 @@ name = "development"
         }
         let node = &nodes[index_of(&nodes, newcomer)];
         wait_for("the new voter to take a copy", || {
-            (counter(node, "aamas_artifacts_repaired_total")? >= 1).then_some(())
+            (node.metric("aamas_artifacts_repaired_total")? >= 1.0).then_some(())
         });
         let bytes = read_artifact(node, &id, "out").expect("the artefact");
         assert_eq!(bytes.len(), 600_000);

@@ -3,7 +3,7 @@
 //! and the planner asked again with the reason; the plan that passes runs like written
 //! tasks, reading an earlier phase's output and each other's; a planner that keeps
 //! giving too many tasks has the phase fail with the reason once its attempts are
-//! spent.
+//! spent, and the failure escalated.
 
 use std::time::Duration;
 
@@ -146,4 +146,10 @@ fn a_planned_phase_runs_its_checked_plan_and_a_plan_over_its_bounds_fails_the_ph
         .as_array()
         .map_or(0, Vec::len);
     assert_eq!(refusals, 2, "{end}");
+    // And it is escalated (level 2, from the president) on the node that committed it.
+    let escalations: f64 = nodes
+        .iter()
+        .filter_map(|node| node.metric("aamas_events_total{kind=\"error_escalation\"}"))
+        .sum();
+    assert!(escalations >= 1.0, "no ErrorEscalation published");
 }
