@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Seconds from a mayor choosing a worker for an attempt to the worker holding it
     /// (assignment committed through the governor, Execute delivered and acknowledged).
     pub dispatch_seconds: Histogram,
+    /// Work messages per envelope this node sent (the courier's batches).
+    pub work_batch_messages: Histogram,
     /// Seconds the work driver spent in one round (reading the Ledgers and the Registry
     /// and handing each role core its look); inputs wait meanwhile.
     pub work_round_seconds: Histogram,
@@ -78,6 +80,7 @@ impl Default for Metrics {
             direct_rejected: Family::default(),
             direct_accepted: Family::default(),
             dispatch_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            work_batch_messages: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             work_round_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             artifact_copy_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             artifact_bytes_kept: Counter::default(),
@@ -149,6 +152,11 @@ impl Default for Metrics {
             "dispatch_seconds",
             "Seconds from choosing a worker to the worker holding the attempt",
             metrics.dispatch_seconds.clone(),
+        );
+        registry.register(
+            "work_batch_messages",
+            "Work messages per envelope sent (several travel together under load)",
+            metrics.work_batch_messages.clone(),
         );
         registry.register(
             "work_round_seconds",

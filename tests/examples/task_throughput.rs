@@ -60,6 +60,18 @@ fn buckets(nodes: &[Node], metric: &str) -> BTreeMap<u64, u64> {
 
 const DISPATCH: &str = "aamas_dispatch_seconds";
 const ROUNDS: &str = "aamas_work_round_seconds";
+const BATCHES: &str = "aamas_work_batch_messages";
+
+/// The sum and count of the histogram `metric` over all nodes: for the courier's
+/// batches, the work messages sent between nodes and the envelopes they took.
+fn totals(nodes: &[Node], metric: &str) -> (f64, f64) {
+    let sum_of =
+        |series: &str| -> f64 { nodes.iter().filter_map(|node| node.metric(series)).sum() };
+    (
+        sum_of(&format!("{metric}_sum")),
+        sum_of(&format!("{metric}_count")),
+    )
+}
 
 /// The observations in `after` that were not in `before`.
 fn since(before: &BTreeMap<u64, u64>, after: &BTreeMap<u64, u64>) -> BTreeMap<u64, u64> {
@@ -104,6 +116,7 @@ fn main() {
     wait_for("the governors", || {
         agreed_governors(&nodes.iter().collect::<Vec<_>>())
     });
+    let envelopes_before = totals(&nodes, BATCHES);
     let before = buckets(&nodes, DISPATCH);
     let rounds_before = buckets(&nodes, ROUNDS);
     let started = Instant::now();
@@ -138,6 +151,7 @@ fn main() {
         Some("completed"),
         "{project}"
     );
+    let envelopes = totals(&nodes, BATCHES);
     let delta = since(&before, &buckets(&nodes, DISPATCH));
     let rounds = since(&rounds_before, &buckets(&nodes, ROUNDS));
     let micros = |v: Option<u64>| {
@@ -158,6 +172,14 @@ fn main() {
         delta.values().max().copied().unwrap_or(0),
         micros(quantile(&delta, 0.5)),
         micros(quantile(&delta, 0.99))
+    );
+    let (messages, sent) = (
+        envelopes.0 - envelopes_before.0,
+        envelopes.1 - envelopes_before.1,
+    );
+    println!(
+        "work messages between nodes: {messages:.0} in {sent:.0} envelopes ({:.1} per envelope)",
+        messages / sent.max(1.0)
     );
     println!(
         "work driver rounds (inputs wait meanwhile), {} rounds: p50 {}, p99 {}",

@@ -7,6 +7,7 @@
 //!              the inbound RPC pipeline
 //!   work       projects through the hierarchy: the messages between the president,
 //!              governors, mayors and workers, and the reads and writes behind them
+//!   courier    work messages to one member leave together, one envelope per batch
 //!   owner      the one task that owns those four cores and feeds them every input
 //!   states     state groups, governors' voters and mayor leases
 //!   mirroring  the Registry copies of members outside the federal group
@@ -20,6 +21,7 @@
 //! `spec`) never import the driver.
 
 pub mod artifacts;
+pub mod courier;
 pub mod mirroring;
 pub(crate) mod owner;
 pub mod projects;

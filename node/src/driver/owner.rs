@@ -206,8 +206,15 @@ pub(crate) async fn drive(node: Arc<Node>, mut cores: Cores, mut inputs: mpsc::R
     // short, and someone waits on most), but at most this many, so a flood of inputs
     // never starves it.
     let mut streak = 0;
+    // The president's core asked for its next round now (a phase advanced, or a state
+    // finished its tasks): a few times per phase, so the least gap does not apply.
+    let mut urgent = false;
     loop {
-        let due = last + if woken { WORK_MIN_GAP } else { WORK_TICK };
+        let due = if urgent {
+            tokio::time::Instant::now()
+        } else {
+            last + if woken { WORK_MIN_GAP } else { WORK_TICK }
+        };
         let round_first = streak >= MAX_INPUTS_BEFORE_A_ROUND;
         tokio::select! {
             biased;
@@ -215,6 +222,7 @@ pub(crate) async fn drive(node: Arc<Node>, mut cores: Cores, mut inputs: mpsc::R
                 streak = 0;
                 last = tokio::time::Instant::now();
                 woken = false;
+                urgent = false;
                 round(&node, &mut cores).await;
             }
             input = inputs.recv() => {
@@ -226,11 +234,13 @@ pub(crate) async fn drive(node: Arc<Node>, mut cores: Cores, mut inputs: mpsc::R
                 if applied.is_err() {
                     panicked(&node, "an input");
                 }
+                urgent |= cores.president.take_tick_wanted();
             }
             () = tokio::time::sleep_until(due), if !round_first => {
                 streak = 0;
                 last = tokio::time::Instant::now();
                 woken = false;
+                urgent = false;
                 round(&node, &mut cores).await;
             }
             // Something happened: a round as soon as the least gap allows.

@@ -334,6 +334,9 @@ pub enum ResignError {
 
 /// The shared state of a running node.
 pub struct Node {
+    /// This node itself, for work that must outlive a borrowed call (the courier's
+    /// carriers); it never keeps the node alive.
+    pub(crate) this: std::sync::Weak<Node>,
     pub(crate) identity: Identity,
     pub(crate) mesh: MeshFile,
     pub(crate) handle: NodeHandle,
@@ -2417,7 +2420,8 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
     if work.executors.has_llm() && !skills.iter().any(|skill| skill == crate::exec::LLM_SKILL) {
         skills.push(crate::exec::LLM_SKILL.into());
     }
-    let node = Arc::new(Node {
+    let node = Arc::new_cyclic(|this| Node {
+        this: this.clone(),
         artifacts,
         handle: handle.clone(),
         groups: groups.clone(),

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::driver::artifacts::ArtifactFailure;
+use crate::driver::courier::{Lane, MAX_BATCH_ITEMS, MAX_CARRIERS, Parcel};
 use crate::driver::owner::{Committed, Cores, Input, Inputs, Sending};
 use crate::driver::runtime::{Node, now_ms, peer_id, request_id};
 use crate::events::{BusEvent, Role};
@@ -55,6 +56,9 @@ pub use crate::roles::president::{
     ASSIGN_RESEND_MS, Decision, MAX_REOPENINGS, REOPEN_ATTEMPTS, decide, ready_tasks,
 };
 pub use crate::roles::worker::OUTCOME_DELIVERY_MS;
+/// The action (or subject) of an envelope that carries several work messages: a
+/// postcard list of each one's postcard.
+pub const BATCH_ACTION: &str = "batch";
 /// Largest output kept with a task outcome.
 pub const MAX_OUTCOME_OUTPUT: usize = 64 << 10;
 pub use crate::roles::governor::{NewTask, StateProgress, TaskReport};
@@ -162,6 +166,8 @@ pub(crate) type WorkerCommand = crate::roles::worker::Command<AttemptOutcome>;
 pub struct WorkState {
     pub(crate) executors: Executors,
     inputs: Inputs,
+    /// Work messages waiting for an envelope, by recipient and kind.
+    courier: crate::driver::courier::Courier<Result<(), WorkError>>,
 }
 
 impl std::fmt::Debug for WorkState {
@@ -182,6 +188,7 @@ impl WorkState {
         let state = Self {
             executors: Executors::new(llm),
             inputs,
+            courier: crate::driver::courier::Courier::default(),
         };
         (state, Cores::new(me, capacity), receiver)
     }
@@ -263,6 +270,12 @@ pub enum WorkError {
     /// The node is stopping.
     #[error("the node is stopping")]
     Stopping,
+    /// Too many work messages already wait for the recipient ([`crate::driver::courier`]).
+    #[error(transparent)]
+    Backlogged(#[from] crate::driver::courier::Backlogged),
+    /// The envelope that carried it with others was not delivered, for this reason.
+    #[error("the envelope carrying it was not delivered: {0}")]
+    Undelivered(String),
 }
 
 /// The event a committed Ledger command is, for the event bus: an attempt's end
@@ -307,24 +320,104 @@ fn task_event(command: &LedgerCommand) -> Option<Event> {
 }
 
 impl Node {
-    /// Seals `work` for `to` and delivers it; `Ok` once `to` acknowledged it.
+    /// Delivers `work` to `to` through the courier ([`crate::driver::courier`]): alone
+    /// when nothing else waits for `to`, else in one envelope with what does. `Ok` once
+    /// `to` acknowledged it.
     pub(crate) async fn send_work(&self, to: NodeKey, work: &Work) -> Result<(), WorkError> {
         if to == self.identity.node_key() {
             // To itself (one node holding several roles): no envelope, no network.
             return Box::pin(self.handle_work(to, work.clone())).await;
         }
-        let body = postcard::to_stdvec(work).map_err(WorkError::Encode)?;
-        let payload = match work.kind() {
-            MessageKind::Command => Payload::Command(Command {
+        let bytes = postcard::to_stdvec(work).map_err(WorkError::Encode)?;
+        let lane = (to, work.kind() == MessageKind::Command);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let parcel = Parcel {
+            bytes,
+            action: work.action(),
+            reply,
+        };
+        if self.work.courier.queue(lane, parcel)? {
+            let Some(node) = self.this.upgrade() else {
+                return Err(WorkError::Stopping);
+            };
+            self.spawn(async move { node.carry(lane).await });
+        }
+        // The carriers ahead of it and its own delivery, each bounded by DELIVERY_TIMEOUT.
+        let patience = DELIVERY_TIMEOUT * (u32::try_from(MAX_CARRIERS).unwrap_or(1) + 1);
+        match tokio::time::timeout(patience, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(WorkError::Stopping),
+            Err(_) => Err(WorkError::DeliveryTimedOut),
+        }
+    }
+
+    /// A carrier of `lane`: delivers what waits in it, a batch per envelope, until
+    /// nothing does, and hands each message its answer.
+    async fn carry(self: Arc<Self>, lane: Lane) {
+        while let Some(batch) = self.work.courier.next(lane) {
+            let count = batch.len();
+            let mut replies = Vec::with_capacity(count);
+            let mut items = Vec::with_capacity(count);
+            for parcel in batch {
+                items.push((parcel.action, parcel.bytes));
+                replies.push(parcel.reply);
+            }
+            self.metrics.work_batch_messages.observe(count as f64);
+            match self.deliver(lane, items).await {
+                Ok(answers) => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(match answer {
+                            None => Ok(()),
+                            Some(reason) => {
+                                Err(crate::net::swarm::Unacked::Refused { reason }.into())
+                            }
+                        });
+                    }
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    let mut error = Some(error);
+                    for reply in replies {
+                        let error = error
+                            .take()
+                            .unwrap_or_else(|| WorkError::Undelivered(reason.clone()));
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Seals `items` (action, postcard of a [`Work`]) for `lane`'s member in one envelope
+    /// and delivers it: one answer per item, in order (`None`: acknowledged).
+    async fn deliver(
+        &self,
+        (to, command): Lane,
+        mut items: Vec<(&'static str, Vec<u8>)>,
+    ) -> Result<Vec<Option<String>>, WorkError> {
+        let count = items.len();
+        let (action, body) = match items.pop() {
+            Some(item) if count == 1 => item,
+            Some(last) => {
+                items.push(last);
+                let bodies: Vec<Vec<u8>> = items.into_iter().map(|(_, body)| body).collect();
+                let body = postcard::to_stdvec(&bodies).map_err(WorkError::Encode)?;
+                (BATCH_ACTION, body)
+            }
+            None => return Ok(Vec::new()),
+        };
+        let payload = if command {
+            Payload::Command(Command {
                 priority: Priority::Normal,
-                action: work.action().into(),
+                action: action.into(),
                 body,
-            }),
-            _ => Payload::Report(Report {
-                subject: work.action().into(),
+            })
+        } else {
+            Payload::Report(Report {
+                subject: action.into(),
                 event: None,
                 body,
-            }),
+            })
         };
         let recipient = self
             .registry(|registry| registry.members().get(&to).map(|member| member.identity))
@@ -341,9 +434,25 @@ impl Node {
             .map(|(_, addrs)| addrs)
             .unwrap_or_default();
         let request = self.handle.request(peer, addrs, Rpc::Envelope(bytes));
-        match tokio::time::timeout(DELIVERY_TIMEOUT, request).await {
-            Ok(answer) => Ok(crate::net::swarm::acked(answer)?),
-            Err(_) => Err(WorkError::DeliveryTimedOut),
+        let answer = tokio::time::timeout(DELIVERY_TIMEOUT, request)
+            .await
+            .map_err(|_| WorkError::DeliveryTimedOut)?;
+        if count == 1 {
+            return Ok(vec![match crate::net::swarm::acked(answer) {
+                Ok(()) => None,
+                Err(crate::net::swarm::Unacked::Refused { reason }) => Some(reason),
+                Err(other) => return Err(other.into()),
+            }]);
+        }
+        match answer.map_err(crate::net::swarm::Unacked::from)? {
+            RpcResponse::Each(answers) if answers.len() == count => Ok(answers),
+            RpcResponse::Refused { reason } => {
+                Err(crate::net::swarm::Unacked::Refused { reason }.into())
+            }
+            other => Err(crate::net::swarm::Unacked::Unexpected {
+                answer: format!("{other:?} to a batch of {count}"),
+            }
+            .into()),
         }
     }
 
@@ -360,11 +469,16 @@ impl Node {
             Ok(opened) => opened,
             Err(reason) => return refused(reason.to_string()),
         };
-        let body = match &opened.payload {
-            Payload::Command(command) => &command.body,
-            Payload::Report(report) => &report.body,
+        let (action, body) = match &opened.payload {
+            Payload::Command(command) => (&command.action, &command.body),
+            Payload::Report(report) => (&report.subject, &report.body),
             _ => return refused("not a work message".into()),
         };
+        if action == BATCH_ACTION {
+            return self
+                .handle_batch(opened.header.sender, opened.header.kind, body)
+                .await;
+        }
         let work: Work = match postcard::from_bytes(body) {
             Ok(work) => work,
             Err(error) => return refused(format!("malformed work message: {error}")),
@@ -376,6 +490,41 @@ impl Node {
             Ok(()) => RpcResponse::Ack,
             Err(reason) => refused(reason.to_string()),
         }
+    }
+
+    /// Several work messages in one envelope (from a sender's courier): each handled as
+    /// if it had come alone, all at once, and answered in order.
+    async fn handle_batch(&self, sender: NodeKey, kind: MessageKind, body: &[u8]) -> RpcResponse {
+        let items: Vec<Vec<u8>> = match postcard::from_bytes(body) {
+            Ok(items) => items,
+            Err(error) => {
+                return RpcResponse::Refused {
+                    reason: format!("malformed batch: {error}"),
+                };
+            }
+        };
+        if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
+            return RpcResponse::Refused {
+                reason: format!(
+                    "a batch of {} work messages (1 to {MAX_BATCH_ITEMS})",
+                    items.len()
+                ),
+            };
+        }
+        let answers = items.iter().map(|item| async move {
+            let work: Work = match postcard::from_bytes(item) {
+                Ok(work) => work,
+                Err(error) => return Some(format!("malformed work message: {error}")),
+            };
+            if work.kind() != kind {
+                return Some("the work message does not match the envelope's kind".into());
+            }
+            self.handle_work(sender, work)
+                .await
+                .err()
+                .map(|reason| reason.to_string())
+        });
+        RpcResponse::Each(futures::future::join_all(answers).await)
     }
 
     async fn handle_work(&self, sender: NodeKey, work: Work) -> Result<(), WorkError> {

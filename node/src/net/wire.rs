@@ -185,6 +185,9 @@ pub enum RpcResponse {
         /// Why.
         reason: String,
     },
+    /// To an [`Rpc::Envelope`] that carried several work messages: one answer each, in
+    /// order; `None` acknowledges it, `Some` is why it was refused.
+    Each(Vec<Option<String>>),
 }
 
 /// One task as a state's Ledger has it.

@@ -397,6 +397,11 @@ pub struct President {
     planning: BTreeMap<(String, Phase, u32), (u64, Option<String>)>,
     /// Proposals under way.
     proposing: BTreeSet<Vec<u8>>,
+    /// Those of them that advance a phase.
+    advancing: BTreeSet<Vec<u8>>,
+    /// Whether something happened that the next tick acts on at once (see
+    /// [`President::take_tick_wanted`]).
+    tick_wanted: bool,
     queued: VecDeque<Command>,
 }
 
@@ -411,8 +416,20 @@ impl President {
         match input {
             Input::Progress { state, projects } => {
                 for progress in projects {
-                    self.progress
-                        .insert((progress.project.clone(), state.clone()), progress);
+                    // A state that has just finished everything it holds of a project
+                    // may have finished its phase.
+                    let finished = !progress.tasks.is_empty()
+                        && progress.tasks.values().all(|(_, report)| {
+                            matches!(
+                                report.status,
+                                TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Escalated
+                            )
+                        });
+                    let key = (progress.project.clone(), state.clone());
+                    if finished && self.progress.get(&key) != Some(&progress) {
+                        self.tick_wanted = true;
+                    }
+                    self.progress.insert(key, progress);
                 }
             }
             Input::Tick {
@@ -449,6 +466,10 @@ impl President {
             }
             Input::Proposed { slot } => {
                 self.proposing.remove(&slot);
+                // The next phase (often one with nothing to do) starts at once.
+                if self.advancing.remove(&slot) {
+                    self.tick_wanted = true;
+                }
             }
             Input::PlanRead {
                 project,
@@ -501,11 +522,24 @@ impl President {
         self.queued.drain(..)
     }
 
+    /// Whether the next [`Input::Tick`] should come now rather than after the driver's
+    /// least gap between rounds, and clears the wish: a phase advance ended (the next
+    /// phase, often empty, can start), or a state reported all its tasks of a project
+    /// finished for the first time (the phase may be done). At most a few per phase of
+    /// each project, so it never floods the driver.
+    pub fn take_tick_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.tick_wanted)
+    }
+
     /// Checks the invariants; only a bug breaks them.
     pub fn validate(&self) {
         assert!(
             self.proposing.len() <= MAX_PROPOSALS_IN_FLIGHT,
             "proposals over their bound"
+        );
+        assert!(
+            self.advancing.is_subset(&self.proposing),
+            "an advance followed that is not under way"
         );
         for ((project, state), progress) in &self.progress {
             assert_eq!(
@@ -534,8 +568,13 @@ impl President {
     }
 
     fn advance(&mut self, id: &str, phase: Phase) {
+        let request = phase_request(b"advance", id, phase);
+        let slot = request.concat();
+        if !self.proposing.contains(&slot) && self.proposing.len() < MAX_PROPOSALS_IN_FLIGHT {
+            self.advancing.insert(slot);
+        }
         self.propose(
-            phase_request(b"advance", id, phase),
+            request,
             RegistryCommand::AdvancePhase {
                 id: id.to_string(),
                 from: phase,
@@ -2105,6 +2144,52 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    #[test]
+    fn an_advance_that_ended_and_a_state_newly_finished_want_the_next_tick_now() {
+        let mut president = President::new();
+        assert!(!president.take_tick_wanted());
+        // A state with work left, then the same state finished: once, not on a repeat.
+        president.handle(0, progress("technical", &[("a", TaskStatus::Assigned)]));
+        assert!(!president.take_tick_wanted());
+        president.handle(1, progress("technical", &[("a", TaskStatus::Succeeded)]));
+        assert!(president.take_tick_wanted());
+        assert!(!president.take_tick_wanted(), "taken once");
+        president.handle(2, progress("technical", &[("a", TaskStatus::Succeeded)]));
+        assert!(
+            !president.take_tick_wanted(),
+            "a report repeated is no news"
+        );
+        // An escalated task is finished too (the phase may fail).
+        president.handle(3, progress("financial", &[("b", TaskStatus::Escalated)]));
+        assert!(president.take_tick_wanted());
+
+        // The end of an advance wants the next tick; the end of another proposal does not.
+        president.handle(4, progress("financial", &[("b", TaskStatus::Succeeded)]));
+        let _ = president.take_tick_wanted();
+        let commands = tick(&mut president, 10, Phase::Design, counts(2, 2, 0));
+        let slot = match commands.as_slice() {
+            [
+                Command::Propose {
+                    slot,
+                    command: RegistryCommand::AdvancePhase { .. },
+                    ..
+                },
+            ] => slot.clone(),
+            other => panic!("no advance: {other:?}"),
+        };
+        president.handle(
+            20,
+            Input::Proposed {
+                slot: b"progress-p".to_vec(),
+            },
+        );
+        assert!(!president.take_tick_wanted());
+        president.handle(30, Input::Proposed { slot: slot.clone() });
+        assert!(president.take_tick_wanted());
+        president.handle(40, Input::Proposed { slot });
+        assert!(!president.take_tick_wanted(), "an advance ends once");
     }
 
     #[test]
