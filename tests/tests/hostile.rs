@@ -302,6 +302,26 @@ fn a_hostile_members_moves_are_refused_and_counted() {
         )
         .expect("seal")
         .bytes;
+    // The same Execute twice in one envelope, as a courier batches them.
+    let batch = Payload::Command(aamas_protocol::Command {
+        priority: aamas_protocol::Priority::Normal,
+        action: aamas_node::driver::work::BATCH_ACTION.into(),
+        body: postcard::to_stdvec(&vec![postcard::to_stdvec(&execute).expect("encode"); 2])
+            .expect("encode"),
+    });
+    let sealed_batch = Sealer::new(mesh, Limits::default(), now)
+        .seal(
+            &hostile,
+            now,
+            Outgoing {
+                topic: &format!("aamas/1/{mesh}/direct"),
+                payload: &batch,
+                to: To::Members(&to),
+                ttl_ms: 60_000,
+            },
+        )
+        .expect("seal")
+        .bytes;
     let record = GovernorRecord {
         node: hostile_key,
         term: 99,
@@ -358,6 +378,7 @@ fn a_hostile_members_moves_are_refused_and_counted() {
             },
         ),
         ("execute", Rpc::Envelope(sealed)),
+        ("execute_batch", Rpc::Envelope(sealed_batch)),
     ];
 
     let addr = first_listen_addr(&nodes[p]);
@@ -385,10 +406,18 @@ fn a_hostile_members_moves_are_refused_and_counted() {
         answers
     });
     for (reason, answer) in &answers {
-        assert!(
-            matches!(answer, RpcResponse::Refused { .. }),
-            "{reason}: {answer:?}"
-        );
+        // A batch is refused as a whole (the envelope's authority check) or message by
+        // message (the worker's check of the city's mayor).
+        let refused = match answer {
+            RpcResponse::Refused { .. } => true,
+            RpcResponse::Each(answers) => {
+                *reason == "execute_batch"
+                    && answers.len() == 2
+                    && answers.iter().all(Option::is_some)
+            }
+            _ => false,
+        };
+        assert!(refused, "{reason}: {answer:?}");
     }
     let (_, metrics) = nodes[p].api_get("/metrics").expect("metrics");
     for reason in [

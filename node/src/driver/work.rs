@@ -11,8 +11,10 @@
 //!             an escalated task → FailProject with the task's reason
 //! ```
 //!
-//! Every message is a sealed, signed envelope sent over request-response and answered
-//! with `Ack` only after its effect is committed, so senders retry until acknowledged.
+//! Every message travels in a sealed, signed envelope over request-response — alone, or
+//! under load with others for the same member ([`crate::driver::courier`]) — and is
+//! answered with `Ack` only after its effect is committed, so senders retry until
+//! acknowledged.
 //! Every Ledger command is idempotent (request ids plus state checks), and the Ledger
 //! refuses a second result for a task, so however often a task runs it has exactly one
 //! committed result. Leaders, mayors and workers keep only soft state in memory; a
