@@ -283,45 +283,35 @@ fn a_hostile_members_moves_are_refused_and_counted() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as u64;
-    let payload = Payload::Command(aamas_protocol::Command {
-        priority: aamas_protocol::Priority::Normal,
-        action: "execute".into(),
-        body: postcard::to_stdvec(&execute).expect("encode"),
-    });
     let to = [worker.public()];
-    let sealed = Sealer::new(mesh, Limits::default(), now)
-        .seal(
-            &hostile,
-            now,
-            Outgoing {
-                topic: &format!("aamas/1/{mesh}/direct"),
-                payload: &payload,
-                to: To::Members(&to),
-                ttl_ms: 60_000,
-            },
-        )
-        .expect("seal")
-        .bytes;
+    // An Execute from the hostile member to the president's node, sealed as `action`.
+    let sealed_as = |action: &str, body: Vec<u8>| {
+        let payload = Payload::Command(aamas_protocol::Command {
+            priority: aamas_protocol::Priority::Normal,
+            action: action.into(),
+            body,
+        });
+        Sealer::new(mesh, Limits::default(), now)
+            .seal(
+                &hostile,
+                now,
+                Outgoing {
+                    topic: &format!("aamas/1/{mesh}/direct"),
+                    payload: &payload,
+                    to: To::Members(&to),
+                    ttl_ms: 60_000,
+                },
+            )
+            .expect("seal")
+            .bytes
+    };
+    let one = postcard::to_stdvec(&execute).expect("encode");
+    let sealed = sealed_as("execute", one.clone());
     // The same Execute twice in one envelope, as a courier batches them.
-    let batch = Payload::Command(aamas_protocol::Command {
-        priority: aamas_protocol::Priority::Normal,
-        action: aamas_node::driver::work::BATCH_ACTION.into(),
-        body: postcard::to_stdvec(&vec![postcard::to_stdvec(&execute).expect("encode"); 2])
-            .expect("encode"),
-    });
-    let sealed_batch = Sealer::new(mesh, Limits::default(), now)
-        .seal(
-            &hostile,
-            now,
-            Outgoing {
-                topic: &format!("aamas/1/{mesh}/direct"),
-                payload: &batch,
-                to: To::Members(&to),
-                ttl_ms: 60_000,
-            },
-        )
-        .expect("seal")
-        .bytes;
+    let sealed_batch = sealed_as(
+        aamas_node::driver::work::BATCH_ACTION,
+        postcard::to_stdvec(&vec![one; 2]).expect("encode"),
+    );
     let record = GovernorRecord {
         node: hostile_key,
         term: 99,
