@@ -398,15 +398,13 @@ impl Node {
         mut items: Vec<(&'static str, Vec<u8>)>,
     ) -> Result<Vec<Option<String>>, WorkError> {
         let count = items.len();
-        let (action, body) = match items.pop() {
-            Some(item) if count == 1 => item,
-            Some(last) => {
-                items.push(last);
-                let bodies: Vec<Vec<u8>> = items.into_iter().map(|(_, body)| body).collect();
+        let (action, body) = match items.as_mut_slice() {
+            [(action, body)] => (*action, std::mem::take(body)),
+            _ => {
+                let bodies: Vec<&Vec<u8>> = items.iter().map(|(_, body)| body).collect();
                 let body = postcard::to_stdvec(&bodies).map_err(WorkError::Encode)?;
                 (BATCH_ACTION, body)
             }
-            None => return Ok(Vec::new()),
         };
         let payload = if command {
             Payload::Command(Command {
