@@ -399,6 +399,9 @@ pub struct President {
     proposing: BTreeSet<Vec<u8>>,
     /// Those of them that advance a phase.
     advancing: BTreeSet<Vec<u8>>,
+    /// The progress write under way for each (project, phase), by slot: a newer count
+    /// waits for it, so two writes never commit out of order and leave an older count.
+    recording: BTreeMap<(String, Phase), Vec<u8>>,
     /// Whether something happened that the next tick acts on at once (see
     /// [`President::take_tick_wanted`]).
     tick_wanted: bool,
@@ -444,6 +447,8 @@ impl President {
                     .retain(|(project, _), _| running.contains(project.as_str()));
                 self.sent
                     .retain(|(project, phase, _), _| current.contains(&(project.as_str(), *phase)));
+                self.recording
+                    .retain(|(project, phase), _| current.contains(&(project.as_str(), *phase)));
                 self.reopened
                     .retain(|key, _| running.contains(key.project.as_str()));
                 self.reading
@@ -466,6 +471,7 @@ impl President {
             }
             Input::Proposed { slot } => {
                 self.proposing.remove(&slot);
+                self.recording.retain(|_, recording| *recording != slot);
                 // The next phase (often one with nothing to do) starts at once.
                 if self.advancing.remove(&slot) {
                     self.tick_wanted = true;
@@ -541,6 +547,12 @@ impl President {
             self.advancing.is_subset(&self.proposing),
             "an advance followed that is not under way"
         );
+        assert!(
+            self.recording
+                .values()
+                .all(|slot| self.proposing.contains(slot)),
+            "a progress write followed that is not under way"
+        );
         for ((project, state), progress) in &self.progress {
             assert_eq!(
                 &progress.project, project,
@@ -549,32 +561,30 @@ impl President {
         }
     }
 
+    /// Queues a proposal unless its slot is under way or too many are; the slot when
+    /// queued.
     fn propose(
         &mut self,
         request: Vec<Vec<u8>>,
         command: RegistryCommand,
         announce: Option<Event>,
-    ) {
+    ) -> Option<Vec<u8>> {
         let slot = request.concat();
         if self.proposing.len() >= MAX_PROPOSALS_IN_FLIGHT || !self.proposing.insert(slot.clone()) {
-            return;
+            return None;
         }
         self.queued.push_back(Command::Propose {
-            slot,
+            slot: slot.clone(),
             request,
             command,
             announce,
         });
+        Some(slot)
     }
 
     fn advance(&mut self, id: &str, phase: Phase) {
-        let request = phase_request(b"advance", id, phase);
-        let slot = request.concat();
-        if !self.proposing.contains(&slot) && self.proposing.len() < MAX_PROPOSALS_IN_FLIGHT {
-            self.advancing.insert(slot);
-        }
-        self.propose(
-            request,
+        let queued = self.propose(
+            phase_request(b"advance", id, phase),
             RegistryCommand::AdvancePhase {
                 id: id.to_string(),
                 from: phase,
@@ -585,6 +595,7 @@ impl President {
                 to: phase.next().unwrap_or(phase),
             }),
         );
+        self.advancing.extend(queued);
     }
 
     fn plan(
@@ -666,7 +677,12 @@ impl President {
             tasks_done: count(done),
             tasks_failed: count(reports.values().filter(|(_, r)| is_failed(r)).count()),
         };
-        if project.recorded != Some(progress) {
+        // An earlier count of this phase still being written holds the newer one back
+        // (it could land after it), and the phase ends only once its last count is
+        // proposed: a phase that has ended is no longer looked at.
+        let count_waits = project.recorded != Some(progress)
+            && self.recording.contains_key(&(id.to_string(), phase));
+        if project.recorded != Some(progress) && !count_waits {
             let key = [
                 id.as_bytes(),
                 phase.as_str().as_bytes(),
@@ -675,7 +691,7 @@ impl President {
                 &progress.tasks_failed.to_be_bytes(),
             ]
             .concat();
-            self.propose(
+            let queued = self.propose(
                 vec![b"progress".to_vec(), key],
                 RegistryCommand::SetProjectProgress {
                     id: id.to_string(),
@@ -690,6 +706,9 @@ impl President {
                 },
                 None,
             );
+            if let Some(slot) = queued {
+                self.recording.insert((id.to_string(), phase), slot);
+            }
         }
         let failed = reports
             .iter()
@@ -700,6 +719,9 @@ impl President {
             return;
         }
         if done == effective.tasks.len() {
+            if count_waits {
+                return;
+            }
             if phase_spec.gate.llm
                 && !self.llm_gate(now_ms, spec, project, &effective, &reports, governors)
             {
@@ -1862,6 +1884,19 @@ mod tests {
             revision.input
         );
         assert_eq!(proposed(&commands).len(), 1, "the counts: 1 of 2 done now");
+        // That count is committed (recorded below as 1 of 2 done).
+        let count = commands
+            .iter()
+            .find_map(|c| match c {
+                Command::Propose {
+                    slot,
+                    command: RegistryCommand::SetProjectProgress { .. },
+                    ..
+                } => Some(slot.clone()),
+                _ => None,
+            })
+            .expect("a count");
+        president.handle(3_500, Input::Proposed { slot: count });
 
         // The revision succeeded: round two reads it instead of `b`.
         president.handle(
@@ -2190,6 +2225,48 @@ mod tests {
         assert!(president.take_tick_wanted());
         president.handle(40, Input::Proposed { slot });
         assert!(!president.take_tick_wanted(), "an advance ends once");
+    }
+
+    #[test]
+    fn a_newer_count_waits_for_the_earlier_one_and_the_phase_ends_after_the_last() {
+        let mut president = President::new();
+        president.handle(0, progress("technical", &[("a", TaskStatus::Assigned)]));
+        president.handle(0, progress("financial", &[("b", TaskStatus::Succeeded)]));
+        let first = match proposed(&tick(&mut president, 10, Phase::Design, None)).as_slice() {
+            [RegistryCommand::SetProjectProgress { progress, .. }] => *progress,
+            other => panic!("no count: {other:?}"),
+        };
+        assert_eq!(Some(first), counts(2, 1, 0));
+        // Everything succeeded while the first count is still being written: nothing
+        // is proposed, neither the newer count nor the advance.
+        president.handle(20, progress("technical", &[("a", TaskStatus::Succeeded)]));
+        assert!(tick(&mut president, 30, Phase::Design, None).is_empty());
+        // Once it is written, the last count and the advance go together.
+        president.handle(
+            40,
+            Input::Proposed {
+                slot: [
+                    b"progress".as_slice(),
+                    b"p",
+                    b"design",
+                    &2u32.to_be_bytes(),
+                    &1u32.to_be_bytes(),
+                    &0u32.to_be_bytes(),
+                ]
+                .concat(),
+            },
+        );
+        let commands = tick(&mut president, 50, Phase::Design, counts(2, 1, 0));
+        assert!(
+            matches!(
+                proposed(&commands).as_slice(),
+                [
+                    RegistryCommand::SetProjectProgress { .. },
+                    RegistryCommand::AdvancePhase { .. }
+                ]
+            ),
+            "{commands:?}"
+        );
     }
 
     #[test]
