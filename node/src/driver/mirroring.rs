@@ -239,9 +239,13 @@ impl Node {
                 turn = 0;
                 last.clone_from(&relays);
             }
+            let before = (self.mirror.applied_index(), self.mirror.leader());
             let failure = match self.catch_up_once(&relays, turn).await {
                 Ok(()) => {
                     pause = MIRROR_RETRY_MIN;
+                    if (self.mirror.applied_index(), self.mirror.leader()) != before {
+                        self.note_change();
+                    }
                     continue;
                 }
                 Err(reason) => reason,

@@ -13,7 +13,8 @@
 //! bounded queue ([`WORK_INPUTS`]): an Execute a mayor sent, a governor's report to the
 //! president, and the completion of every command the driver started (an execution, a delivery, a
 //! proposal, a report). A round — when a group open on this node applied an entry, a
-//! governor's report arrived, or [`WORK_TICK`] passed — reads the Ledgers and the
+//! governor's report arrived, or [`WORK_TICK`] passed ([`WORK_IDLE_TICK`] on a node with
+//! nothing of its own due) — reads the Ledgers and the
 //! Registry and hands each core its look. Commands are carried out by spawned tasks that
 //! never touch a core: they report back as inputs. No lock guards role state, and a
 //! round and an input never interleave.
@@ -78,6 +79,13 @@ impl Cores {
             watched: BTreeSet::new(),
             roles: BTreeSet::new(),
         }
+    }
+
+    /// Whether something here is due at a time of its own (a lease, a timeout, a
+    /// delivery's retry): this node held a role at the last round, runs or delivers an
+    /// attempt, or has a mayor's delivery in flight.
+    pub(crate) fn keeps_watch(&self) -> bool {
+        !self.roles.is_empty() || self.worker.holds_attempts() || !self.sending.is_empty()
     }
 }
 
@@ -212,8 +220,12 @@ pub(crate) async fn drive(node: Arc<Node>, mut cores: Cores, mut inputs: mpsc::R
     loop {
         let due = if urgent {
             tokio::time::Instant::now()
+        } else if woken {
+            last + WORK_MIN_GAP
+        } else if cores.keeps_watch() {
+            last + WORK_TICK
         } else {
-            last + if woken { WORK_MIN_GAP } else { WORK_TICK }
+            last + WORK_IDLE_TICK
         };
         let round_first = streak >= MAX_INPUTS_BEFORE_A_ROUND;
         tokio::select! {
@@ -248,6 +260,11 @@ pub(crate) async fn drive(node: Arc<Node>, mut cores: Cores, mut inputs: mpsc::R
         }
     }
 }
+
+/// How often the driver runs a round unwoken while this node holds no work role and no
+/// attempt ([`Cores::keeps_watch`]): nothing of its own is then due at any time, and
+/// whatever gives it work (a committed entry, an Execute) wakes it.
+pub const WORK_IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Most inputs the driver applies in a row while a round is due.
 const MAX_INPUTS_BEFORE_A_ROUND: usize = 256;

@@ -375,13 +375,19 @@ pub struct Node {
     members_seen: Mutex<Option<u64>>,
     /// The Registry's applied index and the president when the book and the inbox were
     /// last rebuilt, the members that rebuild saw, and when it ran (see
-    /// [`Node::registry_changed`]).
+    /// [`Node::registry_look`]).
     registry_version: Mutex<RebuildMark>,
     /// When this node (as president) last added federal learners.
     learners_added: Mutex<Option<std::time::Instant>>,
     /// Wakes the work roles at once: a group this node holds applied an entry, or a
     /// governor's report arrived (see [`crate::driver::work::WORK_TICK`]).
     pub(crate) work_wake: Arc<tokio::sync::Notify>,
+    /// Bumped when something a duty reacts to changed: the Registry copy or the
+    /// president, a group's leader, a connection (see [`Pace`]).
+    pub(crate) changes: tokio::sync::watch::Sender<u64>,
+    /// Whether this node held a work role (president, governor, mayor) at the last work
+    /// round: such a node decides on liveness, so its duties keep their quick pace.
+    pub(crate) on_duty: std::sync::atomic::AtomicBool,
     /// This node's copy of the Registry while it is outside the federal group (see
     /// `crate::driver::mirroring`).
     pub(crate) mirror: aamas_consensus::Mirror,
@@ -409,8 +415,8 @@ pub fn rebuild_gap(members: usize) -> Duration {
 }
 
 /// A node with enough connections still looks for missing links into other states
-/// every this many ticks (see `Node::connect_to_neighbours`).
-pub const NEIGHBOUR_LOOK_EVERY_TICKS: u64 = 10;
+/// this often, at the first round after it (see `Node::connect_to_neighbours`).
+pub const NEIGHBOUR_LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a member that resigned from a group counts as gone, whether or not it is
 /// still connected (see [`Node::last_seen`]).
@@ -639,7 +645,7 @@ impl Node {
     /// [`rebuild_gap`] for a mesh of this size. Each rebuild reads every member, so in a
     /// mesh of a thousand forming members a rebuild every tick on every node was a
     /// billion member reads a minute.
-    fn registry_changed(&self) -> bool {
+    fn registry_look(&self) -> RegistryLook {
         let version = self
             .registry_index()
             .map(|index| (index, self.president_and_term().0.map(|(id, _)| id)));
@@ -648,14 +654,32 @@ impl Node {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (seen, members, at) = &mut *last;
+        if *seen == version {
+            return RegistryLook::Unchanged;
+        }
         let president_changed = seen.map(|(_, leader)| leader) != version.map(|(_, leader)| leader);
         let due = at.is_none_or(|at| at.elapsed() >= rebuild_gap(*members));
-        if *seen == version || !(president_changed || due) {
-            return false;
+        if !(president_changed || due) {
+            return RegistryLook::Deferred;
         }
         *seen = version;
         *at = Some(std::time::Instant::now());
-        true
+        RegistryLook::Changed
+    }
+
+    /// Tells the duties that something they react to changed (see [`Pace`]).
+    pub(crate) fn note_change(&self) {
+        self.changes
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Whether this node's duties should keep their quick pace: it is the president, or
+    /// it held a work role at the last work round (see [`Node::on_duty`]).
+    fn keeps_watch(&self) -> bool {
+        self.on_duty.load(std::sync::atomic::Ordering::Relaxed)
+            || self
+                .federal()
+                .is_some_and(|federal| federal.leader() == Some(self.me()))
     }
 
     /// Notes how many members the last rebuild saw (for [`rebuild_gap`]).
@@ -668,7 +692,7 @@ impl Node {
 
     /// Takes the Registry's members into the liveness map: new ones get their grace
     /// period from now, members that left are dropped. Reads every member, so it runs
-    /// only when the Registry changed (see [`Node::registry_changed`]).
+    /// only when the Registry changed (see [`Node::registry_look`]).
     async fn reconcile_liveness(&self) {
         let now = now_ms();
         let members: Vec<NodeKey> = self
@@ -2435,6 +2459,8 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),
         work_wake: Arc::new(tokio::sync::Notify::new()),
+        changes: tokio::sync::watch::Sender::new(0),
+        on_duty: std::sync::atomic::AtomicBool::new(false),
         mirror,
         relay_hint: Mutex::new(None),
         mirror_saved_admitted: std::sync::atomic::AtomicBool::new(false),
@@ -2552,11 +2578,20 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
     node.spawn(async move { following.follow_registry().await });
 
     // The president's duties and the bookkeeping every node does.
-    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let president = duty(node.clone(), "president", PRESIDENT_TICK, move |ticking| {
-        let ticks = ticks.clone();
+    // Connections opening and closing wake the duties.
+    let mut connections = node.handle.connection_changes();
+    let noting = node.clone();
+    node.spawn(async move {
+        while connections.changed().await.is_ok() {
+            noting.note_change();
+        }
+    });
+    let looked = Arc::new(Mutex::new(None::<std::time::Instant>));
+    let president = duty(node.clone(), "president", DUTY_PACE, move |ticking| {
+        let looked = looked.clone();
         async move {
-            if ticking.registry_changed() {
+            let look = ticking.registry_look();
+            if look == RegistryLook::Changed {
                 let members_changed = ticking.members_changed().await;
                 if members_changed {
                     ticking.refresh_book().await;
@@ -2566,11 +2601,19 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
             }
             ticking.update_liveness().await;
             ticking.subscribe_to_state().await;
-            let tick = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            ticking
-                .connect_to_neighbours(8, tick.is_multiple_of(NEIGHBOUR_LOOK_EVERY_TICKS))
-                .await;
+            let look_anyway = {
+                let mut looked = looked
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let due = looked.is_none_or(|at| at.elapsed() >= NEIGHBOUR_LOOK_EVERY);
+                if due {
+                    *looked = Some(std::time::Instant::now());
+                }
+                due
+            };
+            ticking.connect_to_neighbours(8, look_anyway).await;
             ticking.president_tick().await;
+            look != RegistryLook::Unchanged || ticking.keeps_watch()
         }
     });
     // State groups and the governors' duties, apart so that a slow membership change in
@@ -2578,10 +2621,11 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
     let governor = duty(
         node.clone(),
         "governor",
-        PRESIDENT_TICK,
+        DUTY_PACE,
         |governing| async move {
             governing.open_state_groups().await;
-            governing.governor_tick().await;
+            let governs = governing.governor_tick().await;
+            governs || governing.keeps_watch()
         },
     );
     // Artefacts of projects that left the Registry (archived) are removed.
@@ -2589,10 +2633,13 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
     let artifacts = duty(
         node.clone(),
         "artifacts",
-        crate::driver::artifacts::ARTIFACT_SWEEP_EVERY,
+        Pace::every(crate::driver::artifacts::ARTIFACT_SWEEP_EVERY),
         move |sweeping| {
             let absent = absent.clone();
-            async move { sweeping.sweep_artifacts(&absent).await }
+            async move {
+                sweeping.sweep_artifacts(&absent).await;
+                true
+            }
         },
     );
     // A state voter takes copies of its state's artefacts that it lacks.
@@ -2600,10 +2647,13 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
     let repair = duty(
         node.clone(),
         "artifact-repair",
-        crate::driver::artifacts::ARTIFACT_REPAIR_EVERY,
+        Pace::every(crate::driver::artifacts::ARTIFACT_REPAIR_EVERY),
         move |repairing| {
             let failures = failures.clone();
-            async move { repairing.repair_artifacts(&failures).await }
+            async move {
+                repairing.repair_artifacts(&failures).await;
+                true
+            }
         },
     );
     // The work roles' cores, owned by one task.
@@ -2634,35 +2684,99 @@ fn raft_claim(
     }
 }
 
-/// Runs one of a node's duties every `every`: a round that panics (a bug) is counted in
-/// `aamas_duty_panics_total{duty}` and logged, and the duty goes on with its next round,
-/// instead of the node silently losing the role.
+/// How often a duty runs: every `quick` while its last round asked to stay quick (the
+/// node holds a role that decides on time, or the round found a change), and otherwise
+/// at a gap that doubles from `quick` up to `idle`. A change ([`Node::note_change`])
+/// brings the next round forward, never closer than `quick` to the last one. An idle
+/// member thus wakes a few times a minute instead of twice a second, and still reacts
+/// to a change within `quick`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// The gap while there is something to watch over, and the least gap.
+    pub quick: Duration,
+    /// The longest gap while idle.
+    pub idle: Duration,
+}
+
+impl Pace {
+    /// A fixed pace: every `every`, whatever the rounds say.
+    pub const fn every(every: Duration) -> Self {
+        Self {
+            quick: every,
+            idle: every,
+        }
+    }
+
+    /// The gap after a round that ran `gap` after the one before it.
+    pub fn next(self, gap: Duration, stay_quick: bool) -> Duration {
+        if stay_quick {
+            self.quick
+        } else {
+            gap.saturating_mul(2).clamp(self.quick, self.idle)
+        }
+    }
+}
+
+/// The pace of the president's and the governors' duties (every member runs both).
+pub const DUTY_PACE: Pace = Pace {
+    quick: PRESIDENT_TICK,
+    idle: Duration::from_secs(4),
+};
+
+/// What the Registry did since the book and the inbox were last rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegistryLook {
+    Unchanged,
+    /// Changed, and the rebuild is due now.
+    Changed,
+    /// Changed, but the last rebuild is too recent (see [`rebuild_gap`]).
+    Deferred,
+}
+
+/// Runs one of a node's duties at its [`Pace`]: a round returns whether the duty should
+/// stay quick. A round that panics (a bug) is counted in `aamas_duty_panics_total{duty}`
+/// and logged, and the duty goes on with its next round (at the quick pace), instead of
+/// the node silently losing the role.
 fn duty<F, Fut>(
     node: Arc<Node>,
     name: &'static str,
-    every: Duration,
+    pace: Pace,
     round: F,
 ) -> tokio::task::JoinHandle<()>
 where
     F: Fn(Arc<Node>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
 {
     use futures::FutureExt as _;
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes = node.changes.subscribe();
+        let mut gap = pace.quick;
+        // The first round at once.
+        let mut last = tokio::time::Instant::now()
+            .checked_sub(gap)
+            .unwrap_or_else(tokio::time::Instant::now);
         loop {
-            interval.tick().await;
+            let woken = tokio::select! {
+                () = tokio::time::sleep_until(last + gap) => false,
+                changed = changes.changed() => changed.is_ok(),
+            };
+            if woken {
+                gap = pace.quick;
+                tokio::time::sleep_until(last + gap).await;
+            }
+            last = tokio::time::Instant::now();
             let outcome = std::panic::AssertUnwindSafe(round(node.clone()))
                 .catch_unwind()
                 .await;
-            if outcome.is_err() {
+            let stay_quick = outcome.unwrap_or_else(|_| {
                 node.metrics
                     .duty_panics
                     .get_or_create(&crate::metrics::labels(&[("duty", name)]))
                     .inc();
                 tracing::error!(duty = name, "a round of this duty panicked; it goes on");
-            }
+                true
+            });
+            gap = pace.next(gap, stay_quick);
         }
     })
 }
@@ -2679,6 +2793,31 @@ mod tests {
         assert_eq!(learner_change_gap(1_000), Duration::from_secs(10));
         assert_eq!(learner_change_gap(100_000), MAX_LEARNER_CHANGE_GAP);
         assert_eq!(learner_change_gap(usize::MAX), MAX_LEARNER_CHANGE_GAP);
+    }
+
+    #[test]
+    fn an_idle_duty_slows_down_to_its_idle_pace_and_a_busy_one_stays_quick() {
+        let pace = Pace {
+            quick: Duration::from_millis(500),
+            idle: Duration::from_secs(4),
+        };
+        let mut gap = pace.quick;
+        let mut gaps = Vec::new();
+        for _ in 0..5 {
+            gap = pace.next(gap, false);
+            gaps.push(gap.as_millis());
+        }
+        assert_eq!(gaps, [1_000, 2_000, 4_000, 4_000, 4_000]);
+        assert_eq!(pace.next(gap, true), pace.quick);
+        let fixed = Pace::every(Duration::from_secs(5));
+        assert_eq!(
+            fixed.next(Duration::from_secs(5), false),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            fixed.next(Duration::from_secs(5), true),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

@@ -1040,8 +1040,9 @@ impl Node {
         Ok(prompt)
     }
 
-    /// Wakes the work roles whenever a group open here applies an entry: one watcher
-    /// per group, ending with the group.
+    /// Wakes the work roles whenever a group open here applies an entry, and the duties
+    /// ([`Node::note_change`]) when it also changes leader: one watcher per group,
+    /// ending with the group.
     fn watch_groups(self: &Arc<Self>, watched: &mut BTreeSet<aamas_consensus::GroupId>) {
         for id in self.groups.ids() {
             if watched.contains(&id) {
@@ -1055,12 +1056,20 @@ impl Node {
             let wake = self.work_wake.clone();
             let node = self.clone();
             self.spawn(async move {
-                let mut applied = metrics.borrow().last_applied;
+                let seen = |metrics: &openraft::RaftMetrics<_, _>| {
+                    (metrics.last_applied, metrics.current_leader)
+                };
+                let (mut applied, mut leader) = seen(&metrics.borrow());
                 while metrics.changed().await.is_ok() {
-                    let now = metrics.borrow().last_applied;
-                    if now != applied {
-                        applied = now;
+                    let (now_applied, now_leader) = seen(&metrics.borrow());
+                    if now_applied != applied {
+                        applied = now_applied;
                         wake.notify_one();
+                        node.note_change();
+                    }
+                    if now_leader != leader {
+                        leader = now_leader;
+                        node.note_change();
                     }
                 }
                 let _ = node.work.inputs.send(Input::Unwatched(id)).await;
@@ -1311,6 +1320,8 @@ impl Node {
             roles.insert(Role::Governor { state });
         }
         let changes = crate::events::role_changes(&cores.roles, &roles);
+        self.on_duty
+            .store(!roles.is_empty(), std::sync::atomic::Ordering::Relaxed);
         cores.roles = roles;
         for change in changes {
             if let BusEvent::RoleChange { role, gained } = &change {

@@ -34,7 +34,7 @@ use libp2p::{
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::net::faults::{Fate, Faults, MAX_DELAYED};
 use crate::net::wire::{Codec, PROTOCOL, Rpc, RpcResponse};
@@ -252,12 +252,19 @@ impl std::fmt::Debug for Inbound {
 pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
+    /// Counts connections opened and closed, so that duties can wake on a change.
+    connection_changes: watch::Receiver<u64>,
 }
 
 impl NodeHandle {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// A receiver that sees a change each time a connection opens or closes.
+    pub fn connection_changes(&self) -> watch::Receiver<u64> {
+        self.connection_changes.clone()
     }
 
     /// Sends `rpc` to `peer` (dialling `addrs` if not connected) and waits for the answer.
@@ -386,7 +393,10 @@ fn gossip_config() -> Result<gossipsub::Config, NetworkError> {
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .max_transmit_size(GOSSIP_MAX_TRANSMIT_BYTES)
-        .heartbeat_interval(Duration::from_millis(700))
+        // gossipsub's default (1 s): messages are pushed through the mesh at once; the
+        // heartbeat only keeps the mesh and gossips message ids, and an idle mesh spends
+        // much of its CPU in it and its peer scores.
+        .heartbeat_interval(Duration::from_secs(1))
         .build()
         .map_err(|error| NetworkError::Setup(format!("gossipsub config: {error}")))
 }
@@ -537,6 +547,7 @@ pub async fn start(
     let (commands, command_rx) = mpsc::channel(QUEUE_CAPACITY);
     let (inbound_tx, requests) = mpsc::channel(QUEUE_CAPACITY);
     let (gossip_tx, gossip) = mpsc::channel(GOSSIP_QUEUE_CAPACITY);
+    let (changes, connection_changes) = watch::channel(0);
     tokio::spawn(run(
         swarm,
         command_rx,
@@ -548,10 +559,15 @@ pub async fn start(
         ConnectionCounters {
             open: config.connections.clone(),
             opened: config.connections_opened.clone(),
+            changes,
         },
     ));
     Ok((
-        NodeHandle { commands, peer_id },
+        NodeHandle {
+            commands,
+            peer_id,
+            connection_changes,
+        },
         Incoming { requests, gossip },
     ))
 }
@@ -568,6 +584,8 @@ fn learn_address(swarm: &mut Swarm<Behaviour>, peer: PeerId, addr: Multiaddr) {
 struct ConnectionCounters {
     open: Gauge,
     opened: Counter,
+    /// Bumped on every connection opened or closed.
+    changes: watch::Sender<u64>,
 }
 
 /// Where the swarm task hands what arrives.
@@ -804,6 +822,7 @@ async fn run(
                     tracing::debug!(%peer_id, "connected");
                     connections.open.inc();
                     connections.opened.inc();
+                    connections.changes.send_modify(|count| *count = count.wrapping_add(1));
                     if let Some(reply) = dials.remove(&connection_id) {
                         let _ = reply.send(Ok(peer_id));
                     }
@@ -816,6 +835,7 @@ async fn run(
                 SwarmEvent::ConnectionClosed { peer_id, .. } => {
                     tracing::debug!(%peer_id, "disconnected");
                     connections.open.dec();
+                    connections.changes.send_modify(|count| *count = count.wrapping_add(1));
                 }
                 _ => {}
             }

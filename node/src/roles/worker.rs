@@ -164,6 +164,11 @@ impl<O: Clone> Worker<O> {
             .count()
     }
 
+    /// Whether any attempt is running here or waits for its outcome's delivery.
+    pub fn holds_attempts(&self) -> bool {
+        !self.attempts.is_empty()
+    }
+
     /// Attempts whose outcome waits for a mayor.
     pub fn delivering(&self) -> usize {
         self.attempts.len() - self.running()
