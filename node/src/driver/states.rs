@@ -182,7 +182,8 @@ impl Node {
         if mine.is_empty() {
             return;
         }
-        let addrs = self.member_addrs().await;
+        // Every member's addresses, read only for a group this node must initialise.
+        let mut addrs = None;
         for (state, group) in mine {
             let open = match self.groups.open(group.id).await {
                 Ok(open) => open,
@@ -193,10 +194,16 @@ impl Node {
             };
             let uninitialised = open.voters().is_empty();
             if group.founder == me && uninitialised {
+                if addrs.is_none() {
+                    addrs = Some(self.member_addrs().await);
+                }
+                let Some(addrs) = addrs.as_ref() else {
+                    continue;
+                };
                 let voters = group
                     .voters
                     .iter()
-                    .map(|key| (node_id(key), self.member_node(key, &addrs)))
+                    .map(|key| (node_id(key), self.member_node(key, addrs)))
                     .collect();
                 match self.groups.initialize(group.id, voters).await {
                     Ok(()) => tracing::info!(%state, "initialised the state group"),
