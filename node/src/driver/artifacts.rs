@@ -107,6 +107,45 @@ pub enum ArtifactFailure {
     Busy,
 }
 
+/// Why asking a member about an artefact, or pulling one from it, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The member's key does not make a peer id.
+    #[error(transparent)]
+    Key(#[from] crate::driver::runtime::NodeError),
+    /// The request failed on the network.
+    #[error(transparent)]
+    Network(#[from] crate::net::swarm::NetworkError),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    NoAnswer(std::time::Duration),
+    /// The member refused, with its reason.
+    #[error("{0}")]
+    Refused(String),
+    /// An answer of the wrong kind.
+    #[error("unexpected answer {0}")]
+    Unexpected(String),
+    /// The artefact is larger than this node takes.
+    #[error("the artefact is {total} bytes, over this node's cap of {cap}")]
+    TooLarge {
+        /// Its size, as the holder says.
+        total: u64,
+        /// This node's cap.
+        cap: usize,
+    },
+    /// The holder sent an empty chunk before the end.
+    #[error("the holder sent an empty chunk before the end")]
+    EmptyChunk,
+    /// The bytes do not hash to the digest asked for.
+    #[error("the bytes hash to {found}, not to {wanted}")]
+    WrongDigest {
+        /// Their digest (hex).
+        found: String,
+        /// The digest asked for (hex).
+        wanted: String,
+    },
+}
+
 /// A node's artefacts and the limits of moving them.
 #[derive(Debug)]
 pub struct ArtifactState {
@@ -200,8 +239,8 @@ impl Node {
                         held.insert(key);
                     }
                     Ok(RpcResponse::Refused { reason }) => last = reason,
-                    Ok(other) => last = format!("unexpected answer {other:?}"),
-                    Err(reason) => last = reason,
+                    Ok(other) => last = CopyError::Unexpected(format!("{other:?}")).to_string(),
+                    Err(reason) => last = reason.to_string(),
                 }
             }
             if held.len() >= wanted {
@@ -268,8 +307,8 @@ impl Node {
     }
 
     /// Sends `rpc` to member `key` with [`ARTIFACT_ASK_LIMIT`].
-    async fn artifact_ask(&self, key: NodeKey, rpc: Rpc) -> Result<RpcResponse, String> {
-        let peer = peer_id(&key).map_err(|error| error.to_string())?;
+    async fn artifact_ask(&self, key: NodeKey, rpc: Rpc) -> Result<RpcResponse, CopyError> {
+        let peer = peer_id(&key)?;
         let addrs = self
             .book
             .get(crate::driver::runtime::node_id(&key))
@@ -278,8 +317,8 @@ impl Node {
         match tokio::time::timeout(ARTIFACT_ASK_LIMIT, self.handle.request(peer, addrs, rpc)).await
         {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {ARTIFACT_ASK_LIMIT:?}")),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(CopyError::NoAnswer(ARTIFACT_ASK_LIMIT)),
         }
     }
 
@@ -290,7 +329,7 @@ impl Node {
         from: NodeKey,
         project: &str,
         digest: &ArtifactDigest,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, CopyError> {
         let mut bytes: Vec<u8> = Vec::new();
         loop {
             let rpc = Rpc::ArtifactRange {
@@ -305,30 +344,29 @@ impl Node {
                     bytes: chunk,
                 } => {
                     if total > self.artifacts.max_bytes as u64 {
-                        return Err(format!(
-                            "the artefact is {total} bytes, over this node's cap of {}",
-                            self.artifacts.max_bytes
-                        ));
+                        return Err(CopyError::TooLarge {
+                            total,
+                            cap: self.artifacts.max_bytes,
+                        });
                     }
                     if chunk.is_empty() && (bytes.len() as u64) < total {
-                        return Err("the holder sent an empty chunk before the end".into());
+                        return Err(CopyError::EmptyChunk);
                     }
                     bytes.extend_from_slice(&chunk);
                     if bytes.len() as u64 >= total {
                         break;
                     }
                 }
-                RpcResponse::Refused { reason } => return Err(reason),
-                other => return Err(format!("unexpected answer {other:?}")),
+                RpcResponse::Refused { reason } => return Err(CopyError::Refused(reason)),
+                other => return Err(CopyError::Unexpected(format!("{other:?}"))),
             }
         }
         let found = artifact_digest(&bytes);
         if found != *digest {
-            return Err(format!(
-                "the bytes hash to {}, not to {}",
-                hex(&found),
-                hex(digest)
-            ));
+            return Err(CopyError::WrongDigest {
+                found: hex(&found),
+                wanted: hex(digest),
+            });
         }
         Ok(bytes)
     }

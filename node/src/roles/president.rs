@@ -821,11 +821,7 @@ impl President {
                 crate::spec::check_plan(spec, phase, &tasks)?;
                 let encoded = crate::spec::encode_plan(&tasks);
                 if encoded.len() > crate::spec::MAX_PLAN_BYTES {
-                    return Err(format!(
-                        "the plan is {} bytes encoded, over {}: write shorter inputs",
-                        encoded.len(),
-                        crate::spec::MAX_PLAN_BYTES
-                    ));
+                    return Err(crate::spec::PlanError::TooLong(encoded.len()));
                 }
                 Ok(encoded)
             });
@@ -839,7 +835,10 @@ impl President {
                     id: id.to_string(),
                     phase,
                     attempt,
-                    reason: cut(&reason, aamas_consensus::registry::MAX_FEEDBACK_BYTES),
+                    reason: cut(
+                        &reason.to_string(),
+                        aamas_consensus::registry::MAX_FEEDBACK_BYTES,
+                    ),
                 },
             };
             self.propose(request(b"plan"), command, None);
@@ -875,7 +874,10 @@ impl President {
                     id: id.to_string(),
                     phase,
                     attempt,
-                    reason: cut(&reason, aamas_consensus::registry::MAX_FEEDBACK_BYTES),
+                    reason: cut(
+                        &reason.to_string(),
+                        aamas_consensus::registry::MAX_FEEDBACK_BYTES,
+                    ),
                 };
                 self.propose(request(b"plan"), command, None);
             }

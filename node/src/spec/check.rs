@@ -10,7 +10,7 @@ use super::{
     At, BuiltinAction, ExecutorSpec, Field, Lines, MAX_CPU_SECS, MAX_INPUT_BYTES, MAX_LLM_TOKENS,
     MAX_MEMORY_MB, MAX_NAME_BYTES, MAX_OBJECTIVE_BYTES, MAX_OBJECTIVES, MAX_OUTPUT_CAP_BYTES,
     MAX_RETRIES, MAX_SLEEP_MS, MAX_TASKS, MAX_TIMEOUT_SECS, MAX_WORKDIR_BYTES, PhaseSpec,
-    ProjectSpec, SpecError, TaskSpec, quoted,
+    PlanError, ProjectSpec, SpecError, TaskSpec, quoted,
 };
 use super::{
     MAX_CONTEXT_TASKS, MAX_PLAN_ATTEMPTS, MAX_PLANNED_TASKS, MAX_PROMPTS, MAX_REVIEW_ROUNDS,
@@ -277,30 +277,25 @@ fn check_plan_settings(
 /// (names, states, executors, limits, acyclic dependencies, what their inputs and
 /// context may name), and by the phase's plan: at most `max_tasks`, `shell` only where
 /// it is allowed. The reason is meant for the planner's next attempt.
-pub fn check_plan(spec: &ProjectSpec, phase: Phase, tasks: &[TaskSpec]) -> Result<(), String> {
+pub fn check_plan(spec: &ProjectSpec, phase: Phase, tasks: &[TaskSpec]) -> Result<(), PlanError> {
     let Some(plan) = spec.phase(phase).and_then(|p| p.plan.as_ref()) else {
-        return Err(format!("phase `{}` is not planned", phase.as_str()));
+        return Err(PlanError::NotPlanned(phase.as_str()));
     };
     if tasks.is_empty() {
-        return Err("the plan has no tasks".to_owned());
+        return Err(PlanError::Empty);
     }
     if tasks.len() > plan.max_tasks as usize {
-        return Err(format!(
-            "the plan has {} tasks; give at most {}",
-            tasks.len(),
-            plan.max_tasks
-        ));
+        return Err(PlanError::TooMany {
+            count: tasks.len(),
+            max: plan.max_tasks,
+        });
     }
     if !plan.allow_shell
         && let Some(task) = tasks
             .iter()
             .find(|task| matches!(task.executor, ExecutorSpec::Shell { .. }))
     {
-        return Err(format!(
-            "task `{}` runs a shell command, which this phase does not allow; use \
-             executor \"llm\"",
-            task.name
-        ));
+        return Err(PlanError::Shell(task.name.clone()));
     }
     let mut planned = spec.clone();
     for written in &mut planned.phases {
@@ -309,7 +304,7 @@ pub fn check_plan(spec: &ProjectSpec, phase: Phase, tasks: &[TaskSpec]) -> Resul
             written.tasks = tasks.to_vec();
         }
     }
-    check(&planned, None).map_err(|error| error.message)
+    check(&planned, None).map_err(PlanError::Rule)
 }
 
 /// A phase's acceptance criteria are bounded like objectives; an llm gate needs some
@@ -935,20 +930,20 @@ mod tests {
             planned_task("a", "technical", &["b"]),
             planned_task("b", "technical", &["a"]),
         ];
-        assert!(check(&cycle).is_err_and(|reason| reason.contains("cycle")));
+        assert!(check(&cycle).is_err_and(|reason| reason.to_string().contains("cycle")));
         let crowd: Vec<TaskSpec> = ["a", "b", "c"]
             .iter()
             .map(|name| planned_task(name, "technical", &[]))
             .collect();
-        assert!(check(&crowd).is_err_and(|reason| reason.contains("at most 2")));
+        assert!(check(&crowd).is_err_and(|reason| reason.to_string().contains("at most 2")));
         let taken = [planned_task("t", "technical", &[])];
         assert!(
-            check(&taken).is_err_and(|reason| reason.contains("`t`")),
+            check(&taken).is_err_and(|reason| reason.to_string().contains("`t`")),
             "{:?}",
             check(&taken)
         );
         let reserved = [planned_task("gate-plan-design-1", "technical", &[])];
-        assert!(check(&reserved).is_err_and(|reason| reason.contains("reserved")));
+        assert!(check(&reserved).is_err_and(|reason| reason.to_string().contains("reserved")));
         let mut shell = planned_task("s", "technical", &[]);
         shell.executor = ExecutorSpec::Shell {
             command: "make".into(),
@@ -957,8 +952,8 @@ mod tests {
             memory_mb: 64,
             max_output_bytes: 1024,
         };
-        assert!(check(&[shell]).is_err_and(|reason| reason.contains("does not allow")));
-        assert!(check(&[]).is_err_and(|reason| reason.contains("no tasks")));
+        assert!(check(&[shell]).is_err_and(|reason| reason.to_string().contains("does not allow")));
+        assert!(check(&[]).is_err_and(|reason| reason.to_string().contains("no tasks")));
         let parsed = crate::spec::parse_plan(
             "Sure! ```json\n{\"tasks\": [{\"name\": \"a\", \"state\": \"technical\", \
              \"input\": \"x\"}]}\n```",
@@ -970,7 +965,7 @@ mod tests {
             crate::spec::parse_plan(
                 "{\"tasks\": [{\"name\": \"a\", \"state\": \"t\", \"executor\": \"rpc\"}]}"
             )
-            .is_err_and(|reason| reason.contains("`rpc`"))
+            .is_err_and(|reason| reason.to_string().contains("`rpc`"))
         );
         let encoded = crate::spec::encode_plan(&parsed);
         assert_eq!(crate::spec::decode_plan(&encoded), Ok(parsed));

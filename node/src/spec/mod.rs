@@ -376,6 +376,60 @@ pub struct SpecError {
     pub message: String,
 }
 
+/// Why a planner's reply, or a plan's bytes, does not make a plan. The message is meant
+/// for the planner's next attempt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The reply has no `{...}` in it.
+    #[error("the reply holds no JSON object")]
+    NoJson,
+    /// The JSON is not a plan.
+    #[error("the reply is not a plan ({0})")]
+    NotAPlan(String),
+    /// A task names an executor a plan cannot use.
+    #[error("task `{task}` has executor {executor}; use \"llm\"")]
+    Executor {
+        /// The task.
+        task: String,
+        /// The executor it named, quoted.
+        executor: String,
+    },
+    /// The phase has no `plan`.
+    #[error("phase `{0}` is not planned")]
+    NotPlanned(&'static str),
+    /// No tasks at all.
+    #[error("the plan has no tasks")]
+    Empty,
+    /// More tasks than the phase allows.
+    #[error("the plan has {count} tasks; give at most {max}")]
+    TooMany {
+        /// Tasks in the plan.
+        count: usize,
+        /// The phase's `max_tasks`.
+        max: u32,
+    },
+    /// A shell task where the phase does not allow one.
+    #[error(
+        "task `{0}` runs a shell command, which this phase does not allow; use executor \"llm\""
+    )]
+    Shell(String),
+    /// A rule of a written spec is broken (names, states, limits, dependencies).
+    #[error("{}", .0.message)]
+    Rule(SpecError),
+    /// The plan's encoding is larger than a plan may be.
+    #[error("the plan is {0} bytes encoded, over {MAX_PLAN_BYTES}: write shorter inputs")]
+    TooLong(usize),
+    /// Bytes that are not a plan (see [`decode_plan`]).
+    #[error("a plan of {0} bytes; a plan has 1 to {MAX_PLAN_BYTES}")]
+    Size(usize),
+    /// Bytes left over after a plan.
+    #[error("the plan has {0} trailing bytes")]
+    Trailing(usize),
+    /// Bytes that do not decode.
+    #[error("the plan does not decode: {0}")]
+    Decode(String),
+}
+
 fn describe(line: &Option<usize>, message: &str) -> String {
     match line {
         Some(line) => format!("line {line}: {message}"),
@@ -482,17 +536,14 @@ pub fn encode_plan(tasks: &[TaskSpec]) -> Vec<u8> {
 
 /// Decodes [`encode_plan`]'s bytes (from the Registry: checked when committed, but a
 /// node never trusts bytes it did not check itself).
-pub fn decode_plan(bytes: &[u8]) -> Result<Vec<TaskSpec>, String> {
+pub fn decode_plan(bytes: &[u8]) -> Result<Vec<TaskSpec>, PlanError> {
     if bytes.is_empty() || bytes.len() > MAX_PLAN_BYTES {
-        return Err(format!(
-            "a plan of {} bytes; a plan has 1 to {MAX_PLAN_BYTES}",
-            bytes.len()
-        ));
+        return Err(PlanError::Size(bytes.len()));
     }
     match postcard::take_from_bytes::<Vec<TaskSpec>>(bytes) {
         Ok((tasks, [])) => Ok(tasks),
-        Ok((_, rest)) => Err(format!("the plan has {} trailing bytes", rest.len())),
-        Err(error) => Err(format!("the plan does not decode: {error}")),
+        Ok((_, rest)) => Err(PlanError::Trailing(rest.len())),
+        Err(error) => Err(PlanError::Decode(error.to_string())),
     }
 }
 

@@ -12,7 +12,8 @@ use super::{
     DEFAULT_CPU_SECS, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_MEMORY_MB,
     DEFAULT_PLAN_ATTEMPTS, DEFAULT_PLANNED_TASKS, DEFAULT_RETRIES, DEFAULT_REVIEW_ROUNDS,
     DEFAULT_TIMEOUT_SECS, ExecutorSpec, FIELD_COUNT, Field, GateSpec, Lines, MAX_SPEC_BYTES,
-    PhaseLines, PhaseSpec, PlanSpec, ProjectSpec, SpecError, TaskLines, TaskSpec, quoted,
+    PhaseLines, PhaseSpec, PlanError, PlanSpec, ProjectSpec, SpecError, TaskLines, TaskSpec,
+    quoted,
 };
 
 /// One task as a planner writes it in JSON.
@@ -54,13 +55,13 @@ struct PlannedPhase {
 /// `{"tasks": [{"name", "state", "executor", "input", "depends_on", "context", ...}]}`
 /// (models often wrap JSON in prose or a code fence), with a written spec's defaults.
 /// Only the shape is read here; [`super::check_plan`] applies the rules.
-pub fn parse_plan(reply: &str) -> Result<Vec<TaskSpec>, String> {
+pub fn parse_plan(reply: &str) -> Result<Vec<TaskSpec>, PlanError> {
     let json = match (reply.find('{'), reply.rfind('}')) {
         (Some(start), Some(end)) if start < end => &reply[start..=end],
-        _ => return Err("the reply holds no JSON object".to_owned()),
+        _ => return Err(PlanError::NoJson),
     };
     let planned: PlannedPhase =
-        serde_json::from_str(json).map_err(|error| format!("the reply is not a plan ({error})"))?;
+        serde_json::from_str(json).map_err(|error| PlanError::NotAPlan(error.to_string()))?;
     planned
         .tasks
         .into_iter()
@@ -82,11 +83,10 @@ pub fn parse_plan(reply: &str) -> Result<Vec<TaskSpec>, String> {
                     action: task.action.unwrap_or_default(),
                 },
                 other => {
-                    return Err(format!(
-                        "task `{}` has executor {}; use \"llm\"",
-                        task.name,
-                        quoted(other)
-                    ));
+                    return Err(PlanError::Executor {
+                        task: task.name,
+                        executor: quoted(other),
+                    });
                 }
             };
             Ok(TaskSpec {
