@@ -715,7 +715,10 @@ impl President {
             .find(|(_, (_, report))| is_failed(report))
             .map(|(name, (state, report))| (name.clone(), state.clone(), report.clone()));
         if let Some((name, state, report)) = failed {
-            self.escalated(now_ms, id, phase, name, state, &report, governors);
+            // The escalation may end the phase: not before its last count is proposed.
+            if !count_waits {
+                self.escalated(now_ms, id, phase, name, state, &report, governors);
+            }
             return;
         }
         if done == effective.tasks.len() {
@@ -2265,6 +2268,54 @@ mod tests {
                 [
                     RegistryCommand::SetProjectProgress { .. },
                     RegistryCommand::AdvancePhase { .. }
+                ]
+            ),
+            "{commands:?}"
+        );
+    }
+
+    #[test]
+    fn a_phase_fails_only_after_its_last_count_like_it_advances() {
+        let mut president = President::new();
+        president.handle(0, progress("technical", &[("a", TaskStatus::Assigned)]));
+        president.handle(0, progress("financial", &[("b", TaskStatus::Assigned)]));
+        let first = match proposed(&tick(&mut president, 10, Phase::Design, None)).as_slice() {
+            [RegistryCommand::SetProjectProgress { progress, .. }] => *progress,
+            other => panic!("no count: {other:?}"),
+        };
+        assert_eq!(Some(first), counts(2, 0, 0));
+        // A task fails for good while that count is still being written: neither the
+        // newer count nor the failure is proposed, or the failed phase would keep the
+        // older count for good.
+        president.handle(20, progress("technical", &[("a", TaskStatus::Escalated)]));
+        assert!(tick(&mut president, 30, Phase::Design, None).is_empty());
+        president.handle(
+            40,
+            Input::Proposed {
+                slot: [
+                    b"progress".as_slice(),
+                    b"p",
+                    b"design",
+                    &2u32.to_be_bytes(),
+                    &0u32.to_be_bytes(),
+                    &0u32.to_be_bytes(),
+                ]
+                .concat(),
+            },
+        );
+        let commands = tick(&mut president, 50, Phase::Design, counts(2, 0, 0));
+        assert!(
+            matches!(
+                proposed(&commands).as_slice(),
+                [
+                    RegistryCommand::SetProjectProgress {
+                        progress: PhaseProgress {
+                            tasks_failed: 1,
+                            ..
+                        },
+                        ..
+                    },
+                    RegistryCommand::FailProject { .. }
                 ]
             ),
             "{commands:?}"
