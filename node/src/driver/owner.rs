@@ -156,14 +156,14 @@ pub(crate) enum Input {
         project: String,
         phase: Phase,
         attempt: u32,
-        output: Result<String, String>,
+        output: Option<String>,
     },
     /// A president's ReadReview ended.
     ReviewRead {
         project: String,
         phase: Phase,
         round: u32,
-        output: Result<String, String>,
+        output: Option<String>,
     },
     /// A president's AssignTasks ended.
     Assigned {

@@ -1949,13 +1949,14 @@ impl Node {
         }
     }
 
-    /// A gate or planning task's output as text, or why it is not readable yet.
-    async fn output_text(&self, project: &str, task: &str) -> Result<String, String> {
+    /// A gate or planning task's output as text, or `None` (logged with why) when it is
+    /// not readable yet.
+    async fn output_text(&self, project: &str, task: &str) -> Option<String> {
         match self.artifact(project, task).await {
-            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
             Err(failure) => {
                 tracing::debug!(%project, %task, %failure, "a task's output is not readable yet");
-                Err(failure.to_string())
+                None
             }
         }
     }

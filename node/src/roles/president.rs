@@ -297,8 +297,9 @@ pub enum Input<'a> {
         phase: Phase,
         /// The planning attempt.
         attempt: u32,
-        /// The planning task's output, or why it could not be read.
-        output: Result<String, String>,
+        /// The planning task's output, or `None` when it could not be read yet (the
+        /// driver logs why).
+        output: Option<String>,
     },
     /// A [`Command::ReadReview`] finished.
     ReviewRead {
@@ -308,8 +309,9 @@ pub enum Input<'a> {
         phase: Phase,
         /// The round.
         round: u32,
-        /// The review task's output, or why it could not be read.
-        output: Result<String, String>,
+        /// The review task's output, or `None` when it could not be read yet (the driver
+        /// logs why).
+        output: Option<String>,
     },
 }
 
@@ -485,7 +487,7 @@ impl President {
             } => {
                 // Kept for the next tick; an unreadable output is asked for again after
                 // REVIEW_READ_RETRY_MS.
-                if let (Ok(text), Some((_, read))) =
+                if let (Some(text), Some((_, read))) =
                     (output, self.planning.get_mut(&(project, phase, attempt)))
                 {
                     *read = Some(text);
@@ -498,9 +500,8 @@ impl President {
                 output,
             } => {
                 let slot = (project, phase, round);
-                let text = match output {
-                    Ok(text) => text,
-                    Err(_) => return, // asked again after REVIEW_READ_RETRY_MS
+                let Some(text) = output else {
+                    return; // asked again after REVIEW_READ_RETRY_MS
                 };
                 let Some((_, tasks)) = self.reading.get(&slot) else {
                     return;
@@ -1649,7 +1650,7 @@ mod tests {
                 project: "p".into(),
                 phase: Phase::Design,
                 attempt,
-                output: Ok(reply.into()),
+                output: Some(reply.into()),
             },
         );
         proposed(&tick_with(
@@ -1844,7 +1845,7 @@ mod tests {
                 project: "p".into(),
                 phase: Phase::Design,
                 round: 1,
-                output: Ok("Here it is:\n```json\n{\"approved\": false, \"feedback\": \"b has no tests\", \"reopen\": [\"b\", \"nope\"]}\n```".into()),
+                output: Some("Here it is:\n```json\n{\"approved\": false, \"feedback\": \"b has no tests\", \"reopen\": [\"b\", \"nope\"]}\n```".into()),
             },
         );
         let commands: Vec<Command> = president.drain().collect();
