@@ -678,6 +678,14 @@ impl President {
             tasks_done: count(done),
             tasks_failed: count(reports.values().filter(|(_, r)| is_failed(r)).count()),
         };
+        // What the Registry gets: counts stay consistent even while a failed review task
+        // is counted.
+        let written = PhaseProgress {
+            tasks_failed: progress
+                .tasks_failed
+                .min(progress.tasks_total.saturating_sub(progress.tasks_done)),
+            ..progress
+        };
         // An earlier count of this phase still being written holds the newer one back
         // (it could land after it), and the phase ends only once its last count is
         // proposed: a phase that has ended is no longer looked at.
@@ -697,13 +705,7 @@ impl President {
                 RegistryCommand::SetProjectProgress {
                     id: id.to_string(),
                     phase,
-                    // Counts stay consistent even while a failed review task is counted.
-                    progress: PhaseProgress {
-                        tasks_failed: progress
-                            .tasks_failed
-                            .min(progress.tasks_total - progress.tasks_done),
-                        ..progress
-                    },
+                    progress: written,
                 },
                 None,
             );
@@ -716,8 +718,11 @@ impl President {
             .find(|(_, (_, report))| is_failed(report))
             .map(|(name, (state, report))| (name.clone(), state.clone(), report.clone()));
         if let Some((name, state, report)) = failed {
-            // The escalation may end the phase: not before its last count is proposed.
-            if !count_waits {
+            // The escalation may fail the project. Proposed together, the two writes
+            // could commit in either order, and a reader that saw the project failed
+            // could still read the older count: it waits until the last count is
+            // committed.
+            if project.recorded == Some(written) {
                 self.escalated(now_ms, id, phase, name, state, &report, governors);
             }
             return;
@@ -2276,7 +2281,7 @@ mod tests {
     }
 
     #[test]
-    fn a_phase_fails_only_after_its_last_count_like_it_advances() {
+    fn a_phase_fails_only_once_its_last_count_is_committed() {
         let mut president = President::new();
         president.handle(0, progress("technical", &[("a", TaskStatus::Assigned)]));
         president.handle(0, progress("financial", &[("b", TaskStatus::Assigned)]));
@@ -2308,16 +2313,24 @@ mod tests {
         assert!(
             matches!(
                 proposed(&commands).as_slice(),
-                [
-                    RegistryCommand::SetProjectProgress {
-                        progress: PhaseProgress {
-                            tasks_failed: 1,
-                            ..
-                        },
+                [RegistryCommand::SetProjectProgress {
+                    progress: PhaseProgress {
+                        tasks_failed: 1,
                         ..
                     },
-                    RegistryCommand::FailProject { .. }
-                ]
+                    ..
+                }]
+            ),
+            "{commands:?}"
+        );
+        // The failure only once that count is committed (both writes proposed together
+        // could commit in either order, and a reader could see the project failed with
+        // the older count).
+        let commands = tick(&mut president, 60, Phase::Design, counts(2, 0, 1));
+        assert!(
+            matches!(
+                proposed(&commands).as_slice(),
+                [RegistryCommand::FailProject { .. }]
             ),
             "{commands:?}"
         );
