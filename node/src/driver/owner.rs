@@ -151,18 +151,11 @@ pub(crate) enum Input {
     },
     /// A president's proposal ended.
     PresidentProposed { slot: Vec<u8> },
-    /// A president's ReadPlan ended.
-    PlanRead {
+    /// A president's Read ended.
+    Read {
         project: String,
         phase: Phase,
-        attempt: u32,
-        output: Option<String>,
-    },
-    /// A president's ReadReview ended.
-    ReviewRead {
-        project: String,
-        phase: Phase,
-        round: u32,
+        reading: crate::roles::president::Reading,
         output: Option<String>,
     },
     /// A president's AssignTasks ended.
@@ -431,35 +424,18 @@ impl Node {
                     .president
                     .handle(now, crate::roles::president::Input::Proposed { slot });
             }
-            Input::PlanRead {
+            Input::Read {
                 project,
                 phase,
-                attempt,
+                reading,
                 output,
             } => {
                 cores.president.handle(
                     now,
-                    crate::roles::president::Input::PlanRead {
+                    crate::roles::president::Input::Read {
                         project,
                         phase,
-                        attempt,
-                        output,
-                    },
-                );
-                self.work_wake.notify_one();
-            }
-            Input::ReviewRead {
-                project,
-                phase,
-                round,
-                output,
-            } => {
-                cores.president.handle(
-                    now,
-                    crate::roles::president::Input::ReviewRead {
-                        project,
-                        phase,
-                        round,
+                        reading,
                         output,
                     },
                 );

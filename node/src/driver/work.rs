@@ -1910,38 +1910,20 @@ impl Node {
                     tracing::debug!(%reason, "reopening not delivered yet");
                 }
             }),
-            Command::ReadPlan {
+            Command::Read {
                 project,
                 phase,
-                attempt,
+                reading,
                 task,
             } => self.spawn(async move {
                 let output = node.output_text(&project, &task).await;
                 let _ = node
                     .work
                     .inputs
-                    .send(Input::PlanRead {
+                    .send(Input::Read {
                         project,
                         phase,
-                        attempt,
-                        output,
-                    })
-                    .await;
-            }),
-            Command::ReadReview {
-                project,
-                phase,
-                round,
-                task,
-            } => self.spawn(async move {
-                let output = node.output_text(&project, &task).await;
-                let _ = node
-                    .work
-                    .inputs
-                    .send(Input::ReviewRead {
-                        project,
-                        phase,
-                        round,
+                        reading,
                         output,
                     })
                     .await;

@@ -13,10 +13,10 @@
 //!                                     ──► Propose AdvancePhase + PhaseTransition (all done)
 //!                                     ──► Reopen       (an escalation worth another round)
 //!                                     ──► Propose FailProject (an escalation that is not)
-//!                                     ──► ReadReview   (the gate's review task succeeded)
+//!                                     ──► Read         (the gate's review task succeeded)
 //!                                     ──► Propose AwaitApproval (a human gate)
 //!   Assigned(project, phase, state, ok) / Proposed(slot, ok)   completions
-//!   ReviewRead(project, phase, round, output)                 the review's text
+//!   Read(project, phase, review round, output)                the review's text
 //! ```
 //!
 //! A phase's gates come after its tasks. An llm gate is a review task
@@ -289,29 +289,32 @@ pub enum Input<'a> {
         /// Its slot.
         slot: Vec<u8>,
     },
-    /// A [`Command::ReadPlan`] finished.
-    PlanRead {
+    /// A [`Command::Read`] finished.
+    Read {
         /// The project.
         project: String,
         /// The phase.
         phase: Phase,
-        /// The planning attempt.
-        attempt: u32,
-        /// The planning task's output, or `None` when it could not be read yet (the
-        /// driver logs why).
+        /// What was read.
+        reading: Reading,
+        /// The task's output, or `None` when it could not be read yet (the driver logs
+        /// why).
         output: Option<String>,
     },
-    /// A [`Command::ReadReview`] finished.
-    ReviewRead {
-        /// The project.
-        project: String,
-        /// The phase.
-        phase: Phase,
+}
+
+/// Which task's output a [`Command::Read`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// A planning task's reply, of this planning attempt.
+    Plan {
+        /// The planning attempt.
+        attempt: u32,
+    },
+    /// A review task's verdict, of this review round.
+    Review {
         /// The round.
         round: u32,
-        /// The review task's output, or `None` when it could not be read yet (the driver
-        /// logs why).
-        output: Option<String>,
     },
 }
 
@@ -358,26 +361,15 @@ pub enum Command {
         /// Which reopening this is.
         reopening: u32,
     },
-    /// Read the output of a phase's planning task; feed back [`Input::PlanRead`].
-    ReadPlan {
+    /// Read the output of a phase's planning or review task; feed back [`Input::Read`].
+    Read {
         /// The project.
         project: String,
         /// The phase.
         phase: Phase,
-        /// The planning attempt.
-        attempt: u32,
-        /// The planning task.
-        task: String,
-    },
-    /// Read the output of a phase's review task; feed back [`Input::ReviewRead`].
-    ReadReview {
-        /// The project.
-        project: String,
-        /// The phase.
-        phase: Phase,
-        /// The round.
-        round: u32,
-        /// The review task.
+        /// Which planning attempt or review round.
+        reading: Reading,
+        /// The task.
         task: String,
     },
 }
@@ -479,10 +471,10 @@ impl President {
                     self.tick_wanted = true;
                 }
             }
-            Input::PlanRead {
+            Input::Read {
                 project,
                 phase,
-                attempt,
+                reading: Reading::Plan { attempt },
                 output,
             } => {
                 // Kept for the next tick; an unreadable output is asked for again after
@@ -493,10 +485,10 @@ impl President {
                     *read = Some(text);
                 }
             }
-            Input::ReviewRead {
+            Input::Read {
                 project,
                 phase,
-                round,
+                reading: Reading::Review { round },
                 output,
             } => {
                 let slot = (project, phase, round);
@@ -864,10 +856,10 @@ impl President {
                     .is_some_and(|(at, _)| now_ms.saturating_sub(*at) < REVIEW_READ_RETRY_MS);
                 if !recently {
                     self.planning.insert(slot, (now_ms, None));
-                    self.queued.push_back(Command::ReadPlan {
+                    self.queued.push_back(Command::Read {
                         project: id.to_string(),
                         phase,
-                        attempt,
+                        reading: Reading::Plan { attempt },
                         task: task.name,
                     });
                 }
@@ -1008,10 +1000,10 @@ impl President {
                 if !recently {
                     let names = phase_spec.tasks.iter().map(|t| t.name.clone()).collect();
                     self.reading.insert(slot, (now_ms, names));
-                    self.queued.push_back(Command::ReadReview {
+                    self.queued.push_back(Command::Read {
                         project: id.to_string(),
                         phase,
-                        round,
+                        reading: Reading::Review { round },
                         task: task.name,
                     });
                 }
@@ -1646,15 +1638,15 @@ mod tests {
         );
         let commands = tick_with(president, now + 1, spec, gates, Phase::Design, None);
         assert!(
-            commands.iter().any(|c| matches!(c, Command::ReadPlan { task, attempt: a, .. } if *task == name && *a == attempt)),
+            commands.iter().any(|c| matches!(c, Command::Read { task, reading: Reading::Plan { attempt: a }, .. } if *task == name && *a == attempt)),
             "{commands:?}"
         );
         president.handle(
             now + 2,
-            Input::PlanRead {
+            Input::Read {
                 project: "p".into(),
                 phase: Phase::Design,
-                attempt,
+                reading: Reading::Plan { attempt },
                 output: Some(reply.into()),
             },
         );
@@ -1829,7 +1821,7 @@ mod tests {
             counts(2, 2, 0),
         );
         assert!(
-            commands.iter().any(|c| matches!(c, Command::ReadReview { round: 1, task, .. } if task == "gate-review-design-1")),
+            commands.iter().any(|c| matches!(c, Command::Read { reading: Reading::Review { round: 1 }, task, .. } if task == "gate-review-design-1")),
             "{commands:?}"
         );
         assert!(
@@ -1842,14 +1834,20 @@ mod tests {
                 counts(2, 2, 0)
             )
             .iter()
-            .any(|c| matches!(c, Command::ReadReview { .. }))
+            .any(|c| matches!(
+                c,
+                Command::Read {
+                    reading: Reading::Review { .. },
+                    ..
+                }
+            ))
         );
         president.handle(
             2_600,
-            Input::ReviewRead {
+            Input::Read {
                 project: "p".into(),
                 phase: Phase::Design,
-                round: 1,
+                reading: Reading::Review { round: 1 },
                 output: Some("Here it is:\n```json\n{\"approved\": false, \"feedback\": \"b has no tests\", \"reopen\": [\"b\", \"nope\"]}\n```".into()),
             },
         );
