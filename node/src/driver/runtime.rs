@@ -415,8 +415,9 @@ pub fn rebuild_gap(members: usize) -> Duration {
 }
 
 /// A node with enough connections still looks for missing links into other states
-/// this often, at the first round after it (see `Node::connect_to_neighbours`).
-pub const NEIGHBOUR_LOOK_EVERY: Duration = Duration::from_secs(5);
+/// this often, at the first round after it (see `Node::connect_to_neighbours`). Each
+/// look ranks every member, and a lost link into another state leaves the others.
+pub const NEIGHBOUR_LOOK_EVERY: Duration = Duration::from_secs(15);
 
 /// How long a member that resigned from a group counts as gone, whether or not it is
 /// still connected (see [`Node::last_seen`]).
@@ -593,10 +594,35 @@ impl Node {
             .copied()
     }
 
-    /// Whether `key` was seen connected within `window_ms` of `now_ms`.
-    pub(crate) fn seen_within(&self, key: &NodeKey, now_ms: u64, window_ms: u64) -> bool {
-        self.last_seen(self.id_of(key))
-            .is_some_and(|seen| now_ms.saturating_sub(seen) <= window_ms)
+    /// Whether each of `keys` was seen connected within `window_ms` of `now_ms`, in
+    /// order; a member that resigned lately counts as unseen (see [`Node::last_seen`]).
+    /// Each lock is taken once for all: the role duties ask this of every member.
+    pub(crate) fn seen_within<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a NodeKey>,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Vec<bool> {
+        let ids: Vec<NodeId> = keys.into_iter().map(|key| self.id_of(key)).collect();
+        let resigned = self
+            .resigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let liveness = self
+            .liveness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.iter()
+            .map(|id| {
+                let resigned = resigned
+                    .get(id)
+                    .is_some_and(|at| now_ms.saturating_sub(*at) < RESIGNED_FOR_MS);
+                !resigned
+                    && liveness
+                        .get(id)
+                        .is_some_and(|seen| now_ms.saturating_sub(*seen) <= window_ms)
+            })
+            .collect()
     }
 
     /// The peer id of `key`, computed once.
@@ -1948,17 +1974,13 @@ impl Node {
         }
         self.found_state_groups().await;
         let now = now_ms();
-        let members: BTreeMap<NodeId, (MemberNode, Option<String>)> = self
+        // Keys and states only: a member's Raft entry (its peer id and addresses) is
+        // read for the one a change adds, not for every member twice a second.
+        let members: BTreeMap<NodeId, (NodeKey, Option<String>)> = self
             .registry(|registry| {
                 registry
                     .active_members()
-                    .map(|(key, member)| {
-                        let node = MemberNode {
-                            peer_id: key.peer_id(),
-                            addrs: member.addrs.clone(),
-                        };
-                        (self.id_of(key), (node, member.state.clone()))
-                    })
+                    .map(|(key, member)| (self.id_of(key), (*key, member.state.clone())))
                     .collect()
             })
             .await
@@ -2000,11 +2022,12 @@ impl Node {
             match change {
                 FederalChange::ReplaceVoter { dead, with } => {
                     // Carried out by consensus, which plans it again from the same look.
-                    let with_node: BTreeMap<NodeId, MemberNode> = members
+                    let with_keys: Vec<NodeKey> = members
                         .get(&with)
-                        .map(|(node, _)| (with, node.clone()))
+                        .map(|(key, _)| *key)
                         .into_iter()
                         .collect();
+                    let with_node = self.member_nodes(&with_keys).await;
                     match aamas_consensus::replace_dead_voter(
                         &federal,
                         &with_node,
@@ -2059,9 +2082,12 @@ impl Node {
                     }
                 }
                 FederalChange::AddVoter(id) => {
-                    let node = members
-                        .get(&id)
-                        .map(|(node, _)| node.clone())
+                    let keys: Vec<NodeKey> =
+                        members.get(&id).map(|(key, _)| *key).into_iter().collect();
+                    let node = self
+                        .member_nodes(&keys)
+                        .await
+                        .remove(&id)
                         .unwrap_or_default();
                     if let Err(error) = federal.raft().add_learner(id, node.clone(), true).await {
                         tracing::warn!(%error, "adding a learner failed");

@@ -88,10 +88,12 @@ impl Node {
             })
             .await
             .unwrap_or_default();
+        let seen = self.seen_within(members.iter().map(|(key, _, _)| key), now, ALIVE_WINDOW_MS);
         members
             .into_iter()
-            .map(|(key, state, load)| Candidate {
-                alive: key == me || self.seen_within(&key, now, ALIVE_WINDOW_MS),
+            .zip(seen)
+            .map(|((key, state, load), seen)| Candidate {
+                alive: key == me || seen,
                 key,
                 state,
                 load,
@@ -99,22 +101,51 @@ impl Node {
             .collect()
     }
 
-    fn member_node(&self, key: &NodeKey, addrs: &BTreeMap<NodeKey, Vec<String>>) -> MemberNode {
-        MemberNode {
-            peer_id: key.peer_id(),
-            addrs: addrs.get(key).cloned().unwrap_or_default(),
-        }
+    /// The active members seen connected within [`ALIVE_WINDOW_MS`], and this node: what
+    /// a mayor's round needs of [`Node::candidates`], without copying every member's state.
+    pub(crate) async fn alive_members(&self) -> BTreeSet<NodeKey> {
+        let now = now_ms();
+        let me = self.identity.node_key();
+        let keys: Vec<NodeKey> = self
+            .registry(|registry| registry.active_members().map(|(key, _)| *key).collect())
+            .await
+            .unwrap_or_default();
+        let seen = self.seen_within(&keys, now, ALIVE_WINDOW_MS);
+        keys.into_iter()
+            .zip(seen)
+            .filter(|(key, seen)| *seen || *key == me)
+            .map(|(key, _)| key)
+            .collect()
     }
 
-    async fn member_addrs(&self) -> BTreeMap<NodeKey, Vec<String>> {
-        self.registry(|registry| {
-            registry
-                .active_members()
-                .map(|(key, member)| (*key, member.addrs.clone()))
-                .collect()
-        })
-        .await
-        .unwrap_or_default()
+    /// The Raft entries (peer id and the addresses the Registry has) of `keys`, read for
+    /// those members only: a governor's duty asks every round, and every member's
+    /// addresses at every round was a copy of the whole member list.
+    pub(crate) async fn member_nodes(&self, keys: &[NodeKey]) -> BTreeMap<NodeId, MemberNode> {
+        let addrs: Vec<Vec<String>> = self
+            .registry(|registry| {
+                keys.iter()
+                    .map(|key| {
+                        registry
+                            .members()
+                            .get(key)
+                            .map(|member| member.addrs.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        keys.iter()
+            .zip(addrs.into_iter().chain(std::iter::repeat_with(Vec::new)))
+            .map(|(key, addrs)| {
+                let node = MemberNode {
+                    peer_id: key.peer_id(),
+                    addrs,
+                };
+                (self.id_of(key), node)
+            })
+            .collect()
     }
 
     /// The president founds a group for every state that has members and none yet.
@@ -182,8 +213,6 @@ impl Node {
         if mine.is_empty() {
             return;
         }
-        // Every member's addresses, read only for a group this node must initialise.
-        let mut addrs = None;
         for (state, group) in mine {
             let open = match self.groups.open(group.id).await {
                 Ok(open) => open,
@@ -194,17 +223,7 @@ impl Node {
             };
             let uninitialised = open.voters().is_empty();
             if group.founder == me && uninitialised {
-                if addrs.is_none() {
-                    addrs = Some(self.member_addrs().await);
-                }
-                let Some(addrs) = addrs.as_ref() else {
-                    continue;
-                };
-                let voters = group
-                    .voters
-                    .iter()
-                    .map(|key| (node_id(key), self.member_node(key, addrs)))
-                    .collect();
+                let voters = self.member_nodes(&group.voters).await;
                 match self.groups.initialize(group.id, voters).await {
                     Ok(()) => tracing::info!(%state, "initialised the state group"),
                     Err(error) => tracing::warn!(%state, %error, "initialising failed"),
@@ -256,30 +275,17 @@ impl Node {
             return false;
         }
         let candidates = self.candidates().await;
-        let addrs = self.member_addrs().await;
         for (state, group) in governed {
-            self.heal_state_voters(&state, &group, &candidates, &addrs)
-                .await;
+            self.heal_state_voters(&state, &group, &candidates).await;
             self.report_governor(&state, &group).await;
         }
         true
     }
 
-    async fn heal_state_voters(
-        &self,
-        state: &str,
-        group: &Group,
-        candidates: &[Candidate],
-        addrs: &BTreeMap<NodeKey, Vec<String>>,
-    ) {
+    async fn heal_state_voters(&self, state: &str, group: &Group, candidates: &[Candidate]) {
         let now = now_ms();
         let by_id: BTreeMap<NodeId, &Candidate> =
-            candidates.iter().map(|c| (node_id(&c.key), c)).collect();
-        let to_map = |keys: &[NodeKey]| -> BTreeMap<NodeId, MemberNode> {
-            keys.iter()
-                .map(|key| (node_id(key), self.member_node(key, addrs)))
-                .collect()
-        };
+            candidates.iter().map(|c| (self.id_of(&c.key), c)).collect();
         let membership = group.raft().metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
         let voter_keys: BTreeSet<NodeKey> = voters
@@ -291,7 +297,7 @@ impl Node {
         let last_seen = |id: NodeId| self.last_seen(id);
         let outcome = aamas_consensus::replace_dead_voter(
             group,
-            &to_map(&preferred),
+            &self.member_nodes(&preferred).await,
             last_seen,
             now,
             crate::driver::runtime::VOTER_DEAD_TIMEOUT_MS,
@@ -322,12 +328,8 @@ impl Node {
         if newcomers.is_empty() {
             return;
         }
-        for newcomer in &newcomers {
-            if let Err(error) = group
-                .raft()
-                .add_learner(node_id(newcomer), self.member_node(newcomer, addrs), true)
-                .await
-            {
+        for (id, node) in self.member_nodes(&newcomers).await {
+            if let Err(error) = group.raft().add_learner(id, node, true).await {
                 tracing::warn!(state, %error, "adding a state learner failed");
                 return;
             }
@@ -537,10 +539,11 @@ pub(crate) fn neighbours_to_dial(
 }
 
 /// Connections past which a node stops dialling its state's members. gossipsub keeps
-/// 6 peers (at most 12) per topic in its mesh, so 12 links leave each topic's mesh room
-/// to choose; every link costs an idle node its pings, its gossipsub peer score and its
-/// muxer's wake-ups, and with 24 an idle 200-node mesh held 34 connections per node.
-pub const NEIGHBOURS: usize = 12;
+/// 6 peers (at least 5) per topic in its mesh; with the dials it receives, a node that
+/// dials 8 holds about 14 links, room enough for each topic's mesh. Every link costs an
+/// idle node its pings, its gossipsub peer score and its muxer's wake-ups: with 24 an
+/// idle 200-node mesh held 34 connections per node, with 12 it held 20.
+pub const NEIGHBOURS: usize = 8;
 
 /// Connections a node keeps into states other than its own (see
 /// [`Node::connect_to_neighbours`]).

@@ -1432,12 +1432,7 @@ impl Node {
         let alive: BTreeSet<NodeKey> = if states.is_empty() {
             BTreeSet::new()
         } else {
-            self.candidates()
-                .await
-                .into_iter()
-                .filter(|candidate| candidate.alive)
-                .map(|candidate| candidate.key)
-                .collect()
+            self.alive_members().await
         };
         cores.mayor.handle(
             now,
