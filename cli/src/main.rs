@@ -58,7 +58,7 @@ enum Commands {
     ///
     /// Settings come from flags, then environment variables, then the config file
     /// (`--config`, TOML with the same names: data_dir, listen, api, join, token, skills,
-    /// mdns, fsync), then defaults.
+    /// executors, mdns, fsync, capacity), then defaults.
     Node {
         /// A TOML config file.
         #[arg(long, env = "AAMAS_CONFIG")]
@@ -81,6 +81,12 @@ enum Commands {
         /// Skills, comma-separated.
         #[arg(long, value_delimiter = ',')]
         skills: Vec<String>,
+        /// The executors this node runs tasks with, comma-separated: builtin (always),
+        /// llm, shell. A shell task runs any command its spec names, as this node's user:
+        /// turn it on only where every member that can submit a project is trusted with
+        /// that [default: builtin,llm].
+        #[arg(long, env = "AAMAS_EXECUTORS")]
+        executors: Option<String>,
         /// Turn off fsync of Raft writes (tests only: a crash can lose acknowledged data).
         #[arg(long)]
         no_fsync: bool,
@@ -260,6 +266,7 @@ struct NodeFile {
     join: Option<String>,
     token: Option<String>,
     skills: Option<Vec<String>>,
+    executors: Option<String>,
     mdns: Option<bool>,
     fsync: Option<bool>,
     capacity: Option<u32>,
@@ -912,6 +919,7 @@ fn main() -> Result<()> {
             join,
             token,
             skills,
+            executors,
             no_fsync,
             mdns,
             capacity,
@@ -944,6 +952,20 @@ fn main() -> Result<()> {
             } else {
                 skills
             };
+            let executors = match executors.or(file.executors) {
+                Some(list) => list
+                    .parse::<aamas_node::exec::ExecutorSet>()
+                    .with_context(|| format!("bad --executors {list:?}"))?,
+                None => aamas_node::exec::ExecutorSet::default(),
+            };
+            if skills
+                .iter()
+                .any(|skill| skill == aamas_node::spec::SHELL_SKILL)
+            {
+                bail!(
+                    "the skill `shell` comes with --executors builtin,llm,shell, not with --skills"
+                );
+            }
             let mdns = mdns || file.mdns.unwrap_or(false);
             let no_fsync = no_fsync || !file.fsync.unwrap_or(true);
             if join.is_some() != token.is_some() {
@@ -970,6 +992,7 @@ fn main() -> Result<()> {
                 api: Some(api),
                 join,
                 skills,
+                executors,
                 raft: aamas_consensus::RaftConfig::default(),
                 fsync: !no_fsync,
                 mdns,

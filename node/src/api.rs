@@ -90,7 +90,9 @@ fn project_error(failure: ProjectError) -> Response {
     let status = match &failure {
         ProjectError::NoSuchProject(_) => StatusCode::NOT_FOUND,
         ProjectError::Refused(_) => StatusCode::FORBIDDEN,
-        ProjectError::NotAwaitingApproval { .. } => StatusCode::CONFLICT,
+        ProjectError::NotAwaitingApproval { .. } | ProjectError::NoExecutor(_) => {
+            StatusCode::CONFLICT
+        }
         failure if failure.is_client_error() => StatusCode::BAD_REQUEST,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };

@@ -13,6 +13,7 @@ fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
         api: None,
         join: join.map(|(addr, token)| (addr.parse().expect("join addr"), token)),
         skills: Vec::new(),
+        executors: aamas_node::exec::ExecutorSet::default(),
         raft: aamas_consensus::RaftConfig::default(),
         fsync: false,
         mdns: false,

@@ -247,6 +247,7 @@ impl Sim {
                 None
             },
             skills: Vec::new(),
+            executors: aamas_node::exec::ExecutorSet::default(),
             raft: raft.clone(),
             fsync: false,
             mdns: false,

@@ -91,6 +91,11 @@ impl Node {
         if let Some((addr, token)) = join {
             args.extend(["--join".into(), addr.into(), "--token".into(), token.into()]);
         }
+        // The tests' nodes run every executor, shell included (their projects run shell
+        // tasks); a test of which executors run passes its own --executors.
+        if !extra.contains(&"--executors") {
+            args.extend(["--executors".into(), "builtin,llm,shell".into()]);
+        }
         args.extend(extra.iter().map(|arg| arg.to_string()));
         std::fs::create_dir_all(dir).expect("data dir");
         let log = std::fs::File::create(dir.with_extension("log")).expect("log file");

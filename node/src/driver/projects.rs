@@ -286,6 +286,7 @@ impl Node {
             check_request_id(request)?;
         }
         let Some((peer, addrs)) = self.president_peer()? else {
+            self.check_executors(&parsed).await?;
             let mut hasher = Sha256::new();
             hasher.update(text.as_bytes());
             match request {
@@ -326,6 +327,33 @@ impl Node {
                 answer: format!("{other:?}"),
             })),
             Err(error) => Err(ProjectError::President(Unacked::Network(error))),
+        }
+    }
+
+    /// Refuses a project with shell tasks when no member runs them: the mayors give a
+    /// shell task only to a worker that does, and it would wait for ever. A member that
+    /// joins later with shell finds the next such project accepted.
+    async fn check_executors(&self, parsed: &spec::ProjectSpec) -> Result<(), ProjectError> {
+        let needs_shell = parsed
+            .phases
+            .iter()
+            .flat_map(|phase| &phase.tasks)
+            .any(|task| matches!(task.executor, spec::ExecutorSpec::Shell { .. }));
+        if !needs_shell {
+            return Ok(());
+        }
+        let runs_shell = self
+            .registry(|registry| {
+                registry
+                    .active_members()
+                    .any(|(_, member)| member.skills.contains(spec::SHELL_SKILL))
+            })
+            .await
+            .unwrap_or(false);
+        if runs_shell {
+            Ok(())
+        } else {
+            Err(ProjectError::NoExecutor("shell"))
         }
     }
 
@@ -465,6 +493,13 @@ pub enum ProjectError {
     /// The president refused the forwarded request, or it did not reach it.
     #[error(transparent)]
     President(Unacked),
+    /// The project has tasks of an executor that no member runs (`--executors`): they
+    /// would wait for ever.
+    #[error(
+        "no member of the mesh runs {0} tasks: start at least one node with \
+         --executors builtin,llm,{0}"
+    )]
+    NoExecutor(&'static str),
 }
 
 impl ProjectError {
@@ -478,6 +513,7 @@ impl ProjectError {
             | Self::UnknownAction(_)
             | Self::NotAwaitingApproval { .. }
             | Self::NoteTooLong
+            | Self::NoExecutor(_)
             | Self::Refused(_) => true,
             Self::President(Unacked::Refused { .. }) => true,
             Self::NoPresident | Self::NotCommitted(_) | Self::President(_) => false,

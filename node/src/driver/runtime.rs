@@ -282,6 +282,8 @@ pub struct NodeConfig {
     pub join: Option<(Multiaddr, String)>,
     /// This node's skills.
     pub skills: Vec<String>,
+    /// The executors this node runs tasks with (shell is off by default).
+    pub executors: crate::exec::ExecutorSet,
     /// Raft timing.
     pub raft: RaftConfig,
     /// fsync every Raft write.
@@ -2465,10 +2467,26 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         identity.node_key(),
         usize::try_from(config.capacity.clamp(1, MAX_WORKER_CAPACITY)).unwrap_or(1),
         crate::exec::LlmConfig::from_env(),
+        config.executors,
     );
-    let mut skills = config.skills.clone();
+    // The executors' skills come from what runs here, never from `--skills`: a node that
+    // claimed `shell` without running it would draw every shell task and refuse them.
+    let mut skills: Vec<String> = config
+        .skills
+        .iter()
+        .filter(|skill| *skill != crate::spec::SHELL_SKILL)
+        .cloned()
+        .collect();
+    if skills.len() < config.skills.len() {
+        tracing::warn!(
+            "the skill `shell` comes with --executors builtin,llm,shell, not with --skills"
+        );
+    }
     if work.executors.has_llm() && !skills.iter().any(|skill| skill == crate::exec::LLM_SKILL) {
         skills.push(crate::exec::LLM_SKILL.into());
+    }
+    if config.executors.shell {
+        skills.push(crate::spec::SHELL_SKILL.into());
     }
     let node = Arc::new_cyclic(|this| Node {
         this: this.clone(),

@@ -155,7 +155,7 @@ pub fn result_digest(execution: &Execution) -> [u8; 32] {
         .unwrap_or_else(|| Sha256::digest(execution.output.as_bytes()).into())
 }
 
-pub use crate::roles::mayor::{Worker, pick_worker};
+pub use crate::roles::mayor::{Wanted, Worker, pick_worker};
 
 /// What an attempt produced, as a worker delivers it.
 pub(crate) type AttemptOutcome = Result<Execution, ExecError>;
@@ -185,10 +185,11 @@ impl WorkState {
         me: NodeKey,
         capacity: usize,
         llm: Option<LlmConfig>,
+        enabled: crate::exec::ExecutorSet,
     ) -> (Self, Cores, tokio::sync::mpsc::Receiver<Input>) {
         let (inputs, receiver) = Inputs::new();
         let state = Self {
-            executors: Executors::new(llm),
+            executors: Executors::new(llm, enabled),
             inputs,
             courier: crate::driver::courier::Courier::default(),
         };
@@ -815,6 +816,11 @@ impl Node {
                 .map_err(|error| crate::roles::authority::Refusal::BadSpec {
                     reason: error.to_string(),
                 })?;
+            if !self.work.executors.allows(&spec.executor) {
+                return Err(crate::roles::authority::Refusal::ExecutorOff {
+                    executor: spec.executor.kind(),
+                });
+            }
             Ok(spec)
         });
         match checked {
@@ -1982,7 +1988,7 @@ impl TaskSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::ExecutorSpec;
+    use crate::spec::{ExecutorSpec, SHELL_SKILL};
 
     /// The largest outcome a worker sends (output at the cap, every character multi-byte,
     /// the longest failure reason aside) is sealed, travels and is opened by the mayor.
@@ -2082,37 +2088,75 @@ mod tests {
         let idle = BTreeMap::new();
         let all = |_: &NodeKey| true;
         let spec = task(Some("rust"), &[], "t");
+        let wanted = Wanted {
+            needs: None,
+            prefers: spec.skill.as_deref(),
+        };
         assert_eq!(
-            pick_worker(spec.skill.as_deref(), &workers, &none, &idle, all),
+            pick_worker(wanted, &workers, &none, &idle, all),
             Some(key(2))
         );
         // Failed there before: elsewhere, even outside the state.
         let failed = BTreeSet::from([key(2)]);
         assert_eq!(
-            pick_worker(spec.skill.as_deref(), &workers, &failed, &idle, all),
+            pick_worker(wanted, &workers, &failed, &idle, all),
             Some(key(1))
         );
         // Full: skipped.
         let full = BTreeMap::from([(key(2), 2)]);
         assert_eq!(
-            pick_worker(spec.skill.as_deref(), &workers, &none, &full, all),
+            pick_worker(wanted, &workers, &none, &full, all),
             Some(key(1))
         );
         // Only a member of another state is alive: it works for this state.
         let only_three = |k: &NodeKey| *k == key(3);
         assert_eq!(
-            pick_worker(spec.skill.as_deref(), &workers, &none, &idle, only_three),
+            pick_worker(wanted, &workers, &none, &idle, only_three),
             Some(key(3))
         );
         assert_eq!(
-            pick_worker(
-                spec.skill.as_deref(),
-                &workers,
-                &none,
-                &idle,
-                |_: &NodeKey| false
-            ),
+            pick_worker(wanted, &workers, &none, &idle, |_: &NodeKey| false),
             None
+        );
+    }
+
+    #[test]
+    fn a_shell_task_goes_only_to_a_worker_that_runs_shell() {
+        let workers = BTreeMap::from([
+            (key(1), worker(&[], true)),
+            (key(2), worker(&["rust"], true)),
+            (key(3), worker(&[SHELL_SKILL], false)),
+        ]);
+        let none = BTreeSet::new();
+        let idle = BTreeMap::new();
+        let all = |_: &NodeKey| true;
+        let shell = Wanted {
+            needs: Some(SHELL_SKILL),
+            prefers: Some("rust"),
+        };
+        // The state's own workers cannot run it: a member of another state that can
+        // does, whatever the preferred skill.
+        assert_eq!(
+            pick_worker(shell, &workers, &none, &idle, all),
+            Some(key(3))
+        );
+        // Failed there before: still there, since no one else can.
+        let failed = BTreeSet::from([key(3)]);
+        assert_eq!(
+            pick_worker(shell, &workers, &failed, &idle, all),
+            Some(key(3))
+        );
+        // Full or dead: no one, though others are free.
+        let full = BTreeMap::from([(key(3), 2)]);
+        assert_eq!(pick_worker(shell, &workers, &none, &full, all), None);
+        assert_eq!(
+            pick_worker(shell, &workers, &none, &idle, |k: &NodeKey| *k != key(3)),
+            None
+        );
+        // A task that needs nothing stays in its state.
+        assert_eq!(
+            pick_worker(Wanted::default(), &workers, &none, &idle, all),
+            Some(key(1))
         );
     }
 

@@ -588,8 +588,8 @@ mod tests {
     use axum::http::{HeaderMap as AxumHeaders, StatusCode as AxumStatus};
     use axum::response::{IntoResponse, Response};
 
-    use crate::exec::Executors;
     use crate::exec::testing::LONG;
+    use crate::exec::{ExecutorSet, Executors};
     use crate::spec::ExecutorSpec;
 
     fn llm_spec() -> ExecutorSpec {
@@ -699,7 +699,7 @@ mod tests {
     }
 
     async fn complete(config: LlmConfig, timeout: Duration) -> Result<Execution, ExecError> {
-        Executors::new(Some(config))
+        Executors::new(Some(config), ExecutorSet::default())
             .run(&llm_spec(), "task", "say hello", timeout)
             .await
     }
@@ -749,7 +749,7 @@ mod tests {
             max_tokens: 8,
             context: Vec::new(),
         };
-        Executors::new(Some(config))
+        Executors::new(Some(config), ExecutorSet::default())
             .run(&spec, "task", "hi", LONG)
             .await
             .unwrap();
@@ -887,7 +887,7 @@ mod tests {
 
     #[tokio::test]
     async fn llm_without_endpoint_is_misconfigured() {
-        let error = Executors::new(None)
+        let error = Executors::new(None, ExecutorSet::default())
             .run(&llm_spec(), "task", "hi", LONG)
             .await
             .unwrap_err();
@@ -898,7 +898,7 @@ mod tests {
             reason.contains("AAMAS_LLM_BASE_URL") && reason.contains("AAMAS_LLM_MODEL"),
             "{reason}"
         );
-        assert!(!Executors::new(None).has_llm());
+        assert!(!Executors::new(None, ExecutorSet::default()).has_llm());
     }
 
     #[tokio::test]
@@ -913,7 +913,7 @@ mod tests {
         let mut bad_key = good.clone();
         bad_key.api_key = Some("line\nbreak".to_owned());
         for config in [no_model, bad_scheme, not_a_url, bad_key] {
-            let executors = Executors::new(Some(config.clone()));
+            let executors = Executors::new(Some(config.clone()), ExecutorSet::default());
             assert!(!executors.has_llm(), "{config:?}");
             let error = executors
                 .run(&llm_spec(), "task", "hi", LONG)
@@ -924,7 +924,7 @@ mod tests {
                 "{config:?}: {error:?}"
             );
         }
-        assert!(Executors::new(Some(good)).has_llm());
+        assert!(Executors::new(Some(good), ExecutorSet::default()).has_llm());
     }
 
     #[test]
@@ -940,7 +940,10 @@ mod tests {
         assert_eq!(config.model, "gpt-4o-mini");
         assert_eq!(config.api_key.as_deref(), Some("sk-very-secret"));
         assert_eq!(config.attempts, LLM_DEFAULT_ATTEMPTS);
-        let printed = format!("{config:?} {:?}", Executors::new(Some(config.clone())));
+        let printed = format!(
+            "{config:?} {:?}",
+            Executors::new(Some(config.clone()), ExecutorSet::default())
+        );
         assert!(!printed.contains("sk-very-secret"), "{printed}");
         assert!(printed.contains("<redacted>"), "{printed}");
 
@@ -966,7 +969,7 @@ mod tests {
         .unwrap();
         assert_eq!(priced.prices.0, Some(0.15));
         assert!(
-            !Executors::new(Some(priced)).has_llm(),
+            !Executors::new(Some(priced), ExecutorSet::default()).has_llm(),
             "a bad price is refused"
         );
     }

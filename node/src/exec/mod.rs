@@ -170,12 +170,106 @@ fn timed_out(timeout: Duration) -> ExecError {
     }
 }
 
-/// The executors of one worker: the LLM endpoint and its HTTP client. Cheap to clone
-/// (clones share the client and its connection pool).
+/// Which executors a node runs tasks with (`aamas node --executors builtin,llm,shell`).
+/// `builtin` always runs: it is in process and deterministic. `llm` runs by default
+/// (when an endpoint is configured). `shell` is off unless asked for: a shell task runs
+/// any command its spec names on the worker's machine, as the node's user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutorSet {
+    /// Whether llm tasks run here.
+    pub llm: bool,
+    /// Whether shell tasks run here.
+    pub shell: bool,
+}
+
+impl Default for ExecutorSet {
+    fn default() -> Self {
+        ExecutorSet {
+            llm: true,
+            shell: false,
+        }
+    }
+}
+
+impl ExecutorSet {
+    /// Every executor, shell included.
+    pub const ALL: ExecutorSet = ExecutorSet {
+        llm: true,
+        shell: true,
+    };
+
+    /// Whether a task of `spec` runs here.
+    pub fn allows(&self, spec: &ExecutorSpec) -> bool {
+        match spec {
+            ExecutorSpec::Builtin { .. } => true,
+            ExecutorSpec::Llm { .. } => self.llm,
+            ExecutorSpec::Shell { .. } => self.shell,
+        }
+    }
+}
+
+impl fmt::Display for ExecutorSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("builtin")?;
+        if self.llm {
+            f.write_str(",llm")?;
+        }
+        if self.shell {
+            f.write_str(",shell")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why an `--executors` list does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecutorSetError {
+    /// A name that is not an executor.
+    #[error("unknown executor {0:?}: the executors are builtin, llm and shell")]
+    Unknown(String),
+    /// A list without `builtin`.
+    #[error("builtin cannot be turned off: list it first, as in builtin,llm")]
+    NoBuiltin,
+}
+
+impl std::str::FromStr for ExecutorSet {
+    type Err = ExecutorSetError;
+
+    /// A comma-separated list of executor names, `builtin` among them.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut set = ExecutorSet {
+            llm: false,
+            shell: false,
+        };
+        let mut builtin = false;
+        for name in text
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        {
+            match name {
+                "builtin" => builtin = true,
+                "llm" => set.llm = true,
+                "shell" => set.shell = true,
+                other => return Err(ExecutorSetError::Unknown(other.to_string())),
+            }
+        }
+        if builtin {
+            Ok(set)
+        } else {
+            Err(ExecutorSetError::NoBuiltin)
+        }
+    }
+}
+
+/// The executors of one worker: which run here, the LLM endpoint and its HTTP client.
+/// Cheap to clone (clones share the client and its connection pool).
 #[derive(Clone)]
 pub struct Executors {
     /// The endpoint ready to use, or why LLM tasks cannot run on this worker.
     llm: Result<Arc<LlmEndpoint>, ExecError>,
+    /// Whether shell tasks run here.
+    shell: bool,
 }
 
 impl fmt::Debug for Executors {
@@ -184,15 +278,22 @@ impl fmt::Debug for Executors {
             Ok(endpoint) => format!("{} ({})", endpoint.url_text, endpoint.config.model),
             Err(error) => error.reason(),
         };
-        f.debug_struct("Executors").field("llm", &llm).finish()
+        f.debug_struct("Executors")
+            .field("llm", &llm)
+            .field("shell", &self.shell)
+            .finish()
     }
 }
 
 impl Executors {
-    /// Executors with the given LLM endpoint, or none. A bad endpoint (unparsable URL,
-    /// missing model) is reported as [`ExecError::Misconfigured`] by each LLM task.
-    pub fn new(llm: Option<LlmConfig>) -> Self {
+    /// The executors of `enabled`, with the given LLM endpoint, or none. A bad endpoint
+    /// (unparsable URL, missing model) is reported as [`ExecError::Misconfigured`] by
+    /// each LLM task, and so is a task of an executor that is off here.
+    pub fn new(llm: Option<LlmConfig>, enabled: ExecutorSet) -> Self {
         let llm = match llm {
+            _ if !enabled.llm => Err(misconfigured(
+                "llm tasks are off on this worker: start it with --executors builtin,llm",
+            )),
             None => Err(misconfigured(format!(
                 "this worker has no LLM endpoint: set {ENV_LLM_BASE_URL} and {ENV_LLM_MODEL}"
             ))),
@@ -201,7 +302,20 @@ impl Executors {
         if let Err(error) = &llm {
             tracing::debug!(reason = %error.reason(), "llm executor not available");
         }
-        Executors { llm }
+        Executors {
+            llm,
+            shell: enabled.shell,
+        }
+    }
+
+    /// Whether a task of `spec` can run here: its executor is on (an llm task also needs
+    /// a valid endpoint).
+    pub fn allows(&self, spec: &ExecutorSpec) -> bool {
+        match spec {
+            ExecutorSpec::Builtin { .. } => true,
+            ExecutorSpec::Llm { .. } => self.has_llm(),
+            ExecutorSpec::Shell { .. } => self.shell,
+        }
     }
 
     /// Whether this worker can run LLM tasks (an endpoint is configured and valid).
@@ -235,6 +349,12 @@ impl Executors {
                     memory_mb,
                     max_output_bytes,
                 } => {
+                    if !self.shell {
+                        return Err(misconfigured(
+                            "shell tasks are off on this worker: start it with \
+                             --executors builtin,llm,shell",
+                        ));
+                    }
                     let limits = ShellLimits {
                         cpu_secs: *cpu_secs,
                         memory_mb: *memory_mb,
@@ -312,7 +432,9 @@ mod testing {
         input: &str,
         timeout: Duration,
     ) -> Result<Execution, ExecError> {
-        Executors::new(None).run(spec, "task", input, timeout).await
+        Executors::new(None, ExecutorSet::ALL)
+            .run(spec, "task", input, timeout)
+            .await
     }
 }
 
@@ -320,6 +442,64 @@ mod testing {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn executor_lists_parse_with_builtin_always_and_shell_only_when_named() {
+        let default = ExecutorSet::default();
+        assert!(default.llm && !default.shell, "shell is off by default");
+        assert_eq!("builtin,llm".parse::<ExecutorSet>(), Ok(default));
+        assert_eq!(" builtin , llm , shell ".parse(), Ok(ExecutorSet::ALL));
+        assert_eq!(
+            "builtin".parse(),
+            Ok(ExecutorSet {
+                llm: false,
+                shell: false
+            })
+        );
+        assert_eq!(
+            "llm,shell".parse::<ExecutorSet>(),
+            Err(ExecutorSetError::NoBuiltin)
+        );
+        assert_eq!(
+            "builtin,python".parse::<ExecutorSet>(),
+            Err(ExecutorSetError::Unknown("python".into()))
+        );
+        for set in [default, ExecutorSet::ALL, "builtin".parse().unwrap()] {
+            assert_eq!(set.to_string().parse(), Ok(set));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_without_shell_runs_no_shell_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let touched = dir.path().join("ran");
+        let spec = ExecutorSpec::Shell {
+            command: format!("touch {}", touched.display()),
+            workdir: None,
+            cpu_secs: 10,
+            memory_mb: 1024,
+            max_output_bytes: 1 << 10,
+        };
+        let executors = Executors::new(None, ExecutorSet::default());
+        assert!(!executors.allows(&spec));
+        let error = executors
+            .run(&spec, "t", "", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, ExecError::Misconfigured { reason } if reason.contains("--executors")),
+            "{error}"
+        );
+        assert!(!touched.exists(), "the command ran");
+        // With shell on, the same task runs.
+        let executors = Executors::new(None, ExecutorSet::ALL);
+        assert!(executors.allows(&spec));
+        executors
+            .run(&spec, "t", "", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(touched.exists());
+    }
 
     #[test]
     fn reasons_are_one_bounded_line() {

@@ -99,6 +99,12 @@ pub enum Refusal {
         /// What is wrong with it.
         reason: String,
     },
+    /// An Execute of a task whose executor is off on this worker (`--executors`).
+    #[error("{executor} tasks are off on this worker")]
+    ExecutorOff {
+        /// The task's executor.
+        executor: &'static str,
+    },
 }
 
 impl Refusal {
@@ -117,6 +123,7 @@ impl Refusal {
             Refusal::NotAssigned { .. } => "not_assigned",
             Refusal::NotProjectOwner => "not_project_owner",
             Refusal::BadSpec { .. } => "bad_spec",
+            Refusal::ExecutorOff { .. } => "executor_off",
         }
     }
 }

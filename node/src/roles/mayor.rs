@@ -48,25 +48,42 @@ pub struct Worker {
     pub in_state: bool,
 }
 
-/// The worker for the next attempt of a task: alive, with free capacity, of the state
-/// (others only when the state has no live member); preferring one it has not failed
-/// on, then the task's skill, then the least loaded, key order breaking ties.
+/// What a task asks of its worker: a skill it must have, and one it prefers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wanted<'a> {
+    /// A skill the worker must have ([`crate::spec::SHELL_SKILL`] for a shell task).
+    pub needs: Option<&'a str>,
+    /// A skill the worker should have, if one that has it is free.
+    pub prefers: Option<&'a str>,
+}
+
+/// The worker for the next attempt of a task: alive, with free capacity, with the skill
+/// the task needs, of the state (others only when the state has no live member that has
+/// it); preferring one it has not failed on, then the skill the task prefers, then the
+/// least loaded, key order breaking ties.
 pub fn pick_worker(
-    skill: Option<&str>,
+    wanted: Wanted<'_>,
     workers: &BTreeMap<NodeKey, Worker>,
     failed_on: &BTreeSet<NodeKey>,
     load: &BTreeMap<NodeKey, u32>,
     alive: impl Fn(&NodeKey) -> bool,
 ) -> Option<NodeKey> {
-    // Borrow from other states only when this state has no live worker at all; a busy
-    // state waits for its own workers.
-    let own_alive = workers
+    let able = |key: &NodeKey, worker: &Worker| {
+        alive(key)
+            && wanted
+                .needs
+                .is_none_or(|skill| worker.skills.contains(skill))
+    };
+    // Borrow from other states only when this state has no live worker able to run it;
+    // a busy state waits for its own workers.
+    let own_able = workers
         .iter()
-        .any(|(key, worker)| worker.in_state && alive(key));
+        .any(|(key, worker)| worker.in_state && able(key, worker));
+    let skill = wanted.prefers;
     workers
         .iter()
-        .filter(|(key, _)| alive(key))
-        .filter(|(_, worker)| worker.in_state || !own_alive)
+        .filter(|(key, worker)| able(key, worker))
+        .filter(|(_, worker)| worker.in_state || !own_able)
         .filter(|(key, worker)| load.get(*key).copied().unwrap_or(0) < worker.capacity)
         .min_by_key(|(key, worker)| {
             let skilled = skill.is_none_or(|skill| worker.skills.contains(skill));
@@ -164,7 +181,9 @@ struct Look<'a> {
     workers: &'a BTreeMap<NodeKey, Worker>,
     alive: &'a BTreeSet<NodeKey>,
     load: BTreeMap<NodeKey, u32>,
+    /// No worker can take a task that needs nothing, or one that needs shell.
     full: bool,
+    full_for_shell: bool,
 }
 
 /// One attempt as the mayor follows it.
@@ -203,6 +222,7 @@ impl Mayor {
                         alive,
                         load: state.load.clone(),
                         full: false,
+                        full_for_shell: false,
                     };
                     for (city, tasks) in &state.cities {
                         for (key, task) in tasks {
@@ -295,6 +315,9 @@ impl Mayor {
             (None, crate::spec::ExecutorSpec::Llm { .. }) => Some(crate::spec::LLM_SKILL.into()),
             (skill, _) => skill.clone(),
         };
+        // A shell task goes only to a worker that runs shell tasks.
+        let needs = matches!(spec.executor, crate::spec::ExecutorSpec::Shell { .. })
+            .then_some(crate::spec::SHELL_SKILL);
         let timeout_secs = spec.timeout_secs;
         let (workers, alive) = (look.workers, look.alive);
         if task.status == TaskStatus::Assigned {
@@ -358,17 +381,26 @@ impl Mayor {
             // has not applied it yet: a second assignment would only be refused.
             return;
         }
-        // Which workers can take a task does not depend on the task (only which one is
-        // preferred does): once none can, none can for the rest of this look.
-        if look.full {
+        // Which workers can take a task depends only on whether it needs shell (which
+        // one is preferred depends on more): once none can, none can for the rest of
+        // this look.
+        if look.full || (needs.is_some() && look.full_for_shell) {
             return;
         }
         let none = BTreeSet::new();
         let failed_on = self.failed_on.get(key).unwrap_or(&none);
-        let Some(worker) = pick_worker(skill.as_deref(), workers, failed_on, &look.load, |k| {
+        let wanted = Wanted {
+            needs,
+            prefers: skill.as_deref(),
+        };
+        let Some(worker) = pick_worker(wanted, workers, failed_on, &look.load, |k| {
             alive.contains(k)
         }) else {
-            look.full = true;
+            if needs.is_some() {
+                look.full_for_shell = true;
+            } else {
+                look.full = true;
+            }
             return;
         };
         *look.load.entry(worker).or_default() += 1;

@@ -173,6 +173,9 @@ pub const MAX_CONTEXT_TASKS: usize = 16;
 /// The skill a node with a valid LLM endpoint adds to its own when it joins: mayors give
 /// `llm` tasks that name no skill to such workers first.
 pub const LLM_SKILL: &str = "llm";
+/// The skill a node that runs shell tasks (`--executors ...,shell`) adds to its own:
+/// mayors give shell tasks only to such workers. A node never takes it from `--skills`.
+pub const SHELL_SKILL: &str = "shell";
 /// Most role prompts in one spec.
 pub const MAX_PROMPTS: usize = 64;
 /// Review rounds of an llm gate when the spec does not give them.

@@ -1,0 +1,130 @@
+//! Which executors run where (`aamas node --executors`): a shell task runs only on a node
+//! started with shell, and a mesh where no node runs shell refuses a project of shell
+//! tasks with the reason instead of letting its tasks wait for ever.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aamas_tests::{
+    Node, agreed_governors, agreed_president, all_tasks, field, first_listen_addr, init, wait_for,
+    wait_for_project_end,
+};
+
+const PROJECT_LIMIT: Duration = Duration::from_secs(120);
+
+/// One node per entry of `executors`, each started with that `--executors` list; waits
+/// for a president and the governors.
+fn start(root: &Path, executors: &[&str]) -> Vec<Node> {
+    let dirs: Vec<PathBuf> = (1..=executors.len())
+        .map(|i| root.join(format!("n{i}")))
+        .collect();
+    let (token, _) = init(&dirs[0]);
+    let mut nodes = vec![Node::start_with(
+        &dirs[0],
+        None,
+        &["--executors", executors[0]],
+    )];
+    let addr = first_listen_addr(&nodes[0]);
+    for (dir, list) in dirs[1..].iter().zip(&executors[1..]) {
+        nodes.push(Node::start_with(
+            dir,
+            Some((&addr, &token)),
+            &["--executors", list],
+        ));
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("the nodes to agree on a president", || {
+        agreed_president(&all, executors.len() as u64)
+    });
+    wait_for("a governor for each populated state", || {
+        agreed_governors(&all)
+    });
+    nodes
+}
+
+/// A project of `count` shell tasks, one in each of the four states in turn, and one
+/// builtin task.
+fn shell_project(count: usize) -> String {
+    let states = ["technical", "market", "financial", "operations"];
+    let mut spec = String::from("name = \"shells\"\n[[phase]]\nname = \"development\"\n");
+    for i in 0..count {
+        spec.push_str(&format!(
+            "  [[phase.task]]\n  name = \"s{i}\"\n  state = \"{}\"\n  executor = \"shell\"\n  \
+             command = \"echo s{i}\"\n  timeout_secs = 30\n  retries = 1\n",
+            states[i % states.len()]
+        ));
+    }
+    spec.push_str(
+        "  [[phase.task]]\n  name = \"b\"\n  state = \"technical\"\n  executor = \"builtin\"\n  \
+         action = \"digest\"\n",
+    );
+    spec
+}
+
+#[test]
+fn shell_tasks_run_only_on_the_node_that_runs_shell() {
+    let root = tempfile::tempdir().expect("tempdir");
+    // The second node runs shell; the founder and the third run the default set.
+    let nodes = start(
+        root.path(),
+        &["builtin,llm", "builtin,llm,shell", "builtin,llm"],
+    );
+    let shell_peer = field(&nodes[1].status().expect("status"), "peer_id").expect("peer id");
+    let id = nodes[0].submit(&shell_project(8)).expect("submit");
+    let project = wait_for_project_end(&nodes, &id, PROJECT_LIMIT);
+    assert_eq!(
+        field(&project, "status").as_deref(),
+        Some("completed"),
+        "{project}"
+    );
+    let tasks = all_tasks(&nodes, &id);
+    let shells: Vec<_> = tasks
+        .values()
+        .filter(|task| field(task, "name").is_some_and(|name| name.starts_with('s')))
+        .collect();
+    assert_eq!(shells.len(), 8, "{tasks:?}");
+    for task in shells {
+        assert_eq!(
+            field(task, "status").as_deref(),
+            Some("succeeded"),
+            "{task}"
+        );
+        assert_eq!(
+            field(task, "worker").as_deref(),
+            Some(shell_peer.as_str()),
+            "a shell task ran on a node without shell: {task}"
+        );
+    }
+    // The mayors never even offered one to the others: no Execute was refused for it.
+    for node in [&nodes[0], &nodes[2]] {
+        let refused = node
+            .metric("aamas_rpc_refused_total{reason=\"executor_off\"}")
+            .unwrap_or(0.0);
+        assert_eq!(refused, 0.0, "{}", node.dir.display());
+    }
+}
+
+#[test]
+fn a_mesh_without_shell_refuses_a_shell_project_and_takes_others() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let nodes = start(root.path(), &["builtin,llm", "builtin"]);
+    let refused = nodes[1]
+        .submit(&shell_project(1))
+        .expect_err("a shell project with no node to run it");
+    assert!(
+        refused.contains("no member of the mesh runs shell tasks")
+            && refused.contains("--executors builtin,llm,shell"),
+        "{refused}"
+    );
+    // The same mesh takes a project without shell tasks.
+    let spec = "name = \"plain\"\n[[phase]]\nname = \"development\"\n  [[phase.task]]\n  \
+                name = \"b\"\n  state = \"technical\"\n  executor = \"builtin\"\n  \
+                action = \"digest\"\n";
+    let id = nodes[1].submit(spec).expect("submit");
+    let project = wait_for_project_end(&nodes, &id, PROJECT_LIMIT);
+    assert_eq!(
+        field(&project, "status").as_deref(),
+        Some("completed"),
+        "{project}"
+    );
+}
