@@ -197,15 +197,6 @@ impl ExecutorSet {
         llm: true,
         shell: true,
     };
-
-    /// Whether a task of `spec` runs here.
-    pub fn allows(&self, spec: &ExecutorSpec) -> bool {
-        match spec {
-            ExecutorSpec::Builtin { .. } => true,
-            ExecutorSpec::Llm { .. } => self.llm,
-            ExecutorSpec::Shell { .. } => self.shell,
-        }
-    }
 }
 
 impl fmt::Display for ExecutorSet {
@@ -228,7 +219,7 @@ pub enum ExecutorSetError {
     #[error("unknown executor {0:?}: the executors are builtin, llm and shell")]
     Unknown(String),
     /// A list without `builtin`.
-    #[error("builtin cannot be turned off: list it first, as in builtin,llm")]
+    #[error("builtin cannot be turned off: include it, as in builtin,llm")]
     NoBuiltin,
 }
 
