@@ -257,7 +257,7 @@ pub(crate) async fn drive(node: Arc<Node>, mut cores: Cores, mut inputs: mpsc::R
 /// How often the driver runs a round unwoken while this node holds no work role and no
 /// attempt ([`Cores::keeps_watch`]): nothing of its own is then due at any time, and
 /// whatever gives it work (a committed entry, an Execute) wakes it.
-pub const WORK_IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(2);
+pub const WORK_IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Most inputs the driver applies in a row while a round is due.
 const MAX_INPUTS_BEFORE_A_ROUND: usize = 256;
