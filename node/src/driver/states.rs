@@ -59,8 +59,6 @@ pub use crate::roles::governor::{
 impl Node {
     /// The active members as role candidates, with liveness and voter load.
     pub(crate) async fn candidates(&self) -> Vec<Candidate> {
-        let now = now_ms();
-        let me = self.identity.node_key();
         let members: Vec<(NodeKey, Option<String>, usize)> = self
             .registry(|registry| {
                 let mut load: BTreeMap<NodeKey, usize> = BTreeMap::new();
@@ -88,12 +86,12 @@ impl Node {
             })
             .await
             .unwrap_or_default();
-        let seen = self.seen_within(members.iter().map(|(key, _, _)| key), now, ALIVE_WINDOW_MS);
+        let alive = self.alive(members.iter().map(|(key, _, _)| key));
         members
             .into_iter()
-            .zip(seen)
-            .map(|((key, state, load), seen)| Candidate {
-                alive: key == me || seen,
+            .zip(alive)
+            .map(|((key, state, load), alive)| Candidate {
+                alive,
                 key,
                 state,
                 load,
@@ -104,17 +102,26 @@ impl Node {
     /// The active members seen connected within [`ALIVE_WINDOW_MS`], and this node: what
     /// a mayor's round needs of [`Node::candidates`], without copying every member's state.
     pub(crate) async fn alive_members(&self) -> BTreeSet<NodeKey> {
-        let now = now_ms();
-        let me = self.identity.node_key();
         let keys: Vec<NodeKey> = self
             .registry(|registry| registry.active_members().map(|(key, _)| *key).collect())
             .await
             .unwrap_or_default();
-        let seen = self.seen_within(&keys, now, ALIVE_WINDOW_MS);
+        let alive = self.alive(&keys);
+        keys.into_iter()
+            .zip(alive)
+            .filter(|(_, alive)| *alive)
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// Whether each of `keys` is alive for choosing voters and mayors: this node, or a
+    /// member seen connected within [`ALIVE_WINDOW_MS`].
+    fn alive<'a>(&self, keys: impl IntoIterator<Item = &'a NodeKey> + Clone) -> Vec<bool> {
+        let me = self.identity.node_key();
+        let seen = self.seen_within(keys.clone(), now_ms(), ALIVE_WINDOW_MS);
         keys.into_iter()
             .zip(seen)
-            .filter(|(key, seen)| *seen || *key == me)
-            .map(|(key, _)| key)
+            .map(|(key, seen)| seen || *key == me)
             .collect()
     }
 
