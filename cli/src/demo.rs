@@ -206,7 +206,8 @@ pub fn run(count: usize, llm: Option<&LlmDemo>) -> Result<()> {
         root.display()
     );
     let first = root.join("n1");
-    let founded = aamas_node::init(&first, "demo", Duration::from_secs(3_600))?;
+    let uses = u32::try_from(count).unwrap_or(u32::MAX);
+    let founded = aamas_node::init(&first, "demo", Duration::from_secs(3_600), uses)?;
     mesh.start(&first, None)?;
     let addr = wait("the founder's API", || {
         let status = mesh.status(0)?;

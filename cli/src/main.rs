@@ -53,6 +53,10 @@ enum Commands {
         /// How long the printed token admits nodes (e.g. 1h, 30m, 3600s).
         #[arg(long, default_value = "24h")]
         ttl: String,
+        /// How many nodes the printed token admits (each further node needs another:
+        /// `aamas token create`).
+        #[arg(long, default_value_t = 1)]
+        token_uses: u32,
     },
     /// Run a node until SIGINT or SIGTERM, then leave gracefully.
     ///
@@ -104,8 +108,13 @@ enum Commands {
     },
     /// Show this node's view: president, members, roles.
     Status(Target),
-    /// List the members.
-    Members(Target),
+    /// List the members, or evict one (`aamas members remove ID`).
+    Members {
+        #[command(subcommand)]
+        command: Option<MembersCommand>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Draw the tree president → governors → mayors → workers.
     Hierarchy(Target),
     /// Join tokens.
@@ -227,13 +236,38 @@ enum ProjectCommand {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a new join token.
+    /// Create a new join token, signed by this node.
     Create {
         #[command(flatten)]
         target: Target,
         /// How long it admits nodes.
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// How many nodes it admits.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List the join tokens the mesh has seen used or revoked, until they expire.
+    List(Target),
+    /// Revoke a join token: it admits no one from then on. Its issuer's operator or the
+    /// president's may revoke it, from any node.
+    Revoke {
+        /// The token, as `aamas token create` printed it.
+        token: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembersCommand {
+    /// Evict a member: it loses its seats, which other members take, and every member
+    /// refuses its key from then on. Only the president's operator may do it.
+    Remove {
+        /// The member's peer id, as `aamas members` prints it.
+        id: String,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -900,14 +934,17 @@ fn main() -> Result<()> {
             mesh,
             json,
             ttl,
+            token_uses,
         } => {
-            let founded = aamas_node::init(&data_dir, &mesh, parse_duration(&ttl)?)?;
+            let founded = aamas_node::init(&data_dir, &mesh, parse_duration(&ttl)?, token_uses)?;
             if json {
                 println!("{}", serde_json::to_string(&founded)?);
             } else {
                 println!("founded mesh {} as {}", founded.mesh_id, founded.peer_id);
                 println!("start it:  aamas node --data-dir {}", data_dir.display());
-                println!("join token (give it to the next node with --join ADDR --token ...):");
+                println!(
+                    "join token for {token_uses} node(s) (give it to the next node with --join ADDR --token ...):"
+                );
                 println!("{}", founded.token);
             }
         }
@@ -1033,7 +1070,25 @@ fn main() -> Result<()> {
                 print_status(&serde_json::from_value(status)?);
             }
         }
-        Commands::Members(target) => {
+        Commands::Members {
+            command: Some(MembersCommand::Remove { id, target }),
+            ..
+        } => {
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                bail!("{id:?} is not a peer id: copy it from `aamas members`");
+            }
+            let path = format!("/api/v1/members/{id}");
+            let evicted = Client::new(&target)?.call("DELETE", &path, None)?;
+            if target.json {
+                println!("{evicted}");
+            } else {
+                println!("evicted {id}");
+            }
+        }
+        Commands::Members {
+            command: None,
+            target,
+        } => {
             let members = Client::new(&target)?.get("/api/v1/members")?;
             if target.json {
                 println!("{members}");
@@ -1060,12 +1115,44 @@ fn main() -> Result<()> {
             }
         }
         Commands::Token {
-            command: TokenCommand::Create { target, ttl },
+            command: TokenCommand::List(target),
+        } => {
+            let tokens = Client::new(&target)?.get("/api/v1/tokens")?;
+            if target.json {
+                println!("{tokens}");
+            } else {
+                let tokens: Vec<aamas_node::driver::admin::TokenView> =
+                    serde_json::from_value(tokens)?;
+                println!(
+                    "{:<18} {:<10} {:>9} expires (ms)",
+                    "digest", "status", "uses left"
+                );
+                for token in tokens {
+                    println!(
+                        "{:<18} {:<10} {:>9} {}",
+                        token.digest, token.status, token.uses_left, token.expires_ms
+                    );
+                }
+            }
+        }
+        Commands::Token {
+            command: TokenCommand::Revoke { token, target },
+        } => {
+            let revoked =
+                Client::new(&target)?.call("POST", "/api/v1/tokens/revoke", Some(token.trim()))?;
+            if target.json {
+                println!("{revoked}");
+            } else {
+                println!("revoked");
+            }
+        }
+        Commands::Token {
+            command: TokenCommand::Create { target, ttl, uses },
         } => {
             let seconds = parse_duration(&ttl)?.as_secs();
             let created = Client::new(&target)?.call(
                 "POST",
-                &format!("/api/v1/tokens?ttl_secs={seconds}"),
+                &format!("/api/v1/tokens?ttl_secs={seconds}&uses={uses}"),
                 None,
             )?;
             let token = created

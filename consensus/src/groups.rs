@@ -139,6 +139,10 @@ pub enum WriteError {
     /// The write could not be committed (the group stopped, or a membership change failed).
     #[error("write failed: {0}")]
     Failed(String),
+    /// Committed, and refused by the state machine (a Registry or Ledger rule): retrying
+    /// the same command is refused again. The caller that reads the answer makes it.
+    #[error("{0}")]
+    Rejected(String),
     /// No answer in time (no quorum, or a leader cut off): the write may still commit,
     /// so retry with the same request id.
     #[error("no commit within {after:?}; it may still commit: retry with the same request id")]

@@ -10,7 +10,8 @@
 //!            ── states      name    → StateInfo (budget, spent, Raft group, governor)
 //!            ── projects    id      → Project (spec, phase, status, progress per phase)
 //!            ── policies    key     → value
-//!            ── join_tokens digest  → JoinToken (expiry, uses left)
+//!            ── join_tokens digest  → JoinToken (expiry, uses left, revoked), from first use
+//!                                     or revocation until expiry
 //!            ── group_keys  epoch (current and previous) → NodeKey → wrapped group key
 //! ```
 //!
@@ -67,6 +68,9 @@ pub enum MemberStatus {
     Active,
     /// Removed; its record stays so that its key remains known.
     Left,
+    /// Removed by an operator ([`RegistryCommand::EvictMember`]): its key is refused
+    /// from then on, and it is never admitted again.
+    Evicted,
 }
 
 /// A member of the mesh.
@@ -253,13 +257,29 @@ pub struct Project {
     pub gates: BTreeMap<Phase, PhaseGate>,
 }
 
-/// A join token, known only by its digest.
+/// A join token, known only by its digest. Recorded at its first use (with the terms
+/// it carries) or its revocation, and kept until it expires, so that a used-up or revoked
+/// token is never counted anew.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinToken {
     /// Valid while `now_ms < expires_ms`.
     pub expires_ms: u64,
-    /// Admissions still allowed; at least 1 (a used-up token is removed).
+    /// Admissions still allowed; 0 once used up or revoked.
     pub uses_left: u32,
+    /// Revoked by an operator.
+    pub revoked: bool,
+}
+
+/// The terms a join token carries, signed by its issuer; the proposer has verified the
+/// signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenTerms {
+    /// SHA-256 of the token: how the Registry names it.
+    pub digest: [u8; 32],
+    /// Valid while `now_ms < expires_ms`.
+    pub expires_ms: u64,
+    /// Admissions it allows in all.
+    pub uses: u32,
 }
 
 /// A command to the federal group.
@@ -286,8 +306,8 @@ pub enum RegistryCommand {
         capacity: u32,
         /// The proposer's time, for the token's expiry and `joined_ms`.
         now_ms: u64,
-        /// The digest of the join token it presented.
-        token_digest: Option<[u8; 32]>,
+        /// The join token it presented (none for the founder).
+        token: Option<TokenTerms>,
     },
     /// Replaces an active member's addresses, skills and capacity.
     UpdateMember {
@@ -312,19 +332,21 @@ pub enum RegistryCommand {
         /// The member.
         node: NodeKey,
     },
-    /// Records a join token; recording the same token again is a no-op.
-    RecordJoinToken {
-        /// SHA-256 of the token.
-        digest: [u8; 32],
-        /// Valid while `now_ms < expires_ms`.
-        expires_ms: u64,
-        /// Admissions it allows; at least 1.
-        uses: u32,
+    /// Evicts a member: it is unplaced and its key is refused from then on (it can
+    /// never be admitted again). Evicting it again is a no-op.
+    EvictMember {
+        /// The member.
+        node: NodeKey,
     },
-    /// Forgets a join token; forgetting an unknown one is a no-op.
+    /// Revokes a join token, used or not: it admits no one from then on. Revoking it
+    /// again, or once it has expired, is a no-op.
     RevokeJoinToken {
         /// SHA-256 of the token.
         digest: [u8; 32],
+        /// Its expiry: the record is kept until then.
+        expires_ms: u64,
+        /// The proposer's time.
+        now_ms: u64,
     },
     /// Accepts a project in its first phase. The same id with the same name and spec again
     /// is a no-op; with other content it is rejected.
@@ -534,8 +556,8 @@ impl Registry {
                 skills,
                 capacity,
                 now_ms,
-                token_digest,
-            } => self.admit_member(identity, addrs, skills, *capacity, *now_ms, *token_digest),
+                token,
+            } => self.admit_member(identity, addrs, skills, *capacity, *now_ms, token.as_ref()),
             C::UpdateMember {
                 node,
                 addrs,
@@ -544,15 +566,12 @@ impl Registry {
             } => self.update_member(node, addrs, skills, *capacity),
             C::PlaceMember { node, state } => self.place_member(node, state),
             C::RemoveMember { node } => self.remove_member(node),
-            C::RecordJoinToken {
+            C::EvictMember { node } => self.evict_member(node),
+            C::RevokeJoinToken {
                 digest,
                 expires_ms,
-                uses,
-            } => self.record_join_token(*digest, *expires_ms, *uses),
-            C::RevokeJoinToken { digest } => {
-                self.join_tokens.remove(digest);
-                OK
-            }
+                now_ms,
+            } => self.revoke_join_token(*digest, *expires_ms, *now_ms),
             C::SubmitProject {
                 id,
                 name,
@@ -628,11 +647,14 @@ impl Registry {
         skills: &BTreeSet<String>,
         capacity: u32,
         now_ms: u64,
-        token_digest: Option<[u8; 32]>,
+        token: Option<&TokenTerms>,
     ) -> Outcome {
         let node = identity.node;
         check_profile(addrs, skills)?;
         if let Some(member) = self.members.get_mut(&node) {
+            if member.status == MemberStatus::Evicted {
+                return Err(evicted(&node));
+            }
             if member.status == MemberStatus::Active {
                 if member.identity != *identity {
                     return Err(format!(
@@ -649,25 +671,8 @@ impl Registry {
         } else if self.members.len() >= MAX_MEMBERS {
             return Err(full("members", MAX_MEMBERS));
         }
-        if let Some(digest) = token_digest {
-            let Some(&token) = self.join_tokens.get(&digest) else {
-                return Err(format!(
-                    "the join token of {node} is unknown, revoked or used up"
-                ));
-            };
-            if now_ms >= token.expires_ms {
-                let expires_ms = token.expires_ms;
-                return Err(format!(
-                    "the join token of {node} expired at {expires_ms} ms"
-                ));
-            }
-            if token.uses_left <= 1 {
-                self.join_tokens.remove(&digest);
-            } else {
-                let uses_left = token.uses_left - 1;
-                self.join_tokens
-                    .insert(digest, JoinToken { uses_left, ..token });
-            }
+        if let Some(terms) = token {
+            self.spend_join_token(&node, terms, now_ms)?;
         }
         let member = Member {
             identity: *identity,
@@ -717,8 +722,23 @@ impl Registry {
         let Some(member) = self.members.get_mut(node) else {
             return Err(format!("{node} is not a member"));
         };
+        if member.status == MemberStatus::Evicted {
+            return OK;
+        }
         if member.status != MemberStatus::Left || member.state.is_some() {
             member.status = MemberStatus::Left;
+            member.state = None;
+            self.members_version += 1;
+        }
+        OK
+    }
+
+    fn evict_member(&mut self, node: &NodeKey) -> Outcome {
+        let Some(member) = self.members.get_mut(node) else {
+            return Err(format!("{node} is not a member"));
+        };
+        if member.status != MemberStatus::Evicted {
+            member.status = MemberStatus::Evicted;
             member.state = None;
             self.members_version += 1;
         }
@@ -728,28 +748,77 @@ impl Registry {
     fn active_member_mut(&mut self, node: &NodeKey) -> Result<&mut Member, String> {
         match self.members.get_mut(node) {
             Some(member) if member.status == MemberStatus::Active => Ok(member),
+            Some(member) if member.status == MemberStatus::Evicted => Err(evicted(node)),
             Some(_) => Err(format!("{node} has left the mesh; admit it again first")),
             None => Err(format!("{node} is not a member; admit it first")),
         }
     }
 
-    fn record_join_token(&mut self, digest: [u8; 32], expires_ms: u64, uses: u32) -> Outcome {
-        if uses == 0 {
-            return Err("a join token must allow at least one use".to_owned());
+    /// Spends one use of a join token, recording it at its first use. Checks everything
+    /// before it changes anything.
+    fn spend_join_token(&mut self, node: &NodeKey, terms: &TokenTerms, now_ms: u64) -> Outcome {
+        let known = self.join_tokens.get(&terms.digest).copied();
+        let token = known.unwrap_or(JoinToken {
+            expires_ms: terms.expires_ms,
+            uses_left: terms.uses,
+            revoked: false,
+        });
+        if token.revoked {
+            return Err(format!("the join token of {node} was revoked"));
         }
+        if now_ms >= token.expires_ms {
+            let expires_ms = token.expires_ms;
+            return Err(format!(
+                "the join token of {node} expired at {expires_ms} ms"
+            ));
+        }
+        if token.uses_left == 0 {
+            let uses = terms.uses;
+            return Err(format!(
+                "the join token of {node} is used up (it allowed {uses} admissions)"
+            ));
+        }
+        if known.is_none() {
+            self.make_room_for_token(now_ms)?;
+        }
+        let uses_left = token.uses_left - 1;
+        self.join_tokens
+            .insert(terms.digest, JoinToken { uses_left, ..token });
+        OK
+    }
+
+    fn revoke_join_token(&mut self, digest: [u8; 32], expires_ms: u64, now_ms: u64) -> Outcome {
+        if let Some(token) = self.join_tokens.get_mut(&digest) {
+            token.revoked = true;
+            token.uses_left = 0;
+            return OK;
+        }
+        if now_ms >= expires_ms {
+            // Expired: it admits no one anyway.
+            return OK;
+        }
+        self.make_room_for_token(now_ms)?;
         let token = JoinToken {
             expires_ms,
-            uses_left: uses,
+            uses_left: 0,
+            revoked: true,
         };
-        match self.join_tokens.get(&digest) {
-            Some(existing) if *existing == token => return OK,
-            Some(_) => return Err("join token recorded with other terms; revoke it first".into()),
-            None if self.join_tokens.len() >= MAX_JOIN_TOKENS => {
-                return Err(full("join tokens", MAX_JOIN_TOKENS));
-            }
-            None => {}
-        }
         self.join_tokens.insert(digest, token);
+        OK
+    }
+
+    /// Forgets the expired tokens when one more would not fit; fails, changing nothing,
+    /// when the live ones fill [`MAX_JOIN_TOKENS`].
+    fn make_room_for_token(&mut self, now_ms: u64) -> Outcome {
+        if self.join_tokens.len() < MAX_JOIN_TOKENS {
+            return OK;
+        }
+        let live = self.join_tokens.values();
+        if live.filter(|token| now_ms < token.expires_ms).count() >= MAX_JOIN_TOKENS {
+            return Err(full("join tokens", MAX_JOIN_TOKENS));
+        }
+        self.join_tokens
+            .retain(|_, token| now_ms < token.expires_ms);
         OK
     }
 
@@ -1222,7 +1291,8 @@ impl Registry {
             assert!(value.len() <= MAX_POLICY_VALUE_BYTES);
         }
         assert!(self.join_tokens.len() <= MAX_JOIN_TOKENS);
-        assert!(self.join_tokens.values().all(|token| token.uses_left >= 1));
+        let revoked_spent = |token: &JoinToken| !token.revoked || token.uses_left == 0;
+        assert!(self.join_tokens.values().all(revoked_spent));
         let current = self.group_key_epoch;
         assert!(self.group_keys.len() <= GROUP_KEY_EPOCHS_KEPT);
         assert_eq!(self.group_keys.contains_key(&current), current > 0);
@@ -1244,6 +1314,14 @@ impl Registry {
     /// All members, active and left.
     pub fn members(&self) -> &BTreeMap<NodeKey, Member> {
         &self.members
+    }
+
+    /// The members an operator evicted: their keys are refused.
+    pub fn evicted_members(&self) -> impl Iterator<Item = &NodeKey> {
+        let members = self.members.iter();
+        members
+            .filter(|(_, member)| member.status == MemberStatus::Evicted)
+            .map(|(key, _)| key)
     }
 
     /// Whether `node` is an active member.
@@ -1401,9 +1479,14 @@ fn full(what: &str, max: usize) -> String {
     format!("the registry holds the maximum of {max} {what}; remove some first")
 }
 
+fn evicted(node: &NodeKey) -> String {
+    format!("{node} was evicted from the mesh; its key is never admitted again")
+}
+
 #[cfg(test)]
 mod tests {
     use aamas_protocol::{ByteArray, EncryptionKey};
+    use sha2::Digest as _;
 
     use super::*;
     use super::{RegistryCommand as C, RegistryResponse as R};
@@ -1421,14 +1504,14 @@ mod tests {
         }
     }
 
-    fn admit(n: u8, token_digest: Option<[u8; 32]>) -> C {
+    fn admit(n: u8, token: Option<TokenTerms>) -> C {
         C::AdmitMember {
             identity: identity(n),
             addrs: vec![format!("/ip4/10.0.0.{n}/tcp/4001")],
             skills: BTreeSet::from(["rust".to_owned()]),
             capacity: 2,
             now_ms: 1_000,
-            token_digest,
+            token,
         }
     }
 
@@ -1445,12 +1528,20 @@ mod tests {
         }
     }
 
-    fn token(digest: u8, expires_ms: u64, uses: u32) -> C {
-        let digest = [digest; 32];
-        C::RecordJoinToken {
-            digest,
+    /// The terms of token `digest`.
+    fn token(digest: u8, expires_ms: u64, uses: u32) -> Option<TokenTerms> {
+        Some(TokenTerms {
+            digest: [digest; 32],
             expires_ms,
             uses,
+        })
+    }
+
+    fn revoke(digest: u8, expires_ms: u64) -> C {
+        C::RevokeJoinToken {
+            digest: [digest; 32],
+            expires_ms,
+            now_ms: 1_000,
         }
     }
 
@@ -1513,6 +1604,17 @@ mod tests {
         response
     }
 
+    /// Applies `command`, which must be rejected with a reason containing `needle` and
+    /// change nothing.
+    fn refused(registry: &mut Registry, command: &C, needle: &str) {
+        let before = registry.clone();
+        match run(registry, command) {
+            R::Rejected { reason } => assert!(reason.contains(needle), "{reason:?}"),
+            other => panic!("{command:?} was not rejected: {other:?}"),
+        }
+        assert_eq!(*registry, before);
+    }
+
     fn run_ok(registry: &mut Registry, commands: &[C]) {
         for command in commands {
             let response = run(registry, command);
@@ -1527,17 +1629,17 @@ mod tests {
         matches!(response, R::Rejected { .. })
     }
 
-    /// Two states, members 1 and 2 (1 placed), project p1 and a two-use token.
+    /// Two states, members 1 and 2 (1 placed; 2 admitted with a three-use token 7, so
+    /// two uses are left) and project p1.
     fn populated() -> Registry {
         let mut registry = Registry::default();
         let setup = [
             add_state("technical", 100),
             add_state("market", 50),
             admit(1, None),
-            admit(2, None),
+            admit(2, token(7, 2_000, 3)),
             place(1, "technical"),
             submit("p1", b"spec"),
-            token(7, 2_000, 2),
         ];
         run_ok(&mut registry, &setup);
         registry
@@ -1566,14 +1668,14 @@ mod tests {
             ),
             (add_state("bad\nname", 1), "control characters"),
             (add_state("technical", 7), "SetBudget"),
-            (admit(3, Some([9; 32])), "unknown, revoked or used up"),
+            (admit(3, token(9, 2_000, 0)), "used up (it allowed 0"),
+            (admit(3, token(9, 1_000, 1)), "expired at 1000 ms"),
             (rekeyed, "another key"),
             (crowded, "address list has size 17"),
             (place(2, "nowhere"), "no state \"nowhere\""),
             (place(9, "market"), "not a member"),
             (C::RemoveMember { node: node(9) }, "not a member"),
-            (token(8, 1, 0), "at least one use"),
-            (token(7, 3_000, 2), "other terms"),
+            (C::EvictMember { node: node(9) }, "not a member"),
             (submit("p1", b"other spec"), "is taken"),
             (submit("p2", &oversized_spec), "project spec has size"),
             (
@@ -1620,14 +1722,6 @@ mod tests {
                 feedback: "add the error cases".to_owned(),
                 reopen: vec!["a".to_owned()],
             },
-        };
-        let refused = |registry: &mut Registry, command: &C, needle: &str| {
-            let before = registry.clone();
-            match run(registry, command) {
-                R::Rejected { reason } => assert!(reason.contains(needle), "{reason:?}"),
-                other => panic!("{command:?} was not rejected: {other:?}"),
-            }
-            assert_eq!(*registry, before);
         };
         refused(&mut registry, &record(2, false), "not the next (1)");
         assert_eq!(run(&mut registry, &record(1, false)), R::Ok);
@@ -1701,14 +1795,6 @@ mod tests {
             phase,
             plan: plan.to_vec(),
         };
-        let refused = |registry: &mut Registry, command: &C, needle: &str| {
-            let before = registry.clone();
-            match run(registry, command) {
-                R::Rejected { reason } => assert!(reason.contains(needle), "{reason:?}"),
-                other => panic!("{command:?} was not rejected: {other:?}"),
-            }
-            assert_eq!(*registry, before);
-        };
         refused(&mut registry, &refuse(2, "a cycle"), "not the next (1)");
         assert_eq!(run(&mut registry, &refuse(1, "a cycle")), R::Ok);
         assert_eq!(run(&mut registry, &refuse(1, "a cycle")), R::Ok, "a retry");
@@ -1732,12 +1818,13 @@ mod tests {
     fn repeated_commands_take_effect_once() {
         let table = [
             add_state("operations", 10),
-            admit(1, Some([7; 32])),
+            admit(1, token(7, 2_000, 3)),
             admit(3, None),
             place(2, "market"),
             C::RemoveMember { node: node(2) },
-            token(8, 9, 1),
-            C::RevokeJoinToken { digest: [7; 32] },
+            C::EvictMember { node: node(2) },
+            revoke(7, 2_000),
+            revoke(8, 2_000),
             submit("p1", b"spec"),
             submit("p2", b"spec"),
             progress(Phase::Initiation, 3, 1, 1),
@@ -1799,36 +1886,96 @@ mod tests {
         let mut registry = populated();
         let uses_left =
             |registry: &Registry| registry.join_tokens().get(&[7; 32]).map(|t| t.uses_left);
+        assert_eq!(uses_left(&registry), Some(2), "recorded at its first use");
         assert_eq!(
-            run(&mut registry, &admit(3, Some([7; 32]))),
+            run(&mut registry, &admit(3, token(7, 2_000, 3))),
             R::Admitted { node: node(3) }
         );
         assert_eq!(uses_left(&registry), Some(1));
         // Admitting the same active member again spends nothing.
         assert_eq!(
-            run(&mut registry, &admit(3, Some([7; 32]))),
+            run(&mut registry, &admit(3, token(7, 2_000, 3))),
             R::Admitted { node: node(3) }
         );
         assert_eq!(uses_left(&registry), Some(1));
-        // The last use removes the token, so the next admission is refused.
         assert_eq!(
-            run(&mut registry, &admit(4, Some([7; 32]))),
+            run(&mut registry, &admit(4, token(7, 2_000, 3))),
             R::Admitted { node: node(4) }
         );
-        assert_eq!(uses_left(&registry), None);
-        assert!(rejected(&run(&mut registry, &admit(5, Some([7; 32])))));
+        // Used up: kept until it expires, so it is not counted anew.
+        assert_eq!(uses_left(&registry), Some(0));
+        refused(
+            &mut registry,
+            &admit(5, token(7, 2_000, 3)),
+            "used up (it allowed 3 admissions)",
+        );
         assert!(!registry.members().contains_key(&node(5)));
 
-        run_ok(&mut registry, &[token(8, 3_000, 5)]);
-        let mut late = admit(6, Some([8; 32]));
+        let mut late = admit(6, token(8, 3_000, 5));
         if let C::AdmitMember { now_ms, .. } = &mut late {
             *now_ms = 3_000;
         }
-        match run(&mut registry, &late) {
-            R::Rejected { reason } => assert!(reason.ends_with("expired at 3000 ms"), "{reason}"),
-            other => panic!("expired token accepted: {other:?}"),
+        refused(&mut registry, &late, "expired at 3000 ms");
+        assert!(!registry.join_tokens().contains_key(&[8; 32]));
+    }
+
+    #[test]
+    fn a_revoked_token_admits_no_one_whether_used_or_not() {
+        let mut registry = populated();
+        // Token 7 has been used once; token 8 never.
+        run_ok(&mut registry, &[revoke(7, 2_000), revoke(8, 2_000)]);
+        refused(&mut registry, &admit(3, token(7, 2_000, 3)), "was revoked");
+        refused(&mut registry, &admit(4, token(8, 2_000, 9)), "was revoked");
+        let revoked = registry.join_tokens()[&[8; 32]];
+        assert!(revoked.revoked && revoked.uses_left == 0);
+        // An expired token is not recorded: it admits no one anyway.
+        run_ok(&mut registry, &[revoke(9, 1_000)]);
+        assert!(!registry.join_tokens().contains_key(&[9; 32]));
+    }
+
+    #[test]
+    fn tokens_past_their_expiry_make_room_for_new_ones() {
+        let mut registry = populated();
+        for i in 0..MAX_JOIN_TOKENS - 1 {
+            let digest: [u8; 32] = sha2::Sha256::digest(i.to_be_bytes()).into();
+            registry.join_tokens.insert(
+                digest,
+                JoinToken {
+                    expires_ms: 1_500,
+                    uses_left: 1,
+                    revoked: false,
+                },
+            );
         }
-        assert_eq!(registry.join_tokens()[&[8; 32]].uses_left, 5);
+        assert_eq!(registry.join_tokens().len(), MAX_JOIN_TOKENS);
+        refused(&mut registry, &admit(3, token(9, 9_000, 1)), "maximum of");
+        let mut later = admit(3, token(9, 9_000, 1));
+        if let C::AdmitMember { now_ms, .. } = &mut later {
+            *now_ms = 2_000;
+        }
+        run_ok(&mut registry, &[later]);
+        assert_eq!(registry.join_tokens().len(), 1, "expired ones forgotten");
+    }
+
+    #[test]
+    fn an_evicted_member_is_unplaced_and_never_admitted_again() {
+        let mut registry = populated();
+        let version = registry.members_version();
+        run_ok(&mut registry, &[C::EvictMember { node: node(1) }]);
+        assert_ne!(registry.members_version(), version);
+        let member = &registry.members()[&node(1)];
+        assert_eq!(
+            (member.status, &member.state),
+            (MemberStatus::Evicted, &None)
+        );
+        assert!(!registry.is_active(&node(1)));
+        assert_eq!(registry.evicted_members().collect::<Vec<_>>(), [&node(1)]);
+        refused(&mut registry, &admit(1, None), "was evicted");
+        refused(&mut registry, &admit(1, token(7, 2_000, 3)), "was evicted");
+        refused(&mut registry, &place(1, "market"), "was evicted");
+        // Leaving does not undo an eviction.
+        run_ok(&mut registry, &[C::RemoveMember { node: node(1) }]);
+        assert_eq!(registry.members()[&node(1)].status, MemberStatus::Evicted);
     }
 
     #[test]

@@ -218,17 +218,54 @@ async fn change_phase(
 #[derive(Deserialize)]
 struct TokenQuery {
     ttl_secs: Option<u64>,
+    uses: Option<u32>,
 }
 
 async fn create_token(State(api): State<Api>, Query(query): Query<TokenQuery>) -> Response {
     let ttl = Duration::from_secs(query.ttl_secs.unwrap_or(3_600).clamp(1, 30 * 24 * 3_600));
-    match api.node.create_token(ttl) {
-        Ok(token) => Json(serde_json::json!({"token": token})).into_response(),
-        Err(error) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({"error": error.to_string()})),
-        )
-            .into_response(),
+    let uses = query.uses.unwrap_or(1);
+    if uses == 0 || uses > crate::token::MAX_TOKEN_USES {
+        let max = crate::token::MAX_TOKEN_USES;
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("uses must be 1 to {max}, not {uses}"),
+        );
+    }
+    match api.node.create_token(ttl, uses) {
+        Ok(token) => Json(serde_json::json!({"token": token, "uses": uses})).into_response(),
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure),
+    }
+}
+
+async fn list_tokens(State(api): State<Api>) -> Response {
+    Json(api.node.join_tokens().await).into_response()
+}
+
+fn admin_error(failure: crate::driver::admin::AdminError) -> Response {
+    let status =
+        StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(status, failure)
+}
+
+/// `POST /api/v1/tokens/revoke` with the token's text as the body.
+async fn revoke_token(State(api): State<Api>, body: String) -> Response {
+    if body.len() > crate::token::MAX_TOKEN_CHARS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "that is no join token: too long",
+        );
+    }
+    match api.node.revoke_token(&body).await {
+        Ok(()) => Json(serde_json::json!({"revoked": true})).into_response(),
+        Err(failure) => admin_error(failure),
+    }
+}
+
+/// `DELETE /api/v1/members/{id}`: evicts the member.
+async fn evict_member(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.node.evict_member(&id).await {
+        Ok(()) => Json(serde_json::json!({"evicted": id})).into_response(),
+        Err(failure) => admin_error(failure),
     }
 }
 
@@ -293,7 +330,9 @@ pub async fn serve(
         .route("/api/v1/system/status", get(status))
         .route("/api/v1/members", get(members))
         .route("/api/v1/hierarchy", get(hierarchy))
-        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/members/{id}", axum::routing::delete(evict_member))
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
+        .route("/api/v1/tokens/revoke", post(revoke_token))
         .route("/api/v1/projects", post(submit_project).get(list_projects))
         .route("/api/v1/projects/{id}", get(show_project))
         .route("/api/v1/projects/{id}/phase", put(change_phase))

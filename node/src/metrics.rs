@@ -16,6 +16,8 @@ pub struct Metrics {
     registry: Registry,
     /// API requests refused for a missing or wrong token.
     pub api_unauthorized: Counter,
+    /// Evicted members this node blocked (their connections closed and refused).
+    pub members_evicted: Counter,
     /// Requests refused, by reason (e.g. `non_member`).
     pub rpc_refused: Family<Labels, Counter>,
     /// Gossip messages refused by the receive pipeline or authorisation, by reason and
@@ -74,6 +76,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("aamas");
         let metrics = Self {
             api_unauthorized: Counter::default(),
+            members_evicted: Counter::default(),
             rpc_refused: Family::default(),
             gossip_rejected: Family::default(),
             gossip_accepted: Family::default(),
@@ -122,6 +125,11 @@ impl Default for Metrics {
             "api_unauthorized",
             "API requests refused for a missing or wrong bearer token",
             metrics.api_unauthorized.clone(),
+        );
+        registry.register(
+            "members_evicted",
+            "Evicted members this node blocked: their connections are closed and refused",
+            metrics.members_evicted.clone(),
         );
         registry.register(
             "rpc_refused",

@@ -1,8 +1,11 @@
-//! Join tokens: a member's signed, expiring permission for one node to join one mesh.
+//! Join tokens: a member's signed, expiring permission for a number of nodes to join one
+//! mesh.
 //!
 //! Text form: `aamas1` followed by base58 of the postcard-encoded [`JoinToken`]. The
 //! president admits a joiner only if the token names this mesh, has not expired, and is
-//! signed by an active member of the Registry; the Registry counts its uses by digest.
+//! signed by an active member of the Registry; the Registry records it by digest at its
+//! first use, counts its uses down from the number it carries, and refuses it once they
+//! are spent or it is revoked (`aamas token revoke`).
 
 use aamas_protocol::{ByteArray, Identity, MeshId, NodeKey};
 use serde::{Deserialize, Serialize};
@@ -10,8 +13,10 @@ use sha2::{Digest as _, Sha256};
 
 const TOKEN_PREFIX: &str = "aamas1";
 const TOKEN_CONTEXT: &[u8] = b"aamas/1 join token";
-/// Longest token text accepted (a token is about 170 characters).
+/// Longest token text accepted (a token is about 175 characters).
 pub const MAX_TOKEN_CHARS: usize = 512;
+/// Most admissions one token may allow.
+pub const MAX_TOKEN_USES: u32 = 1_000_000;
 
 /// The signed content of a join token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +27,8 @@ pub struct JoinToken {
     pub issuer: NodeKey,
     /// When it stops admitting, ms since the Unix epoch.
     pub expires_ms: u64,
+    /// How many nodes it admits in all (1 to [`MAX_TOKEN_USES`]).
+    pub uses: u32,
     /// Makes every token distinct.
     pub nonce: [u8; 16],
     /// ed25519 signature by `issuer` over the fields above.
@@ -73,33 +80,45 @@ pub enum TokenError {
     },
 }
 
-fn signed_bytes(mesh: &MeshId, issuer: &NodeKey, expires_ms: u64, nonce: &[u8; 16]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(TOKEN_CONTEXT.len() + 16 + 32 + 8 + 16);
+fn signed_bytes(token: &JoinToken) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(TOKEN_CONTEXT.len() + 16 + 32 + 8 + 4 + 16);
     bytes.extend_from_slice(TOKEN_CONTEXT);
-    bytes.extend_from_slice(&mesh.0);
-    bytes.extend_from_slice(&issuer.0);
-    bytes.extend_from_slice(&expires_ms.to_be_bytes());
-    bytes.extend_from_slice(nonce);
+    bytes.extend_from_slice(&token.mesh.0);
+    bytes.extend_from_slice(&token.issuer.0);
+    bytes.extend_from_slice(&token.expires_ms.to_be_bytes());
+    bytes.extend_from_slice(&token.uses.to_be_bytes());
+    bytes.extend_from_slice(&token.nonce);
     bytes
 }
 
 impl JoinToken {
-    /// A token for `mesh` signed by `issuer`, valid until `expires_ms`.
+    /// A token for `mesh` signed by `issuer`, valid until `expires_ms` for `uses`
+    /// admissions (clamped to 1..=[`MAX_TOKEN_USES`]).
     pub fn issue(
         issuer: &Identity,
         mesh: MeshId,
         expires_ms: u64,
+        uses: u32,
     ) -> Result<Self, aamas_protocol::RandomError> {
-        let nonce = aamas_protocol::MessageId::random()?.0;
-        let node = issuer.node_key();
-        let signature = issuer.sign(&signed_bytes(&mesh, &node, expires_ms, &nonce));
-        Ok(Self {
+        let mut token = Self {
             mesh,
-            issuer: node,
+            issuer: issuer.node_key(),
             expires_ms,
-            nonce,
-            signature: ByteArray(signature),
-        })
+            uses: uses.clamp(1, MAX_TOKEN_USES),
+            nonce: aamas_protocol::MessageId::random()?.0,
+            signature: ByteArray([0; 64]),
+        };
+        token.signature = ByteArray(issuer.sign(&signed_bytes(&token)));
+        Ok(token)
+    }
+
+    /// The terms the Registry counts its uses by.
+    pub fn terms(&self) -> aamas_consensus::registry::TokenTerms {
+        aamas_consensus::registry::TokenTerms {
+            digest: self.digest(),
+            expires_ms: self.expires_ms,
+            uses: self.uses,
+        }
     }
 
     /// The token's text form.
@@ -143,8 +162,7 @@ impl JoinToken {
                 mesh,
             });
         }
-        let message = signed_bytes(&self.mesh, &self.issuer, self.expires_ms, &self.nonce);
-        if !aamas_protocol::verify_signature(&self.issuer, &message, &self.signature.0) {
+        if !aamas_protocol::verify_signature(&self.issuer, &signed_bytes(self), &self.signature.0) {
             return Err(TokenError::Forged);
         }
         if now_ms >= self.expires_ms {
@@ -165,7 +183,7 @@ mod tests {
     fn tokens_round_trip_and_each_fault_is_named() {
         let founder = Identity::generate().expect("rng");
         let mesh = MeshId([1; 16]);
-        let token = JoinToken::issue(&founder, mesh, 1_000).expect("issue");
+        let token = JoinToken::issue(&founder, mesh, 1_000, 3).expect("issue");
         let text = token.encode();
         let parsed = JoinToken::decode(&text).expect("decode");
         assert_eq!(parsed, token);
@@ -181,9 +199,16 @@ mod tests {
             parsed.verify(MeshId([2; 16]), 0),
             Err(TokenError::OtherMesh { .. })
         ));
+        assert_eq!(parsed.terms().uses, 3);
         let mut forged = parsed.clone();
         forged.expires_ms = u64::MAX;
         assert_eq!(forged.verify(mesh, 0), Err(TokenError::Forged));
+        let mut more_uses = parsed.clone();
+        more_uses.uses = 4;
+        assert_eq!(more_uses.verify(mesh, 0), Err(TokenError::Forged));
+        assert_ne!(more_uses.digest(), parsed.digest());
+        let zero = JoinToken::issue(&founder, mesh, 1_000, 0).expect("issue");
+        assert_eq!(zero.uses, 1, "at least one use");
         assert!(matches!(
             JoinToken::decode("hello"),
             Err(TokenError::Malformed { .. })

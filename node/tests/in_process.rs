@@ -57,8 +57,9 @@ async fn agreed(nodes: &[&Running], members: usize, not: Option<&str>) -> String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_runtimes_in_one_process_form_a_mesh_over_memory() {
     let root = tempfile::tempdir().expect("tempdir");
-    let founded =
-        aamas_node::init(&root.path().join("n1"), "sim", Duration::from_secs(600)).expect("init");
+    // One token for the two nodes that join.
+    let founded = aamas_node::init(&root.path().join("n1"), "sim", Duration::from_secs(600), 2)
+        .expect("init");
     let founder = aamas_node::start(config(&root.path().join("n1"), None))
         .await
         .expect("founder");

@@ -288,6 +288,7 @@ impl Sim {
             &root.path().join("n1"),
             "sim",
             Duration::from_secs(24 * 3_600),
+            aamas_node::token::MAX_TOKEN_USES,
         )?;
         Ok(Sim {
             slots: Vec::new(),
@@ -967,7 +968,7 @@ impl Sim {
         // has left since (churn), and a mesh refuses tokens of non-members.
         self.join.1 = running
             .node
-            .create_token(JOIN_TOKEN_TTL)
+            .create_token(JOIN_TOKEN_TTL, u32::try_from(count).unwrap_or(u32::MAX))
             .context("issuing a join token")?;
         self.moment("step", format!("{count} nodes join"));
         self.add_nodes(count).await

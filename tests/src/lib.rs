@@ -234,9 +234,16 @@ pub fn agreed_president(nodes: &[&Node], members: u64) -> Option<String> {
     (all_agree && is_one_of_them).then_some(president)
 }
 
-/// `aamas init --json` on `dir`: (token, founder peer id).
+/// How many nodes the founder's token from [`init`] admits: the tests join every node
+/// of a mesh with it.
+pub const FOUNDER_TOKEN_USES: u32 = 1_000;
+
+/// `aamas init --json` on `dir`, with a token for [`FOUNDER_TOKEN_USES`] nodes: (token,
+/// founder peer id).
 pub fn init(dir: &Path) -> (String, String) {
-    let output = aamas(&["init", "--data-dir", &dir.display().to_string(), "--json"]);
+    let uses = FOUNDER_TOKEN_USES.to_string();
+    let dir = dir.display().to_string();
+    let output = aamas(&["init", "--data-dir", &dir, "--json", "--token-uses", &uses]);
     assert!(
         output.status.success(),
         "init failed: {}",
@@ -247,6 +254,31 @@ pub fn init(dir: &Path) -> (String, String) {
         field(&founded, "token").expect("token"),
         field(&founded, "peer_id").expect("peer id"),
     )
+}
+
+/// Runs `aamas node` on `root/name` joining through `addr` with `token`, which must be
+/// refused: the node exits with an error, whose text (stderr) is returned.
+pub fn join_error(root: &Path, name: &str, addr: &str, token: &str) -> String {
+    let dir = root.join(name);
+    let output = Command::new(binary())
+        .args([
+            "node",
+            "--data-dir",
+            &dir.display().to_string(),
+            "--no-fsync",
+            "--join",
+            addr,
+            "--token",
+            token,
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run aamas node");
+    assert!(
+        !output.status.success(),
+        "{name}: a bad token must make the node exit with an error"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Waits for the node's API and returns its first listen address.

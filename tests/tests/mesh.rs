@@ -4,8 +4,7 @@
 //! bearer token.
 
 use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aamas_tests::*;
@@ -121,29 +120,6 @@ fn sigterm_hands_over_and_exits_cleanly() {
         agreed_president(&survivors, 3).filter(|p| *p != president)
     });
     assert_ne!(successor, president);
-}
-
-fn join_error(root: &Path, name: &str, addr: &str, token: &str) -> String {
-    let dir = root.join(name);
-    let output = Command::new(binary())
-        .args([
-            "node",
-            "--data-dir",
-            &dir.display().to_string(),
-            "--no-fsync",
-            "--join",
-            addr,
-            "--token",
-            token,
-        ])
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run aamas node");
-    assert!(
-        !output.status.success(),
-        "{name}: a bad token must make the node exit with an error"
-    );
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //!   states     state groups, governors' voters and mayor leases
 //!   mirroring  the Registry copies of members outside the federal group
 //!   projects   projects as users see them: submit, list, show, change
+//!   admin      join tokens (list, revoke) and members (evict), through the president
 //!   artifacts  task outputs: kept by the worker, copied to the state's voters before
 //!              the result is reported, read by any member in chunks
 //! ```
@@ -20,6 +21,7 @@
 //! they each extend; the layers below (`net`, `roles`, `messaging`, `executor`,
 //! `spec`) never import the driver.
 
+pub mod admin;
 pub mod artifacts;
 pub mod courier;
 pub mod mirroring;

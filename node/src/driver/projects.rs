@@ -516,6 +516,7 @@ impl ProjectError {
             | Self::NoExecutor(_)
             | Self::Refused(_) => true,
             Self::President(Unacked::Refused { .. }) => true,
+            Self::NotCommitted(aamas_consensus::WriteError::Rejected(_)) => true,
             Self::NoPresident | Self::NotCommitted(_) | Self::President(_) => false,
         }
     }

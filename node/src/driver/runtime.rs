@@ -235,8 +235,14 @@ fn create_data_dir(data_dir: &Path) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Founds a mesh in `data_dir`: an identity, a mesh id, and a first join token.
-pub fn init(data_dir: &Path, name: &str, token_ttl: Duration) -> Result<Founded, NodeError> {
+/// Founds a mesh in `data_dir`: an identity, a mesh id, and a first join token, valid
+/// for `token_ttl` and `token_uses` admissions.
+pub fn init(
+    data_dir: &Path,
+    name: &str,
+    token_ttl: Duration,
+    token_uses: u32,
+) -> Result<Founded, NodeError> {
     create_data_dir(data_dir)?;
     if let Some(existing) = MeshFile::load(data_dir)? {
         return Err(NodeError::AlreadyInitialised {
@@ -252,7 +258,7 @@ pub fn init(data_dir: &Path, name: &str, token_ttl: Duration) -> Result<Founded,
         founder: true,
     }
     .save(data_dir)?;
-    let token = issue_token(&identity, mesh, token_ttl)?;
+    let token = issue_token(&identity, mesh, token_ttl, token_uses)?;
     Ok(Founded {
         peer_id: identity.node_key().peer_id(),
         mesh_id: mesh.to_string(),
@@ -260,10 +266,21 @@ pub fn init(data_dir: &Path, name: &str, token_ttl: Duration) -> Result<Founded,
     })
 }
 
-/// A new join token signed by this node.
-pub fn issue_token(identity: &Identity, mesh: MeshId, ttl: Duration) -> Result<String, NodeError> {
+/// A new join token signed by `identity`, valid for `ttl` and `uses` admissions.
+pub fn issue_token(
+    identity: &Identity,
+    mesh: MeshId,
+    ttl: Duration,
+    uses: u32,
+) -> Result<String, NodeError> {
+    if uses == 0 || uses > crate::token::MAX_TOKEN_USES {
+        let max = crate::token::MAX_TOKEN_USES;
+        return Err(NodeError::Invalid(format!(
+            "a join token allows 1 to {max} uses, not {uses}"
+        )));
+    }
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    JoinToken::issue(identity, mesh, now_ms().saturating_add(ttl_ms))
+    JoinToken::issue(identity, mesh, now_ms().saturating_add(ttl_ms), uses)
         .map(|token| token.encode())
         .map_err(|error| NodeError::Invalid(error.to_string()))
 }
@@ -373,6 +390,8 @@ pub struct Node {
     peer_ids: Mutex<HashMap<NodeKey, (NodeId, PeerId)>>,
     /// The Registry's members by peer id, as of the last [`Node::reconcile_liveness`].
     member_peers: Mutex<HashMap<PeerId, NodeId>>,
+    /// Evicted members this node has blocked (see [`Node::enforce_evictions`]).
+    pub(crate) blocked: Mutex<std::collections::HashSet<PeerId>>,
     /// The Registry's members version at the last rebuild of the book and the roster.
     members_seen: Mutex<Option<u64>>,
     /// The Registry's applied index and the president when the book and the inbox were
@@ -568,7 +587,7 @@ fn recorded_roles(registry: &Registry) -> (BTreeSet<String>, BTreeSet<String>) {
 }
 
 impl Node {
-    fn federal(&self) -> Option<Group> {
+    pub(crate) fn federal(&self) -> Option<Group> {
         self.groups.get(FEDERAL_GROUP)
     }
 
@@ -1416,9 +1435,9 @@ impl Node {
         queues
     }
 
-    /// A new join token signed by this node.
-    pub fn create_token(&self, ttl: Duration) -> Result<String, NodeError> {
-        issue_token(&self.identity, self.mesh.mesh, ttl)
+    /// A new join token signed by this node, valid for `ttl` and `uses` admissions.
+    pub fn create_token(&self, ttl: Duration, uses: u32) -> Result<String, NodeError> {
+        issue_token(&self.identity, self.mesh.mesh, ttl, uses)
     }
 
     /// Refreshes the peer book from the Registry: parses only the entries whose
@@ -1450,7 +1469,7 @@ impl Node {
             .await?;
         match committed.response.outcome {
             aamas_consensus::Outcome::Registry(RegistryResponse::Rejected { reason }) => Err(
-                WriteError::Failed(format!("the Registry refused it: {reason}")),
+                WriteError::Rejected(format!("the Registry refused it: {reason}")),
             ),
             _ => Ok(()),
         }
@@ -1473,6 +1492,7 @@ impl Node {
             listen.to_vec(),
             self.skills.clone(),
             self.capacity,
+            None,
         )
         .await
     }
@@ -1483,6 +1503,7 @@ impl Node {
         addrs: Vec<String>,
         skills: Vec<String>,
         capacity: u32,
+        token: Option<aamas_consensus::registry::TokenTerms>,
     ) -> Result<(), WriteError> {
         let key = identity.node.0;
         let addrs_key = addrs.join(",");
@@ -1494,7 +1515,7 @@ impl Node {
                 skills: skills.iter().cloned().collect(),
                 capacity: capacity.clamp(1, MAX_WORKER_CAPACITY),
                 now_ms: now_ms(),
-                token_digest: None,
+                token,
             },
         )
         .await?;
@@ -1554,11 +1575,13 @@ impl Node {
             .await
             .unwrap_or(false);
         // A member that restarted re-announces its addresses without a token.
+        let mut terms = None;
         if !already_member {
             let token = match JoinToken::decode(&request.token) {
                 Ok(token) => token,
                 Err(error) => return refused(error.to_string()),
             };
+            terms = Some(token.terms());
             if let Err(error) = token.verify(self.mesh.mesh, now_ms()) {
                 return refused(error.to_string());
             }
@@ -1587,10 +1610,16 @@ impl Node {
                 request.addrs.clone(),
                 request.skills,
                 request.capacity,
+                terms,
             )
             .await
         {
-            return refused(format!("{ADMISSION_NOT_COMMITTED}: {error}"));
+            // A Registry rule (a token used up, revoked or expired; an evicted key) is
+            // final; anything else is worth another try.
+            return match error {
+                WriteError::Rejected(reason) => refused(reason),
+                error => refused(format!("{ADMISSION_NOT_COMMITTED}: {error}")),
+            };
         }
         self.book.insert(
             node_id(&request.identity.node),
@@ -1872,6 +1901,28 @@ impl Node {
                             },
                         }
                     }
+                }
+            }
+            (Rpc::RevokeToken { token }, Some(_)) => {
+                match NodeKey::from_peer_id(&peer.to_base58()) {
+                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
+                    Some(requester) => match self.revoke_token_as(requester, &token).await {
+                        Ok(()) => RpcResponse::Ack,
+                        Err(reason) => RpcResponse::Refused {
+                            reason: reason.to_string(),
+                        },
+                    },
+                }
+            }
+            (Rpc::EvictMember { node }, Some(_)) => {
+                match NodeKey::from_peer_id(&peer.to_base58()) {
+                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
+                    Some(requester) => match self.evict_member_as(requester, node).await {
+                        Ok(()) => RpcResponse::Ack,
+                        Err(reason) => RpcResponse::Refused {
+                            reason: reason.to_string(),
+                        },
+                    },
                 }
             }
             (Rpc::Resign { group }, Some(_)) => self.handle_resign(peer, group).await,
@@ -2499,6 +2550,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         deliveries: Mutex::new(std::collections::VecDeque::new()),
         peer_ids: Mutex::new(HashMap::new()),
         member_peers: Mutex::new(HashMap::new()),
+        blocked: Mutex::new(std::collections::HashSet::new()),
         members_seen: Mutex::new(None),
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),
@@ -2640,6 +2692,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
                 if members_changed {
                     ticking.refresh_book().await;
                     ticking.reconcile_liveness().await;
+                    ticking.enforce_evictions().await;
                 }
                 ticking.update_inbox(members_changed).await;
             }

@@ -30,7 +30,8 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, connection_limits, identify, kad, mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Swarm, allow_block_list, connection_limits, identify, kad, mdns, noise,
+    ping, tcp, yamux,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -60,6 +61,8 @@ pub const MAX_PENDING_CONNECTIONS: u32 = 128;
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     limits: connection_limits::Behaviour,
+    /// Evicted members: their connections are closed and refused.
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     rpc: request_response::Behaviour<Codec>,
     gossip: gossipsub::Behaviour,
     identify: identify::Behaviour,
@@ -226,6 +229,9 @@ enum Command {
         addrs: Vec<Multiaddr>,
         connect: bool,
     },
+    Block {
+        peer: PeerId,
+    },
     Shutdown,
 }
 
@@ -366,6 +372,12 @@ impl NodeHandle {
                 connect,
             })
             .await;
+    }
+
+    /// Closes every connection with `peer` and refuses its new ones from now on (an
+    /// evicted member).
+    pub async fn block(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::Block { peer }).await;
     }
 
     /// Stops the swarm task: every connection closes.
@@ -512,6 +524,7 @@ pub async fn start(
                     None
                 };
                 Ok(Behaviour {
+                    blocked: allow_block_list::Behaviour::default(),
                     limits: connection_limits::Behaviour::new(
                         connection_limits::ConnectionLimits::default()
                             .with_max_established(Some(MAX_CONNECTIONS))
@@ -763,6 +776,11 @@ async fn run(
                         swarm.behaviour_mut().gossip.report_message_validation_result(&id, &source, acceptance);
                     }
                     Command::Shutdown => break,
+                    Command::Block { peer } => {
+                        if swarm.behaviour_mut().blocked.block_peer(peer) {
+                            tracing::info!(%peer, "blocked an evicted member");
+                        }
+                    }
                     Command::AddAddresses { peer, addrs, connect } => {
                         for addr in &addrs {
                             learn_address(&mut swarm, peer, addr.clone());

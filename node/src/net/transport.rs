@@ -89,6 +89,15 @@ impl PeerBook {
             .map(|listing| (listing.peer, listing.addrs.clone()))
     }
 
+    /// Forgets `node` (an evicted member); returns whether it was listed.
+    pub fn remove(&self, node: NodeId) -> bool {
+        self.peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&node)
+            .is_some()
+    }
+
     /// The peer id of `node`, if known.
     pub fn peer(&self, node: NodeId) -> Option<PeerId> {
         self.peers

@@ -69,6 +69,16 @@ pub enum Rpc {
         /// A person's note on an approval or rejection.
         note: Option<String>,
     },
+    /// An operator's revocation of a join token (its text), for the president.
+    RevokeToken {
+        /// The token.
+        token: String,
+    },
+    /// An operator's eviction of a member, for the president.
+    EvictMember {
+        /// The member.
+        node: aamas_protocol::NodeKey,
+    },
     /// A governor tells the president who governs a state.
     GovernorReport {
         /// The state.

@@ -105,6 +105,18 @@ pub enum Refusal {
         /// The task's executor.
         executor: &'static str,
     },
+    /// A revocation of a join token by a member that neither issued it nor is the
+    /// president's own operator.
+    #[error("only the member that issued a join token, or the president's operator, may revoke it")]
+    NotTokenIssuer,
+    /// An eviction asked by anyone but the president's own operator.
+    #[error(
+        "only the president's operator may evict a member: run `aamas members remove` on the president's node"
+    )]
+    NotPresident,
+    /// An eviction of the president itself.
+    #[error("the president cannot evict itself: stop it, and evict it from the next president")]
+    EvictsPresident,
 }
 
 impl Refusal {
@@ -124,6 +136,9 @@ impl Refusal {
             Refusal::NotProjectOwner => "not_project_owner",
             Refusal::BadSpec { .. } => "bad_spec",
             Refusal::ExecutorOff { .. } => "executor_off",
+            Refusal::NotTokenIssuer => "not_token_issuer",
+            Refusal::NotPresident => "not_president",
+            Refusal::EvictsPresident => "evicts_president",
         }
     }
 }
@@ -293,6 +308,34 @@ pub fn project_change(
     } else {
         Err(Refusal::NotProjectOwner)
     }
+}
+
+/// A revocation of a join token issued by `issuer`, asked by `requester` of the
+/// president `president`: from the token's issuer (whose operator handed it out), or
+/// from the president's own operator.
+pub fn revoke_token(
+    requester: NodeKey,
+    president: NodeKey,
+    issuer: NodeKey,
+) -> Result<(), Refusal> {
+    if requester == president || requester == issuer {
+        Ok(())
+    } else {
+        Err(Refusal::NotTokenIssuer)
+    }
+}
+
+/// An eviction of `target` asked by `requester` of the president `president`: only
+/// from the president's own operator (a member cannot throw another out), and never of
+/// the president itself, which would leave the mesh without a leader to commit it.
+pub fn evict(requester: NodeKey, president: NodeKey, target: NodeKey) -> Result<(), Refusal> {
+    if requester != president {
+        return Err(Refusal::NotPresident);
+    }
+    if target == president {
+        return Err(Refusal::EvictsPresident);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -491,6 +534,24 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_revoked_by_their_issuer_or_the_president_and_members_evicted_by_the_president() {
+        let (president, issuer, other) = (key(1), key(2), key(3));
+        assert_eq!(revoke_token(issuer, president, issuer), Ok(()));
+        assert_eq!(revoke_token(president, president, issuer), Ok(()));
+        assert_eq!(
+            revoke_token(other, president, issuer),
+            Err(Refusal::NotTokenIssuer)
+        );
+        assert_eq!(evict(president, president, other), Ok(()));
+        assert_eq!(evict(issuer, president, other), Err(Refusal::NotPresident));
+        assert_eq!(evict(other, president, other), Err(Refusal::NotPresident));
+        assert_eq!(
+            evict(president, president, president),
+            Err(Refusal::EvictsPresident)
+        );
+    }
+
+    #[test]
     fn every_refusal_has_its_own_label() {
         let all = [
             Refusal::NonMember,
@@ -512,6 +573,10 @@ mod tests {
             Refusal::BadSpec {
                 reason: String::new(),
             },
+            Refusal::ExecutorOff { executor: "shell" },
+            Refusal::NotTokenIssuer,
+            Refusal::NotPresident,
+            Refusal::EvictsPresident,
         ];
         let labels: BTreeSet<&str> = all.iter().map(Refusal::label).collect();
         assert_eq!(labels.len(), all.len());

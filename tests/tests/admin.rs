@@ -1,0 +1,173 @@
+//! Mesh administration with the real `aamas` binary on 127.0.0.1: join tokens admit as
+//! many nodes as they say and no more, a revoked token admits no one, and an evicted
+//! member loses its federal seat to another, is dropped by every member, and can no
+//! longer act through the mesh.
+
+use serde_json::Value;
+
+use aamas_tests::*;
+
+/// `aamas ARGS --data-dir DIR` on `node`: stdout on success, else the error (stderr).
+fn cli(node: &Node, args: &[&str]) -> Result<String, String> {
+    let dir = node.dir.display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--data-dir", &dir]);
+    let output = aamas(&all);
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// `aamas token create --uses N` on `node`.
+fn create_token(node: &Node, uses: u32) -> String {
+    let uses = uses.to_string();
+    cli(node, &["token", "create", "--uses", &uses]).expect("token create")
+}
+
+/// The peer ids `aamas members --json` lists on `node`, if it answers.
+fn member_ids(node: &Node) -> Option<Vec<String>> {
+    let listed: Value = serde_json::from_str(&cli(node, &["members", "--json"]).ok()?).ok()?;
+    let ids = listed.as_array()?.iter();
+    Some(ids.filter_map(|member| field(member, "peer_id")).collect())
+}
+
+#[test]
+fn a_token_admits_as_many_nodes_as_it_says_and_a_revoked_one_none() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let founder_dir = root.path().join("founder");
+    // `aamas init` as a user runs it: its token admits one node.
+    let output = aamas(&[
+        "init",
+        "--data-dir",
+        &founder_dir.display().to_string(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "init failed");
+    let founded: Value = serde_json::from_slice(&output.stdout).expect("init prints JSON");
+    let token = field(&founded, "token").expect("token");
+    let founder = Node::start(&founder_dir, None);
+    let addr = first_listen_addr(&founder);
+    wait_for("the founder to be president", || {
+        agreed_president(&[&founder], 1).map(|_| ())
+    });
+
+    let member = Node::start(&root.path().join("member"), Some((&addr, &token)));
+    wait_for("the first joiner to be admitted", || {
+        agreed_president(&[&founder, &member], 2).map(|_| ())
+    });
+    let error = join_error(root.path(), "second", &addr, &token);
+    assert!(
+        error.contains("used up (it allowed 1 admissions)"),
+        "a one-use token admitted a second node: {error}"
+    );
+
+    // A member's operator revokes a token it issued; the president commits it.
+    let revoked = create_token(&member, 2);
+    cli(&member, &["token", "revoke", &revoked]).expect("the issuer revokes its token");
+    let error = join_error(root.path(), "revoked", &addr, &revoked);
+    assert!(error.contains("was revoked"), "revoked token: {error}");
+
+    // A member may not revoke a token another member issued.
+    let presidents = create_token(&founder, 1);
+    let error = cli(&member, &["token", "revoke", &presidents]).expect_err("refused");
+    assert!(
+        error.contains("only the member that issued a join token"),
+        "revoked another's token: {error}"
+    );
+    // That token still admits its one node.
+    let third = Node::start(&root.path().join("third"), Some((&addr, &presidents)));
+    wait_for("the third node to be admitted", || {
+        agreed_president(&[&founder, &member, &third], 3).map(|_| ())
+    });
+
+    let listed: Value =
+        serde_json::from_str(&cli(&founder, &["token", "list", "--json"]).expect("token list"))
+            .expect("JSON");
+    let mut statuses: Vec<String> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|token| field(token, "status"))
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["revoked", "used up", "used up"]);
+}
+
+#[test]
+fn an_evicted_member_loses_its_seat_and_is_refused_by_every_member() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_mesh(root.path(), 5);
+    let voters = wait_for("three federal voters", || {
+        let tree = nodes[index_of(&nodes, &president)].hierarchy()?;
+        let voters: Vec<String> = tree
+            .get("federal_voters")?
+            .as_array()?
+            .iter()
+            .filter_map(|voter| voter.as_str().map(str::to_string))
+            .collect();
+        (voters.len() == 3).then_some(voters)
+    });
+    let victim_id = voters
+        .iter()
+        .find(|voter| **voter != president)
+        .expect("a voter besides the president")
+        .clone();
+    let (chief, victim) = (
+        &nodes[index_of(&nodes, &president)],
+        &nodes[index_of(&nodes, &victim_id)],
+    );
+    let bystander = nodes
+        .iter()
+        .find(|node| {
+            let id = node.status().and_then(|status| field(&status, "peer_id"));
+            id.is_some_and(|id| id != president && id != victim_id)
+        })
+        .expect("a third member");
+    // A token the victim issues while it is a member.
+    let victims_token = create_token(victim, 1);
+
+    // Only the president's operator may evict.
+    let error = cli(bystander, &["members", "remove", &victim_id]).expect_err("refused");
+    assert!(
+        error.contains("only the president's operator may evict"),
+        "a member evicted another: {error}"
+    );
+    cli(chief, &["members", "remove", &victim_id]).expect("the president evicts");
+
+    // Its federal seat goes to another member.
+    wait_for("a new third federal voter", || {
+        let tree = chief.hierarchy()?;
+        let voters = tree.get("federal_voters")?.as_array()?;
+        let refilled = voters.len() == 3 && voters.iter().all(|v| v.as_str() != Some(&victim_id));
+        refilled.then_some(())
+    });
+    // Every other member drops it and blocks its key.
+    for node in nodes.iter().filter(|node| !std::ptr::eq(*node, victim)) {
+        wait_for("the others to drop the evicted member", || {
+            let members = member_ids(node)?;
+            let blocked = node.metric("aamas_members_evicted_total")? >= 1.0;
+            (members.len() == 4 && !members.contains(&victim_id) && blocked).then_some(())
+        });
+    }
+    // It can no longer act through the mesh: its submission does not reach the
+    // president, and a token it issued admits no one.
+    let template = aamas(&["project", "template"]).stdout;
+    let submitted = victim.submit(&String::from_utf8(template).expect("utf-8"));
+    assert!(
+        submitted.is_err(),
+        "an evicted member submitted a project: {submitted:?}"
+    );
+    let (_, projects) = chief
+        .api_get("/api/v1/projects")
+        .expect("the president answers");
+    let projects: Value = serde_json::from_str(&projects).expect("JSON");
+    assert_eq!(projects.as_array().map(Vec::len), Some(0), "{projects}");
+    let addr = first_listen_addr(chief);
+    let error = join_error(root.path(), "via-victim", &addr, &victims_token);
+    assert!(
+        error.contains("who is not a member of this mesh"),
+        "a token of an evicted member: {error}"
+    );
+}
