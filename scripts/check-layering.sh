@@ -48,7 +48,7 @@ check_down() {
 }
 check_down "node/src/net/*.rs" "driver|api|roles|messaging"
 check_down "node/src/driver/*.rs" "api"
-check_down "node/src/messaging.rs node/src/events.rs node/src/exec/*.rs node/src/spec/*.rs node/src/metrics.rs node/src/token.rs" "driver|api"
+check_down "node/src/messaging.rs node/src/events.rs node/src/exec/*.rs node/src/spec/*.rs node/src/metrics.rs node/src/token.rs node/src/access.rs" "driver|api"
 # One owner: the role cores live in the work driver (node/src/driver/owner.rs), never
 # behind a lock shared between tasks.
 locked=$(grep -rnE '(Mutex|RwLock)<[^>]*roles::' node/src || true)

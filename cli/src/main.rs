@@ -122,6 +122,12 @@ enum Commands {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Named API tokens of a narrower scope than the node's own (read, submit, operate,
+    /// admin), for people and programs; kept by the node across restarts.
+    ApiToken {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
+    },
     /// Projects: submit a spec, follow it through the eight phases.
     Project {
         #[command(subcommand)]
@@ -260,6 +266,31 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum ApiTokenCommand {
+    /// Create a named token and print its secret (shown only this once). Use it with
+    /// `--api URL` and `AAMAS_API_TOKEN`.
+    Create {
+        /// Its name (A-Z, a-z, 0-9, '_', '-', '.').
+        name: String,
+        /// read (GET everything), submit (+ submit projects), operate (+ change projects),
+        /// admin (+ tokens and members).
+        #[arg(long, default_value = "read")]
+        scope: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the named tokens (names and scopes, never secrets).
+    List(Target),
+    /// Revoke a named token: it is refused from now on.
+    Revoke {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
 enum MembersCommand {
     /// Evict a member: it loses its seats, which other members take, and every member
     /// refuses its key from then on. Only the president's operator may do it.
@@ -269,6 +300,62 @@ enum MembersCommand {
         #[command(flatten)]
         target: Target,
     },
+}
+
+fn api_token(command: ApiTokenCommand) -> Result<()> {
+    match command {
+        ApiTokenCommand::Create {
+            name,
+            scope,
+            target,
+        } => {
+            let body = serde_json::json!({"name": name, "scope": scope}).to_string();
+            let created = Client::new(&target)?.call("POST", "/api/v1/api-tokens", Some(&body))?;
+            if target.json {
+                println!("{created}");
+            } else {
+                let secret = created.get("token").and_then(|t| t.as_str());
+                println!("{}", secret.context("no token in the answer")?);
+            }
+        }
+        ApiTokenCommand::List(target) => {
+            let listed = Client::new(&target)?.get("/api/v1/api-tokens")?;
+            if target.json {
+                println!("{listed}");
+            } else {
+                println!("{:<24} {:<8} created (ms)", "name", "scope");
+                for token in listed.as_array().into_iter().flatten() {
+                    let text = |key: &str| token.get(key).map(ToString::to_string);
+                    println!(
+                        "{:<24} {:<8} {}",
+                        token.get("name").and_then(|v| v.as_str()).unwrap_or("?"),
+                        token.get("scope").and_then(|v| v.as_str()).unwrap_or("?"),
+                        text("created_ms").unwrap_or_default()
+                    );
+                }
+            }
+        }
+        ApiTokenCommand::Revoke { name, target } => {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            {
+                bail!("{name:?} is not a token name: copy it from `aamas api-token list`");
+            }
+            let revoked = Client::new(&target)?.call(
+                "DELETE",
+                &format!("/api/v1/api-tokens/{name}"),
+                None,
+            )?;
+            if target.json {
+                println!("{revoked}");
+            } else {
+                println!("revoked {name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_duration(text: &str) -> Result<Duration> {
@@ -1114,6 +1201,7 @@ fn main() -> Result<()> {
                 draw_hierarchy(&serde_json::from_value(tree)?);
             }
         }
+        Commands::ApiToken { command } => api_token(command)?,
         Commands::Token {
             command: TokenCommand::List(target),
         } => {

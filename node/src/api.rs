@@ -14,39 +14,67 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::access::{Scope, TokenStore};
 use crate::driver::projects::ProjectError;
 use crate::driver::runtime::{Node, NodeError};
 
 #[derive(Clone)]
 struct Api {
     node: Arc<Node>,
+    /// The admin token of this run (`DATA_DIR/api.token`).
     token: Arc<String>,
+    /// The named, scoped tokens ([`crate::access`]).
+    tokens: Arc<std::sync::Mutex<TokenStore>>,
 }
 
-fn authorised(api: &Api, headers: &HeaderMap) -> bool {
-    headers
+/// The scope of the request's bearer token: admin for this run's own token, the named
+/// token's scope for one of those, `None` without a token this node knows.
+fn scope_of(api: &Api, headers: &HeaderMap) -> Option<Scope> {
+    let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| constant_time_eq(token.as_bytes(), api.token.as_bytes()))
+        .and_then(|value| value.strip_prefix("Bearer "))?;
+    if constant_time_eq(bearer.as_bytes(), api.token.as_bytes()) {
+        return Some(Scope::Admin);
+    }
+    api.tokens
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .scope_of(bearer)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Every route needs the bearer token: requests without it get 401 before any handler
-/// or extractor runs (a large body is not even read).
+/// Every route needs a bearer token whose scope covers it ([`crate::access::needed`]):
+/// requests without one get 401, and with too narrow a one 403, before any handler or
+/// extractor runs (a large body is not even read).
 async fn require_token(
     State(api): State<Api>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if authorised(&api, request.headers()) {
-        next.run(request).await
-    } else {
-        unauthorised(&api)
+    let Some(scope) = scope_of(&api, request.headers()) else {
+        return unauthorised(&api);
+    };
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || request.uri().path().to_string(),
+            |m| m.as_str().to_string(),
+        );
+    let method = request.method().as_str().to_string();
+    let needed = crate::access::needed(&method, &route);
+    if scope < needed {
+        api.node.metrics.api_forbidden.inc();
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("this API token has scope {scope}; {method} {route} needs {needed}"),
+        );
     }
+    next.run(request).await
 }
 
 fn unauthorised(api: &Api) -> Response {
@@ -261,6 +289,76 @@ async fn revoke_token(State(api): State<Api>, body: String) -> Response {
     }
 }
 
+#[derive(Deserialize)]
+struct NewApiToken {
+    name: String,
+    scope: String,
+}
+
+fn access_error(failure: &crate::access::AccessError) -> Response {
+    let status = if failure.is_client_error() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    error(status, failure)
+}
+
+/// `POST /api/v1/api-tokens` with `{"name", "scope"}`: a new named token; its secret is
+/// in the answer and nowhere else.
+async fn create_api_token(State(api): State<Api>, Json(new): Json<NewApiToken>) -> Response {
+    let scope = match Scope::parse(&new.scope) {
+        Ok(scope) => scope,
+        Err(failure) => return access_error(&failure),
+    };
+    let mut secret = [0u8; 32];
+    if let Err(failure) = getrandom::fill(&mut secret) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, failure);
+    }
+    let secret: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
+    let created = api
+        .tokens
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .create(&new.name, scope, &secret, crate::driver::runtime::now_ms());
+    match created {
+        Ok(()) => Json(serde_json::json!({"name": new.name, "scope": scope, "token": secret}))
+            .into_response(),
+        Err(failure) => access_error(&failure),
+    }
+}
+
+async fn list_api_tokens(State(api): State<Api>) -> Response {
+    let tokens = api
+        .tokens
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .list();
+    let listed: Vec<serde_json::Value> = tokens
+        .iter()
+        .map(|token| {
+            serde_json::json!({"name": token.name, "scope": token.scope, "created_ms": token.created_ms})
+        })
+        .collect();
+    Json(listed).into_response()
+}
+
+async fn revoke_api_token(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    let revoked = api
+        .tokens
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .revoke(&name);
+    match revoked {
+        Ok(()) => Json(serde_json::json!({"revoked": name})).into_response(),
+        Err(crate::access::AccessError::NoSuchToken(name)) => error(
+            StatusCode::NOT_FOUND,
+            crate::access::AccessError::NoSuchToken(name),
+        ),
+        Err(failure) => access_error(&failure),
+    }
+}
+
 /// `DELETE /api/v1/members/{id}`: evicts the member.
 async fn evict_member(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.node.evict_member(&id).await {
@@ -323,6 +421,8 @@ pub async fn serve(
         path: std::path::PathBuf::from(addr.to_string()),
         source,
     })?;
+    let tokens = TokenStore::load(&node.data_dir)
+        .map_err(|failure| NodeError::Invalid(format!("the API tokens: {failure}")))?;
     write_private(&node.data_dir.join("api.token"), &token)?;
     write_private(&node.data_dir.join("api.addr"), &bound.to_string())?;
     let app = Router::new()
@@ -333,6 +433,14 @@ pub async fn serve(
         .route("/api/v1/members/{id}", axum::routing::delete(evict_member))
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/revoke", post(revoke_token))
+        .route(
+            "/api/v1/api-tokens",
+            post(create_api_token).get(list_api_tokens),
+        )
+        .route(
+            "/api/v1/api-tokens/{name}",
+            axum::routing::delete(revoke_api_token),
+        )
         .route("/api/v1/projects", post(submit_project).get(list_projects))
         .route("/api/v1/projects/{id}", get(show_project))
         .route("/api/v1/projects/{id}/phase", put(change_phase))
@@ -346,6 +454,7 @@ pub async fn serve(
     let api = Api {
         node,
         token: Arc::new(token),
+        tokens: Arc::new(std::sync::Mutex::new(tokens)),
     };
     let app = app
         .route_layer(axum::middleware::from_fn_with_state(

@@ -14,7 +14,8 @@
 //!               Registry mirrors, projects
 //!   exec/       what runs a task: builtin, shell, llm
 //!   spec/       the project spec: types (mod), parse (TOML), check (before anything runs)
-//!   api         the localhost control API (axum, bearer token)
+//!   api         the localhost control API (axum, bearer tokens)
+//!   access      the API's scoped tokens (read, submit, operate, admin)
 //!   events      the node's bounded event bus: the seed's five events and role changes
 //!   metrics     Prometheus metrics; token: join tokens
 //! ```
@@ -31,6 +32,7 @@
 //! never import `driver` or `api`, the driver never imports `api` (the crate root hands
 //! it the API's start), and `roles` imports nothing with IO (`make layering`).
 
+pub mod access;
 pub mod api;
 pub mod driver;
 pub mod events;

@@ -16,6 +16,8 @@ pub struct Metrics {
     registry: Registry,
     /// API requests refused for a missing or wrong token.
     pub api_unauthorized: Counter,
+    /// API requests refused because the token's scope does not cover the route.
+    pub api_forbidden: Counter,
     /// Evicted members this node blocked (their connections closed and refused).
     pub members_evicted: Counter,
     /// Requests refused, by reason (e.g. `non_member`).
@@ -77,6 +79,7 @@ impl Default for Metrics {
         let metrics = Self {
             api_unauthorized: Counter::default(),
             members_evicted: Counter::default(),
+            api_forbidden: Counter::default(),
             rpc_refused: Family::default(),
             gossip_rejected: Family::default(),
             gossip_accepted: Family::default(),
@@ -125,6 +128,11 @@ impl Default for Metrics {
             "api_unauthorized",
             "API requests refused for a missing or wrong bearer token",
             metrics.api_unauthorized.clone(),
+        );
+        registry.register(
+            "api_forbidden",
+            "API requests refused because the token's scope does not cover the route",
+            metrics.api_forbidden.clone(),
         );
         registry.register(
             "members_evicted",

@@ -365,9 +365,21 @@ impl Node {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Option<(String, String)> {
+        let token = std::fs::read_to_string(self.dir.join("api.token")).ok()?;
+        self.api_request_as(token.trim(), method, path, headers, body)
+    }
+
+    /// [`Node::api_request`] with the bearer token `token` instead of the node's own.
+    pub fn api_request_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Option<(String, String)> {
         use std::io::{Read as _, Write as _};
         let addr = std::fs::read_to_string(self.dir.join("api.addr")).ok()?;
-        let token = std::fs::read_to_string(self.dir.join("api.token")).ok()?;
         let mut stream = std::net::TcpStream::connect(addr.trim()).ok()?;
         let extra: String = headers
             .iter()

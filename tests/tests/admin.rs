@@ -1,7 +1,7 @@
 //! Mesh administration with the real `aamas` binary on 127.0.0.1: join tokens admit as
 //! many nodes as they say and no more, a revoked token admits no one, and an evicted
 //! member loses its federal seat to another, is dropped by every member, and can no
-//! longer act through the mesh.
+//! longer act through the mesh; an API token reaches only the routes of its scope.
 
 use serde_json::Value;
 
@@ -170,4 +170,86 @@ fn an_evicted_member_loses_its_seat_and_is_refused_by_every_member() {
         error.contains("who is not a member of this mesh"),
         "a token of an evicted member: {error}"
     );
+}
+
+#[test]
+fn an_api_token_reaches_only_the_routes_of_its_scope_and_outlives_a_restart() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("n1");
+    init(&dir);
+    let mut node = Node::start(&dir, None);
+    wait_for("the node to be president", || {
+        agreed_president(&[&node], 1).map(|_| ())
+    });
+    let secret = |node: &Node, name: &str, scope: &str| {
+        cli(node, &["api-token", "create", name, "--scope", scope]).expect("api-token create")
+    };
+    let reader = secret(&node, "reader", "read");
+    let submitter = secret(&node, "submitter", "submit");
+    let call = |node: &Node, token: &str, method: &str, path: &str, body: &str| {
+        let json = [("Content-Type", "application/json")];
+        let (status, body) = node
+            .api_request_as(token, method, path, &json, body)
+            .expect("the API answers");
+        (status, body)
+    };
+    let forbidden = |(status, body): (String, String), needs: &str| {
+        assert!(status.contains(" 403 "), "{status}: {body}");
+        assert!(body.contains(&format!("needs {needs}")), "{body}");
+    };
+
+    let (status, _) = call(&node, &reader, "GET", "/api/v1/system/status", "");
+    assert!(status.contains(" 200 "), "{status}");
+    let template =
+        String::from_utf8(aamas(&["project", "template"]).stdout).expect("utf-8 template");
+    forbidden(
+        call(&node, &reader, "POST", "/api/v1/projects", &template),
+        "submit",
+    );
+    let (status, body) = call(&node, &submitter, "POST", "/api/v1/projects", &template);
+    assert!(status.contains(" 201 "), "{status}: {body}");
+    let id = field(&serde_json::from_str(&body).expect("JSON"), "id").expect("an id");
+    let hold = r#"{"action": "hold"}"#;
+    let phase = format!("/api/v1/projects/{id}/phase");
+    forbidden(call(&node, &submitter, "PUT", &phase, hold), "operate");
+    forbidden(
+        call(&node, &submitter, "POST", "/api/v1/tokens", ""),
+        "admin",
+    );
+    forbidden(
+        call(&node, &reader, "GET", "/api/v1/api-tokens", ""),
+        "admin",
+    );
+    let (status, _) = call(&node, "not-a-token", "GET", "/api/v1/system/status", "");
+    assert!(status.contains(" 401 "), "{status}");
+    assert!(
+        node.metric("aamas_api_forbidden_total")
+            .is_some_and(|n| n >= 4.0)
+    );
+
+    cli(&node, &["api-token", "revoke", "reader"]).expect("revoke");
+    let (status, _) = call(&node, &reader, "GET", "/api/v1/system/status", "");
+    assert!(status.contains(" 401 "), "a revoked token: {status}");
+
+    // Kept across a restart (as digests: the secrets are in no file).
+    assert!(node.terminate(), "clean exit");
+    let kept = std::fs::read_to_string(dir.join("api-tokens.json")).expect("kept");
+    assert!(
+        !kept.contains(&submitter) && kept.contains("submitter"),
+        "{kept}"
+    );
+    node = Node::start(&dir, None);
+    let (status, _) = wait_for("the restarted node's API", || {
+        node.api_request_as(&submitter, "GET", "/api/v1/system/status", &[], "")
+    });
+    assert!(status.contains(" 200 "), "{status}");
+    let listed = cli(&node, &["api-token", "list", "--json"]).expect("list");
+    let listed: Value = serde_json::from_str(&listed).expect("JSON");
+    let names: Vec<String> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|token| field(token, "name"))
+        .collect();
+    assert_eq!(names, ["submitter"]);
 }
