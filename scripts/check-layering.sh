@@ -16,7 +16,7 @@ fi
 # clock or randomness. Each may name only std, serde, thiserror, aamas-protocol and
 # aamas-consensus's plain types (ledger keys, node ids), the other cores, and pure crate
 # modules (spec).
-pure_cores=$(ls node/src/roles/*.rs)
+pure_cores=$(ls node/src/roles/*.rs node/src/governance/*.rs)
 for core in $pure_cores; do
   hits=$(grep -nE '\b(tokio|libp2p|openraft|rocksdb|axum|hyper|rand|getrandom)::|Instant::now|SystemTime::now|\bGroup\b|\bGroups\b|crate::(driver|net|api|messaging|exec|metrics|token)\b' "$core" || true)
   if [ -n "$hits" ]; then
@@ -61,5 +61,5 @@ if grep -q '^name = "bincode"' Cargo.lock; then
   echo "error: bincode is in Cargo.lock; use serde + postcard (RUSTSEC-2025-0141)" >&2
   status=1
 fi
-[ $status -eq 0 ] && echo "layering: aamas-protocol and the node's pure cores (node/src/roles/) are pure; node/src imports go down only; the role cores have one owner; no bincode in Cargo.lock"
+[ $status -eq 0 ] && echo "layering: aamas-protocol and the node's pure cores (node/src/roles/, node/src/governance/) are pure; node/src imports go down only; the role cores have one owner; no bincode in Cargo.lock"
 exit $status

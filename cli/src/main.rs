@@ -122,6 +122,11 @@ enum Commands {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The mesh's policy document: check a file, apply it, show the one in force.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Named API tokens of a narrower scope than the node's own (read, submit, operate,
     /// admin), for people and programs; kept by the node across restarts.
     ApiToken {
@@ -164,6 +169,9 @@ enum ProjectCommand {
         target: Target,
         /// The spec file.
         file: PathBuf,
+        /// Go ahead past soft policy rules, for this reason (logged and counted).
+        #[arg(long = "override", value_name = "REASON")]
+        override_reason: Option<String>,
     },
     /// Show a project: status, phase, tasks per phase.
     Show {
@@ -266,6 +274,28 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a policy file without applying it (no node needed); errors name the line.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+        /// Print the rules as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a policy file in force in the whole mesh (the president's operator only). An
+    /// invalid one changes nothing.
+    Apply {
+        /// The policy file (TOML).
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the policy in force: version, rules, and the document.
+    Show(Target),
+}
+
+#[derive(Subcommand)]
 enum ApiTokenCommand {
     /// Create a named token and print its secret (shown only this once). Use it with
     /// `--api URL` and `AAMAS_API_TOKEN`.
@@ -300,6 +330,64 @@ enum MembersCommand {
         #[command(flatten)]
         target: Target,
     },
+}
+
+fn policy(command: PolicyCommand) -> Result<()> {
+    let read = |file: &PathBuf| {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+    };
+    match command {
+        PolicyCommand::Check { file, json } => {
+            let parsed = aamas_node::governance::policy::parse(&read(&file)?)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?;
+            if json {
+                println!("{}", aamas_node::driver::policy::summary(&parsed));
+            } else {
+                let tier = parsed
+                    .tier
+                    .map(|tier| format!(" (tier {tier:?})"))
+                    .unwrap_or_default();
+                println!("{}: ok, {} rules{tier}", file.display(), parsed.rules.len());
+            }
+        }
+        PolicyCommand::Apply { file, target } => {
+            let text = read(&file)?;
+            // Check it here first, so the error names the file and line.
+            if let Err(error) = aamas_node::governance::policy::parse(&text) {
+                bail!(
+                    "{}: {error}; the policy in force is unchanged",
+                    file.display()
+                );
+            }
+            let applied = Client::new(&target)?.call("PUT", "/api/v1/policy", Some(&text))?;
+            if target.json {
+                println!("{applied}");
+            } else {
+                let version = applied.get("version").and_then(serde_json::Value::as_u64);
+                println!("policy version {} in force", version.unwrap_or_default());
+            }
+        }
+        PolicyCommand::Show(target) => {
+            let shown = Client::new(&target)?.get("/api/v1/policy")?;
+            if target.json {
+                println!("{shown}");
+            } else {
+                let view: aamas_node::driver::policy::PolicyView = serde_json::from_value(shown)?;
+                println!(
+                    "policy version {} (applied at {} ms)",
+                    view.version, view.applied_ms
+                );
+                for rule in &view.rules {
+                    println!(
+                        "  {:<32} {:<13} {:<10} {:<8} {}",
+                        rule.name, rule.category, rule.at, rule.enforcement, rule.reason
+                    );
+                }
+                println!("\n{}", view.text.trim_end());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn api_token(command: ApiTokenCommand) -> Result<()> {
@@ -476,13 +564,21 @@ impl Client {
 
     /// Submits a spec with a request id; a failure that a retry may cure (no answer, or
     /// the mesh has no president right now) is `Transient`.
-    fn submit(&self, text: &str, request: &str) -> Result<serde_json::Value, Failure> {
+    fn submit(
+        &self,
+        text: &str,
+        request: &str,
+        override_reason: Option<&str>,
+    ) -> Result<serde_json::Value, Failure> {
         let url = format!("{}/api/v1/projects", self.base);
-        let response = ureq::post(&url)
+        let mut call = ureq::post(&url)
             .set("Authorization", &format!("Bearer {}", self.token))
             .set("Idempotency-Key", request)
-            .timeout(Duration::from_secs(30))
-            .send_string(text);
+            .timeout(Duration::from_secs(30));
+        if let Some(reason) = override_reason {
+            call = call.set("X-Policy-Override", reason);
+        }
+        let response = call.send_string(text);
         match response {
             Ok(response) => response
                 .into_json()
@@ -899,7 +995,11 @@ fn project(command: ProjectCommand) -> Result<()> {
             out,
         } => artifacts(&target, &id, task.as_deref(), out.as_ref())?,
         ProjectCommand::Template => print!("{}", aamas_node::spec::template()),
-        ProjectCommand::Submit { target, file } => {
+        ProjectCommand::Submit {
+            target,
+            file,
+            override_reason,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             // Check it here first, so the error names the file and line.
@@ -916,7 +1016,7 @@ fn project(command: ProjectCommand) -> Result<()> {
             let mut tries = 0;
             let answer = loop {
                 tries += 1;
-                match client.submit(&text, &request) {
+                match client.submit(&text, &request, override_reason.as_deref()) {
                     Ok(answer) => break answer,
                     Err(Failure::Transient(error)) if tries < SUBMIT_TRIES => {
                         eprintln!("{error}; trying again ({tries} of {SUBMIT_TRIES})");
@@ -1202,6 +1302,7 @@ fn main() -> Result<()> {
             }
         }
         Commands::ApiToken { command } => api_token(command)?,
+        Commands::Policy { command } => policy(command)?,
         Commands::Token {
             command: TokenCommand::List(target),
         } => {

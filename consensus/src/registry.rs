@@ -10,6 +10,7 @@
 //!            ── states      name    → StateInfo (budget, spent, Raft group, governor)
 //!            ── projects    id      → Project (spec, phase, status, progress per phase)
 //!            ── policies    key     → value
+//!            ── policy      the policy document in force (text, version, when applied)
 //!            ── join_tokens digest  → JoinToken (expiry, uses left, revoked), from first use
 //!                                     or revocation until expiry
 //!            ── group_keys  epoch (current and previous) → NodeKey → wrapped group key
@@ -50,6 +51,8 @@ pub const MAX_SPEC_BYTES: usize = 1 << 20;
 pub const MAX_SPEC_BYTES_TOTAL: usize = 64 << 20;
 /// Longest policy value, in bytes.
 pub const MAX_POLICY_VALUE_BYTES: usize = 4_096;
+/// Largest policy document, in bytes.
+pub const MAX_POLICY_DOCUMENT_BYTES: usize = 512 * 1024;
 /// Longest failure or escalation reason, in bytes.
 pub const MAX_REASON_BYTES: usize = 1_024;
 /// Largest group key wrapped for one member, in bytes.
@@ -257,6 +260,17 @@ pub struct Project {
     pub gates: BTreeMap<Phase, PhaseGate>,
 }
 
+/// The policy document in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDocument {
+    /// 1 for the first applied, one more for each change.
+    pub version: u64,
+    /// The document (TOML), as applied.
+    pub text: String,
+    /// When it was applied, in the proposer's milliseconds.
+    pub applied_ms: u64,
+}
+
 /// A join token, known only by its digest. Recorded at its first use (with the terms
 /// it carries) or its revocation, and kept until it expires, so that a used-up or revoked
 /// token is never counted anew.
@@ -400,6 +414,14 @@ pub enum RegistryCommand {
         /// The project.
         id: String,
     },
+    /// Puts a policy document in force as the next version; the same text again is a
+    /// no-op. The proposer has parsed and checked it (the Registry does not read it).
+    ApplyPolicy {
+        /// The document (TOML).
+        text: String,
+        /// The proposer's time.
+        now_ms: u64,
+    },
     /// Sets a policy.
     SetPolicy {
         /// Its key.
@@ -531,6 +553,7 @@ pub struct Registry {
     states: BTreeMap<String, StateInfo>,
     projects: BTreeMap<String, Project>,
     policies: BTreeMap<String, String>,
+    policy: Option<PolicyDocument>,
     join_tokens: BTreeMap<[u8; 32], JoinToken>,
     group_key_epoch: u64,
     group_keys: BTreeMap<u64, BTreeMap<NodeKey, Vec<u8>>>,
@@ -590,6 +613,7 @@ impl Registry {
             C::FailProject { id, reason } => self.fail_project(id, reason),
             C::RemoveProject { id } => self.remove_project(id),
             C::SetPolicy { key, value } => self.set_policy(key, value),
+            C::ApplyPolicy { text, now_ms } => self.apply_policy(text, *now_ms),
             C::SetBudget { state, budget } => self.set_budget(state, *budget),
             C::Spend { state, amount } => self.spend(state, *amount),
             C::RotateGroupKey { epoch, wrapped } => self.rotate_group_key(*epoch, wrapped),
@@ -1080,6 +1104,21 @@ impl Registry {
         OK
     }
 
+    fn apply_policy(&mut self, text: &str, now_ms: u64) -> Outcome {
+        check_size("policy document", text.len(), MAX_POLICY_DOCUMENT_BYTES)?;
+        let version = match &self.policy {
+            Some(current) if current.text == text => return OK,
+            Some(current) => current.version + 1,
+            None => 1,
+        };
+        self.policy = Some(PolicyDocument {
+            version,
+            text: text.to_owned(),
+            applied_ms: now_ms,
+        });
+        OK
+    }
+
     fn set_policy(&mut self, key: &str, value: &str) -> Outcome {
         check_name("policy key", key)?;
         check_size("policy value", value.len(), MAX_POLICY_VALUE_BYTES)?;
@@ -1286,6 +1325,9 @@ impl Registry {
         }
         assert!(spec_bytes_total <= MAX_SPEC_BYTES_TOTAL);
         assert!(self.policies.len() <= MAX_POLICIES);
+        if let Some(policy) = &self.policy {
+            assert!(policy.version >= 1 && policy.text.len() <= MAX_POLICY_DOCUMENT_BYTES);
+        }
         for (key, value) in &self.policies {
             assert_eq!(check_name("policy key", key), Ok(()));
             assert!(value.len() <= MAX_POLICY_VALUE_BYTES);
@@ -1379,6 +1421,11 @@ impl Registry {
     /// All policies by key.
     pub fn policies(&self) -> &BTreeMap<String, String> {
         &self.policies
+    }
+
+    /// The policy document in force, if one was applied.
+    pub fn policy(&self) -> Option<&PolicyDocument> {
+        self.policy.as_ref()
     }
 
     /// Recorded join tokens by digest.
@@ -1838,6 +1885,10 @@ mod tests {
                 key: "max_retries".to_owned(),
                 value: "3".to_owned(),
             },
+            C::ApplyPolicy {
+                text: "tier = \"starter\"\n".to_owned(),
+                now_ms: 7,
+            },
             budget("market", 80),
             rotate(1, &[(1, 80), (2, 80)]),
         ];
@@ -1955,6 +2006,30 @@ mod tests {
         }
         run_ok(&mut registry, &[later]);
         assert_eq!(registry.join_tokens().len(), 1, "expired ones forgotten");
+    }
+
+    #[test]
+    fn a_policy_document_is_versioned_and_the_same_text_again_changes_nothing() {
+        let mut registry = populated();
+        let apply = |text: &str, now_ms| C::ApplyPolicy {
+            text: text.to_owned(),
+            now_ms,
+        };
+        assert_eq!(registry.policy(), None);
+        run_ok(&mut registry, &[apply("a", 1), apply("a", 2)]);
+        let first = registry.policy().cloned().expect("applied");
+        assert_eq!((first.version, first.applied_ms), (1, 1));
+        run_ok(&mut registry, &[apply("b", 3)]);
+        assert_eq!(
+            registry.policy().map(|p| (p.version, p.text.as_str())),
+            Some((2, "b"))
+        );
+        let oversized = "x".repeat(MAX_POLICY_DOCUMENT_BYTES + 1);
+        refused(
+            &mut registry,
+            &apply(&oversized, 4),
+            "policy document has size",
+        );
     }
 
     #[test]

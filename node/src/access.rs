@@ -11,7 +11,7 @@
 //!            metrics)
 //!   submit   + POST /api/v1/projects
 //!   operate  + PUT /api/v1/projects/{id}/phase (hold, resume, advance, archive, approve)
-//!   admin    + join tokens, API tokens, evicting members
+//!   admin    + join tokens, API tokens, evicting members, applying a policy
 //! ```
 
 use std::collections::BTreeMap;
@@ -75,6 +75,8 @@ pub fn needed(method: &str, route: &str) -> Scope {
     match (method, route) {
         ("GET" | "HEAD", _) => Scope::Read,
         ("POST", "/api/v1/projects") => Scope::Submit,
+        // Checks a document without applying it.
+        ("POST", "/api/v1/policy/check") => Scope::Read,
         ("PUT", "/api/v1/projects/{id}/phase") => Scope::Operate,
         // A route added without a rule here needs the most.
         _ => Scope::Admin,
@@ -290,6 +292,9 @@ mod tests {
             ("GET", "/api/v1/tokens", Scope::Admin),
             ("POST", "/api/v1/tokens/revoke", Scope::Admin),
             ("DELETE", "/api/v1/members/{id}", Scope::Admin),
+            ("GET", "/api/v1/policy", Scope::Read),
+            ("POST", "/api/v1/policy/check", Scope::Read),
+            ("PUT", "/api/v1/policy", Scope::Admin),
             ("GET", "/api/v1/api-tokens", Scope::Admin),
             ("DELETE", "/api/v1/projects/{id}", Scope::Admin),
         ];

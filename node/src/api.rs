@@ -117,7 +117,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 fn project_error(failure: ProjectError) -> Response {
     let status = match &failure {
         ProjectError::NoSuchProject(_) => StatusCode::NOT_FOUND,
-        ProjectError::Refused(_) => StatusCode::FORBIDDEN,
+        ProjectError::Refused(_) | ProjectError::PolicyDenied(_) => StatusCode::FORBIDDEN,
         ProjectError::NotAwaitingApproval { .. } | ProjectError::NoExecutor(_) => {
             StatusCode::CONFLICT
         }
@@ -134,6 +134,9 @@ pub const MAX_SPEC_BODY_BYTES: usize = 1 << 20;
 /// one returns the first project.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// The header that carries an operator's reason to override soft policy rules.
+pub const POLICY_OVERRIDE: &str = "x-policy-override";
+
 async fn submit_project(
     State(api): State<Api>,
     headers: axum::http::HeaderMap,
@@ -145,17 +148,25 @@ async fn submit_project(
             "the spec is larger than 1 MiB",
         );
     }
-    let request = match headers.get(IDEMPOTENCY_KEY).map(|value| value.to_str()) {
-        None => None,
-        Some(Ok(request)) => Some(request),
-        Some(Err(_)) => {
+    // A header that is there but not plain text is refused by its name.
+    let header = |name: &'static str| match headers.get(name).map(|value| value.to_str()) {
+        None => Ok(None),
+        Some(Ok(value)) => Ok(Some(value)),
+        Some(Err(_)) => Err(name),
+    };
+    let submission = match (header(IDEMPOTENCY_KEY), header(POLICY_OVERRIDE)) {
+        (Ok(request), Ok(override_reason)) => crate::driver::projects::Submission {
+            request,
+            override_reason,
+        },
+        (Err(name), _) | (_, Err(name)) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "the Idempotency-Key header is not plain text",
+                format!("the {name} header is not plain text"),
             );
         }
     };
-    match api.node.submit_project(&body, request).await {
+    match api.node.submit_project(&body, submission).await {
         Ok(id) => (StatusCode::CREATED, Json(serde_json::json!({"id": id}))).into_response(),
         Err(reason) => project_error(reason),
     }
@@ -359,6 +370,33 @@ async fn revoke_api_token(State(api): State<Api>, Path(name): Path<String>) -> R
     }
 }
 
+/// `GET /api/v1/policy`: the policy in force.
+async fn show_policy(State(api): State<Api>) -> Response {
+    match api.node.policy_view().await {
+        Some(view) => Json(view).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no policy is in force; apply one with `aamas policy apply FILE`",
+        ),
+    }
+}
+
+/// `PUT /api/v1/policy` with the document as the body: puts it in force.
+async fn apply_policy(State(api): State<Api>, body: String) -> Response {
+    match api.node.apply_policy(&body).await {
+        Ok(version) => Json(serde_json::json!({"version": version})).into_response(),
+        Err(failure) => admin_error(failure),
+    }
+}
+
+/// `POST /api/v1/policy/check` with a document as the body: whether it would apply.
+async fn check_policy(body: String) -> Response {
+    match crate::governance::policy::parse(&body) {
+        Ok(policy) => Json(crate::driver::policy::summary(&policy)).into_response(),
+        Err(failure) => error(StatusCode::BAD_REQUEST, failure),
+    }
+}
+
 /// `DELETE /api/v1/members/{id}`: evicts the member.
 async fn evict_member(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.node.evict_member(&id).await {
@@ -433,6 +471,8 @@ pub async fn serve(
         .route("/api/v1/members/{id}", axum::routing::delete(evict_member))
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/revoke", post(revoke_token))
+        .route("/api/v1/policy", get(show_policy).put(apply_policy))
+        .route("/api/v1/policy/check", post(check_policy))
         .route(
             "/api/v1/api-tokens",
             post(create_api_token).get(list_api_tokens),

@@ -12,6 +12,7 @@
 //!   driver/     a running node: start and stop, admission, liveness, the federal and
 //!               state duties, the work driver (one task owning the four role cores),
 //!               Registry mirrors, projects
+//!   governance/ pure cores of governance: the policy document and its decisions
 //!   exec/       what runs a task: builtin, shell, llm
 //!   spec/       the project spec: types (mod), parse (TOML), check (before anything runs)
 //!   api         the localhost control API (axum, bearer tokens)
@@ -37,6 +38,7 @@ pub mod api;
 pub mod driver;
 pub mod events;
 pub mod exec;
+pub mod governance;
 pub mod messaging;
 pub mod metrics;
 pub mod net;

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub api_unauthorized: Counter,
     /// API requests refused because the token's scope does not cover the route.
     pub api_forbidden: Counter,
+    /// Policy decisions, by decision point, the rule that decided (`-` when none fired)
+    /// and outcome (allowed, advisory, overridden, denied).
+    pub policy_decisions: Family<Labels, Counter>,
     /// Evicted members this node blocked (their connections closed and refused).
     pub members_evicted: Counter,
     /// Requests refused, by reason (e.g. `non_member`).
@@ -80,6 +83,7 @@ impl Default for Metrics {
             api_unauthorized: Counter::default(),
             members_evicted: Counter::default(),
             api_forbidden: Counter::default(),
+            policy_decisions: Family::default(),
             rpc_refused: Family::default(),
             gossip_rejected: Family::default(),
             gossip_accepted: Family::default(),
@@ -128,6 +132,11 @@ impl Default for Metrics {
             "api_unauthorized",
             "API requests refused for a missing or wrong bearer token",
             metrics.api_unauthorized.clone(),
+        );
+        registry.register(
+            "policy_decisions",
+            "Policy decisions, by decision point, deciding rule and outcome",
+            metrics.policy_decisions.clone(),
         );
         registry.register(
             "api_forbidden",

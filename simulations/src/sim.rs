@@ -728,7 +728,11 @@ impl Sim {
                 .context("live node")?
                 .node
                 .clone();
-            match node.submit_project(&spec, Some(&request)).await {
+            let submission = aamas_node::driver::projects::Submission {
+                request: Some(&request),
+                override_reason: None,
+            };
+            match node.submit_project(&spec, submission).await {
                 Ok(id) => {
                     self.projects.push(Project {
                         id,

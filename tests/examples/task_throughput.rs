@@ -8,7 +8,8 @@
 //! Run: `cargo build --release -p aamas-cli && AAMAS_BIN=target/release/aamas cargo run --release -p aamas-tests --example task_throughput -- 1000 64`
 //! (tasks, worker capacity, builtin action: `noop` by default, or `digest`, whose 64-byte
 //! output is copied to two voters as an artefact before it is reported). Figures are
-//! kept in `docs/PERFORMANCE.md`.
+//! kept in `docs/PERFORMANCE.md`. `AAMAS_POLICY=FILE` puts that policy in force
+//! instead of the default one.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -104,6 +105,11 @@ fn main() {
     let root = tempfile::tempdir().expect("tempdir");
     let dirs: Vec<PathBuf> = (1..=5).map(|i| root.path().join(format!("n{i}"))).collect();
     let (token, _) = init(&dirs[0]);
+    // `AAMAS_POLICY=FILE`: the founder puts that policy in force instead of the default
+    // (the cost of governance on the submission of every task).
+    if let Some(policy) = std::env::var_os("AAMAS_POLICY") {
+        std::fs::copy(&policy, dirs[0].join("policy.toml")).expect("copy AAMAS_POLICY");
+    }
     let extra = ["--capacity", capacity.as_str()];
     let mut nodes = vec![Node::start_with(&dirs[0], None, &extra)];
     let addr = first_listen_addr(&nodes[0]);

@@ -56,6 +56,9 @@ pub enum AdminError {
     /// The mesh has no president this node knows of.
     #[error("no president right now; try again")]
     NoPresident,
+    /// The policy document does not parse or check (the error names the line).
+    #[error("the policy is invalid: {0}")]
+    BadPolicy(crate::governance::policy::PolicyError),
     /// The president could not commit it, or the Registry refused it.
     #[error("the president could not commit it: {0}")]
     NotCommitted(WriteError),
@@ -69,7 +72,7 @@ impl AdminError {
     /// that cannot take it right now is a 503, worth retrying.
     pub fn status(&self) -> u16 {
         match self {
-            Self::BadToken(_) | Self::BadMemberId(_) => 400,
+            Self::BadToken(_) | Self::BadMemberId(_) | Self::BadPolicy(_) => 400,
             Self::Refused(_) | Self::President(Unacked::Refused { .. }) => 403,
             Self::NoSuchMember(_) => 404,
             Self::NotCommitted(WriteError::Rejected(_)) => 409,

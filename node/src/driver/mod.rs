@@ -13,6 +13,8 @@
 //!   mirroring  the Registry copies of members outside the federal group
 //!   projects   projects as users see them: submit, list, show, change
 //!   admin      join tokens (list, revoke) and members (evict), through the president
+//!   policy     the policy in force: applied through the president, consulted at
+//!              submission and admission, each decision counted
 //!   artifacts  task outputs: kept by the worker, copied to the state's voters before
 //!              the result is reported, read by any member in chunks
 //! ```
@@ -26,6 +28,7 @@ pub mod artifacts;
 pub mod courier;
 pub mod mirroring;
 pub(crate) mod owner;
+pub mod policy;
 pub mod projects;
 pub mod runtime;
 pub mod states;

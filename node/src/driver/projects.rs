@@ -267,9 +267,9 @@ impl Node {
     pub async fn submit_project(
         &self,
         text: &str,
-        request: Option<&str>,
+        submission: Submission<'_>,
     ) -> Result<String, ProjectError> {
-        self.submit_project_as(self.identity.node_key(), text, request)
+        self.submit_project_as(self.identity.node_key(), text, submission)
             .await
     }
 
@@ -279,11 +279,18 @@ impl Node {
         &self,
         owner: NodeKey,
         text: &str,
-        request: Option<&str>,
+        submission: Submission<'_>,
     ) -> Result<String, ProjectError> {
+        let Submission {
+            request,
+            override_reason,
+        } = submission;
         let parsed = spec::parse(text).map_err(|error| ProjectError::BadSpec(error.to_string()))?;
         if let Some(request) = request {
             check_request_id(request)?;
+        }
+        if override_reason.is_some_and(|reason| reason.len() > MAX_NOTE_BYTES) {
+            return Err(ProjectError::NoteTooLong);
         }
         let Some((peer, addrs)) = self.president_peer()? else {
             self.check_executors(&parsed).await?;
@@ -301,6 +308,24 @@ impl Node {
             }
             let digest = hasher.finalize();
             let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            // A retry of a committed submission is not judged again (it would count
+            // itself among the projects running).
+            let known = self
+                .registry(|registry| registry.projects().contains_key(&id))
+                .await
+                .unwrap_or(false);
+            if !known {
+                let running = self.projects_in_flight().await;
+                let facts =
+                    crate::governance::policy::submission_facts(&parsed, &owner.peer_id(), running);
+                self.judge(
+                    crate::governance::policy::Point::Submission,
+                    &facts,
+                    override_reason,
+                )
+                .await
+                .map_err(ProjectError::PolicyDenied)?;
+            }
             let command = RegistryCommand::SubmitProject {
                 id: id.clone(),
                 name: parsed.name.clone(),
@@ -317,6 +342,7 @@ impl Node {
         let rpc = Rpc::SubmitProject {
             spec: text.to_string(),
             request: request.map(str::to_string),
+            override_reason: override_reason.map(str::to_string),
         };
         match self.handle.request(peer, addrs, rpc).await {
             Ok(RpcResponse::Submitted { id }) => Ok(id),
@@ -450,6 +476,17 @@ impl Node {
     }
 }
 
+/// How a submission is made besides its spec: the client's request id (a retry with the
+/// same one returns the first project) and an operator's reason to override soft policy
+/// rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Submission<'a> {
+    /// The client's request id (the API's `Idempotency-Key`).
+    pub request: Option<&'a str>,
+    /// Why soft policy rules may be overridden (the API's `X-Policy-Override`).
+    pub override_reason: Option<&'a str>,
+}
+
 /// Why a project request (submit, change) failed. Its `Display` is what the API and
 /// the CLI show; [`ProjectError::is_client_error`] tells the API's status code.
 #[derive(Debug, thiserror::Error)]
@@ -493,6 +530,10 @@ pub enum ProjectError {
     /// The president refused the forwarded request, or it did not reach it.
     #[error(transparent)]
     President(Unacked),
+    /// A policy rule refuses it (the message names the rule and how to override a soft
+    /// one).
+    #[error("{0}")]
+    PolicyDenied(String),
     /// The project has tasks of an executor that no member runs (`--executors`): they
     /// would wait for ever.
     #[error(
@@ -514,6 +555,7 @@ impl ProjectError {
             | Self::NotAwaitingApproval { .. }
             | Self::NoteTooLong
             | Self::NoExecutor(_)
+            | Self::PolicyDenied(_)
             | Self::Refused(_) => true,
             Self::President(Unacked::Refused { .. }) => true,
             Self::NotCommitted(aamas_consensus::WriteError::Rejected(_)) => true,

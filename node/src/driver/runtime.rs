@@ -259,6 +259,11 @@ pub fn init(
     }
     .save(data_dir)?;
     let token = issue_token(&identity, mesh, token_ttl, token_uses)?;
+    let policy = data_dir.join(crate::driver::policy::POLICY_FILE);
+    if !policy.exists() {
+        std::fs::write(&policy, crate::governance::policy::DEFAULT_POLICY)
+            .map_err(io_error(&policy))?;
+    }
     Ok(Founded {
         peer_id: identity.node_key().peer_id(),
         mesh_id: mesh.to_string(),
@@ -390,6 +395,8 @@ pub struct Node {
     peer_ids: Mutex<HashMap<NodeKey, (NodeId, PeerId)>>,
     /// The Registry's members by peer id, as of the last [`Node::reconcile_liveness`].
     member_peers: Mutex<HashMap<PeerId, NodeId>>,
+    /// The policy in force, parsed, with its version (see [`Node::policy`]).
+    pub(crate) policy_cache: Mutex<Option<(u64, Arc<crate::governance::policy::Policy>)>>,
     /// Evicted members this node has blocked (see [`Node::enforce_evictions`]).
     pub(crate) blocked: Mutex<std::collections::HashSet<PeerId>>,
     /// The Registry's members version at the last rebuild of the book and the roster.
@@ -1494,7 +1501,9 @@ impl Node {
             self.capacity,
             None,
         )
-        .await
+        .await?;
+        self.apply_founding_policy().await;
+        Ok(())
     }
 
     async fn admit(
@@ -1603,6 +1612,22 @@ impl Node {
         }
         if peer_id(&request.identity.node).ok() != Some(peer) {
             return refused("the identity does not match the connection's peer id".into());
+        }
+        if !already_member {
+            let members = self
+                .registry(|registry| registry.active_members().count())
+                .await
+                .unwrap_or_default();
+            let facts = crate::governance::policy::admission_facts(
+                &peer.to_base58(),
+                &request.skills,
+                request.capacity,
+                u64::try_from(members).unwrap_or(u64::MAX),
+            );
+            let point = crate::governance::policy::Point::Admission;
+            if let Err(reason) = self.judge(point, &[facts], None).await {
+                return refused(reason);
+            }
         }
         if let Err(error) = self
             .admit(
@@ -1871,22 +1896,28 @@ impl Node {
                 self.handle_governor_report(sender, state, record).await
             }
             (Rpc::Envelope(bytes), Some(_)) => self.handle_envelope(&bytes).await,
-            (Rpc::SubmitProject { spec, request }, Some(_)) => {
-                match NodeKey::from_peer_id(&peer.to_base58()) {
-                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
-                    Some(owner) => {
-                        match self
-                            .submit_project_as(owner, &spec, request.as_deref())
-                            .await
-                        {
-                            Ok(id) => RpcResponse::Submitted { id },
-                            Err(reason) => RpcResponse::Refused {
-                                reason: reason.to_string(),
-                            },
-                        }
+            (
+                Rpc::SubmitProject {
+                    spec,
+                    request,
+                    override_reason,
+                },
+                Some(_),
+            ) => match NodeKey::from_peer_id(&peer.to_base58()) {
+                None => self.refuse(&crate::roles::authority::Refusal::NonMember),
+                Some(owner) => {
+                    let submission = crate::driver::projects::Submission {
+                        request: request.as_deref(),
+                        override_reason: override_reason.as_deref(),
+                    };
+                    match self.submit_project_as(owner, &spec, submission).await {
+                        Ok(id) => RpcResponse::Submitted { id },
+                        Err(reason) => RpcResponse::Refused {
+                            reason: reason.to_string(),
+                        },
                     }
                 }
-            }
+            },
             (Rpc::ChangeProject { id, action, note }, Some(_)) => {
                 match NodeKey::from_peer_id(&peer.to_base58()) {
                     None => self.refuse(&crate::roles::authority::Refusal::NonMember),
@@ -1919,6 +1950,17 @@ impl Node {
                     None => self.refuse(&crate::roles::authority::Refusal::NonMember),
                     Some(requester) => match self.evict_member_as(requester, node).await {
                         Ok(()) => RpcResponse::Ack,
+                        Err(reason) => RpcResponse::Refused {
+                            reason: reason.to_string(),
+                        },
+                    },
+                }
+            }
+            (Rpc::ApplyPolicy { text }, Some(_)) => {
+                match NodeKey::from_peer_id(&peer.to_base58()) {
+                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
+                    Some(requester) => match self.apply_policy_as(requester, &text).await {
+                        Ok(version) => RpcResponse::PolicyApplied { version },
                         Err(reason) => RpcResponse::Refused {
                             reason: reason.to_string(),
                         },
@@ -2551,6 +2593,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         peer_ids: Mutex::new(HashMap::new()),
         member_peers: Mutex::new(HashMap::new()),
         blocked: Mutex::new(std::collections::HashSet::new()),
+        policy_cache: Mutex::new(None),
         members_seen: Mutex::new(None),
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),

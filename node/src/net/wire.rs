@@ -59,6 +59,8 @@ pub enum Rpc {
         spec: String,
         /// The client's request id, so that a retry returns the first project.
         request: Option<String>,
+        /// The operator's reason to override soft policy rules.
+        override_reason: Option<String>,
     },
     /// A user's change of a project's phase, for the president.
     ChangeProject {
@@ -73,6 +75,11 @@ pub enum Rpc {
     RevokeToken {
         /// The token.
         token: String,
+    },
+    /// An operator's policy document, for the president to put in force.
+    ApplyPolicy {
+        /// The document (TOML).
+        text: String,
     },
     /// An operator's eviction of a member, for the president.
     EvictMember {
@@ -158,6 +165,11 @@ pub enum RpcResponse {
     Join(JoinResponse),
     /// Done.
     Ack,
+    /// To [`Rpc::ApplyPolicy`]: the version now in force.
+    PolicyApplied {
+        /// Its version.
+        version: u64,
+    },
     /// To [`Rpc::SubmitProject`]: the new project's id.
     Submitted {
         /// Its id.

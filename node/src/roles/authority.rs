@@ -109,11 +109,13 @@ pub enum Refusal {
     /// president's own operator.
     #[error("only the member that issued a join token, or the president's operator, may revoke it")]
     NotTokenIssuer,
-    /// An eviction asked by anyone but the president's own operator.
-    #[error(
-        "only the president's operator may evict a member: run `aamas members remove` on the president's node"
-    )]
-    NotPresident,
+    /// A mesh-wide change (an eviction, a policy) asked by anyone but the president's own
+    /// operator.
+    #[error("only the president's operator may {action}: run it on the president's node")]
+    NotPresident {
+        /// What was asked.
+        action: &'static str,
+    },
     /// An eviction of the president itself.
     #[error("the president cannot evict itself: stop it, and evict it from the next president")]
     EvictsPresident,
@@ -137,7 +139,7 @@ impl Refusal {
             Refusal::BadSpec { .. } => "bad_spec",
             Refusal::ExecutorOff { .. } => "executor_off",
             Refusal::NotTokenIssuer => "not_token_issuer",
-            Refusal::NotPresident => "not_president",
+            Refusal::NotPresident { .. } => "not_president",
             Refusal::EvictsPresident => "evicts_president",
         }
     }
@@ -310,6 +312,23 @@ pub fn project_change(
     }
 }
 
+/// What [`evict`] refuses to others than the president's operator.
+const EVICT: &str = "evict a member";
+
+/// A change of the whole mesh (`action`, e.g. applying a policy) asked by `requester` of
+/// the president `president`: only from the president's own operator.
+pub fn president_only(
+    requester: NodeKey,
+    president: NodeKey,
+    action: &'static str,
+) -> Result<(), Refusal> {
+    if requester == president {
+        Ok(())
+    } else {
+        Err(Refusal::NotPresident { action })
+    }
+}
+
 /// A revocation of a join token issued by `issuer`, asked by `requester` of the
 /// president `president`: from the token's issuer (whose operator handed it out), or
 /// from the president's own operator.
@@ -329,9 +348,7 @@ pub fn revoke_token(
 /// from the president's own operator (a member cannot throw another out), and never of
 /// the president itself, which would leave the mesh without a leader to commit it.
 pub fn evict(requester: NodeKey, president: NodeKey, target: NodeKey) -> Result<(), Refusal> {
-    if requester != president {
-        return Err(Refusal::NotPresident);
-    }
+    president_only(requester, president, EVICT)?;
     if target == president {
         return Err(Refusal::EvictsPresident);
     }
@@ -543,8 +560,10 @@ mod tests {
             Err(Refusal::NotTokenIssuer)
         );
         assert_eq!(evict(president, president, other), Ok(()));
-        assert_eq!(evict(issuer, president, other), Err(Refusal::NotPresident));
-        assert_eq!(evict(other, president, other), Err(Refusal::NotPresident));
+        let not_president = Err(Refusal::NotPresident { action: EVICT });
+        assert_eq!(evict(issuer, president, other), not_president);
+        assert_eq!(evict(other, president, other), not_president);
+        assert_eq!(president_only(president, president, "x"), Ok(()));
         assert_eq!(
             evict(president, president, president),
             Err(Refusal::EvictsPresident)
@@ -575,7 +594,7 @@ mod tests {
             },
             Refusal::ExecutorOff { executor: "shell" },
             Refusal::NotTokenIssuer,
-            Refusal::NotPresident,
+            Refusal::NotPresident { action: EVICT },
             Refusal::EvictsPresident,
         ];
         let labels: BTreeSet<&str> = all.iter().map(Refusal::label).collect();

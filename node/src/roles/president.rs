@@ -729,6 +729,12 @@ impl President {
                 return;
             }
             if phase_spec.gate.human {
+                // As for an escalation: proposed with the last count, the two could
+                // commit in either order, and a project awaiting approval would show
+                // its phase unfinished. It waits until the count is committed.
+                if project.recorded != Some(written) {
+                    return;
+                }
                 self.propose(
                     phase_request(b"await", id, phase),
                     RegistryCommand::AwaitApproval {

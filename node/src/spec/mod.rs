@@ -79,6 +79,7 @@ mod parse;
 
 use check::check;
 pub use check::check_plan;
+pub(crate) use parse::LineIndex;
 pub use parse::{parse, parse_plan, template};
 
 /// Largest spec file accepted, checked before parsing.

@@ -207,12 +207,12 @@ struct RawTask {
 /// Byte offsets of a text's newlines, to turn spans into 1-based lines in O(log n): a
 /// spec has thousands of spans, and counting newlines from the start for each would be
 /// quadratic in the file size.
-struct LineIndex {
+pub(crate) struct LineIndex {
     newlines: Vec<usize>,
 }
 
 impl LineIndex {
-    fn new(text: &str) -> LineIndex {
+    pub(crate) fn new(text: &str) -> LineIndex {
         let newlines = text
             .bytes()
             .enumerate()
@@ -223,11 +223,11 @@ impl LineIndex {
     }
 
     /// The 1-based line holding byte `offset`.
-    fn line(&self, offset: usize) -> usize {
+    pub(crate) fn line(&self, offset: usize) -> usize {
         self.newlines.partition_point(|newline| *newline < offset) + 1
     }
 
-    fn of<T>(&self, value: &Spanned<T>) -> usize {
+    pub(crate) fn of<T>(&self, value: &Spanned<T>) -> usize {
         self.line(value.span().start)
     }
 

@@ -1,0 +1,914 @@
+//! The policy document (seed §6.1): rules of five categories, each decided where its
+//! decision is taken, with an enforcement level like Sentinel's.
+//!
+//! Pure: [`parse`] turns TOML into a checked [`Policy`] (every error names its line), and
+//! [`Policy::decide`] judges one decision from plain [`Facts`]. The driver gathers the
+//! facts, counts each decision under the rule that decided it, and refuses or goes on.
+//!
+//! ```toml
+//! tier = "professional"            # starter | professional | enterprise (seed §12)
+//!
+//! [[rule]]
+//! name = "shell-only-in-technical"
+//! category = "security"            # resource | performance | security | escalation | communication
+//! at = "submission"                # where it is decided: submission | admission
+//! enforcement = "hard"             # advisory (noted) | soft (overridable with a reason) | hard
+//! reason = "shell tasks run only in the technical state"
+//! when = { executor = ["shell"] }  # every key must match one of its values
+//! unless = { state = ["technical"] } # no key may match
+//! max = { retries = 5 }            # fires when a counter is over its limit
+//! ```
+//!
+//! A rule fires when all of its `when` keys match, none of its `unless` keys match, and
+//! (if it has limits) a counter is over its `max`. A fired rule denies: a `hard` one
+//! always, a `soft` one unless the request carries an override reason, an `advisory`
+//! one never (it is only noted).
+//!
+//! | at         | keys for `when`/`unless`       | counters for `max`                                                   |
+//! |------------|--------------------------------|----------------------------------------------------------------------|
+//! | submission | executor, state, phase, owner  | projects_running (this one included), tasks, phases, phase_index (1-8), retries, timeout_secs |
+//! | admission  | skill, peer                    | members (this one included), capacity                                |
+//!
+//! A submission is judged once per task (with that task's executor, state, phase,
+//! retries and timeout) and once for the project as a whole; a rule that fires for
+//! several is counted once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::spec::LineIndex;
+
+/// Most rules in one document (tier presets included).
+pub const MAX_RULES: usize = 2_000;
+/// Largest policy document, in bytes.
+pub const MAX_POLICY_BYTES: usize = 512 * 1024;
+/// Longest rule name, in bytes.
+pub const MAX_RULE_NAME_BYTES: usize = 64;
+/// Longest reason, in bytes.
+pub const MAX_REASON_BYTES: usize = 512;
+/// Most values one `when` or `unless` key lists.
+pub const MAX_VALUES: usize = 256;
+
+/// The document the founder puts in force (`aamas init` writes it to
+/// `DATA_DIR/policy.toml`).
+pub const DEFAULT_POLICY: &str = include_str!("default-policy.toml");
+
+/// The five categories of seed §6.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    /// How resources are distributed.
+    Resource,
+    /// SLAs and monitoring.
+    Performance,
+    /// Access control and data protection.
+    Security,
+    /// Issue resolution.
+    Escalation,
+    /// Who talks to whom.
+    Communication,
+}
+
+impl Category {
+    /// Its lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Resource => "resource",
+            Category::Performance => "performance",
+            Category::Security => "security",
+            Category::Escalation => "escalation",
+            Category::Communication => "communication",
+        }
+    }
+}
+
+/// Where a rule is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Point {
+    /// A project submitted to the president.
+    Submission,
+    /// A node asking the president to join.
+    Admission,
+}
+
+impl Point {
+    /// Its lowercase name (the metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Point::Submission => "submission",
+            Point::Admission => "admission",
+        }
+    }
+}
+
+/// How a fired rule acts (Sentinel's levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Noted and counted; the request goes on.
+    Advisory,
+    /// Denies, unless the request carries a reason to override it.
+    Soft,
+    /// Denies.
+    Hard,
+}
+
+impl Enforcement {
+    /// Its lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Advisory => "advisory",
+            Enforcement::Soft => "soft",
+            Enforcement::Hard => "hard",
+        }
+    }
+}
+
+/// A string fact a rule matches on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attr {
+    /// A task's executor: builtin, shell, llm.
+    Executor,
+    /// A task's state.
+    State,
+    /// A task's phase (lowercase).
+    Phase,
+    /// The peer id of the member a project was submitted through.
+    Owner,
+    /// A joining node's skills.
+    Skill,
+    /// A joining node's peer id.
+    Peer,
+}
+
+/// A number a rule limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counter {
+    /// Projects running, held or awaiting approval, the submitted one included.
+    ProjectsRunning,
+    /// The project's written tasks.
+    Tasks,
+    /// The project's phases.
+    Phases,
+    /// A task's phase, 1 (initiation) to 8 (launch).
+    PhaseIndex,
+    /// A task's retries.
+    Retries,
+    /// A task's timeout.
+    TimeoutSecs,
+    /// Active members, the joining one included.
+    Members,
+    /// Tasks the joining node takes at once.
+    Capacity,
+}
+
+const ATTRS: [(&str, Attr, Point); 6] = [
+    ("executor", Attr::Executor, Point::Submission),
+    ("state", Attr::State, Point::Submission),
+    ("phase", Attr::Phase, Point::Submission),
+    ("owner", Attr::Owner, Point::Submission),
+    ("skill", Attr::Skill, Point::Admission),
+    ("peer", Attr::Peer, Point::Admission),
+];
+
+const COUNTERS: [(&str, Counter, Point); 8] = [
+    (
+        "projects_running",
+        Counter::ProjectsRunning,
+        Point::Submission,
+    ),
+    ("tasks", Counter::Tasks, Point::Submission),
+    ("phases", Counter::Phases, Point::Submission),
+    ("phase_index", Counter::PhaseIndex, Point::Submission),
+    ("retries", Counter::Retries, Point::Submission),
+    ("timeout_secs", Counter::TimeoutSecs, Point::Submission),
+    ("members", Counter::Members, Point::Admission),
+    ("capacity", Counter::Capacity, Point::Admission),
+];
+
+/// One rule, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Unique in the document.
+    pub name: String,
+    /// Its category.
+    pub category: Category,
+    /// Where it is decided.
+    pub at: Point,
+    /// How it acts when it fires.
+    pub enforcement: Enforcement,
+    /// What a refusal says.
+    pub reason: String,
+    /// Every key must match one of its values.
+    pub when: Vec<(Attr, BTreeSet<String>)>,
+    /// No key may match.
+    pub unless: Vec<(Attr, BTreeSet<String>)>,
+    /// Fires when a counter is over its limit (with none, the matches alone decide).
+    pub max: Vec<(Counter, u64)>,
+}
+
+/// The tier presets of seed §12, as rules put before the document's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Up to 5 projects at once, phases 1-4.
+    Starter,
+    /// Up to 20 projects at once, all phases.
+    Professional,
+    /// No limits.
+    Enterprise,
+}
+
+impl Tier {
+    fn rules(self) -> Vec<Rule> {
+        let limit = |name: &str, counter, max: u64, reason: &str| Rule {
+            name: name.to_string(),
+            category: Category::Resource,
+            at: Point::Submission,
+            enforcement: Enforcement::Hard,
+            reason: reason.to_string(),
+            when: Vec::new(),
+            unless: Vec::new(),
+            max: vec![(counter, max)],
+        };
+        match self {
+            Tier::Starter => vec![
+                limit(
+                    "tier-starter-projects",
+                    Counter::ProjectsRunning,
+                    5,
+                    "the Starter tier runs up to 5 projects at once",
+                ),
+                limit(
+                    "tier-starter-phases",
+                    Counter::PhaseIndex,
+                    4,
+                    "the Starter tier has the basic phases 1-4 (initiation to design)",
+                ),
+            ],
+            Tier::Professional => vec![limit(
+                "tier-professional-projects",
+                Counter::ProjectsRunning,
+                20,
+                "the Professional tier runs up to 20 projects at once",
+            )],
+            Tier::Enterprise => Vec::new(),
+        }
+    }
+}
+
+/// A checked policy document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Its tier preset, if it names one.
+    pub tier: Option<Tier>,
+    /// Its rules, the tier's first, in document order.
+    pub rules: Vec<Rule>,
+    /// Rule indexes by decision point.
+    by_point: BTreeMap<Point, Vec<usize>>,
+}
+
+/// Why a document is not a policy: the line, when the problem has one, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", line.map(|line| format!("line {line}: ")).unwrap_or_default())]
+pub struct PolicyError {
+    /// The 1-based line.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn error(line: Option<usize>, message: impl Into<String>) -> PolicyError {
+    PolicyError {
+        line,
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    tier: Option<Spanned<String>>,
+    #[serde(default, rename = "rule")]
+    rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    category: Spanned<String>,
+    at: Spanned<String>,
+    enforcement: Option<Spanned<String>>,
+    reason: Option<Spanned<String>>,
+    #[serde(default)]
+    when: BTreeMap<String, Spanned<OneOrMany>>,
+    #[serde(default)]
+    unless: BTreeMap<String, Spanned<OneOrMany>>,
+    #[serde(default)]
+    max: BTreeMap<String, Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `value` as one of `options` (lowercase names), or an error naming them.
+fn one_of<T: Copy>(
+    what: &str,
+    value: &Spanned<String>,
+    options: &[(&str, T)],
+    index: &LineIndex,
+) -> Result<T, PolicyError> {
+    options
+        .iter()
+        .find(|(name, _)| *name == value.get_ref())
+        .map(|(_, option)| *option)
+        .ok_or_else(|| {
+            let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+            error(
+                Some(index.of(value)),
+                format!(
+                    "unknown {what} {:?}: use {}",
+                    value.get_ref(),
+                    names.join(", ")
+                ),
+            )
+        })
+}
+
+/// Parses and checks a policy document; every error names its line.
+pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(error(
+            None,
+            format!(
+                "the policy is {} bytes; the limit is {MAX_POLICY_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    let index = LineIndex::new(text);
+    let raw: RawPolicy = toml::from_str(text).map_err(|failure| {
+        error(
+            failure.span().map(|span| index.line(span.start)),
+            failure.message().to_owned(),
+        )
+    })?;
+    let tier = match &raw.tier {
+        None => None,
+        Some(tier) => Some(one_of(
+            "tier",
+            tier,
+            &[
+                ("starter", Tier::Starter),
+                ("professional", Tier::Professional),
+                ("enterprise", Tier::Enterprise),
+            ],
+            &index,
+        )?),
+    };
+    let mut rules = tier.map(Tier::rules).unwrap_or_default();
+    if raw.rules.len() + rules.len() > MAX_RULES {
+        return Err(error(
+            None,
+            format!("the policy has more than {MAX_RULES} rules"),
+        ));
+    }
+    let mut names: BTreeSet<String> = rules.iter().map(|rule| rule.name.clone()).collect();
+    for raw_rule in raw.rules {
+        let line = index.of(&raw_rule);
+        let rule = convert(raw_rule.into_inner(), &index)?;
+        if !names.insert(rule.name.clone()) {
+            return Err(error(
+                Some(line),
+                format!(
+                    "a rule named {:?} comes earlier; names are unique",
+                    rule.name
+                ),
+            ));
+        }
+        rules.push(rule);
+    }
+    Ok(Policy::new(tier, rules))
+}
+
+fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
+    let name_line = Some(index.of(&raw.name));
+    let name = raw.name.into_inner();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if name.is_empty() || name.len() > MAX_RULE_NAME_BYTES || !name.chars().all(allowed) {
+        return Err(error(
+            name_line,
+            format!(
+                "a rule name is 1 to {MAX_RULE_NAME_BYTES} characters of A-Z, a-z, 0-9, '_', \
+                 '-' and '.', not {name:?}"
+            ),
+        ));
+    }
+    let category = one_of(
+        "category",
+        &raw.category,
+        &[
+            ("resource", Category::Resource),
+            ("performance", Category::Performance),
+            ("security", Category::Security),
+            ("escalation", Category::Escalation),
+            ("communication", Category::Communication),
+        ],
+        index,
+    )?;
+    let not_yet = ["dispatch", "planning", "resource_request", "message"];
+    if not_yet.contains(&raw.at.get_ref().as_str()) {
+        return Err(error(
+            Some(index.of(&raw.at)),
+            format!(
+                "rules at {:?} are not enforced by this version yet: use submission or admission",
+                raw.at.get_ref()
+            ),
+        ));
+    }
+    let at = one_of(
+        "decision point",
+        &raw.at,
+        &[
+            ("submission", Point::Submission),
+            ("admission", Point::Admission),
+        ],
+        index,
+    )?;
+    let enforcement = match &raw.enforcement {
+        None => Enforcement::Hard,
+        Some(level) => one_of(
+            "enforcement",
+            level,
+            &[
+                ("advisory", Enforcement::Advisory),
+                ("soft", Enforcement::Soft),
+                ("hard", Enforcement::Hard),
+            ],
+            index,
+        )?,
+    };
+    let reason = match raw.reason {
+        None => format!("policy rule {name}"),
+        Some(reason) if reason.get_ref().len() > MAX_REASON_BYTES => {
+            return Err(error(
+                Some(index.of(&reason)),
+                format!("the reason is longer than {MAX_REASON_BYTES} bytes"),
+            ));
+        }
+        Some(reason) => reason.into_inner(),
+    };
+    let matchers = |table: BTreeMap<String, Spanned<OneOrMany>>| {
+        let mut out = Vec::new();
+        for (key, values) in table {
+            let line = Some(index.of(&values));
+            let attr = ATTRS
+                .iter()
+                .find(|(name, _, point)| *name == key && *point == at)
+                .map(|(_, attr, _)| *attr)
+                .ok_or_else(|| {
+                    let keys: Vec<&str> = ATTRS
+                        .iter()
+                        .filter(|(_, _, point)| *point == at)
+                        .map(|(name, _, _)| *name)
+                        .collect();
+                    error(
+                        line,
+                        format!(
+                            "rules at {} match on {}, not {key:?}",
+                            at.as_str(),
+                            keys.join(", ")
+                        ),
+                    )
+                })?;
+            let values: BTreeSet<String> = match values.into_inner() {
+                OneOrMany::One(value) => BTreeSet::from([value]),
+                OneOrMany::Many(values) => values.into_iter().collect(),
+            };
+            if values.is_empty() || values.len() > MAX_VALUES {
+                return Err(error(line, format!("{key} lists 1 to {MAX_VALUES} values")));
+            }
+            out.push((attr, values));
+        }
+        Ok(out)
+    };
+    let when = matchers(raw.when)?;
+    let unless = matchers(raw.unless)?;
+    let mut max = Vec::new();
+    for (key, limit) in raw.max {
+        let counter = COUNTERS
+            .iter()
+            .find(|(name, _, point)| *name == key && *point == at)
+            .map(|(_, counter, _)| *counter)
+            .ok_or_else(|| {
+                let keys: Vec<&str> = COUNTERS
+                    .iter()
+                    .filter(|(_, _, point)| *point == at)
+                    .map(|(name, _, _)| *name)
+                    .collect();
+                error(
+                    Some(index.of(&limit)),
+                    format!(
+                        "rules at {} limit {}, not {key:?}",
+                        at.as_str(),
+                        keys.join(", ")
+                    ),
+                )
+            })?;
+        max.push((counter, limit.into_inner()));
+    }
+    Ok(Rule {
+        name,
+        category,
+        at,
+        enforcement,
+        reason,
+        when,
+        unless,
+        max,
+    })
+}
+
+/// What one decision is judged on: strings a rule matches, numbers it limits. A key
+/// this decision does not have matches nothing and is over no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    attrs: Vec<(Attr, Vec<String>)>,
+    counters: Vec<(Counter, u64)>,
+}
+
+impl Facts {
+    /// Adds `values` for `attr`.
+    pub fn with(mut self, attr: Attr, values: impl IntoIterator<Item = String>) -> Self {
+        self.attrs.push((attr, values.into_iter().collect()));
+        self
+    }
+
+    /// Adds a counter.
+    pub fn count(mut self, counter: Counter, value: u64) -> Self {
+        self.counters.push((counter, value));
+        self
+    }
+
+    fn matches(&self, attr: Attr, wanted: &BTreeSet<String>) -> bool {
+        self.attrs
+            .iter()
+            .filter(|(key, _)| *key == attr)
+            .any(|(_, values)| values.iter().any(|value| wanted.contains(value)))
+    }
+
+    fn over(&self, counter: Counter, limit: u64) -> bool {
+        self.counters
+            .iter()
+            .any(|(key, value)| *key == counter && *value > limit)
+    }
+}
+
+/// How one fired rule acted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Noted only (advisory).
+    Noted,
+    /// A soft rule the request overrode with a reason.
+    Overridden,
+    /// Denied.
+    Denied,
+}
+
+impl Outcome {
+    /// Its metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Noted => "advisory",
+            Outcome::Overridden => "overridden",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// One decision: each rule that fired (once, in document order) and how it acted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// The rules that fired.
+    pub fired: Vec<(&'a Rule, Outcome)>,
+}
+
+impl<'a> Decision<'a> {
+    /// The first rule that denies, if any.
+    pub fn denied_by(&self) -> Option<&'a Rule> {
+        self.fired
+            .iter()
+            .find(|(_, outcome)| *outcome == Outcome::Denied)
+            .map(|(rule, _)| *rule)
+    }
+}
+
+impl Rule {
+    fn fires(&self, facts: &Facts) -> bool {
+        self.when
+            .iter()
+            .all(|(attr, wanted)| facts.matches(*attr, wanted))
+            && !self
+                .unless
+                .iter()
+                .any(|(attr, wanted)| facts.matches(*attr, wanted))
+            && (self.max.is_empty()
+                || self
+                    .max
+                    .iter()
+                    .any(|(counter, limit)| facts.over(*counter, *limit)))
+    }
+
+    /// What a refusal by this rule says.
+    pub fn refusal(&self) -> String {
+        let level = self.enforcement.as_str();
+        let overridable = if self.enforcement == Enforcement::Soft {
+            "; it may be overridden with a reason (--override)"
+        } else {
+            ""
+        };
+        format!(
+            "refused by policy rule {:?} ({}, {level}): {}{overridable}",
+            self.name,
+            self.category.as_str(),
+            self.reason
+        )
+    }
+}
+
+impl Policy {
+    fn new(tier: Option<Tier>, rules: Vec<Rule>) -> Self {
+        let mut by_point: BTreeMap<Point, Vec<usize>> = BTreeMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            by_point.entry(rule.at).or_default().push(i);
+        }
+        Policy {
+            tier,
+            rules,
+            by_point,
+        }
+    }
+
+    /// Judges a decision at `at` on each of `facts`: every rule of that point that fires
+    /// on any of them, once. With `override_reason`, soft rules do not deny.
+    pub fn decide(
+        &self,
+        at: Point,
+        facts: &[Facts],
+        override_reason: Option<&str>,
+    ) -> Decision<'_> {
+        let mut decision = Decision::default();
+        let Some(indexes) = self.by_point.get(&at) else {
+            return decision;
+        };
+        let overriding = override_reason.is_some_and(|reason| !reason.trim().is_empty());
+        for &i in indexes {
+            let rule = &self.rules[i];
+            if facts.iter().any(|facts| rule.fires(facts)) {
+                let outcome = match rule.enforcement {
+                    Enforcement::Advisory => Outcome::Noted,
+                    Enforcement::Soft if overriding => Outcome::Overridden,
+                    Enforcement::Soft | Enforcement::Hard => Outcome::Denied,
+                };
+                decision.fired.push((rule, outcome));
+            }
+        }
+        decision
+    }
+}
+
+/// The facts of a project submission through `owner` while `projects_running` others
+/// run: one per written task, and one for the project.
+pub fn submission_facts(
+    spec: &crate::spec::ProjectSpec,
+    owner: &str,
+    projects_running: u64,
+) -> Vec<Facts> {
+    let running = projects_running.saturating_add(1);
+    let tasks = u64::try_from(spec.task_count()).unwrap_or(u64::MAX);
+    let phases = u64::try_from(spec.phases.len()).unwrap_or(u64::MAX);
+    let project = Facts::default()
+        .with(Attr::Owner, [owner.to_string()])
+        .count(Counter::ProjectsRunning, running)
+        .count(Counter::Tasks, tasks)
+        .count(Counter::Phases, phases);
+    let mut all = vec![project.clone()];
+    for phase in &spec.phases {
+        let position = aamas_protocol::Phase::ALL
+            .iter()
+            .position(|p| *p == phase.phase)
+            .map_or(0, |i| i as u64 + 1);
+        for task in &phase.tasks {
+            all.push(
+                project
+                    .clone()
+                    .with(Attr::Executor, [task.executor.kind().to_string()])
+                    .with(Attr::State, [task.state.clone()])
+                    .with(Attr::Phase, [phase.phase.as_str().to_lowercase()])
+                    .count(Counter::PhaseIndex, position)
+                    .count(Counter::Retries, u64::from(task.retries))
+                    .count(Counter::TimeoutSecs, task.timeout_secs),
+            );
+        }
+        if phase.tasks.is_empty() {
+            // A phase an LLM plans has no written tasks yet: its place still counts.
+            all.push(
+                project
+                    .clone()
+                    .with(Attr::Phase, [phase.phase.as_str().to_lowercase()])
+                    .count(Counter::PhaseIndex, position),
+            );
+        }
+    }
+    all
+}
+
+/// The facts of a node with `peer` id, `skills` and `capacity` joining a mesh of
+/// `members` active members.
+pub fn admission_facts(peer: &str, skills: &[String], capacity: u32, members: u64) -> Facts {
+    Facts::default()
+        .with(Attr::Peer, [peer.to_string()])
+        .with(Attr::Skill, skills.iter().cloned())
+        .count(Counter::Members, members.saturating_add(1))
+        .count(Counter::Capacity, u64::from(capacity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(text: &str) -> String {
+        format!("[[rule]]\nname = \"r\"\ncategory = \"security\"\nat = \"submission\"\n{text}")
+    }
+
+    #[test]
+    fn the_default_policy_parses() {
+        let policy = parse(DEFAULT_POLICY).expect("the default policy");
+        assert!(!policy.rules.is_empty());
+    }
+
+    #[test]
+    fn every_error_names_its_line() {
+        let table = [
+            ("tier = \"gold\"\n", 1, "unknown tier \"gold\""),
+            (&rule("enforcement = \"maybe\"\n"), 5, "unknown enforcement"),
+            (&rule("when = { colour = \"red\" }\n"), 5, "not \"colour\""),
+            (&rule("max = { members = 3 }\n"), 5, "not \"members\""),
+            (&rule("when = { state = [] }\n"), 5, "1 to 256 values"),
+            (&rule("bogus = 1\n"), 5, "unknown field `bogus`"),
+            (
+                "\n[[rule]]\nname = \"r\"\ncategory = \"security\"\nat = \"dispatch\"\n",
+                5,
+                "not enforced by this version yet",
+            ),
+            (
+                "[[rule]]\nname = \"bad name\"\ncategory = \"security\"\nat = \"admission\"\n",
+                2,
+                "a rule name is",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\ncategory = \"safety\"\nat = \"admission\"\n",
+                3,
+                "unknown category",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\ncategory = \"security\"\nat = \"admission\"\n\n\
+                 [[rule]]\nname = \"a\"\ncategory = \"security\"\nat = \"admission\"\n",
+                6,
+                "comes earlier",
+            ),
+            ("tier = \n", 1, ""),
+        ];
+        for (text, line, needle) in table {
+            let failure = parse(text).expect_err(text);
+            assert_eq!(failure.line, Some(line), "{text}: {failure}");
+            assert!(failure.to_string().contains(needle), "{text}: {failure}");
+        }
+    }
+
+    fn task_facts(executor: &str, state: &str, retries: u64) -> Facts {
+        Facts::default()
+            .with(Attr::Executor, [executor.to_string()])
+            .with(Attr::State, [state.to_string()])
+            .count(Counter::Retries, retries)
+    }
+
+    #[test]
+    fn rules_fire_on_their_matches_and_limits_at_their_level() {
+        let text = r#"
+[[rule]]
+name = "shell-only-in-technical"
+category = "security"
+at = "submission"
+when = { executor = "shell" }
+unless = { state = ["technical"] }
+
+[[rule]]
+name = "few-retries"
+category = "escalation"
+at = "submission"
+enforcement = "soft"
+max = { retries = 5 }
+
+[[rule]]
+name = "note-llm"
+category = "resource"
+at = "submission"
+enforcement = "advisory"
+when = { executor = "llm" }
+"#;
+        let policy = parse(text).expect("parses");
+        let names = |decision: &Decision<'_>| -> Vec<(String, Outcome)> {
+            let fired = decision.fired.iter();
+            fired.map(|(rule, o)| (rule.name.clone(), *o)).collect()
+        };
+        let allowed = policy.decide(
+            Point::Submission,
+            &[
+                task_facts("shell", "technical", 1),
+                task_facts("builtin", "market", 5),
+            ],
+            None,
+        );
+        assert!(allowed.fired.is_empty() && allowed.denied_by().is_none());
+        let denied = policy.decide(
+            Point::Submission,
+            &[
+                task_facts("shell", "market", 1),
+                task_facts("llm", "market", 9),
+            ],
+            None,
+        );
+        assert_eq!(
+            names(&denied),
+            [
+                ("shell-only-in-technical".to_string(), Outcome::Denied),
+                ("few-retries".to_string(), Outcome::Denied),
+                ("note-llm".to_string(), Outcome::Noted),
+            ]
+        );
+        assert_eq!(
+            denied.denied_by().map(|rule| rule.name.as_str()),
+            Some("shell-only-in-technical")
+        );
+        // An override lifts the soft rule only.
+        let overridden = policy.decide(
+            Point::Submission,
+            &[task_facts("llm", "market", 9)],
+            Some("a flaky upstream"),
+        );
+        assert_eq!(
+            names(&overridden),
+            [
+                ("few-retries".to_string(), Outcome::Overridden),
+                ("note-llm".to_string(), Outcome::Noted),
+            ]
+        );
+        assert!(overridden.denied_by().is_none());
+        // Rules of another point are not consulted.
+        assert!(
+            policy
+                .decide(Point::Admission, &[Facts::default()], None)
+                .fired
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn tiers_limit_projects_and_phases() {
+        let starter = parse("tier = \"starter\"\n").expect("starter");
+        let spec = crate::spec::parse(crate::spec::template()).expect("template");
+        let facts = submission_facts(&spec, "owner", 0);
+        let decision = starter.decide(Point::Submission, &facts, None);
+        assert_eq!(
+            decision.denied_by().map(|rule| rule.name.as_str()),
+            Some("tier-starter-phases"),
+            "the template has all eight phases"
+        );
+        let professional = parse("tier = \"professional\"\n").expect("professional");
+        let ok = professional.decide(Point::Submission, &submission_facts(&spec, "o", 19), None);
+        assert!(ok.denied_by().is_none());
+        let full = professional.decide(Point::Submission, &submission_facts(&spec, "o", 20), None);
+        assert_eq!(
+            full.denied_by().map(|rule| rule.name.as_str()),
+            Some("tier-professional-projects")
+        );
+        let enterprise = parse("tier = \"enterprise\"\n").expect("enterprise");
+        let any = enterprise.decide(
+            Point::Submission,
+            &submission_facts(&spec, "o", 10_000),
+            None,
+        );
+        assert!(any.fired.is_empty());
+    }
+}

@@ -1,0 +1,208 @@
+//! The policy document with the real `aamas` binary on 127.0.0.1: the founder puts the
+//! default in force; check, apply and show round-trip; an invalid document names its line
+//! and leaves the one in force; only the president's operator applies one; its rules
+//! refuse submissions (hard, soft until overridden) and admissions, and each decision is
+//! counted under its rule.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use aamas_tests::*;
+
+/// `aamas ARGS --data-dir DIR` on `node`: stdout on success, else the error (stderr).
+fn cli(node: &Node, args: &[&str]) -> Result<String, String> {
+    let dir = node.dir.display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--data-dir", &dir]);
+    let output = aamas(&all);
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// `aamas policy show --json` on `node`, if it answers with a policy.
+fn shown(node: &Node) -> Option<Value> {
+    serde_json::from_str(&cli(node, &["policy", "show", "--json"]).ok()?).ok()
+}
+
+fn version(node: &Node) -> Option<u64> {
+    shown(node)?.get("version")?.as_u64()
+}
+
+fn write(root: &Path, name: &str, text: &str) -> String {
+    let path = root.join(name);
+    std::fs::write(&path, text).expect("write");
+    path.display().to_string()
+}
+
+/// A one-phase project of one task.
+fn one_task(executor: &str, state: &str, retries: u32) -> String {
+    let body = if executor == "shell" {
+        "command = \"true\""
+    } else {
+        "action = \"digest\""
+    };
+    format!(
+        "name = \"one\"\n[[phase]]\nname = \"initiation\"\n  [[phase.task]]\n  name = \"t\"\n  \
+         state = \"{state}\"\n  executor = \"{executor}\"\n  {body}\n  retries = {retries}\n"
+    )
+}
+
+const POLICY: &str = r#"tier = "starter"
+
+[[rule]]
+name = "shell-only-in-technical"
+category = "security"
+at = "submission"
+enforcement = "hard"
+reason = "shell tasks run only in the technical state"
+when = { executor = "shell" }
+unless = { state = ["technical"] }
+
+[[rule]]
+name = "few-retries"
+category = "escalation"
+at = "submission"
+enforcement = "soft"
+reason = "more than 2 retries hides faults"
+max = { retries = 2 }
+"#;
+
+#[test]
+fn a_policy_round_trips_refuses_by_its_rules_and_an_invalid_one_changes_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_mesh(root.path(), 3);
+    let chief = &nodes[index_of(&nodes, &president)];
+    let member = nodes
+        .iter()
+        .find(|node| !std::ptr::eq(*node, chief))
+        .expect("a member");
+    // The founder put the default policy (written by `aamas init`) in force; every
+    // member reads it.
+    let default = wait_for("the default policy on a member", || {
+        shown(member).filter(|view| view.get("version").and_then(Value::as_u64) == Some(1))
+    });
+    let written = std::fs::read_to_string(nodes[0].dir.join("policy.toml")).expect("written");
+    assert_eq!(field(&default, "text").as_deref(), Some(written.as_str()));
+
+    // Invalid: the check and the API name the line; the policy in force stays.
+    let bad = write(
+        root.path(),
+        "bad.toml",
+        "tier = \"starter\"\n\n[[rule]]\nname = \"x\"\ncategory = \"security\"\nat = \"submission\"\nenforcement = \"sometimes\"\n",
+    );
+    let error = aamas(&["policy", "check", &bad]);
+    assert!(!error.status.success());
+    let stderr = String::from_utf8_lossy(&error.stderr);
+    assert!(
+        stderr.contains("line 7") && stderr.contains("unknown enforcement"),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&bad).expect("read");
+    let (status, body) = chief
+        .api_request("PUT", "/api/v1/policy", &[], &text)
+        .expect("the API answers");
+    assert!(
+        status.contains(" 400 ") && body.contains("line 7"),
+        "{status}: {body}"
+    );
+    assert_eq!(
+        version(chief),
+        Some(1),
+        "an invalid policy changed the one in force"
+    );
+
+    // Only the president's operator applies one.
+    let good = write(root.path(), "good.toml", POLICY);
+    let error = cli(member, &["policy", "apply", &good]).expect_err("refused");
+    assert!(
+        error.contains("only the president's operator may apply a policy"),
+        "{error}"
+    );
+    let checked = aamas(&["policy", "check", &good, "--json"]);
+    assert!(checked.status.success(), "the good policy checks");
+    let checked: Value = serde_json::from_slice(&checked.stdout).expect("JSON");
+    let applied = cli(chief, &["policy", "apply", &good]).expect("applies");
+    assert_eq!(applied, "policy version 2 in force");
+    let view = wait_for("version 2 on a member", || {
+        shown(member).filter(|view| view.get("version").and_then(Value::as_u64) == Some(2))
+    });
+    assert_eq!(field(&view, "text").as_deref(), Some(POLICY));
+    assert_eq!(
+        view.get("rules"),
+        checked.get("rules"),
+        "check and show agree"
+    );
+    let names: Vec<String> = view["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|rule| field(rule, "name"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "tier-starter-projects",
+            "tier-starter-phases",
+            "shell-only-in-technical",
+            "few-retries"
+        ]
+    );
+
+    // Its rules decide submissions, from any member.
+    let template = String::from_utf8(aamas(&["project", "template"]).stdout).expect("utf-8");
+    let refused = member
+        .submit(&template)
+        .expect_err("eight phases on the starter tier");
+    assert!(refused.contains("tier-starter-phases"), "{refused}");
+    let refused = member
+        .submit(&one_task("shell", "market", 1))
+        .expect_err("shell outside technical");
+    assert!(refused.contains("shell-only-in-technical"), "{refused}");
+    let retried = one_task("builtin", "technical", 3);
+    let refused = chief.submit(&retried).expect_err("soft rule");
+    assert!(
+        refused.contains("few-retries") && refused.contains("--override"),
+        "{refused}"
+    );
+    let file = write(root.path(), "retried.toml", &retried);
+    cli(
+        chief,
+        &["project", "submit", &file, "--override", "a flaky upstream"],
+    )
+    .expect("an override passes a soft rule");
+    chief
+        .submit(&one_task("shell", "technical", 1))
+        .expect("shell in technical is allowed");
+    let counted = |rule: &str, outcome: &str| {
+        chief.metric(&format!(
+            "aamas_policy_decisions_total{{at=\"submission\",rule=\"{rule}\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(counted("tier-starter-phases", "denied"), Some(1.0));
+    assert_eq!(counted("shell-only-in-technical", "denied"), Some(1.0));
+    assert_eq!(counted("few-retries", "denied"), Some(1.0));
+    assert_eq!(counted("few-retries", "overridden"), Some(1.0));
+    assert_eq!(counted("-", "allowed"), Some(1.0));
+}
+
+#[test]
+fn an_admission_rule_refuses_a_node_with_its_reason() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_mesh(root.path(), 2);
+    let chief = &nodes[index_of(&nodes, &president)];
+    let policy = "[[rule]]\nname = \"two-members\"\ncategory = \"resource\"\nat = \"admission\"\n\
+                  reason = \"this mesh holds two members\"\nmax = { members = 2 }\n";
+    let file = write(root.path(), "small.toml", policy);
+    cli(chief, &["policy", "apply", &file]).expect("applies");
+    let token = cli(chief, &["token", "create", "--uses", "5"]).expect("token");
+    let addr = first_listen_addr(chief);
+    let error = join_error(root.path(), "third", &addr, &token);
+    assert!(
+        error.contains("two-members") && error.contains("this mesh holds two members"),
+        "{error}"
+    );
+}
