@@ -122,6 +122,13 @@ enum Commands {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// PerformanceAlerts: list them, or acknowledge one (`aamas alerts ack ID`).
+    Alerts {
+        #[command(subcommand)]
+        command: Option<AlertsCommand>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// The mesh's policy document: check a file, apply it, show the one in force.
     Policy {
         #[command(subcommand)]
@@ -268,6 +275,20 @@ enum TokenCommand {
     Revoke {
         /// The token, as `aamas token create` printed it.
         token: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Acknowledge an alert by hand, with a note.
+    Ack {
+        /// Its id, as `aamas alerts` prints it.
+        id: u64,
+        /// What was done about it.
+        #[arg(long, default_value = "")]
+        note: String,
         #[command(flatten)]
         target: Target,
     },
@@ -1303,6 +1324,43 @@ fn main() -> Result<()> {
         }
         Commands::ApiToken { command } => api_token(command)?,
         Commands::Policy { command } => policy(command)?,
+        Commands::Alerts {
+            command: Some(AlertsCommand::Ack { id, note, target }),
+            ..
+        } => {
+            let body = serde_json::json!({"note": note}).to_string();
+            let path = format!("/api/v1/alerts/{id}/ack");
+            let acked = Client::new(&target)?.call("POST", &path, Some(&body))?;
+            if target.json {
+                println!("{acked}");
+            } else {
+                println!("acknowledged alert {id}");
+            }
+        }
+        Commands::Alerts {
+            command: None,
+            target,
+        } => {
+            let listed = Client::new(&target)?.get("/api/v1/alerts")?;
+            if target.json {
+                println!("{listed}");
+            } else {
+                let alerts: Vec<aamas_node::driver::alerts::AlertView> =
+                    serde_json::from_value(listed)?;
+                println!("{:>4} {:<13} {:<26} message", "id", "status", "metric");
+                for alert in alerts {
+                    let status = if alert.acknowledged_ms.is_some() {
+                        "acknowledged"
+                    } else {
+                        "open"
+                    };
+                    println!(
+                        "{:>4} {:<13} {:<26} {}",
+                        alert.id, status, alert.metric, alert.message
+                    );
+                }
+            }
+        }
         Commands::Token {
             command: TokenCommand::List(target),
         } => {

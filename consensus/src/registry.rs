@@ -11,6 +11,7 @@
 //!            ── projects    id      → Project (spec, phase, status, progress per phase)
 //!            ── policies    key     → value
 //!            ── policy      the policy document in force (text, version, when applied)
+//!            ── alerts      id → Alert (PerformanceAlerts, until acknowledged and crowded out)
 //!            ── join_tokens digest  → JoinToken (expiry, uses left, revoked), from first use
 //!                                     or revocation until expiry
 //!            ── group_keys  epoch (current and previous) → NodeKey → wrapped group key
@@ -53,6 +54,8 @@ pub const MAX_SPEC_BYTES_TOTAL: usize = 64 << 20;
 pub const MAX_POLICY_VALUE_BYTES: usize = 4_096;
 /// Largest policy document, in bytes.
 pub const MAX_POLICY_DOCUMENT_BYTES: usize = 512 * 1024;
+/// Most alerts kept; when full, the oldest acknowledged one makes room.
+pub const MAX_ALERTS: usize = 1_024;
 /// Longest failure or escalation reason, in bytes.
 pub const MAX_REASON_BYTES: usize = 1_024;
 /// Largest group key wrapped for one member, in bytes.
@@ -260,6 +263,27 @@ pub struct Project {
     pub gates: BTreeMap<Phase, PhaseGate>,
 }
 
+/// A PerformanceAlert as the Registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    /// The metric that crossed its threshold, e.g. `worker_failures_in_a_row`.
+    pub metric: String,
+    /// The member it is about.
+    pub subject: NodeKey,
+    /// The metric's value, in thousandths of its unit.
+    pub value_milli: i64,
+    /// The threshold it crossed, same unit.
+    pub threshold_milli: i64,
+    /// What happened, for a person.
+    pub message: String,
+    /// When it was raised, in the proposer's milliseconds.
+    pub raised_ms: u64,
+    /// The member that raised it (a mayor or governor).
+    pub raised_by: NodeKey,
+    /// When and with what note a person acknowledged it.
+    pub acknowledged: Option<(u64, String)>,
+}
+
 /// The policy document in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyDocument {
@@ -422,6 +446,21 @@ pub enum RegistryCommand {
         /// The proposer's time.
         now_ms: u64,
     },
+    /// Records a PerformanceAlert; while an unacknowledged one of the same metric and
+    /// subject is open, a new one is a no-op.
+    RaiseAlert {
+        /// The alert (unacknowledged).
+        alert: Alert,
+    },
+    /// Acknowledges an alert; acknowledging it again is a no-op.
+    AckAlert {
+        /// Its id.
+        id: u64,
+        /// A person's note.
+        note: String,
+        /// The proposer's time.
+        now_ms: u64,
+    },
     /// Sets a policy.
     SetPolicy {
         /// Its key.
@@ -554,6 +593,8 @@ pub struct Registry {
     projects: BTreeMap<String, Project>,
     policies: BTreeMap<String, String>,
     policy: Option<PolicyDocument>,
+    alerts: BTreeMap<u64, Alert>,
+    next_alert: u64,
     join_tokens: BTreeMap<[u8; 32], JoinToken>,
     group_key_epoch: u64,
     group_keys: BTreeMap<u64, BTreeMap<NodeKey, Vec<u8>>>,
@@ -614,6 +655,8 @@ impl Registry {
             C::RemoveProject { id } => self.remove_project(id),
             C::SetPolicy { key, value } => self.set_policy(key, value),
             C::ApplyPolicy { text, now_ms } => self.apply_policy(text, *now_ms),
+            C::RaiseAlert { alert } => self.raise_alert(alert),
+            C::AckAlert { id, note, now_ms } => self.ack_alert(*id, note, *now_ms),
             C::SetBudget { state, budget } => self.set_budget(state, *budget),
             C::Spend { state, amount } => self.spend(state, *amount),
             C::RotateGroupKey { epoch, wrapped } => self.rotate_group_key(*epoch, wrapped),
@@ -1104,6 +1147,49 @@ impl Registry {
         OK
     }
 
+    fn raise_alert(&mut self, alert: &Alert) -> Outcome {
+        check_name("alert metric", &alert.metric)?;
+        check_size("alert message", alert.message.len(), MAX_REASON_BYTES)?;
+        if alert.acknowledged.is_some() {
+            return Err("an alert is raised unacknowledged".to_owned());
+        }
+        let open = self.alerts.values().any(|open| {
+            open.acknowledged.is_none()
+                && open.metric == alert.metric
+                && open.subject == alert.subject
+        });
+        if open {
+            return OK;
+        }
+        if self.alerts.len() >= MAX_ALERTS {
+            let oldest_acknowledged = self
+                .alerts
+                .iter()
+                .find(|(_, alert)| alert.acknowledged.is_some())
+                .map(|(id, _)| *id);
+            match oldest_acknowledged {
+                Some(id) => {
+                    self.alerts.remove(&id);
+                }
+                None => return Err(full("unacknowledged alerts", MAX_ALERTS)),
+            }
+        }
+        self.next_alert += 1;
+        self.alerts.insert(self.next_alert, alert.clone());
+        OK
+    }
+
+    fn ack_alert(&mut self, id: u64, note: &str, now_ms: u64) -> Outcome {
+        check_size("acknowledgement note", note.len(), MAX_NOTE_BYTES)?;
+        let Some(alert) = self.alerts.get_mut(&id) else {
+            return Err(format!("no alert {id}"));
+        };
+        if alert.acknowledged.is_none() {
+            alert.acknowledged = Some((now_ms, note.to_owned()));
+        }
+        OK
+    }
+
     fn apply_policy(&mut self, text: &str, now_ms: u64) -> Outcome {
         check_size("policy document", text.len(), MAX_POLICY_DOCUMENT_BYTES)?;
         let version = match &self.policy {
@@ -1325,6 +1411,8 @@ impl Registry {
         }
         assert!(spec_bytes_total <= MAX_SPEC_BYTES_TOTAL);
         assert!(self.policies.len() <= MAX_POLICIES);
+        assert!(self.alerts.len() <= MAX_ALERTS);
+        assert!(self.alerts.keys().all(|id| *id <= self.next_alert));
         if let Some(policy) = &self.policy {
             assert!(policy.version >= 1 && policy.text.len() <= MAX_POLICY_DOCUMENT_BYTES);
         }
@@ -1426,6 +1514,11 @@ impl Registry {
     /// The policy document in force, if one was applied.
     pub fn policy(&self) -> Option<&PolicyDocument> {
         self.policy.as_ref()
+    }
+
+    /// The alerts kept, by id (oldest first).
+    pub fn alerts(&self) -> &BTreeMap<u64, Alert> {
+        &self.alerts
     }
 
     /// Recorded join tokens by digest.
@@ -2029,6 +2122,72 @@ mod tests {
             &mut registry,
             &apply(&oversized, 4),
             "policy document has size",
+        );
+    }
+
+    fn alert(subject: u8) -> C {
+        C::RaiseAlert {
+            alert: Alert {
+                metric: "worker_failures_in_a_row".to_owned(),
+                subject: node(subject),
+                value_milli: 3_000,
+                threshold_milli: 3_000,
+                message: "failing".to_owned(),
+                raised_ms: 1,
+                raised_by: node(1),
+                acknowledged: None,
+            },
+        }
+    }
+
+    #[test]
+    fn an_alert_stays_open_once_until_acknowledged_and_old_ones_make_room() {
+        let mut registry = populated();
+        run_ok(&mut registry, &[alert(2), alert(2), alert(3)]);
+        assert_eq!(
+            registry.alerts().len(),
+            2,
+            "one open alert per metric and subject"
+        );
+        let ack = |id, note: &str| C::AckAlert {
+            id,
+            note: note.to_owned(),
+            now_ms: 9,
+        };
+        run_ok(
+            &mut registry,
+            &[ack(1, "replaced its disk"), ack(1, "again")],
+        );
+        assert_eq!(
+            registry.alerts()[&1].acknowledged,
+            Some((9, "replaced its disk".to_owned()))
+        );
+        refused(&mut registry, &ack(7, ""), "no alert 7");
+        run_ok(&mut registry, &[alert(2)]);
+        assert_eq!(
+            registry.alerts().keys().copied().collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        // Full: the oldest acknowledged one makes room; with none, a new one is refused.
+        let C::RaiseAlert { alert: open } = alert(4) else {
+            unreachable!()
+        };
+        for id in 4..=u64::try_from(MAX_ALERTS).unwrap_or(u64::MAX) {
+            let mut other = open.clone();
+            other.subject = NodeKey(sha2::Sha256::digest(id.to_be_bytes()).into());
+            registry.alerts.insert(id, other);
+        }
+        registry.next_alert = u64::try_from(MAX_ALERTS).unwrap_or(u64::MAX);
+        run_ok(&mut registry, &[alert(5)]);
+        assert_eq!(registry.alerts().len(), MAX_ALERTS);
+        assert!(
+            !registry.alerts().contains_key(&1),
+            "the acknowledged one made room"
+        );
+        refused(
+            &mut registry,
+            &alert(6),
+            "maximum of 1024 unacknowledged alerts",
         );
     }
 

@@ -10,7 +10,8 @@
 //!   read     GET every route (status, members, hierarchy, projects, tasks, artefacts,
 //!            metrics)
 //!   submit   + POST /api/v1/projects
-//!   operate  + PUT /api/v1/projects/{id}/phase (hold, resume, advance, archive, approve)
+//!   operate  + PUT /api/v1/projects/{id}/phase (hold, resume, advance, archive, approve),
+//!            POST /api/v1/alerts/{id}/ack
 //!   admin    + join tokens, API tokens, evicting members, applying a policy
 //! ```
 
@@ -78,6 +79,7 @@ pub fn needed(method: &str, route: &str) -> Scope {
         // Checks a document without applying it.
         ("POST", "/api/v1/policy/check") => Scope::Read,
         ("PUT", "/api/v1/projects/{id}/phase") => Scope::Operate,
+        ("POST", "/api/v1/alerts/{id}/ack") => Scope::Operate,
         // A route added without a rule here needs the most.
         _ => Scope::Admin,
     }
@@ -295,6 +297,7 @@ mod tests {
             ("GET", "/api/v1/policy", Scope::Read),
             ("POST", "/api/v1/policy/check", Scope::Read),
             ("PUT", "/api/v1/policy", Scope::Admin),
+            ("POST", "/api/v1/alerts/{id}/ack", Scope::Operate),
             ("GET", "/api/v1/api-tokens", Scope::Admin),
             ("DELETE", "/api/v1/projects/{id}", Scope::Admin),
         ];

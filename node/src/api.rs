@@ -397,6 +397,28 @@ async fn check_policy(body: String) -> Response {
     }
 }
 
+async fn list_alerts(State(api): State<Api>) -> Response {
+    Json(api.node.alerts().await).into_response()
+}
+
+#[derive(Deserialize)]
+struct AckBody {
+    #[serde(default)]
+    note: String,
+}
+
+/// `POST /api/v1/alerts/{id}/ack` with `{"note"}`.
+async fn ack_alert(
+    State(api): State<Api>,
+    Path(id): Path<u64>,
+    Json(body): Json<AckBody>,
+) -> Response {
+    match api.node.ack_alert(id, &body.note).await {
+        Ok(()) => Json(serde_json::json!({"acknowledged": id})).into_response(),
+        Err(failure) => admin_error(failure),
+    }
+}
+
 /// `DELETE /api/v1/members/{id}`: evicts the member.
 async fn evict_member(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.node.evict_member(&id).await {
@@ -473,6 +495,8 @@ pub async fn serve(
         .route("/api/v1/tokens/revoke", post(revoke_token))
         .route("/api/v1/policy", get(show_policy).put(apply_policy))
         .route("/api/v1/policy/check", post(check_policy))
+        .route("/api/v1/alerts", get(list_alerts))
+        .route("/api/v1/alerts/{id}/ack", post(ack_alert))
         .route(
             "/api/v1/api-tokens",
             post(create_api_token).get(list_api_tokens),

@@ -21,6 +21,8 @@ pub struct Metrics {
     /// Policy decisions, by decision point, the rule that decided (`-` when none fired)
     /// and outcome (allowed, advisory, overridden, denied).
     pub policy_decisions: Family<Labels, Counter>,
+    /// PerformanceAlerts this node (as president) recorded, by metric.
+    pub performance_alerts: Family<Labels, Counter>,
     /// Evicted members this node blocked (their connections closed and refused).
     pub members_evicted: Counter,
     /// Requests refused, by reason (e.g. `non_member`).
@@ -84,6 +86,7 @@ impl Default for Metrics {
             members_evicted: Counter::default(),
             api_forbidden: Counter::default(),
             policy_decisions: Family::default(),
+            performance_alerts: Family::default(),
             rpc_refused: Family::default(),
             gossip_rejected: Family::default(),
             gossip_accepted: Family::default(),
@@ -132,6 +135,11 @@ impl Default for Metrics {
             "api_unauthorized",
             "API requests refused for a missing or wrong bearer token",
             metrics.api_unauthorized.clone(),
+        );
+        registry.register(
+            "performance_alerts",
+            "PerformanceAlerts this node recorded as president, by metric",
+            metrics.performance_alerts.clone(),
         );
         registry.register(
             "policy_decisions",

@@ -206,3 +206,81 @@ fn an_admission_rule_refuses_a_node_with_its_reason() {
         "{error}"
     );
 }
+
+/// A project of `count` tasks in `state` that fail every attempt (4 each).
+fn failing(state: &str, count: usize) -> String {
+    let mut spec = String::from("name = \"failing\"\n[[phase]]\nname = \"initiation\"\n");
+    for i in 0..count {
+        spec.push_str(&format!(
+            "  [[phase.task]]\n  name = \"f{i}\"\n  state = \"{state}\"\n  executor = \"builtin\"\n  \
+             action = \"fail\"\n  retries = 3\n"
+        ));
+    }
+    spec
+}
+
+#[test]
+fn a_worker_whose_tasks_keep_failing_raises_an_alert_that_aamas_alerts_shows() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy(root.path(), 3);
+    let chief = &nodes[index_of(&nodes, &president)];
+    // The default policy: 3 failures in a row on one worker raise an alert.
+    let default = wait_for("the default policy", || shown(chief));
+    assert!(
+        field(&default, "text").is_some_and(|text| text.contains("worker_failures_in_a_row = 3"))
+    );
+    let tree = chief.hierarchy().expect("hierarchy");
+    let (state, _, _) = governors(&tree)
+        .and_then(|states| states.into_iter().next())
+        .expect("a governed state");
+    // 3 tasks of 4 failing attempts: at least one worker sees 3 of the 12 (none succeed).
+    let id = nodes[0].submit(&failing(&state, 3)).expect("submitted");
+    let alert = wait_for("a PerformanceAlert in `aamas alerts` on a member", || {
+        let listed = cli(&nodes[2], &["alerts", "--json"]).ok()?;
+        let listed: Value = serde_json::from_str(&listed).ok()?;
+        listed.as_array()?.first().cloned()
+    });
+    assert_eq!(
+        field(&alert, "metric").as_deref(),
+        Some("worker_failures_in_a_row"),
+        "{alert}"
+    );
+    assert!(alert["value"].as_f64().is_some_and(|v| v >= 3.0), "{alert}");
+    assert_eq!(alert["threshold"].as_f64(), Some(3.0), "{alert}");
+    let subject = field(&alert, "subject").expect("subject");
+    assert!(
+        nodes.iter().any(|node| node
+            .status()
+            .and_then(|status| field(&status, "peer_id"))
+            .is_some_and(|peer| peer == subject)),
+        "the alert names a member: {alert}"
+    );
+    assert!(
+        chief
+            .metric("aamas_performance_alerts_total{metric=\"worker_failures_in_a_row\"}")
+            .is_some_and(|n| n >= 1.0)
+    );
+    let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
+    assert_eq!(field(&end, "status").as_deref(), Some("failed"), "{end}");
+
+    // Acknowledged by hand, from any member.
+    let alert_id = alert["id"].as_u64().expect("id").to_string();
+    let printed = cli(
+        &nodes[1],
+        &["alerts", "ack", &alert_id, "--note", "replaced the disk"],
+    )
+    .expect("ack");
+    assert_eq!(printed, format!("acknowledged alert {alert_id}"));
+    let acked = wait_for("the acknowledgement", || {
+        let listed = cli(&nodes[2], &["alerts", "--json"]).ok()?;
+        let listed: Value = serde_json::from_str(&listed).ok()?;
+        let alert = listed.as_array()?.first()?.clone();
+        alert["acknowledged_ms"].as_u64().map(|_| alert)
+    });
+    assert_eq!(field(&acked, "note").as_deref(), Some("replaced the disk"));
+    let text = cli(&nodes[2], &["alerts"]).expect("alerts");
+    assert!(
+        text.contains("acknowledged") && text.contains("worker_failures_in_a_row"),
+        "{text}"
+    );
+}

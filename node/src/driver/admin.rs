@@ -56,6 +56,12 @@ pub enum AdminError {
     /// The mesh has no president this node knows of.
     #[error("no president right now; try again")]
     NoPresident,
+    /// A note over [`aamas_consensus::registry::MAX_NOTE_BYTES`].
+    #[error(
+        "the note is longer than {} bytes",
+        aamas_consensus::registry::MAX_NOTE_BYTES
+    )]
+    NoteTooLong,
     /// The policy document does not parse or check (the error names the line).
     #[error("the policy is invalid: {0}")]
     BadPolicy(crate::governance::policy::PolicyError),
@@ -72,7 +78,9 @@ impl AdminError {
     /// that cannot take it right now is a 503, worth retrying.
     pub fn status(&self) -> u16 {
         match self {
-            Self::BadToken(_) | Self::BadMemberId(_) | Self::BadPolicy(_) => 400,
+            Self::BadToken(_) | Self::BadMemberId(_) | Self::BadPolicy(_) | Self::NoteTooLong => {
+                400
+            }
             Self::Refused(_) | Self::President(Unacked::Refused { .. }) => 403,
             Self::NoSuchMember(_) => 404,
             Self::NotCommitted(WriteError::Rejected(_)) => 409,

@@ -13,6 +13,7 @@
 //!   mirroring  the Registry copies of members outside the federal group
 //!   projects   projects as users see them: submit, list, show, change
 //!   admin      join tokens (list, revoke) and members (evict), through the president
+//!   alerts     PerformanceAlerts: raised by a mayor's monitor, recorded by the president
 //!   policy     the policy in force: applied through the president, consulted at
 //!              submission and admission, each decision counted
 //!   artifacts  task outputs: kept by the worker, copied to the state's voters before
@@ -24,6 +25,7 @@
 //! `spec`) never import the driver.
 
 pub mod admin;
+pub mod alerts;
 pub mod artifacts;
 pub mod courier;
 pub mod mirroring;

@@ -397,6 +397,8 @@ pub struct Node {
     member_peers: Mutex<HashMap<PeerId, NodeId>>,
     /// The policy in force, parsed, with its version (see [`Node::policy`]).
     pub(crate) policy_cache: Mutex<Option<(u64, Arc<crate::governance::policy::Policy>)>>,
+    /// This node's view, as a mayor, of its workers' outcomes.
+    pub(crate) monitor: Mutex<crate::governance::monitor::Monitor>,
     /// Evicted members this node has blocked (see [`Node::enforce_evictions`]).
     pub(crate) blocked: Mutex<std::collections::HashSet<PeerId>>,
     /// The Registry's members version at the last rebuild of the book and the roster.
@@ -1967,6 +1969,23 @@ impl Node {
                     },
                 }
             }
+            (Rpc::RaiseAlert { alert }, Some(_)) => {
+                match NodeKey::from_peer_id(&peer.to_base58()) {
+                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
+                    Some(sender) => match self.record_alert_as(sender, alert).await {
+                        Ok(()) => RpcResponse::Ack,
+                        Err(reason) => RpcResponse::Refused {
+                            reason: reason.to_string(),
+                        },
+                    },
+                }
+            }
+            (Rpc::AckAlert { id, note }, Some(_)) => match self.ack_alert(id, &note).await {
+                Ok(()) => RpcResponse::Ack,
+                Err(reason) => RpcResponse::Refused {
+                    reason: reason.to_string(),
+                },
+            },
             (Rpc::Resign { group }, Some(_)) => self.handle_resign(peer, group).await,
             (
                 Rpc::Replicate {
@@ -2594,6 +2613,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         member_peers: Mutex::new(HashMap::new()),
         blocked: Mutex::new(std::collections::HashSet::new()),
         policy_cache: Mutex::new(None),
+        monitor: Mutex::new(crate::governance::monitor::Monitor::default()),
         members_seen: Mutex::new(None),
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),

@@ -1181,6 +1181,8 @@ impl Node {
             );
             return Ok(());
         }
+        self.note_outcome(sender, &key.to_string(), attempt, result.is_ok())
+            .await;
         let command = match &result {
             Ok(execution) => LedgerCommand::CompleteTask {
                 key: key.clone(),

@@ -4,6 +4,9 @@
 //! ```text
 //!   policy   the policy document: parse and check (errors name their line), and the
 //!            decisions at submission and admission, with tier presets (seed §12)
+//!   monitor  a mayor's view of its workers' outcomes: failures in a row past the
+//!            performance policy's threshold raise a PerformanceAlert
 //! ```
 
+pub mod monitor;
 pub mod policy;

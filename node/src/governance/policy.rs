@@ -17,6 +17,9 @@
 //! when = { executor = ["shell"] }  # every key must match one of its values
 //! unless = { state = ["technical"] } # no key may match
 //! max = { retries = 5 }            # fires when a counter is over its limit
+//!
+//! [performance]                    # thresholds that raise a PerformanceAlert
+//! worker_failures_in_a_row = 3
 //! ```
 //!
 //! A rule fires when all of its `when` keys match, none of its `unless` keys match, and
@@ -262,11 +265,24 @@ impl Tier {
     }
 }
 
+/// The performance policy's thresholds (seed §7.1): crossing one raises a
+/// PerformanceAlert.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Performance {
+    /// Attempts failed in a row on one worker (as its mayor sees them).
+    pub worker_failures_in_a_row: Option<u32>,
+}
+
+/// Most failures in a row a threshold may name.
+pub const MAX_FAILURES_IN_A_ROW: u32 = 1_000;
+
 /// A checked policy document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     /// Its tier preset, if it names one.
     pub tier: Option<Tier>,
+    /// Its performance thresholds.
+    pub performance: Performance,
     /// Its rules, the tier's first, in document order.
     pub rules: Vec<Rule>,
     /// Rule indexes by decision point.
@@ -294,8 +310,15 @@ fn error(line: Option<usize>, message: impl Into<String>) -> PolicyError {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     tier: Option<Spanned<String>>,
+    performance: Option<RawPerformance>,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPerformance {
+    worker_failures_in_a_row: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -376,6 +399,18 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             &index,
         )?),
     };
+    let mut performance = Performance::default();
+    if let Some(raw) = raw.performance
+        && let Some(threshold) = raw.worker_failures_in_a_row
+    {
+        if !(1..=MAX_FAILURES_IN_A_ROW).contains(threshold.get_ref()) {
+            return Err(error(
+                Some(index.of(&threshold)),
+                format!("worker_failures_in_a_row is 1 to {MAX_FAILURES_IN_A_ROW}"),
+            ));
+        }
+        performance.worker_failures_in_a_row = Some(threshold.into_inner());
+    }
     let mut rules = tier.map(Tier::rules).unwrap_or_default();
     if raw.rules.len() + rules.len() > MAX_RULES {
         return Err(error(
@@ -398,7 +433,9 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         }
         rules.push(rule);
     }
-    Ok(Policy::new(tier, rules))
+    let mut policy = Policy::new(tier, rules);
+    policy.performance = performance;
+    Ok(policy)
 }
 
 fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
@@ -654,6 +691,7 @@ impl Policy {
         }
         Policy {
             tier,
+            performance: Performance::default(),
             rules,
             by_point,
         }
@@ -755,6 +793,7 @@ mod tests {
     fn the_default_policy_parses() {
         let policy = parse(DEFAULT_POLICY).expect("the default policy");
         assert!(!policy.rules.is_empty());
+        assert_eq!(policy.performance.worker_failures_in_a_row, Some(3));
     }
 
     #[test]
@@ -788,6 +827,11 @@ mod tests {
                 "comes earlier",
             ),
             ("tier = \n", 1, ""),
+            (
+                "tier = \"starter\"\n[performance]\nworker_failures_in_a_row = 0\n",
+                3,
+                "worker_failures_in_a_row is 1 to",
+            ),
         ];
         for (text, line, needle) in table {
             let failure = parse(text).expect_err(text);

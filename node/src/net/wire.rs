@@ -81,6 +81,18 @@ pub enum Rpc {
         /// The document (TOML).
         text: String,
     },
+    /// A PerformanceAlert a mayor raised, for the president to record.
+    RaiseAlert {
+        /// The alert.
+        alert: aamas_consensus::registry::Alert,
+    },
+    /// An operator's acknowledgement of an alert, for the president.
+    AckAlert {
+        /// The alert's id.
+        id: u64,
+        /// The operator's note.
+        note: String,
+    },
     /// An operator's eviction of a member, for the president.
     EvictMember {
         /// The member.

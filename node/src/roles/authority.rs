@@ -116,6 +116,10 @@ pub enum Refusal {
         /// What was asked.
         action: &'static str,
     },
+    /// An alert raised by a member that is neither a mayor nor a governor of record, or
+    /// on behalf of another.
+    #[error("only a mayor or governor of record raises alerts, and only its own")]
+    NotAMonitor,
     /// An eviction of the president itself.
     #[error("the president cannot evict itself: stop it, and evict it from the next president")]
     EvictsPresident,
@@ -141,6 +145,7 @@ impl Refusal {
             Refusal::NotTokenIssuer => "not_token_issuer",
             Refusal::NotPresident { .. } => "not_president",
             Refusal::EvictsPresident => "evicts_president",
+            Refusal::NotAMonitor => "not_a_monitor",
         }
     }
 }
@@ -353,6 +358,22 @@ pub fn evict(requester: NodeKey, president: NodeKey, target: NodeKey) -> Result<
         return Err(Refusal::EvictsPresident);
     }
     Ok(())
+}
+
+/// A PerformanceAlert `sender` asks the president `president` to record, saying
+/// `raised_by` raised it: only its own, and only from a mayor or governor of record
+/// (`monitors`: the Registry's records name the sender) or the president itself.
+pub fn alert(
+    sender: NodeKey,
+    president: NodeKey,
+    raised_by: NodeKey,
+    monitors: bool,
+) -> Result<(), Refusal> {
+    if sender == raised_by && (monitors || sender == president) {
+        Ok(())
+    } else {
+        Err(Refusal::NotAMonitor)
+    }
 }
 
 #[cfg(test)]
@@ -571,6 +592,21 @@ mod tests {
     }
 
     #[test]
+    fn alerts_come_from_mayors_governors_or_the_president_and_only_their_own() {
+        let (president, mayor, other) = (key(1), key(2), key(3));
+        assert_eq!(alert(mayor, president, mayor, true), Ok(()));
+        assert_eq!(alert(president, president, president, false), Ok(()));
+        assert_eq!(
+            alert(other, president, other, false),
+            Err(Refusal::NotAMonitor)
+        );
+        assert_eq!(
+            alert(mayor, president, other, true),
+            Err(Refusal::NotAMonitor)
+        );
+    }
+
+    #[test]
     fn every_refusal_has_its_own_label() {
         let all = [
             Refusal::NonMember,
@@ -596,6 +632,7 @@ mod tests {
             Refusal::NotTokenIssuer,
             Refusal::NotPresident { action: EVICT },
             Refusal::EvictsPresident,
+            Refusal::NotAMonitor,
         ];
         let labels: BTreeSet<&str> = all.iter().map(Refusal::label).collect();
         assert_eq!(labels.len(), all.len());
