@@ -62,7 +62,7 @@ enum Commands {
     ///
     /// Settings come from flags, then environment variables, then the config file
     /// (`--config`, TOML with the same names: data_dir, listen, api, join, token, skills,
-    /// executors, mdns, fsync, capacity), then defaults.
+    /// executors, shell_sandbox, mdns, fsync, capacity), then defaults.
     Node {
         /// A TOML config file.
         #[arg(long, env = "AAMAS_CONFIG")]
@@ -91,6 +91,11 @@ enum Commands {
         /// that [default: builtin,llm].
         #[arg(long, env = "AAMAS_EXECUTORS")]
         executors: Option<String>,
+        /// How shell tasks are confined: landlock (they read and run the system's programs
+        /// and write only their workdir; never this node's data dir, key or environment)
+        /// or off (unconfined, as this node's user) [default: landlock].
+        #[arg(long, env = "AAMAS_SHELL_SANDBOX")]
+        shell_sandbox: Option<String>,
         /// Turn off fsync of Raft writes (tests only: a crash can lose acknowledged data).
         #[arg(long)]
         no_fsync: bool,
@@ -497,6 +502,7 @@ struct NodeFile {
     token: Option<String>,
     skills: Option<Vec<String>>,
     executors: Option<String>,
+    shell_sandbox: Option<String>,
     mdns: Option<bool>,
     fsync: Option<bool>,
     capacity: Option<u32>,
@@ -1134,6 +1140,8 @@ fn project(command: ProjectCommand) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // A shell task's sandbox launcher never reaches the CLI (see aamas_node::exec::sandbox).
+    aamas_node::exec::sandbox::run_if_launcher();
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {
@@ -1165,6 +1173,7 @@ fn main() -> Result<()> {
             token,
             skills,
             executors,
+            shell_sandbox,
             no_fsync,
             mdns,
             capacity,
@@ -1203,6 +1212,12 @@ fn main() -> Result<()> {
                     .with_context(|| format!("bad --executors {list:?}"))?,
                 None => aamas_node::exec::ExecutorSet::default(),
             };
+            let shell_sandbox = match shell_sandbox.or(file.shell_sandbox) {
+                Some(choice) => choice
+                    .parse::<aamas_node::exec::sandbox::ShellSandbox>()
+                    .map_err(anyhow::Error::msg)?,
+                None => aamas_node::exec::sandbox::ShellSandbox::default(),
+            };
             if skills
                 .iter()
                 .any(|skill| skill == aamas_node::spec::SHELL_SKILL)
@@ -1238,6 +1253,7 @@ fn main() -> Result<()> {
                 join,
                 skills,
                 executors,
+                shell_sandbox,
                 raft: aamas_consensus::RaftConfig::default(),
                 fsync: !no_fsync,
                 mdns,

@@ -14,6 +14,7 @@ fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
         join: join.map(|(addr, token)| (addr.parse().expect("join addr"), token)),
         skills: Vec::new(),
         executors: aamas_node::exec::ExecutorSet::default(),
+        shell_sandbox: aamas_node::exec::sandbox::ShellSandbox::default(),
         raft: aamas_consensus::RaftConfig::default(),
         fsync: false,
         mdns: false,

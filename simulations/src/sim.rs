@@ -248,6 +248,7 @@ impl Sim {
             },
             skills: Vec::new(),
             executors: aamas_node::exec::ExecutorSet::default(),
+            shell_sandbox: aamas_node::exec::sandbox::ShellSandbox::default(),
             raft: raft.clone(),
             fsync: false,
             mdns: false,

@@ -1,6 +1,7 @@
 //! Which executors run where (`aamas node --executors`): a shell task runs only on a node
 //! started with shell, and a mesh where no node runs shell refuses a project of shell
-//! tasks with the reason instead of letting its tasks wait for ever.
+//! tasks with the reason instead of letting its tasks wait for ever; a shell task runs in
+//! a Landlock sandbox that keeps it from the node's key, data dir and environment.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -126,5 +127,79 @@ fn a_mesh_without_shell_refuses_a_shell_project_and_takes_others() {
         field(&project, "status").as_deref(),
         Some("completed"),
         "{project}"
+    );
+}
+
+/// A project of one shell task in `state`, run in `workdir` when given.
+fn one_shell(name: &str, state: &str, command: &str, workdir: Option<&Path>) -> String {
+    let workdir = workdir
+        .map(|dir| format!("  workdir = \"{}\"\n", dir.display()))
+        .unwrap_or_default();
+    format!(
+        "name = \"{name}\"\n[[phase]]\nname = \"development\"\n  [[phase.task]]\n  \
+         name = \"{name}\"\n  state = \"{state}\"\n  executor = \"shell\"\n  \
+         command = '''{command}'''\n{workdir}  timeout_secs = 30\n  retries = 0\n"
+    )
+}
+
+#[test]
+fn a_sandboxed_shell_task_cannot_read_the_nodes_key_or_environment() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("n1");
+    init(&dir);
+    // A secret in the node's environment, as an LLM key would be.
+    let secret = ("AAMAS_LLM_API_KEY".to_string(), "sekrit-4711".to_string());
+    let node = Node::start_env(
+        None,
+        &dir,
+        None,
+        &["--executors", "builtin,llm,shell"],
+        &[secret],
+    );
+    let nodes = [node];
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("the node to be president", || agreed_president(&all, 1));
+    let governed = wait_for("a governed state", || agreed_governors(&all));
+    let state = governed[0].0.clone();
+    let work = root.path().join("work");
+    std::fs::create_dir_all(&work).expect("workdir");
+    let key = dir.join("identity.key");
+    assert!(key.exists(), "the node's key is at {}", key.display());
+
+    let run = |name: &str, command: &str, workdir: Option<&Path>| {
+        let id = nodes[0]
+            .submit(&one_shell(name, &state, command, workdir))
+            .expect("submit");
+        wait_for_project_end(&nodes, &id, PROJECT_LIMIT)
+    };
+    let failed_with = |project: &serde_json::Value, needle: &str| {
+        assert_eq!(
+            field(project, "status").as_deref(),
+            Some("failed"),
+            "{project}"
+        );
+        let reason = field(project, "reason").unwrap_or_default();
+        assert!(reason.contains(needle), "{reason}");
+    };
+    let read_key = run("readkey", &format!("cat '{}'", key.display()), None);
+    failed_with(&read_key, "Permission denied");
+    let read_environ = run("readenviron", "cat /proc/$PPID/environ", None);
+    failed_with(&read_environ, "Permission denied");
+    let list_data = run("listdata", &format!("ls '{}'", dir.display()), None);
+    failed_with(&list_data, "Permission denied");
+    // Its own environment holds no secret, and its workdir is its own to write.
+    let clean = run(
+        "clean",
+        "if env | grep -q sekrit; then echo leaked >&2; exit 3; fi; echo ok > out && cat out",
+        Some(&work),
+    );
+    assert_eq!(
+        field(&clean, "status").as_deref(),
+        Some("completed"),
+        "{clean}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("out")).expect("written in its workdir"),
+        "ok\n"
     );
 }

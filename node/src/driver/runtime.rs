@@ -306,6 +306,9 @@ pub struct NodeConfig {
     pub skills: Vec<String>,
     /// The executors this node runs tasks with (shell is off by default).
     pub executors: crate::exec::ExecutorSet,
+    /// How shell tasks are confined (Landlock by default; see
+    /// [`crate::exec::sandbox`]).
+    pub shell_sandbox: crate::exec::sandbox::ShellSandbox,
     /// Raft timing.
     pub raft: RaftConfig,
     /// fsync every Raft write.
@@ -2496,6 +2499,23 @@ impl Running {
 /// names an address); joins or rejoins the mesh.
 pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeError> {
     create_data_dir(&config.data_dir)?;
+    if config.executors.shell {
+        match config.shell_sandbox {
+            crate::exec::sandbox::ShellSandbox::Landlock => {
+                crate::exec::sandbox::probe(&config.data_dir).map_err(|reason| {
+                    NodeError::Invalid(format!(
+                        "shell tasks cannot be sandboxed here: {reason}; start without shell \
+                         (--executors builtin,llm), or with --shell-sandbox off to run them \
+                         unconfined as this node's user"
+                    ))
+                })?;
+            }
+            crate::exec::sandbox::ShellSandbox::Off => tracing::warn!(
+                "shell tasks run unconfined (--shell-sandbox off): they can read this node's \
+                 key and data"
+            ),
+        }
+    }
     let (identity, created) = Identity::load_or_create(&identity_path(&config.data_dir))?;
     if created {
         tracing::info!(peer_id = %identity.node_key(), "created a new identity");
@@ -2580,6 +2600,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         usize::try_from(config.capacity.clamp(1, MAX_WORKER_CAPACITY)).unwrap_or(1),
         crate::exec::LlmConfig::from_env(),
         config.executors,
+        config.shell_sandbox,
     );
     // The executors' skills come from what runs here, never from `--skills`: a node that
     // claimed `shell` without running it would draw every shell task and refuse them.

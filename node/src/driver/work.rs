@@ -186,10 +186,11 @@ impl WorkState {
         capacity: usize,
         llm: Option<LlmConfig>,
         enabled: crate::exec::ExecutorSet,
+        sandbox: crate::exec::sandbox::ShellSandbox,
     ) -> (Self, Cores, tokio::sync::mpsc::Receiver<Input>) {
         let (inputs, receiver) = Inputs::new();
         let state = Self {
-            executors: Executors::new(llm, enabled),
+            executors: Executors::new(llm, enabled).with_sandbox(sandbox),
             inputs,
             courier: crate::driver::courier::Courier::default(),
         };

@@ -26,6 +26,7 @@
 
 mod builtin;
 mod llm;
+pub mod sandbox;
 mod shell;
 
 pub use builtin::BUILTIN_SLEEP_MAX_MS;
@@ -261,6 +262,8 @@ pub struct Executors {
     llm: Result<Arc<LlmEndpoint>, ExecError>,
     /// Whether shell tasks run here.
     shell: bool,
+    /// How shell tasks are confined.
+    sandbox: sandbox::ShellSandbox,
 }
 
 impl fmt::Debug for Executors {
@@ -272,6 +275,7 @@ impl fmt::Debug for Executors {
         f.debug_struct("Executors")
             .field("llm", &llm)
             .field("shell", &self.shell)
+            .field("sandbox", &self.sandbox)
             .finish()
     }
 }
@@ -296,7 +300,14 @@ impl Executors {
         Executors {
             llm,
             shell: enabled.shell,
+            sandbox: sandbox::ShellSandbox::default(),
         }
+    }
+
+    /// These executors with shell tasks confined by `sandbox` (Landlock by default).
+    pub fn with_sandbox(mut self, sandbox: sandbox::ShellSandbox) -> Self {
+        self.sandbox = sandbox;
+        self
     }
 
     /// Whether a task of `spec` can run here: its executor is on (an llm task also needs
@@ -351,7 +362,15 @@ impl Executors {
                         memory_mb: *memory_mb,
                         max_output_bytes: *max_output_bytes,
                     };
-                    run_shell(command, workdir.as_deref(), limits, input, timeout).await
+                    run_shell(
+                        command,
+                        workdir.as_deref(),
+                        limits,
+                        input,
+                        timeout,
+                        self.sandbox,
+                    )
+                    .await
                 }
                 ExecutorSpec::Llm {
                     system, max_tokens, ..
@@ -424,6 +443,7 @@ mod testing {
         timeout: Duration,
     ) -> Result<Execution, ExecError> {
         Executors::new(None, ExecutorSet::ALL)
+            .with_sandbox(sandbox::ShellSandbox::Off)
             .run(spec, "task", input, timeout)
             .await
     }
@@ -482,8 +502,10 @@ mod tests {
             "{error}"
         );
         assert!(!touched.exists(), "the command ran");
-        // With shell on, the same task runs.
-        let executors = Executors::new(None, ExecutorSet::ALL);
+        // With shell on, the same task runs (unconfined: this test binary is no sandbox
+        // launcher; tests/tests/executors.rs runs tasks in the sandbox).
+        let executors =
+            Executors::new(None, ExecutorSet::ALL).with_sandbox(sandbox::ShellSandbox::Off);
         assert!(executors.allows(&spec));
         executors
             .run(&spec, "t", "", Duration::from_secs(10))

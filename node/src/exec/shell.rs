@@ -10,6 +10,10 @@ use super::{ExecError, Execution, failed, misconfigured, one_line, timed_out, un
 
 /// Largest `max_output_bytes` a shell task may ask for: outputs travel in messages.
 pub const SHELL_OUTPUT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// Files a shell task may hold open at once.
+pub const SHELL_OPEN_FILES: u32 = 1_024;
+/// Largest file a shell task may write, in 512-byte blocks (1 GiB).
+pub const SHELL_FILE_BLOCKS: u64 = 2 * 1024 * 1024;
 /// How much of the end of a failed command's stderr goes into the failure reason.
 pub const SHELL_STDERR_TAIL_BYTES: usize = 200;
 /// Largest task input handed to a shell command on stdin.
@@ -27,8 +31,10 @@ const SHELL_REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// no quoting in it can change what the limits are. The CPU limit is soft at `$1` s
 /// (SIGXCPU, which says what happened) and hard one second later (SIGKILL, for commands
 /// that catch SIGXCPU); soft first, as a hard limit below the current soft one is refused.
+/// Open files are limited to [`SHELL_OPEN_FILES`] and written files to 1 GiB
+/// ([`SHELL_FILE_BLOCKS`] blocks of 512 bytes, as `/bin/sh` (dash) counts them).
 const SHELL_LIMITS_SCRIPT: &str = concat!(
-    r#"ulimit -S -t "$1" && ulimit -H -t "$2" && ulimit -v "$3" || exit 125"#,
+    r#"ulimit -S -t "$1" && ulimit -H -t "$2" && ulimit -v "$3" && ulimit -n "$5" && ulimit -f "$6" || exit 125"#,
     "\n",
     r#"exec /bin/sh -c "$4""#,
 );
@@ -46,6 +52,7 @@ pub(super) async fn run_shell(
     limits: ShellLimits,
     input: &str,
     timeout: Duration,
+    sandbox: super::sandbox::ShellSandbox,
 ) -> Result<Execution, ExecError> {
     if limits.cpu_secs == 0 {
         return Err(misconfigured(
@@ -93,7 +100,21 @@ pub(super) async fn run_shell(
         }
     }
 
-    let mut shell = tokio::process::Command::new("/bin/sh");
+    let mut shell = match sandbox {
+        super::sandbox::ShellSandbox::Off => tokio::process::Command::new("/bin/sh"),
+        super::sandbox::ShellSandbox::Landlock => {
+            let launcher = std::env::current_exe().map_err(|error| {
+                unavailable(format!("cannot find the shell sandbox launcher: {error}"))
+            })?;
+            let mut launch = tokio::process::Command::new(launcher);
+            launch
+                .arg(super::sandbox::LAUNCHER_ARG)
+                .arg(workdir.unwrap_or("-"))
+                .arg("--")
+                .arg("/bin/sh");
+            launch
+        }
+    };
     shell
         .arg("-c")
         .arg(SHELL_LIMITS_SCRIPT)
@@ -102,6 +123,8 @@ pub(super) async fn run_shell(
         .arg(limits.cpu_secs.saturating_add(1).to_string())
         .arg(memory_kb.to_string())
         .arg(command)
+        .arg(SHELL_OPEN_FILES.to_string())
+        .arg(SHELL_FILE_BLOCKS.to_string())
         // Secrets in the worker's environment (AAMAS_LLM_API_KEY, ...) stay out of tasks.
         .env_clear()
         .stdin(Stdio::piped())
@@ -172,6 +195,15 @@ pub(super) async fn run_shell(
         .map_err(|error| unavailable(format!("cannot read the command's stdout: {error}")))?;
     let stderr = stderr
         .map_err(|error| unavailable(format!("cannot read the command's stderr: {error}")))?;
+    if status.code() == Some(super::sandbox::REFUSED_EXIT) {
+        let said = String::from_utf8_lossy(&stderr);
+        if let Some(reason) = said.trim().strip_prefix(super::sandbox::REFUSAL_PREFIX) {
+            return Err(unavailable(format!(
+                "the shell sandbox cannot be set up on this worker: {}",
+                one_line(reason, SHELL_STDERR_TAIL_BYTES)
+            )));
+        }
+    }
     if !status.success() {
         return Err(failed(exit_reason(status, &stderr, limits)));
     }
