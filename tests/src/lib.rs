@@ -492,6 +492,20 @@ impl Node {
         field(&answer, "id").ok_or_else(|| "no id".into())
     }
 
+    /// `aamas ARGS --data-dir DIR` on this node: stdout (trimmed) on success, else the
+    /// error (stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let dir = self.dir.display().to_string();
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", &dir]);
+        let output = aamas(&all);
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
     /// `GET /api/v1/projects/ID`, if the node answers.
     pub fn project(&self, id: &str) -> Option<Value> {
         let (status, body) = self.api_get(&format!("/api/v1/projects/{id}"))?;

@@ -7,28 +7,16 @@ use serde_json::Value;
 
 use aamas_tests::*;
 
-/// `aamas ARGS --data-dir DIR` on `node`: stdout on success, else the error (stderr).
-fn cli(node: &Node, args: &[&str]) -> Result<String, String> {
-    let dir = node.dir.display().to_string();
-    let mut all = args.to_vec();
-    all.extend(["--data-dir", &dir]);
-    let output = aamas(&all);
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
 /// `aamas token create --uses N` on `node`.
 fn create_token(node: &Node, uses: u32) -> String {
     let uses = uses.to_string();
-    cli(node, &["token", "create", "--uses", &uses]).expect("token create")
+    node.cli(&["token", "create", "--uses", &uses])
+        .expect("token create")
 }
 
 /// The peer ids `aamas members --json` lists on `node`, if it answers.
 fn member_ids(node: &Node) -> Option<Vec<String>> {
-    let listed: Value = serde_json::from_str(&cli(node, &["members", "--json"]).ok()?).ok()?;
+    let listed: Value = serde_json::from_str(&node.cli(&["members", "--json"]).ok()?).ok()?;
     let ids = listed.as_array()?.iter();
     Some(ids.filter_map(|member| field(member, "peer_id")).collect())
 }
@@ -65,13 +53,17 @@ fn a_token_admits_as_many_nodes_as_it_says_and_a_revoked_one_none() {
 
     // A member's operator revokes a token it issued; the president commits it.
     let revoked = create_token(&member, 2);
-    cli(&member, &["token", "revoke", &revoked]).expect("the issuer revokes its token");
+    member
+        .cli(&["token", "revoke", &revoked])
+        .expect("the issuer revokes its token");
     let error = join_error(root.path(), "revoked", &addr, &revoked);
     assert!(error.contains("was revoked"), "revoked token: {error}");
 
     // A member may not revoke a token another member issued.
     let presidents = create_token(&founder, 1);
-    let error = cli(&member, &["token", "revoke", &presidents]).expect_err("refused");
+    let error = member
+        .cli(&["token", "revoke", &presidents])
+        .expect_err("refused");
     assert!(
         error.contains("only the member that issued a join token"),
         "revoked another's token: {error}"
@@ -82,9 +74,12 @@ fn a_token_admits_as_many_nodes_as_it_says_and_a_revoked_one_none() {
         agreed_president(&[&founder, &member, &third], 3).map(|_| ())
     });
 
-    let listed: Value =
-        serde_json::from_str(&cli(&founder, &["token", "list", "--json"]).expect("token list"))
-            .expect("JSON");
+    let listed: Value = serde_json::from_str(
+        &founder
+            .cli(&["token", "list", "--json"])
+            .expect("token list"),
+    )
+    .expect("JSON");
     let mut statuses: Vec<String> = listed
         .as_array()
         .expect("a list")
@@ -129,12 +124,16 @@ fn an_evicted_member_loses_its_seat_and_is_refused_by_every_member() {
     let victims_token = create_token(victim, 1);
 
     // Only the president's operator may evict.
-    let error = cli(bystander, &["members", "remove", &victim_id]).expect_err("refused");
+    let error = bystander
+        .cli(&["members", "remove", &victim_id])
+        .expect_err("refused");
     assert!(
         error.contains("only the president's operator may evict"),
         "a member evicted another: {error}"
     );
-    cli(chief, &["members", "remove", &victim_id]).expect("the president evicts");
+    chief
+        .cli(&["members", "remove", &victim_id])
+        .expect("the president evicts");
 
     // Its federal seat goes to another member.
     wait_for("a new third federal voter", || {
@@ -182,7 +181,8 @@ fn an_api_token_reaches_only_the_routes_of_its_scope_and_outlives_a_restart() {
         agreed_president(&[&node], 1).map(|_| ())
     });
     let secret = |node: &Node, name: &str, scope: &str| {
-        cli(node, &["api-token", "create", name, "--scope", scope]).expect("api-token create")
+        node.cli(&["api-token", "create", name, "--scope", scope])
+            .expect("api-token create")
     };
     let reader = secret(&node, "reader", "read");
     let submitter = secret(&node, "submitter", "submit");
@@ -227,7 +227,8 @@ fn an_api_token_reaches_only_the_routes_of_its_scope_and_outlives_a_restart() {
             .is_some_and(|n| n >= 4.0)
     );
 
-    cli(&node, &["api-token", "revoke", "reader"]).expect("revoke");
+    node.cli(&["api-token", "revoke", "reader"])
+        .expect("revoke");
     let (status, _) = call(&node, &reader, "GET", "/api/v1/system/status", "");
     assert!(status.contains(" 401 "), "a revoked token: {status}");
 
@@ -243,7 +244,7 @@ fn an_api_token_reaches_only_the_routes_of_its_scope_and_outlives_a_restart() {
         node.api_request_as(&submitter, "GET", "/api/v1/system/status", &[], "")
     });
     assert!(status.contains(" 200 "), "{status}");
-    let listed = cli(&node, &["api-token", "list", "--json"]).expect("list");
+    let listed = node.cli(&["api-token", "list", "--json"]).expect("list");
     let listed: Value = serde_json::from_str(&listed).expect("JSON");
     let names: Vec<String> = listed
         .as_array()

@@ -10,22 +10,9 @@ use serde_json::Value;
 
 use aamas_tests::*;
 
-/// `aamas ARGS --data-dir DIR` on `node`: stdout on success, else the error (stderr).
-fn cli(node: &Node, args: &[&str]) -> Result<String, String> {
-    let dir = node.dir.display().to_string();
-    let mut all = args.to_vec();
-    all.extend(["--data-dir", &dir]);
-    let output = aamas(&all);
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
 /// `aamas policy show --json` on `node`, if it answers with a policy.
 fn shown(node: &Node) -> Option<Value> {
-    serde_json::from_str(&cli(node, &["policy", "show", "--json"]).ok()?).ok()
+    serde_json::from_str(&node.cli(&["policy", "show", "--json"]).ok()?).ok()
 }
 
 fn version(node: &Node) -> Option<u64> {
@@ -117,7 +104,9 @@ fn a_policy_round_trips_refuses_by_its_rules_and_an_invalid_one_changes_nothing(
 
     // Only the president's operator applies one.
     let good = write(root.path(), "good.toml", POLICY);
-    let error = cli(member, &["policy", "apply", &good]).expect_err("refused");
+    let error = member
+        .cli(&["policy", "apply", &good])
+        .expect_err("refused");
     assert!(
         error.contains("only the president's operator may apply a policy"),
         "{error}"
@@ -125,7 +114,7 @@ fn a_policy_round_trips_refuses_by_its_rules_and_an_invalid_one_changes_nothing(
     let checked = aamas(&["policy", "check", &good, "--json"]);
     assert!(checked.status.success(), "the good policy checks");
     let checked: Value = serde_json::from_slice(&checked.stdout).expect("JSON");
-    let applied = cli(chief, &["policy", "apply", &good]).expect("applies");
+    let applied = chief.cli(&["policy", "apply", &good]).expect("applies");
     assert_eq!(applied, "policy version 2 in force");
     let view = wait_for("version 2 on a member", || {
         shown(member).filter(|view| view.get("version").and_then(Value::as_u64) == Some(2))
@@ -169,11 +158,9 @@ fn a_policy_round_trips_refuses_by_its_rules_and_an_invalid_one_changes_nothing(
         "{refused}"
     );
     let file = write(root.path(), "retried.toml", &retried);
-    cli(
-        chief,
-        &["project", "submit", &file, "--override", "a flaky upstream"],
-    )
-    .expect("an override passes a soft rule");
+    chief
+        .cli(&["project", "submit", &file, "--override", "a flaky upstream"])
+        .expect("an override passes a soft rule");
     chief
         .submit(&one_task("shell", "technical", 1))
         .expect("shell in technical is allowed");
@@ -197,8 +184,10 @@ fn an_admission_rule_refuses_a_node_with_its_reason() {
     let policy = "[[rule]]\nname = \"two-members\"\ncategory = \"resource\"\nat = \"admission\"\n\
                   reason = \"this mesh holds two members\"\nmax = { members = 2 }\n";
     let file = write(root.path(), "small.toml", policy);
-    cli(chief, &["policy", "apply", &file]).expect("applies");
-    let token = cli(chief, &["token", "create", "--uses", "5"]).expect("token");
+    chief.cli(&["policy", "apply", &file]).expect("applies");
+    let token = chief
+        .cli(&["token", "create", "--uses", "5"])
+        .expect("token");
     let addr = first_listen_addr(chief);
     let error = join_error(root.path(), "third", &addr, &token);
     assert!(
@@ -236,7 +225,7 @@ fn a_worker_whose_tasks_keep_failing_raises_an_alert_that_aamas_alerts_shows() {
     // 3 tasks of 4 failing attempts: at least one worker sees 3 of the 12 (none succeed).
     let id = nodes[0].submit(&failing(&state, 3)).expect("submitted");
     let alert = wait_for("a PerformanceAlert in `aamas alerts` on a member", || {
-        let listed = cli(&nodes[2], &["alerts", "--json"]).ok()?;
+        let listed = nodes[2].cli(&["alerts", "--json"]).ok()?;
         let listed: Value = serde_json::from_str(&listed).ok()?;
         listed.as_array()?.first().cloned()
     });
@@ -265,20 +254,18 @@ fn a_worker_whose_tasks_keep_failing_raises_an_alert_that_aamas_alerts_shows() {
 
     // Acknowledged by hand, from any member.
     let alert_id = alert["id"].as_u64().expect("id").to_string();
-    let printed = cli(
-        &nodes[1],
-        &["alerts", "ack", &alert_id, "--note", "replaced the disk"],
-    )
-    .expect("ack");
+    let printed = nodes[1]
+        .cli(&["alerts", "ack", &alert_id, "--note", "replaced the disk"])
+        .expect("ack");
     assert_eq!(printed, format!("acknowledged alert {alert_id}"));
     let acked = wait_for("the acknowledgement", || {
-        let listed = cli(&nodes[2], &["alerts", "--json"]).ok()?;
+        let listed = nodes[2].cli(&["alerts", "--json"]).ok()?;
         let listed: Value = serde_json::from_str(&listed).ok()?;
         let alert = listed.as_array()?.first()?.clone();
         alert["acknowledged_ms"].as_u64().map(|_| alert)
     });
     assert_eq!(field(&acked, "note").as_deref(), Some("replaced the disk"));
-    let text = cli(&nodes[2], &["alerts"]).expect("alerts");
+    let text = nodes[2].cli(&["alerts"]).expect("alerts");
     assert!(
         text.contains("acknowledged") && text.contains("worker_failures_in_a_row"),
         "{text}"

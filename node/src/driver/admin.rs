@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::driver::projects::ProjectError;
 use crate::driver::runtime::{Node, now_ms};
 use crate::net::swarm::Unacked;
-use crate::net::wire::Rpc;
+use crate::net::wire::{Rpc, RpcResponse};
 use crate::roles::authority::Refusal;
 use crate::token::{JoinToken, TokenError};
 
@@ -217,6 +217,57 @@ impl Node {
         let rpc = Rpc::EvictMember { node };
         crate::net::swarm::acked(self.handle.request(peer, addrs, rpc).await)
             .map_err(AdminError::President)
+    }
+
+    /// An operator's request that member `requester` forwarded to this node as
+    /// president (a project's submission or change, a token's revocation, an eviction, a
+    /// policy, an alert or its acknowledgement), answered with what it did or why not.
+    pub(crate) async fn handle_forwarded(&self, requester: NodeKey, rpc: Rpc) -> RpcResponse {
+        fn answer<T, E: std::fmt::Display>(
+            result: Result<T, E>,
+            done: impl FnOnce(T) -> RpcResponse,
+        ) -> RpcResponse {
+            match result {
+                Ok(value) => done(value),
+                Err(reason) => RpcResponse::Refused {
+                    reason: reason.to_string(),
+                },
+            }
+        }
+        let ack = |()| RpcResponse::Ack;
+        match rpc {
+            Rpc::SubmitProject {
+                spec,
+                request,
+                override_reason,
+            } => {
+                let submission = crate::driver::projects::Submission {
+                    request: request.as_deref(),
+                    override_reason: override_reason.as_deref(),
+                };
+                let submitted = self.submit_project_as(requester, &spec, submission).await;
+                answer(submitted, |id| RpcResponse::Submitted { id })
+            }
+            Rpc::ChangeProject { id, action, note } => answer(
+                self.change_project_as(requester, &id, &action, note.as_deref())
+                    .await,
+                ack,
+            ),
+            Rpc::RevokeToken { token } => {
+                answer(self.revoke_token_as(requester, &token).await, ack)
+            }
+            Rpc::EvictMember { node } => answer(self.evict_member_as(requester, node).await, ack),
+            Rpc::ApplyPolicy { text } => {
+                answer(self.apply_policy_as(requester, &text).await, |version| {
+                    RpcResponse::PolicyApplied { version }
+                })
+            }
+            Rpc::RaiseAlert { alert } => answer(self.record_alert_as(requester, alert).await, ack),
+            Rpc::AckAlert { id, note } => answer(self.ack_alert(id, &note).await, ack),
+            _ => RpcResponse::Refused {
+                reason: "not an operator's request".into(),
+            },
+        }
     }
 
     /// Counts a refusal (as [`Node::refuse`] does for RPCs) and turns it into the error.

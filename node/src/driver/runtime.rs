@@ -1901,93 +1901,19 @@ impl Node {
                 self.handle_governor_report(sender, state, record).await
             }
             (Rpc::Envelope(bytes), Some(_)) => self.handle_envelope(&bytes).await,
+            // An operator's request another member forwarded to this node as president.
             (
-                Rpc::SubmitProject {
-                    spec,
-                    request,
-                    override_reason,
-                },
+                rpc @ (Rpc::SubmitProject { .. }
+                | Rpc::ChangeProject { .. }
+                | Rpc::RevokeToken { .. }
+                | Rpc::EvictMember { .. }
+                | Rpc::ApplyPolicy { .. }
+                | Rpc::RaiseAlert { .. }
+                | Rpc::AckAlert { .. }),
                 Some(_),
             ) => match NodeKey::from_peer_id(&peer.to_base58()) {
                 None => self.refuse(&crate::roles::authority::Refusal::NonMember),
-                Some(owner) => {
-                    let submission = crate::driver::projects::Submission {
-                        request: request.as_deref(),
-                        override_reason: override_reason.as_deref(),
-                    };
-                    match self.submit_project_as(owner, &spec, submission).await {
-                        Ok(id) => RpcResponse::Submitted { id },
-                        Err(reason) => RpcResponse::Refused {
-                            reason: reason.to_string(),
-                        },
-                    }
-                }
-            },
-            (Rpc::ChangeProject { id, action, note }, Some(_)) => {
-                match NodeKey::from_peer_id(&peer.to_base58()) {
-                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
-                    Some(requester) => {
-                        match self
-                            .change_project_as(requester, &id, &action, note.as_deref())
-                            .await
-                        {
-                            Ok(()) => RpcResponse::Ack,
-                            Err(reason) => RpcResponse::Refused {
-                                reason: reason.to_string(),
-                            },
-                        }
-                    }
-                }
-            }
-            (Rpc::RevokeToken { token }, Some(_)) => {
-                match NodeKey::from_peer_id(&peer.to_base58()) {
-                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
-                    Some(requester) => match self.revoke_token_as(requester, &token).await {
-                        Ok(()) => RpcResponse::Ack,
-                        Err(reason) => RpcResponse::Refused {
-                            reason: reason.to_string(),
-                        },
-                    },
-                }
-            }
-            (Rpc::EvictMember { node }, Some(_)) => {
-                match NodeKey::from_peer_id(&peer.to_base58()) {
-                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
-                    Some(requester) => match self.evict_member_as(requester, node).await {
-                        Ok(()) => RpcResponse::Ack,
-                        Err(reason) => RpcResponse::Refused {
-                            reason: reason.to_string(),
-                        },
-                    },
-                }
-            }
-            (Rpc::ApplyPolicy { text }, Some(_)) => {
-                match NodeKey::from_peer_id(&peer.to_base58()) {
-                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
-                    Some(requester) => match self.apply_policy_as(requester, &text).await {
-                        Ok(version) => RpcResponse::PolicyApplied { version },
-                        Err(reason) => RpcResponse::Refused {
-                            reason: reason.to_string(),
-                        },
-                    },
-                }
-            }
-            (Rpc::RaiseAlert { alert }, Some(_)) => {
-                match NodeKey::from_peer_id(&peer.to_base58()) {
-                    None => self.refuse(&crate::roles::authority::Refusal::NonMember),
-                    Some(sender) => match self.record_alert_as(sender, alert).await {
-                        Ok(()) => RpcResponse::Ack,
-                        Err(reason) => RpcResponse::Refused {
-                            reason: reason.to_string(),
-                        },
-                    },
-                }
-            }
-            (Rpc::AckAlert { id, note }, Some(_)) => match self.ack_alert(id, &note).await {
-                Ok(()) => RpcResponse::Ack,
-                Err(reason) => RpcResponse::Refused {
-                    reason: reason.to_string(),
-                },
+                Some(requester) => self.handle_forwarded(requester, rpc).await,
             },
             (Rpc::Resign { group }, Some(_)) => self.handle_resign(peer, group).await,
             (
