@@ -57,6 +57,7 @@ sim-test: deps
 bench: deps
 	$(CARGO) bench --locked -p aamas-protocol --bench envelope
 	$(CARGO) bench --locked -p aamas-consensus --bench raft
+	$(CARGO) bench --locked -p aamas-node --bench policy
 
 clean:
 	$(CARGO) clean
