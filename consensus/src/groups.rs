@@ -381,13 +381,25 @@ impl Group {
     /// membership this member knows (`None` while it knows none: a member being added
     /// learns the membership from its leader's first entries). One read of the metrics,
     /// for the checks of every inbound Raft RPC.
-    pub fn term_and_membership_of(&self, node: NodeId) -> (u64, Option<bool>) {
-        let watch = self.raft.metrics();
-        let metrics = watch.borrow();
-        let membership = metrics.membership_config.membership();
-        let known = membership.nodes().next().is_some();
-        let member = known.then(|| membership.get_node(&node).is_some());
-        (metrics.current_term, member)
+    ///
+    /// A member of the last membership this node applied counts too: a follower may hold
+    /// a membership change that was never committed (its leader died), and a new leader
+    /// elected under the committed membership must still reach it to overwrite that
+    /// change. Judged by the latest membership alone, such a follower refused the new
+    /// leader for good (seen in a 1,000-node president-failover run).
+    pub async fn term_and_membership_of(&self, node: NodeId) -> (u64, Option<bool>) {
+        let (term, member) = {
+            let watch = self.raft.metrics();
+            let metrics = watch.borrow();
+            let membership = metrics.membership_config.membership();
+            let known = membership.nodes().next().is_some();
+            let member = known.then(|| membership.get_node(&node).is_some());
+            (metrics.current_term, member)
+        };
+        if member == Some(false) && self.machine.applied_membership_has(node).await {
+            return (term, Some(true));
+        }
+        (term, member)
     }
 
     /// The current term.

@@ -677,6 +677,13 @@ impl StateMachineStore {
         read(&self.state.read().await.applied.machine)
     }
 
+    /// Whether `node` is a voter or learner of the last membership this state machine
+    /// applied (a committed one).
+    pub(crate) async fn applied_membership_has(&self, node: NodeId) -> bool {
+        let state = self.state.read().await;
+        state.membership.membership().get_node(&node).is_some()
+    }
+
     fn cf(&self) -> StoreResult<&rocksdb::ColumnFamily> {
         self.db.cf_handle(CF_SM).ok_or_else(|| {
             StorageIOError::read_state_machine(openraft::AnyError::error(

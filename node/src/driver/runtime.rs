@@ -1707,11 +1707,10 @@ impl Node {
         claim: crate::roles::authority::RaftClaim,
     ) -> Result<(), crate::roles::authority::Refusal> {
         self.open_on_contact(group).await;
-        let (term, sender_in_group) = self
-            .groups
-            .get(group)
-            .map(|open| open.term_and_membership_of(sender))
-            .unwrap_or_default();
+        let (term, sender_in_group) = match self.groups.get(group) {
+            Some(open) => open.term_and_membership_of(sender).await,
+            None => Default::default(),
+        };
         let view = crate::roles::authority::GroupView {
             group,
             term,
