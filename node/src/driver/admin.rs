@@ -271,7 +271,7 @@ impl Node {
     }
 
     /// Counts a refusal (as [`Node::refuse`] does for RPCs) and turns it into the error.
-    fn refused(&self, refusal: Refusal) -> AdminError {
+    pub(crate) fn refused(&self, refusal: Refusal) -> AdminError {
         self.refuse(&refusal);
         AdminError::Refused(refusal)
     }

@@ -76,9 +76,14 @@ impl Node {
     /// monitor, and raises the alert it returns (in the background: the outcome's own
     /// path does not wait for it).
     pub(crate) async fn note_outcome(&self, worker: NodeKey, task: &str, attempt: u32, ok: bool) {
-        let threshold = match self.policy().await {
-            Some(policy) => policy.performance.worker_failures_in_a_row,
-            None => None,
+        // Only a failure can reach the threshold: a success does not read the policy
+        // (this runs for every outcome a mayor takes).
+        let threshold = if ok {
+            None
+        } else {
+            self.policy()
+                .await
+                .and_then(|policy| policy.performance.worker_failures_in_a_row)
         };
         let fired = self
             .monitor
@@ -143,12 +148,8 @@ impl Node {
                 .unwrap_or(false),
                 self.identity.node_key(),
             );
-            crate::roles::authority::alert(sender, president, alert.raised_by, monitors).map_err(
-                |refusal| {
-                    self.refuse(&refusal);
-                    AdminError::Refused(refusal)
-                },
-            )?;
+            crate::roles::authority::alert(sender, president, alert.raised_by, monitors)
+                .map_err(|refusal| self.refused(refusal))?;
             let event = Event::PerformanceAlert {
                 metric: alert.metric.clone(),
                 value_milli: alert.value_milli,

@@ -154,10 +154,7 @@ impl Node {
                 self.identity.node_key(),
                 "apply a policy",
             )
-            .map_err(|refusal| {
-                self.refuse(&refusal);
-                AdminError::Refused(refusal)
-            })?;
+            .map_err(|refusal| self.refused(refusal))?;
             let command = RegistryCommand::ApplyPolicy {
                 text: text.to_string(),
                 now_ms: now_ms(),
