@@ -134,6 +134,13 @@ enum Commands {
         #[command(flatten)]
         target: Target,
     },
+    /// Resources: each state's use against its limits, the limits, and ResourceRequests.
+    Resources {
+        #[command(subcommand)]
+        command: Option<ResourcesCommand>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// The mesh's policy document: check a file, apply it, show the one in force.
     Policy {
         #[command(subcommand)]
@@ -292,6 +299,69 @@ enum AlertsCommand {
         /// Its id, as `aamas alerts` prints it.
         id: u64,
         /// What was done about it.
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum ResourcesCommand {
+    /// Each state's use against its limits (the default).
+    Show {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Set a state's limit on a resource (on the president's node).
+    Set {
+        /// The state.
+        state: String,
+        /// cpu_ms, tokens, api_calls or money_micros.
+        resource: String,
+        /// Most per period.
+        amount: u64,
+        /// hour, day, month (30 days) or total.
+        #[arg(long, default_value = "day")]
+        per: String,
+        /// Only raise an alert when reached; a hard limit (the default) stops dispatch.
+        #[arg(long)]
+        soft: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a state's limit on a resource (on the president's node).
+    Unset {
+        /// The state.
+        state: String,
+        /// The resource.
+        resource: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The ResourceRequests, open and decided.
+    Requests {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Approve a ResourceRequest: its state's limit rises (on the president's node).
+    Approve {
+        /// Its id, as `aamas resources requests` prints it.
+        id: u64,
+        /// How much to raise the limit by (default: what was asked).
+        #[arg(long)]
+        amount: Option<u64>,
+        /// Why.
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Deny a ResourceRequest (on the president's node).
+    Deny {
+        /// Its id.
+        id: u64,
+        /// Why.
         #[arg(long, default_value = "")]
         note: String,
         #[command(flatten)]
@@ -882,6 +952,16 @@ fn print_project(project: &serde_json::Value) {
             number(usage, "completion_tokens"),
             cost(number(usage, "cost_micros"))
         );
+        if let Some(used) = usage.get("used") {
+            println!(
+                "measured use (every attempt): {} ms CPU, {} tokens, {} model calls, cost {} \
+                 (`aamas resources` shows the states' limits)",
+                number(used, "cpu_ms"),
+                number(used, "tokens"),
+                number(used, "api_calls"),
+                cost(number(used, "money_micros"))
+            );
+        }
         if let Some(tasks) = usage.get("tasks").and_then(|v| v.as_object()) {
             for (name, task) in tasks {
                 println!(
@@ -894,6 +974,150 @@ fn print_project(project: &serde_json::Value) {
             }
         }
     }
+}
+
+/// `aamas resources ...`.
+fn resources(command: Option<ResourcesCommand>, target: Target) -> Result<()> {
+    match command.unwrap_or(ResourcesCommand::Show { target }) {
+        ResourcesCommand::Show { target } => {
+            let listed = Client::new(&target)?.get("/api/v1/resources")?;
+            if target.json {
+                println!("{listed}");
+                return Ok(());
+            }
+            let states: Vec<aamas_node::driver::resources::StateResources> =
+                serde_json::from_value(listed)?;
+            for state in states {
+                let used = state.used.as_ref();
+                println!(
+                    "state {}{}: {} attempts charged; {} ms CPU, {} tokens, {} model calls, \
+                     cost {}",
+                    state.state,
+                    match state.spent {
+                        Some(resource) => format!(" (HELD: its {resource} limit is spent)"),
+                        None => String::new(),
+                    },
+                    state.attempts,
+                    used.map_or(0, |u| u.cpu_ms),
+                    used.map_or(0, |u| u.tokens),
+                    used.map_or(0, |u| u.api_calls),
+                    cost(used.map_or(0, |u| u.money_micros)),
+                );
+                if used.is_none() {
+                    println!("  (no copy of its Ledger answered: use unknown)");
+                }
+                for limit in &state.limits {
+                    println!(
+                        "  {:<13} {:>12} of {:>12} per {:<6} {}",
+                        limit.resource.name(),
+                        limit.used.map_or("?".to_string(), |u| u.to_string()),
+                        limit.amount,
+                        limit.period.name(),
+                        if limit.hard { "hard" } else { "soft" }
+                    );
+                }
+                for (city, used) in &state.cities {
+                    println!(
+                        "  city {city:<20} {} ms CPU, {} tokens, cost {}",
+                        used.cpu_ms,
+                        used.tokens,
+                        cost(used.money_micros)
+                    );
+                }
+            }
+        }
+        ResourcesCommand::Set {
+            state,
+            resource,
+            amount,
+            per,
+            soft,
+            target,
+        } => {
+            let resource: aamas_consensus::resources::Resource =
+                resource.parse().map_err(anyhow::Error::msg)?;
+            let period: aamas_consensus::resources::Period =
+                per.parse().map_err(anyhow::Error::msg)?;
+            let body = serde_json::json!({"amount": amount, "per": period, "hard": !soft});
+            let path = format!("/api/v1/resources/{state}/{}", resource.name());
+            let set = Client::new(&target)?.call("PUT", &path, Some(&body.to_string()))?;
+            if target.json {
+                println!("{set}");
+            } else {
+                println!(
+                    "state {state}: {} limited to {amount} per {} ({})",
+                    resource.name(),
+                    period.name(),
+                    if soft { "soft" } else { "hard" }
+                );
+            }
+        }
+        ResourcesCommand::Unset {
+            state,
+            resource,
+            target,
+        } => {
+            let resource: aamas_consensus::resources::Resource =
+                resource.parse().map_err(anyhow::Error::msg)?;
+            let path = format!("/api/v1/resources/{state}/{}", resource.name());
+            let removed = Client::new(&target)?.call("DELETE", &path, None)?;
+            if target.json {
+                println!("{removed}");
+            } else {
+                println!("state {state}: no limit on {}", resource.name());
+            }
+        }
+        ResourcesCommand::Requests { target } => {
+            let listed = Client::new(&target)?.get("/api/v1/resources/requests")?;
+            if target.json {
+                println!("{listed}");
+                return Ok(());
+            }
+            let requests: Vec<aamas_node::driver::resources::RequestView> =
+                serde_json::from_value(listed)?;
+            println!(
+                "{:>4} {:<9} {:<16} {:<13} {:>12} reason",
+                "id", "status", "state", "resource", "amount"
+            );
+            for request in requests {
+                println!(
+                    "{:>4} {:<9} {:<16} {:<13} {:>12} {}",
+                    request.id,
+                    request.status,
+                    request.state,
+                    request.resource.name(),
+                    request.amount,
+                    request.reason
+                );
+            }
+        }
+        ResourcesCommand::Approve {
+            id,
+            amount,
+            note,
+            target,
+        } => {
+            let body = serde_json::json!({"amount": amount, "note": note}).to_string();
+            let path = format!("/api/v1/resources/requests/{id}/approve");
+            let approved = Client::new(&target)?.call("POST", &path, Some(&body))?;
+            if target.json {
+                println!("{approved}");
+            } else {
+                println!("approved resource request {id}");
+            }
+        }
+        ResourcesCommand::Deny { id, note, target } => {
+            let body = serde_json::json!({"note": note}).to_string();
+            let path = format!("/api/v1/resources/requests/{id}/deny");
+            let denied = Client::new(&target)?.call("POST", &path, Some(&body))?;
+            if target.json {
+                println!("{denied}");
+            } else {
+                println!("denied resource request {id}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A cost kept in millionths of the price unit, as a decimal.
@@ -1340,6 +1564,7 @@ fn main() -> Result<()> {
         }
         Commands::ApiToken { command } => api_token(command)?,
         Commands::Policy { command } => policy(command)?,
+        Commands::Resources { command, target } => resources(command, target)?,
         Commands::Alerts {
             command: Some(AlertsCommand::Ack { id, note, target }),
             ..

@@ -8,6 +8,8 @@
 //!   Ledger ── cities        name → City (the latest mayor's lease)
 //!          ── tasks         (project, task) → Task (phase, spec, city, worker, attempt, status)
 //!          ── resource_use  resource → amount used
+//!          ── accounts      state | city | worker → Account (use in total and per period)
+//!          ── limits        resource → Limit (the state's, copied from the Registry)
 //!
 //!   task  Pending ──assign (attempt + 1)──► Assigned ──complete──► Succeeded (one result)
 //!            ▲                                │  │
@@ -25,6 +27,7 @@ use aamas_protocol::{NodeKey, Phase};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::{MAX_REASON_BYTES, PhaseProgress, check_name, check_size};
+use crate::resources::{Account, Limit, Resource, Usage, spent_limit};
 
 /// Most cities in one state.
 pub const MAX_CITIES: usize = 1_024;
@@ -38,8 +41,24 @@ pub const MAX_TASK_SPEC_BYTES_TOTAL: u64 = 256 << 20;
 pub const MAX_TASK_ATTEMPTS: u32 = 16;
 /// Most distinct resources whose use is recorded.
 pub const MAX_RESOURCES: usize = 1_024;
+/// How a refused assignment's reason starts when a hard limit is spent.
+pub const SPENT_PREFIX: &str = "the state's hard limit is spent";
 /// Longest lease a mayor may be given or renew to, in milliseconds from `now_ms`.
 pub const MAX_LEASE_MS: u64 = 3_600_000;
+/// Most accounts one ledger keeps: the state's, one per city, and the workers' (a worker
+/// charged once the table is full is counted in the state's and its city's only).
+pub const MAX_ACCOUNTS: usize = 1 + MAX_CITIES + 4_096;
+
+/// Whose account a charge goes to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AccountKey {
+    /// The whole state.
+    State,
+    /// One of its cities.
+    City(String),
+    /// A worker, for the attempts it ran for this state.
+    Worker(NodeKey),
+}
 
 /// A mayor's lease on a city.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +145,10 @@ pub struct Task {
     pub reopened: u32,
     /// What the attempt that succeeded used of a model, when it called one.
     pub usage: Option<TaskUsage>,
+    /// What its charged attempts used, in all ([`LedgerCommand::ChargeAttempt`]).
+    pub used: Usage,
+    /// The last attempt charged (0: none).
+    pub charged: u32,
 }
 
 /// Model use of one task's successful attempt, as the worker measured it from the
@@ -271,6 +294,29 @@ pub enum LedgerCommand {
         /// Its name.
         name: String,
     },
+    /// Charges what the current attempt of a task used, measured by its worker, to the
+    /// task and to the accounts of the state, the attempt's city and its worker. Proposed
+    /// by the mayor before the attempt's outcome; the same attempt again is a duplicate.
+    ChargeAttempt {
+        /// The task.
+        key: TaskKey,
+        /// Its current attempt, assigned.
+        attempt: u32,
+        /// What the attempt used.
+        used: Usage,
+        /// The proposer's time: the windows the charge counts in.
+        now_ms: u64,
+    },
+    /// Puts the state's limits in force, copied by the governor from the Registry
+    /// (`StateInfo::limits`); a version not newer than the one in force is a duplicate.
+    SetLimits {
+        /// The Registry's version of them.
+        version: u64,
+        /// The limits, by resource.
+        limits: BTreeMap<Resource, Limit>,
+        /// The proposer's time.
+        now_ms: u64,
+    },
 }
 
 /// The result of applying a [`LedgerCommand`].
@@ -308,6 +354,15 @@ pub struct Ledger {
     resource_use: BTreeMap<String, u64>,
     /// The sum of all task spec sizes, so that `AddTask` checks the total in O(1).
     task_spec_bytes: u64,
+    accounts: BTreeMap<AccountKey, Account>,
+    /// What the tasks forgotten with their projects used: the state's account is always
+    /// this plus what the tasks it keeps used.
+    forgotten: Usage,
+    limits: BTreeMap<Resource, Limit>,
+    limits_version: u64,
+    /// The latest time a committed command carried (leases, charges, limits): the time
+    /// at which the limits' windows are read.
+    clock_ms: u64,
 }
 
 /// A handler's result: the response, or why the command is rejected.
@@ -368,7 +423,27 @@ impl Ledger {
             } => self.reopen_task(key, *attempts, *reopening),
             C::RecordResourceUse { resource, amount } => self.record_use(resource, *amount),
             C::ForgetProject { project } => self.forget_project(project),
+            C::ChargeAttempt {
+                key,
+                attempt,
+                used,
+                now_ms,
+            } => self.charge_attempt(key, *attempt, used, *now_ms),
+            C::SetLimits {
+                version,
+                limits,
+                now_ms: _,
+            } => self.set_limits(*version, limits),
         };
+        if outcome.is_ok() {
+            if let C::AppointMayor { now_ms, .. }
+            | C::RenewLease { now_ms, .. }
+            | C::ChargeAttempt { now_ms, .. }
+            | C::SetLimits { now_ms, .. } = command
+            {
+                self.clock_ms = self.clock_ms.max(*now_ms);
+            }
+        }
         outcome.unwrap_or_else(|reason| LedgerResponse::Rejected { reason })
     }
 
@@ -483,6 +558,8 @@ impl Ledger {
             transient: false,
             reopened: 0,
             usage: None,
+            used: Usage::default(),
+            charged: 0,
         };
         self.tasks.insert(key.clone(), task);
         self.task_spec_bytes = spec_bytes;
@@ -506,6 +583,8 @@ impl Ledger {
         if status == TaskStatus::Assigned && current == attempt && same_worker {
             return DUPLICATE;
         }
+        self.check_hard_limits(key, worker)?;
+        let task = self.task_mut(key)?;
         if !matches!(status, TaskStatus::Pending | TaskStatus::Assigned) {
             return Err(format!("task {key} is {status:?}; it cannot be assigned"));
         }
@@ -644,8 +723,74 @@ impl Ledger {
             if let Some(task) = self.tasks.remove(&key) {
                 let bytes = task.spec.len() as u64;
                 self.task_spec_bytes = self.task_spec_bytes.saturating_sub(bytes);
+                self.forgotten.add(&task.used);
             }
         }
+        OK
+    }
+
+    /// Under a hard limit, refuses an assignment while a limit is spent, or to a worker
+    /// that runs another task of this state: so spending passes a hard limit by at most
+    /// one attempt per worker (those in flight when it is reached).
+    fn check_hard_limits(&self, key: &TaskKey, worker: NodeKey) -> Result<(), String> {
+        if !self.limits.values().any(|limit| limit.hard) {
+            return Ok(());
+        }
+        if let Some((resource, limit, used)) = self.spent_limit() {
+            return Err(format!(
+                "{SPENT_PREFIX}: {used} {resource} used of {} this {}; an approved \
+                 ResourceRequest raises it",
+                limit.amount, limit.period
+            ));
+        }
+        let busy = self.tasks.iter().any(|(other, task)| {
+            other != key && task.status == TaskStatus::Assigned && task.worker == Some(worker)
+        });
+        if busy {
+            return Err(format!(
+                "worker {worker:?} runs another task of this state; under a hard limit a \
+                 worker runs one at a time"
+            ));
+        }
+        Ok(())
+    }
+
+    fn charge_attempt(
+        &mut self,
+        key: &TaskKey,
+        attempt: u32,
+        used: &Usage,
+        now_ms: u64,
+    ) -> Outcome {
+        let task = self.task_mut(key)?;
+        if attempt <= task.charged {
+            return DUPLICATE;
+        }
+        check_attempt(key, task, attempt)?;
+        task.charged = attempt;
+        task.used.add(used);
+        let (city, worker) = (task.city.clone(), task.worker);
+        let charge = |account: AccountKey, accounts: &mut BTreeMap<AccountKey, Account>| {
+            if accounts.len() < MAX_ACCOUNTS || accounts.contains_key(&account) {
+                accounts.entry(account).or_default().charge(used, now_ms);
+            }
+        };
+        charge(AccountKey::State, &mut self.accounts);
+        if let Some(city) = city {
+            charge(AccountKey::City(city), &mut self.accounts);
+        }
+        if let Some(worker) = worker {
+            charge(AccountKey::Worker(worker), &mut self.accounts);
+        }
+        OK
+    }
+
+    fn set_limits(&mut self, version: u64, limits: &BTreeMap<Resource, Limit>) -> Outcome {
+        if version <= self.limits_version {
+            return DUPLICATE;
+        }
+        self.limits = limits.clone();
+        self.limits_version = version;
         OK
     }
 
@@ -707,6 +852,18 @@ impl Ledger {
         for resource in self.resource_use.keys() {
             assert_eq!(check_name("resource", resource), Ok(()));
         }
+        assert!(self.accounts.len() <= MAX_ACCOUNTS);
+        let mut used = self.forgotten;
+        for task in self.tasks.values() {
+            assert!(task.charged <= task.attempt, "charged an attempt not made");
+            used.add(&task.used);
+        }
+        let state = self.accounts.get(&AccountKey::State).map(|a| a.total);
+        assert_eq!(
+            state.unwrap_or_default(),
+            used,
+            "the state's account miscounted"
+        );
     }
 
     /// All cities by name.
@@ -756,6 +913,28 @@ impl Ledger {
     /// Recorded use by resource.
     pub fn resource_use(&self) -> &BTreeMap<String, u64> {
         &self.resource_use
+    }
+
+    /// The accounts: the state's, its cities' and its workers'.
+    pub fn accounts(&self) -> &BTreeMap<AccountKey, Account> {
+        &self.accounts
+    }
+
+    /// The state's limits in force, and the Registry version they came from.
+    pub fn limits(&self) -> (&BTreeMap<Resource, Limit>, u64) {
+        (&self.limits, self.limits_version)
+    }
+
+    /// The latest time a committed command carried.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// The first hard limit the state has reached, with what it used, at the ledger's
+    /// clock.
+    pub fn spent_limit(&self) -> Option<(Resource, Limit, u64)> {
+        let state = self.accounts.get(&AccountKey::State).copied();
+        spent_limit(&state.unwrap_or_default(), &self.limits, self.clock_ms)
     }
 }
 
@@ -849,6 +1028,130 @@ mod tests {
         assert_eq!(tag(&forget), 10);
         assert_eq!(tag(&overwrite), 11);
         assert_eq!(tag(&C::RemoveCity { name: "c".into() }), 12);
+    }
+
+    fn charge(task: &str, attempt: u32, money: u64) -> C {
+        C::ChargeAttempt {
+            key: key(task),
+            attempt,
+            used: Usage {
+                money_micros: money,
+                cpu_ms: 1,
+                ..Usage::default()
+            },
+            now_ms: NOW_MS,
+        }
+    }
+
+    fn limits(version: u64, money: u64, hard: bool) -> C {
+        let limit = Limit {
+            amount: money,
+            period: crate::resources::Period::Day,
+            hard,
+        };
+        C::SetLimits {
+            version,
+            limits: [(Resource::MoneyMicros, limit)].into_iter().collect(),
+            now_ms: NOW_MS,
+        }
+    }
+
+    fn rejected(ledger: &mut Ledger, command: &C) -> String {
+        match run(ledger, command) {
+            R::Rejected { reason } => reason,
+            other => panic!("{command:?} was not rejected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_attempt_is_charged_once_to_its_task_state_city_and_worker() {
+        let mut ledger = Ledger::default();
+        let north = C::AddCity {
+            name: "north".into(),
+        };
+        for command in [north, add_task("t", 2), assign("t", 1, 1)] {
+            assert_ne!(ledger.apply(&command), R::Duplicate);
+        }
+        // Not yet assigned: nothing to charge.
+        assert!(rejected(&mut ledger, &charge("t", 2, 5)).contains("stale attempt"));
+        script(
+            &mut ledger,
+            &[
+                (charge("t", 1, 5), R::Ok),
+                (charge("t", 1, 5), R::Duplicate),
+                (fail("t", 1), state(S::Pending, 1)),
+                (assign("t", 2, 2), state(S::Assigned, 2)),
+                (charge("t", 2, 7), R::Ok),
+                (complete("t", 2, 9), state(S::Succeeded, 2)),
+            ],
+        );
+        let task = &ledger.tasks()[&key("t")];
+        assert_eq!(
+            (task.used.money_micros, task.used.cpu_ms, task.charged),
+            (12, 2, 2)
+        );
+        let money = |ledger: &Ledger, account| ledger.accounts()[&account].total.money_micros;
+        assert_eq!(money(&ledger, AccountKey::State), 12);
+        assert_eq!(money(&ledger, AccountKey::City("north".into())), 12);
+        assert_eq!(money(&ledger, AccountKey::Worker(node(1))), 5);
+        assert_eq!(money(&ledger, AccountKey::Worker(node(2))), 7);
+        // Forgetting the project keeps the state's account whole.
+        run(
+            &mut ledger,
+            &C::ForgetProject {
+                project: "p1".into(),
+            },
+        );
+        assert_eq!(money(&ledger, AccountKey::State), 12);
+    }
+
+    #[test]
+    fn a_hard_limit_spent_stops_assignments_and_allows_one_task_per_worker() {
+        let mut ledger = Ledger::default();
+        let north = C::AddCity {
+            name: "north".into(),
+        };
+        for command in [north, add_task("a", 1), add_task("b", 1), add_task("c", 1)] {
+            run(&mut ledger, &command);
+        }
+        script(
+            &mut ledger,
+            &[
+                (limits(1, 10, true), R::Ok),
+                (limits(1, 99, true), R::Duplicate),
+                (assign("a", 1, 1), state(S::Assigned, 1)),
+            ],
+        );
+        // Under a hard limit, worker 1 runs one task of the state at a time.
+        assert!(rejected(&mut ledger, &assign("b", 1, 1)).contains("one at a time"));
+        script(
+            &mut ledger,
+            &[
+                (assign("b", 2, 1), state(S::Assigned, 1)),
+                (charge("a", 1, 6), R::Ok),
+                (complete("a", 1, 1), state(S::Succeeded, 1)),
+                (charge("b", 1, 6), R::Ok),
+                (complete("b", 1, 2), state(S::Succeeded, 1)),
+            ],
+        );
+        // 12 of 10 used: spent (overshot by the attempt in flight on the other worker).
+        assert!(rejected(&mut ledger, &assign("c", 1, 1)).starts_with(SPENT_PREFIX));
+        assert_eq!(
+            ledger
+                .spent_limit()
+                .map(|(resource, _, used)| (resource, used)),
+            Some((Resource::MoneyMicros, 12))
+        );
+        // A soft limit never stops anything; a raised hard one lets the task go.
+        script(&mut ledger, &[(limits(2, 10, false), R::Ok)]);
+        assert_eq!(ledger.spent_limit(), None);
+        script(
+            &mut ledger,
+            &[
+                (limits(3, 20, true), R::Ok),
+                (assign("c", 1, 1), state(S::Assigned, 1)),
+            ],
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - `store`: RocksDB storage of many groups in one database (passes openraft's suite).
 //! - `machine`: requests, idempotence by request id, and the per-group state machine.
 //! - `registry`, `ledger`: the federal and state state machines (pure).
+//! - `resources`: what attempts use, accounts per period, and limits (pure).
 //! - `network`: the transport trait (`RaftTransport`) and openraft's network over it.
 //! - `groups`: the groups a node runs; writes, linearizable reads, RPC handlers.
 //! - `heal`: replacing dead voters.
@@ -36,6 +37,7 @@ mod machine;
 mod mirror;
 mod network;
 pub mod registry;
+pub mod resources;
 mod store;
 pub mod testing;
 mod types;

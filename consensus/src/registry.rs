@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::resources::{Limit, Resource};
 use aamas_protocol::{NodeKey, Phase, PublicIdentity};
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +128,51 @@ pub struct StateInfo {
     pub group: Option<StateGroup>,
     /// Its governor as last reported, once it has one.
     pub governor: Option<GovernorRecord>,
+    /// Its limits by resource, set by the president (`aamas resources set`, or an
+    /// approved ResourceRequest); the governor copies them into the state's Ledger.
+    pub limits: BTreeMap<Resource, Limit>,
+    /// Bumped by every change to `limits`.
+    pub limits_version: u64,
+}
+
+/// Most ResourceRequests kept; the oldest decided ones make room.
+pub const MAX_RESOURCE_REQUESTS: usize = 1_024;
+
+/// A request for more of a resource than a state's hard limit allows, raised by a mayor
+/// whose tasks wait, carried up by its governor, decided by the president's operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceRequest {
+    /// The state.
+    pub state: String,
+    /// The resource whose limit is spent.
+    pub resource: Resource,
+    /// How much more it asks for.
+    pub amount: u64,
+    /// Why, for a person.
+    pub reason: String,
+    /// When it was raised, in the proposer's milliseconds.
+    pub raised_ms: u64,
+    /// The mayor that raised it.
+    pub raised_by: NodeKey,
+    /// The governor that carried it up.
+    pub via: NodeKey,
+    /// The decision, once taken.
+    pub decision: Option<ResourceDecision>,
+}
+
+/// A decision on a [`ResourceRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceDecision {
+    /// Approved (the limit rose by `amount`) or denied.
+    pub approved: bool,
+    /// How much the limit rose (0 when denied).
+    pub amount: u64,
+    /// Who decided: `operator` or `policy`.
+    pub by: String,
+    /// The decider's note.
+    pub note: String,
+    /// When, in the proposer's milliseconds.
+    pub decided_ms: u64,
 }
 
 /// How a state's Raft group was founded. Recorded once: exactly one node (the founder)
@@ -561,6 +607,29 @@ pub enum RegistryCommand {
         /// The new group key wrapped for each recipient, all active members.
         wrapped: BTreeMap<NodeKey, Vec<u8>>,
     },
+    /// Sets (or with `None` removes) a state's limit on one resource.
+    SetLimit {
+        /// The state.
+        state: String,
+        /// The resource.
+        resource: Resource,
+        /// The limit.
+        limit: Option<Limit>,
+    },
+    /// Records a ResourceRequest. While one of the same state and resource is open, it
+    /// stands and this is a no-op.
+    RaiseResourceRequest {
+        /// The request (undecided).
+        request: ResourceRequest,
+    },
+    /// Decides an open ResourceRequest: approving raises the state's limit on its
+    /// resource by `amount` in the same step. Deciding it again is a no-op.
+    DecideResourceRequest {
+        /// Its id.
+        id: u64,
+        /// The decision.
+        decision: ResourceDecision,
+    },
 }
 
 /// The result of applying a [`RegistryCommand`].
@@ -601,6 +670,8 @@ pub struct Registry {
     /// Bumped by every change to `members`: readers that rebuild something from every
     /// member (a node's peer book, its inbox roster) skip the rebuild while it stays.
     members_version: u64,
+    resource_requests: BTreeMap<u64, ResourceRequest>,
+    next_resource_request: u64,
 }
 
 /// A handler's result: the response, or why the command is rejected.
@@ -682,6 +753,15 @@ impl Registry {
                 attempt,
                 reason,
             } => self.refuse_plan(id, *phase, *attempt, reason),
+            C::SetLimit {
+                state,
+                resource,
+                limit,
+            } => self.set_limit(state, *resource, *limit),
+            C::RaiseResourceRequest { request } => self.raise_resource_request(request),
+            C::DecideResourceRequest { id, decision } => {
+                self.decide_resource_request(*id, decision)
+            }
         };
         outcome.unwrap_or_else(|reason| RegistryResponse::Rejected { reason })
     }
@@ -1179,6 +1259,79 @@ impl Registry {
         OK
     }
 
+    fn set_limit(&mut self, state: &str, resource: Resource, limit: Option<Limit>) -> Outcome {
+        let info = self.state_mut(state)?;
+        if info.limits.get(&resource).copied() == limit {
+            return OK;
+        }
+        match limit {
+            Some(limit) => info.limits.insert(resource, limit),
+            None => info.limits.remove(&resource),
+        };
+        info.limits_version += 1;
+        OK
+    }
+
+    fn raise_resource_request(&mut self, request: &ResourceRequest) -> Outcome {
+        check_size("request reason", request.reason.len(), MAX_REASON_BYTES)?;
+        if request.decision.is_some() {
+            return Err("a ResourceRequest is raised undecided".to_owned());
+        }
+        self.state_mut(&request.state)?;
+        let open = self.resource_requests.values().any(|open| {
+            open.decision.is_none()
+                && open.state == request.state
+                && open.resource == request.resource
+        });
+        if open {
+            return OK;
+        }
+        if self.resource_requests.len() >= MAX_RESOURCE_REQUESTS {
+            let oldest_decided = self
+                .resource_requests
+                .iter()
+                .find(|(_, request)| request.decision.is_some())
+                .map(|(id, _)| *id);
+            match oldest_decided {
+                Some(id) => {
+                    self.resource_requests.remove(&id);
+                }
+                None => return Err(full("open resource requests", MAX_RESOURCE_REQUESTS)),
+            }
+        }
+        self.next_resource_request += 1;
+        self.resource_requests
+            .insert(self.next_resource_request, request.clone());
+        OK
+    }
+
+    fn decide_resource_request(&mut self, id: u64, decision: &ResourceDecision) -> Outcome {
+        check_size("decision note", decision.note.len(), MAX_NOTE_BYTES)?;
+        check_name("decider", &decision.by)?;
+        let Some(request) = self.resource_requests.get(&id) else {
+            return Err(format!("no resource request {id}"));
+        };
+        if request.decision.is_some() {
+            return OK;
+        }
+        let (state, resource) = (request.state.clone(), request.resource);
+        if decision.approved {
+            let info = self.state_mut(&state)?;
+            if let Some(limit) = info.limits.get_mut(&resource) {
+                limit.amount = limit.amount.saturating_add(decision.amount);
+                info.limits_version += 1;
+            }
+        }
+        let mut decided = decision.clone();
+        if !decided.approved {
+            decided.amount = 0;
+        }
+        if let Some(request) = self.resource_requests.get_mut(&id) {
+            request.decision = Some(decided);
+        }
+        OK
+    }
+
     fn ack_alert(&mut self, id: u64, note: &str, now_ms: u64) -> Outcome {
         check_size("acknowledgement note", note.len(), MAX_NOTE_BYTES)?;
         let Some(alert) = self.alerts.get_mut(&id) else {
@@ -1353,6 +1506,13 @@ impl Registry {
 
     /// Checks the invariants; only a bug can break them, so this panics.
     pub fn validate(&self) {
+        assert!(self.resource_requests.len() <= MAX_RESOURCE_REQUESTS);
+        for request in self.resource_requests.values() {
+            assert!(
+                self.states.contains_key(&request.state),
+                "request of no state"
+            );
+        }
         assert!(self.members.len() <= MAX_MEMBERS);
         for (node, member) in &self.members {
             assert_eq!(*node, member.identity.node, "member keyed by another key");
@@ -1519,6 +1679,11 @@ impl Registry {
     /// The alerts kept, by id (oldest first).
     pub fn alerts(&self) -> &BTreeMap<u64, Alert> {
         &self.alerts
+    }
+
+    /// The ResourceRequests kept, by id (oldest first).
+    pub fn resource_requests(&self) -> &BTreeMap<u64, ResourceRequest> {
+        &self.resource_requests
     }
 
     /// Recorded join tokens by digest.
@@ -1767,6 +1932,84 @@ mod tests {
 
     fn rejected(response: &R) -> bool {
         matches!(response, R::Rejected { .. })
+    }
+
+    #[test]
+    fn an_approved_resource_request_raises_its_states_limit_once() {
+        use crate::resources::{Limit, Period, Resource};
+        let mut registry = Registry::default();
+        let limit = Limit {
+            amount: 100,
+            period: Period::Day,
+            hard: true,
+        };
+        let set = C::SetLimit {
+            state: "north".into(),
+            resource: Resource::MoneyMicros,
+            limit: Some(limit),
+        };
+        refused(&mut registry, &set, "no state");
+        run_ok(&mut registry, &[add_state("north", 0), set.clone(), set]);
+        assert_eq!(registry.states()["north"].limits_version, 1);
+        let request = ResourceRequest {
+            state: "north".into(),
+            resource: Resource::MoneyMicros,
+            amount: 50,
+            reason: "tasks wait".into(),
+            raised_ms: 1,
+            raised_by: node(1),
+            via: node(2),
+            decision: None,
+        };
+        let raise = C::RaiseResourceRequest {
+            request: request.clone(),
+        };
+        // One open request per state and resource.
+        run_ok(&mut registry, &[raise.clone(), raise.clone()]);
+        assert_eq!(registry.resource_requests().len(), 1);
+        let decision = |approved| ResourceDecision {
+            approved,
+            amount: 50,
+            by: "operator".into(),
+            note: "ok".into(),
+            decided_ms: 2,
+        };
+        refused(
+            &mut registry,
+            &C::DecideResourceRequest {
+                id: 9,
+                decision: decision(true),
+            },
+            "no resource request 9",
+        );
+        let approve = C::DecideResourceRequest {
+            id: 1,
+            decision: decision(true),
+        };
+        run_ok(&mut registry, &[approve.clone(), approve]);
+        let info = &registry.states()["north"];
+        assert_eq!(
+            (
+                info.limits[&Resource::MoneyMicros].amount,
+                info.limits_version
+            ),
+            (150, 2)
+        );
+        // Decided: the next one is a new request; denying changes no limit.
+        run_ok(
+            &mut registry,
+            &[
+                raise,
+                C::DecideResourceRequest {
+                    id: 2,
+                    decision: decision(false),
+                },
+            ],
+        );
+        let info = &registry.states()["north"];
+        assert_eq!(info.limits[&Resource::MoneyMicros].amount, 150);
+        let denied = registry.resource_requests()[&2].decision.clone();
+        assert_eq!(denied.map(|d| (d.approved, d.amount)), Some((false, 0)));
     }
 
     /// Two states, members 1 and 2 (1 placed; 2 admitted with a three-use token 7, so

@@ -39,7 +39,9 @@ const SM_MIRROR_SNAPSHOT: &[u8] = b"mirror-snapshot";
 /// eight bytes of group id and a suffix, so this one cannot collide with them.
 const META_FORMAT: &[u8] = b"format";
 
-/// The on-disk format this build reads and writes. Version 4: a Ledger task keeps the
+/// The on-disk format this build reads and writes. Version 5: a Ledger keeps resource
+/// accounts and limits and a task what its attempts used (`Task::used`); a Registry
+/// state keeps limits, and the Registry ResourceRequests. Version 4: a Ledger task keeps the
 /// model use of its result (`Task::usage`), a Registry project its gates' decisions
 /// (`Project::gates`) and may await approval; specs carry gates, prompts and llm
 /// context. Version 3: a Ledger task records
@@ -47,7 +49,7 @@ const META_FORMAT: &[u8] = b"format";
 /// member it was submitted through (`Project::owner`). Version 2: log ids carry a
 /// term only (openraft's `single-term-leader`, standard Raft's one leader per term);
 /// version 1 (unmarked) carried (term, node).
-pub const STORE_FORMAT: u32 = 4;
+pub const STORE_FORMAT: u32 = 5;
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 

@@ -12,7 +12,8 @@
 //!   submit   + POST /api/v1/projects
 //!   operate  + PUT /api/v1/projects/{id}/phase (hold, resume, advance, archive, approve),
 //!            POST /api/v1/alerts/{id}/ack
-//!   admin    + join tokens, API tokens, evicting members, applying a policy
+//!   admin    + join tokens, API tokens, evicting members, applying a policy, resource
+//!            limits and decisions on ResourceRequests
 //! ```
 
 use std::collections::BTreeMap;

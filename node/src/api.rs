@@ -419,6 +419,114 @@ async fn ack_alert(
     }
 }
 
+async fn list_resources(State(api): State<Api>) -> Response {
+    Json(api.node.resources().await).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitBody {
+    amount: u64,
+    per: aamas_consensus::resources::Period,
+    #[serde(default = "hard_by_default")]
+    hard: bool,
+}
+
+fn hard_by_default() -> bool {
+    true
+}
+
+fn resource_of(name: &str) -> Result<aamas_consensus::resources::Resource, Response> {
+    name.parse()
+        .map_err(|failure: String| error(StatusCode::NOT_FOUND, failure))
+}
+
+/// `PUT /api/v1/resources/{state}/{resource}` with `{"amount", "per", "hard"}`: sets
+/// the state's limit (the president's operator only).
+async fn set_limit(
+    State(api): State<Api>,
+    Path((state, resource)): Path<(String, String)>,
+    Json(body): Json<LimitBody>,
+) -> Response {
+    let resource = match resource_of(&resource) {
+        Ok(resource) => resource,
+        Err(response) => return response,
+    };
+    let limit = aamas_consensus::resources::Limit {
+        amount: body.amount,
+        period: body.per,
+        hard: body.hard,
+    };
+    match api.node.set_limit(&state, resource, Some(limit)).await {
+        Ok(()) => {
+            Json(serde_json::json!({"state": state, "resource": resource.name()})).into_response()
+        }
+        Err(failure) => admin_error(failure),
+    }
+}
+
+/// `DELETE /api/v1/resources/{state}/{resource}`: removes the state's limit.
+async fn remove_limit(
+    State(api): State<Api>,
+    Path((state, resource)): Path<(String, String)>,
+) -> Response {
+    let resource = match resource_of(&resource) {
+        Ok(resource) => resource,
+        Err(response) => return response,
+    };
+    match api.node.set_limit(&state, resource, None).await {
+        Ok(()) => {
+            Json(serde_json::json!({"state": state, "removed": resource.name()})).into_response()
+        }
+        Err(failure) => admin_error(failure),
+    }
+}
+
+async fn list_resource_requests(State(api): State<Api>) -> Response {
+    Json(api.node.resource_requests().await).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    #[serde(default)]
+    amount: Option<u64>,
+    #[serde(default)]
+    note: String,
+}
+
+/// `POST /api/v1/resources/requests/{id}/approve` with `{"amount", "note"}`.
+async fn approve_resource_request(
+    State(api): State<Api>,
+    Path(id): Path<u64>,
+    Json(body): Json<DecisionBody>,
+) -> Response {
+    let decided = api
+        .node
+        .decide_resource_request(id, true, body.amount, &body.note)
+        .await;
+    match decided {
+        Ok(()) => Json(serde_json::json!({"approved": id})).into_response(),
+        Err(failure) => admin_error(failure),
+    }
+}
+
+/// `POST /api/v1/resources/requests/{id}/deny` with `{"note"}`.
+async fn deny_resource_request(
+    State(api): State<Api>,
+    Path(id): Path<u64>,
+    Json(body): Json<DecisionBody>,
+) -> Response {
+    let decided = api
+        .node
+        .decide_resource_request(id, false, None, &body.note)
+        .await;
+    match decided {
+        Ok(()) => Json(serde_json::json!({"denied": id})).into_response(),
+        Err(failure) => admin_error(failure),
+    }
+}
+
 /// `DELETE /api/v1/members/{id}`: evicts the member.
 async fn evict_member(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.node.evict_member(&id).await {
@@ -497,6 +605,20 @@ pub async fn serve(
         .route("/api/v1/policy/check", post(check_policy))
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/alerts/{id}/ack", post(ack_alert))
+        .route("/api/v1/resources", get(list_resources))
+        .route("/api/v1/resources/requests", get(list_resource_requests))
+        .route(
+            "/api/v1/resources/requests/{id}/approve",
+            post(approve_resource_request),
+        )
+        .route(
+            "/api/v1/resources/requests/{id}/deny",
+            post(deny_resource_request),
+        )
+        .route(
+            "/api/v1/resources/{state}/{resource}",
+            put(set_limit).delete(remove_limit),
+        )
         .route(
             "/api/v1/api-tokens",
             post(create_api_token).get(list_api_tokens),

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub policy_decisions: Family<Labels, Counter>,
     /// PerformanceAlerts this node (as president) recorded, by metric.
     pub performance_alerts: Family<Labels, Counter>,
+    /// ResourceRequests this node (as president) recorded, by resource.
+    pub resource_requests: Family<Labels, Counter>,
     /// Evicted members this node blocked (their connections closed and refused).
     pub members_evicted: Counter,
     /// Requests refused, by reason (e.g. `non_member`).
@@ -87,6 +89,7 @@ impl Default for Metrics {
             api_forbidden: Counter::default(),
             policy_decisions: Family::default(),
             performance_alerts: Family::default(),
+            resource_requests: Family::default(),
             rpc_refused: Family::default(),
             gossip_rejected: Family::default(),
             gossip_accepted: Family::default(),
@@ -140,6 +143,11 @@ impl Default for Metrics {
             "performance_alerts",
             "PerformanceAlerts this node recorded as president, by metric",
             metrics.performance_alerts.clone(),
+        );
+        registry.register(
+            "resource_requests",
+            "ResourceRequests this node recorded as president, by resource",
+            metrics.resource_requests.clone(),
         );
         registry.register(
             "policy_decisions",

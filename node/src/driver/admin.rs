@@ -50,6 +50,12 @@ pub enum AdminError {
     /// No member has that id.
     #[error("no member {0}")]
     NoSuchMember(String),
+    /// No ResourceRequest has that id.
+    #[error("no resource request {0}; `aamas resources requests` lists them")]
+    NoSuchRequest(u64),
+    /// A member that had to take part did not answer.
+    #[error("a member did not answer: {0}")]
+    Unreachable(String),
     /// The requester may not do it.
     #[error(transparent)]
     Refused(Refusal),
@@ -82,9 +88,12 @@ impl AdminError {
                 400
             }
             Self::Refused(_) | Self::President(Unacked::Refused { .. }) => 403,
-            Self::NoSuchMember(_) => 404,
+            Self::NoSuchMember(_) | Self::NoSuchRequest(_) => 404,
             Self::NotCommitted(WriteError::Rejected(_)) => 409,
-            Self::NoPresident | Self::NotCommitted(_) | Self::President(_) => 503,
+            Self::NoPresident
+            | Self::NotCommitted(_)
+            | Self::President(_)
+            | Self::Unreachable(_) => 503,
         }
     }
 }
@@ -264,6 +273,27 @@ impl Node {
             }
             Rpc::RaiseAlert { alert } => answer(self.record_alert_as(requester, alert).await, ack),
             Rpc::AckAlert { id, note } => answer(self.ack_alert(id, &note).await, ack),
+            Rpc::RaiseResourceRequest { request } => {
+                answer(self.carry_resource_request(requester, request).await, ack)
+            }
+            Rpc::SetLimit {
+                state,
+                resource,
+                limit,
+            } => answer(
+                self.set_limit_as(requester, &state, resource, limit).await,
+                ack,
+            ),
+            Rpc::DecideResourceRequest {
+                id,
+                approve,
+                amount,
+                note,
+            } => answer(
+                self.decide_resource_request_as(requester, id, approve, amount, &note)
+                    .await,
+                ack,
+            ),
             _ => RpcResponse::Refused {
                 reason: "not an operator's request".into(),
             },

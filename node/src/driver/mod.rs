@@ -14,6 +14,8 @@
 //!   projects   projects as users see them: submit, list, show, change
 //!   admin      join tokens (list, revoke) and members (evict), through the president
 //!   alerts     PerformanceAlerts: raised by a mayor's monitor, recorded by the president
+//!   resources  accounts, limits and ResourceRequests: charged by mayors, limits copied
+//!              by governors, requests carried up to the president
 //!   policy     the policy in force: applied through the president, consulted at
 //!              submission and admission, each decision counted
 //!   artifacts  task outputs: kept by the worker, copied to the state's voters before
@@ -32,6 +34,7 @@ pub mod mirroring;
 pub(crate) mod owner;
 pub mod policy;
 pub mod projects;
+pub mod resources;
 pub mod runtime;
 pub mod states;
 pub mod work;

@@ -70,6 +70,10 @@ pub struct ProjectUsage {
     pub cost_micros: u64,
     /// Each task that called a model, by name.
     pub tasks: BTreeMap<String, aamas_consensus::ledger::TaskUsage>,
+    /// What every charged attempt of its tasks used, as their workers measured it (the
+    /// project's share of its states' accounts).
+    #[serde(default)]
+    pub used: aamas_consensus::resources::Usage,
 }
 
 impl ProjectUsage {
@@ -77,6 +81,7 @@ impl ProjectUsage {
     pub fn of(tasks: &[TaskView]) -> Option<ProjectUsage> {
         let mut sum = ProjectUsage::default();
         for task in tasks {
+            sum.used.add(&task.used);
             let Some(usage) = &task.usage else { continue };
             sum.prompt_tokens = sum.prompt_tokens.saturating_add(usage.prompt_tokens);
             sum.completion_tokens = sum
@@ -85,7 +90,7 @@ impl ProjectUsage {
             sum.cost_micros = sum.cost_micros.saturating_add(usage.cost_micros);
             sum.tasks.insert(task.name.clone(), usage.clone());
         }
-        (!sum.tasks.is_empty()).then_some(sum)
+        (!sum.tasks.is_empty() || !sum.used.is_zero()).then_some(sum)
     }
 }
 
@@ -210,6 +215,7 @@ impl Node {
                                     reason: task.failure.clone(),
                                     reopened: task.reopened,
                                     usage: task.usage.clone(),
+                                    used: task.used,
                                 })
                                 .collect()
                         })

@@ -402,6 +402,8 @@ pub struct Node {
     pub(crate) policy_cache: Mutex<Option<(u64, Arc<crate::governance::policy::Policy>)>>,
     /// This node's view, as a mayor, of its workers' outcomes.
     pub(crate) monitor: Mutex<crate::governance::monitor::Monitor>,
+    /// When this node, as a mayor, last asked for more of each state's resource.
+    pub(crate) resource_asks: Mutex<BTreeMap<(String, aamas_consensus::resources::Resource), u64>>,
     /// Evicted members this node has blocked (see [`Node::enforce_evictions`]).
     pub(crate) blocked: Mutex<std::collections::HashSet<PeerId>>,
     /// The Registry's members version at the last rebuild of the book and the roster.
@@ -1908,7 +1910,10 @@ impl Node {
                 | Rpc::EvictMember { .. }
                 | Rpc::ApplyPolicy { .. }
                 | Rpc::RaiseAlert { .. }
-                | Rpc::AckAlert { .. }),
+                | Rpc::AckAlert { .. }
+                | Rpc::RaiseResourceRequest { .. }
+                | Rpc::SetLimit { .. }
+                | Rpc::DecideResourceRequest { .. }),
                 Some(_),
             ) => match NodeKey::from_peer_id(&peer.to_base58()) {
                 None => self.refuse(&crate::roles::authority::Refusal::NonMember),
@@ -1941,6 +1946,9 @@ impl Node {
             ) => self.handle_artifact_range(&project, &digest, offset, max),
             (Rpc::ProjectTasks { project }, Some(_)) => {
                 RpcResponse::Tasks(self.project_tasks(&project).await)
+            }
+            (Rpc::StateAccounts { state }, Some(_)) => {
+                RpcResponse::Accounts(self.local_accounts(&state).await)
             }
             (
                 Rpc::Mirror {
@@ -2560,6 +2568,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         blocked: Mutex::new(std::collections::HashSet::new()),
         policy_cache: Mutex::new(None),
         monitor: Mutex::new(crate::governance::monitor::Monitor::default()),
+        resource_asks: Mutex::new(BTreeMap::new()),
         members_seen: Mutex::new(None),
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),

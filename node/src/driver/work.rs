@@ -65,6 +65,23 @@ pub const BATCH_ACTION: &str = "batch";
 pub const MAX_OUTCOME_OUTPUT: usize = 64 << 10;
 pub use crate::roles::governor::{NewTask, StateProgress, TaskReport};
 
+/// Where a state a mayor dispatches for stands against its hard limits.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// No hard limit.
+    Free,
+    /// Hard limits, none spent: one task per worker at a time.
+    Limited,
+    /// A hard limit spent (resource, limit, used): nothing new is dispatched.
+    Spent(
+        (
+            aamas_consensus::resources::Resource,
+            aamas_consensus::resources::Limit,
+            u64,
+        ),
+    ),
+}
+
 /// The work messages, carried in Command and Report payloads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Work {
@@ -81,7 +98,7 @@ pub enum Work {
     Propose {
         /// The mayor's city.
         city: String,
-        /// The command: AssignTask, CompleteTask or FailTask.
+        /// The command: AssignTask, ChargeAttempt, CompleteTask or FailTask.
         command: LedgerCommand,
     },
     /// Mayor → worker (Command): run this attempt.
@@ -602,7 +619,7 @@ impl Node {
 
     /// Commits `command` to `group`'s Ledger; `Ok(true)` when it changed the Ledger,
     /// `Ok(false)` when its effect was there already (a retry).
-    async fn ledger_write(
+    pub(crate) async fn ledger_write(
         &self,
         group: &Group,
         key: &[&[u8]],
@@ -1184,6 +1201,21 @@ impl Node {
         }
         self.note_outcome(sender, &key.to_string(), attempt, result.is_ok())
             .await;
+        // What the attempt used is charged before its outcome commits, once (a repeated
+        // charge is a duplicate): a mayor reading the Ledger never sees a finished
+        // attempt whose use is not yet counted against the state's limits.
+        if let Ok(execution) = &result {
+            let used = execution.used();
+            if !used.is_zero() && task.charged < attempt {
+                let charge = LedgerCommand::ChargeAttempt {
+                    key: key.clone(),
+                    attempt,
+                    used,
+                    now_ms: now_ms(),
+                };
+                self.propose_to_governor(&group, city, charge).await?;
+            }
+        }
         let command = match &result {
             Ok(execution) => LedgerCommand::CompleteTask {
                 key: key.clone(),
@@ -1248,22 +1280,28 @@ impl Node {
         None
     }
 
+    /// The member that leads `group` (its governor), as far as this node knows.
+    async fn group_leader_key(&self, group: &Group) -> Option<NodeKey> {
+        let leader = group.leader()?;
+        self.registry(|registry| {
+            registry
+                .active_members()
+                .map(|(key, _)| *key)
+                .find(|key| self.id_of(key) == leader)
+        })
+        .await
+        .flatten()
+    }
+
     async fn propose_to_governor(
         &self,
         group: &Group,
         city: &str,
         command: LedgerCommand,
     ) -> Result<(), WorkError> {
-        let leader = group.leader().ok_or(WorkError::NoGovernor)?;
         let governor = self
-            .registry(|registry| {
-                registry
-                    .active_members()
-                    .map(|(key, _)| *key)
-                    .find(|key| self.id_of(key) == leader)
-            })
+            .group_leader_key(group)
             .await
-            .flatten()
             .ok_or(WorkError::NoGovernor)?;
         let work = Work::Propose {
             city: city.to_string(),
@@ -1358,11 +1396,16 @@ impl Node {
             // The cities whose lease this node holds, and each one's tasks: its assigned
             // ones, and the pending ones that hash to it among the state's cities; and
             // every worker's running tasks in the state.
-            let (mine, running) = group
+            let (mine, running, budget) = group
                 .read_local(|machine| {
                     let mut running: BTreeMap<NodeKey, u32> = BTreeMap::new();
                     let Some(ledger) = machine.ledger() else {
-                        return (Vec::new(), running);
+                        return (Vec::new(), running, Budget::Free);
+                    };
+                    let budget = match ledger.spent_limit() {
+                        Some(spent) => Budget::Spent(spent),
+                        None if ledger.limits().0.values().any(|l| l.hard) => Budget::Limited,
+                        None => Budget::Free,
                     };
                     let all: Vec<String> = ledger.cities().keys().cloned().collect();
                     type Open = Vec<(TaskKey, aamas_consensus::ledger::Task)>;
@@ -1377,7 +1420,7 @@ impl Node {
                         .collect();
                     // Most members of a state hold no city: they need no look at all.
                     if mine.is_empty() {
-                        return (Vec::new(), running);
+                        return (Vec::new(), running, budget);
                     }
                     // One pass over the tasks, each to its city.
                     for (key, task) in ledger.tasks() {
@@ -1399,7 +1442,7 @@ impl Node {
                         .into_iter()
                         .map(|(city, open)| (city.to_string(), open))
                         .collect();
-                    (mine, running)
+                    (mine, running, budget)
                 })
                 .await;
             // A city's lease makes its holder the mayor, whatever its queue.
@@ -1412,15 +1455,32 @@ impl Node {
             if mine.iter().all(|(_, tasks)| tasks.is_empty()) {
                 continue;
             }
+            // A spent hard limit holds the pending tasks back, and asks the governor for
+            // more; under a hard limit each worker runs one task of the state at a time.
+            if let Budget::Spent(spent) = budget {
+                let waiting = mine
+                    .iter()
+                    .flat_map(|(_, tasks)| tasks)
+                    .filter(|(_, task)| task.status == TaskStatus::Pending)
+                    .count();
+                let governor = self.group_leader_key(&group).await;
+                if let (true, Some(governor)) = (waiting > 0, governor) {
+                    self.ask_for_resources(&state, governor, spent, waiting);
+                }
+            }
             // Every member can work; the state's own members come first.
             let workers: BTreeMap<NodeKey, Worker> = self
                 .registry(|registry| {
                     registry
                         .active_members()
                         .map(|(key, member)| {
+                            let capacity = match budget {
+                                Budget::Free => member.capacity,
+                                Budget::Limited | Budget::Spent(_) => member.capacity.min(1),
+                            };
                             let worker = Worker {
                                 skills: member.skills.clone(),
-                                capacity: member.capacity,
+                                capacity,
                                 in_state: member.state.as_deref() == Some(state.as_str()),
                             };
                             (*key, worker)
@@ -1436,6 +1496,7 @@ impl Node {
                 workers,
                 load: running,
                 cities: mine,
+                hold: matches!(budget, Budget::Spent(_)),
             });
         }
         let alive: BTreeSet<NodeKey> = if states.is_empty() {
@@ -1666,6 +1727,7 @@ impl Node {
                 eligible,
             });
         }
+        self.sync_limits(&governed);
         let president = self.president_key();
         governor.handle(
             now,
@@ -2017,6 +2079,7 @@ mod tests {
                 output_truncated: true,
                 digest: None,
                 usage: None,
+                cpu_ms: 0,
             }),
         };
         let payload = Payload::Report(Report {

@@ -83,7 +83,8 @@ mod tests {
                 output: String::new(),
                 output_truncated: false,
                 digest: None,
-                usage: None
+                usage: None,
+                cpu_ms: 0,
             }
         );
     }

@@ -544,6 +544,7 @@ fn parse_reply(body: &[u8]) -> Result<Execution, MalformedReply> {
         output_truncated: choice.finish_reason.as_deref() == Some("length"),
         digest: None,
         usage,
+        cpu_ms: 0,
     })
 }
 
@@ -721,6 +722,7 @@ mod tests {
                     // 12 x 2.5 + 5 x 10 millionths.
                     cost_micros: 80,
                 }),
+                cpu_ms: 0,
             }
         );
         let seen = server.seen.lock().unwrap().clone();

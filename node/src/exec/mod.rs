@@ -72,6 +72,9 @@ pub struct Execution {
     pub digest: Option<[u8; 32]>,
     /// Tokens an LLM endpoint reported using, when it reported them.
     pub usage: Option<TokenUsage>,
+    /// CPU time of the task's processes (user and system, the shell and every child it
+    /// waited for), measured by the worker; 0 for tasks run inside the node.
+    pub cpu_ms: u64,
 }
 
 impl Execution {
@@ -81,6 +84,19 @@ impl Execution {
             output_truncated: false,
             digest: None,
             usage: None,
+            cpu_ms: 0,
+        }
+    }
+
+    /// What the attempt used, as its account is charged: measured CPU, and the tokens,
+    /// call and cost of a model's reply.
+    pub fn used(&self) -> aamas_consensus::resources::Usage {
+        let usage = self.usage.as_ref();
+        aamas_consensus::resources::Usage {
+            cpu_ms: self.cpu_ms,
+            tokens: usage.map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens)),
+            api_calls: u64::from(usage.is_some()),
+            money_micros: usage.map_or(0, |u| u.cost_micros),
         }
     }
 }

@@ -164,20 +164,20 @@ pub(super) async fn run_shell(
             let _ = stdin.write_all(input.as_bytes()).await;
             drop(stdin);
         };
-        let ((), stdout, stderr, status) = tokio::join!(
+        let ((), stdout, stderr, (status, cpu_ms)) = tokio::join!(
             feed,
             read_capped(stdout, output_cap),
             read_tail(stderr, SHELL_STDERR_TAIL_BYTES),
-            child.wait()
+            wait_measuring(&mut child)
         );
-        (stdout, stderr, status)
+        (stdout, stderr, status, cpu_ms)
     })
     .await;
     // Whatever the command left running in its group goes with it. The shell has been
     // reaped only if it exited; its group id stays unused while stragglers remain, and a
     // new process reusing it within microseconds would need the pid space to wrap.
     kill_process_group(group);
-    let (stdout, stderr, status) = match finished {
+    let (stdout, stderr, status, cpu_ms) = match finished {
         Ok(finished) => finished,
         Err(_) => {
             if tokio::time::timeout(SHELL_REAP_TIMEOUT, child.kill())
@@ -212,7 +212,51 @@ pub(super) async fn run_shell(
         output_truncated: truncated,
         digest: None,
         usage: None,
+        cpu_ms,
     })
+}
+
+/// Waits for the shell and measures the CPU time it and the children it waited for used:
+/// `waitid(WNOWAIT)` leaves the exited shell a zombie, whose `/proc/PID/stat` still holds
+/// its own and its children's times, and only then does tokio reap it. 0 when the times
+/// cannot be read.
+async fn wait_measuring(child: &mut tokio::process::Child) -> (std::io::Result<ExitStatus>, u64) {
+    let cpu_ms = match child.id() {
+        Some(pid) => tokio::task::spawn_blocking(move || zombie_cpu_ms(pid))
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    (child.wait().await, cpu_ms.unwrap_or(0))
+}
+
+/// The CPU time of exited (not yet reaped) child `pid` and of the children it waited for,
+/// in milliseconds; blocks until it exits.
+fn zombie_cpu_ms(pid: u32) -> Option<u64> {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let raw = i32::try_from(pid).ok()?;
+    waitid(
+        Id::Pid(nix::unistd::Pid::from_raw(raw)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+    )
+    .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_ms_of_stat(&stat)
+}
+
+/// utime + stime + cutime + cstime (fields 14 to 17 of `/proc/PID/stat`, counted after
+/// the command name, which may hold spaces and parentheses) in milliseconds. The kernel
+/// reports them in USER_HZ, which is 100 on Linux.
+fn cpu_ms_of_stat(stat: &str) -> Option<u64> {
+    const USER_HZ: u64 = 100;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // `rest` starts at field 3 (the state).
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11..15)?.iter().try_fold(0u64, |sum, field| {
+        Some(sum.saturating_add(field.parse::<u64>().ok()?))
+    })?;
+    Some(ticks.saturating_mul(1_000 / USER_HZ))
 }
 
 /// Reads all of `reader`, keeping the first `cap` bytes; the rest is read and discarded so
@@ -391,7 +435,8 @@ mod tests {
                 output: "got:hello".to_owned(),
                 output_truncated: false,
                 digest: None,
-                usage: None
+                usage: None,
+                cpu_ms: execution.cpu_ms,
             }
         );
     }
@@ -554,6 +599,23 @@ mod tests {
             );
         }
         assert!(names.contains(&"PATH"));
+    }
+
+    #[tokio::test]
+    async fn shell_cpu_time_is_measured_from_the_shell_and_its_children() {
+        // The loop runs in a child of the task's shell, as a real command's programs do.
+        let command = "sh -c 'i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done'; echo done";
+        let execution = run(&shell(command), "", LONG).await.unwrap();
+        assert_eq!(execution.output, "done\n");
+        assert!(execution.cpu_ms >= 10, "{} ms", execution.cpu_ms);
+        assert_eq!(execution.used().cpu_ms, execution.cpu_ms);
+    }
+
+    #[test]
+    fn cpu_times_are_read_after_a_command_name_with_spaces() {
+        let stat = "42 (a b) c) Z 1 42 42 0 -1 4228 1 2 0 0 7 3 20 10 20 0 1 0 5";
+        assert_eq!(cpu_ms_of_stat(stat), Some((7 + 3 + 20 + 10) * 10));
+        assert_eq!(cpu_ms_of_stat("42 (sh) Z 1"), None);
     }
 
     #[tokio::test]

@@ -93,6 +93,37 @@ pub enum Rpc {
         /// The operator's note.
         note: String,
     },
+    /// A ResourceRequest: from a mayor whose tasks wait to its governor, and from the
+    /// governor (its `via`) to the president.
+    RaiseResourceRequest {
+        /// The request.
+        request: aamas_consensus::registry::ResourceRequest,
+    },
+    /// An operator's limit on a state's resource, for the president.
+    SetLimit {
+        /// The state.
+        state: String,
+        /// The resource.
+        resource: aamas_consensus::resources::Resource,
+        /// The limit; `None` removes it.
+        limit: Option<aamas_consensus::resources::Limit>,
+    },
+    /// An operator's decision on a ResourceRequest, for the president.
+    DecideResourceRequest {
+        /// The request's id.
+        id: u64,
+        /// Approve or deny.
+        approve: bool,
+        /// How much to raise the limit by (default: what was asked).
+        amount: Option<u64>,
+        /// The operator's note.
+        note: String,
+    },
+    /// A state's resource accounts, from a node that holds its Ledger.
+    StateAccounts {
+        /// The state.
+        state: String,
+    },
     /// An operator's eviction of a member, for the president.
     EvictMember {
         /// The member.
@@ -214,6 +245,9 @@ pub enum RpcResponse {
     },
     /// To [`Rpc::ProjectTasks`].
     Tasks(Vec<TaskView>),
+    /// A state's resource accounts and its Ledger's clock, or `None` when this node holds
+    /// no copy of its Ledger.
+    Accounts(Option<StateAccounts>),
     /// The sender is not allowed to make this request.
     Refused {
         /// Why.
@@ -248,6 +282,23 @@ pub struct TaskView {
     /// What its result used of a model, when it called one.
     #[serde(default)]
     pub usage: Option<aamas_consensus::ledger::TaskUsage>,
+    /// What its charged attempts used, in all, as measured by their workers.
+    #[serde(default)]
+    pub used: aamas_consensus::resources::Usage,
+}
+
+/// A state's resource accounts as its Ledger keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateAccounts {
+    /// The accounts: the state's, its cities' and its workers'.
+    pub accounts: Vec<(
+        aamas_consensus::ledger::AccountKey,
+        aamas_consensus::resources::Account,
+    )>,
+    /// The Ledger's clock (the latest time a command carried), at which windows are read.
+    pub clock_ms: u64,
+    /// The Registry version of the limits the Ledger enforces.
+    pub limits_version: u64,
 }
 
 /// A joining node's request.

@@ -120,6 +120,12 @@ pub enum Refusal {
     /// on behalf of another.
     #[error("only a mayor or governor of record raises alerts, and only its own")]
     NotAMonitor,
+    /// A ResourceRequest carried by a member that does not govern its state.
+    #[error("the sender is not the governor of state {state}")]
+    NotTheGovernor {
+        /// The state.
+        state: String,
+    },
     /// An eviction of the president itself.
     #[error("the president cannot evict itself: stop it, and evict it from the next president")]
     EvictsPresident,
@@ -146,6 +152,7 @@ impl Refusal {
             Refusal::NotPresident { .. } => "not_president",
             Refusal::EvictsPresident => "evicts_president",
             Refusal::NotAMonitor => "not_a_monitor",
+            Refusal::NotTheGovernor { .. } => "not_the_governor",
         }
     }
 }

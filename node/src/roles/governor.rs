@@ -592,6 +592,9 @@ impl Governor {
                     LedgerCommand::FailTask { key, attempt, .. } => {
                         (b"fail", key, attempt, Vec::new())
                     }
+                    LedgerCommand::ChargeAttempt { key, attempt, .. } => {
+                        (b"charge", key, attempt, Vec::new())
+                    }
                     _ => return Err(Refused::NotAMayorsCommand),
                 };
                 let request = vec![

@@ -108,6 +108,9 @@ pub struct StateTasks {
     /// Each city's open tasks: the pending ones that fall to it, and those assigned
     /// through it.
     pub cities: Vec<(String, Vec<(TaskKey, Task)>)>,
+    /// A hard limit of the state is spent: no attempt is dispatched (a new one, or the
+    /// next after a lost or overdue one) until it rises.
+    pub hold: bool,
 }
 
 /// What the mayor learns.
@@ -181,6 +184,8 @@ struct Look<'a> {
     workers: &'a BTreeMap<NodeKey, Worker>,
     alive: &'a BTreeSet<NodeKey>,
     load: BTreeMap<NodeKey, u32>,
+    /// The state's hard limit is spent: nothing is dispatched.
+    hold: bool,
     /// No worker can take a task that needs nothing, or one that needs shell.
     full: bool,
     full_for_shell: bool,
@@ -221,6 +226,7 @@ impl Mayor {
                         workers: &state.workers,
                         alive,
                         load: state.load.clone(),
+                        hold: state.hold,
                         full: false,
                         full_for_shell: false,
                     };
@@ -384,7 +390,7 @@ impl Mayor {
         // Which workers can take a task depends only on whether it needs shell (which
         // one is preferred depends on more): once none can, none can for the rest of
         // this look.
-        if look.full || (needs.is_some() && look.full_for_shell) {
+        if look.hold || look.full || (needs.is_some() && look.full_for_shell) {
             return;
         }
         let none = BTreeSet::new();
@@ -465,6 +471,8 @@ mod tests {
             transient: false,
             reopened: 0,
             usage: None,
+            used: Default::default(),
+            charged: 0,
         }
     }
 
@@ -504,6 +512,16 @@ mod tests {
         tasks: Vec<(TaskKey, Task)>,
         alive: &[u8],
     ) -> Vec<Command> {
+        tick_holding(mayor, now_ms, tasks, alive, false)
+    }
+
+    fn tick_holding(
+        mayor: &mut Mayor,
+        now_ms: u64,
+        tasks: Vec<(TaskKey, Task)>,
+        alive: &[u8],
+        hold: bool,
+    ) -> Vec<Command> {
         let alive: BTreeSet<NodeKey> = alive.iter().map(|n| node(*n)).collect();
         let load = tasks
             .iter()
@@ -517,6 +535,7 @@ mod tests {
             workers: workers(),
             load,
             cities: vec![("c-1".to_string(), tasks)],
+            hold,
         }];
         mayor.handle(
             now_ms,
@@ -566,6 +585,28 @@ mod tests {
         );
         // a: the skilled worker; b: the other (the skilled one is full); c: nobody free.
         assert_eq!(out, vec![assign("a", 2, 1), assign("b", 1, 1)]);
+    }
+
+    #[test]
+    fn a_spent_limit_holds_new_attempts_and_lets_running_ones_finish() {
+        let mut mayor = Mayor::new();
+        let tasks = vec![
+            (key("a"), pending(None, 0)),
+            (key("b"), assigned(1, 1)),
+            // Overdue on a lost worker, with attempts left: not reassigned while held.
+            (key("c"), assigned(9, 1)),
+        ];
+        let held = tick_holding(&mut mayor, 0, tasks.clone(), &[1, 2], true);
+        assert_eq!(held, vec![execute("b", 1, 1), execute("c", 9, 1)]);
+        let held = tick_holding(&mut mayor, 1_000_000, tasks.clone(), &[1, 2], true);
+        assert!(
+            held.iter()
+                .all(|command| !matches!(command, Command::Propose { .. })),
+            "{held:?}"
+        );
+        // Once the limit rises, the pending task goes to the free worker.
+        let freed = tick_holding(&mut mayor, 1_000_001, tasks, &[1, 2], false);
+        assert!(freed.contains(&assign("a", 2, 1)), "{freed:?}");
     }
 
     #[test]

@@ -1,0 +1,598 @@
+//! Resources (seed §6.2): each state's accounts of what its attempts used, its limits
+//! per period, and the ResourceRequests that go up the hierarchy when a hard limit holds
+//! its tasks back.
+//!
+//! ```text
+//!   aamas resources set STATE RESOURCE AMOUNT --per day ─► president ─► Registry SetLimit
+//!   governor: Registry limits (newer version) ──────────► Ledger SetLimits
+//!   worker:   attempt measured ─► outcome ─► mayor ─► Ledger ChargeAttempt, then the result
+//!   mayor:    a hard limit spent ─► holds its pending tasks (the Ledger refuses them too)
+//!             ─► RaiseResourceRequest ─► governor (checks the mayor) ─► president
+//!             (checks the governor) ─► Registry RaiseResourceRequest
+//!   aamas resources approve ID ─► president ─► Registry DecideResourceRequest: the limit
+//!             rises in the same step; the governor copies it; the mayor dispatches again
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aamas_consensus::Group;
+use aamas_consensus::ledger::{AccountKey, LedgerCommand};
+use aamas_consensus::registry::{RegistryCommand, ResourceDecision, ResourceRequest};
+use aamas_consensus::resources::{Account, Limit, Period, Resource, Usage};
+use aamas_protocol::NodeKey;
+use serde::{Deserialize, Serialize};
+
+use crate::driver::admin::AdminError;
+use crate::driver::runtime::{Node, now_ms};
+use crate::net::wire::{Rpc, RpcResponse, StateAccounts};
+use crate::roles::authority::Refusal;
+
+/// How often a mayor whose tasks a spent limit holds back asks again (the Registry keeps
+/// one open request per state and resource, so asking again only covers a lost one).
+pub const RESOURCE_ASK_EVERY_MS: u64 = 30_000;
+/// How long a direct question to another member (its accounts, a request) may take.
+const ASK_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One limit of a state and what was used against it in its current window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitView {
+    /// The resource.
+    pub resource: Resource,
+    /// Most per period.
+    pub amount: u64,
+    /// The period.
+    pub period: Period,
+    /// Hard (dispatch stops) or soft (an alert).
+    pub hard: bool,
+    /// Used in the current window; `None` when no copy of the state's Ledger answered.
+    pub used: Option<u64>,
+}
+
+/// A state's resources as `aamas resources show` prints them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateResources {
+    /// The state.
+    pub state: String,
+    /// Its limits with their use.
+    pub limits: Vec<LimitView>,
+    /// Everything its attempts used; `None` when no copy of its Ledger answered.
+    pub used: Option<Usage>,
+    /// Attempts charged.
+    pub attempts: u64,
+    /// Use by city.
+    pub cities: BTreeMap<String, Usage>,
+    /// Use by worker (peer id).
+    pub workers: BTreeMap<String, Usage>,
+    /// The hard limit that holds its tasks back, if one does.
+    pub spent: Option<Resource>,
+    /// The Registry's version of its limits.
+    pub limits_version: u64,
+    /// The version its Ledger enforces (the governor copies newer ones in); `None` when
+    /// no copy of its Ledger answered.
+    pub limits_in_force: Option<u64>,
+}
+
+/// A ResourceRequest as `aamas resources requests` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestView {
+    /// Its id (for `approve` and `deny`).
+    pub id: u64,
+    /// The state.
+    pub state: String,
+    /// The resource.
+    pub resource: Resource,
+    /// How much more it asks for.
+    pub amount: u64,
+    /// Why.
+    pub reason: String,
+    /// When it was raised, ms since the Unix epoch.
+    pub raised_ms: u64,
+    /// The mayor that raised it (peer id).
+    pub raised_by: String,
+    /// The governor that carried it up (peer id).
+    pub via: String,
+    /// "open", "approved" or "denied".
+    pub status: String,
+    /// The decision, once taken.
+    pub decision: Option<ResourceDecision>,
+}
+
+impl Node {
+    /// Every state's limits and use: from this node's Ledger copies, and for the other
+    /// states from one of their voters.
+    pub async fn resources(&self) -> Vec<StateResources> {
+        type Known = (String, (BTreeMap<Resource, Limit>, u64), Vec<NodeKey>);
+        let states: Vec<Known> = self
+            .registry(|registry| {
+                registry
+                    .states()
+                    .iter()
+                    .map(|(name, info)| {
+                        let mut voters: Vec<NodeKey> = info
+                            .governor
+                            .as_ref()
+                            .map(|g| g.voters.clone())
+                            .unwrap_or_default();
+                        if let Some(group) = &info.group {
+                            voters.extend(group.voters.iter().copied());
+                        }
+                        let limits = (info.limits.clone(), info.limits_version);
+                        (name.clone(), limits, voters)
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        let looks = states
+            .into_iter()
+            .map(|(state, limits, voters)| async move {
+                let accounts = self.state_accounts(&state, &voters).await;
+                state_resources(state, &limits, accounts.as_ref())
+            });
+        futures::future::join_all(looks).await
+    }
+
+    /// The accounts of `state`: this node's Ledger copy, or the first of `voters` that
+    /// answers.
+    async fn state_accounts(&self, state: &str, voters: &[NodeKey]) -> Option<StateAccounts> {
+        if let Some(accounts) = self.local_accounts(state).await {
+            return Some(accounts);
+        }
+        for voter in voters {
+            let rpc = Rpc::StateAccounts {
+                state: state.to_string(),
+            };
+            if let Ok(RpcResponse::Accounts(Some(found))) = self.ask_member(*voter, rpc).await {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// The accounts of `state` from this node's copy of its Ledger, if it has one.
+    pub(crate) async fn local_accounts(&self, state: &str) -> Option<StateAccounts> {
+        let group = self.group_of_state(state).await?;
+        group
+            .read_local(|machine| {
+                machine.ledger().map(|ledger| StateAccounts {
+                    accounts: ledger
+                        .accounts()
+                        .iter()
+                        .map(|(key, account)| (key.clone(), *account))
+                        .collect(),
+                    clock_ms: ledger.clock_ms(),
+                    limits_version: ledger.limits().1,
+                })
+            })
+            .await
+    }
+
+    /// This node's copy of `state`'s group, if it holds one.
+    async fn group_of_state(&self, state: &str) -> Option<Group> {
+        for id in self.groups.ids() {
+            if self.state_of_group(id).await.as_deref() == Some(state) {
+                return self.groups.get(id);
+            }
+        }
+        None
+    }
+
+    /// Sets (or with `None` removes) `state`'s limit on `resource`: the president's own
+    /// operator only.
+    pub async fn set_limit(
+        &self,
+        state: &str,
+        resource: Resource,
+        limit: Option<Limit>,
+    ) -> Result<(), AdminError> {
+        self.set_limit_as(self.identity.node_key(), state, resource, limit)
+            .await
+    }
+
+    /// [`Node::set_limit`] on behalf of `requester`.
+    pub(crate) async fn set_limit_as(
+        &self,
+        requester: NodeKey,
+        state: &str,
+        resource: Resource,
+        limit: Option<Limit>,
+    ) -> Result<(), AdminError> {
+        let Some((peer, addrs)) = self.president_peer()? else {
+            crate::roles::authority::president_only(
+                requester,
+                self.identity.node_key(),
+                "set resource limits",
+            )
+            .map_err(|refusal| self.refused(refusal))?;
+            let command = RegistryCommand::SetLimit {
+                state: state.to_string(),
+                resource,
+                limit,
+            };
+            let encoded = postcard::to_stdvec(&command).unwrap_or_default();
+            let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&encoded).into();
+            let version = self
+                .registry(|registry| registry.states().get(state).map(|s| s.limits_version))
+                .await
+                .flatten()
+                .unwrap_or_default();
+            self.propose(&[b"limit", &digest, &version.to_be_bytes()], command)
+                .await
+                .map_err(AdminError::NotCommitted)?;
+            tracing::info!(state, %resource, ?limit, "set a resource limit");
+            return Ok(());
+        };
+        let rpc = Rpc::SetLimit {
+            state: state.to_string(),
+            resource,
+            limit,
+        };
+        crate::net::swarm::acked(self.handle.request(peer, addrs, rpc).await)
+            .map_err(AdminError::President)
+    }
+
+    /// The ResourceRequests the Registry keeps, oldest first.
+    pub async fn resource_requests(&self) -> Vec<RequestView> {
+        self.registry(|registry| {
+            registry
+                .resource_requests()
+                .iter()
+                .map(|(id, request)| RequestView {
+                    id: *id,
+                    state: request.state.clone(),
+                    resource: request.resource,
+                    amount: request.amount,
+                    reason: request.reason.clone(),
+                    raised_ms: request.raised_ms,
+                    raised_by: request.raised_by.peer_id(),
+                    via: request.via.peer_id(),
+                    status: match &request.decision {
+                        None => "open",
+                        Some(decision) if decision.approved => "approved",
+                        Some(_) => "denied",
+                    }
+                    .to_string(),
+                    decision: request.decision.clone(),
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Approves (raising the limit by `amount`, by default what was asked) or denies
+    /// ResourceRequest `id`: the president's own operator only.
+    pub async fn decide_resource_request(
+        &self,
+        id: u64,
+        approve: bool,
+        amount: Option<u64>,
+        note: &str,
+    ) -> Result<(), AdminError> {
+        self.decide_resource_request_as(self.identity.node_key(), id, approve, amount, note)
+            .await
+    }
+
+    /// [`Node::decide_resource_request`] on behalf of `requester`.
+    pub(crate) async fn decide_resource_request_as(
+        &self,
+        requester: NodeKey,
+        id: u64,
+        approve: bool,
+        amount: Option<u64>,
+        note: &str,
+    ) -> Result<(), AdminError> {
+        if note.len() > aamas_consensus::registry::MAX_NOTE_BYTES {
+            return Err(AdminError::NoteTooLong);
+        }
+        let Some((peer, addrs)) = self.president_peer()? else {
+            crate::roles::authority::president_only(
+                requester,
+                self.identity.node_key(),
+                "decide resource requests",
+            )
+            .map_err(|refusal| self.refused(refusal))?;
+            let asked = self
+                .registry(|registry| registry.resource_requests().get(&id).map(|r| r.amount))
+                .await
+                .flatten()
+                .ok_or(AdminError::NoSuchRequest(id))?;
+            let decision = ResourceDecision {
+                approved: approve,
+                amount: if approve { amount.unwrap_or(asked) } else { 0 },
+                by: "operator".to_string(),
+                note: note.to_string(),
+                decided_ms: now_ms(),
+            };
+            tracing::info!(
+                id,
+                approve,
+                amount = decision.amount,
+                "decided a ResourceRequest"
+            );
+            let command = RegistryCommand::DecideResourceRequest { id, decision };
+            return self
+                .propose(&[b"decide-resources", &id.to_be_bytes()], command)
+                .await
+                .map_err(AdminError::NotCommitted);
+        };
+        let rpc = Rpc::DecideResourceRequest {
+            id,
+            approve,
+            amount,
+            note: note.to_string(),
+        };
+        crate::net::swarm::acked(self.handle.request(peer, addrs, rpc).await)
+            .map_err(AdminError::President)
+    }
+
+    /// A mayor whose tasks of `state` a spent hard limit holds back asks for more, at
+    /// most every [`RESOURCE_ASK_EVERY_MS`] per state and resource, in the background.
+    pub(crate) fn ask_for_resources(
+        &self,
+        state: &str,
+        governor: NodeKey,
+        spent: (Resource, Limit, u64),
+        waiting: usize,
+    ) {
+        let (resource, limit, used) = spent;
+        let now = now_ms();
+        {
+            let mut asked = self
+                .resource_asks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let last = asked.entry((state.to_string(), resource)).or_insert(0);
+            if now.saturating_sub(*last) < RESOURCE_ASK_EVERY_MS {
+                return;
+            }
+            *last = now;
+        }
+        let me = self.identity.node_key();
+        let request = ResourceRequest {
+            state: state.to_string(),
+            resource,
+            // As much again as the limit: the operator may approve another amount.
+            amount: limit.amount.max(1),
+            reason: format!(
+                "{waiting} task(s) wait: {used} {resource} used of the hard limit of {} \
+                 per {}",
+                limit.amount, limit.period
+            ),
+            raised_ms: now,
+            raised_by: me,
+            via: governor,
+            decision: None,
+        };
+        tracing::warn!(state, %resource, used, limit = limit.amount, waiting, "a hard limit holds tasks back: asking for more");
+        let Some(node) = self.this.upgrade() else {
+            return;
+        };
+        self.spawn(async move {
+            let sent = if governor == me {
+                node.carry_resource_request(me, request).await
+            } else {
+                let rpc = Rpc::RaiseResourceRequest { request };
+                node.ask_member(governor, rpc)
+                    .await
+                    .and_then(|answer| match answer {
+                        RpcResponse::Ack => Ok(()),
+                        RpcResponse::Refused { reason } => {
+                            Err(AdminError::President(crate::net::swarm::Unacked::Refused {
+                                reason,
+                            }))
+                        }
+                        other => Err(AdminError::Unreachable(format!("{other:?}"))),
+                    })
+            };
+            if let Err(error) = sent {
+                tracing::warn!(%error, "a ResourceRequest did not reach the president");
+            }
+        });
+    }
+
+    /// Carries a ResourceRequest one step up: as the governor of its state, from one of
+    /// the state's mayors (the request names the governor as `via`), to the president;
+    /// as the president, from the governor of record, into the Registry.
+    pub(crate) async fn carry_resource_request(
+        &self,
+        sender: NodeKey,
+        request: ResourceRequest,
+    ) -> Result<(), AdminError> {
+        let me = self.identity.node_key();
+        if request.via == sender && sender != me {
+            return self.record_resource_request(sender, request).await;
+        }
+        // The governor's step: only from a mayor of the state, for itself.
+        let Some(group) = self.governed_group(&request.state).await else {
+            return Err(self.refused(Refusal::NotTheGovernor {
+                state: request.state.clone(),
+            }));
+        };
+        let now = now_ms();
+        let is_mayor = group
+            .read_local(|machine| {
+                machine.ledger().is_some_and(|ledger| {
+                    ledger.cities().keys().any(|city| {
+                        ledger
+                            .mayor_at(city, now)
+                            .is_some_and(|l| l.mayor == sender)
+                    })
+                })
+            })
+            .await;
+        if !is_mayor || request.raised_by != sender || request.via != me {
+            return Err(self.refused(Refusal::NotTheMayor {
+                city: format!("of state {}", request.state),
+            }));
+        }
+        let Some((peer, addrs)) = self.president_peer()? else {
+            return self.record_resource_request(me, request).await;
+        };
+        let rpc = Rpc::RaiseResourceRequest { request };
+        crate::net::swarm::acked(self.handle.request(peer, addrs, rpc).await)
+            .map_err(AdminError::President)
+    }
+
+    /// As president, records a request `governor` carried up, if it governs the state.
+    async fn record_resource_request(
+        &self,
+        governor: NodeKey,
+        request: ResourceRequest,
+    ) -> Result<(), AdminError> {
+        if self.president_peer()?.is_some() {
+            return Err(AdminError::NoPresident);
+        }
+        let of_record = self
+            .registry(|registry| {
+                let info = registry.states().get(&request.state)?;
+                info.governor.as_ref().map(|record| record.node)
+            })
+            .await
+            .flatten();
+        if of_record != Some(governor) {
+            return Err(self.refused(Refusal::NotTheGovernor {
+                state: request.state.clone(),
+            }));
+        }
+        let key = [
+            request.state.as_bytes(),
+            request.resource.name().as_bytes(),
+            &request.raised_ms.to_be_bytes(),
+        ]
+        .concat();
+        let resource = request.resource;
+        let command = RegistryCommand::RaiseResourceRequest { request };
+        self.propose(&[b"resource-request", &key], command)
+            .await
+            .map_err(AdminError::NotCommitted)?;
+        self.metrics
+            .resource_requests
+            .get_or_create(&crate::metrics::labels(&[("resource", resource.name())]))
+            .inc();
+        Ok(())
+    }
+
+    /// Asks member `key` directly, bounded by [`ASK_LIMIT`].
+    async fn ask_member(&self, key: NodeKey, rpc: Rpc) -> Result<RpcResponse, AdminError> {
+        let peer: libp2p::PeerId = key
+            .peer_id()
+            .parse()
+            .map_err(|_| AdminError::Unreachable(format!("no peer id for {key:?}")))?;
+        let addrs = self
+            .book
+            .get(crate::driver::runtime::node_id(&key))
+            .map(|(_, addrs)| addrs)
+            .unwrap_or_default();
+        match tokio::time::timeout(ASK_LIMIT, self.handle.request(peer, addrs, rpc)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(AdminError::Unreachable(error.to_string())),
+            Err(_) => Err(AdminError::Unreachable(format!(
+                "no answer in {ASK_LIMIT:?}"
+            ))),
+        }
+    }
+
+    /// The group of `state` if this node governs it (leads its group).
+    async fn governed_group(&self, state: &str) -> Option<Group> {
+        let governed = self.governed().await;
+        governed
+            .into_iter()
+            .find(|(name, _)| name == state)
+            .map(|(_, group)| group)
+    }
+
+    /// As governor, copies each governed state's limits from the Registry into its
+    /// Ledger when the Registry's are newer, in the background.
+    pub(crate) fn sync_limits(self: &Arc<Self>, governed: &[(String, Group)]) {
+        for (state, group) in governed {
+            let (state, group, node) = (state.clone(), group.clone(), Arc::clone(self));
+            self.spawn(async move {
+                let wanted = node
+                    .registry(|registry| {
+                        let info = registry.states().get(&state)?;
+                        Some((info.limits.clone(), info.limits_version))
+                    })
+                    .await
+                    .flatten();
+                let Some((limits, version)) = wanted else {
+                    return;
+                };
+                let (_, have) = group
+                    .read_local(|machine| {
+                        machine
+                            .ledger()
+                            .map(|l| (l.limits().0.clone(), l.limits().1))
+                    })
+                    .await
+                    .unwrap_or_default();
+                if version <= have {
+                    return;
+                }
+                let command = LedgerCommand::SetLimits {
+                    version,
+                    limits,
+                    now_ms: now_ms(),
+                };
+                let key: [&[u8]; 3] = [b"limits", state.as_bytes(), &version.to_be_bytes()];
+                match node.ledger_write(&group, &key, command).await {
+                    Ok(_) => tracing::info!(state, version, "limits copied into the Ledger"),
+                    Err(error) => tracing::debug!(state, %error, "limits not copied yet"),
+                }
+            });
+        }
+    }
+}
+
+/// A state's view from its limits and (when a copy answered) its accounts.
+fn state_resources(
+    state: String,
+    (limits, limits_version): &(BTreeMap<Resource, Limit>, u64),
+    accounts: Option<&StateAccounts>,
+) -> StateResources {
+    let find = |key: &AccountKey| -> Option<Account> {
+        let accounts = accounts?;
+        let found = accounts.accounts.iter().find(|(k, _)| k == key);
+        Some(found.map(|(_, account)| *account).unwrap_or_default())
+    };
+    let state_account = find(&AccountKey::State);
+    let clock = accounts.map_or(0, |a| a.clock_ms);
+    let limits: Vec<LimitView> = limits
+        .iter()
+        .map(|(resource, limit)| LimitView {
+            resource: *resource,
+            amount: limit.amount,
+            period: limit.period,
+            hard: limit.hard,
+            used: state_account.map(|account| account.used(*resource, limit.period, clock)),
+        })
+        .collect();
+    let spent = limits
+        .iter()
+        .find(|view| view.hard && view.used.is_some_and(|used| used >= view.amount))
+        .map(|view| view.resource);
+    let (mut cities, mut workers) = (BTreeMap::new(), BTreeMap::new());
+    for (key, account) in accounts.map(|a| a.accounts.as_slice()).unwrap_or_default() {
+        match key {
+            AccountKey::State => {}
+            AccountKey::City(city) => {
+                cities.insert(city.clone(), account.total);
+            }
+            AccountKey::Worker(worker) => {
+                workers.insert(worker.peer_id(), account.total);
+            }
+        }
+    }
+    StateResources {
+        state,
+        limits,
+        used: state_account.map(|account| account.total),
+        attempts: state_account.map_or(0, |account| account.attempts),
+        cities,
+        workers,
+        spent,
+        limits_version: *limits_version,
+        limits_in_force: accounts.map(|a| a.limits_version),
+    }
+}

@@ -1,0 +1,234 @@
+//! Resources between real `aamas` processes on 127.0.0.1, with llm workers against a
+//! local OpenAI-compatible server that reports token use (priced by the workers): a
+//! state whose hard money limit is spent stops dispatching and raises a ResourceRequest
+//! that goes up through its governor to the president; the limit is overshot by at most
+//! one task per worker; the project resumes when the request is approved; and the spend
+//! the state's account records equals the sum of its tasks' measured use.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aamas_tests::llm::MockLlm;
+use aamas_tests::*;
+use serde_json::Value;
+
+const TASKS: usize = 12;
+const PROJECT_LIMIT: Duration = Duration::from_secs(240);
+
+/// One phase of `TASKS` independent llm tasks in `state`.
+fn project(state: &str) -> String {
+    let mut spec = String::from("name = \"metered\"\n[[phase]]\nname = \"initiation\"\n");
+    for i in 0..TASKS {
+        spec.push_str(&format!(
+            "  [[phase.task]]\n  name = \"t{i:02}\"\n  state = \"{state}\"\n  \
+             executor = \"llm\"\n  input = \"Write part {i:02} of the plan\"\n"
+        ));
+    }
+    spec
+}
+
+/// `aamas resources --json` on `node`: `state`'s view.
+fn shown(node: &Node, state: &str) -> Option<Value> {
+    let shown: Value = serde_json::from_str(&node.cli(&["resources", "--json"]).ok()?).ok()?;
+    shown
+        .as_array()?
+        .iter()
+        .find(|view| view["state"] == state)
+        .cloned()
+}
+
+fn requests(node: &Node) -> Vec<Value> {
+    node.cli(&["resources", "requests", "--json"])
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// Every task of the project, by name, from whichever node holds it.
+fn tasks_by_name(nodes: &[Node], id: &str) -> BTreeMap<String, Value> {
+    all_tasks(nodes, id)
+        .into_values()
+        .map(|task| (field(&task, "name").unwrap_or_default(), task))
+        .collect()
+}
+
+fn money(value: &Value) -> u64 {
+    value["money_micros"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_spent_limit_stops_dispatch_raises_a_request_and_resumes_once_approved() {
+    let llm = MockLlm::start(|seen| format!("part done: {}", seen.user.len()));
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy_env(root.path(), 3, &llm.env());
+    let chief = &nodes[index_of(&nodes, &president)];
+    let member = nodes
+        .iter()
+        .find(|node| !std::ptr::eq(*node, chief))
+        .expect("a member");
+    // A state with members (and so a governor and a Ledger).
+    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
+        .and_then(|governed| governed.into_iter().next())
+        .expect("a governed state");
+
+    // Limits are the president's operator's to set.
+    let refused = member
+        .cli(&["resources", "set", &state, "money_micros", "1000"])
+        .expect_err("a member's operator may not set limits");
+    assert!(refused.contains("president's operator"), "{refused}");
+    let bad = chief
+        .cli(&["resources", "set", &state, "gpu_hours", "1"])
+        .expect_err("no such resource");
+    assert!(bad.contains("unknown resource"), "{bad}");
+
+    // A task here costs about 150 millionths; the limit lets a few through.
+    const LIMIT: u64 = 400;
+    chief
+        .cli(&[
+            "resources",
+            "set",
+            &state,
+            "money_micros",
+            &LIMIT.to_string(),
+            "--per",
+            "day",
+        ])
+        .expect("the president's operator sets a limit");
+    // The governor copies the limit into the state's Ledger, where it is enforced.
+    wait_for("the limit in force in the Ledger", || {
+        let view = shown(member, &state)?;
+        let version = view["limits_version"].as_u64()?;
+        (version >= 1 && view["limits_in_force"].as_u64() == Some(version)).then_some(())
+    });
+
+    let id = nodes[0].submit(&project(&state)).expect("submitted");
+
+    // The limit is spent: the mayor holds the rest back and asks for more, through the
+    // governor, and the president records the request.
+    let request = wait_for("a ResourceRequest", || {
+        requests(member)
+            .into_iter()
+            .find(|request| request["status"] == "open" && request["state"] == state.as_str())
+    });
+    assert_eq!(request["resource"], "money_micros");
+    assert!(
+        field(&request, "reason").is_some_and(|reason| reason.contains("task(s) wait")),
+        "{request}"
+    );
+    // Once the attempts in flight are done, nothing more is dispatched.
+    let held = wait_for("the attempts in flight to finish", || {
+        let tasks = tasks_by_name(&nodes, &id);
+        let running = tasks
+            .values()
+            .any(|task| field(task, "status").as_deref() == Some("assigned"));
+        (tasks.len() == TASKS && !running).then_some(tasks)
+    });
+    let done = |tasks: &BTreeMap<String, Value>| {
+        tasks
+            .values()
+            .filter(|task| field(task, "status").as_deref() == Some("succeeded"))
+            .count()
+    };
+    let done_when_held = done(&held);
+    assert!(
+        (1..TASKS).contains(&done_when_held),
+        "some tasks ran and some wait: {done_when_held} of {TASKS}"
+    );
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        let tasks = tasks_by_name(&nodes, &id);
+        let started = tasks
+            .values()
+            .filter(|task| field(task, "status").as_deref() != Some("pending"))
+            .count();
+        assert_eq!(
+            started, done_when_held,
+            "a task was dispatched while the limit was spent"
+        );
+        std::thread::sleep(POLL);
+    }
+    let view = shown(member, &state).expect("the state's resources");
+    assert_eq!(view["spent"], "money_micros", "{view}");
+    let spent = money(&view["used"]);
+    assert!(spent >= LIMIT, "held before the limit was reached: {state}");
+    // Overshot by at most one task per worker (3 members, each runs one at a time).
+    let dearest = held
+        .values()
+        .map(|task| money(&task["used"]))
+        .max()
+        .unwrap_or(0);
+    assert!(dearest > 0, "tasks were charged: {held:?}");
+    eprintln!(
+        "held after {done_when_held} of {TASKS} tasks: spent {spent} of the limit {LIMIT}, \
+         the dearest task {dearest}"
+    );
+    assert!(
+        spent < LIMIT + 3 * dearest,
+        "spent {spent} passes the limit {LIMIT} by more than one task per worker ({dearest} each)"
+    );
+    let project = member.project(&id).expect("the project");
+    assert_eq!(field(&project, "status").as_deref(), Some("running"));
+
+    // Only the president's operator decides; approving raises the limit and the rest run.
+    let id_of_request = request["id"].as_u64().expect("an id").to_string();
+    let refused = member
+        .cli(&["resources", "approve", &id_of_request])
+        .expect_err("a member's operator may not approve");
+    assert!(refused.contains("president's operator"), "{refused}");
+    chief
+        .cli(&[
+            "resources",
+            "approve",
+            &id_of_request,
+            "--amount",
+            "100000",
+            "--note",
+            "budget for the plan",
+        ])
+        .expect("approved");
+    let end = wait_for_project_end(&nodes, &id, PROJECT_LIMIT);
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+    let decided = requests(member)
+        .into_iter()
+        .find(|r| r["id"] == request["id"])
+        .expect("the request is kept");
+    assert_eq!(decided["status"], "approved");
+    assert_eq!(decided["decision"]["amount"], 100_000);
+
+    // The spend recorded is the sum of the tasks' measured use: each task's charge is
+    // what its model's reply reported, priced by its worker.
+    let tasks = tasks_by_name(&nodes, &id);
+    assert_eq!(tasks.len(), TASKS);
+    let mut sum = 0;
+    for (name, task) in &tasks {
+        let charged = money(&task["used"]);
+        let reported = task["usage"]["cost_micros"].as_u64().unwrap_or(0);
+        assert!(charged > 0, "{name} was not charged: {task}");
+        if task["attempt"] == 1 {
+            assert_eq!(charged, reported, "{name}: charged what its reply reported");
+        }
+        // One model call per attempt that answered (an attempt lost on the way is not).
+        let calls = task["used"]["api_calls"].as_u64().unwrap_or(0);
+        assert!(
+            (1..=task["attempt"].as_u64().unwrap_or(0)).contains(&calls),
+            "{name}: {task}"
+        );
+        sum += charged;
+    }
+    let view = wait_for("the Ledger copy to show every charge", || {
+        shown(member, &state).filter(|view| money(&view["used"]) == sum)
+    });
+    assert_eq!(view["limits"][0]["amount"], LIMIT + 100_000, "{view}");
+    assert_eq!(view["spent"], Value::Null);
+    let (_, body) = member
+        .api_get(&format!("/api/v1/projects/{id}?usage=true"))
+        .expect("the project");
+    let project: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(money(&project["usage"]["used"]), sum, "{project}");
+    assert!(
+        chief
+            .metric("aamas_resource_requests_total{resource=\"money_micros\"}")
+            .is_some_and(|count| count >= 1.0),
+        "the president counted the request"
+    );
+}
