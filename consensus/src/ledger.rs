@@ -435,14 +435,13 @@ impl Ledger {
                 now_ms: _,
             } => self.set_limits(*version, limits),
         };
-        if outcome.is_ok() {
-            if let C::AppointMayor { now_ms, .. }
+        if outcome.is_ok()
+            && let C::AppointMayor { now_ms, .. }
             | C::RenewLease { now_ms, .. }
             | C::ChargeAttempt { now_ms, .. }
             | C::SetLimits { now_ms, .. } = command
-            {
-                self.clock_ms = self.clock_ms.max(*now_ms);
-            }
+        {
+            self.clock_ms = self.clock_ms.max(*now_ms);
         }
         outcome.unwrap_or_else(|reason| LedgerResponse::Rejected { reason })
     }

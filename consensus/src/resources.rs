@@ -334,12 +334,8 @@ mod tests {
         for period in Period::ALL {
             assert_eq!(period.name().parse::<Period>(), Ok(period));
         }
-        assert!(
-            "gpu"
-                .parse::<Resource>()
-                .unwrap_err()
-                .contains("money_micros")
-        );
+        let unknown = "gpu".parse::<Resource>();
+        assert!(unknown.is_err_and(|error| error.contains("money_micros")));
         // JSON (the API) spells them as commands do.
         let json = serde_json::to_string(&(Resource::MoneyMicros, Period::Day));
         assert_eq!(json.ok().as_deref(), Some(r#"["money_micros","day"]"#));

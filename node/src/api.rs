@@ -436,11 +436,6 @@ fn hard_by_default() -> bool {
     true
 }
 
-fn resource_of(name: &str) -> Result<aamas_consensus::resources::Resource, Response> {
-    name.parse()
-        .map_err(|failure: String| error(StatusCode::NOT_FOUND, failure))
-}
-
 /// `PUT /api/v1/resources/{state}/{resource}` with `{"amount", "per", "hard"}`: sets
 /// the state's limit (the president's operator only).
 async fn set_limit(
@@ -448,9 +443,9 @@ async fn set_limit(
     Path((state, resource)): Path<(String, String)>,
     Json(body): Json<LimitBody>,
 ) -> Response {
-    let resource = match resource_of(&resource) {
+    let resource = match resource.parse::<aamas_consensus::resources::Resource>() {
         Ok(resource) => resource,
-        Err(response) => return response,
+        Err(failure) => return error(StatusCode::NOT_FOUND, failure),
     };
     let limit = aamas_consensus::resources::Limit {
         amount: body.amount,
@@ -470,9 +465,9 @@ async fn remove_limit(
     State(api): State<Api>,
     Path((state, resource)): Path<(String, String)>,
 ) -> Response {
-    let resource = match resource_of(&resource) {
+    let resource = match resource.parse::<aamas_consensus::resources::Resource>() {
         Ok(resource) => resource,
-        Err(response) => return response,
+        Err(failure) => return error(StatusCode::NOT_FOUND, failure),
     };
     match api.node.set_limit(&state, resource, None).await {
         Ok(()) => {
