@@ -929,6 +929,17 @@ impl Ledger {
         self.clock_ms
     }
 
+    /// The first soft limit the state has reached, with what it used, at the ledger's
+    /// clock.
+    pub fn soft_limit_reached(&self) -> Option<(Resource, Limit, u64)> {
+        let state = self.accounts.get(&AccountKey::State).copied();
+        let state = state.unwrap_or_default();
+        self.limits.iter().find_map(|(resource, limit)| {
+            let used = state.used(*resource, limit.period, self.clock_ms);
+            (!limit.hard && used >= limit.amount).then_some((*resource, *limit, used))
+        })
+    }
+
     /// The first hard limit the state has reached, with what it used, at the ledger's
     /// clock.
     pub fn spent_limit(&self) -> Option<(Resource, Limit, u64)> {
@@ -1144,6 +1155,12 @@ mod tests {
         // A soft limit never stops anything; a raised hard one lets the task go.
         script(&mut ledger, &[(limits(2, 10, false), R::Ok)]);
         assert_eq!(ledger.spent_limit(), None);
+        assert_eq!(
+            ledger
+                .soft_limit_reached()
+                .map(|(resource, _, used)| (resource, used)),
+            Some((Resource::MoneyMicros, 12))
+        );
         script(
             &mut ledger,
             &[

@@ -3,7 +3,8 @@
 //! state whose hard money limit is spent stops dispatching and raises a ResourceRequest
 //! that goes up through its governor to the president; the limit is overshot by at most
 //! one task per worker; the project resumes when the request is approved; and the spend
-//! the state's account records equals the sum of its tasks' measured use.
+//! the state's account records equals the sum of its tasks' measured use. A soft limit
+//! stops nothing and raises a PerformanceAlert.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -230,5 +231,52 @@ fn a_spent_limit_stops_dispatch_raises_a_request_and_resumes_once_approved() {
             .metric("aamas_resource_requests_total{resource=\"money_micros\"}")
             .is_some_and(|count| count >= 1.0),
         "the president counted the request"
+    );
+}
+
+#[test]
+fn a_soft_limit_reached_raises_an_alert_and_stops_nothing() {
+    let llm = MockLlm::start(|_| "done".to_string());
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy_env(root.path(), 3, &llm.env());
+    let chief = &nodes[index_of(&nodes, &president)];
+    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
+        .and_then(|governed| governed.into_iter().next())
+        .expect("a governed state");
+    chief
+        .cli(&[
+            "resources",
+            "set",
+            &state,
+            "tokens",
+            "1",
+            "--per",
+            "hour",
+            "--soft",
+        ])
+        .expect("a soft limit");
+    wait_for("the limit in force in the Ledger", || {
+        let view = shown(chief, &state)?;
+        (view["limits_in_force"].as_u64()? >= 1).then_some(())
+    });
+    let id = nodes[0].submit(&project(&state)).expect("submitted");
+    let end = wait_for_project_end(&nodes, &id, PROJECT_LIMIT);
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+    let alert = wait_for("the soft-limit alert", || {
+        let listed: Vec<Value> =
+            serde_json::from_str(&nodes[1].cli(&["alerts", "--json"]).ok()?).ok()?;
+        listed
+            .into_iter()
+            .find(|alert| alert["metric"] == "soft_limit_tokens")
+    });
+    assert!(
+        field(&alert, "message").is_some_and(|m| m.contains(&format!("state {state}"))),
+        "{alert}"
+    );
+    let view = shown(chief, &state).expect("the state's resources");
+    assert_eq!(
+        view["spent"],
+        Value::Null,
+        "a soft limit holds nothing back: {view}"
     );
 }

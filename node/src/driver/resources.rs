@@ -31,6 +31,10 @@ use crate::roles::authority::Refusal;
 /// How often a mayor whose tasks a spent limit holds back asks again (the Registry keeps
 /// one open request per state and resource, so asking again only covers a lost one).
 pub const RESOURCE_ASK_EVERY_MS: u64 = 30_000;
+/// What a mayor asked about: a state's resource, for its hard limit (a request) or its
+/// soft one (an alert).
+pub(crate) type Ask = (String, Resource, bool);
+
 /// How long a direct question to another member (its accounts, a request) may take.
 const ASK_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -337,18 +341,10 @@ impl Node {
         waiting: usize,
     ) {
         let (resource, limit, used) = spent;
-        let now = now_ms();
-        {
-            let mut asked = self
-                .resource_asks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let last = asked.entry((state.to_string(), resource)).or_insert(0);
-            if now.saturating_sub(*last) < RESOURCE_ASK_EVERY_MS {
-                return;
-            }
-            *last = now;
+        if !self.due_to_ask(state, resource, true) {
+            return;
         }
+        let now = now_ms();
         let me = self.identity.node_key();
         let request = ResourceRequest {
             state: state.to_string(),
@@ -390,6 +386,58 @@ impl Node {
                 tracing::warn!(%error, "a ResourceRequest did not reach the president");
             }
         });
+    }
+
+    /// A mayor of `state` whose soft limit is reached raises a PerformanceAlert (at most
+    /// every [`RESOURCE_ASK_EVERY_MS`] per state and resource; the Registry keeps one
+    /// open alert per metric and subject).
+    pub(crate) fn alert_soft_limit(&self, state: &str, reached: (Resource, Limit, u64)) {
+        let (resource, limit, used) = reached;
+        if !self.due_to_ask(state, resource, false) {
+            return;
+        }
+        let me = self.identity.node_key();
+        let milli = |amount: u64| i64::try_from(amount.saturating_mul(1_000)).unwrap_or(i64::MAX);
+        let alert = aamas_consensus::registry::Alert {
+            metric: format!("soft_limit_{resource}"),
+            subject: me,
+            value_milli: milli(used),
+            threshold_milli: milli(limit.amount),
+            message: format!(
+                "state {state} used {used} {resource} of its soft limit of {} per {}",
+                limit.amount, limit.period
+            ),
+            raised_ms: now_ms(),
+            raised_by: me,
+            acknowledged: None,
+        };
+        tracing::warn!(state, %resource, used, limit = limit.amount, "a soft limit is reached");
+        let Some(node) = self.this.upgrade() else {
+            return;
+        };
+        self.spawn(async move {
+            if let Err(error) = node.record_alert_as(me, alert).await {
+                tracing::warn!(%error, "the soft-limit alert was not recorded");
+            }
+        });
+    }
+
+    /// Whether this node, as a mayor, is due to ask about `state`'s `resource` (a
+    /// request for a hard limit, an alert for a soft one) again; notes that it does.
+    fn due_to_ask(&self, state: &str, resource: Resource, hard: bool) -> bool {
+        let now = now_ms();
+        let mut asked = self
+            .resource_asks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = asked
+            .entry((state.to_string(), resource, hard))
+            .or_insert(0);
+        if now.saturating_sub(*last) < RESOURCE_ASK_EVERY_MS {
+            return false;
+        }
+        *last = now;
+        true
     }
 
     /// Carries a ResourceRequest one step up: as the governor of its state, from one of

@@ -402,8 +402,8 @@ pub struct Node {
     pub(crate) policy_cache: Mutex<Option<(u64, Arc<crate::governance::policy::Policy>)>>,
     /// This node's view, as a mayor, of its workers' outcomes.
     pub(crate) monitor: Mutex<crate::governance::monitor::Monitor>,
-    /// When this node, as a mayor, last asked for more of each state's resource.
-    pub(crate) resource_asks: Mutex<BTreeMap<(String, aamas_consensus::resources::Resource), u64>>,
+    /// When this node, as a mayor, last asked about each state's resource.
+    pub(crate) resource_asks: Mutex<BTreeMap<crate::driver::resources::Ask, u64>>,
     /// Evicted members this node has blocked (see [`Node::enforce_evictions`]).
     pub(crate) blocked: Mutex<std::collections::HashSet<PeerId>>,
     /// The Registry's members version at the last rebuild of the book and the roster.

@@ -1386,6 +1386,7 @@ impl Node {
         let mut states: Vec<crate::roles::mayor::StateTasks> = Vec::new();
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut held: BTreeSet<Role> = BTreeSet::new();
+        let mut soft = Vec::new();
         for id in self.groups.ids() {
             let Some(state) = self.state_of_group(id).await else {
                 continue;
@@ -1400,13 +1401,14 @@ impl Node {
                 .read_local(|machine| {
                     let mut running: BTreeMap<NodeKey, u32> = BTreeMap::new();
                     let Some(ledger) = machine.ledger() else {
-                        return (Vec::new(), running, Budget::Free);
+                        return (Vec::new(), running, (Budget::Free, None));
                     };
                     let budget = match ledger.spent_limit() {
                         Some(spent) => Budget::Spent(spent),
                         None if ledger.limits().0.values().any(|l| l.hard) => Budget::Limited,
                         None => Budget::Free,
                     };
+                    let budget = (budget, ledger.soft_limit_reached());
                     let all: Vec<String> = ledger.cities().keys().cloned().collect();
                     type Open = Vec<(TaskKey, aamas_consensus::ledger::Task)>;
                     let mut mine: BTreeMap<&str, Open> = all
@@ -1445,6 +1447,10 @@ impl Node {
                     (mine, running, budget)
                 })
                 .await;
+            let (budget, soft_reached) = budget;
+            if let (false, Some(reached)) = (mine.is_empty(), soft_reached) {
+                soft.push((state.clone(), reached));
+            }
             // A city's lease makes its holder the mayor, whatever its queue.
             for (city, _) in &mine {
                 held.insert(Role::Mayor {
@@ -1498,6 +1504,9 @@ impl Node {
                 cities: mine,
                 hold: matches!(budget, Budget::Spent(_)),
             });
+        }
+        for (state, reached) in soft {
+            self.alert_soft_limit(&state, reached);
         }
         let alive: BTreeSet<NodeKey> = if states.is_empty() {
             BTreeSet::new()
