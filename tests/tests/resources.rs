@@ -280,3 +280,60 @@ fn a_soft_limit_reached_raises_an_alert_and_stops_nothing() {
         "a soft limit holds nothing back: {view}"
     );
 }
+
+#[test]
+fn a_policy_puts_limits_on_states_and_approves_small_requests_itself() {
+    let llm = MockLlm::start(|seen| format!("part done: {}", seen.user.len()));
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy_env(root.path(), 3, &llm.env());
+    let chief = &nodes[index_of(&nodes, &president)];
+    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
+        .and_then(|governed| governed.into_iter().next())
+        .expect("a governed state");
+    let policy = format!(
+        "[resources]\napprove_up_to = {{ money_micros = 100000 }}\n\
+         [[resources.limit]]\nstates = [\"{state}\"]\nresource = \"money_micros\"\n\
+         amount = 300\nper = \"day\"\n"
+    );
+    let file = root.path().join("resources-policy.toml");
+    std::fs::write(&file, policy).expect("write");
+    chief
+        .cli(&["policy", "apply", &file.display().to_string()])
+        .expect("applied");
+    // The policy's limit is on the state it names, and on no other.
+    let view = wait_for("the policy's limit in force", || {
+        let view = shown(chief, &state)?;
+        (view["limits_in_force"].as_u64()? >= 1).then_some(view)
+    });
+    assert_eq!(view["limits"][0]["amount"], 300, "{view}");
+    let all: Value =
+        serde_json::from_str(&chief.cli(&["resources", "--json"]).expect("shown")).expect("json");
+    let limited = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|view| view["limits"].as_array().is_some_and(|l| !l.is_empty()))
+        .count();
+    assert_eq!(limited, 1, "{all}");
+
+    // The spent limit raises requests, which the policy approves without a person.
+    let id = nodes[0].submit(&project(&state)).expect("submitted");
+    let end = wait_for_project_end(&nodes, &id, PROJECT_LIMIT);
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+    let decided = requests(chief);
+    assert!(
+        !decided.is_empty(),
+        "the limit was reached and requests raised"
+    );
+    for request in &decided {
+        assert_eq!(request["status"], "approved", "{request}");
+        assert_eq!(request["decision"]["by"], "policy", "{request}");
+    }
+    let allowed = "aamas_policy_decisions_total{at=\"resource_request\",rule=\"approve_up_to\",outcome=\"allowed\"}";
+    assert!(
+        chief
+            .metric(allowed)
+            .is_some_and(|count| count >= decided.len() as f64),
+        "each approval counted"
+    );
+}

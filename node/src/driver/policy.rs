@@ -73,6 +73,7 @@ pub fn summary(policy: &Policy) -> serde_json::Value {
         "ok": true,
         "tier": policy.tier,
         "rules": rule_views(policy),
+        "resources": policy.resources,
     })
 }
 
@@ -147,7 +148,7 @@ impl Node {
         requester: NodeKey,
         text: &str,
     ) -> Result<u64, AdminError> {
-        policy::parse(text).map_err(AdminError::BadPolicy)?;
+        let parsed = policy::parse(text).map_err(AdminError::BadPolicy)?;
         let Some((peer, addrs)) = self.president_peer()? else {
             crate::roles::authority::president_only(
                 requester,
@@ -169,6 +170,7 @@ impl Node {
                 .flatten()
                 .unwrap_or_default();
             tracing::info!(version, "applied a policy");
+            self.put_policy_limits(&parsed.resources).await?;
             return Ok(version);
         };
         let rpc = Rpc::ApplyPolicy {

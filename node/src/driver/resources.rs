@@ -9,8 +9,10 @@
 //!   mayor:    a hard limit spent ─► holds its pending tasks (the Ledger refuses them too)
 //!             ─► RaiseResourceRequest ─► governor (checks the mayor) ─► president
 //!             (checks the governor) ─► Registry RaiseResourceRequest
+//!   president: a request no larger than the policy's `approve_up_to` is approved at once
 //!   aamas resources approve ID ─► president ─► Registry DecideResourceRequest: the limit
 //!             rises in the same step; the governor copies it; the mayor dispatches again
+//!   aamas policy apply ─► president ─► SetLimit for each `[[resources.limit]]` that differs
 //! ```
 
 use std::collections::BTreeMap;
@@ -28,8 +30,9 @@ use crate::driver::runtime::{Node, now_ms};
 use crate::net::wire::{Rpc, RpcResponse, StateAccounts};
 use crate::roles::authority::Refusal;
 
-/// How often a mayor whose tasks a spent limit holds back asks again (the Registry keeps
-/// one open request per state and resource, so asking again only covers a lost one).
+/// How often a mayor whose tasks a spent limit holds back asks again about the same limit
+/// (the Registry keeps one open request per state and resource, so asking again only
+/// covers a lost one); a limit raised since is asked about at once.
 pub const RESOURCE_ASK_EVERY_MS: u64 = 30_000;
 /// What a mayor asked about: a state's resource, for its hard limit (a request) or its
 /// soft one (an alert).
@@ -341,7 +344,7 @@ impl Node {
         waiting: usize,
     ) {
         let (resource, limit, used) = spent;
-        if !self.due_to_ask(state, resource, true) {
+        if !self.due_to_ask(state, resource, &limit) {
             return;
         }
         let now = now_ms();
@@ -388,12 +391,88 @@ impl Node {
         });
     }
 
+    /// As president, puts the limits a just-applied policy names on the states (each one
+    /// that differs from the state's; limits the policy does not name stay).
+    pub(crate) async fn put_policy_limits(
+        &self,
+        resources: &crate::governance::policy::Resources,
+    ) -> Result<(), AdminError> {
+        if resources.limits.is_empty() {
+            return Ok(());
+        }
+        let states: Vec<(String, BTreeMap<Resource, Limit>)> = self
+            .registry(|registry| {
+                registry
+                    .states()
+                    .iter()
+                    .map(|(name, info)| (name.clone(), info.limits.clone()))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        for (state, current) in states {
+            for (resource, limit) in resources.limits_for(&state) {
+                if current.get(&resource) != Some(&limit) {
+                    self.set_limit(&state, resource, Some(limit)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// As president, approves the open request of `state` and `resource` when the
+    /// policy in force approves requests that small; counts the decision either way.
+    async fn approve_by_policy(&self, state: &str, resource: Resource) -> Result<(), AdminError> {
+        let open = self
+            .registry(|registry| {
+                registry
+                    .resource_requests()
+                    .iter()
+                    .find(|(_, r)| {
+                        r.decision.is_none() && r.state == state && r.resource == resource
+                    })
+                    .map(|(id, r)| (*id, r.amount))
+            })
+            .await
+            .flatten();
+        let Some((id, amount)) = open else {
+            return Ok(());
+        };
+        let policy = self.policy().await;
+        let approved = policy
+            .as_ref()
+            .is_some_and(|policy| policy.resources.approves(resource, amount));
+        self.metrics
+            .policy_decisions
+            .get_or_create(&crate::metrics::labels(&[
+                ("at", "resource_request"),
+                ("rule", "approve_up_to"),
+                ("outcome", if approved { "allowed" } else { "referred" }),
+            ]))
+            .inc();
+        if !approved {
+            return Ok(());
+        }
+        let decision = ResourceDecision {
+            approved: true,
+            amount,
+            by: "policy".to_string(),
+            note: format!("at most the policy's approve_up_to for {resource}"),
+            decided_ms: now_ms(),
+        };
+        tracing::info!(id, state, %resource, amount, "a ResourceRequest approved by policy");
+        let command = RegistryCommand::DecideResourceRequest { id, decision };
+        self.propose(&[b"decide-resources", &id.to_be_bytes()], command)
+            .await
+            .map_err(AdminError::NotCommitted)
+    }
+
     /// A mayor of `state` whose soft limit is reached raises a PerformanceAlert (at most
     /// every [`RESOURCE_ASK_EVERY_MS`] per state and resource; the Registry keeps one
     /// open alert per metric and subject).
     pub(crate) fn alert_soft_limit(&self, state: &str, reached: (Resource, Limit, u64)) {
         let (resource, limit, used) = reached;
-        if !self.due_to_ask(state, resource, false) {
+        if !self.due_to_ask(state, resource, &limit) {
             return;
         }
         let me = self.identity.node_key();
@@ -423,20 +502,22 @@ impl Node {
     }
 
     /// Whether this node, as a mayor, is due to ask about `state`'s `resource` (a
-    /// request for a hard limit, an alert for a soft one) again; notes that it does.
-    fn due_to_ask(&self, state: &str, resource: Resource, hard: bool) -> bool {
+    /// request for a hard limit, an alert for a soft one) reached at `limit`: at once for
+    /// a limit it has not asked about (a raised one is another), then every
+    /// [`RESOURCE_ASK_EVERY_MS`]. Notes that it asks.
+    fn due_to_ask(&self, state: &str, resource: Resource, limit: &Limit) -> bool {
         let now = now_ms();
         let mut asked = self
             .resource_asks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let last = asked
-            .entry((state.to_string(), resource, hard))
-            .or_insert(0);
-        if now.saturating_sub(*last) < RESOURCE_ASK_EVERY_MS {
+            .entry((state.to_string(), resource, limit.hard))
+            .or_insert((0, limit.amount));
+        if last.1 == limit.amount && now.saturating_sub(last.0) < RESOURCE_ASK_EVERY_MS {
             return false;
         }
-        *last = now;
+        *last = (now, limit.amount);
         true
     }
 
@@ -510,7 +591,7 @@ impl Node {
             &request.raised_ms.to_be_bytes(),
         ]
         .concat();
-        let resource = request.resource;
+        let (state, resource) = (request.state.clone(), request.resource);
         let command = RegistryCommand::RaiseResourceRequest { request };
         self.propose(&[b"resource-request", &key], command)
             .await
@@ -519,7 +600,7 @@ impl Node {
             .resource_requests
             .get_or_create(&crate::metrics::labels(&[("resource", resource.name())]))
             .inc();
-        Ok(())
+        self.approve_by_policy(&state, resource).await
     }
 
     /// Asks member `key` directly, bounded by [`ASK_LIMIT`].

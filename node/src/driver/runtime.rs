@@ -403,7 +403,7 @@ pub struct Node {
     /// This node's view, as a mayor, of its workers' outcomes.
     pub(crate) monitor: Mutex<crate::governance::monitor::Monitor>,
     /// When this node, as a mayor, last asked about each state's resource.
-    pub(crate) resource_asks: Mutex<BTreeMap<crate::driver::resources::Ask, u64>>,
+    pub(crate) resource_asks: Mutex<BTreeMap<crate::driver::resources::Ask, (u64, u64)>>,
     /// Evicted members this node has blocked (see [`Node::enforce_evictions`]).
     pub(crate) blocked: Mutex<std::collections::HashSet<PeerId>>,
     /// The Registry's members version at the last rebuild of the book and the roster.

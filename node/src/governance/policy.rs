@@ -20,6 +20,15 @@
 //!
 //! [performance]                    # thresholds that raise a PerformanceAlert
 //! worker_failures_in_a_row = 3
+//!
+//! [resources]                      # seed §6.2
+//! approve_up_to = { money_micros = 1000000 } # requests this small are approved by policy
+//! [[resources.limit]]              # put on the states when the policy is applied
+//! states = ["technical"]           # every state when left out
+//! resource = "money_micros"        # cpu_ms | tokens | api_calls | money_micros
+//! amount = 5000000
+//! per = "day"                      # hour | day | month (30 days) | total
+//! hard = true                      # hard stops dispatch; soft raises an alert
 //! ```
 //!
 //! A rule fires when all of its `when` keys match, none of its `unless` keys match, and
@@ -40,6 +49,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+use aamas_consensus::resources::{Limit, Period, Resource};
 
 use crate::spec::LineIndex;
 
@@ -275,6 +286,50 @@ pub struct Performance {
 
 /// Most failures in a row a threshold may name.
 pub const MAX_FAILURES_IN_A_ROW: u32 = 1_000;
+/// Most `[[resources.limit]]` entries.
+pub const MAX_POLICY_LIMITS: usize = 256;
+
+/// The resource policy (seed §6.2): limits the president puts on states when the policy
+/// is applied, and how large a ResourceRequest it approves without a person.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Limits, in document order.
+    pub limits: Vec<PolicyLimit>,
+    /// A ResourceRequest asking for at most this much of its resource is approved by
+    /// policy; a larger one (or one of a resource not named) waits for a person.
+    pub approve_up_to: BTreeMap<Resource, u64>,
+}
+
+/// One `[[resources.limit]]`: a limit on the states it names (every state without
+/// `states`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyLimit {
+    /// The states; `None`: every state.
+    pub states: Option<BTreeSet<String>>,
+    /// The resource.
+    pub resource: Resource,
+    /// The limit.
+    pub limit: Limit,
+}
+
+impl Resources {
+    /// The limits the policy puts on `state`, by resource (a later entry for the same
+    /// resource wins).
+    pub fn limits_for(&self, state: &str) -> BTreeMap<Resource, Limit> {
+        self.limits
+            .iter()
+            .filter(|entry| entry.states.as_ref().is_none_or(|s| s.contains(state)))
+            .map(|entry| (entry.resource, entry.limit))
+            .collect()
+    }
+
+    /// Whether a request for `amount` of `resource` is approved by policy.
+    pub fn approves(&self, resource: Resource, amount: u64) -> bool {
+        self.approve_up_to
+            .get(&resource)
+            .is_some_and(|most| amount <= *most)
+    }
+}
 
 /// A checked policy document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -283,6 +338,8 @@ pub struct Policy {
     pub tier: Option<Tier>,
     /// Its performance thresholds.
     pub performance: Performance,
+    /// Its resource limits and approvals.
+    pub resources: Resources,
     /// Its rules, the tier's first, in document order.
     pub rules: Vec<Rule>,
     /// Rule indexes by decision point.
@@ -311,8 +368,28 @@ fn error(line: Option<usize>, message: impl Into<String>) -> PolicyError {
 struct RawPolicy {
     tier: Option<Spanned<String>>,
     performance: Option<RawPerformance>,
+    resources: Option<RawResources>,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    #[serde(default)]
+    approve_up_to: BTreeMap<String, Spanned<u64>>,
+    #[serde(default, rename = "limit")]
+    limits: Vec<Spanned<RawLimit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    states: Option<OneOrMany>,
+    resource: Spanned<String>,
+    amount: u64,
+    per: Spanned<String>,
+    hard: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +488,10 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         }
         performance.worker_failures_in_a_row = Some(threshold.into_inner());
     }
+    let resources = match raw.resources {
+        Some(raw) => convert_resources(raw, &index)?,
+        None => Resources::default(),
+    };
     let mut rules = tier.map(Tier::rules).unwrap_or_default();
     if raw.rules.len() + rules.len() > MAX_RULES {
         return Err(error(
@@ -435,7 +516,58 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     }
     let mut policy = Policy::new(tier, rules);
     policy.performance = performance;
+    policy.resources = resources;
     Ok(policy)
+}
+
+fn convert_resources(raw: RawResources, index: &LineIndex) -> Result<Resources, PolicyError> {
+    let mut resources = Resources::default();
+    for (name, most) in raw.approve_up_to {
+        let resource: Resource = name
+            .parse()
+            .map_err(|failure: String| error(Some(index.of(&most)), failure))?;
+        resources.approve_up_to.insert(resource, most.into_inner());
+    }
+    if raw.limits.len() > MAX_POLICY_LIMITS {
+        return Err(error(
+            None,
+            format!("the policy has more than {MAX_POLICY_LIMITS} resource limits"),
+        ));
+    }
+    for raw_limit in raw.limits {
+        let line = Some(index.of(&raw_limit));
+        let raw_limit = raw_limit.into_inner();
+        let resource: Resource = raw_limit
+            .resource
+            .get_ref()
+            .parse()
+            .map_err(|failure: String| error(Some(index.of(&raw_limit.resource)), failure))?;
+        let period: Period = raw_limit
+            .per
+            .get_ref()
+            .parse()
+            .map_err(|failure: String| error(Some(index.of(&raw_limit.per)), failure))?;
+        let states = raw_limit.states.map(|states| match states {
+            OneOrMany::One(state) => BTreeSet::from([state]),
+            OneOrMany::Many(states) => states.into_iter().collect(),
+        });
+        if states
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.len() > MAX_VALUES)
+        {
+            return Err(error(line, format!("states lists 1 to {MAX_VALUES} names")));
+        }
+        resources.limits.push(PolicyLimit {
+            states,
+            resource,
+            limit: Limit {
+                amount: raw_limit.amount,
+                period,
+                hard: raw_limit.hard.unwrap_or(true),
+            },
+        });
+    }
+    Ok(resources)
 }
 
 fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
@@ -692,6 +824,7 @@ impl Policy {
         Policy {
             tier,
             performance: Performance::default(),
+            resources: Resources::default(),
             rules,
             by_point,
         }
@@ -797,6 +930,33 @@ mod tests {
     }
 
     #[test]
+    fn resource_limits_apply_to_the_states_they_name_and_small_requests_are_approved() {
+        let policy = parse(
+            "[resources]\napprove_up_to = { money_micros = 500 }\n\
+             [[resources.limit]]\nresource = \"money_micros\"\namount = 100\nper = \"day\"\n\
+             [[resources.limit]]\nstates = \"technical\"\nresource = \"tokens\"\n\
+             amount = 7\nper = \"hour\"\nhard = false\n",
+        )
+        .expect("valid");
+        let resources = &policy.resources;
+        let day = Limit {
+            amount: 100,
+            period: Period::Day,
+            hard: true,
+        };
+        assert_eq!(
+            resources.limits_for("market"),
+            BTreeMap::from([(Resource::MoneyMicros, day)])
+        );
+        let technical = resources.limits_for("technical");
+        assert_eq!(technical.len(), 2);
+        assert!(!technical[&Resource::Tokens].hard);
+        assert!(resources.approves(Resource::MoneyMicros, 500));
+        assert!(!resources.approves(Resource::MoneyMicros, 501));
+        assert!(!resources.approves(Resource::Tokens, 1));
+    }
+
+    #[test]
     fn every_error_names_its_line() {
         let table = [
             ("tier = \"gold\"\n", 1, "unknown tier \"gold\""),
@@ -831,6 +991,16 @@ mod tests {
                 "tier = \"starter\"\n[performance]\nworker_failures_in_a_row = 0\n",
                 3,
                 "worker_failures_in_a_row is 1 to",
+            ),
+            (
+                "[resources]\napprove_up_to = { gpu = 1 }\n",
+                2,
+                "unknown resource \"gpu\"",
+            ),
+            (
+                "[[resources.limit]]\nresource = \"tokens\"\namount = 5\nper = \"week\"\n",
+                4,
+                "unknown period \"week\"",
             ),
         ];
         for (text, line, needle) in table {
