@@ -62,7 +62,7 @@ enum Commands {
     ///
     /// Settings come from flags, then environment variables, then the config file
     /// (`--config`, TOML with the same names: data_dir, listen, api, join, token, skills,
-    /// executors, shell_sandbox, mdns, fsync, capacity), then defaults.
+    /// executors, shell_sandbox, mdns, fsync, capacity, scale_hook), then defaults.
     Node {
         /// A TOML config file.
         #[arg(long, env = "AAMAS_CONFIG")]
@@ -110,6 +110,13 @@ enum Commands {
         /// [default: 4 MiB].
         #[arg(long, env = "AAMAS_MAX_ARTIFACT_BYTES")]
         max_artifact_bytes: Option<usize>,
+        /// A shell command this node runs while it is president and the mesh wants more
+        /// workers than it has (the policy's `[scaling]`), at most once per its cool-down,
+        /// with AAMAS_WORKERS_WANTED, AAMAS_OPEN_TASKS, AAMAS_TASK_SLOTS and AAMAS_MEMBERS
+        /// set: e.g. `systemctl start aamas@next` or `kubectl scale statefulset aamas
+        /// --replicas=...`.
+        #[arg(long, env = "AAMAS_SCALE_HOOK")]
+        scale_hook: Option<String>,
     },
     /// Show this node's view: president, members, roles.
     Status(Target),
@@ -576,6 +583,7 @@ struct NodeFile {
     mdns: Option<bool>,
     fsync: Option<bool>,
     capacity: Option<u32>,
+    scale_hook: Option<String>,
 }
 
 impl NodeFile {
@@ -1402,6 +1410,7 @@ fn main() -> Result<()> {
             mdns,
             capacity,
             max_artifact_bytes,
+            scale_hook,
         } => {
             let file = match &config {
                 Some(path) => NodeFile::load(path)?,
@@ -1490,6 +1499,7 @@ fn main() -> Result<()> {
                 kademlia: true,
                 liveness: None,
                 max_artifact_bytes,
+                scale_hook: scale_hook.or(file.scale_hook),
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(aamas_node::run(config, shutdown_signal()))?;

@@ -58,6 +58,14 @@ pub struct Metrics {
     pub members: Gauge,
     /// The federal group's term.
     pub federal_term: Gauge,
+    /// Workers the mesh wants beyond its members (set by the president).
+    pub mesh_workers_wanted: Gauge,
+    /// Open tasks of the running projects' current phases (set by the president).
+    pub mesh_open_tasks: Gauge,
+    /// The active members' task slots (set by the president).
+    pub mesh_task_slots: Gauge,
+    /// Runs of the operator's scale hook, by outcome (ok, failed, timeout).
+    pub scale_hook_runs: Family<Labels, Counter>,
     /// 1 if this node is the president.
     pub is_president: Gauge,
     /// State groups this node governs.
@@ -103,6 +111,10 @@ impl Default for Metrics {
             artifacts_repaired: Counter::default(),
             members: Gauge::default(),
             federal_term: Gauge::default(),
+            mesh_workers_wanted: Gauge::default(),
+            mesh_open_tasks: Gauge::default(),
+            mesh_task_slots: Gauge::default(),
+            scale_hook_runs: Family::default(),
             is_president: Gauge::default(),
             governs: Gauge::default(),
             bytes_sent: Counter::default(),
@@ -143,6 +155,26 @@ impl Default for Metrics {
             "performance_alerts",
             "PerformanceAlerts this node recorded as president, by metric",
             metrics.performance_alerts.clone(),
+        );
+        registry.register(
+            "mesh_workers_wanted",
+            "Workers the mesh wants beyond its members, as the president sees it",
+            metrics.mesh_workers_wanted.clone(),
+        );
+        registry.register(
+            "mesh_open_tasks",
+            "Open tasks of the running projects' current phases, as the president sees it",
+            metrics.mesh_open_tasks.clone(),
+        );
+        registry.register(
+            "mesh_task_slots",
+            "The active members' task slots, as the president sees it",
+            metrics.mesh_task_slots.clone(),
+        );
+        registry.register(
+            "scale_hook_runs",
+            "Runs of this node's scale hook, by outcome",
+            metrics.scale_hook_runs.clone(),
         );
         registry.register(
             "resource_requests",

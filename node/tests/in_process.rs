@@ -25,6 +25,7 @@ fn config(dir: &std::path::Path, join: Option<(String, String)>) -> NodeConfig {
         kademlia: true,
         liveness: None,
         max_artifact_bytes: None,
+        scale_hook: None,
     }
 }
 

@@ -266,6 +266,7 @@ impl Sim {
                 timeout: Duration::from_secs(20),
             }),
             max_artifact_bytes: None,
+            scale_hook: None,
         })
     }
 

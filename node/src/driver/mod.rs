@@ -16,6 +16,8 @@
 //!   alerts     PerformanceAlerts: raised by a mayor's monitor, recorded by the president
 //!   resources  accounts, limits and ResourceRequests: charged by mayors, limits copied
 //!              by governors, requests carried up to the president
+//!   scaling    on the president: whether the mesh wants more workers (gauges, the
+//!              operator's scale hook)
 //!   policy     the policy in force: applied through the president, consulted at
 //!              submission and admission, each decision counted
 //!   artifacts  task outputs: kept by the worker, copied to the state's voters before
@@ -36,5 +38,6 @@ pub mod policy;
 pub mod projects;
 pub mod resources;
 pub mod runtime;
+pub mod scaling;
 pub mod states;
 pub mod work;

@@ -330,6 +330,9 @@ pub struct NodeConfig {
     /// How connections are checked for life (see `swarm::Liveness`); `None` is the
     /// default for real nodes.
     pub liveness: Option<swarm::Liveness>,
+    /// A shell command this node runs, as president, when the mesh wants more workers
+    /// (see [`crate::driver::scaling`]); `None` runs nothing.
+    pub scale_hook: Option<String>,
     /// The largest output a task may produce here (`None`:
     /// [`crate::driver::artifacts::DEFAULT_MAX_ARTIFACT_BYTES`]); a larger one fails its
     /// task, and this node keeps no copy of a larger artefact for others.
@@ -404,6 +407,10 @@ pub struct Node {
     pub(crate) monitor: Mutex<crate::governance::monitor::Monitor>,
     /// When this node, as a mayor, last asked about each state's resource.
     pub(crate) resource_asks: Mutex<BTreeMap<crate::driver::resources::Ask, (u64, u64)>>,
+    /// The operator's scale hook (`--scale-hook`).
+    pub(crate) scale_hook: Option<String>,
+    /// When the scale hook last ran.
+    pub(crate) scale_hook_ran: Mutex<Option<u64>>,
     /// Evicted members this node has blocked (see [`Node::enforce_evictions`]).
     pub(crate) blocked: Mutex<std::collections::HashSet<PeerId>>,
     /// The Registry's members version at the last rebuild of the book and the roster.
@@ -2569,6 +2576,8 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         policy_cache: Mutex::new(None),
         monitor: Mutex::new(crate::governance::monitor::Monitor::default()),
         resource_asks: Mutex::new(BTreeMap::new()),
+        scale_hook: config.scale_hook.clone(),
+        scale_hook_ran: Mutex::new(None),
         members_seen: Mutex::new(None),
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),

@@ -1833,6 +1833,7 @@ impl Node {
         if self.president().map(|(id, _)| id) != Some(self.me()) {
             return;
         }
+        self.scale_check().await;
         let now = now_ms();
         type Running = (
             String,

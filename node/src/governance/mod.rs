@@ -6,7 +6,9 @@
 //!            decisions at submission and admission, with tier presets (seed §12)
 //!   monitor  a mayor's view of its workers' outcomes: failures in a row past the
 //!            performance policy's threshold raise a PerformanceAlert
+//!   scaling  whether the mesh needs more workers than it has (seed §9.2)
 //! ```
 
 pub mod monitor;
 pub mod policy;
+pub mod scaling;

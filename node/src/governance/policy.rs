@@ -29,6 +29,10 @@
 //! amount = 5000000
 //! per = "day"                      # hour | day | month (30 days) | total
 //! hard = true                      # hard stops dispatch; soft raises an alert
+//!
+//! [scaling]                        # seed §9.2: when the mesh wants more workers
+//! open_tasks_per_slot = 4          # open tasks one unit of capacity is meant to carry
+//! hook_cooldown_secs = 300         # least time between runs of a node's --scale-hook
 //! ```
 //!
 //! A rule fires when all of its `when` keys match, none of its `unless` keys match, and
@@ -340,6 +344,8 @@ pub struct Policy {
     pub performance: Performance,
     /// Its resource limits and approvals.
     pub resources: Resources,
+    /// Its mesh-level scaling thresholds.
+    pub scaling: super::scaling::Scaling,
     /// Its rules, the tier's first, in document order.
     pub rules: Vec<Rule>,
     /// Rule indexes by decision point.
@@ -369,8 +375,16 @@ struct RawPolicy {
     tier: Option<Spanned<String>>,
     performance: Option<RawPerformance>,
     resources: Option<RawResources>,
+    scaling: Option<RawScaling>,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScaling {
+    open_tasks_per_slot: Option<Spanned<u32>>,
+    hook_cooldown_secs: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -492,6 +506,22 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         Some(raw) => convert_resources(raw, &index)?,
         None => Resources::default(),
     };
+    let mut scaling = super::scaling::Scaling::default();
+    if let Some(raw) = raw.scaling {
+        if let Some(per_slot) = raw.open_tasks_per_slot {
+            let max = super::scaling::MAX_OPEN_TASKS_PER_SLOT;
+            if !(1..=max).contains(per_slot.get_ref()) {
+                return Err(error(
+                    Some(index.of(&per_slot)),
+                    format!("open_tasks_per_slot is 1 to {max}"),
+                ));
+            }
+            scaling.open_tasks_per_slot = per_slot.into_inner();
+        }
+        if let Some(cooldown) = raw.hook_cooldown_secs {
+            scaling.hook_cooldown_secs = cooldown;
+        }
+    }
     let mut rules = tier.map(Tier::rules).unwrap_or_default();
     if raw.rules.len() + rules.len() > MAX_RULES {
         return Err(error(
@@ -517,6 +547,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     let mut policy = Policy::new(tier, rules);
     policy.performance = performance;
     policy.resources = resources;
+    policy.scaling = scaling;
     Ok(policy)
 }
 
@@ -825,6 +856,7 @@ impl Policy {
             tier,
             performance: Performance::default(),
             resources: Resources::default(),
+            scaling: super::scaling::Scaling::default(),
             rules,
             by_point,
         }
@@ -991,6 +1023,11 @@ mod tests {
                 "tier = \"starter\"\n[performance]\nworker_failures_in_a_row = 0\n",
                 3,
                 "worker_failures_in_a_row is 1 to",
+            ),
+            (
+                "[scaling]\nopen_tasks_per_slot = 0\n",
+                2,
+                "open_tasks_per_slot is 1 to",
             ),
             (
                 "[resources]\napprove_up_to = { gpu = 1 }\n",
