@@ -271,3 +271,52 @@ fn a_worker_whose_tasks_keep_failing_raises_an_alert_that_aamas_alerts_shows() {
         "{text}"
     );
 }
+
+#[test]
+fn the_communication_policy_bounds_work_messages_per_sender_and_work_still_finishes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy(root.path(), 5);
+    let chief = &nodes[index_of(&nodes, &president)];
+    // The state with the most members: its mayor sends work to the others.
+    let members: Vec<Value> =
+        serde_json::from_str(&chief.cli(&["members", "--json"]).expect("members")).expect("json");
+    let mut by_state: std::collections::BTreeMap<String, usize> = Default::default();
+    for member in &members {
+        if let Some(state) = field(member, "state") {
+            *by_state.entry(state).or_default() += 1;
+        }
+    }
+    let (state, _) = by_state
+        .into_iter()
+        .max_by_key(|(_, count)| *count)
+        .expect("a populated state");
+    let tight = write(
+        root.path(),
+        "tight.toml",
+        "[communication]\nmessages_per_sec = 2\nburst = 2\n",
+    );
+    chief.cli(&["policy", "apply", &tight]).expect("applied");
+    wait_for("the policy on every node", || {
+        nodes
+            .iter()
+            .all(|node| version(node).is_some_and(|v| v >= 2))
+            .then_some(())
+    });
+    let mut spec = String::from("name = \"chatty\"\n[[phase]]\nname = \"initiation\"\n");
+    for i in 0..30 {
+        spec.push_str(&format!(
+            "  [[phase.task]]\n  name = \"t{i:02}\"\n  state = \"{state}\"\n  \
+             executor = \"builtin\"\n  action = \"digest\"\n  input = \"part {i}\"\n"
+        ));
+    }
+    let id = nodes[0].submit(&spec).expect("submitted");
+    // Senders past 2 messages a second are refused and try again: the work finishes,
+    // slower, and the refusals are counted.
+    let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+    let refused: f64 = nodes
+        .iter()
+        .filter_map(|node| node.metric("aamas_rpc_refused_total{reason=\"rate_limited\"}"))
+        .sum();
+    assert!(refused >= 1.0, "no work message was over the rate");
+}

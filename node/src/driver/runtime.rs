@@ -407,6 +407,8 @@ pub struct Node {
     pub(crate) monitor: Mutex<crate::governance::monitor::Monitor>,
     /// When this node, as a mayor, last asked about each state's resource.
     pub(crate) resource_asks: Mutex<BTreeMap<crate::driver::resources::Ask, (u64, u64)>>,
+    /// The communication policy's bound on work messages per sender.
+    pub(crate) rate: Mutex<crate::governance::rate::RateLimiter<NodeKey>>,
     /// The operator's scale hook (`--scale-hook`).
     pub(crate) scale_hook: Option<String>,
     /// When the scale hook last ran.
@@ -2577,6 +2579,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         monitor: Mutex::new(crate::governance::monitor::Monitor::default()),
         resource_asks: Mutex::new(BTreeMap::new()),
         scale_hook: config.scale_hook.clone(),
+        rate: Mutex::new(crate::governance::rate::RateLimiter::default()),
         scale_hook_ran: Mutex::new(None),
         members_seen: Mutex::new(None),
         registry_version: Mutex::new((None, 0, None)),

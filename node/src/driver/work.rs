@@ -502,6 +502,9 @@ impl Node {
             Ok(work) => work,
             Err(error) => return refused(format!("malformed work message: {error}")),
         };
+        if let Err(refusal) = self.within_rate(opened.header.sender, 1) {
+            return refusal;
+        }
         if work.kind() != opened.header.kind {
             return refused("the work message does not match the envelope's kind".into());
         }
@@ -509,6 +512,22 @@ impl Node {
             Ok(()) => RpcResponse::Ack,
             Err(reason) => refused(reason.to_string()),
         }
+    }
+
+    /// Takes `messages` from `sender`'s allowance under the communication policy, or
+    /// refuses them (counted).
+    fn within_rate(&self, sender: NodeKey, messages: u32) -> Result<(), RpcResponse> {
+        let mut rate = self
+            .rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rate.allow(&sender, messages, now_ms()) {
+            return Ok(());
+        }
+        let per_sec = rate.rule().messages_per_sec;
+        drop(rate);
+        tracing::debug!(sender = %sender.peer_id(), messages, per_sec, "work messages over the rate; refused");
+        Err(self.refuse(&crate::roles::authority::Refusal::RateLimited { per_sec }))
     }
 
     /// Several work messages in one envelope (from a sender's courier): each handled as
@@ -529,6 +548,10 @@ impl Node {
                     items.len()
                 ),
             };
+        }
+        let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
+        if let Err(refusal) = self.within_rate(sender, count) {
+            return refusal;
         }
         let answers = items.iter().map(|item| async move {
             let work: Work = match postcard::from_bytes(item) {
@@ -1355,6 +1378,12 @@ impl Node {
 
     /// One round of every work role this node holds.
     pub(crate) async fn work_round(self: &Arc<Self>, cores: &mut Cores) {
+        if let Some(policy) = self.policy().await {
+            self.rate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set_rule(policy.communication);
+        }
         self.watch_groups(&mut cores.watched);
         self.worker_tick(&mut cores.worker);
         let mut roles: BTreeSet<Role> = self.mayor_tick(cores).await;

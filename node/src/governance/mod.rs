@@ -7,8 +7,10 @@
 //!   monitor  a mayor's view of its workers' outcomes: failures in a row past the
 //!            performance policy's threshold raise a PerformanceAlert
 //!   scaling  whether the mesh needs more workers than it has (seed §9.2)
+//!   rate     the communication policy's bound on messages per sender
 //! ```
 
 pub mod monitor;
 pub mod policy;
+pub mod rate;
 pub mod scaling;

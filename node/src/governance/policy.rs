@@ -33,6 +33,10 @@
 //! [scaling]                        # seed §9.2: when the mesh wants more workers
 //! open_tasks_per_slot = 4          # open tasks one unit of capacity is meant to carry
 //! hook_cooldown_secs = 300         # least time between runs of a node's --scale-hook
+//!
+//! [communication]                  # how much one member may message another
+//! messages_per_sec = 5000          # work messages per sender, sustained
+//! burst = 20000                    # and at once
 //! ```
 //!
 //! A rule fires when all of its `when` keys match, none of its `unless` keys match, and
@@ -346,6 +350,8 @@ pub struct Policy {
     pub resources: Resources,
     /// Its mesh-level scaling thresholds.
     pub scaling: super::scaling::Scaling,
+    /// How much a member may message another.
+    pub communication: super::rate::Communication,
     /// Its rules, the tier's first, in document order.
     pub rules: Vec<Rule>,
     /// Rule indexes by decision point.
@@ -376,8 +382,16 @@ struct RawPolicy {
     performance: Option<RawPerformance>,
     resources: Option<RawResources>,
     scaling: Option<RawScaling>,
+    communication: Option<RawCommunication>,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommunication {
+    messages_per_sec: Option<Spanned<u32>>,
+    burst: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -522,6 +536,28 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             scaling.hook_cooldown_secs = cooldown;
         }
     }
+    let mut communication = super::rate::Communication::default();
+    if let Some(raw) = raw.communication {
+        let max = super::rate::MAX_MESSAGES_PER_SEC;
+        for (name, value, slot) in [
+            (
+                "messages_per_sec",
+                raw.messages_per_sec,
+                &mut communication.messages_per_sec,
+            ),
+            ("burst", raw.burst, &mut communication.burst),
+        ] {
+            if let Some(value) = value {
+                if !(1..=max).contains(value.get_ref()) {
+                    return Err(error(
+                        Some(index.of(&value)),
+                        format!("{name} is 1 to {max}"),
+                    ));
+                }
+                *slot = value.into_inner();
+            }
+        }
+    }
     let mut rules = tier.map(Tier::rules).unwrap_or_default();
     if raw.rules.len() + rules.len() > MAX_RULES {
         return Err(error(
@@ -548,6 +584,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     policy.performance = performance;
     policy.resources = resources;
     policy.scaling = scaling;
+    policy.communication = communication;
     Ok(policy)
 }
 
@@ -857,6 +894,7 @@ impl Policy {
             performance: Performance::default(),
             resources: Resources::default(),
             scaling: super::scaling::Scaling::default(),
+            communication: super::rate::Communication::default(),
             rules,
             by_point,
         }
@@ -1023,6 +1061,11 @@ mod tests {
                 "tier = \"starter\"\n[performance]\nworker_failures_in_a_row = 0\n",
                 3,
                 "worker_failures_in_a_row is 1 to",
+            ),
+            (
+                "[communication]\nmessages_per_sec = 10\nburst = 0\n",
+                3,
+                "burst is 1 to",
             ),
             (
                 "[scaling]\nopen_tasks_per_slot = 0\n",

@@ -126,6 +126,14 @@ pub enum Refusal {
         /// The state.
         state: String,
     },
+    /// Work messages from a sender past the communication policy's rate.
+    #[error(
+        "over the communication policy's {per_sec} work messages per second; try again shortly"
+    )]
+    RateLimited {
+        /// The rate in force.
+        per_sec: u32,
+    },
     /// An eviction of the president itself.
     #[error("the president cannot evict itself: stop it, and evict it from the next president")]
     EvictsPresident,
@@ -153,6 +161,7 @@ impl Refusal {
             Refusal::EvictsPresident => "evicts_president",
             Refusal::NotAMonitor => "not_a_monitor",
             Refusal::NotTheGovernor { .. } => "not_the_governor",
+            Refusal::RateLimited { .. } => "rate_limited",
         }
     }
 }
