@@ -502,7 +502,7 @@ impl Node {
             Ok(work) => work,
             Err(error) => return refused(format!("malformed work message: {error}")),
         };
-        if let Err(refusal) = self.within_rate(opened.header.sender, 1) {
+        if let Some(refusal) = self.over_rate(opened.header.sender, 1) {
             return refusal;
         }
         if work.kind() != opened.header.kind {
@@ -514,20 +514,20 @@ impl Node {
         }
     }
 
-    /// Takes `messages` from `sender`'s allowance under the communication policy, or
-    /// refuses them (counted).
-    fn within_rate(&self, sender: NodeKey, messages: u32) -> Result<(), RpcResponse> {
+    /// Takes `messages` from `sender`'s allowance under the communication policy; over
+    /// it, the refusal to answer with (counted).
+    fn over_rate(&self, sender: NodeKey, messages: u32) -> Option<RpcResponse> {
         let mut rate = self
             .rate
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if rate.allow(&sender, messages, now_ms()) {
-            return Ok(());
+            return None;
         }
         let per_sec = rate.rule().messages_per_sec;
         drop(rate);
         tracing::debug!(sender = %sender.peer_id(), messages, per_sec, "work messages over the rate; refused");
-        Err(self.refuse(&crate::roles::authority::Refusal::RateLimited { per_sec }))
+        Some(self.refuse(&crate::roles::authority::Refusal::RateLimited { per_sec }))
     }
 
     /// Several work messages in one envelope (from a sender's courier): each handled as
@@ -550,7 +550,7 @@ impl Node {
             };
         }
         let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
-        if let Err(refusal) = self.within_rate(sender, count) {
+        if let Some(refusal) = self.over_rate(sender, count) {
             return refusal;
         }
         let answers = items.iter().map(|item| async move {
