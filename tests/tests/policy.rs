@@ -2,7 +2,8 @@
 //! default in force; check, apply and show round-trip; an invalid document names its line
 //! and leaves the one in force; only the president's operator applies one; its rules
 //! refuse submissions (hard, soft until overridden) and admissions, and each decision is
-//! counted under its rule.
+//! counted under its rule. The communication policy bounds work messages per sender, and
+//! the escalation policy sets how often a task lost to faults of the moment is reopened.
 
 use std::path::Path;
 
@@ -319,4 +320,45 @@ fn the_communication_policy_bounds_work_messages_per_sender_and_work_still_finis
         .filter_map(|node| node.metric("aamas_rpc_refused_total{reason=\"rate_limited\"}"))
         .sum();
     assert!(refused >= 1.0, "no work message was over the rate");
+}
+
+#[test]
+fn the_escalation_policy_sets_how_often_a_task_lost_to_faults_is_reopened() {
+    // Every worker's model endpoint refuses connections: each attempt fails as a fault
+    // of the moment, which the president reopens as the escalation policy says.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = closed.local_addr().expect("its address").port();
+    drop(closed);
+    let env = vec![
+        (
+            "AAMAS_LLM_BASE_URL".to_string(),
+            format!("http://127.0.0.1:{port}/v1"),
+        ),
+        ("AAMAS_LLM_MODEL".to_string(), "absent".to_string()),
+    ];
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy_env(root.path(), 3, &env);
+    let chief = &nodes[index_of(&nodes, &president)];
+    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
+        .and_then(|governed| governed.into_iter().next())
+        .expect("a governed state");
+    let ladder = write(
+        root.path(),
+        "ladder.toml",
+        "[escalation]\nreopenings = 3\nreopen_attempts = 1\n",
+    );
+    chief.cli(&["policy", "apply", &ladder]).expect("applied");
+    let spec = format!(
+        "name = \"unreachable\"\n[[phase]]\nname = \"initiation\"\n  [[phase.task]]\n  \
+         name = \"ask\"\n  state = \"{state}\"\n  executor = \"llm\"\n  input = \"hello\"\n  \
+         retries = 0\n"
+    );
+    let id = nodes[0].submit(&spec).expect("submitted");
+    let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
+    assert_eq!(field(&end, "status").as_deref(), Some("failed"), "{end}");
+    let tasks = all_tasks(&nodes, &id);
+    let task = tasks.values().next().expect("the task");
+    // One attempt, then three reopenings of one attempt each.
+    assert_eq!(task["reopened"], 3, "{task}");
+    assert_eq!(task["attempt"], 4, "{task}");
 }

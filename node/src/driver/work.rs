@@ -1863,6 +1863,9 @@ impl Node {
             return;
         }
         self.scale_check().await;
+        if let Some(policy) = self.policy().await {
+            president.set_ladder(policy.escalation);
+        }
         let now = now_ms();
         type Running = (
             String,
@@ -2092,6 +2095,7 @@ impl TaskSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::governance::policy::Escalation;
     use crate::spec::{ExecutorSpec, SHELL_SKILL};
 
     /// The largest outcome a worker sends (output at the cap, every character multi-byte,
@@ -2275,13 +2279,25 @@ mod tests {
             reopened,
         };
         let lost = "failed after every attempt: the worker was lost";
-        assert_eq!(decide(&report(lost, true, 0)), Decision::Reassign);
-        assert_eq!(decide(&report(lost, true, 1)), Decision::FailPhase);
+        assert_eq!(
+            decide(&report(lost, true, 0), &Escalation::default()),
+            Decision::Reassign
+        );
+        assert_eq!(
+            decide(&report(lost, true, 1), &Escalation::default()),
+            Decision::FailPhase
+        );
         let exit = "failed after every attempt: task failed: exit status 3";
-        assert_eq!(decide(&report(exit, false, 0)), Decision::FailPhase);
+        assert_eq!(
+            decide(&report(exit, false, 0), &Escalation::default()),
+            Decision::FailPhase
+        );
         // A task whose own output says "busy" or "timed out" failed on its merits.
         let printed = "failed after every attempt: task failed: busy, timed out, unavailable";
-        assert_eq!(decide(&report(printed, false, 0)), Decision::FailPhase);
+        assert_eq!(
+            decide(&report(printed, false, 0), &Escalation::default()),
+            Decision::FailPhase
+        );
     }
 
     /// The failure's type, not its words, says whether it was a fault of the moment.

@@ -37,6 +37,10 @@
 //! [communication]                  # how much one member may message another
 //! messages_per_sec = 5000          # work messages per sender, sustained
 //! burst = 20000                    # and at once
+//!
+//! [escalation]                     # a task lost to faults of the moment (lost worker,
+//! reopenings = 1                   # timeout, unreachable service) is reopened by the
+//! reopen_attempts = 2              # president this often, with this many attempts each
 //! ```
 //!
 //! A rule fires when all of its `when` keys match, none of its `unless` keys match, and
@@ -294,6 +298,36 @@ pub struct Performance {
 
 /// Most failures in a row a threshold may name.
 pub const MAX_FAILURES_IN_A_ROW: u32 = 1_000;
+/// The escalation policy (`[escalation]`): the president's ladder for a task that used
+/// up its attempts on faults of the moment (a lost worker, a timeout, an unreachable
+/// service). A task that failed on its merits fails its phase at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// How many times the president reopens such a task before failing the phase.
+    pub reopenings: u32,
+    /// Attempts each reopening gives it.
+    pub reopen_attempts: u32,
+}
+
+impl Escalation {
+    /// The ladder without a policy: one reopening of two attempts.
+    pub const DEFAULT: Escalation = Escalation {
+        reopenings: 1,
+        reopen_attempts: 2,
+    };
+}
+
+impl Default for Escalation {
+    fn default() -> Self {
+        Escalation::DEFAULT
+    }
+}
+
+/// Most reopenings the escalation policy may name.
+pub const MAX_REOPENINGS: u32 = 4;
+/// Most attempts one reopening may give (a task has at most 16 in all).
+pub const MAX_REOPEN_ATTEMPTS: u32 = 4;
+
 /// Most `[[resources.limit]]` entries.
 pub const MAX_POLICY_LIMITS: usize = 256;
 
@@ -352,6 +386,8 @@ pub struct Policy {
     pub scaling: super::scaling::Scaling,
     /// How much a member may message another.
     pub communication: super::rate::Communication,
+    /// The president's ladder for tasks lost to faults of the moment.
+    pub escalation: Escalation,
     /// Its rules, the tier's first, in document order.
     pub rules: Vec<Rule>,
     /// Rule indexes by decision point.
@@ -383,8 +419,16 @@ struct RawPolicy {
     resources: Option<RawResources>,
     scaling: Option<RawScaling>,
     communication: Option<RawCommunication>,
+    escalation: Option<RawEscalation>,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEscalation {
+    reopenings: Option<Spanned<u32>>,
+    reopen_attempts: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -558,6 +602,33 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             }
         }
     }
+    let mut escalation = Escalation::default();
+    if let Some(raw) = raw.escalation {
+        for (name, value, slot, range) in [
+            (
+                "reopenings",
+                raw.reopenings,
+                &mut escalation.reopenings,
+                0..=MAX_REOPENINGS,
+            ),
+            (
+                "reopen_attempts",
+                raw.reopen_attempts,
+                &mut escalation.reopen_attempts,
+                1..=MAX_REOPEN_ATTEMPTS,
+            ),
+        ] {
+            if let Some(value) = value {
+                if !range.contains(value.get_ref()) {
+                    return Err(error(
+                        Some(index.of(&value)),
+                        format!("{name} is {} to {}", range.start(), range.end()),
+                    ));
+                }
+                *slot = value.into_inner();
+            }
+        }
+    }
     let mut rules = tier.map(Tier::rules).unwrap_or_default();
     if raw.rules.len() + rules.len() > MAX_RULES {
         return Err(error(
@@ -585,6 +656,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     policy.resources = resources;
     policy.scaling = scaling;
     policy.communication = communication;
+    policy.escalation = escalation;
     Ok(policy)
 }
 
@@ -895,6 +967,7 @@ impl Policy {
             resources: Resources::default(),
             scaling: super::scaling::Scaling::default(),
             communication: super::rate::Communication::default(),
+            escalation: Escalation::default(),
             rules,
             by_point,
         }
@@ -1062,6 +1135,7 @@ mod tests {
                 3,
                 "worker_failures_in_a_row is 1 to",
             ),
+            ("[escalation]\nreopenings = 9\n", 2, "reopenings is 0 to 4"),
             (
                 "[communication]\nmessages_per_sec = 10\nburst = 0\n",
                 3,

@@ -667,10 +667,12 @@ impl Governor {
             if task.status != TaskStatus::Failed {
                 continue;
             }
+            // After each reopening the task can fail and go up again: a new request.
             let request = vec![
                 b"escalate".to_vec(),
                 key.project.as_bytes().to_vec(),
                 key.task.as_bytes().to_vec(),
+                task.reopened.to_be_bytes().to_vec(),
             ];
             let reason = task.failure.clone().unwrap_or_default();
             self.write(

@@ -35,6 +35,7 @@ use aamas_consensus::ledger::{TaskKey, TaskStatus};
 use aamas_consensus::registry::{PhaseGate, PhaseProgress, RegistryCommand, Review};
 use aamas_protocol::{Event, NodeKey, Phase};
 
+use crate::governance::policy::Escalation;
 use crate::roles::governor::{NewTask, StateProgress, TaskReport};
 use crate::spec::{ExecutorSpec, GateSpec, PhaseSpec, PlanSpec, ProjectSpec, TaskSpec};
 
@@ -49,10 +50,12 @@ pub const FEDERAL_ALIVE_MS: u64 = 2_000;
 pub const LEARNERS_PER_TICK: usize = 256;
 /// How often the president resends tasks a state has not reported yet.
 pub const ASSIGN_RESEND_MS: u64 = 1_000;
-/// How many more attempts a reopened task gets.
-pub const REOPEN_ATTEMPTS: u32 = 2;
-/// How often the president reopens one task.
-pub const MAX_REOPENINGS: u32 = 1;
+/// How many more attempts a reopened task gets by default (the escalation policy's
+/// `reopen_attempts`).
+pub const REOPEN_ATTEMPTS: u32 = Escalation::DEFAULT.reopen_attempts;
+/// How often the president reopens one task by default (the escalation policy's
+/// `reopenings`).
+pub const MAX_REOPENINGS: u32 = Escalation::DEFAULT.reopenings;
 /// Proposals under way at once.
 pub const MAX_PROPOSALS_IN_FLIGHT: usize = 1_024;
 /// The longest failure reason a project keeps.
@@ -94,11 +97,12 @@ pub enum Decision {
 
 /// The president's decision: a task lost to faults of the moment (a lost worker, a
 /// timeout, an unreachable service: [`TaskReport::transient`], recorded from the
-/// failure's type) is reassigned, at most [`MAX_REOPENINGS`] times; a task that failed on
-/// its merits (a non-zero exit, a refused request, a bad reply) fails the phase, whatever
-/// words its output or reason holds.
-pub fn decide(report: &TaskReport) -> Decision {
-    if report.transient && report.reopened < MAX_REOPENINGS {
+/// failure's type) is reassigned, at most the escalation policy's `reopenings` times
+/// ([`MAX_REOPENINGS`] by default); a task that failed on its merits (a non-zero exit, a
+/// refused request, a bad reply) fails the phase, whatever words its output or reason
+/// holds.
+pub fn decide(report: &TaskReport, ladder: &Escalation) -> Decision {
+    if report.transient && report.reopened < ladder.reopenings {
         Decision::Reassign
     } else {
         Decision::FailPhase
@@ -383,6 +387,8 @@ pub struct President {
     sent: BTreeMap<(String, Phase, String), u64>,
     /// When each escalated task was last reopened.
     reopened: BTreeMap<TaskKey, u64>,
+    /// The escalation policy's ladder in force.
+    ladder: Escalation,
     /// Reviews being read: when the read was asked for, and the names of the phase's
     /// tasks (what a review may send back).
     reading: BTreeMap<(String, Phase, u32), (u64, Vec<String>)>,
@@ -406,6 +412,11 @@ impl President {
     /// A president that knows nothing yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Puts the escalation policy's ladder in force for the tasks escalated from now on.
+    pub fn set_ladder(&mut self, ladder: Escalation) {
+        self.ladder = ladder;
     }
 
     /// Takes one input at `now_ms`.
@@ -911,7 +922,7 @@ impl President {
             .reason
             .clone()
             .unwrap_or_else(|| "no reason given".into());
-        match decide(report) {
+        match decide(report, &self.ladder) {
             Decision::Reassign => {
                 let key = TaskKey {
                     project: id.to_string(),
@@ -928,7 +939,7 @@ impl President {
                     self.queued.push_back(Command::Reopen {
                         governor: *governor,
                         key,
-                        attempts: REOPEN_ATTEMPTS,
+                        attempts: self.ladder.reopen_attempts,
                         reopening: report.reopened + 1,
                     });
                 }
@@ -2382,7 +2393,27 @@ mod tests {
             }]
         ));
         assert_eq!(
-            decide(&report(TaskStatus::Escalated, true, 0)),
+            decide(
+                &report(TaskStatus::Escalated, true, 0),
+                &Escalation::default()
+            ),
+            Decision::Reassign
+        );
+        // The escalation policy sets the ladder: none, or more rungs.
+        let none = Escalation {
+            reopenings: 0,
+            ..Escalation::default()
+        };
+        assert_eq!(
+            decide(&report(TaskStatus::Escalated, true, 0), &none),
+            Decision::FailPhase
+        );
+        let three = Escalation {
+            reopenings: 3,
+            ..Escalation::default()
+        };
+        assert_eq!(
+            decide(&report(TaskStatus::Escalated, true, 2), &three),
             Decision::Reassign
         );
     }
