@@ -135,6 +135,22 @@ pub struct StateInfo {
     pub limits_version: u64,
 }
 
+impl StateInfo {
+    /// Members that hold a copy of its Ledger, as far as the Registry knows: the voters
+    /// its governor last reported, then its founding voters.
+    pub fn known_voters(&self) -> Vec<NodeKey> {
+        let mut voters: Vec<NodeKey> = self
+            .governor
+            .as_ref()
+            .map(|g| g.voters.clone())
+            .unwrap_or_default();
+        if let Some(group) = &self.group {
+            voters.extend(group.voters.iter().copied());
+        }
+        voters
+    }
+}
+
 /// Most ResourceRequests kept; the oldest decided ones make room.
 pub const MAX_RESOURCE_REQUESTS: usize = 1_024;
 

@@ -53,6 +53,17 @@ fn tasks_by_name(nodes: &[Node], id: &str) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// A 3-node hierarchy whose workers call `llm`; the nodes, the president's index and a
+/// state with members (and so a governor and a Ledger).
+fn metered_mesh(root: &std::path::Path, llm: &MockLlm) -> (Vec<Node>, usize, String) {
+    let (nodes, president) = start_hierarchy_env(root, 3, &llm.env());
+    let chief = index_of(&nodes, &president);
+    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
+        .and_then(|governed| governed.into_iter().next())
+        .expect("a governed state");
+    (nodes, chief, state)
+}
+
 fn money(value: &Value) -> u64 {
     value["money_micros"].as_u64().unwrap_or(0)
 }
@@ -61,16 +72,12 @@ fn money(value: &Value) -> u64 {
 fn a_spent_limit_stops_dispatch_raises_a_request_and_resumes_once_approved() {
     let llm = MockLlm::start(|seen| format!("part done: {}", seen.user.len()));
     let root = tempfile::tempdir().expect("tempdir");
-    let (nodes, president) = start_hierarchy_env(root.path(), 3, &llm.env());
-    let chief = &nodes[index_of(&nodes, &president)];
+    let (nodes, chief, state) = metered_mesh(root.path(), &llm);
+    let chief = &nodes[chief];
     let member = nodes
         .iter()
         .find(|node| !std::ptr::eq(*node, chief))
         .expect("a member");
-    // A state with members (and so a governor and a Ledger).
-    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
-        .and_then(|governed| governed.into_iter().next())
-        .expect("a governed state");
 
     // Limits are the president's operator's to set.
     let refused = member
@@ -238,11 +245,8 @@ fn a_spent_limit_stops_dispatch_raises_a_request_and_resumes_once_approved() {
 fn a_soft_limit_reached_raises_an_alert_and_stops_nothing() {
     let llm = MockLlm::start(|_| "done".to_string());
     let root = tempfile::tempdir().expect("tempdir");
-    let (nodes, president) = start_hierarchy_env(root.path(), 3, &llm.env());
-    let chief = &nodes[index_of(&nodes, &president)];
-    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
-        .and_then(|governed| governed.into_iter().next())
-        .expect("a governed state");
+    let (nodes, chief, state) = metered_mesh(root.path(), &llm);
+    let chief = &nodes[chief];
     chief
         .cli(&[
             "resources",
@@ -285,11 +289,8 @@ fn a_soft_limit_reached_raises_an_alert_and_stops_nothing() {
 fn a_policy_puts_limits_on_states_and_approves_small_requests_itself() {
     let llm = MockLlm::start(|seen| format!("part done: {}", seen.user.len()));
     let root = tempfile::tempdir().expect("tempdir");
-    let (nodes, president) = start_hierarchy_env(root.path(), 3, &llm.env());
-    let chief = &nodes[index_of(&nodes, &president)];
-    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
-        .and_then(|governed| governed.into_iter().next())
-        .expect("a governed state");
+    let (nodes, chief, state) = metered_mesh(root.path(), &llm);
+    let chief = &nodes[chief];
     let policy = format!(
         "[resources]\napprove_up_to = {{ money_micros = 100000 }}\n\
          [[resources.limit]]\nstates = [\"{state}\"]\nresource = \"money_micros\"\n\

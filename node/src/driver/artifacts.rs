@@ -605,17 +605,7 @@ impl Node {
                     .states()
                     .iter()
                     .filter(|(name, _)| !have.contains(*name))
-                    .map(|(name, info)| {
-                        let mut voters: Vec<NodeKey> = info
-                            .governor
-                            .as_ref()
-                            .map(|g| g.voters.clone())
-                            .unwrap_or_default();
-                        if let Some(group) = &info.group {
-                            voters.extend(group.voters.iter().copied());
-                        }
-                        (name.clone(), voters)
-                    })
+                    .map(|(name, info)| (name.clone(), info.known_voters()))
                     .collect()
             })
             .await

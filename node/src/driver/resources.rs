@@ -116,16 +116,8 @@ impl Node {
                     .states()
                     .iter()
                     .map(|(name, info)| {
-                        let mut voters: Vec<NodeKey> = info
-                            .governor
-                            .as_ref()
-                            .map(|g| g.voters.clone())
-                            .unwrap_or_default();
-                        if let Some(group) = &info.group {
-                            voters.extend(group.voters.iter().copied());
-                        }
                         let limits = (info.limits.clone(), info.limits_version);
-                        (name.clone(), limits, voters)
+                        (name.clone(), limits, info.known_voters())
                     })
                     .collect()
             })
