@@ -142,6 +142,27 @@ fn an_evicted_member_loses_its_seat_and_is_refused_by_every_member() {
         let refilled = voters.len() == 3 && voters.iter().all(|v| v.as_str() != Some(&victim_id));
         refilled.then_some(())
     });
+    // Its state seats go too: no state keeps it as governor, voter, mayor or worker, and
+    // every governed state keeps voters.
+    wait_for("no state seat for the evicted member", || {
+        let tree = chief.hierarchy()?;
+        let states = tree.get("states")?.as_array()?;
+        let seated = states.iter().any(|state| {
+            state["governor"].as_str() == Some(&victim_id)
+                || ["voters", "workers", "mayors"].iter().any(|seat| {
+                    state[*seat]
+                        .as_array()
+                        .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(&victim_id)))
+                })
+        });
+        let governed_without_voters = states.iter().any(|state| {
+            state["governor"].is_string()
+                && state["voters"]
+                    .as_array()
+                    .is_none_or(|voters| voters.is_empty())
+        });
+        (!seated && !governed_without_voters).then_some(())
+    });
     // Every other member drops it and blocks its key.
     for node in nodes.iter().filter(|node| !std::ptr::eq(*node, victim)) {
         wait_for("the others to drop the evicted member", || {

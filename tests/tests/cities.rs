@@ -1,6 +1,8 @@
 //! Cities that scale with their state's queue: a burst of 2,000 tasks in one state (two
 //! projects of 1,000) opens more cities in that state, every task completes with exactly
-//! one result, and the extra cities close again once the queue is empty.
+//! one result, and the extra cities close again once the queue is empty. The policy's
+//! `[scaling]` sets the depth at which they open: 70 tasks keep one city under the
+//! default and open more under a target of 8.
 //!
 //! The tasks name the `technical` state, but five nodes do not always give every state a
 //! group: the president then moves a phase's tasks to a governed state. So the test
@@ -10,11 +12,12 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use aamas_tests::*;
+use serde_json::Value;
 
 /// How long the burst may take (debug build, loaded machine).
 const BURST_LIMIT: Duration = Duration::from_secs(300);
 /// How long the cities may take to close after the burst: one cool-down per closed city
-/// (`aamas_node::roles::cities::CITY_COOLDOWN_MS`, 30 s) and some.
+/// (the default policy's `city_cooldown_secs`, 30 s) and some.
 const CLOSE_LIMIT: Duration = Duration::from_secs(150);
 
 fn burst(name: &str, tasks: usize) -> String {
@@ -149,6 +152,82 @@ fn a_burst_of_two_thousand_tasks_opens_cities_that_close_again() {
                  again {:.1} s later",
                 started.elapsed().as_secs_f64() - burst_secs
             );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the extra cities did not close within {CLOSE_LIMIT:?}: {now:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Samples every node's cities until project `id` ends; the most cities any state had.
+fn most_until_done(nodes: &[Node], id: &str) -> usize {
+    let deadline = std::time::Instant::now() + BURST_LIMIT;
+    let mut most = 0;
+    loop {
+        for node in nodes {
+            if let Some(cities) = cities(node) {
+                most = most.max(most_in_a_state(&cities));
+            }
+        }
+        let status = nodes[0]
+            .project(id)
+            .and_then(|project| field(&project, "status"));
+        if status.as_deref() == Some("completed") {
+            return most;
+        }
+        assert!(
+            status.as_deref() != Some("failed") && std::time::Instant::now() < deadline,
+            "project {id} did not complete within {BURST_LIMIT:?}: {status:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+#[test]
+fn the_policy_sets_the_depth_at_which_cities_open() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy(root.path(), 5);
+    let chief = &nodes[index_of(&nodes, &president)];
+    // 70 pending tasks stay under the default policy's 120% of 64 per city: one city.
+    let id = nodes[0].submit(&burst("calm", 70)).expect("submitted");
+    let most = most_until_done(&nodes, &id);
+    assert_eq!(most, 1, "70 tasks opened a city under the default policy");
+
+    // A target of 8 per city: the same 70 open more, and a cool-down of 20 s keeps them
+    // long enough to be seen before they close again.
+    let path = root.path().join("cities.toml");
+    std::fs::write(
+        &path,
+        "[scaling]\ncity_target_depth = 8\ncity_open_percent = 120\n\
+         city_close_percent = 50\ncity_cooldown_secs = 20\n",
+    )
+    .expect("write");
+    chief
+        .cli(&["policy", "apply", &path.display().to_string()])
+        .expect("applied");
+    wait_for("the policy on every node", || {
+        nodes
+            .iter()
+            .all(|node| {
+                node.cli(&["policy", "show", "--json"])
+                    .ok()
+                    .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                    .and_then(|view| view.get("version").and_then(Value::as_u64))
+                    .is_some_and(|version| version >= 2)
+            })
+            .then_some(())
+    });
+    let id = nodes[0].submit(&burst("busy", 70)).expect("submitted");
+    let most = most_until_done(&nodes, &id);
+    assert!(most >= 2, "a target of 8 opened no city for 70 tasks");
+    // Empty again: back to one city once the policy's cool-down has passed.
+    let deadline = std::time::Instant::now() + CLOSE_LIMIT;
+    loop {
+        let now: Vec<Cities> = nodes.iter().filter_map(cities).collect();
+        if now.iter().all(|cities| most_in_a_state(cities) == 1) && now.len() == nodes.len() {
             break;
         }
         assert!(

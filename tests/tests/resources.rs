@@ -4,7 +4,8 @@
 //! that goes up through its governor to the president; the limit is overshot by at most
 //! one task per worker; the project resumes when the request is approved; and the spend
 //! the state's account records equals the sum of its tasks' measured use. A soft limit
-//! stops nothing and raises a PerformanceAlert.
+//! stops nothing and raises a PerformanceAlert. A shell attempt that fails or times out
+//! is charged the CPU time it used.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -337,4 +338,67 @@ fn a_policy_puts_limits_on_states_and_approves_small_requests_itself() {
             .is_some_and(|count| count >= decided.len() as f64),
         "each approval counted"
     );
+}
+
+fn cpu_ms(value: &Value) -> u64 {
+    value["cpu_ms"].as_u64().unwrap_or(0)
+}
+
+/// One shell task `name` running `command`, in a project of its own.
+fn shell_project(name: &str, command: &str, timeout_secs: u32) -> String {
+    format!(
+        "name = \"{name}\"\n[[phase]]\nname = \"development\"\n  [[phase.task]]\n  \
+         name = \"{name}\"\n  state = \"technical\"\n  executor = \"shell\"\n  \
+         command = \"{command}\"\n  timeout_secs = {timeout_secs}\n  retries = 0\n"
+    )
+}
+
+#[test]
+fn failed_and_timed_out_attempts_are_charged_the_cpu_time_they_used() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, _) = start_hierarchy(root.path(), 3);
+    // A task that computes for a while and then fails on its merits, and one that
+    // spins until each of its attempts times out (and is escalated and reopened).
+    let failing = nodes[0]
+        .submit(&shell_project(
+            "fails",
+            "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; exit 3",
+            60,
+        ))
+        .expect("submitted");
+    let spinning = nodes[0]
+        .submit(&shell_project("spins", "while :; do :; done", 2))
+        .expect("submitted");
+    let mut charged = 0;
+    for id in [&failing, &spinning] {
+        let end = wait_for_project_end(&nodes, id, PROJECT_LIMIT);
+        assert_eq!(field(&end, "status").as_deref(), Some("failed"), "{end}");
+        let tasks = wait_for("the task's attempts to end", || {
+            let tasks = all_tasks(&nodes, id);
+            let over = tasks.values().all(|task| {
+                matches!(
+                    field(task, "status").as_deref(),
+                    Some("failed" | "escalated")
+                )
+            });
+            (tasks.len() == 1 && over).then_some(tasks)
+        });
+        for task in tasks.values() {
+            let used = cpu_ms(&task["used"]);
+            // At least a tenth of what the loop takes on an idle core.
+            assert!(used >= 50, "a failed attempt was not charged: {task}");
+            charged += used;
+        }
+    }
+    // Every state's account together holds what the tasks were charged.
+    wait_for("the accounts to hold every charge", || {
+        let shown: Value =
+            serde_json::from_str(&nodes[0].cli(&["resources", "--json"]).ok()?).ok()?;
+        let accounts: u64 = shown
+            .as_array()?
+            .iter()
+            .map(|view| cpu_ms(&view["used"]))
+            .sum();
+        (accounts == charged).then_some(())
+    });
 }

@@ -22,7 +22,7 @@ use aamas_consensus::artifacts::{ArtifactDigest, Artifacts, artifact_digest, hex
 use aamas_protocol::NodeKey;
 
 use crate::driver::projects::TaskView;
-use crate::driver::runtime::{Node, peer_id};
+use crate::driver::runtime::Node;
 use crate::net::wire::{Rpc, RpcResponse};
 
 /// Bytes of an artefact per message.
@@ -110,15 +110,9 @@ pub enum ArtifactFailure {
 /// Why asking a member about an artefact, or pulling one from it, failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    /// The member's key does not make a peer id.
+    /// The member did not answer.
     #[error(transparent)]
-    Key(#[from] crate::driver::runtime::NodeError),
-    /// The request failed on the network.
-    #[error(transparent)]
-    Network(#[from] crate::net::swarm::NetworkError),
-    /// No answer in time.
-    #[error("no answer within {0:?}")]
-    NoAnswer(std::time::Duration),
+    Ask(#[from] crate::driver::runtime::AskError),
     /// The member refused, with its reason.
     #[error("{0}")]
     Refused(String),
@@ -308,18 +302,7 @@ impl Node {
 
     /// Sends `rpc` to member `key` with [`ARTIFACT_ASK_LIMIT`].
     async fn artifact_ask(&self, key: NodeKey, rpc: Rpc) -> Result<RpcResponse, CopyError> {
-        let peer = peer_id(&key)?;
-        let addrs = self
-            .book
-            .get(crate::driver::runtime::node_id(&key))
-            .map(|(_, addrs)| addrs)
-            .unwrap_or_default();
-        match tokio::time::timeout(ARTIFACT_ASK_LIMIT, self.handle.request(peer, addrs, rpc)).await
-        {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => Err(error.into()),
-            Err(_) => Err(CopyError::NoAnswer(ARTIFACT_ASK_LIMIT)),
-        }
+        Ok(self.ask_within(&key, rpc, ARTIFACT_ASK_LIMIT).await?)
     }
 
     /// Pulls an artefact of `size` bytes (at most the cap) from `from`, chunk by chunk,

@@ -597,22 +597,9 @@ impl Node {
 
     /// Asks member `key` directly, bounded by [`ASK_LIMIT`].
     async fn ask_member(&self, key: NodeKey, rpc: Rpc) -> Result<RpcResponse, AdminError> {
-        let peer: libp2p::PeerId = key
-            .peer_id()
-            .parse()
-            .map_err(|_| AdminError::Unreachable(format!("no peer id for {key:?}")))?;
-        let addrs = self
-            .book
-            .get(crate::driver::runtime::node_id(&key))
-            .map(|(_, addrs)| addrs)
-            .unwrap_or_default();
-        match tokio::time::timeout(ASK_LIMIT, self.handle.request(peer, addrs, rpc)).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => Err(AdminError::Unreachable(error.to_string())),
-            Err(_) => Err(AdminError::Unreachable(format!(
-                "no answer in {ASK_LIMIT:?}"
-            ))),
-        }
+        self.ask_within(&key, rpc, ASK_LIMIT)
+            .await
+            .map_err(|error| AdminError::Unreachable(error.to_string()))
     }
 
     /// The group of `state` if this node governs it (leads its group).
@@ -625,37 +612,40 @@ impl Node {
     }
 
     /// As governor, copies each governed state's limits from the Registry into its
-    /// Ledger when the Registry's are newer, in the background.
-    pub(crate) fn sync_limits(self: &Arc<Self>, governed: &[(String, Group)]) {
+    /// Ledger when the Registry's are newer; only the write goes to the background.
+    pub(crate) async fn sync_limits(self: &Arc<Self>, governed: &[(String, Group)]) {
+        let wanted: BTreeMap<String, (BTreeMap<Resource, Limit>, u64)> = self
+            .registry(|registry| {
+                governed
+                    .iter()
+                    .filter_map(|(state, _)| {
+                        let info = registry.states().get(state)?;
+                        (info.limits_version > 0)
+                            .then(|| (state.clone(), (info.limits.clone(), info.limits_version)))
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
         for (state, group) in governed {
-            let (state, group, node) = (state.clone(), group.clone(), Arc::clone(self));
+            let Some((limits, version)) = wanted.get(state) else {
+                continue;
+            };
+            let have = group
+                .read_local(|machine| machine.ledger().map(|ledger| ledger.limits().1))
+                .await
+                .unwrap_or_default();
+            if *version <= have {
+                continue;
+            }
+            let command = LedgerCommand::SetLimits {
+                version: *version,
+                limits: limits.clone(),
+                now_ms: now_ms(),
+            };
+            let (state, group, node, version) =
+                (state.clone(), group.clone(), Arc::clone(self), *version);
             self.spawn(async move {
-                let wanted = node
-                    .registry(|registry| {
-                        let info = registry.states().get(&state)?;
-                        Some((info.limits.clone(), info.limits_version))
-                    })
-                    .await
-                    .flatten();
-                let Some((limits, version)) = wanted else {
-                    return;
-                };
-                let (_, have) = group
-                    .read_local(|machine| {
-                        machine
-                            .ledger()
-                            .map(|l| (l.limits().0.clone(), l.limits().1))
-                    })
-                    .await
-                    .unwrap_or_default();
-                if version <= have {
-                    return;
-                }
-                let command = LedgerCommand::SetLimits {
-                    version,
-                    limits,
-                    now_ms: now_ms(),
-                };
                 let key: [&[u8]; 3] = [b"limits", state.as_bytes(), &version.to_be_bytes()];
                 match node.ledger_write(&group, &key, command).await {
                     Ok(_) => tracing::info!(state, version, "limits copied into the Ledger"),

@@ -97,6 +97,20 @@ pub fn peer_id(key: &NodeKey) -> Result<PeerId, NodeError> {
     PeerId::from_bytes(&key.peer_id_bytes()).map_err(|error| NodeError::Invalid(error.to_string()))
 }
 
+/// Why [`Node::ask_within`] has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// The member's key does not make a peer id.
+    #[error(transparent)]
+    Key(#[from] NodeError),
+    /// The request failed on the network.
+    #[error(transparent)]
+    Network(#[from] swarm::NetworkError),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
 /// Errors of running a node.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -1133,6 +1147,26 @@ impl Node {
     /// This node's mesh.
     pub fn mesh_id(&self) -> MeshId {
         self.mesh.mesh
+    }
+
+    /// Sends `rpc` to member `key` and waits at most `limit` for its answer: the peer id
+    /// comes from the key, the addresses from the book when it has them.
+    pub(crate) async fn ask_within(
+        &self,
+        key: &NodeKey,
+        rpc: Rpc,
+        limit: Duration,
+    ) -> Result<RpcResponse, AskError> {
+        let peer = peer_id(key)?;
+        let addrs = self
+            .book
+            .get(node_id(key))
+            .map(|(_, addrs)| addrs)
+            .unwrap_or_default();
+        match tokio::time::timeout(limit, self.handle.request(peer, addrs, rpc)).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(AskError::NoAnswer(limit)),
+        }
     }
 
     /// This node's libp2p peer id.

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use aamas_consensus::ledger::{LedgerCommand, LedgerResponse, TaskKey, TaskStatus, TaskUsage};
 use aamas_consensus::registry::{PhaseProgress, ProjectStatus};
+use aamas_consensus::resources::Usage;
 use aamas_consensus::{Command as RaftCommand, Group, Outcome, Request};
 use aamas_protocol::{
     Command, Event, MessageKind, NodeKey, Notification, Payload, Phase, Priority, Report,
@@ -967,6 +968,7 @@ impl Node {
         // The whole output becomes an artefact, on disk here and on the state's voters,
         // before the outcome (with only its start) goes to the mayor.
         if let Ok(execution) = &result {
+            let execution_used = execution.used();
             match self
                 .keep_output(&key.project, &spec.state, execution.output.as_bytes())
                 .await
@@ -982,6 +984,7 @@ impl Node {
                         // The task itself is at fault: running it again gives the same.
                         ArtifactFailure::TooLarge { .. } => ExecError::Failed {
                             reason: failure.to_string(),
+                            used: execution_used,
                         },
                         _ => ExecError::Unavailable {
                             reason: format!("the output could not be kept: {failure}"),
@@ -1047,6 +1050,7 @@ impl Node {
                 Err(failure) => {
                     return Err(ExecError::Failed {
                         reason: reading(failure.to_string()),
+                        used: Usage::default(),
                     });
                 }
             };
@@ -1057,10 +1061,12 @@ impl Node {
                         "the input with the outputs it reads is over {cap} bytes \
                          (aamas node --max-artifact-bytes)"
                     )),
+                    used: Usage::default(),
                 });
             }
             let text = String::from_utf8(bytes).map_err(|_| ExecError::Failed {
                 reason: reading("the output is not UTF-8 text".into()),
+                used: Usage::default(),
             })?;
             outputs.insert(name.to_string(), text);
         }
@@ -1070,6 +1076,7 @@ impl Node {
                     "task {} reads the output of {name}, which was not read",
                     spec.name
                 ),
+                used: Usage::default(),
             })
         })?;
         if context.is_empty() {
@@ -1226,18 +1233,20 @@ impl Node {
             .await;
         // What the attempt used is charged before its outcome commits, once (a repeated
         // charge is a duplicate): a mayor reading the Ledger never sees a finished
-        // attempt whose use is not yet counted against the state's limits.
-        if let Ok(execution) = &result {
-            let used = execution.used();
-            if !used.is_zero() && task.charged < attempt {
-                let charge = LedgerCommand::ChargeAttempt {
-                    key: key.clone(),
-                    attempt,
-                    used,
-                    now_ms: now_ms(),
-                };
-                self.propose_to_governor(&group, city, charge).await?;
-            }
+        // attempt whose use is not yet counted against the state's limits. A failed or
+        // timed-out attempt is charged what it used as well.
+        let used = match &result {
+            Ok(execution) => execution.used(),
+            Err(error) => error.used(),
+        };
+        if !used.is_zero() && task.charged < attempt {
+            let charge = LedgerCommand::ChargeAttempt {
+                key: key.clone(),
+                attempt,
+                used,
+                now_ms: now_ms(),
+            };
+            self.propose_to_governor(&group, city, charge).await?;
         }
         let command = match &result {
             Ok(execution) => LedgerCommand::CompleteTask {
@@ -1765,7 +1774,10 @@ impl Node {
                 eligible,
             });
         }
-        self.sync_limits(&governed);
+        self.sync_limits(&governed).await;
+        if let Some(policy) = self.policy().await {
+            governor.set_scaling(policy.scaling);
+        }
         let president = self.president_key();
         governor.handle(
             now,
@@ -2304,7 +2316,13 @@ mod tests {
     #[test]
     fn only_timeouts_and_unreachable_services_are_transient() {
         use crate::exec::ExecError;
-        assert!(ExecError::Timeout { after_ms: 1 }.retryable());
+        assert!(
+            ExecError::Timeout {
+                after_ms: 1,
+                used: Usage::default()
+            }
+            .retryable()
+        );
         assert!(
             ExecError::Unavailable {
                 reason: "connection refused".into()
@@ -2313,6 +2331,7 @@ mod tests {
         );
         let printed = ExecError::Failed {
             reason: "exit status 1: busy, timed out".into(),
+            used: Usage::default(),
         };
         assert!(!printed.retryable());
         assert!(

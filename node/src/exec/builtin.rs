@@ -64,6 +64,7 @@ fn digest_hex(name: &str, input: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use aamas_consensus::resources::Usage;
 
     use crate::exec::testing::{LONG, run};
     use crate::spec::ExecutorSpec;
@@ -110,7 +111,8 @@ mod tests {
         assert_eq!(
             error,
             ExecError::Failed {
-                reason: "builtin fail action".to_owned()
+                reason: "builtin fail action".to_owned(),
+                used: Usage::default(),
             }
         );
         assert!(!error.retryable());
@@ -128,7 +130,13 @@ mod tests {
         let error = run(&builtin("sleep:60000"), "", Duration::from_millis(50))
             .await
             .unwrap_err();
-        assert_eq!(error, ExecError::Timeout { after_ms: 50 });
+        assert_eq!(
+            error,
+            ExecError::Timeout {
+                after_ms: 50,
+                used: Usage::default()
+            }
+        );
         assert!(error.retryable());
         assert!(started.elapsed() < Duration::from_secs(5));
     }

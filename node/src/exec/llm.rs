@@ -580,6 +580,7 @@ fn server_message(body: &[u8]) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use aamas_consensus::resources::Usage;
 
     use std::net::SocketAddr;
     use std::sync::Mutex;
@@ -777,7 +778,13 @@ mod tests {
         let error = complete(config(address), Duration::from_millis(300))
             .await
             .unwrap_err();
-        assert_eq!(error, ExecError::Timeout { after_ms: 300 });
+        assert_eq!(
+            error,
+            ExecError::Timeout {
+                after_ms: 300,
+                used: Usage::default()
+            }
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(server.requests(), 1);
     }
@@ -826,7 +833,7 @@ mod tests {
         for behaviour in [Behaviour::Malformed, Behaviour::NoContent] {
             let (server, address) = serve(behaviour).await;
             let error = complete(config(address), LONG).await.unwrap_err();
-            let ExecError::Failed { reason } = &error else {
+            let ExecError::Failed { reason, .. } = &error else {
                 panic!("{error:?}")
             };
             assert!(reason.starts_with("malformed reply: "), "{reason}");
@@ -838,7 +845,7 @@ mod tests {
     async fn llm_oversized_reply_fails() {
         let (_server, address) = serve(Behaviour::Huge).await;
         let error = complete(config(address), LONG).await.unwrap_err();
-        let ExecError::Failed { reason } = &error else {
+        let ExecError::Failed { reason, .. } = &error else {
             panic!("{error:?}")
         };
         assert!(reason.contains("larger than"), "{reason}");
@@ -853,7 +860,8 @@ mod tests {
             ExecError::Failed {
                 reason: format!(
                     "HTTP 401 from http://{address}/v1/chat/completions: invalid api key"
-                )
+                ),
+                used: Usage::default(),
             }
         );
         assert!(!error.retryable());

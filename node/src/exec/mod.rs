@@ -43,6 +43,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aamas_consensus::resources::Usage;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
@@ -90,9 +91,9 @@ impl Execution {
 
     /// What the attempt used, as its account is charged: measured CPU, and the tokens,
     /// call and cost of a model's reply.
-    pub fn used(&self) -> aamas_consensus::resources::Usage {
+    pub fn used(&self) -> Usage {
         let usage = self.usage.as_ref();
-        aamas_consensus::resources::Usage {
+        Usage {
             cpu_ms: self.cpu_ms,
             tokens: usage.map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens)),
             api_calls: u64::from(usage.is_some()),
@@ -124,12 +125,17 @@ pub enum ExecError {
     Timeout {
         /// The task's timeout.
         after_ms: u64,
+        /// What it used until it was stopped, as far as it was measured: charged like a
+        /// result's (a task that spins until its timeout spends the state's budget too).
+        used: Usage,
     },
     /// The task ran and failed; running it again as it is would fail the same way.
     #[error("task failed: {reason}")]
     Failed {
         /// What failed: exit status and stderr tail, the server's error message, ...
         reason: String,
+        /// What it used before it failed.
+        used: Usage,
     },
     /// The task, or this worker's executor settings, cannot work: fix the spec or the
     /// worker's configuration.
@@ -156,6 +162,23 @@ impl ExecError {
         }
     }
 
+    /// What the attempt used before it failed (nothing for a task that never ran).
+    pub fn used(&self) -> Usage {
+        match self {
+            ExecError::Timeout { used, .. } | ExecError::Failed { used, .. } => *used,
+            ExecError::Misconfigured { .. } | ExecError::Unavailable { .. } => Usage::default(),
+        }
+    }
+
+    /// This error with `spent` as what the attempt used (kept only by the kinds that
+    /// ran: [`ExecError::Timeout`] and [`ExecError::Failed`]).
+    pub(crate) fn using(mut self, spent: Usage) -> Self {
+        if let ExecError::Timeout { used, .. } | ExecError::Failed { used, .. } = &mut self {
+            *used = spent;
+        }
+        self
+    }
+
     /// The error as one line a user can read: no control characters, at most
     /// [`REASON_MAX_BYTES`] bytes (cut at a character boundary).
     pub fn reason(&self) -> String {
@@ -166,6 +189,7 @@ impl ExecError {
 fn failed(reason: impl Into<String>) -> ExecError {
     ExecError::Failed {
         reason: reason.into(),
+        used: Usage::default(),
     }
 }
 
@@ -184,6 +208,7 @@ fn unavailable(reason: impl Into<String>) -> ExecError {
 fn timed_out(timeout: Duration) -> ExecError {
     ExecError::Timeout {
         after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        used: Usage::default(),
     }
 }
 
@@ -534,6 +559,7 @@ mod tests {
     fn reasons_are_one_bounded_line() {
         let error = ExecError::Failed {
             reason: format!("first\nsecond\t{}", "é".repeat(500)),
+            used: Usage::default(),
         };
         let reason = error.reason();
         assert!(
@@ -544,7 +570,11 @@ mod tests {
         assert!(reason.ends_with('…'));
         assert!(!reason.chars().any(char::is_control));
         assert_eq!(
-            ExecError::Timeout { after_ms: 5 }.reason(),
+            ExecError::Timeout {
+                after_ms: 5,
+                used: Usage::default()
+            }
+            .reason(),
             "task timed out after 5 ms"
         );
     }
@@ -552,9 +582,16 @@ mod tests {
     #[test]
     fn errors_survive_serialization() {
         let errors = [
-            ExecError::Timeout { after_ms: 1 },
+            ExecError::Timeout {
+                after_ms: 1,
+                used: Usage::default(),
+            },
             ExecError::Failed {
                 reason: "f".to_owned(),
+                used: Usage {
+                    cpu_ms: 7,
+                    ..Usage::default()
+                },
             },
             ExecError::Misconfigured {
                 reason: "m".to_owned(),

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 
+use aamas_consensus::resources::Usage;
+
 use super::{ExecError, Execution, failed, misconfigured, one_line, timed_out, unavailable};
 
 /// Largest `max_output_bytes` a shell task may ask for: outputs travel in messages.
@@ -173,6 +175,17 @@ pub(super) async fn run_shell(
         (stdout, stderr, status, cpu_ms)
     })
     .await;
+    // A task stopped at its timeout is charged what its processes used until then.
+    let spent_ms = match (&finished, group) {
+        (Err(_), Some(group)) => tokio::task::spawn_blocking(move || group_cpu_ms(group))
+            .await
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let cpu = |cpu_ms: u64| Usage {
+        cpu_ms,
+        ..Usage::default()
+    };
     // Whatever the command left running in its group goes with it. The shell has been
     // reaped only if it exited; its group id stays unused while stragglers remain, and a
     // new process reusing it within microseconds would need the pid space to wrap.
@@ -186,7 +199,7 @@ pub(super) async fn run_shell(
             {
                 tracing::warn!(pid = ?group, "killed task shell not reaped; tokio reaps it later");
             }
-            return Err(timed_out(timeout));
+            return Err(timed_out(timeout).using(cpu(spent_ms)));
         }
     };
     let status =
@@ -205,7 +218,7 @@ pub(super) async fn run_shell(
         }
     }
     if !status.success() {
-        return Err(failed(exit_reason(status, &stderr, limits)));
+        return Err(failed(exit_reason(status, &stderr, limits)).using(cpu(cpu_ms)));
     }
     Ok(Execution {
         output: text_of(stdout, truncated),
@@ -243,6 +256,34 @@ fn zombie_cpu_ms(pid: u32) -> Option<u64> {
     .ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     cpu_ms_of_stat(&stat)
+}
+
+/// The CPU time the live processes of process group `group` used, and the children they
+/// waited for, in milliseconds (0 where `/proc` cannot be read). A process of the group
+/// that already exited and was reaped by init is not counted.
+fn group_cpu_ms(group: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let group = group.to_string();
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|stat| process_group_of_stat(stat) == Some(group.as_str()))
+        .filter_map(|stat| cpu_ms_of_stat(&stat))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// The process group id (field 5 of `/proc/PID/stat`).
+fn process_group_of_stat(stat: &str) -> Option<&str> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(2)
 }
 
 /// utime + stime + cutime + cstime (fields 14 to 17 of `/proc/PID/stat`, counted after
@@ -479,7 +520,7 @@ mod tests {
         let command = "i=0; while [ $i -lt 100 ]; do echo filler-line-$i >&2; i=$((i+1)); done
             echo 'disk full' >&2; exit 3";
         let error = run(&shell(command), "", LONG).await.unwrap_err();
-        let ExecError::Failed { reason } = &error else {
+        let ExecError::Failed { reason, .. } = &error else {
             panic!("{error:?}")
         };
         assert!(
@@ -507,7 +548,10 @@ mod tests {
         };
         let started = std::time::Instant::now();
         let error = run(&spec, "", Duration::from_secs(1)).await.unwrap_err();
-        assert_eq!(error, ExecError::Timeout { after_ms: 1000 });
+        assert!(
+            matches!(error, ExecError::Timeout { after_ms: 1000, .. }),
+            "{error:?}"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "took {:?}",
@@ -611,11 +655,32 @@ mod tests {
         assert_eq!(execution.used().cpu_ms, execution.cpu_ms);
     }
 
+    #[tokio::test]
+    async fn a_failed_task_reports_the_cpu_time_it_used() {
+        let command = "sh -c 'i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done'; exit 3";
+        let error = run(&shell(command), "", LONG).await.unwrap_err();
+        assert!(matches!(error, ExecError::Failed { .. }), "{error:?}");
+        assert!(error.used().cpu_ms >= 10, "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_task_reports_the_cpu_time_its_group_used() {
+        // A child that spins until the timeout stops it.
+        let command = "sh -c 'while :; do :; done'";
+        let error = run(&shell(command), "", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ExecError::Timeout { .. }), "{error:?}");
+        // About a second of one core; at least a tenth of it on a loaded machine.
+        assert!(error.used().cpu_ms >= 100, "{error:?}");
+    }
+
     #[test]
     fn cpu_times_are_read_after_a_command_name_with_spaces() {
         let stat = "42 (a b) c) Z 1 42 42 0 -1 4228 1 2 0 0 7 3 20 10 20 0 1 0 5";
         assert_eq!(cpu_ms_of_stat(stat), Some((7 + 3 + 20 + 10) * 10));
         assert_eq!(cpu_ms_of_stat("42 (sh) Z 1"), None);
+        assert_eq!(process_group_of_stat(stat), Some("42"));
     }
 
     #[tokio::test]
@@ -623,7 +688,7 @@ mod tests {
         let spec = shell_with("while :; do :; done", |cpu, _, _| *cpu = 1);
         let started = std::time::Instant::now();
         let error = run(&spec, "", LONG).await.unwrap_err();
-        let ExecError::Failed { reason } = &error else {
+        let ExecError::Failed { reason, .. } = &error else {
             panic!("{error:?}")
         };
         assert!(reason.contains("SIGXCPU: the CPU limit of 1 s"), "{reason}");

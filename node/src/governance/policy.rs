@@ -33,6 +33,10 @@
 //! [scaling]                        # seed §9.2: when the mesh wants more workers
 //! open_tasks_per_slot = 4          # open tasks one unit of capacity is meant to carry
 //! hook_cooldown_secs = 300         # least time between runs of a node's --scale-hook
+//! city_target_depth = 64           # pending tasks per city a state aims for
+//! city_open_percent = 120          # open a city past 120% of the target (seed: 1.2×)
+//! city_close_percent = 50          # close an empty one below 50% (seed: 0.5×)
+//! city_cooldown_secs = 30          # least time after a change before a city closes
 //!
 //! [communication]                  # how much one member may message another
 //! messages_per_sec = 5000          # work messages per sender, sustained
@@ -443,6 +447,10 @@ struct RawCommunication {
 struct RawScaling {
     open_tasks_per_slot: Option<Spanned<u32>>,
     hook_cooldown_secs: Option<u32>,
+    city_target_depth: Option<Spanned<u32>>,
+    city_open_percent: Option<Spanned<u32>>,
+    city_close_percent: Option<Spanned<u32>>,
+    city_cooldown_secs: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -566,19 +574,20 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     };
     let mut scaling = super::scaling::Scaling::default();
     if let Some(raw) = raw.scaling {
-        if let Some(per_slot) = raw.open_tasks_per_slot {
+        if let Some(per_slot) = &raw.open_tasks_per_slot {
             let max = super::scaling::MAX_OPEN_TASKS_PER_SLOT;
             if !(1..=max).contains(per_slot.get_ref()) {
                 return Err(error(
-                    Some(index.of(&per_slot)),
+                    Some(index.of(per_slot)),
                     format!("open_tasks_per_slot is 1 to {max}"),
                 ));
             }
-            scaling.open_tasks_per_slot = per_slot.into_inner();
+            scaling.open_tasks_per_slot = *per_slot.get_ref();
         }
         if let Some(cooldown) = raw.hook_cooldown_secs {
             scaling.hook_cooldown_secs = cooldown;
         }
+        convert_city_scaling(&raw, &mut scaling, &index)?;
     }
     let mut communication = super::rate::Communication::default();
     if let Some(raw) = raw.communication {
@@ -658,6 +667,54 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     policy.communication = communication;
     policy.escalation = escalation;
     Ok(policy)
+}
+
+/// The cities' thresholds of `[scaling]`: a target of 1 to [`MAX_CITY_TARGET_DEPTH`], an
+/// opening percentage of 101 to [`MAX_CITY_OPEN_PERCENT`], and a closing one below it.
+///
+/// [`MAX_CITY_TARGET_DEPTH`]: super::scaling::MAX_CITY_TARGET_DEPTH
+/// [`MAX_CITY_OPEN_PERCENT`]: super::scaling::MAX_CITY_OPEN_PERCENT
+fn convert_city_scaling(
+    raw: &RawScaling,
+    scaling: &mut super::scaling::Scaling,
+    index: &LineIndex,
+) -> Result<(), PolicyError> {
+    use super::scaling::{MAX_CITY_OPEN_PERCENT, MAX_CITY_TARGET_DEPTH};
+    if let Some(depth) = &raw.city_target_depth {
+        if !(1..=MAX_CITY_TARGET_DEPTH).contains(depth.get_ref()) {
+            return Err(error(
+                Some(index.of(depth)),
+                format!("city_target_depth is 1 to {MAX_CITY_TARGET_DEPTH}"),
+            ));
+        }
+        scaling.city_target_depth = *depth.get_ref();
+    }
+    if let Some(open) = &raw.city_open_percent {
+        if !(101..=MAX_CITY_OPEN_PERCENT).contains(open.get_ref()) {
+            return Err(error(
+                Some(index.of(open)),
+                format!("city_open_percent is 101 to {MAX_CITY_OPEN_PERCENT}"),
+            ));
+        }
+        scaling.city_open_percent = *open.get_ref();
+    }
+    if let Some(close) = &raw.city_close_percent {
+        if *close.get_ref() >= scaling.city_open_percent {
+            return Err(error(
+                Some(index.of(close)),
+                format!(
+                    "city_close_percent must be below city_open_percent ({}), or cities \
+                     would open and close in turn",
+                    scaling.city_open_percent
+                ),
+            ));
+        }
+        scaling.city_close_percent = *close.get_ref();
+    }
+    if let Some(cooldown) = raw.city_cooldown_secs {
+        scaling.city_cooldown_secs = cooldown;
+    }
+    Ok(())
 }
 
 fn convert_resources(raw: RawResources, index: &LineIndex) -> Result<Resources, PolicyError> {
@@ -1145,6 +1202,21 @@ mod tests {
                 "[scaling]\nopen_tasks_per_slot = 0\n",
                 2,
                 "open_tasks_per_slot is 1 to",
+            ),
+            (
+                "[scaling]\ncity_open_percent = 100\n",
+                2,
+                "city_open_percent is 101 to",
+            ),
+            (
+                "[scaling]\ncity_open_percent = 150\ncity_close_percent = 150\n",
+                3,
+                "city_close_percent must be below city_open_percent (150)",
+            ),
+            (
+                "[scaling]\ncity_target_depth = 0\n",
+                2,
+                "city_target_depth is 1 to",
             ),
             (
                 "[resources]\napprove_up_to = { gpu = 1 }\n",

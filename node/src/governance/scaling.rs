@@ -7,6 +7,10 @@
 //!   wanted slots   = ceil(open tasks / open_tasks_per_slot)
 //!   wanted workers = ceil((wanted slots - slots) / average slots per member), at least 0
 //! ```
+//!
+//! The same `[scaling]` carries the cities' thresholds, which each governor applies to
+//! its state's queue ([`crate::roles::cities::scale`]): the seed's 1.2× and 0.5× of a
+//! target depth, and a cool-down.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +22,17 @@ pub struct Scaling {
     pub open_tasks_per_slot: u32,
     /// Least time between two runs of the operator's scale hook, in seconds.
     pub hook_cooldown_secs: u32,
+    /// Pending tasks per city a state aims for.
+    pub city_target_depth: u32,
+    /// A state opens a city when its pending tasks per city pass this percentage of the
+    /// target (the seed's 1.2×: 120).
+    pub city_open_percent: u32,
+    /// A state closes an empty city when its pending tasks per city fall below this
+    /// percentage of the target (the seed's 0.5×: 50).
+    pub city_close_percent: u32,
+    /// Least time after its cities last changed before a state closes one, in seconds: a
+    /// burst that pauses for a moment does not close the cities it will need again.
+    pub city_cooldown_secs: u32,
 }
 
 impl Default for Scaling {
@@ -25,12 +40,27 @@ impl Default for Scaling {
         Scaling {
             open_tasks_per_slot: 4,
             hook_cooldown_secs: 300,
+            city_target_depth: 64,
+            city_open_percent: 120,
+            city_close_percent: 50,
+            city_cooldown_secs: 30,
         }
+    }
+}
+
+impl Scaling {
+    /// [`Scaling::city_cooldown_secs`] in milliseconds.
+    pub fn city_cooldown_ms(&self) -> u64 {
+        u64::from(self.city_cooldown_secs).saturating_mul(1_000)
     }
 }
 
 /// Most open tasks per slot the policy may name.
 pub const MAX_OPEN_TASKS_PER_SLOT: u32 = 100_000;
+/// Deepest city target the policy may name.
+pub const MAX_CITY_TARGET_DEPTH: u32 = 100_000;
+/// Highest city-opening percentage the policy may name (10× the target).
+pub const MAX_CITY_OPEN_PERCENT: u32 = 1_000;
 
 /// The mesh's load as the president's Registry copy shows it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

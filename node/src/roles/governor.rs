@@ -26,6 +26,7 @@ use aamas_consensus::ledger::{City, LedgerCommand, TaskKey, TaskStatus};
 use aamas_protocol::{NodeKey, Phase};
 use serde::{Deserialize, Serialize};
 
+use crate::governance::scaling::Scaling;
 use crate::roles::cities::{CityChange, CityLoad};
 
 /// How long a mayor's lease lasts; the governor renews it when half has passed.
@@ -389,6 +390,8 @@ pub struct Governor {
     unlisted: BTreeMap<String, u64>,
     /// When each state last opened or closed a city.
     city_changed: BTreeMap<String, u64>,
+    /// The policy's city thresholds ([`Governor::set_scaling`]).
+    scaling: Scaling,
     /// Writes under way, by slot.
     writing: BTreeMap<Vec<u8>, Purpose>,
     queued: VecDeque<Command>,
@@ -403,9 +406,15 @@ impl Governor {
             reporting: BTreeMap::new(),
             unlisted: BTreeMap::new(),
             city_changed: BTreeMap::new(),
+            scaling: Scaling::default(),
             writing: BTreeMap::new(),
             queued: VecDeque::new(),
         }
+    }
+
+    /// Judges cities by the policy's `[scaling]` from now on.
+    pub fn set_scaling(&mut self, scaling: Scaling) {
+        self.scaling = scaling;
     }
 
     /// Takes one input at `now_ms`.
@@ -718,9 +727,12 @@ impl Governor {
             .collect();
         let possible = look.eligible.iter().filter(|c| c.alive).count();
         let last = self.city_changed.get(&look.state).copied();
+        let bounds = crate::roles::cities::CityBounds {
+            rules: &self.scaling,
+            max_cities: possible,
+        };
         let (what, name, command) =
-            match crate::roles::cities::scale(&look.state, &loads, pending, possible, last, now_ms)
-            {
+            match crate::roles::cities::scale(&look.state, &loads, pending, bounds, last, now_ms) {
                 CityChange::Keep => return false,
                 CityChange::Open(name) => ("open", name.clone(), LedgerCommand::AddCity { name }),
                 CityChange::Close(name) => {
@@ -1169,7 +1181,7 @@ mod tests {
         // ...and is closed only once the cool-down since it opened has passed.
         let closing = tick(
             &mut governor,
-            1_020 + crate::roles::cities::CITY_COOLDOWN_MS,
+            1_020 + Scaling::default().city_cooldown_ms(),
             &[quiet],
             None,
         );
