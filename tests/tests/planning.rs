@@ -3,7 +3,8 @@
 //! and the planner asked again with the reason; the plan that passes runs like written
 //! tasks, reading an earlier phase's output and each other's; a planner that keeps
 //! giving too many tasks has the phase fail with the reason once its attempts are
-//! spent, and the failure escalated.
+//! spent, and the failure escalated. A plan the policy's planning rules deny is refused
+//! with the rule's reason, and the next attempt, told why, passes.
 
 use std::time::Duration;
 
@@ -25,6 +26,18 @@ fn scripted(seen: &Seen) -> String {
             {"name": "o2", "state": "technical", "input": "2"},
             {"name": "o3", "state": "technical", "input": "3"}]}"#
             .into();
+    }
+    if seen.user.contains("Project: ruled") {
+        // First in a state the policy keeps plans out of, then where it allows them.
+        let state = if seen.user.contains("(attempt 1 of") {
+            "financial"
+        } else {
+            "technical"
+        };
+        return format!(
+            r#"{{"tasks": [{{"name": "schema", "state": "{state}", "input": "s"}},
+            {{"name": "migration", "state": "technical", "input": "m"}}]}}"#
+        );
     }
     if seen.user.contains("(attempt 1 of") {
         r#"Here is the plan: {"tasks": [
@@ -152,4 +165,64 @@ fn a_planned_phase_runs_its_checked_plan_and_a_plan_over_its_bounds_fails_the_ph
         .filter_map(|node| node.metric("aamas_events_total{kind=\"error_escalation\"}"))
         .sum();
     assert!(escalations >= 1.0, "no ErrorEscalation published");
+}
+
+const PLANNING_POLICY: &str = r#"
+[[rule]]
+name = "plans-stay-technical"
+category = "security"
+at = "planning"
+when = { executor = ["llm"] }
+unless = { state = ["technical"] }
+reason = "planned tasks run in the technical state"
+"#;
+
+#[test]
+fn a_plan_the_policy_denies_is_refused_with_the_rule_and_the_next_attempt_passes() {
+    let llm = MockLlm::start(scripted);
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy_env(root.path(), 3, &llm.env());
+    let chief = &nodes[index_of(&nodes, &president)];
+    let path = root.path().join("planning.toml");
+    std::fs::write(&path, PLANNING_POLICY).expect("write");
+    chief
+        .cli(&["policy", "apply", &path.display().to_string()])
+        .expect("applied");
+    let ruled = nodes[1]
+        .submit(&PLANNED.replace("NAME", "ruled").replace("MAX", "3"))
+        .expect("submitted");
+    let end = wait_for_project_end(&nodes, &ruled, PROJECT_LIMIT);
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+    let refusals = phase(&end, "design")["plan_refusals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(refusals.len(), 1, "{end}");
+    let refusal = refusals[0].as_str().unwrap_or("");
+    assert!(
+        refusal.contains("plans-stay-technical") && refusal.contains("technical state"),
+        "{refusal}"
+    );
+    // The planner was told why.
+    let told = llm.seen().iter().any(|request| {
+        request.user.contains("Project: ruled")
+            && request.user.contains("Your previous plan was refused")
+            && request.user.contains("plans-stay-technical")
+    });
+    assert!(told, "the second brief does not name the rule");
+    // The president counted both decisions under the rule that decided them.
+    let counted = |labels: &str| {
+        nodes
+            .iter()
+            .filter_map(|node| node.metric(&format!("aamas_policy_decisions_total{{{labels}}}")))
+            .sum::<f64>()
+    };
+    assert!(
+        counted("at=\"planning\",rule=\"plans-stay-technical\",outcome=\"denied\"") >= 1.0,
+        "the denial was not counted"
+    );
+    assert!(
+        counted("at=\"planning\",rule=\"-\",outcome=\"allowed\"") >= 1.0,
+        "the plan that passed was not counted"
+    );
 }

@@ -211,7 +211,13 @@ impl Node {
         }
     }
 
-    fn count_decision(&self, at: Point, decision: &Decision<'_>, override_reason: Option<&str>) {
+    /// Counts one decision at `at`: each rule that `fired` with how it acted, or one
+    /// `allowed` when none did.
+    pub(crate) fn count_fired<'a>(
+        &self,
+        at: Point,
+        fired: impl ExactSizeIterator<Item = (&'a str, Outcome)>,
+    ) {
         let count = |rule: &str, outcome: &str| {
             self.metrics
                 .policy_decisions
@@ -222,11 +228,21 @@ impl Node {
                 ]))
                 .inc();
         };
-        if decision.fired.is_empty() {
+        if fired.len() == 0 {
             count("-", "allowed");
         }
+        for (rule, outcome) in fired {
+            count(rule, outcome.as_str());
+        }
+    }
+
+    fn count_decision(&self, at: Point, decision: &Decision<'_>, override_reason: Option<&str>) {
+        let fired = decision.fired.iter();
+        self.count_fired(
+            at,
+            fired.map(|(rule, outcome)| (rule.name.as_str(), *outcome)),
+        );
         for (rule, outcome) in &decision.fired {
-            count(&rule.name, outcome.as_str());
             match outcome {
                 Outcome::Noted => {
                     tracing::info!(rule = %rule.name, at = at.as_str(), reason = %rule.reason, "policy advisory");

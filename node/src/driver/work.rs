@@ -1876,7 +1876,7 @@ impl Node {
         }
         self.scale_check().await;
         if let Some(policy) = self.policy().await {
-            president.set_ladder(policy.escalation);
+            president.set_policy(policy);
         }
         let now = now_ms();
         type Running = (
@@ -1885,6 +1885,7 @@ impl Node {
             Vec<u8>,
             Option<PhaseProgress>,
             BTreeMap<Phase, aamas_consensus::registry::PhaseGate>,
+            NodeKey,
         );
         let looked: Option<(Vec<Running>, BTreeMap<String, NodeKey>)> = self
             .registry(|registry| {
@@ -1899,6 +1900,7 @@ impl Node {
                             project.spec.clone(),
                             project.progress.get(&project.phase).copied(),
                             project.gates.clone(),
+                            project.owner,
                         )
                     })
                     .collect();
@@ -1915,18 +1917,19 @@ impl Node {
         };
         let specs: Vec<Option<ProjectSpec>> = running
             .iter()
-            .map(|(_, _, spec, _, _)| ProjectSpec::from_bytes(spec).ok())
+            .map(|(_, _, spec, _, _, _)| ProjectSpec::from_bytes(spec).ok())
             .collect();
         let projects: Vec<crate::roles::president::RunningProject<'_>> = running
             .iter()
             .zip(&specs)
-            .map(|((id, phase, _, recorded, gates), spec)| {
+            .map(|((id, phase, _, recorded, gates, owner), spec)| {
                 crate::roles::president::RunningProject {
                     id,
                     phase: *phase,
                     spec: spec.as_ref(),
                     recorded: *recorded,
                     gates,
+                    owner: *owner,
                 }
             })
             .collect();
@@ -2048,6 +2051,22 @@ impl Node {
                     })
                     .await;
             }),
+            Command::Judged { at, fired } => {
+                for (rule, outcome) in &fired {
+                    tracing::info!(
+                        rule,
+                        at = at.as_str(),
+                        outcome = outcome.as_str(),
+                        "policy rule fired"
+                    );
+                }
+                self.count_fired(
+                    at,
+                    fired
+                        .iter()
+                        .map(|(rule, outcome)| (rule.as_str(), *outcome)),
+                );
+            }
         }
     }
 

@@ -11,7 +11,7 @@
 //! [[rule]]
 //! name = "shell-only-in-technical"
 //! category = "security"            # resource | performance | security | escalation | communication
-//! at = "submission"                # where it is decided: submission | admission
+//! at = "submission"                # where it is decided: submission | planning | admission
 //! enforcement = "hard"             # advisory (noted) | soft (overridable with a reason) | hard
 //! reason = "shell tasks run only in the technical state"
 //! when = { executor = ["shell"] }  # every key must match one of its values
@@ -55,11 +55,15 @@
 //! | at         | keys for `when`/`unless`       | counters for `max`                                                   |
 //! |------------|--------------------------------|----------------------------------------------------------------------|
 //! | submission | executor, state, phase, owner  | projects_running (this one included), tasks, phases, phase_index (1-8), retries, timeout_secs |
+//! | planning   | executor, state, phase, owner  | tasks (of the plan), phase_index (1-8), retries, timeout_secs        |
 //! | admission  | skill, peer                    | members (this one included), capacity                                |
 //!
 //! A submission is judged once per task (with that task's executor, state, phase,
 //! retries and timeout) and once for the project as a whole; a rule that fires for
-//! several is counted once.
+//! several is counted once. A plan an llm wrote is judged the same way, per planned task
+//! and once for the plan, by the planning rules and the submission rules together (a
+//! planned task is a submitted one too): a denied plan is refused with the rule's
+//! reason, and the planner's next attempt is told it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -122,6 +126,9 @@ pub enum Point {
     Submission,
     /// A node asking the president to join.
     Admission,
+    /// The tasks an llm planned for a phase, before the president commits the plan: a
+    /// planned task is a submitted one too, so the submission rules judge it as well.
+    Planning,
 }
 
 impl Point {
@@ -130,6 +137,7 @@ impl Point {
         match self {
             Point::Submission => "submission",
             Point::Admission => "admission",
+            Point::Planning => "planning",
         }
     }
 }
@@ -197,28 +205,31 @@ pub enum Counter {
     Capacity,
 }
 
-const ATTRS: [(&str, Attr, Point); 6] = [
-    ("executor", Attr::Executor, Point::Submission),
-    ("state", Attr::State, Point::Submission),
-    ("phase", Attr::Phase, Point::Submission),
-    ("owner", Attr::Owner, Point::Submission),
-    ("skill", Attr::Skill, Point::Admission),
-    ("peer", Attr::Peer, Point::Admission),
+/// Where a task is judged: a written one at submission, a planned one at planning.
+const TASK_POINTS: &[Point] = &[Point::Submission, Point::Planning];
+
+const ATTRS: [(&str, Attr, &[Point]); 6] = [
+    ("executor", Attr::Executor, TASK_POINTS),
+    ("state", Attr::State, TASK_POINTS),
+    ("phase", Attr::Phase, TASK_POINTS),
+    ("owner", Attr::Owner, TASK_POINTS),
+    ("skill", Attr::Skill, &[Point::Admission]),
+    ("peer", Attr::Peer, &[Point::Admission]),
 ];
 
-const COUNTERS: [(&str, Counter, Point); 8] = [
+const COUNTERS: [(&str, Counter, &[Point]); 8] = [
     (
         "projects_running",
         Counter::ProjectsRunning,
-        Point::Submission,
+        &[Point::Submission],
     ),
-    ("tasks", Counter::Tasks, Point::Submission),
-    ("phases", Counter::Phases, Point::Submission),
-    ("phase_index", Counter::PhaseIndex, Point::Submission),
-    ("retries", Counter::Retries, Point::Submission),
-    ("timeout_secs", Counter::TimeoutSecs, Point::Submission),
-    ("members", Counter::Members, Point::Admission),
-    ("capacity", Counter::Capacity, Point::Admission),
+    ("tasks", Counter::Tasks, TASK_POINTS),
+    ("phases", Counter::Phases, &[Point::Submission]),
+    ("phase_index", Counter::PhaseIndex, TASK_POINTS),
+    ("retries", Counter::Retries, TASK_POINTS),
+    ("timeout_secs", Counter::TimeoutSecs, TASK_POINTS),
+    ("members", Counter::Members, &[Point::Admission]),
+    ("capacity", Counter::Capacity, &[Point::Admission]),
 ];
 
 /// One rule, checked.
@@ -792,12 +803,13 @@ fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
         ],
         index,
     )?;
-    let not_yet = ["dispatch", "planning", "resource_request", "message"];
+    let not_yet = ["dispatch", "resource_request", "message"];
     if not_yet.contains(&raw.at.get_ref().as_str()) {
         return Err(error(
             Some(index.of(&raw.at)),
             format!(
-                "rules at {:?} are not enforced by this version yet: use submission or admission",
+                "rules at {:?} are not enforced by this version yet: use submission, \
+                 planning or admission",
                 raw.at.get_ref()
             ),
         ));
@@ -807,6 +819,7 @@ fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
         &raw.at,
         &[
             ("submission", Point::Submission),
+            ("planning", Point::Planning),
             ("admission", Point::Admission),
         ],
         index,
@@ -840,12 +853,12 @@ fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
             let line = Some(index.of(&values));
             let attr = ATTRS
                 .iter()
-                .find(|(name, _, point)| *name == key && *point == at)
+                .find(|(name, _, points)| *name == key && points.contains(&at))
                 .map(|(_, attr, _)| *attr)
                 .ok_or_else(|| {
                     let keys: Vec<&str> = ATTRS
                         .iter()
-                        .filter(|(_, _, point)| *point == at)
+                        .filter(|(_, _, points)| points.contains(&at))
                         .map(|(name, _, _)| *name)
                         .collect();
                     error(
@@ -874,12 +887,12 @@ fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
     for (key, limit) in raw.max {
         let counter = COUNTERS
             .iter()
-            .find(|(name, _, point)| *name == key && *point == at)
+            .find(|(name, _, points)| *name == key && points.contains(&at))
             .map(|(_, counter, _)| *counter)
             .ok_or_else(|| {
                 let keys: Vec<&str> = COUNTERS
                     .iter()
-                    .filter(|(_, _, point)| *point == at)
+                    .filter(|(_, _, points)| points.contains(&at))
                     .map(|(name, _, _)| *name)
                     .collect();
                 error(
@@ -1031,7 +1044,8 @@ impl Policy {
     }
 
     /// Judges a decision at `at` on each of `facts`: every rule of that point that fires
-    /// on any of them, once. With `override_reason`, soft rules do not deny.
+    /// on any of them, once (at planning, the submission rules too). With
+    /// `override_reason`, soft rules do not deny.
     pub fn decide(
         &self,
         at: Point,
@@ -1039,11 +1053,21 @@ impl Policy {
         override_reason: Option<&str>,
     ) -> Decision<'_> {
         let mut decision = Decision::default();
-        let Some(indexes) = self.by_point.get(&at) else {
-            return decision;
+        let also = match at {
+            Point::Planning => Some(Point::Submission),
+            Point::Submission | Point::Admission => None,
         };
+        let mut indexes: Vec<usize> = [Some(at), also]
+            .into_iter()
+            .flatten()
+            .filter_map(|point| self.by_point.get(&point))
+            .flatten()
+            .copied()
+            .collect();
+        // In document order, whichever point they belong to.
+        indexes.sort_unstable();
         let overriding = override_reason.is_some_and(|reason| !reason.trim().is_empty());
-        for &i in indexes {
+        for i in indexes {
             let rule = &self.rules[i];
             if facts.iter().any(|facts| rule.fires(facts)) {
                 let outcome = match rule.enforcement {
@@ -1075,21 +1099,8 @@ pub fn submission_facts(
         .count(Counter::Phases, phases);
     let mut all = vec![project.clone()];
     for phase in &spec.phases {
-        let position = aamas_protocol::Phase::ALL
-            .iter()
-            .position(|p| *p == phase.phase)
-            .map_or(0, |i| i as u64 + 1);
         for task in &phase.tasks {
-            all.push(
-                project
-                    .clone()
-                    .with(Attr::Executor, [task.executor.kind().to_string()])
-                    .with(Attr::State, [task.state.clone()])
-                    .with(Attr::Phase, [phase.phase.as_str().to_lowercase()])
-                    .count(Counter::PhaseIndex, position)
-                    .count(Counter::Retries, u64::from(task.retries))
-                    .count(Counter::TimeoutSecs, task.timeout_secs),
-            );
+            all.push(task_facts(&project, phase.phase, task));
         }
         if phase.tasks.is_empty() {
             // A phase an LLM plans has no written tasks yet: its place still counts.
@@ -1097,11 +1108,52 @@ pub fn submission_facts(
                 project
                     .clone()
                     .with(Attr::Phase, [phase.phase.as_str().to_lowercase()])
-                    .count(Counter::PhaseIndex, position),
+                    .count(Counter::PhaseIndex, phase_index(phase.phase)),
             );
         }
     }
     all
+}
+
+/// The facts of the `tasks` an llm planned for `phase` of a project submitted through
+/// `owner`: one per task, and one for the plan (its task count).
+pub fn plan_facts(
+    phase: aamas_protocol::Phase,
+    tasks: &[crate::spec::TaskSpec],
+    owner: &str,
+) -> Vec<Facts> {
+    let base = Facts::default()
+        .with(Attr::Owner, [owner.to_string()])
+        .count(
+            Counter::Tasks,
+            u64::try_from(tasks.len()).unwrap_or(u64::MAX),
+        );
+    let plan = base
+        .clone()
+        .with(Attr::Phase, [phase.as_str().to_lowercase()])
+        .count(Counter::PhaseIndex, phase_index(phase));
+    let mut all = vec![plan];
+    all.extend(tasks.iter().map(|task| task_facts(&base, phase, task)));
+    all
+}
+
+/// The 1-based place of `phase` among the eight.
+fn phase_index(phase: aamas_protocol::Phase) -> u64 {
+    aamas_protocol::Phase::ALL
+        .iter()
+        .position(|p| *p == phase)
+        .map_or(0, |i| i as u64 + 1)
+}
+
+/// The facts of one task of `phase`, on top of its project's (or plan's) `base`.
+fn task_facts(base: &Facts, phase: aamas_protocol::Phase, task: &crate::spec::TaskSpec) -> Facts {
+    base.clone()
+        .with(Attr::Executor, [task.executor.kind().to_string()])
+        .with(Attr::State, [task.state.clone()])
+        .with(Attr::Phase, [phase.as_str().to_lowercase()])
+        .count(Counter::PhaseIndex, phase_index(phase))
+        .count(Counter::Retries, u64::from(task.retries))
+        .count(Counter::TimeoutSecs, task.timeout_secs)
 }
 
 /// The facts of a node with `peer` id, `skills` and `capacity` joining a mesh of
@@ -1120,6 +1172,49 @@ mod tests {
 
     fn rule(text: &str) -> String {
         format!("[[rule]]\nname = \"r\"\ncategory = \"security\"\nat = \"submission\"\n{text}")
+    }
+
+    #[test]
+    fn planning_rules_take_the_task_keys_and_planning_judges_the_submission_rules_too() {
+        let policy = parse(
+            "[[rule]]\nname = \"p\"\ncategory = \"security\"\nat = \"planning\"\n\
+             when = { executor = [\"llm\"] }\nmax = { tasks = 3 }\n\
+             [[rule]]\nname = \"s\"\ncategory = \"security\"\nat = \"submission\"\n\
+             when = { state = [\"financial\"] }\n",
+        )
+        .expect("parses");
+        let task = |state: &str| {
+            let reply =
+                format!(r#"{{"tasks": [{{"name": "t", "state": "{state}", "input": "i"}}]}}"#);
+            crate::spec::parse_plan(&reply).expect("a plan").remove(0)
+        };
+        let phase = aamas_protocol::Phase::Design;
+        let names = |tasks: &[crate::spec::TaskSpec], at: Point| -> Vec<String> {
+            let facts = plan_facts(phase, tasks, "owner");
+            let decision = policy.decide(at, &facts, None);
+            decision
+                .fired
+                .iter()
+                .map(|(rule, _)| rule.name.clone())
+                .collect()
+        };
+        assert!(names(&[task("technical")], Point::Planning).is_empty());
+        assert_eq!(names(&[task("financial")], Point::Planning), ["s"]);
+        let four: Vec<_> = (0..4).map(|_| task("technical")).collect();
+        assert_eq!(names(&four, Point::Planning), ["p"]);
+        // A submission is not judged by the planning rules.
+        assert!(names(&four, Point::Submission).is_empty());
+        // Project-wide counters are not known at planning.
+        let error = parse(
+            "[[rule]]\nname = \"r\"\ncategory = \"resource\"\nat = \"planning\"\n\
+             max = { projects_running = 2 }\n",
+        )
+        .expect_err("refused");
+        assert_eq!(error.line, Some(5), "{error}");
+        assert!(
+            error.to_string().contains("rules at planning limit tasks"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -29,13 +29,14 @@
 //! makes the project await a person's decision.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use aamas_consensus::NodeId;
 use aamas_consensus::ledger::{TaskKey, TaskStatus};
 use aamas_consensus::registry::{PhaseGate, PhaseProgress, RegistryCommand, Review};
 use aamas_protocol::{Event, NodeKey, Phase};
 
-use crate::governance::policy::Escalation;
+use crate::governance::policy::{Escalation, Outcome, Point, Policy};
 use crate::roles::governor::{NewTask, StateProgress, TaskReport};
 use crate::spec::{ExecutorSpec, GateSpec, PhaseSpec, PlanSpec, ProjectSpec, TaskSpec};
 
@@ -258,6 +259,8 @@ pub struct RunningProject<'a> {
     pub recorded: Option<PhaseProgress>,
     /// What the gates of its phases decided so far.
     pub gates: &'a BTreeMap<Phase, PhaseGate>,
+    /// The member it was submitted through (what the policy's `owner` matches).
+    pub owner: NodeKey,
 }
 
 /// What the president learns.
@@ -376,6 +379,14 @@ pub enum Command {
         /// The task.
         task: String,
     },
+    /// Count a policy decision the core took: each rule that fired and how it acted
+    /// (none: allowed).
+    Judged {
+        /// Where it was decided.
+        at: Point,
+        /// The rules that fired, by name, and how each acted.
+        fired: Vec<(String, Outcome)>,
+    },
 }
 
 /// The president's state: soft, rebuilt from the governors' next reports.
@@ -389,6 +400,8 @@ pub struct President {
     reopened: BTreeMap<TaskKey, u64>,
     /// The escalation policy's ladder in force.
     ladder: Escalation,
+    /// The policy in force, whose rules judge plans ([`President::set_policy`]).
+    policy: Option<Arc<Policy>>,
     /// Reviews being read: when the read was asked for, and the names of the phase's
     /// tasks (what a review may send back).
     reading: BTreeMap<(String, Phase, u32), (u64, Vec<String>)>,
@@ -417,6 +430,13 @@ impl President {
     /// Puts the escalation policy's ladder in force for the tasks escalated from now on.
     pub fn set_ladder(&mut self, ladder: Escalation) {
         self.ladder = ladder;
+    }
+
+    /// Puts `policy` in force: its ladder, and its rules for the plans checked from now
+    /// on.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        self.ladder = policy.escalation;
+        self.policy = Some(policy);
     }
 
     /// Takes one input at `now_ms`.
@@ -835,8 +855,25 @@ impl President {
             request
         };
         if let Some((_, Some(reply))) = self.planning.get(&slot) {
+            let mut judged = None;
             let checked = crate::spec::parse_plan(reply).and_then(|tasks| {
                 crate::spec::check_plan(spec, phase, &tasks)?;
+                // A plan that keeps the spec's rules is judged by the policy's, as the
+                // written tasks were at submission.
+                if let Some(policy) = &self.policy {
+                    let owner = project.owner.peer_id();
+                    let facts = crate::governance::policy::plan_facts(phase, &tasks, &owner);
+                    let decision = policy.decide(Point::Planning, &facts, None);
+                    let fired = decision
+                        .fired
+                        .iter()
+                        .map(|(rule, outcome)| (rule.name.clone(), *outcome))
+                        .collect();
+                    judged = Some(fired);
+                    if let Some(rule) = decision.denied_by() {
+                        return Err(crate::spec::PlanError::Policy(rule.refusal()));
+                    }
+                }
                 let encoded = crate::spec::encode_plan(&tasks);
                 if encoded.len() > crate::spec::MAX_PLAN_BYTES {
                     return Err(crate::spec::PlanError::TooLong(encoded.len()));
@@ -859,7 +896,16 @@ impl President {
                     ),
                 },
             };
-            self.propose(request(b"plan"), command, None);
+            // Counted once: while the proposal is under way the same reply is not
+            // proposed (nor judged) again.
+            if self.propose(request(b"plan"), command, None).is_some()
+                && let Some(fired) = judged
+            {
+                self.queued.push_back(Command::Judged {
+                    at: Point::Planning,
+                    fired,
+                });
+            }
             return;
         }
         let task = planning_task(spec, phase_spec, plan, attempt, refusals.last());
@@ -1546,6 +1592,7 @@ mod tests {
             spec: Some(spec),
             recorded,
             gates,
+            owner: node(9),
         }];
         let governors = governors();
         president.handle(
@@ -1639,6 +1686,20 @@ mod tests {
         attempt: u32,
         reply: &str,
     ) -> Vec<RegistryCommand> {
+        proposed(&plan_commands(president, spec, gates, attempt, reply))
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// [`plan_with`], returning every command of the tick that judges the reply.
+    fn plan_commands(
+        president: &mut President,
+        spec: &ProjectSpec,
+        gates: &BTreeMap<Phase, PhaseGate>,
+        attempt: u32,
+        reply: &str,
+    ) -> Vec<Command> {
         let name = planning_task_name(Phase::Design, attempt);
         let now = u64::from(attempt) * 10_000;
         let planning = assigned(&tick_with(president, now, spec, gates, Phase::Design, None));
@@ -1667,17 +1728,72 @@ mod tests {
                 output: Some(reply.into()),
             },
         );
-        proposed(&tick_with(
-            president,
-            now + 3,
-            spec,
-            gates,
-            Phase::Design,
-            None,
-        ))
-        .into_iter()
-        .cloned()
-        .collect()
+        tick_with(president, now + 3, spec, gates, Phase::Design, None)
+    }
+
+    #[test]
+    fn a_plan_is_judged_by_the_policy_rules_and_refused_with_the_rule_that_denied_it() {
+        let spec = planned_spec();
+        let mut gates: BTreeMap<Phase, PhaseGate> = BTreeMap::new();
+        let mut president = President::new();
+        let policy = crate::governance::policy::parse(
+            "[[rule]]\nname = \"plans-stay-technical\"\ncategory = \"security\"\n\
+             at = \"planning\"\nwhen = { executor = [\"llm\"] }\n\
+             unless = { state = [\"technical\"] }\n\
+             reason = \"planned tasks run in the technical state\"\n\
+             [[rule]]\nname = \"no-finance-tasks\"\ncategory = \"security\"\n\
+             at = \"submission\"\nenforcement = \"advisory\"\n\
+             when = { state = [\"financial\"] }\n",
+        )
+        .expect("policy");
+        president.set_policy(Arc::new(policy));
+        let elsewhere = r#"{"tasks": [
+            {"name": "schema", "state": "technical", "input": "s"},
+            {"name": "ledger", "state": "financial", "input": "l"}]}"#;
+        let commands = plan_commands(&mut president, &spec, &gates, 1, elsewhere);
+        let refusal = match proposed(&commands).as_slice() {
+            [RegistryCommand::RefusePlan { reason, .. }] => reason.clone(),
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(refusal.contains("plans-stay-technical"), "{refusal}");
+        assert!(refusal.contains("run in the technical state"), "{refusal}");
+        // The submission rules judge planned tasks too; both decisions are counted.
+        let judged: Vec<&Command> = commands
+            .iter()
+            .filter(|c| matches!(c, Command::Judged { .. }))
+            .collect();
+        assert_eq!(
+            judged,
+            [&Command::Judged {
+                at: Point::Planning,
+                fired: vec![
+                    ("plans-stay-technical".into(), Outcome::Denied),
+                    ("no-finance-tasks".into(), Outcome::Noted),
+                ],
+            }]
+        );
+        gates
+            .entry(Phase::Design)
+            .or_default()
+            .plan_refusals
+            .push(refusal);
+        // A plan in the technical state passes and is counted as allowed.
+        let technical = r#"{"tasks": [{"name": "schema", "state": "technical", "input": "s"}]}"#;
+        let commands = plan_commands(&mut president, &spec, &gates, 2, technical);
+        assert!(
+            matches!(
+                proposed(&commands).as_slice(),
+                [RegistryCommand::SetPlan { .. }]
+            ),
+            "{commands:?}"
+        );
+        assert!(
+            commands.contains(&Command::Judged {
+                at: Point::Planning,
+                fired: Vec::new(),
+            }),
+            "{commands:?}"
+        );
     }
 
     #[test]
@@ -2138,6 +2254,7 @@ mod tests {
             spec: Some(&spec),
             recorded: counts(1, 0, 0),
             gates: &gates,
+            owner: node(9),
         }];
         let governors = BTreeMap::from([("financial".to_string(), node(2))]);
         president.handle(

@@ -420,6 +420,9 @@ pub enum PlanError {
     /// A rule of a written spec is broken (names, states, limits, dependencies).
     #[error("{}", .0.message)]
     Rule(SpecError),
+    /// A rule of the policy in force denied it (its refusal).
+    #[error("{0}")]
+    Policy(String),
     /// The plan's encoding is larger than a plan may be.
     #[error("the plan is {0} bytes encoded, over {MAX_PLAN_BYTES}: write shorter inputs")]
     TooLong(usize),
