@@ -141,6 +141,10 @@ enum Commands {
         #[command(flatten)]
         target: Target,
     },
+    /// Performance figures (seed §7.1): this node's attempts as a worker per executor
+    /// (success and error rates, mean time, CPU per result) and the mesh's phase
+    /// transitions.
+    Performance(Target),
     /// Resources: each state's use against its limits, the limits, and ResourceRequests.
     Resources {
         #[command(subcommand)]
@@ -766,6 +770,56 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+fn print_performance(view: &aamas_node::driver::performance::PerformanceView) {
+    println!("node {}", view.peer_id);
+    if view.executors.is_empty() {
+        println!("  no attempts run here yet");
+    } else {
+        println!(
+            "  {:<8} {:>8} {:>9} {:>7} {:>9} {:>11} {:>8} {:>8} {:>13}",
+            "executor",
+            "attempts",
+            "succeeded",
+            "failed",
+            "timed out",
+            "unavailable",
+            "success",
+            "mean s",
+            "cpu s/result"
+        );
+        for e in &view.executors {
+            let per_result = e
+                .cpu_seconds_per_success
+                .map_or_else(|| "-".to_string(), |cpu| format!("{cpu:.3}"));
+            println!(
+                "  {:<8} {:>8} {:>9} {:>7} {:>9} {:>11} {:>7.1}% {:>8.3} {:>13}",
+                e.executor,
+                e.attempts,
+                e.succeeded,
+                e.failed,
+                e.timed_out,
+                e.unavailable + e.misconfigured,
+                e.success_rate * 100.0,
+                e.mean_seconds,
+                per_result
+            );
+        }
+    }
+    let mesh = &view.mesh;
+    let rate = mesh
+        .transition_success_rate
+        .map_or_else(|| "-".to_string(), |rate| format!("{:.1}%", rate * 100.0));
+    println!(
+        "mesh: {} project(s) open, {} completed, {} failed; phase transitions {} passed, {} \
+         failed ({rate})",
+        mesh.projects_open,
+        mesh.projects_completed,
+        mesh.projects_failed,
+        mesh.transitions_passed,
+        mesh.transitions_failed
+    );
 }
 
 fn print_status(status: &Status) {
@@ -1586,6 +1640,16 @@ fn main() -> Result<()> {
                 println!("{acked}");
             } else {
                 println!("acknowledged alert {id}");
+            }
+        }
+        Commands::Performance(target) => {
+            let shown = Client::new(&target)?.get("/api/v1/performance")?;
+            if target.json {
+                println!("{shown}");
+            } else {
+                let view: aamas_node::driver::performance::PerformanceView =
+                    serde_json::from_value(shown)?;
+                print_performance(&view);
             }
         }
         Commands::Alerts {

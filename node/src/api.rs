@@ -397,6 +397,12 @@ async fn check_policy(body: String) -> Response {
     }
 }
 
+/// `GET /api/v1/performance`: this node's figures as a worker and the mesh's phase
+/// transitions.
+async fn performance(State(api): State<Api>) -> Response {
+    Json(api.node.performance().await).into_response()
+}
+
 async fn list_alerts(State(api): State<Api>) -> Response {
     Json(api.node.alerts().await).into_response()
 }
@@ -599,6 +605,7 @@ pub async fn serve(
         .route("/api/v1/policy", get(show_policy).put(apply_policy))
         .route("/api/v1/policy/check", post(check_policy))
         .route("/api/v1/alerts", get(list_alerts))
+        .route("/api/v1/performance", get(performance))
         .route("/api/v1/alerts/{id}/ack", post(ack_alert))
         .route("/api/v1/resources", get(list_resources))
         .route("/api/v1/resources/requests", get(list_resource_requests))

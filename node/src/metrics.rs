@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// A label set: `(name, value)` pairs.
 pub type Labels = Vec<(String, String)>;
@@ -86,6 +87,71 @@ pub struct Metrics {
     pub duty_panics: Family<Labels, Counter>,
     /// Events published on this node's event bus ([`crate::events`]), by kind.
     pub events: Family<Labels, Counter>,
+    /// Attempts this node ran as a worker, by executor and outcome (`succeeded`,
+    /// `failed`, `timed_out`, `unavailable`, `misconfigured`): its completion and error
+    /// rates (seed §7.1).
+    pub attempts: Family<Labels, Counter>,
+    /// Seconds this node's attempts took, from the input read to the outcome, by
+    /// executor: its completion time.
+    pub attempt_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// CPU seconds this node's attempts used, by executor and outcome: with
+    /// [`Metrics::attempts`], its resource efficiency (CPU per completed task).
+    pub attempt_cpu_seconds: Family<Labels, Counter<f64, AtomicU64>>,
+    /// Phase transitions this node committed as president, by outcome (`advanced`,
+    /// `completed`: the last phase, `failed`).
+    pub phase_transitions: Family<Labels, Counter>,
+    /// Seconds from submission to completion or failure of the projects this node
+    /// finished as president, by status.
+    pub project_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// The same attempts as [`Metrics::attempts`], summed per executor where
+    /// `aamas performance` reads them back (at most one entry per executor kind).
+    pub tallies: std::sync::Mutex<std::collections::BTreeMap<String, AttemptTally>>,
+}
+
+/// The attempts this node ran with one executor, in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttemptTally {
+    /// Attempts run.
+    pub attempts: u64,
+    /// Of them, those that returned a result.
+    pub succeeded: u64,
+    /// Failed on their merits.
+    pub failed: u64,
+    /// Stopped at their timeout.
+    pub timed_out: u64,
+    /// A resource they need did not answer.
+    pub unavailable: u64,
+    /// The task or this worker's settings cannot work.
+    pub misconfigured: u64,
+    /// Milliseconds they took, in all.
+    pub millis: u64,
+    /// CPU milliseconds they used, in all.
+    pub cpu_ms: u64,
+}
+
+impl AttemptTally {
+    /// Adds one attempt of `outcome` (a label of [`Metrics::attempts`]).
+    pub fn add(&mut self, outcome: &str, millis: u64, cpu_ms: u64) {
+        self.attempts = self.attempts.saturating_add(1);
+        let slot = match outcome {
+            "succeeded" => &mut self.succeeded,
+            "failed" => &mut self.failed,
+            "timed_out" => &mut self.timed_out,
+            "unavailable" => &mut self.unavailable,
+            _ => &mut self.misconfigured,
+        };
+        *slot = slot.saturating_add(1);
+        self.millis = self.millis.saturating_add(millis);
+        self.cpu_ms = self.cpu_ms.saturating_add(cpu_ms);
+    }
+}
+
+fn attempt_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 22))
+}
+
+fn project_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.5, 2.0, 20))
 }
 
 impl Default for Metrics {
@@ -124,8 +190,39 @@ impl Default for Metrics {
             mirror_failed: Family::default(),
             duty_panics: Family::default(),
             events: Family::default(),
+            attempts: Family::default(),
+            attempt_seconds: Family::new_with_constructor(attempt_buckets),
+            attempt_cpu_seconds: Family::default(),
+            phase_transitions: Family::default(),
+            project_seconds: Family::new_with_constructor(project_buckets),
+            tallies: std::sync::Mutex::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "attempts",
+            "Attempts this node ran as a worker, by executor and outcome",
+            metrics.attempts.clone(),
+        );
+        registry.register(
+            "attempt_seconds",
+            "Seconds this node's attempts took, by executor",
+            metrics.attempt_seconds.clone(),
+        );
+        registry.register(
+            "attempt_cpu_seconds",
+            "CPU seconds this node's attempts used, by executor and outcome",
+            metrics.attempt_cpu_seconds.clone(),
+        );
+        registry.register(
+            "phase_transitions",
+            "Phase transitions committed by this node as president, by outcome",
+            metrics.phase_transitions.clone(),
+        );
+        registry.register(
+            "project_seconds",
+            "Seconds from submission to the end of the projects this node finished as president, by status",
+            metrics.project_seconds.clone(),
+        );
         registry.register(
             "events",
             "Events published on this node's event bus, by kind",

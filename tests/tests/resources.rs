@@ -5,7 +5,7 @@
 //! one task per worker; the project resumes when the request is approved; and the spend
 //! the state's account records equals the sum of its tasks' measured use. A soft limit
 //! stops nothing and raises a PerformanceAlert. A shell attempt that fails or times out
-//! is charged the CPU time it used.
+//! is charged the CPU time it used, and counted in its worker's performance figures.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -390,6 +390,48 @@ fn failed_and_timed_out_attempts_are_charged_the_cpu_time_they_used() {
             charged += used;
         }
     }
+    // The workers' performance figures count those attempts, and the mesh's the two
+    // failed phases (each project left initiation to design behind).
+    let figures: Vec<Value> = nodes
+        .iter()
+        .map(|node| {
+            serde_json::from_str(&node.cli(&["performance", "--json"]).expect("performance"))
+                .expect("json")
+        })
+        .collect();
+    let shell: Vec<Value> = figures
+        .iter()
+        .flat_map(|view| view["executors"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["executor"] == "shell")
+        .collect();
+    let total = |key: &str| {
+        shell
+            .iter()
+            .map(|e| e[key].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert!(total("failed") >= 1, "{figures:?}");
+    assert!(total("timed_out") >= 1, "{figures:?}");
+    assert_eq!(total("succeeded"), 0, "{figures:?}");
+    assert!(
+        shell
+            .iter()
+            .any(|e| e["cpu_seconds"].as_f64().unwrap_or(0.0) > 0.0),
+        "{figures:?}"
+    );
+    let mesh = &figures[0]["mesh"];
+    assert_eq!(mesh["projects_failed"], 2, "{mesh}");
+    assert_eq!(mesh["transitions_failed"], 2, "{mesh}");
+    assert_eq!(mesh["transitions_passed"], 8, "{mesh}");
+    let metric = |name: &str| -> f64 { nodes.iter().filter_map(|node| node.metric(name)).sum() };
+    assert!(
+        metric("aamas_phase_transitions_total{outcome=\"failed\"}") >= 2.0,
+        "the president counted no failed transition"
+    );
+    assert!(
+        metric("aamas_project_seconds_count{status=\"failed\"}") >= 2.0,
+        "the president timed no failed project"
+    );
     // Every state's account together holds what the tasks were charged.
     wait_for("the accounts to hold every charge", || {
         let shown: Value =

@@ -14,6 +14,8 @@
 //!   projects   projects as users see them: submit, list, show, change
 //!   admin      join tokens (list, revoke) and members (evict), through the president
 //!   alerts     PerformanceAlerts: raised by a mayor's monitor, recorded by the president
+//!   performance  a node's figures as a worker (rates, times, CPU per result) and the
+//!              mesh's phase transitions
 //!   resources  accounts, limits and ResourceRequests: charged by mayors, limits copied
 //!              by governors, requests carried up to the president
 //!   scaling    on the president: whether the mesh wants more workers (gauges, the
@@ -34,6 +36,7 @@ pub mod artifacts;
 pub mod courier;
 pub mod mirroring;
 pub(crate) mod owner;
+pub mod performance;
 pub mod policy;
 pub mod projects;
 pub mod resources;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aamas_consensus::ledger::{LedgerCommand, LedgerResponse, TaskKey, TaskStatus, TaskUsage};
-use aamas_consensus::registry::{PhaseProgress, ProjectStatus};
+use aamas_consensus::registry::{PhaseProgress, ProjectStatus, RegistryCommand};
 use aamas_consensus::resources::Usage;
 use aamas_consensus::{Command as RaftCommand, Group, Outcome, Request};
 use aamas_protocol::{
@@ -956,6 +956,7 @@ impl Node {
 
     async fn run_attempt(self: Arc<Self>, key: TaskKey, attempt: u32, spec: TaskSpec) {
         let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+        let started = std::time::Instant::now();
         let mut result = match self.fill_input(&key.project, &spec).await {
             Ok(input) => {
                 self.work
@@ -965,6 +966,7 @@ impl Node {
             }
             Err(error) => Err(error),
         };
+        self.count_attempt(spec.executor.kind(), &result, started.elapsed());
         // The whole output becomes an artefact, on disk here and on the state's voters,
         // before the outcome (with only its start) goes to the mayor.
         if let Ok(execution) = &result {
@@ -1012,6 +1014,33 @@ impl Node {
                 outcome: result,
             })
             .await;
+    }
+
+    /// Counts one attempt this node ran: its outcome, how long it took and the CPU it
+    /// used ([`crate::metrics::Metrics::attempts`] and the two after it).
+    fn count_attempt(&self, executor: &str, result: &Result<Execution, ExecError>, took: Duration) {
+        let (outcome, used) = match result {
+            Ok(execution) => ("succeeded", execution.used()),
+            Err(error) => (error.kind(), error.used()),
+        };
+        let labels = crate::metrics::labels(&[("executor", executor), ("outcome", outcome)]);
+        self.metrics.attempts.get_or_create(&labels).inc();
+        self.metrics
+            .attempt_cpu_seconds
+            .get_or_create(&labels)
+            .inc_by(used.cpu_ms as f64 / 1_000.0);
+        self.metrics
+            .attempt_seconds
+            .get_or_create(&crate::metrics::labels(&[("executor", executor)]))
+            .observe(took.as_secs_f64());
+        let millis = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        self.metrics
+            .tallies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(executor.to_string())
+            .or_default()
+            .add(outcome, millis, used.cpu_ms);
     }
 
     /// The task's input with each `{{ outputs.NAME }}` replaced by task NAME's artefact
@@ -1962,8 +1991,23 @@ impl Node {
                 announce,
             } => self.spawn(async move {
                 let parts: Vec<&[u8]> = request.iter().map(Vec::as_slice).collect();
+                let transition = match &command {
+                    RegistryCommand::AdvancePhase { id, from } => Some((
+                        id.clone(),
+                        if from.next().is_some() {
+                            "advanced"
+                        } else {
+                            "completed"
+                        },
+                    )),
+                    RegistryCommand::FailProject { id, .. } => Some((id.clone(), "failed")),
+                    _ => None,
+                };
                 match node.propose(&parts, command).await {
                     Ok(()) => {
+                        if let Some((project, outcome)) = transition {
+                            node.count_transition(&project, outcome).await;
+                        }
                         if let Some(event) = announce {
                             if let Event::PhaseTransition { project, from, .. } = &event {
                                 tracing::info!(
@@ -2067,6 +2111,30 @@ impl Node {
                         .map(|(rule, outcome)| (rule.as_str(), *outcome)),
                 );
             }
+        }
+    }
+
+    /// Counts a phase transition the president committed, and the project's time from
+    /// submission when it ended (seed §7.1: phase transition success rate, project
+    /// completion times).
+    async fn count_transition(&self, project: &str, outcome: &'static str) {
+        self.metrics
+            .phase_transitions
+            .get_or_create(&crate::metrics::labels(&[("outcome", outcome)]))
+            .inc();
+        if outcome == "advanced" {
+            return;
+        }
+        let submitted = self
+            .registry(|registry| registry.projects().get(project).map(|p| p.submitted_ms))
+            .await
+            .flatten();
+        if let Some(submitted) = submitted {
+            let took_ms = now_ms().saturating_sub(submitted);
+            self.metrics
+                .project_seconds
+                .get_or_create(&crate::metrics::labels(&[("status", outcome)]))
+                .observe(took_ms as f64 / 1_000.0);
         }
     }
 

@@ -154,6 +154,16 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// Its kind as a metric label: `timed_out`, `failed`, `misconfigured`, `unavailable`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExecError::Timeout { .. } => "timed_out",
+            ExecError::Failed { .. } => "failed",
+            ExecError::Misconfigured { .. } => "misconfigured",
+            ExecError::Unavailable { .. } => "unavailable",
+        }
+    }
+
     /// Whether running the task again, possibly on another worker, can succeed.
     pub fn retryable(&self) -> bool {
         match self {
