@@ -274,6 +274,58 @@ fn a_worker_whose_tasks_keep_failing_raises_an_alert_that_aamas_alerts_shows() {
 }
 
 #[test]
+fn an_error_rate_threshold_raises_its_own_alert() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy(root.path(), 3);
+    let chief = &nodes[index_of(&nodes, &president)];
+    // Only an error-rate threshold: half of a worker's attempts, once it ran 4.
+    let policy = write(
+        root.path(),
+        "rate.toml",
+        "[performance]\nworker_error_rate_percent = 50\nerror_rate_min_attempts = 4\n",
+    );
+    chief.cli(&["policy", "apply", &policy]).expect("applied");
+    wait_for("the policy on every node", || {
+        nodes
+            .iter()
+            .all(|node| version(node).is_some_and(|v| v >= 2))
+            .then_some(())
+    });
+    let tree = chief.hierarchy().expect("hierarchy");
+    let (state, _, _) = governors(&tree)
+        .and_then(|states| states.into_iter().next())
+        .expect("a governed state");
+    // 3 tasks of 4 failing attempts: at least one worker runs 4 of the 12.
+    let id = nodes[0].submit(&failing(&state, 3)).expect("submitted");
+    let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
+    assert_eq!(field(&end, "status").as_deref(), Some("failed"), "{end}");
+    let alerts = wait_for("a PerformanceAlert in `aamas alerts`", || {
+        let listed = nodes[1].cli(&["alerts", "--json"]).ok()?;
+        let listed: Value = serde_json::from_str(&listed).ok()?;
+        listed
+            .as_array()
+            .filter(|alerts| !alerts.is_empty())
+            .cloned()
+    });
+    for alert in &alerts {
+        assert_eq!(
+            field(alert, "metric").as_deref(),
+            Some("worker_error_rate_percent"),
+            "only the threshold the policy names: {alert}"
+        );
+        assert_eq!(alert["threshold"].as_f64(), Some(50.0), "{alert}");
+        assert!(
+            alert["value"].as_f64().is_some_and(|v| v >= 50.0),
+            "{alert}"
+        );
+        assert!(
+            field(alert, "message").is_some_and(|m| m.contains("attempts failed on worker")),
+            "{alert}"
+        );
+    }
+}
+
+#[test]
 fn the_communication_policy_bounds_work_messages_per_sender_and_work_still_finishes() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, president) = start_hierarchy(root.path(), 5);

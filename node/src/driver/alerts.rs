@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 use crate::driver::admin::AdminError;
 use crate::driver::runtime::{Node, now_ms};
 use crate::events::BusEvent;
-use crate::governance::monitor::WorkerFailing;
+use crate::governance::monitor::{Thresholds, WorkerAlert};
 use crate::net::wire::Rpc;
 
 /// The metric of an alert for a worker whose attempts keep failing.
 pub const WORKER_FAILURES: &str = "worker_failures_in_a_row";
+/// The metric of an alert for a worker too many of whose attempts failed.
+pub const WORKER_ERROR_RATE: &str = "worker_error_rate_percent";
 
 /// An alert as `aamas alerts` prints it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,50 +78,90 @@ impl Node {
     /// monitor, and raises the alert it returns (in the background: the outcome's own
     /// path does not wait for it).
     pub(crate) async fn note_outcome(&self, worker: NodeKey, task: &str, attempt: u32, ok: bool) {
-        // Only a failure can reach the threshold: a success does not read the policy
+        // Only a failure can reach a threshold: a success does not read the policy
         // (this runs for every outcome a mayor takes).
-        let threshold = if ok {
-            None
+        let thresholds = if ok {
+            Thresholds::default()
         } else {
             self.policy()
                 .await
-                .and_then(|policy| policy.performance.worker_failures_in_a_row)
+                .map(|policy| Thresholds {
+                    in_a_row: policy.performance.worker_failures_in_a_row,
+                    error_rate_percent: policy.performance.worker_error_rate_percent,
+                    min_attempts: policy.performance.error_rate_min_attempts,
+                })
+                .unwrap_or_default()
         };
         let fired = self
             .monitor
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record(now_ms(), worker, task, attempt, ok, threshold);
-        let Some(failing) = fired else {
+            .record(now_ms(), worker, task, attempt, ok, thresholds);
+        if fired.is_empty() {
             return;
-        };
+        }
         let Some(node) = self.this.upgrade() else {
             return;
         };
         self.spawn(async move {
-            if let Err(error) = node.raise_worker_alert(failing).await {
-                tracing::warn!(%error, worker = %failing.worker.peer_id(), "raising a PerformanceAlert failed");
+            for alert in fired {
+                if let Err(error) = node.raise_worker_alert(alert).await {
+                    tracing::warn!(%error, worker = %worker.peer_id(), "raising a PerformanceAlert failed");
+                }
             }
         });
     }
 
-    async fn raise_worker_alert(&self, failing: WorkerFailing) -> Result<(), AdminError> {
-        let alert = Alert {
-            metric: WORKER_FAILURES.to_string(),
-            subject: failing.worker,
-            value_milli: i64::from(failing.failures_in_a_row) * 1_000,
-            threshold_milli: i64::from(failing.threshold) * 1_000,
-            message: format!(
-                "{} attempts in a row failed on worker {} (threshold {})",
-                failing.failures_in_a_row,
-                failing.worker.peer_id(),
-                failing.threshold
+    async fn raise_worker_alert(&self, raised: WorkerAlert) -> Result<(), AdminError> {
+        let (metric, subject, value_milli, threshold_milli, message) = match raised {
+            WorkerAlert::FailingInARow {
+                worker,
+                failures_in_a_row,
+                threshold,
+            } => (
+                WORKER_FAILURES,
+                worker,
+                i64::from(failures_in_a_row) * 1_000,
+                i64::from(threshold) * 1_000,
+                format!(
+                    "{failures_in_a_row} attempts in a row failed on worker {} (threshold \
+                     {threshold})",
+                    worker.peer_id()
+                ),
             ),
+            WorkerAlert::ErrorRate {
+                worker,
+                failed,
+                attempts,
+                threshold_percent,
+            } => {
+                // In thousandths of a percent.
+                let rate_milli = u128::from(failed) * 100_000 / u128::from(attempts.max(1));
+                (
+                    WORKER_ERROR_RATE,
+                    worker,
+                    i64::try_from(rate_milli).unwrap_or(i64::MAX),
+                    i64::from(threshold_percent) * 1_000,
+                    format!(
+                        "{failed} of {attempts} attempts failed on worker {} ({:.1}%, \
+                         threshold {threshold_percent}%)",
+                        worker.peer_id(),
+                        rate_milli as f64 / 1_000.0
+                    ),
+                )
+            }
+        };
+        let alert = Alert {
+            metric: metric.to_string(),
+            subject,
+            value_milli,
+            threshold_milli,
+            message,
             raised_ms: now_ms(),
             raised_by: self.identity.node_key(),
             acknowledged: None,
         };
-        tracing::warn!(worker = %failing.worker.peer_id(), failures = failing.failures_in_a_row, "PerformanceAlert: a worker's attempts keep failing");
+        tracing::warn!(worker = %subject.peer_id(), metric, "PerformanceAlert: {}", alert.message);
         self.record_alert_as(self.identity.node_key(), alert).await
     }
 

@@ -20,6 +20,8 @@
 //!
 //! [performance]                    # thresholds that raise a PerformanceAlert
 //! worker_failures_in_a_row = 3
+//! worker_error_rate_percent = 50   # of a worker's attempts, once it ran
+//! error_rate_min_attempts = 10     # this many (as its mayor sees them)
 //!
 //! [resources]                      # seed §6.2
 //! approve_up_to = { money_micros = 1000000 } # requests this small are approved by policy
@@ -305,14 +307,33 @@ impl Tier {
 
 /// The performance policy's thresholds (seed §7.1): crossing one raises a
 /// PerformanceAlert.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Performance {
     /// Attempts failed in a row on one worker (as its mayor sees them).
     pub worker_failures_in_a_row: Option<u32>,
+    /// The share of a worker's attempts that failed, in percent (as its mayor sees
+    /// them), once it ran [`Performance::error_rate_min_attempts`].
+    pub worker_error_rate_percent: Option<u32>,
+    /// Attempts a worker runs before its error rate is judged.
+    pub error_rate_min_attempts: u32,
+}
+
+impl Default for Performance {
+    fn default() -> Self {
+        Performance {
+            worker_failures_in_a_row: None,
+            worker_error_rate_percent: None,
+            error_rate_min_attempts: DEFAULT_ERROR_RATE_MIN_ATTEMPTS,
+        }
+    }
 }
 
 /// Most failures in a row a threshold may name.
 pub const MAX_FAILURES_IN_A_ROW: u32 = 1_000;
+/// Attempts a worker runs before its error rate is judged, unless the policy says.
+pub const DEFAULT_ERROR_RATE_MIN_ATTEMPTS: u32 = 10;
+/// Most attempts the policy may ask for before an error rate is judged.
+pub const MAX_ERROR_RATE_MIN_ATTEMPTS: u32 = 100_000;
 /// The escalation policy (`[escalation]`): the president's ladder for a task that used
 /// up its attempts on faults of the moment (a lost worker, a timeout, an unreachable
 /// service). A task that failed on its merits fails its phase at once.
@@ -487,6 +508,8 @@ struct RawLimit {
 #[serde(deny_unknown_fields)]
 struct RawPerformance {
     worker_failures_in_a_row: Option<Spanned<u32>>,
+    worker_error_rate_percent: Option<Spanned<u32>>,
+    error_rate_min_attempts: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -567,18 +590,10 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             &index,
         )?),
     };
-    let mut performance = Performance::default();
-    if let Some(raw) = raw.performance
-        && let Some(threshold) = raw.worker_failures_in_a_row
-    {
-        if !(1..=MAX_FAILURES_IN_A_ROW).contains(threshold.get_ref()) {
-            return Err(error(
-                Some(index.of(&threshold)),
-                format!("worker_failures_in_a_row is 1 to {MAX_FAILURES_IN_A_ROW}"),
-            ));
-        }
-        performance.worker_failures_in_a_row = Some(threshold.into_inner());
-    }
+    let performance = match raw.performance {
+        Some(raw) => convert_performance(raw, &index)?,
+        None => Performance::default(),
+    };
     let resources = match raw.resources {
         Some(raw) => convert_resources(raw, &index)?,
         None => Resources::default(),
@@ -726,6 +741,39 @@ fn convert_city_scaling(
         scaling.city_cooldown_secs = cooldown;
     }
     Ok(())
+}
+
+fn convert_performance(raw: RawPerformance, index: &LineIndex) -> Result<Performance, PolicyError> {
+    let mut performance = Performance::default();
+    let bounded = |value: Spanned<u32>, name: &str, max: u32| {
+        if (1..=max).contains(value.get_ref()) {
+            Ok(value.into_inner())
+        } else {
+            Err(error(
+                Some(index.of(&value)),
+                format!("{name} is 1 to {max}"),
+            ))
+        }
+    };
+    if let Some(threshold) = raw.worker_failures_in_a_row {
+        performance.worker_failures_in_a_row = Some(bounded(
+            threshold,
+            "worker_failures_in_a_row",
+            MAX_FAILURES_IN_A_ROW,
+        )?);
+    }
+    if let Some(percent) = raw.worker_error_rate_percent {
+        performance.worker_error_rate_percent =
+            Some(bounded(percent, "worker_error_rate_percent", 100)?);
+    }
+    if let Some(attempts) = raw.error_rate_min_attempts {
+        performance.error_rate_min_attempts = bounded(
+            attempts,
+            "error_rate_min_attempts",
+            MAX_ERROR_RATE_MIN_ATTEMPTS,
+        )?;
+    }
+    Ok(performance)
 }
 
 fn convert_resources(raw: RawResources, index: &LineIndex) -> Result<Resources, PolicyError> {
@@ -1288,6 +1336,11 @@ mod tests {
                 "worker_failures_in_a_row is 1 to",
             ),
             ("[escalation]\nreopenings = 9\n", 2, "reopenings is 0 to 4"),
+            (
+                "[performance]\nworker_error_rate_percent = 101\n",
+                2,
+                "worker_error_rate_percent is 1 to 100",
+            ),
             (
                 "[communication]\nmessages_per_sec = 10\nburst = 0\n",
                 3,
