@@ -274,6 +274,58 @@ fn a_worker_whose_tasks_keep_failing_raises_an_alert_that_aamas_alerts_shows() {
 }
 
 #[test]
+fn the_starter_tier_gives_at_most_three_states_a_governor() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<std::path::PathBuf> =
+        (1..=8).map(|i| root.path().join(format!("n{i}"))).collect();
+    let (token, _) = init(&dirs[0]);
+    // The founder puts the Starter tier in force before the states have groups.
+    std::fs::write(dirs[0].join("policy.toml"), "tier = \"starter\"\n").expect("write");
+    let mut nodes = vec![Node::start_env(None, &dirs[0], None, &[], &[])];
+    let addr = first_listen_addr(&nodes[0]);
+    for dir in &dirs[1..] {
+        nodes.push(Node::start_env(None, dir, Some((&addr, &token)), &[], &[]));
+    }
+    let president = wait_for("the nodes to agree on a president", || {
+        agreed_president(&nodes.iter().collect::<Vec<_>>(), 8)
+    });
+    let chief = &nodes[index_of(&nodes, &president)];
+    // Every state has members; three have a governor, and the fourth was refused one
+    // by the tier's rule, counted once.
+    let tree = wait_for("three governed states of four populated ones", || {
+        let tree = chief.hierarchy()?;
+        let states = tree["states"].as_array()?;
+        let populated = states
+            .iter()
+            .filter(|s| s["workers"].as_array().is_some_and(|w| !w.is_empty()))
+            .count();
+        let governed = states.iter().filter(|s| s["governor"].is_string()).count();
+        let refused = chief.metric(
+            "aamas_policy_decisions_total{at=\"founding\",rule=\"tier-starter-governors\",outcome=\"denied\"}",
+        )?;
+        (populated == 4 && governed == 3 && refused == 1.0).then_some(tree)
+    });
+    let ungoverned = tree["states"]
+        .as_array()
+        .and_then(|states| states.iter().find(|s| !s["governor"].is_string()))
+        .and_then(|state| field(state, "name"))
+        .expect("an ungoverned state");
+    // A task of the ungoverned state still runs: it goes to a governed one.
+    let spec = format!(
+        "name = \"elsewhere\"\n[[phase]]\nname = \"initiation\"\n  [[phase.task]]\n  \
+         name = \"t\"\n  state = \"{ungoverned}\"\n  executor = \"builtin\"\n  action = \"noop\"\n"
+    );
+    let id = nodes[0].submit(&spec).expect("submitted");
+    let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+    let tree = chief.hierarchy().expect("hierarchy");
+    let governed_now = tree["states"].as_array().map_or(0, |states| {
+        states.iter().filter(|s| s["governor"].is_string()).count()
+    });
+    assert_eq!(governed_now, 3, "still three governors: {tree}");
+}
+
+#[test]
 fn an_error_rate_threshold_raises_its_own_alert() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, president) = start_hierarchy(root.path(), 3);

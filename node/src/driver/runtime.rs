@@ -417,6 +417,9 @@ pub struct Node {
     member_peers: Mutex<HashMap<PeerId, NodeId>>,
     /// The policy in force, parsed, with its version (see [`Node::policy`]).
     pub(crate) policy_cache: Mutex<Option<(u64, Arc<crate::governance::policy::Policy>)>>,
+    /// The states the president left without a group under the policy's tier, each
+    /// counted once while it waits.
+    pub(crate) ungoverned_by_tier: Mutex<BTreeSet<String>>,
     /// This node's view, as a mayor, of its workers' outcomes.
     pub(crate) monitor: Mutex<crate::governance::monitor::Monitor>,
     /// When this node, as a mayor, last asked about each state's resource.
@@ -2610,6 +2613,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         member_peers: Mutex::new(HashMap::new()),
         blocked: Mutex::new(std::collections::HashSet::new()),
         policy_cache: Mutex::new(None),
+        ungoverned_by_tier: Mutex::new(BTreeSet::new()),
         monitor: Mutex::new(crate::governance::monitor::Monitor::default()),
         resource_asks: Mutex::new(BTreeMap::new()),
         scale_hook: config.scale_hook.clone(),

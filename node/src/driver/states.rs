@@ -155,22 +155,61 @@ impl Node {
             .collect()
     }
 
-    /// The president founds a group for every state that has members and none yet.
+    /// The president founds a group for every state that has members and none yet, up to
+    /// the governors the policy's tier allows (the most populated states first; a state
+    /// left without one has its tasks moved to a governed state).
     pub(crate) async fn found_state_groups(&self) {
-        let unfounded: Vec<String> = self
+        let (mut unfounded, founded): (Vec<(String, usize)>, usize) = self
             .registry(|registry| {
                 let counts = registry.member_count_by_state();
-                registry
+                let unfounded = registry
                     .states()
                     .iter()
-                    .filter(|(name, info)| {
-                        info.group.is_none() && counts.get(name.as_str()).copied().unwrap_or(0) > 0
+                    .filter(|(_, info)| info.group.is_none())
+                    .filter_map(|(name, _)| {
+                        let members = counts.get(name.as_str()).copied().unwrap_or(0);
+                        (members > 0).then(|| (name.clone(), members))
                     })
-                    .map(|(name, _)| name.clone())
-                    .collect()
+                    .collect();
+                let founded = registry
+                    .states()
+                    .values()
+                    .filter(|info| info.group.is_some())
+                    .count();
+                (unfounded, founded)
             })
             .await
             .unwrap_or_default();
+        if unfounded.is_empty() {
+            return;
+        }
+        unfounded.sort_by(|(a, many), (b, more)| more.cmp(many).then_with(|| a.cmp(b)));
+        let tier = self.policy().await.and_then(|policy| policy.tier);
+        if let Some((tier, cap)) = tier.and_then(|tier| Some((tier, tier.max_governors()?))) {
+            let room = cap.saturating_sub(founded);
+            if unfounded.len() > room {
+                let rule = format!("tier-{}-governors", tier.as_str());
+                for (state, _) in unfounded.split_off(room) {
+                    let first = self
+                        .ungoverned_by_tier
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(state.clone());
+                    if first {
+                        tracing::warn!(%state, %rule, cap, "a state left without a governor: the policy's tier allows {cap}");
+                        self.metrics
+                            .policy_decisions
+                            .get_or_create(&crate::metrics::labels(&[
+                                ("at", "founding"),
+                                ("rule", &rule),
+                                ("outcome", "denied"),
+                            ]))
+                            .inc();
+                    }
+                }
+            }
+        }
+        let unfounded: Vec<String> = unfounded.into_iter().map(|(state, _)| state).collect();
         if unfounded.is_empty() {
             return;
         }

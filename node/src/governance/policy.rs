@@ -259,15 +259,34 @@ pub struct Rule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
-    /// Up to 5 projects at once, phases 1-4.
+    /// Up to 5 projects at once, phases 1-4, 3 governors.
     Starter,
-    /// Up to 20 projects at once, all phases.
+    /// Up to 20 projects at once, all phases, 10 governors.
     Professional,
     /// No limits.
     Enterprise,
 }
 
 impl Tier {
+    /// Most states with a governor (a state group) the tier allows (seed §12: 3 for
+    /// Starter, 10 for Professional); `None`: no limit.
+    pub fn max_governors(self) -> Option<usize> {
+        match self {
+            Tier::Starter => Some(3),
+            Tier::Professional => Some(10),
+            Tier::Enterprise => None,
+        }
+    }
+
+    /// Its name, as the policy document spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Starter => "starter",
+            Tier::Professional => "professional",
+            Tier::Enterprise => "enterprise",
+        }
+    }
+
     fn rules(self) -> Vec<Rule> {
         let limit = |name: &str, counter, max: u64, reason: &str| Rule {
             name: name.to_string(),
