@@ -990,6 +990,7 @@ impl Node {
                         },
                         _ => ExecError::Unavailable {
                             reason: format!("the output could not be kept: {failure}"),
+                            used: execution_used,
                         },
                     });
                 }
@@ -1074,6 +1075,7 @@ impl Node {
                 Err(failure @ ArtifactFailure::Unavailable { .. }) => {
                     return Err(ExecError::Unavailable {
                         reason: reading(failure.to_string()),
+                        used: Usage::default(),
                     });
                 }
                 Err(failure) => {
@@ -2412,7 +2414,8 @@ mod tests {
         );
         assert!(
             ExecError::Unavailable {
-                reason: "connection refused".into()
+                reason: "connection refused".into(),
+                used: Usage::default(),
             }
             .retryable()
         );

@@ -410,7 +410,9 @@ fn http_client() -> Result<HttpClient, ExecError> {
 /// `error` with `note` appended, as [`ExecError::Unavailable`] (what retries give up as).
 fn gave_up(error: ExecError, note: String) -> ExecError {
     match error {
-        ExecError::Unavailable { reason } => unavailable(format!("{reason} ({note})")),
+        ExecError::Unavailable { reason, used } => {
+            unavailable(format!("{reason} ({note})")).using(used)
+        }
         other => other,
     }
 }
@@ -795,7 +797,7 @@ mod tests {
         let mut config = config(address);
         config.request_timeout = Duration::from_millis(100);
         let error = complete(config, LONG).await.unwrap_err();
-        let ExecError::Unavailable { reason } = &error else {
+        let ExecError::Unavailable { reason, .. } = &error else {
             panic!("{error:?}")
         };
         assert!(
@@ -817,7 +819,7 @@ mod tests {
     async fn llm_gives_up_after_its_attempts() {
         let (server, address) = serve(Behaviour::AlwaysFail).await;
         let error = complete(config(address), LONG).await.unwrap_err();
-        let ExecError::Unavailable { reason } = &error else {
+        let ExecError::Unavailable { reason, .. } = &error else {
             panic!("{error:?}")
         };
         assert!(
@@ -875,7 +877,7 @@ mod tests {
         let address = listener.local_addr().unwrap();
         drop(listener);
         let error = complete(config(address), LONG).await.unwrap_err();
-        let ExecError::Unavailable { reason } = &error else {
+        let ExecError::Unavailable { reason, .. } = &error else {
             panic!("{error:?}")
         };
         assert!(

@@ -150,6 +150,9 @@ pub enum ExecError {
     Unavailable {
         /// What was unreachable and how it failed.
         reason: String,
+        /// What the attempt used before (a task that ran but whose output could not be
+        /// kept; nothing when the executor's service did not answer).
+        used: Usage,
     },
 }
 
@@ -175,15 +178,20 @@ impl ExecError {
     /// What the attempt used before it failed (nothing for a task that never ran).
     pub fn used(&self) -> Usage {
         match self {
-            ExecError::Timeout { used, .. } | ExecError::Failed { used, .. } => *used,
-            ExecError::Misconfigured { .. } | ExecError::Unavailable { .. } => Usage::default(),
+            ExecError::Timeout { used, .. }
+            | ExecError::Failed { used, .. }
+            | ExecError::Unavailable { used, .. } => *used,
+            ExecError::Misconfigured { .. } => Usage::default(),
         }
     }
 
-    /// This error with `spent` as what the attempt used (kept only by the kinds that
-    /// ran: [`ExecError::Timeout`] and [`ExecError::Failed`]).
+    /// This error with `spent` as what the attempt used (kept by every kind but
+    /// [`ExecError::Misconfigured`], which never runs).
     pub(crate) fn using(mut self, spent: Usage) -> Self {
-        if let ExecError::Timeout { used, .. } | ExecError::Failed { used, .. } = &mut self {
+        if let ExecError::Timeout { used, .. }
+        | ExecError::Failed { used, .. }
+        | ExecError::Unavailable { used, .. } = &mut self
+        {
             *used = spent;
         }
         self
@@ -212,6 +220,7 @@ fn misconfigured(reason: impl Into<String>) -> ExecError {
 fn unavailable(reason: impl Into<String>) -> ExecError {
     ExecError::Unavailable {
         reason: reason.into(),
+        used: Usage::default(),
     }
 }
 
@@ -608,6 +617,7 @@ mod tests {
             },
             ExecError::Unavailable {
                 reason: "u".to_owned(),
+                used: Usage::default(),
             },
         ];
         for error in errors {
