@@ -340,6 +340,113 @@ fn a_policy_puts_limits_on_states_and_approves_small_requests_itself() {
     );
 }
 
+#[test]
+fn competing_requests_get_the_policy_pool_by_state_priority() {
+    let llm = MockLlm::start(|seen| format!("part done: {}", seen.user.len()));
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, chief, _) = metered_mesh(root.path(), &llm);
+    let chief = &nodes[chief];
+    let governed = agreed_governors(&nodes.iter().collect::<Vec<_>>()).expect("governors");
+    assert!(governed.len() >= 2, "two governed states: {governed:?}");
+    let (first, second) = (governed[0].0.clone(), governed[1].0.clone());
+    // Both states get a limit a single task spends, and no approval by policy yet.
+    let limits = format!(
+        "[[resources.limit]]\nstates = [\"{first}\", \"{second}\"]\n\
+         resource = \"money_micros\"\namount = 100\nper = \"day\"\n"
+    );
+    let file = root.path().join("limits.toml");
+    std::fs::write(&file, &limits).expect("write");
+    chief
+        .cli(&["policy", "apply", &file.display().to_string()])
+        .expect("applied");
+    for state in [&first, &second] {
+        wait_for("the limit in force", || {
+            let view = shown(chief, state)?;
+            (view["limits_in_force"].as_u64()? >= 1).then_some(())
+        });
+    }
+    let ids: Vec<String> = [&first, &second]
+        .iter()
+        .map(|state| {
+            nodes[0]
+                .submit(&project(state).replace("\"metered\"", &format!("\"metered-{state}\"")))
+                .expect("submitted")
+        })
+        .collect();
+    // Both spend their limit and ask for 100 more: two requests compete.
+    let open = |state: &str| {
+        requests(chief)
+            .into_iter()
+            .find(|request| request["state"] == state && request["status"] == "open")
+    };
+    let one = wait_for("the first state's request", || open(&first));
+    let other = wait_for("the second state's request", || open(&second));
+    // The newer request's state gets the priority: priority, not age, must decide.
+    let newer_is_other = other["id"].as_u64() > one["id"].as_u64();
+    let (favoured_request, waiting_request) = if newer_is_other {
+        (other, one)
+    } else {
+        (one, other)
+    };
+    let favoured = field(&favoured_request, "state").expect("state");
+    let ids = if newer_is_other {
+        ids
+    } else {
+        ids.into_iter().rev().collect()
+    };
+    // A pool of 150 a day covers one of them: the favoured state's priority wins it.
+    let pooled = format!(
+        "[resources]\napprove_up_to = {{ money_micros = 1000 }}\n\
+         pool = {{ money_micros = 150 }}\npool_per = \"day\"\n\
+         priority = {{ {favoured} = 10 }}\n{limits}"
+    );
+    std::fs::write(&file, pooled).expect("write");
+    chief
+        .cli(&["policy", "apply", &file.display().to_string()])
+        .expect("applied");
+    let decided = wait_for("the favoured state's request approved by policy", || {
+        requests(chief).into_iter().find(|request| {
+            request["id"] == favoured_request["id"] && request["status"] == "approved"
+        })
+    });
+    assert_eq!(decided["decision"]["by"], "policy", "{decided}");
+    // The older request waits: the pool has 50 left, it asks for 100.
+    let still = requests(chief)
+        .into_iter()
+        .find(|request| request["id"] == waiting_request["id"])
+        .expect("kept");
+    assert_eq!(still["status"], "open", "{still}");
+    let approved_by_policy = requests(chief)
+        .iter()
+        .filter(|request| request["decision"]["by"] == "policy")
+        .map(|request| request["decision"]["amount"].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert!(
+        approved_by_policy <= 150,
+        "the pool was overdrawn: {approved_by_policy}"
+    );
+    let referred =
+        "aamas_policy_decisions_total{at=\"resource_request\",rule=\"pool\",outcome=\"referred\"}";
+    assert!(
+        chief.metric(referred).is_some_and(|count| count >= 1.0),
+        "the pool's refusal was counted"
+    );
+    // A person can still decide past the pool; the other state's next request waits for
+    // the pool to renew (tomorrow), so its project stays held.
+    let id = waiting_request["id"].as_u64().expect("id").to_string();
+    chief
+        .cli(&["resources", "approve", &id, "--amount", "100000"])
+        .expect("approved by hand");
+    let decided = requests(chief)
+        .into_iter()
+        .find(|request| request["id"] == waiting_request["id"])
+        .expect("kept");
+    assert_eq!(decided["status"], "approved", "{decided}");
+    assert_eq!(decided["decision"]["by"], "operator", "{decided}");
+    let end = wait_for_project_end(&nodes, &ids[0], PROJECT_LIMIT);
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+}
+
 fn cpu_ms(value: &Value) -> u64 {
     value["cpu_ms"].as_u64().unwrap_or(0)
 }

@@ -412,51 +412,117 @@ impl Node {
         Ok(())
     }
 
-    /// As president, approves the open request of `state` and `resource` when the
-    /// policy in force approves requests that small; counts the decision either way.
+    /// As president, judges the open request of `state` and `resource` that was just
+    /// raised (with every other open one: [`Node::arbitrate_requests`]).
     async fn approve_by_policy(&self, state: &str, resource: Resource) -> Result<(), AdminError> {
-        let open = self
-            .registry(|registry| {
-                registry
-                    .resource_requests()
-                    .iter()
-                    .find(|(_, r)| {
-                        r.decision.is_none() && r.state == state && r.resource == resource
-                    })
-                    .map(|(id, r)| (*id, r.amount))
-            })
-            .await
-            .flatten();
-        let Some((id, amount)) = open else {
+        self.arbitrate_requests(Some((state, resource))).await
+    }
+
+    /// As president: the policy's verdict on every open ResourceRequest, the states of
+    /// higher priority first ([`crate::governance::policy::Resources::arbitrate`]), and
+    /// the approvals committed. Each verdict is counted when the request is `fresh` (just
+    /// raised) or approved, so a request waiting for the next period is counted once.
+    pub(crate) async fn arbitrate_requests(
+        &self,
+        fresh: Option<(&str, Resource)>,
+    ) -> Result<(), AdminError> {
+        use crate::governance::policy::{OpenRequest, Verdict};
+        let Some(policy) = self.policy().await else {
             return Ok(());
         };
-        let policy = self.policy().await;
-        let approved = policy
-            .as_ref()
-            .is_some_and(|policy| policy.resources.approves(resource, amount));
+        let resources = &policy.resources;
+        // Between requests only a pool that renewed can change a verdict.
+        if fresh.is_none() && resources.pool.is_empty() {
+            return Ok(());
+        }
+        if resources.approve_up_to.is_empty() {
+            if let Some((_, resource)) = fresh {
+                self.count_request_verdict(resource, Verdict::OverApproveUpTo);
+            }
+            return Ok(());
+        }
+        let now = now_ms();
+        let since = resources.pool_period.window_start(now);
+        let looked = self
+            .registry(|registry| {
+                let mut open = Vec::new();
+                let mut granted: BTreeMap<Resource, u64> = BTreeMap::new();
+                for (id, request) in registry.resource_requests() {
+                    match &request.decision {
+                        None => open.push(OpenRequest {
+                            id: *id,
+                            state: request.state.clone(),
+                            resource: request.resource,
+                            amount: request.amount,
+                        }),
+                        Some(decision)
+                            if decision.approved
+                                && decision.by == "policy"
+                                && decision.decided_ms >= since =>
+                        {
+                            let so_far = granted.entry(request.resource).or_default();
+                            *so_far = so_far.saturating_add(decision.amount);
+                        }
+                        Some(_) => {}
+                    }
+                }
+                (open, granted)
+            })
+            .await;
+        let Some((open, granted)) = looked else {
+            return Ok(());
+        };
+        if open.is_empty() {
+            return Ok(());
+        }
+        for (id, verdict) in resources.arbitrate(&open, &granted) {
+            let Some(request) = open.iter().find(|request| request.id == id) else {
+                continue;
+            };
+            let is_fresh = fresh.is_some_and(|(state, resource)| {
+                request.state == state && request.resource == resource
+            });
+            if is_fresh || verdict == Verdict::Approve {
+                self.count_request_verdict(request.resource, verdict);
+            }
+            if verdict != Verdict::Approve {
+                continue;
+            }
+            let (state, resource, amount) = (&request.state, request.resource, request.amount);
+            let decision = ResourceDecision {
+                approved: true,
+                amount,
+                by: "policy".to_string(),
+                note: format!("at most the policy's approve_up_to for {resource}, within its pool"),
+                decided_ms: now,
+            };
+            tracing::info!(id, state, %resource, amount, "a ResourceRequest approved by policy");
+            let command = RegistryCommand::DecideResourceRequest { id, decision };
+            self.propose(&[b"decide-resources", &id.to_be_bytes()], command)
+                .await
+                .map_err(AdminError::NotCommitted)?;
+        }
+        Ok(())
+    }
+
+    fn count_request_verdict(
+        &self,
+        resource: Resource,
+        verdict: crate::governance::policy::Verdict,
+    ) {
+        let outcome = match verdict {
+            crate::governance::policy::Verdict::Approve => "allowed",
+            _ => "referred",
+        };
         self.metrics
             .policy_decisions
             .get_or_create(&crate::metrics::labels(&[
                 ("at", "resource_request"),
-                ("rule", "approve_up_to"),
-                ("outcome", if approved { "allowed" } else { "referred" }),
+                ("rule", verdict.rule()),
+                ("outcome", outcome),
             ]))
             .inc();
-        if !approved {
-            return Ok(());
-        }
-        let decision = ResourceDecision {
-            approved: true,
-            amount,
-            by: "policy".to_string(),
-            note: format!("at most the policy's approve_up_to for {resource}"),
-            decided_ms: now_ms(),
-        };
-        tracing::info!(id, state, %resource, amount, "a ResourceRequest approved by policy");
-        let command = RegistryCommand::DecideResourceRequest { id, decision };
-        self.propose(&[b"decide-resources", &id.to_be_bytes()], command)
-            .await
-            .map_err(AdminError::NotCommitted)
+        tracing::debug!(%resource, rule = verdict.rule(), outcome, "a ResourceRequest judged by policy");
     }
 
     /// A mayor of `state` whose soft limit is reached raises a PerformanceAlert (at most

@@ -1906,6 +1906,10 @@ impl Node {
             return;
         }
         self.scale_check().await;
+        // Requests that waited for a pool to renew, the states of higher priority first.
+        if let Err(error) = self.arbitrate_requests(None).await {
+            tracing::debug!(%error, "arbitrating ResourceRequests failed");
+        }
         if let Some(policy) = self.policy().await {
             president.set_policy(policy);
         }

@@ -25,6 +25,8 @@
 //!
 //! [resources]                      # seed §6.2
 //! approve_up_to = { money_micros = 1000000 } # requests this small are approved by policy
+//! pool = { money_micros = 5000000 } # and at most this much in all per pool_per ("day")
+//! priority = { technical = 10 }    # when requests compete for a pool: higher first
 //! [[resources.limit]]              # put on the states when the policy is applied
 //! states = ["technical"]           # every state when left out
 //! resource = "money_micros"        # cpu_ms | tokens | api_calls | money_micros
@@ -388,13 +390,68 @@ pub const MAX_POLICY_LIMITS: usize = 256;
 
 /// The resource policy (seed §6.2): limits the president puts on states when the policy
 /// is applied, and how large a ResourceRequest it approves without a person.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     /// Limits, in document order.
     pub limits: Vec<PolicyLimit>,
     /// A ResourceRequest asking for at most this much of its resource is approved by
     /// policy; a larger one (or one of a resource not named) waits for a person.
     pub approve_up_to: BTreeMap<Resource, u64>,
+    /// The most the policy approves of a resource in all, across the states, per
+    /// [`Resources::pool_period`]; a resource not named has no pool.
+    pub pool: BTreeMap<Resource, u64>,
+    /// The period a pool renews by.
+    pub pool_period: Period,
+    /// Each state's priority when requests compete for a pool (higher first; 0 for a
+    /// state not named).
+    pub priority: BTreeMap<String, i64>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            limits: Vec::new(),
+            approve_up_to: BTreeMap::new(),
+            pool: BTreeMap::new(),
+            pool_period: Period::Day,
+            priority: BTreeMap::new(),
+        }
+    }
+}
+
+/// An open ResourceRequest, as the president arbitrates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRequest {
+    /// Its id.
+    pub id: u64,
+    /// The state.
+    pub state: String,
+    /// The resource.
+    pub resource: Resource,
+    /// How much more it asks for.
+    pub amount: u64,
+}
+
+/// What the policy does with an open request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Approved by policy.
+    Approve,
+    /// Over `approve_up_to`: a person decides.
+    OverApproveUpTo,
+    /// The pool of this period has no room left for it: it waits for the next period
+    /// (or a person).
+    PoolSpent,
+}
+
+impl Verdict {
+    /// The rule that decided, as counted.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Verdict::Approve | Verdict::OverApproveUpTo => "approve_up_to",
+            Verdict::PoolSpent => "pool",
+        }
+    }
 }
 
 /// One `[[resources.limit]]`: a limit on the states it names (every state without
@@ -425,6 +482,39 @@ impl Resources {
         self.approve_up_to
             .get(&resource)
             .is_some_and(|most| amount <= *most)
+    }
+
+    /// Arbitrates the `open` requests that compete for the pools (`granted`: what the
+    /// policy already approved of each resource in this period): the states of higher
+    /// priority first, then the older requests; each is approved while it is within
+    /// `approve_up_to` and its pool has room.
+    pub fn arbitrate(
+        &self,
+        open: &[OpenRequest],
+        granted: &BTreeMap<Resource, u64>,
+    ) -> Vec<(u64, Verdict)> {
+        let mut granted = granted.clone();
+        let mut order: Vec<&OpenRequest> = open.iter().collect();
+        order.sort_by_key(|request| {
+            let priority = self.priority.get(&request.state).copied().unwrap_or(0);
+            (std::cmp::Reverse(priority), request.id)
+        });
+        order
+            .into_iter()
+            .map(|request| {
+                if !self.approves(request.resource, request.amount) {
+                    return (request.id, Verdict::OverApproveUpTo);
+                }
+                let so_far = granted.entry(request.resource).or_default();
+                if let Some(pool) = self.pool.get(&request.resource)
+                    && so_far.saturating_add(request.amount) > *pool
+                {
+                    return (request.id, Verdict::PoolSpent);
+                }
+                *so_far = so_far.saturating_add(request.amount);
+                (request.id, Verdict::Approve)
+            })
+            .collect()
     }
 }
 
@@ -509,6 +599,11 @@ struct RawScaling {
 struct RawResources {
     #[serde(default)]
     approve_up_to: BTreeMap<String, Spanned<u64>>,
+    #[serde(default)]
+    pool: BTreeMap<String, Spanned<u64>>,
+    pool_per: Option<Spanned<String>>,
+    #[serde(default)]
+    priority: BTreeMap<String, i64>,
     #[serde(default, rename = "limit")]
     limits: Vec<Spanned<RawLimit>>,
 }
@@ -803,6 +898,25 @@ fn convert_resources(raw: RawResources, index: &LineIndex) -> Result<Resources, 
             .map_err(|failure: String| error(Some(index.of(&most)), failure))?;
         resources.approve_up_to.insert(resource, most.into_inner());
     }
+    for (name, most) in raw.pool {
+        let resource: Resource = name
+            .parse()
+            .map_err(|failure: String| error(Some(index.of(&most)), failure))?;
+        resources.pool.insert(resource, most.into_inner());
+    }
+    if let Some(per) = raw.pool_per {
+        resources.pool_period = per
+            .get_ref()
+            .parse()
+            .map_err(|failure: String| error(Some(index.of(&per)), failure))?;
+    }
+    if raw.priority.len() > MAX_VALUES {
+        return Err(error(
+            None,
+            format!("[resources] priority names more than {MAX_VALUES} states"),
+        ));
+    }
+    resources.priority = raw.priority;
     if raw.limits.len() > MAX_POLICY_LIMITS {
         return Err(error(
             None,
@@ -1281,6 +1395,53 @@ mod tests {
         assert!(
             error.to_string().contains("rules at planning limit tasks"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn competing_requests_get_the_pool_by_priority_then_age() {
+        let policy = parse(
+            "[resources]\napprove_up_to = { money_micros = 100 }\n\
+             pool = { money_micros = 150 }\npool_per = \"hour\"\n\
+             priority = { technical = 10, market = -1 }\n",
+        )
+        .expect("parses");
+        let resources = &policy.resources;
+        assert_eq!(resources.pool_period, Period::Hour);
+        let money = Resource::MoneyMicros;
+        let request = |id: u64, state: &str, amount: u64| OpenRequest {
+            id,
+            state: state.to_string(),
+            resource: money,
+            amount,
+        };
+        let open = [
+            request(1, "market", 60),
+            request(2, "financial", 60),
+            request(3, "technical", 80),
+            request(4, "financial", 500),
+        ];
+        let verdicts = resources.arbitrate(&open, &BTreeMap::new());
+        // technical (10) first, then financial (0), then market (-1); 80 + 60 fit 150.
+        assert_eq!(
+            verdicts,
+            [
+                (3, Verdict::Approve),
+                (2, Verdict::Approve),
+                (4, Verdict::OverApproveUpTo),
+                (1, Verdict::PoolSpent),
+            ]
+        );
+        // What the policy granted earlier in the period counts against the pool.
+        let granted = BTreeMap::from([(money, 80)]);
+        let verdicts = resources.arbitrate(&open[..2], &granted);
+        assert_eq!(verdicts, [(2, Verdict::Approve), (1, Verdict::PoolSpent)]);
+        // Without a pool, every request within approve_up_to is approved.
+        let plain = parse("[resources]\napprove_up_to = { money_micros = 100 }\n").expect("parses");
+        let verdicts = plain.resources.arbitrate(&open[..3], &granted);
+        assert!(
+            verdicts.iter().all(|(_, v)| *v == Verdict::Approve),
+            "{verdicts:?}"
         );
     }
 
