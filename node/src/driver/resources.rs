@@ -415,21 +415,25 @@ impl Node {
     /// As president, judges the open request of `state` and `resource` that was just
     /// raised (with every other open one: [`Node::arbitrate_requests`]).
     async fn approve_by_policy(&self, state: &str, resource: Resource) -> Result<(), AdminError> {
-        self.arbitrate_requests(Some((state, resource))).await
+        match self.policy().await {
+            Some(policy) => {
+                self.arbitrate_requests(&policy, Some((state, resource)))
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
-    /// As president: the policy's verdict on every open ResourceRequest, the states of
+    /// As president: `policy`'s verdict on every open ResourceRequest, the states of
     /// higher priority first ([`crate::governance::policy::Resources::arbitrate`]), and
     /// the approvals committed. Each verdict is counted when the request is `fresh` (just
     /// raised) or approved, so a request waiting for the next period is counted once.
     pub(crate) async fn arbitrate_requests(
         &self,
+        policy: &crate::governance::policy::Policy,
         fresh: Option<(&str, Resource)>,
     ) -> Result<(), AdminError> {
         use crate::governance::policy::{OpenRequest, Verdict};
-        let Some(policy) = self.policy().await else {
-            return Ok(());
-        };
         let resources = &policy.resources;
         // Between requests only a pool that renewed can change a verdict.
         if fresh.is_none() && resources.pool.is_empty() {
@@ -475,10 +479,8 @@ impl Node {
         if open.is_empty() {
             return Ok(());
         }
-        for (id, verdict) in resources.arbitrate(&open, &granted) {
-            let Some(request) = open.iter().find(|request| request.id == id) else {
-                continue;
-            };
+        for (request, verdict) in resources.arbitrate(&open, &granted) {
+            let id = request.id;
             let is_fresh = fresh.is_some_and(|(state, resource)| {
                 request.state == state && request.resource == resource
             });

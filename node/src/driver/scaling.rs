@@ -50,14 +50,9 @@ impl Node {
     }
 
     /// As president: sets the scaling gauges, and runs this node's scale hook when the
-    /// mesh wants more workers and the policy's cool-down has passed.
-    pub(crate) async fn scale_check(&self) {
+    /// mesh wants more workers and the `scaling` policy's cool-down has passed.
+    pub(crate) async fn scale_check(&self, scaling: Scaling) {
         let load = self.mesh_load().await;
-        let scaling = self
-            .policy()
-            .await
-            .map(|policy| policy.scaling)
-            .unwrap_or_default();
         let wanted = workers_wanted(&load, &scaling);
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.metrics.mesh_workers_wanted.set(gauge(wanted));

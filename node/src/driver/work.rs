@@ -1905,12 +1905,16 @@ impl Node {
         if self.president().map(|(id, _)| id) != Some(self.me()) {
             return;
         }
-        self.scale_check().await;
-        // Requests that waited for a pool to renew, the states of higher priority first.
-        if let Err(error) = self.arbitrate_requests(None).await {
-            tracing::debug!(%error, "arbitrating ResourceRequests failed");
-        }
-        if let Some(policy) = self.policy().await {
+        // The policy in force, read once for the round.
+        let policy = self.policy().await;
+        self.scale_check(policy.as_ref().map(|p| p.scaling).unwrap_or_default())
+            .await;
+        if let Some(policy) = policy {
+            // Requests that waited for a pool to renew, the states of higher priority
+            // first.
+            if let Err(error) = self.arbitrate_requests(&policy, None).await {
+                tracing::debug!(%error, "arbitrating ResourceRequests failed");
+            }
             president.set_policy(policy);
         }
         let now = now_ms();

@@ -488,11 +488,11 @@ impl Resources {
     /// policy already approved of each resource in this period): the states of higher
     /// priority first, then the older requests; each is approved while it is within
     /// `approve_up_to` and its pool has room.
-    pub fn arbitrate(
+    pub fn arbitrate<'a>(
         &self,
-        open: &[OpenRequest],
+        open: &'a [OpenRequest],
         granted: &BTreeMap<Resource, u64>,
-    ) -> Vec<(u64, Verdict)> {
+    ) -> Vec<(&'a OpenRequest, Verdict)> {
         let mut granted = granted.clone();
         let mut order: Vec<&OpenRequest> = open.iter().collect();
         order.sort_by_key(|request| {
@@ -503,16 +503,16 @@ impl Resources {
             .into_iter()
             .map(|request| {
                 if !self.approves(request.resource, request.amount) {
-                    return (request.id, Verdict::OverApproveUpTo);
+                    return (request, Verdict::OverApproveUpTo);
                 }
                 let so_far = granted.entry(request.resource).or_default();
                 if let Some(pool) = self.pool.get(&request.resource)
                     && so_far.saturating_add(request.amount) > *pool
                 {
-                    return (request.id, Verdict::PoolSpent);
+                    return (request, Verdict::PoolSpent);
                 }
                 *so_far = so_far.saturating_add(request.amount);
-                (request.id, Verdict::Approve)
+                (request, Verdict::Approve)
             })
             .collect()
     }
@@ -1421,7 +1421,10 @@ mod tests {
             request(3, "technical", 80),
             request(4, "financial", 500),
         ];
-        let verdicts = resources.arbitrate(&open, &BTreeMap::new());
+        let by_id = |verdicts: Vec<(&OpenRequest, Verdict)>| -> Vec<(u64, Verdict)> {
+            verdicts.into_iter().map(|(r, v)| (r.id, v)).collect()
+        };
+        let verdicts = by_id(resources.arbitrate(&open, &BTreeMap::new()));
         // technical (10) first, then financial (0), then market (-1); 80 + 60 fit 150.
         assert_eq!(
             verdicts,
@@ -1434,7 +1437,7 @@ mod tests {
         );
         // What the policy granted earlier in the period counts against the pool.
         let granted = BTreeMap::from([(money, 80)]);
-        let verdicts = resources.arbitrate(&open[..2], &granted);
+        let verdicts = by_id(resources.arbitrate(&open[..2], &granted));
         assert_eq!(verdicts, [(2, Verdict::Approve), (1, Verdict::PoolSpent)]);
         // Without a pool, every request within approve_up_to is approved.
         let plain = parse("[resources]\napprove_up_to = { money_micros = 100 }\n").expect("parses");

@@ -427,11 +427,6 @@ impl President {
         Self::default()
     }
 
-    /// Puts the escalation policy's ladder in force for the tasks escalated from now on.
-    pub fn set_ladder(&mut self, ladder: Escalation) {
-        self.ladder = ladder;
-    }
-
     /// Puts `policy` in force: its ladder, and its rules for the plans checked from now
     /// on.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
