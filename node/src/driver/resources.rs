@@ -445,6 +445,8 @@ impl Node {
             }
             return Ok(());
         }
+        // One arbitration at a time: each reads what the approvals before it granted.
+        let _arbitrating = self.arbitrating.lock().await;
         let now = now_ms();
         let since = resources.pool_period.window_start(now);
         let looked = self
