@@ -1,7 +1,8 @@
 //! Which executors run where (`aamas node --executors`): a shell task runs only on a node
 //! started with shell, and a mesh where no node runs shell refuses a project of shell
 //! tasks with the reason instead of letting its tasks wait for ever; a shell task runs in
-//! a Landlock sandbox that keeps it from the node's key, data dir and environment.
+//! a Landlock sandbox that keeps it from the node's key, data dir and environment, from TCP
+//! and from signalling the node.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -187,6 +188,23 @@ fn a_sandboxed_shell_task_cannot_read_the_nodes_key_or_environment() {
     failed_with(&read_environ, "Permission denied");
     let list_data = run("listdata", &format!("ls '{}'", dir.display()), None);
     failed_with(&list_data, "Permission denied");
+    // No TCP out (here to a listener of this test, as it could be the node's API), and
+    // no signal to the node that runs it (kill -0 sends none, but is checked the same).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let connect = run(
+        "connect",
+        &format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"),
+        None,
+    );
+    failed_with(&connect, "Permission denied");
+    assert!(
+        listener.accept().is_err(),
+        "the sandboxed task reached the listener"
+    );
+    let signal = run("signal", "kill -0 $PPID", None);
+    failed_with(&signal, "not permitted");
     // Its own environment holds no secret, and its workdir is its own to write.
     let clean = run(
         "clean",

@@ -2484,13 +2484,16 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
     if config.executors.shell {
         match config.shell_sandbox {
             crate::exec::sandbox::ShellSandbox::Landlock => {
-                crate::exec::sandbox::probe(&config.data_dir).map_err(|reason| {
+                let note = crate::exec::sandbox::probe(&config.data_dir).map_err(|reason| {
                     NodeError::Invalid(format!(
                         "shell tasks cannot be sandboxed here: {reason}; start without shell \
                          (--executors builtin,llm), or with --shell-sandbox off to run them \
                          unconfined as this node's user"
                     ))
                 })?;
+                if let Some(note) = note {
+                    tracing::warn!("shell sandbox: {note}");
+                }
             }
             crate::exec::sandbox::ShellSandbox::Off => tracing::warn!(
                 "shell tasks run unconfined (--shell-sandbox off): they can read this node's \

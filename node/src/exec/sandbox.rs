@@ -1,7 +1,12 @@
 //! The shell sandbox: a shell task runs under Linux Landlock, which lets it read and run
 //! the system's programs and libraries and write only its workdir — never the node's
 //! data dir (its key, its API token, its Raft database), `/proc` (where the node's own
-//! environment is) or `/tmp`.
+//! environment is) or `/tmp`. Where the kernel has Landlock's network rights (Linux 6.7,
+//! ABI 4) a task can neither connect nor bind a TCP socket — not to the node's API, not
+//! to the mesh, not out — and where it has scopes (Linux 6.12, ABI 6) it can neither
+//! signal a process outside its sandbox (the node) nor reach an abstract Unix socket.
+//! On an older kernel those parts are left out and the launcher says so on stderr
+//! ([`NETWORK_NOT_CONFINED`]), which the node's start-up probe logs.
 //!
 //! Landlock restricts the calling thread and what it executes, so it must be set up in
 //! a process of its own, single-threaded, before the task's shell starts: the node runs
@@ -22,8 +27,8 @@
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
-    path_beneath_rules,
+    ABI, Access, AccessFs, AccessNet, LandlockStatus, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope, path_beneath_rules,
 };
 
 /// The first argument that makes a binary the launcher of a sandboxed shell task.
@@ -41,6 +46,14 @@ pub const READ_ROOTS: [&str; 8] = [
 const DEVICES: [&str; 4] = ["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"];
 /// The Landlock ABI whose file-system rights are asked for (best effort below it).
 const LANDLOCK_ABI: ABI = ABI::V3;
+/// The Landlock ABI of the network rights (TCP bind and connect).
+const NETWORK_ABI: ABI = ABI::V4;
+/// The Landlock ABI of the scopes (signals, abstract Unix sockets).
+const SCOPE_ABI: ABI = ABI::V6;
+/// What the launcher writes on stderr (after [`REFUSAL_PREFIX`]) when the kernel let it
+/// confine files but not the network or signals.
+pub const NETWORK_NOT_CONFINED: &str = "note: this kernel's Landlock has no network rights or scopes (Linux 6.12 or later has \
+     both): the task may open TCP connections and signal other processes of the node's user";
 
 /// How shell tasks are confined.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,17 +101,30 @@ pub fn run_if_launcher() {
         refuse("usage: __aamas_shell_sandbox WORKDIR|- -- PROGRAM [ARGS...]".into());
     }
     let workdir = (workdir != "-").then(|| PathBuf::from(workdir));
-    if let Err(reason) = restrict(workdir.as_deref()) {
-        refuse(reason);
+    match restrict(workdir.as_deref()) {
+        Err(reason) => refuse(reason),
+        Ok(Confined::FilesOnly) => eprintln!("{REFUSAL_PREFIX}{NETWORK_NOT_CONFINED}"),
+        Ok(Confined::All) => {}
     }
     use std::os::unix::process::CommandExt as _;
     let error = std::process::Command::new(program).args(&args[5..]).exec();
     refuse(format!("cannot run {}: {error}", program.to_string_lossy()));
 }
 
+/// What the kernel let the launcher confine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confined {
+    /// Files, TCP and signals.
+    All,
+    /// Files only: the kernel's Landlock is older than [`SCOPE_ABI`].
+    FilesOnly,
+}
+
 /// Restricts this thread (and what it executes) to reading and executing
-/// [`READ_ROOTS`], the device files, and reading and writing `workdir`.
-fn restrict(workdir: Option<&Path>) -> Result<(), String> {
+/// [`READ_ROOTS`], the device files, and reading and writing `workdir`; with no TCP bind
+/// or connect, and no signal or abstract Unix socket outside the sandbox, where the
+/// kernel has those rights.
+fn restrict(workdir: Option<&Path>) -> Result<Confined, String> {
     let abi = LANDLOCK_ABI;
     let existing = |paths: &[&str]| -> Vec<PathBuf> {
         paths
@@ -108,8 +134,13 @@ fn restrict(workdir: Option<&Path>) -> Result<(), String> {
             .collect()
     };
     let failed = |error: landlock::RulesetError| format!("Landlock: {error}");
+    // No network rule is added: every TCP bind and connect is denied.
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
+        .map_err(failed)?
+        .handle_access(AccessNet::from_all(NETWORK_ABI))
+        .map_err(failed)?
+        .scope(Scope::from_all(SCOPE_ABI))
         .map_err(failed)?
         .create()
         .map_err(failed)?
@@ -129,8 +160,15 @@ fn restrict(workdir: Option<&Path>) -> Result<(), String> {
             .map_err(failed)?;
     }
     let status = ruleset.restrict_self().map_err(failed)?;
+    let everything = matches!(
+        status.landlock,
+        LandlockStatus::Available { effective_abi, .. } if effective_abi >= SCOPE_ABI
+    );
     match status.ruleset {
-        RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Ok(()),
+        RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced if everything => {
+            Ok(Confined::All)
+        }
+        RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Ok(Confined::FilesOnly),
         RulesetStatus::NotEnforced => Err(
             "Landlock is not available on this kernel (Linux 5.13 or later, with the LSM \
              enabled): shell tasks cannot be confined here"
@@ -141,8 +179,9 @@ fn restrict(workdir: Option<&Path>) -> Result<(), String> {
 
 /// Checks, at a node's start, that shell tasks can be sandboxed here: the data dir is
 /// outside what a task may read, and the launcher (this binary) sets Landlock up and runs
-/// a program under it. The error says what to do.
-pub fn probe(data_dir: &Path) -> Result<(), String> {
+/// a program under it. The error says what to do; `Ok(Some(note))`: files are confined
+/// but this kernel cannot confine the network or signals.
+pub fn probe(data_dir: &Path) -> Result<Option<&'static str>, String> {
     let data_dir = data_dir.canonicalize().map_err(|error| {
         format!(
             "cannot resolve the data dir {}: {error}",
@@ -167,7 +206,10 @@ pub fn probe(data_dir: &Path) -> Result<(), String> {
         .output()
         .map_err(|error| format!("cannot run the shell sandbox launcher: {error}"))?;
     if output.status.success() {
-        return Ok(());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Ok(stderr
+            .contains(NETWORK_NOT_CONFINED)
+            .then_some(NETWORK_NOT_CONFINED));
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     Err(match stderr.trim().strip_prefix(REFUSAL_PREFIX) {
