@@ -2,7 +2,8 @@
 //! default in force; check, apply and show round-trip; an invalid document names its line
 //! and leaves the one in force; only the president's operator applies one; its rules
 //! refuse submissions (hard, soft until overridden) and admissions, and each decision is
-//! counted under its rule. The communication policy bounds work messages per sender, and
+//! counted under its rule; a dispatch rule keeps tasks off the president's node. The
+//! communication policy bounds work messages per sender, and
 //! the escalation policy sets how often a task lost to faults of the moment is reopened.
 
 use std::path::Path;
@@ -465,4 +466,69 @@ fn the_escalation_policy_sets_how_often_a_task_lost_to_faults_is_reopened() {
     // One attempt, then three reopenings of one attempt each.
     assert_eq!(task["reopened"], 3, "{task}");
     assert_eq!(task["attempt"], 4, "{task}");
+}
+
+#[test]
+fn a_dispatch_rule_keeps_tasks_off_the_president_and_counts_its_decisions() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy(root.path(), 5);
+    let chief = &nodes[index_of(&nodes, &president)];
+    // The president's own state: its mayor must pass the president over.
+    let members: Vec<Value> =
+        serde_json::from_str(&chief.cli(&["members", "--json"]).expect("members")).expect("json");
+    let state = members
+        .iter()
+        .find(|member| field(member, "peer_id").as_deref() == Some(president.as_str()))
+        .and_then(|member| field(member, "state"))
+        .expect("the president's state");
+    let rule = write(
+        root.path(),
+        "dispatch.toml",
+        "[[rule]]\nname = \"not-on-the-president\"\ncategory = \"security\"\n\
+         at = \"dispatch\"\nreason = \"the president's node keeps its time for the mesh\"\n\
+         when = { role = \"president\" }\n",
+    );
+    chief.cli(&["policy", "apply", &rule]).expect("applied");
+    wait_for("the policy on every node", || {
+        nodes
+            .iter()
+            .all(|node| version(node).is_some_and(|v| v >= 2))
+            .then_some(())
+    });
+    let mut spec = String::from("name = \"elsewhere\"\n[[phase]]\nname = \"initiation\"\n");
+    for i in 0..20 {
+        spec.push_str(&format!(
+            "  [[phase.task]]\n  name = \"t{i:02}\"\n  state = \"{state}\"\n  \
+             executor = \"builtin\"\n  action = \"digest\"\n  input = \"part {i}\"\n"
+        ));
+    }
+    let id = nodes[0].submit(&spec).expect("submitted");
+    let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+    let tasks = all_tasks(&nodes, &id);
+    assert_eq!(tasks.len(), 20);
+    for task in tasks.values() {
+        let worker = field(task, "worker").expect("a worker");
+        assert_ne!(worker, president, "a task ran on the president: {task}");
+    }
+    let counted = |outcome: &str| -> f64 {
+        let series = format!(
+            "aamas_policy_decisions_total{{at=\"dispatch\",rule=\"not-on-the-president\",\
+             outcome=\"{outcome}\"}}"
+        );
+        nodes.iter().filter_map(|node| node.metric(&series)).sum()
+    };
+    let allowed: f64 = nodes
+        .iter()
+        .filter_map(|node| {
+            node.metric(
+                "aamas_policy_decisions_total{at=\"dispatch\",rule=\"-\",outcome=\"allowed\"}",
+            )
+        })
+        .sum();
+    assert!(allowed >= 20.0, "{allowed} dispatches counted as allowed");
+    // The president, never busy, was passed over for each task: the rule is counted
+    // once per task (a change of mayor could count a task again).
+    let denied = counted("denied");
+    assert!((20.0..=40.0).contains(&denied), "{denied} denials counted");
 }

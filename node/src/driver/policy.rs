@@ -6,9 +6,11 @@
 //!   aamas policy apply F ─► any node ─► president: parse + check, authority ─► ApplyPolicy
 //!   submission (president) ─► submission_facts ─► Policy::decide ─► refuse / go on
 //!   admission  (president) ─► admission_facts  ─► Policy::decide ─► refuse / go on
+//!   dispatch   (mayor)     ─► dispatch_facts per worker ─► pass denied workers over
 //!   every decision ─► aamas_policy_decisions_total{at, rule, outcome}
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aamas_consensus::registry::{ProjectStatus, RegistryCommand};
@@ -255,6 +257,54 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// The policy in force and each active member's facts for its dispatch rules (peer
+    /// id, the roles the Registry knows it holds, its state); `None` when the policy has
+    /// no dispatch rules, so that a mayor without them looks nothing up.
+    pub(crate) async fn dispatch_rules(
+        &self,
+    ) -> Option<(
+        Arc<Policy>,
+        Arc<BTreeMap<NodeKey, crate::roles::mayor::WorkerFacts>>,
+    )> {
+        let policy = self.policy().await?;
+        if !policy.has_rules_at(Point::Dispatch) {
+            return None;
+        }
+        let president = self.president_key();
+        let workers = self
+            .registry(|registry| {
+                let mut governors = std::collections::BTreeSet::new();
+                let mut mayors = std::collections::BTreeSet::new();
+                for record in registry
+                    .states()
+                    .values()
+                    .filter_map(|s| s.governor.as_ref())
+                {
+                    governors.insert(record.node);
+                    mayors.extend(record.mayors.values().flatten().copied());
+                }
+                registry
+                    .active_members()
+                    .map(|(key, member)| {
+                        let roles = [
+                            (president == Some(*key), "president"),
+                            (governors.contains(key), "governor"),
+                            (mayors.contains(key), "mayor"),
+                        ];
+                        let roles = roles.iter().filter(|(holds, _)| *holds);
+                        let facts = crate::roles::mayor::WorkerFacts {
+                            peer: key.peer_id(),
+                            roles: roles.map(|(_, role)| *role).collect(),
+                            state: member.state.clone(),
+                        };
+                        (*key, facts)
+                    })
+                    .collect()
+            })
+            .await?;
+        Some((policy, Arc::new(workers)))
     }
 
     /// Projects running, held or awaiting approval (for the submission's

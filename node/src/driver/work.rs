@@ -40,7 +40,9 @@ use crate::driver::owner::{Committed, Cores, Input, Inputs, Sending};
 use crate::driver::runtime::{Node, now_ms, peer_id, request_id};
 use crate::events::{BusEvent, Role};
 use crate::exec::{ExecError, Execution, Executors, LlmConfig};
+use crate::governance::policy::Policy;
 use crate::net::wire::{Rpc, RpcResponse};
+use crate::roles::mayor::WorkerFacts;
 use crate::spec::{ProjectSpec, TaskSpec};
 
 /// How often the president, governors, mayors and workers look at their work when
@@ -711,7 +713,7 @@ impl Node {
     }
 
     /// The president's key, when this node knows who it is.
-    fn president_key(&self) -> Option<NodeKey> {
+    pub(crate) fn president_key(&self) -> Option<NodeKey> {
         self.president()
             .and_then(|(_, peer)| NodeKey::from_peer_id(&peer))
     }
@@ -1456,6 +1458,10 @@ impl Node {
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut held: BTreeSet<Role> = BTreeSet::new();
         let mut soft = Vec::new();
+        // The policy's dispatch rules and the workers' facts, looked up once per tick and
+        // only when the policy has such rules.
+        let mut dispatch: Option<(Arc<Policy>, Arc<BTreeMap<NodeKey, WorkerFacts>>)> = None;
+        let mut dispatch_looked = false;
         for id in self.groups.ids() {
             let Some(state) = self.state_of_group(id).await else {
                 continue;
@@ -1567,11 +1573,23 @@ impl Node {
             for (city, _) in &mine {
                 groups.insert(city.clone(), group.clone());
             }
+            if !dispatch_looked {
+                dispatch_looked = true;
+                dispatch = self.dispatch_rules().await;
+            }
+            let rules = dispatch.as_ref().map(|(policy, workers)| {
+                Arc::new(crate::roles::mayor::DispatchRules {
+                    policy: policy.clone(),
+                    state: state.clone(),
+                    workers: workers.clone(),
+                })
+            });
             states.push(crate::roles::mayor::StateTasks {
                 workers,
                 load: running,
                 cities: mine,
                 hold: matches!(budget, Budget::Spent(_)),
+                rules,
             });
         }
         for (state, reached) in soft {
@@ -1644,6 +1662,12 @@ impl Node {
                 if sending.insert((key.clone(), attempt, Sending::Proposal)) {
                     self.spawn_proposal(group, &city, (key, attempt), command, execute);
                 }
+            }
+            Command::Judged { fired } => {
+                let fired = fired
+                    .iter()
+                    .map(|(rule, outcome)| (rule.as_str(), *outcome));
+                self.count_fired(crate::governance::policy::Point::Dispatch, fired);
             }
             Command::Execute {
                 city,
@@ -2311,30 +2335,36 @@ mod tests {
             prefers: spec.skill.as_deref(),
         };
         assert_eq!(
-            pick_worker(wanted, &workers, &none, &idle, all),
+            pick_worker(wanted, &workers, &none, &idle, &none, all),
             Some(key(2))
         );
         // Failed there before: elsewhere, even outside the state.
         let failed = BTreeSet::from([key(2)]);
         assert_eq!(
-            pick_worker(wanted, &workers, &failed, &idle, all),
+            pick_worker(wanted, &workers, &failed, &idle, &none, all),
             Some(key(1))
         );
         // Full: skipped.
         let full = BTreeMap::from([(key(2), 2)]);
         assert_eq!(
-            pick_worker(wanted, &workers, &none, &full, all),
+            pick_worker(wanted, &workers, &none, &full, &none, all),
             Some(key(1))
         );
         // Only a member of another state is alive: it works for this state.
         let only_three = |k: &NodeKey| *k == key(3);
         assert_eq!(
-            pick_worker(wanted, &workers, &none, &idle, only_three),
+            pick_worker(wanted, &workers, &none, &idle, &none, only_three),
             Some(key(3))
         );
         assert_eq!(
-            pick_worker(wanted, &workers, &none, &idle, |_: &NodeKey| false),
+            pick_worker(wanted, &workers, &none, &idle, &none, |_: &NodeKey| false),
             None
+        );
+        // The policy denies the state's own workers: one of another state runs it.
+        let own = BTreeSet::from([key(1), key(2)]);
+        assert_eq!(
+            pick_worker(wanted, &workers, &none, &idle, &own, all),
+            Some(key(3))
         );
     }
 
@@ -2355,25 +2385,26 @@ mod tests {
         // The state's own workers cannot run it: a member of another state that can
         // does, whatever the preferred skill.
         assert_eq!(
-            pick_worker(shell, &workers, &none, &idle, all),
+            pick_worker(shell, &workers, &none, &idle, &none, all),
             Some(key(3))
         );
         // Failed there before: still there, since no one else can.
         let failed = BTreeSet::from([key(3)]);
         assert_eq!(
-            pick_worker(shell, &workers, &failed, &idle, all),
+            pick_worker(shell, &workers, &failed, &idle, &none, all),
             Some(key(3))
         );
         // Full or dead: no one, though others are free.
         let full = BTreeMap::from([(key(3), 2)]);
-        assert_eq!(pick_worker(shell, &workers, &none, &full, all), None);
+        assert_eq!(pick_worker(shell, &workers, &none, &full, &none, all), None);
         assert_eq!(
-            pick_worker(shell, &workers, &none, &idle, |k: &NodeKey| *k != key(3)),
+            pick_worker(shell, &workers, &none, &idle, &none, |k: &NodeKey| *k
+                != key(3)),
             None
         );
         // A task that needs nothing stays in its state.
         assert_eq!(
-            pick_worker(Wanted::default(), &workers, &none, &idle, all),
+            pick_worker(Wanted::default(), &workers, &none, &idle, &none, all),
             Some(key(1))
         );
     }

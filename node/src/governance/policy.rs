@@ -11,7 +11,7 @@
 //! [[rule]]
 //! name = "shell-only-in-technical"
 //! category = "security"            # resource | performance | security | escalation | communication
-//! at = "submission"                # where it is decided: submission | planning | admission
+//! at = "submission"                # where it is decided: submission | planning | admission | dispatch
 //! enforcement = "hard"             # advisory (noted) | soft (overridable with a reason) | hard
 //! reason = "shell tasks run only in the technical state"
 //! when = { executor = ["shell"] }  # every key must match one of its values
@@ -61,6 +61,7 @@
 //! | submission | executor, state, phase, owner  | projects_running (this one included), tasks, phases, phase_index (1-8), retries, timeout_secs |
 //! | planning   | executor, state, phase, owner  | tasks (of the plan), phase_index (1-8), retries, timeout_secs        |
 //! | admission  | skill, peer                    | members (this one included), capacity                                |
+//! | dispatch   | executor, state, phase, worker, role, skill, worker_state | worker_tasks (this one included), attempt |
 //!
 //! A submission is judged once per task (with that task's executor, state, phase,
 //! retries and timeout) and once for the project as a whole; a rule that fires for
@@ -68,6 +69,13 @@
 //! and once for the plan, by the planning rules and the submission rules together (a
 //! planned task is a submitted one too): a denied plan is refused with the rule's
 //! reason, and the planner's next attempt is told it.
+//!
+//! At dispatch a mayor judges each worker it could give a task's next attempt to (its
+//! peer id, its roles — president, governor, mayor, or worker when it holds none — its
+//! skills and its state): a worker a rule denies is passed over for another, and a task
+//! no worker may take waits, pending. There is no request to carry an override reason,
+//! so a soft rule denies as a hard one does. Each rule that fires is counted once per
+//! task (not once per look), as `aamas_policy_decisions_total{at="dispatch"}`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -133,6 +141,9 @@ pub enum Point {
     /// The tasks an llm planned for a phase, before the president commits the plan: a
     /// planned task is a submitted one too, so the submission rules judge it as well.
     Planning,
+    /// A mayor choosing the worker for a task's next attempt: a worker a rule denies is
+    /// passed over (another is chosen, or the task waits for one).
+    Dispatch,
 }
 
 impl Point {
@@ -142,6 +153,7 @@ impl Point {
             Point::Submission => "submission",
             Point::Admission => "admission",
             Point::Planning => "planning",
+            Point::Dispatch => "dispatch",
         }
     }
 }
@@ -181,10 +193,17 @@ pub enum Attr {
     Phase,
     /// The peer id of the member a project was submitted through.
     Owner,
-    /// A joining node's skills.
+    /// A joining node's skills; at dispatch, the worker's.
     Skill,
     /// A joining node's peer id.
     Peer,
+    /// The peer id of the worker a task would be dispatched to.
+    Worker,
+    /// The roles the worker holds: president, governor, mayor (or worker, for one that
+    /// holds none).
+    Role,
+    /// The state the worker belongs to (a worker of another state is lent).
+    WorkerState,
 }
 
 /// A number a rule limits.
@@ -207,21 +226,30 @@ pub enum Counter {
     Members,
     /// Tasks the joining node takes at once.
     Capacity,
+    /// Tasks of the state the worker would run at once, this one included.
+    WorkerTasks,
+    /// The attempt a dispatch would start (1 for the first).
+    Attempt,
 }
 
 /// Where a task is judged: a written one at submission, a planned one at planning.
 const TASK_POINTS: &[Point] = &[Point::Submission, Point::Planning];
+/// Where a task's own facts are known: the task points and dispatch.
+const TASK_AND_DISPATCH: &[Point] = &[Point::Submission, Point::Planning, Point::Dispatch];
 
-const ATTRS: [(&str, Attr, &[Point]); 6] = [
-    ("executor", Attr::Executor, TASK_POINTS),
-    ("state", Attr::State, TASK_POINTS),
-    ("phase", Attr::Phase, TASK_POINTS),
+const ATTRS: [(&str, Attr, &[Point]); 9] = [
+    ("executor", Attr::Executor, TASK_AND_DISPATCH),
+    ("state", Attr::State, TASK_AND_DISPATCH),
+    ("phase", Attr::Phase, TASK_AND_DISPATCH),
     ("owner", Attr::Owner, TASK_POINTS),
-    ("skill", Attr::Skill, &[Point::Admission]),
+    ("skill", Attr::Skill, &[Point::Admission, Point::Dispatch]),
     ("peer", Attr::Peer, &[Point::Admission]),
+    ("worker", Attr::Worker, &[Point::Dispatch]),
+    ("role", Attr::Role, &[Point::Dispatch]),
+    ("worker_state", Attr::WorkerState, &[Point::Dispatch]),
 ];
 
-const COUNTERS: [(&str, Counter, &[Point]); 8] = [
+const COUNTERS: [(&str, Counter, &[Point]); 10] = [
     (
         "projects_running",
         Counter::ProjectsRunning,
@@ -234,6 +262,8 @@ const COUNTERS: [(&str, Counter, &[Point]); 8] = [
     ("timeout_secs", Counter::TimeoutSecs, TASK_POINTS),
     ("members", Counter::Members, &[Point::Admission]),
     ("capacity", Counter::Capacity, &[Point::Admission]),
+    ("worker_tasks", Counter::WorkerTasks, &[Point::Dispatch]),
+    ("attempt", Counter::Attempt, &[Point::Dispatch]),
 ];
 
 /// One rule, checked.
@@ -984,13 +1014,13 @@ fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
         ],
         index,
     )?;
-    let not_yet = ["dispatch", "resource_request", "message"];
+    let not_yet = ["resource_request", "message"];
     if not_yet.contains(&raw.at.get_ref().as_str()) {
         return Err(error(
             Some(index.of(&raw.at)),
             format!(
                 "rules at {:?} are not enforced by this version yet: use submission, \
-                 planning or admission",
+                 planning, admission or dispatch",
                 raw.at.get_ref()
             ),
         ));
@@ -1002,6 +1032,7 @@ fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
             ("submission", Point::Submission),
             ("planning", Point::Planning),
             ("admission", Point::Admission),
+            ("dispatch", Point::Dispatch),
         ],
         index,
     )?;
@@ -1224,6 +1255,13 @@ impl Policy {
         }
     }
 
+    /// Whether any rule is decided at `at`.
+    pub fn has_rules_at(&self, at: Point) -> bool {
+        self.by_point
+            .get(&at)
+            .is_some_and(|rules| !rules.is_empty())
+    }
+
     /// Judges a decision at `at` on each of `facts`: every rule of that point that fires
     /// on any of them, once (at planning, the submission rules too). With
     /// `override_reason`, soft rules do not deny.
@@ -1236,7 +1274,7 @@ impl Policy {
         let mut decision = Decision::default();
         let also = match at {
             Point::Planning => Some(Point::Submission),
-            Point::Submission | Point::Admission => None,
+            Point::Submission | Point::Admission | Point::Dispatch => None,
         };
         let mut indexes: Vec<usize> = [Some(at), also]
             .into_iter()
@@ -1335,6 +1373,47 @@ fn task_facts(base: &Facts, phase: aamas_protocol::Phase, task: &crate::spec::Ta
         .count(Counter::PhaseIndex, phase_index(phase))
         .count(Counter::Retries, u64::from(task.retries))
         .count(Counter::TimeoutSecs, task.timeout_secs)
+}
+
+/// The facts of dispatching attempt `attempt` of a task (its `executor`, `state` and
+/// `phase`) to `worker`.
+pub fn dispatch_facts(task: DispatchedTask<'_>, worker: DispatchWorker<'_>, attempt: u32) -> Facts {
+    Facts::default()
+        .with(Attr::Executor, [task.executor.to_string()])
+        .with(Attr::State, [task.state.to_string()])
+        .with(Attr::Phase, [task.phase.as_str().to_lowercase()])
+        .with(Attr::Worker, [worker.peer])
+        .with(Attr::Role, worker.roles.iter().map(|role| role.to_string()))
+        .with(Attr::Skill, worker.skills.iter().cloned())
+        .with(Attr::WorkerState, worker.state.map(str::to_string))
+        .count(Counter::WorkerTasks, u64::from(worker.tasks))
+        .count(Counter::Attempt, u64::from(attempt))
+}
+
+/// The task side of a dispatch.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchedTask<'a> {
+    /// Its executor's kind: builtin, shell, llm.
+    pub executor: &'a str,
+    /// Its state.
+    pub state: &'a str,
+    /// Its phase.
+    pub phase: aamas_protocol::Phase,
+}
+
+/// The worker side of a dispatch.
+#[derive(Debug, Clone)]
+pub struct DispatchWorker<'a> {
+    /// Its peer id.
+    pub peer: String,
+    /// The roles it holds (`worker` when none).
+    pub roles: &'a [&'static str],
+    /// Its skills.
+    pub skills: &'a BTreeSet<String>,
+    /// The state it belongs to, if any.
+    pub state: Option<&'a str>,
+    /// Tasks of the dispatching state it would run at once, this one included.
+    pub tasks: u32,
 }
 
 /// The facts of a node with `peer` id, `skills` and `capacity` joining a mesh of
@@ -1492,9 +1571,16 @@ mod tests {
             (&rule("when = { state = [] }\n"), 5, "1 to 256 values"),
             (&rule("bogus = 1\n"), 5, "unknown field `bogus`"),
             (
-                "\n[[rule]]\nname = \"r\"\ncategory = \"security\"\nat = \"dispatch\"\n",
+                "\n[[rule]]\nname = \"r\"\ncategory = \"security\"\nat = \"message\"\n",
                 5,
                 "not enforced by this version yet",
+            ),
+            (
+                "[[rule]]\nname = \"r\"\ncategory = \"security\"\nat = \"dispatch\"\n\
+                 when = { owner = \"x\" }\n",
+                5,
+                "rules at dispatch match on executor, state, phase, skill, worker, role, \
+                 worker_state, not \"owner\"",
             ),
             (
                 "[[rule]]\nname = \"bad name\"\ncategory = \"security\"\nat = \"admission\"\n",

@@ -19,9 +19,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use std::sync::Arc;
+
 use aamas_consensus::ledger::{LedgerCommand, Task, TaskKey, TaskStatus};
 use aamas_protocol::NodeKey;
 
+use crate::governance::policy::{self, Outcome, Point, Policy};
 use crate::spec::TaskSpec;
 
 /// How long an attempt may stay assigned past its own timeout before the mayor gives it
@@ -58,18 +61,20 @@ pub struct Wanted<'a> {
 }
 
 /// The worker for the next attempt of a task: alive, with free capacity, with the skill
-/// the task needs, of the state (others only when the state has no live member that has
-/// it); preferring one it has not failed on, then the skill the task prefers, then the
-/// least loaded, key order breaking ties.
+/// the task needs, not `denied` by the policy, of the state (others only when the state
+/// has no live member that may run it); preferring one it has not failed on, then the
+/// skill the task prefers, then the least loaded, key order breaking ties.
 pub fn pick_worker(
     wanted: Wanted<'_>,
     workers: &BTreeMap<NodeKey, Worker>,
     failed_on: &BTreeSet<NodeKey>,
     load: &BTreeMap<NodeKey, u32>,
+    denied: &BTreeSet<NodeKey>,
     alive: impl Fn(&NodeKey) -> bool,
 ) -> Option<NodeKey> {
     let able = |key: &NodeKey, worker: &Worker| {
         alive(key)
+            && !denied.contains(key)
             && wanted
                 .needs
                 .is_none_or(|skill| worker.skills.contains(skill))
@@ -98,6 +103,29 @@ pub fn pick_worker(
         .map(|(key, _)| *key)
 }
 
+/// What the policy's dispatch rules judge a worker by, besides the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerFacts {
+    /// Its peer id.
+    pub peer: String,
+    /// The roles it holds (`worker` when none).
+    pub roles: Vec<&'static str>,
+    /// The state it belongs to, if any.
+    pub state: Option<String>,
+}
+
+/// The policy's dispatch rules ([`Point::Dispatch`]), as one state's mayor applies them;
+/// only built when the policy has such rules.
+#[derive(Debug, Clone)]
+pub struct DispatchRules {
+    /// The policy in force.
+    pub policy: Arc<Policy>,
+    /// The dispatching state.
+    pub state: String,
+    /// The facts of each worker the state may dispatch to.
+    pub workers: Arc<BTreeMap<NodeKey, WorkerFacts>>,
+}
+
 /// The cities of one state this node holds the lease of.
 #[derive(Debug, Clone, Default)]
 pub struct StateTasks {
@@ -111,6 +139,8 @@ pub struct StateTasks {
     /// A hard limit of the state is spent: no attempt is dispatched (a new one, or the
     /// next after a lost or overdue one) until it rises.
     pub hold: bool,
+    /// The policy's dispatch rules, if it has any.
+    pub rules: Option<Arc<DispatchRules>>,
 }
 
 /// What the mayor learns.
@@ -176,6 +206,12 @@ pub enum Command {
         /// The attempt.
         attempt: u32,
     },
+    /// Count a dispatch decision under the rules that fired (none: allowed). A rule that
+    /// keeps a task waiting is counted once for that task, not once per look.
+    Judged {
+        /// Each rule that fired, and how it acted.
+        fired: Vec<(String, Outcome)>,
+    },
 }
 
 /// One state's look during a tick: its workers, who is alive, the load so far (with
@@ -184,6 +220,7 @@ struct Look<'a> {
     workers: &'a BTreeMap<NodeKey, Worker>,
     alive: &'a BTreeSet<NodeKey>,
     load: BTreeMap<NodeKey, u32>,
+    rules: Option<&'a DispatchRules>,
     /// The state's hard limit is spent: nothing is dispatched.
     hold: bool,
     /// No worker can take a task that needs nothing, or one that needs shell.
@@ -208,6 +245,8 @@ pub struct Mayor {
     /// alone); dropped with the task.
     specs: BTreeMap<TaskKey, Option<TaskSpec>>,
     failed_on: BTreeMap<TaskKey, BTreeSet<NodeKey>>,
+    /// The dispatch rules already counted as firing for each open task.
+    judged: BTreeMap<TaskKey, BTreeSet<String>>,
     queued: VecDeque<Command>,
 }
 
@@ -226,6 +265,7 @@ impl Mayor {
                         workers: &state.workers,
                         alive,
                         load: state.load.clone(),
+                        rules: state.rules.as_deref(),
                         hold: state.hold,
                         full: false,
                         full_for_shell: false,
@@ -245,6 +285,7 @@ impl Mayor {
                 self.attempts.retain(|(key, _), _| open.contains(key));
                 self.failed_on.retain(|key, _| open.contains(key));
                 self.specs.retain(|key, _| open.contains(key));
+                self.judged.retain(|key, _| open.contains(key));
             }
             Input::Assigned {
                 city,
@@ -302,6 +343,25 @@ impl Mayor {
         }
     }
 
+    /// Queues the counts of a dispatch decision for `key`: each rule that fired on a
+    /// worker it could go to, the first time it does for this task; and `allowed` when it
+    /// went to a worker on which no rule fired.
+    fn count_judged(&mut self, key: &TaskKey, judged: &Judged, picked: Option<NodeKey>) {
+        let seen = self.judged.entry(key.clone()).or_default();
+        let fired: Vec<(String, Outcome)> = judged
+            .fired
+            .iter()
+            .filter(|(rule, _)| seen.insert(rule.clone()))
+            .cloned()
+            .collect();
+        if picked.is_some_and(|worker| !judged.noted.contains(&worker)) {
+            self.queue(Command::Judged { fired: Vec::new() });
+        }
+        if !fired.is_empty() {
+            self.queue(Command::Judged { fired });
+        }
+    }
+
     /// The decoded spec of `key` (decoded on first sight, then kept while it is open).
     fn spec(&mut self, key: &TaskKey, task: &Task) -> Option<&TaskSpec> {
         if !self.specs.contains_key(key) {
@@ -325,6 +385,7 @@ impl Mayor {
         let needs = matches!(spec.executor, crate::spec::ExecutorSpec::Shell { .. })
             .then_some(crate::spec::SHELL_SKILL);
         let timeout_secs = spec.timeout_secs;
+        let executor = spec.executor.kind();
         let (workers, alive) = (look.workers, look.alive);
         if task.status == TaskStatus::Assigned {
             let Some(worker) = task.worker else { return };
@@ -393,15 +454,28 @@ impl Mayor {
         if look.hold || look.full || (needs.is_some() && look.full_for_shell) {
             return;
         }
-        let none = BTreeSet::new();
-        let failed_on = self.failed_on.get(key).unwrap_or(&none);
         let wanted = Wanted {
             needs,
             prefers: skill.as_deref(),
         };
-        let Some(worker) = pick_worker(wanted, workers, failed_on, &look.load, |k| {
+        let attempt = task.attempt + 1;
+        let judged = look
+            .rules
+            .map(|rules| judge(rules, (executor, task.phase), wanted, attempt, look));
+        let none = BTreeSet::new();
+        let denied = judged.as_ref().map_or(&none, |judged| &judged.denied);
+        let failed_on = self.failed_on.get(key).unwrap_or(&none);
+        let picked = pick_worker(wanted, workers, failed_on, &look.load, denied, |k| {
             alive.contains(k)
-        }) else {
+        });
+        if let Some(judged) = &judged {
+            self.count_judged(key, judged, picked);
+        }
+        let Some(worker) = picked else {
+            if !denied.is_empty() {
+                // Passed over by the policy: a full look for this task, not for all.
+                return;
+            }
             if needs.is_some() {
                 look.full_for_shell = true;
             } else {
@@ -410,7 +484,6 @@ impl Mayor {
             return;
         };
         *look.load.entry(worker).or_default() += 1;
-        let attempt = task.attempt + 1;
         self.queue(Command::Propose {
             city: city.to_string(),
             command: LedgerCommand::AssignTask {
@@ -422,6 +495,74 @@ impl Mayor {
             then_execute: Some(worker),
         });
     }
+}
+
+/// What the dispatch rules said of each worker that could take a task now.
+#[derive(Debug, Default)]
+struct Judged {
+    /// The workers a rule denies.
+    denied: BTreeSet<NodeKey>,
+    /// The rules that fired on some worker, with how they acted (each once).
+    fired: Vec<(String, Outcome)>,
+    /// The workers not denied on which a rule fired (an advisory one).
+    noted: BTreeSet<NodeKey>,
+}
+
+/// Judges each worker that could take attempt `attempt` of a task (its executor and
+/// phase) now — alive, with the skill it needs and free capacity — by the dispatch rules.
+fn judge(
+    rules: &DispatchRules,
+    (executor, phase): (&str, aamas_protocol::Phase),
+    wanted: Wanted<'_>,
+    attempt: u32,
+    look: &Look<'_>,
+) -> Judged {
+    let mut judged = Judged::default();
+    let task = policy::DispatchedTask {
+        executor,
+        state: &rules.state,
+        phase,
+    };
+    let worker_role: [&'static str; 1] = ["worker"];
+    for (key, worker) in look.workers {
+        let load = look.load.get(key).copied().unwrap_or(0);
+        let candidate = look.alive.contains(key)
+            && load < worker.capacity
+            && wanted
+                .needs
+                .is_none_or(|skill| worker.skills.contains(skill));
+        let Some(facts) = rules.workers.get(key).filter(|_| candidate) else {
+            continue;
+        };
+        let roles: &[&'static str] = if facts.roles.is_empty() {
+            &worker_role
+        } else {
+            &facts.roles
+        };
+        let of_worker = policy::DispatchWorker {
+            peer: facts.peer.clone(),
+            roles,
+            skills: &worker.skills,
+            state: facts.state.as_deref(),
+            tasks: load.saturating_add(1),
+        };
+        let facts = [policy::dispatch_facts(task, of_worker, attempt)];
+        let decision = rules.policy.decide(Point::Dispatch, &facts, None);
+        if decision.fired.is_empty() {
+            continue;
+        }
+        for (rule, outcome) in &decision.fired {
+            if !judged.fired.iter().any(|(name, _)| *name == rule.name) {
+                judged.fired.push((rule.name.clone(), *outcome));
+            }
+        }
+        if decision.denied_by().is_some() {
+            judged.denied.insert(*key);
+        } else {
+            judged.noted.insert(*key);
+        }
+    }
+    judged
 }
 
 #[cfg(test)]
@@ -522,6 +663,17 @@ mod tests {
         alive: &[u8],
         hold: bool,
     ) -> Vec<Command> {
+        tick_with(mayor, now_ms, tasks, alive, hold, None)
+    }
+
+    fn tick_with(
+        mayor: &mut Mayor,
+        now_ms: u64,
+        tasks: Vec<(TaskKey, Task)>,
+        alive: &[u8],
+        hold: bool,
+        rules: Option<Arc<DispatchRules>>,
+    ) -> Vec<Command> {
         let alive: BTreeSet<NodeKey> = alive.iter().map(|n| node(*n)).collect();
         let load = tasks
             .iter()
@@ -536,6 +688,7 @@ mod tests {
             load,
             cities: vec![("c-1".to_string(), tasks)],
             hold,
+            rules,
         }];
         mayor.handle(
             now_ms,
@@ -568,6 +721,73 @@ mod tests {
             key: key(task),
             attempt,
         }
+    }
+
+    #[test]
+    fn dispatch_rules_pass_denied_workers_over_and_count_each_rule_once_per_task() {
+        let policy = policy::parse(
+            r#"
+[[rule]]
+name = "not-on-the-president"
+category = "security"
+at = "dispatch"
+when = { role = ["president"] }
+[[rule]]
+name = "note-retries"
+category = "performance"
+at = "dispatch"
+enforcement = "advisory"
+max = { attempt = 1 }
+"#,
+        )
+        .expect("valid");
+        let facts = |n: u8, roles: Vec<&'static str>| {
+            let facts = WorkerFacts {
+                peer: node(n).peer_id(),
+                roles,
+                state: Some("technical".into()),
+            };
+            (node(n), facts)
+        };
+        let workers = BTreeMap::from([facts(1, vec!["president"]), facts(2, Vec::new())]);
+        let rules = Arc::new(DispatchRules {
+            policy: Arc::new(policy),
+            state: "technical".into(),
+            workers: Arc::new(workers),
+        });
+        let judged = |fired: &[(&str, Outcome)]| Command::Judged {
+            fired: fired.iter().map(|(r, o)| (r.to_string(), *o)).collect(),
+        };
+        let denied = ("not-on-the-president", Outcome::Denied);
+        let mut mayor = Mayor::new();
+        // Node 1 is the president: a goes to node 2, and b, with node 2 full, waits
+        // rather than going to node 1.
+        let tasks = vec![(key("a"), pending(None, 0)), (key("b"), pending(None, 0))];
+        let commands = tick_with(&mut mayor, 0, tasks, &[1, 2], false, Some(rules.clone()));
+        assert_eq!(
+            commands,
+            vec![
+                judged(&[]),
+                judged(&[denied]),
+                assign("a", 2, 1),
+                judged(&[denied]),
+            ]
+        );
+        // b still waits: the rule is not counted again for it.
+        let tasks = vec![(key("a"), assigned(2, 1)), (key("b"), pending(None, 0))];
+        let commands = tick_with(&mut mayor, 1, tasks, &[1, 2], false, Some(rules.clone()));
+        assert_eq!(commands, vec![execute("a", 2, 1)]);
+        // Node 2 is free again; b's second attempt fires the advisory rule, noted, and
+        // goes there.
+        let tasks = vec![(key("b"), pending(None, 1))];
+        let commands = tick_with(&mut mayor, 2, tasks, &[1, 2], false, Some(rules));
+        assert_eq!(
+            commands,
+            vec![
+                judged(&[("note-retries", Outcome::Noted)]),
+                assign("b", 2, 2)
+            ]
+        );
     }
 
     #[test]
