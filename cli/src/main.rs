@@ -1078,6 +1078,23 @@ fn resources(command: Option<ResourcesCommand>, target: Target) -> Result<()> {
                         if limit.hard { "hard" } else { "soft" }
                     );
                 }
+                for limit in &state.scoped {
+                    let of = match limit.of {
+                        aamas_node::governance::policy::LimitScope::City => "city",
+                        _ => "worker",
+                    };
+                    let spent = if limit.spent_by.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; spent by {}", limit.spent_by.join(", "))
+                    };
+                    println!(
+                        "  {:<13} {:>12} per {of} per {:<6} hard{spent}",
+                        limit.resource.name(),
+                        limit.amount,
+                        limit.period.name(),
+                    );
+                }
                 for (city, used) in &state.cities {
                     println!(
                         "  city {city:<20} {} ms CPU, {} tokens, cost {}",

@@ -5,7 +5,8 @@
 //! one task per worker; the project resumes when the request is approved; and the spend
 //! the state's account records equals the sum of its tasks' measured use. A soft limit
 //! stops nothing and raises a PerformanceAlert. A shell attempt that fails or times out
-//! is charged the CPU time it used, and counted in its worker's performance figures.
+//! is charged the CPU time it used, and counted in its worker's performance figures. A
+//! policy limit on each worker passes a worker that spent it over until it is lifted.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -550,4 +551,94 @@ fn failed_and_timed_out_attempts_are_charged_the_cpu_time_they_used() {
             .sum();
         (accounts == charged).then_some(())
     });
+}
+
+#[test]
+fn a_limit_on_each_worker_passes_spent_workers_over_until_the_policy_lifts_it() {
+    let llm = MockLlm::start(|seen| format!("part done: {}", seen.user.len()));
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, chief, state) = metered_mesh(root.path(), &llm);
+    let chief = &nodes[chief];
+    // A task here costs about 150 millionths: each worker runs about two of the state's
+    // tasks before its own limit is spent.
+    const LIMIT: u64 = 200;
+    let apply = |name: &str, amount: u64| {
+        let file = root.path().join(name);
+        let policy = format!(
+            "[[resources.limit]]\nstates = [\"{state}\"]\nof = \"worker\"\n\
+             resource = \"money_micros\"\namount = {amount}\nper = \"total\"\n"
+        );
+        std::fs::write(&file, policy).expect("write");
+        chief
+            .cli(&["policy", "apply", &file.display().to_string()])
+            .expect("applied")
+    };
+    apply("per-worker.toml", LIMIT);
+    let version = |node: &Node| -> Option<u64> {
+        let shown: Value =
+            serde_json::from_str(&node.cli(&["policy", "show", "--json"]).ok()?).ok()?;
+        shown.get("version")?.as_u64()
+    };
+    wait_for("the policy on every node", || {
+        nodes
+            .iter()
+            .all(|node| version(node).is_some_and(|v| v >= 2))
+            .then_some(())
+    });
+    let id = nodes[0].submit(&project(&state)).expect("submitted");
+    // Every worker spends its limit; then nothing is dispatched though tasks wait.
+    let spent_by_worker = |view: &Value| -> BTreeMap<String, u64> {
+        view["workers"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(worker, used)| (worker.clone(), money(used)))
+            .collect()
+    };
+    let held = wait_for("every worker to spend its limit", || {
+        let view = shown(chief, &state)?;
+        let by_worker = spent_by_worker(&view);
+        let tasks = tasks_by_name(&nodes, &id);
+        let running = tasks
+            .values()
+            .any(|task| field(task, "status").as_deref() == Some("assigned"));
+        (by_worker.len() == nodes.len()
+            && by_worker.values().all(|used| *used >= LIMIT)
+            && tasks.len() == TASKS
+            && !running)
+            .then_some((by_worker, tasks))
+    });
+    let (by_worker, tasks) = held;
+    let done = tasks
+        .values()
+        .filter(|task| field(task, "status").as_deref() == Some("succeeded"))
+        .count();
+    assert!(
+        (nodes.len()..TASKS).contains(&done),
+        "{done} of {TASKS} ran before every worker spent its limit"
+    );
+    let dearest = tasks
+        .values()
+        .map(|task| money(&task["used"]))
+        .max()
+        .unwrap_or(0);
+    assert!(dearest > 0, "tasks were charged");
+    for (worker, used) in &by_worker {
+        // Each worker runs one of the state's tasks at a time under such a limit.
+        assert!(
+            *used < LIMIT + dearest,
+            "{worker} spent {used}, past {LIMIT} by more than one task ({dearest})"
+        );
+    }
+    // `aamas resources` names the workers that spent it.
+    let view = shown(chief, &state).expect("the state's resources");
+    assert_eq!(view["scoped"][0]["of"], "worker", "{view}");
+    let spent_by = view["scoped"][0]["spent_by"].as_array().map_or(0, Vec::len);
+    assert_eq!(spent_by, nodes.len(), "{view}");
+    let project = chief.project(&id).expect("the project");
+    assert_eq!(field(&project, "status").as_deref(), Some("running"));
+    // A policy that lifts the limit lets the rest run.
+    apply("lifted.toml", 1_000_000);
+    let end = wait_for_project_end(&nodes, &id, PROJECT_LIMIT);
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
 }

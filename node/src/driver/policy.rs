@@ -10,16 +10,18 @@
 //!   every decision ─► aamas_policy_decisions_total{at, rule, outcome}
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use aamas_consensus::ledger::AccountKey;
 use aamas_consensus::registry::{ProjectStatus, RegistryCommand};
+use aamas_consensus::resources::{Account, Limit, Resource, spent_limit};
 use aamas_protocol::NodeKey;
 use serde::{Deserialize, Serialize};
 
 use crate::driver::admin::AdminError;
 use crate::driver::runtime::{Node, now_ms};
-use crate::governance::policy::{self, Decision, Facts, Outcome, Point, Policy};
+use crate::governance::policy::{self, Decision, Facts, LimitScope, Outcome, Point, Policy};
 use crate::net::wire::Rpc;
 
 /// The file `aamas init` writes the default policy to, and the founder applies.
@@ -259,16 +261,13 @@ impl Node {
         }
     }
 
-    /// The policy in force and each active member's facts for its dispatch rules (peer
-    /// id, the roles the Registry knows it holds, its state); `None` when the policy has
-    /// no dispatch rules, so that a mayor without them looks nothing up.
+    /// Each active member's facts for the `policy`'s dispatch rules (peer id, the roles
+    /// the Registry knows it holds, its state); `None` when the policy has no dispatch
+    /// rules, so that a mayor without them looks nothing up.
     pub(crate) async fn dispatch_rules(
         &self,
-    ) -> Option<(
-        Arc<Policy>,
-        Arc<BTreeMap<NodeKey, crate::roles::mayor::WorkerFacts>>,
-    )> {
-        let policy = self.policy().await?;
+        policy: &Policy,
+    ) -> Option<Arc<BTreeMap<NodeKey, crate::roles::mayor::WorkerFacts>>> {
         if !policy.has_rules_at(Point::Dispatch) {
             return None;
         }
@@ -304,7 +303,56 @@ impl Node {
                     .collect()
             })
             .await?;
-        Some((policy, Arc::new(workers)))
+        Some(Arc::new(workers))
+    }
+
+    /// Which of `cities` (of `state`, in `group`'s Ledger) and which workers spent a hard
+    /// limit the `policy` puts on each city or each worker, at the Ledger's clock; and
+    /// whether there is any such limit (then each worker runs one of the state's tasks
+    /// at a time, so that a limit is overshot by at most one task per worker).
+    pub(crate) async fn scoped_spent<T>(
+        &self,
+        policy: &Policy,
+        state: &str,
+        group: &aamas_consensus::Group,
+        cities: &[(String, T)],
+    ) -> (BTreeSet<String>, BTreeSet<NodeKey>, bool) {
+        let per_city = policy.resources.scoped_limits_for(state, LimitScope::City);
+        let per_worker = policy
+            .resources
+            .scoped_limits_for(state, LimitScope::Worker);
+        if per_city.is_empty() && per_worker.is_empty() {
+            return Default::default();
+        }
+        let names: Vec<&str> = cities.iter().map(|(city, _)| city.as_str()).collect();
+        let (held, spent) = group
+            .read_local(|machine| {
+                let Some(ledger) = machine.ledger() else {
+                    return Default::default();
+                };
+                let clock = ledger.clock_ms();
+                let spent = |account: &Account, limits: &BTreeMap<Resource, Limit>| {
+                    spent_limit(account, limits, clock).is_some()
+                };
+                let mut held = BTreeSet::new();
+                let mut workers = BTreeSet::new();
+                for (key, account) in ledger.accounts() {
+                    match key {
+                        AccountKey::City(city)
+                            if names.contains(&city.as_str()) && spent(account, &per_city) =>
+                        {
+                            held.insert(city.clone());
+                        }
+                        AccountKey::Worker(worker) if spent(account, &per_worker) => {
+                            workers.insert(*worker);
+                        }
+                        _ => {}
+                    }
+                }
+                (held, workers)
+            })
+            .await;
+        (held, spent, true)
     }
 
     /// Projects running, held or awaiting approval (for the submission's

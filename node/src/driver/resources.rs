@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::admin::AdminError;
 use crate::driver::runtime::{Node, now_ms};
+use crate::governance::policy::LimitScope;
 use crate::net::wire::{Rpc, RpcResponse, StateAccounts};
 use crate::roles::authority::Refusal;
 
@@ -78,6 +79,25 @@ pub struct StateResources {
     /// The version its Ledger enforces (the governor copies newer ones in); `None` when
     /// no copy of its Ledger answered.
     pub limits_in_force: Option<u64>,
+    /// The policy's limits on each of its cities and each worker, with who spent them.
+    #[serde(default)]
+    pub scoped: Vec<ScopedLimitView>,
+}
+
+/// A limit the policy puts on each city or each worker of a state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopedLimitView {
+    /// city or worker.
+    pub of: crate::governance::policy::LimitScope,
+    /// The resource.
+    pub resource: Resource,
+    /// Most per period, for each.
+    pub amount: u64,
+    /// The period.
+    pub period: Period,
+    /// The cities (names) or workers (peer ids) that spent it at the Ledger's clock:
+    /// nothing more is dispatched to or through them until their next period.
+    pub spent_by: Vec<String>,
 }
 
 /// A ResourceRequest as `aamas resources requests` prints it.
@@ -110,6 +130,8 @@ impl Node {
     /// states from one of their voters.
     pub async fn resources(&self) -> Vec<StateResources> {
         type Known = (String, (BTreeMap<Resource, Limit>, u64), Vec<NodeKey>);
+        let policy = self.policy().await.unwrap_or_default();
+        let policy = &policy;
         let states: Vec<Known> = self
             .registry(|registry| {
                 registry
@@ -127,7 +149,16 @@ impl Node {
             .into_iter()
             .map(|(state, limits, voters)| async move {
                 let accounts = self.state_accounts(&state, &voters).await;
-                state_resources(state, &limits, accounts.as_ref())
+                let scoped = [LimitScope::City, LimitScope::Worker]
+                    .into_iter()
+                    .flat_map(|of| {
+                        let limits = policy.resources.scoped_limits_for(&state, of);
+                        limits
+                            .into_iter()
+                            .map(move |(resource, limit)| (of, resource, limit))
+                    })
+                    .collect();
+                state_resources(state, &limits, scoped, accounts.as_ref())
             });
         futures::future::join_all(looks).await
     }
@@ -730,6 +761,7 @@ impl Node {
 fn state_resources(
     state: String,
     (limits, limits_version): &(BTreeMap<Resource, Limit>, u64),
+    scoped: Vec<(LimitScope, Resource, Limit)>,
     accounts: Option<&StateAccounts>,
 ) -> StateResources {
     let find = |key: &AccountKey| -> Option<Account> {
@@ -765,9 +797,32 @@ fn state_resources(
             }
         }
     }
+    let all = accounts.map(|a| a.accounts.as_slice()).unwrap_or_default();
+    let scoped = scoped
+        .into_iter()
+        .map(|(of, resource, limit)| {
+            let spent_by = all
+                .iter()
+                .filter(|(_, account)| account.used(resource, limit.period, clock) >= limit.amount)
+                .filter_map(|(key, _)| match (key, of) {
+                    (AccountKey::City(city), LimitScope::City) => Some(city.clone()),
+                    (AccountKey::Worker(worker), LimitScope::Worker) => Some(worker.peer_id()),
+                    _ => None,
+                })
+                .collect();
+            ScopedLimitView {
+                of,
+                resource,
+                amount: limit.amount,
+                period: limit.period,
+                spent_by,
+            }
+        })
+        .collect();
     StateResources {
         state,
         limits,
+        scoped,
         used: state_account.map(|account| account.total),
         attempts: state_account.map_or(0, |account| account.attempts),
         cities,

@@ -1458,10 +1458,11 @@ impl Node {
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut held: BTreeSet<Role> = BTreeSet::new();
         let mut soft = Vec::new();
-        // The policy's dispatch rules and the workers' facts, looked up once per tick and
-        // only when the policy has such rules.
-        let mut dispatch: Option<(Arc<Policy>, Arc<BTreeMap<NodeKey, WorkerFacts>>)> = None;
-        let mut dispatch_looked = false;
+        // The policy, its dispatch rules and the workers' facts for them: looked up once
+        // per tick, once a city has tasks (the facts only when the policy has such rules).
+        let mut policy: Option<Arc<Policy>> = None;
+        let mut dispatch: Option<Arc<BTreeMap<NodeKey, WorkerFacts>>> = None;
+        let mut policy_looked = false;
         for id in self.groups.ids() {
             let Some(state) = self.state_of_group(id).await else {
                 continue;
@@ -1536,6 +1537,21 @@ impl Node {
             if mine.iter().all(|(_, tasks)| tasks.is_empty()) {
                 continue;
             }
+            if !policy_looked {
+                policy_looked = true;
+                policy = self.policy().await;
+                if let Some(policy) = &policy {
+                    dispatch = self.dispatch_rules(policy).await;
+                }
+            }
+            let (held_cities, spent_workers, scoped_hard) = match &policy {
+                Some(policy) => self.scoped_spent(policy, &state, &group, &mine).await,
+                None => Default::default(),
+            };
+            let budget = match budget {
+                Budget::Free if scoped_hard => Budget::Limited,
+                budget => budget,
+            };
             // A spent hard limit holds the pending tasks back, and asks the governor for
             // more; under a hard limit each worker runs one task of the state at a time.
             if let Budget::Spent(spent) = budget {
@@ -1573,23 +1589,24 @@ impl Node {
             for (city, _) in &mine {
                 groups.insert(city.clone(), group.clone());
             }
-            if !dispatch_looked {
-                dispatch_looked = true;
-                dispatch = self.dispatch_rules().await;
-            }
-            let rules = dispatch.as_ref().map(|(policy, workers)| {
-                Arc::new(crate::roles::mayor::DispatchRules {
-                    policy: policy.clone(),
-                    state: state.clone(),
-                    workers: workers.clone(),
-                })
-            });
+            let rules = policy
+                .as_ref()
+                .zip(dispatch.as_ref())
+                .map(|(policy, workers)| {
+                    Arc::new(crate::roles::mayor::DispatchRules {
+                        policy: policy.clone(),
+                        state: state.clone(),
+                        workers: workers.clone(),
+                    })
+                });
             states.push(crate::roles::mayor::StateTasks {
                 workers,
                 load: running,
                 cities: mine,
                 hold: matches!(budget, Budget::Spent(_)),
                 rules,
+                held_cities,
+                spent_workers,
             });
         }
         for (state, reached) in soft {

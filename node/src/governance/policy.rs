@@ -29,6 +29,7 @@
 //! priority = { technical = 10 }    # when requests compete for a pool: higher first
 //! [[resources.limit]]              # put on the states when the policy is applied
 //! states = ["technical"]           # every state when left out
+//! of = "state"                     # state (the whole) | city (each) | worker (each)
 //! resource = "money_micros"        # cpu_ms | tokens | api_calls | money_micros
 //! amount = 5000000
 //! per = "day"                      # hour | day | month (30 days) | total
@@ -484,12 +485,31 @@ impl Verdict {
     }
 }
 
+/// Whose use a `[[resources.limit]]` limits (`of = ...`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitScope {
+    /// The state as a whole: put into its Ledger, enforced there and by its mayors, and
+    /// raised by ResourceRequests.
+    #[default]
+    State,
+    /// Each city of the state: a city that spent it dispatches nothing more until its
+    /// next period.
+    City,
+    /// Each worker, for the attempts it runs for the state: a worker that spent it is
+    /// given no more of the state's tasks until its next period.
+    Worker,
+}
+
 /// One `[[resources.limit]]`: a limit on the states it names (every state without
-/// `states`).
+/// `states`), or on each of their cities or workers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyLimit {
     /// The states; `None`: every state.
     pub states: Option<BTreeSet<String>>,
+    /// Whose use it limits.
+    #[serde(default)]
+    pub of: LimitScope,
     /// The resource.
     pub resource: Resource,
     /// The limit.
@@ -497,11 +517,18 @@ pub struct PolicyLimit {
 }
 
 impl Resources {
-    /// The limits the policy puts on `state`, by resource (a later entry for the same
-    /// resource wins).
+    /// The limits the policy puts on `state` as a whole, by resource (a later entry for
+    /// the same resource wins).
     pub fn limits_for(&self, state: &str) -> BTreeMap<Resource, Limit> {
+        self.scoped_limits_for(state, LimitScope::State)
+    }
+
+    /// The limits the policy puts on each of `state`'s cities or workers (`of`), by
+    /// resource (a later entry for the same resource wins).
+    pub fn scoped_limits_for(&self, state: &str, of: LimitScope) -> BTreeMap<Resource, Limit> {
         self.limits
             .iter()
+            .filter(|entry| entry.of == of)
             .filter(|entry| entry.states.as_ref().is_none_or(|s| s.contains(state)))
             .map(|entry| (entry.resource, entry.limit))
             .collect()
@@ -642,6 +669,7 @@ struct RawResources {
 #[serde(deny_unknown_fields)]
 struct RawLimit {
     states: Option<OneOrMany>,
+    of: Option<Spanned<String>>,
     resource: Spanned<String>,
     amount: u64,
     per: Spanned<String>,
@@ -976,8 +1004,29 @@ fn convert_resources(raw: RawResources, index: &LineIndex) -> Result<Resources, 
         {
             return Err(error(line, format!("states lists 1 to {MAX_VALUES} names")));
         }
+        let of = match &raw_limit.of {
+            None => LimitScope::State,
+            Some(of) => one_of(
+                "limit scope",
+                of,
+                &[
+                    ("state", LimitScope::State),
+                    ("city", LimitScope::City),
+                    ("worker", LimitScope::Worker),
+                ],
+                index,
+            )?,
+        };
+        if of != LimitScope::State && raw_limit.hard == Some(false) {
+            return Err(error(
+                line,
+                "a city or worker limit is hard (soft limits, which raise alerts, are for \
+                 states)",
+            ));
+        }
         resources.limits.push(PolicyLimit {
             states,
+            of,
             resource,
             limit: Limit {
                 amount: raw_limit.amount,
@@ -1540,7 +1589,9 @@ mod tests {
             "[resources]\napprove_up_to = { money_micros = 500 }\n\
              [[resources.limit]]\nresource = \"money_micros\"\namount = 100\nper = \"day\"\n\
              [[resources.limit]]\nstates = \"technical\"\nresource = \"tokens\"\n\
-             amount = 7\nper = \"hour\"\nhard = false\n",
+             amount = 7\nper = \"hour\"\nhard = false\n\
+             [[resources.limit]]\nof = \"worker\"\nresource = \"cpu_ms\"\n\
+             amount = 60000\nper = \"hour\"\n",
         )
         .expect("valid");
         let resources = &policy.resources;
@@ -1556,6 +1607,15 @@ mod tests {
         let technical = resources.limits_for("technical");
         assert_eq!(technical.len(), 2);
         assert!(!technical[&Resource::Tokens].hard);
+        // A limit on each worker is not the state's, and is not put into its Ledger.
+        let per_worker = resources.scoped_limits_for("market", LimitScope::Worker);
+        assert_eq!(per_worker[&Resource::CpuMs].amount, 60_000);
+        assert!(!technical.contains_key(&Resource::CpuMs));
+        assert!(
+            resources
+                .scoped_limits_for("market", LimitScope::City)
+                .is_empty()
+        );
         assert!(resources.approves(Resource::MoneyMicros, 500));
         assert!(!resources.approves(Resource::MoneyMicros, 501));
         assert!(!resources.approves(Resource::Tokens, 1));
@@ -1570,6 +1630,18 @@ mod tests {
             (&rule("max = { members = 3 }\n"), 5, "not \"members\""),
             (&rule("when = { state = [] }\n"), 5, "1 to 256 values"),
             (&rule("bogus = 1\n"), 5, "unknown field `bogus`"),
+            (
+                "[[resources.limit]]\nof = \"town\"\nresource = \"cpu_ms\"\namount = 1\n\
+                 per = \"day\"\n",
+                2,
+                "unknown limit scope \"town\": use state, city, worker",
+            ),
+            (
+                "\n[[resources.limit]]\nof = \"city\"\nresource = \"cpu_ms\"\namount = 1\n\
+                 per = \"day\"\nhard = false\n",
+                2,
+                "a city or worker limit is hard",
+            ),
             (
                 "\n[[rule]]\nname = \"r\"\ncategory = \"security\"\nat = \"message\"\n",
                 5,

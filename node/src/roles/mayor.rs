@@ -141,6 +141,12 @@ pub struct StateTasks {
     pub hold: bool,
     /// The policy's dispatch rules, if it has any.
     pub rules: Option<Arc<DispatchRules>>,
+    /// Cities that spent a hard limit the policy puts on each city: they dispatch no
+    /// attempt until their next period.
+    pub held_cities: BTreeSet<String>,
+    /// Workers that spent a hard limit the policy puts on each worker (for the attempts
+    /// they ran for this state): they are given none of its tasks until their next period.
+    pub spent_workers: BTreeSet<NodeKey>,
 }
 
 /// What the mayor learns.
@@ -221,6 +227,8 @@ struct Look<'a> {
     alive: &'a BTreeSet<NodeKey>,
     load: BTreeMap<NodeKey, u32>,
     rules: Option<&'a DispatchRules>,
+    /// Workers that spent a limit of their own.
+    spent: &'a BTreeSet<NodeKey>,
     /// The state's hard limit is spent: nothing is dispatched.
     hold: bool,
     /// No worker can take a task that needs nothing, or one that needs shell.
@@ -266,11 +274,13 @@ impl Mayor {
                         alive,
                         load: state.load.clone(),
                         rules: state.rules.as_deref(),
+                        spent: &state.spent_workers,
                         hold: state.hold,
                         full: false,
                         full_for_shell: false,
                     };
                     for (city, tasks) in &state.cities {
+                        look.hold = state.hold || state.held_cities.contains(city);
                         for (key, task) in tasks {
                             self.dispatch(now_ms, city, key, task, &mut look);
                         }
@@ -464,16 +474,31 @@ impl Mayor {
             .map(|rules| judge(rules, (executor, task.phase), wanted, attempt, look));
         let none = BTreeSet::new();
         let denied = judged.as_ref().map_or(&none, |judged| &judged.denied);
+        let both;
+        let passed_over = if look.spent.is_empty() {
+            denied
+        } else if denied.is_empty() {
+            look.spent
+        } else {
+            both = denied | look.spent;
+            &both
+        };
         let failed_on = self.failed_on.get(key).unwrap_or(&none);
-        let picked = pick_worker(wanted, workers, failed_on, &look.load, denied, |k| {
+        let picked = pick_worker(wanted, workers, failed_on, &look.load, passed_over, |k| {
             alive.contains(k)
         });
+        // Only passed-over workers have room: the next task may still go elsewhere.
+        let others_free = picked.is_none()
+            && !passed_over.is_empty()
+            && pick_worker(wanted, workers, failed_on, &look.load, &none, |k| {
+                alive.contains(k)
+            })
+            .is_some();
         if let Some(judged) = &judged {
             self.count_judged(key, judged, picked);
         }
         let Some(worker) = picked else {
-            if !denied.is_empty() {
-                // Passed over by the policy: a full look for this task, not for all.
+            if others_free {
                 return;
             }
             if needs.is_some() {
@@ -527,6 +552,7 @@ fn judge(
     for (key, worker) in look.workers {
         let load = look.load.get(key).copied().unwrap_or(0);
         let candidate = look.alive.contains(key)
+            && !look.spent.contains(key)
             && load < worker.capacity
             && wanted
                 .needs
@@ -663,7 +689,7 @@ mod tests {
         alive: &[u8],
         hold: bool,
     ) -> Vec<Command> {
-        tick_with(mayor, now_ms, tasks, alive, hold, None)
+        tick_with(mayor, now_ms, tasks, alive, |state| state.hold = hold)
     }
 
     fn tick_with(
@@ -671,8 +697,7 @@ mod tests {
         now_ms: u64,
         tasks: Vec<(TaskKey, Task)>,
         alive: &[u8],
-        hold: bool,
-        rules: Option<Arc<DispatchRules>>,
+        edit: impl FnOnce(&mut StateTasks),
     ) -> Vec<Command> {
         let alive: BTreeSet<NodeKey> = alive.iter().map(|n| node(*n)).collect();
         let load = tasks
@@ -683,13 +708,14 @@ mod tests {
                 *load.entry(worker).or_insert(0) += 1;
                 load
             });
-        let states = [StateTasks {
+        let mut state = StateTasks {
             workers: workers(),
             load,
             cities: vec![("c-1".to_string(), tasks)],
-            hold,
-            rules,
-        }];
+            ..StateTasks::default()
+        };
+        edit(&mut state);
+        let states = [state];
         mayor.handle(
             now_ms,
             Input::Tick {
@@ -763,7 +789,9 @@ max = { attempt = 1 }
         // Node 1 is the president: a goes to node 2, and b, with node 2 full, waits
         // rather than going to node 1.
         let tasks = vec![(key("a"), pending(None, 0)), (key("b"), pending(None, 0))];
-        let commands = tick_with(&mut mayor, 0, tasks, &[1, 2], false, Some(rules.clone()));
+        let commands = tick_with(&mut mayor, 0, tasks, &[1, 2], |state| {
+            state.rules = Some(rules.clone())
+        });
         assert_eq!(
             commands,
             vec![
@@ -775,12 +803,16 @@ max = { attempt = 1 }
         );
         // b still waits: the rule is not counted again for it.
         let tasks = vec![(key("a"), assigned(2, 1)), (key("b"), pending(None, 0))];
-        let commands = tick_with(&mut mayor, 1, tasks, &[1, 2], false, Some(rules.clone()));
+        let commands = tick_with(&mut mayor, 1, tasks, &[1, 2], |state| {
+            state.rules = Some(rules.clone())
+        });
         assert_eq!(commands, vec![execute("a", 2, 1)]);
         // Node 2 is free again; b's second attempt fires the advisory rule, noted, and
         // goes there.
         let tasks = vec![(key("b"), pending(None, 1))];
-        let commands = tick_with(&mut mayor, 2, tasks, &[1, 2], false, Some(rules));
+        let commands = tick_with(&mut mayor, 2, tasks, &[1, 2], |state| {
+            state.rules = Some(rules)
+        });
         assert_eq!(
             commands,
             vec![
@@ -788,6 +820,27 @@ max = { attempt = 1 }
                 assign("b", 2, 2)
             ]
         );
+    }
+
+    #[test]
+    fn a_city_or_worker_that_spent_its_own_limit_dispatches_nothing_more() {
+        let mut mayor = Mayor::new();
+        // Node 2 has the skill, but spent its limit: node 1 runs the task.
+        let tasks = vec![(key("a"), pending(Some("rust"), 0))];
+        let spent = |state: &mut StateTasks| state.spent_workers = BTreeSet::from([node(2)]);
+        let commands = tick_with(&mut mayor, 0, tasks, &[1, 2], spent);
+        assert_eq!(commands, vec![assign("a", 1, 1)]);
+        // Both spent: the task waits.
+        let tasks = vec![(key("b"), pending(None, 0))];
+        let both =
+            |state: &mut StateTasks| state.spent_workers = BTreeSet::from([node(1), node(2)]);
+        assert_eq!(tick_with(&mut mayor, 1, tasks, &[1, 2], both), vec![]);
+        // The city spent its limit: nothing new is dispatched, and an attempt in flight
+        // is still followed.
+        let tasks = vec![(key("c"), pending(None, 0)), (key("d"), assigned(1, 1))];
+        let held = |state: &mut StateTasks| state.held_cities = BTreeSet::from(["c-1".into()]);
+        let commands = tick_with(&mut mayor, 2, tasks, &[1, 2], held);
+        assert_eq!(commands, vec![execute("d", 1, 1)]);
     }
 
     #[test]
