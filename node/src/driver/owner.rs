@@ -304,9 +304,16 @@ impl Node {
                         key: key.clone(),
                         attempt,
                         city,
+                        state: spec.state.clone(),
                         mayor,
                     },
                 );
+                if let Err(crate::roles::worker::Refused::Reserved { .. }) = &taken {
+                    self.count_fired(
+                        crate::governance::policy::Point::Dispatch,
+                        [("priority", crate::governance::policy::Outcome::Deferred)].into_iter(),
+                    );
+                }
                 tracing::debug!(%key, attempt, taken = taken.is_ok(), "an Execute");
                 let commands: Vec<WorkerCommand> = cores.worker.drain().collect();
                 self.worker_carry_out(commands, Some(spec));

@@ -254,8 +254,8 @@ impl Node {
                 Outcome::Overridden => {
                     tracing::warn!(rule = %rule.name, at = at.as_str(), override_reason = override_reason.unwrap_or_default(), "policy rule overridden");
                 }
-                Outcome::Denied => {
-                    tracing::info!(rule = %rule.name, at = at.as_str(), "policy denied");
+                Outcome::Denied | Outcome::Deferred => {
+                    tracing::info!(rule = %rule.name, at = at.as_str(), outcome = outcome.as_str(), "policy denied");
                 }
             }
         }

@@ -1425,6 +1425,11 @@ impl Node {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .set_rule(policy.communication);
+            if *cores.worker.priorities() != policy.resources.priority {
+                cores
+                    .worker
+                    .set_priorities(policy.resources.priority.clone());
+            }
         }
         self.watch_groups(&mut cores.watched);
         self.worker_tick(&mut cores.worker);

@@ -1223,6 +1223,9 @@ pub enum Outcome {
     Overridden,
     /// Denied.
     Denied,
+    /// Put off for a request of higher priority (a worker's slot kept for a state of
+    /// higher `[resources] priority`).
+    Deferred,
 }
 
 impl Outcome {
@@ -1232,6 +1235,7 @@ impl Outcome {
             Outcome::Noted => "advisory",
             Outcome::Overridden => "overridden",
             Outcome::Denied => "denied",
+            Outcome::Deferred => "deferred",
         }
     }
 }

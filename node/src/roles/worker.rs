@@ -7,6 +7,8 @@
 //! ```text
 //!   Execute(key, attempt)        ──► Run            (a free slot, not running already)
 //!                                 ◄── Err(Busy)      (every slot taken: the mayor retries)
+//!                                 ◄── Err(Reserved)  (a free slot kept for a state of
+//!                                                     higher policy priority that waits)
 //!   Finished(key, attempt, out)  ──► Deliver        (to the city's mayor)
 //!   Undelivered(key, attempt)        retried after a backoff (50 ms, doubling to 2 s)
 //!   Tick                         ──► Deliver        (retries that are due)
@@ -17,6 +19,11 @@
 //! The spec was checked before the core sees the Execute ([`crate::roles::authority::execute`]);
 //! the core only keeps the books. `O` is the outcome as the executor gives it: the core
 //! carries it without looking inside.
+//!
+//! A worker lent to several states arbitrates its slots by the policy's state priorities
+//! (`[resources] priority`): a state whose Execute it refused as busy within the last
+//! [`RESERVE_MS`] keeps the next free slot from states of lower priority, so that its
+//! mayor's next try (every round) takes it. Without priorities, first come first served.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -29,6 +36,11 @@ pub const OUTCOME_DELIVERY_MS: u64 = 120_000;
 pub const FIRST_BACKOFF_MS: u64 = 50;
 /// The longest wait between two deliveries of one outcome.
 pub const MAX_BACKOFF_MS: u64 = 2_000;
+/// How long a state refused as busy keeps a free slot from states of lower priority: a
+/// few of its mayor's rounds, after which it is taken to have gone elsewhere.
+pub const RESERVE_MS: u64 = 1_000;
+/// Most states whose refused Executes a worker remembers.
+pub const MAX_WAITING_STATES: usize = 64;
 
 /// Why the worker does not take an attempt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +50,16 @@ pub enum Refused {
     Busy {
         /// The worker's slots.
         capacity: usize,
+    },
+    /// A slot is free, but kept for a state of higher priority whose tasks wait for it.
+    #[error("the free slot is kept for state {state}, of higher priority ({priority} > {mine})")]
+    Reserved {
+        /// The state it is kept for.
+        state: String,
+        /// That state's priority.
+        priority: i64,
+        /// The priority of the state refused.
+        mine: i64,
     },
 }
 
@@ -52,6 +74,8 @@ pub enum Input<O> {
         attempt: u32,
         /// The city whose mayor gets the outcome.
         city: String,
+        /// The state whose task it is (its priority decides between states).
+        state: String,
         /// The mayor that sent it: the outcome goes back to it first.
         mayor: NodeKey,
     },
@@ -144,6 +168,10 @@ pub struct Worker<O> {
     capacity: usize,
     attempts: BTreeMap<(TaskKey, u32), Attempt<O>>,
     queued: VecDeque<Command<O>>,
+    /// Each state's priority, from the policy (0 for a state not named).
+    priorities: BTreeMap<String, i64>,
+    /// States refused as busy, and when last.
+    waiting: BTreeMap<String, u64>,
 }
 
 impl<O: Clone> Worker<O> {
@@ -153,7 +181,34 @@ impl<O: Clone> Worker<O> {
             capacity: capacity.max(1),
             attempts: BTreeMap::new(),
             queued: VecDeque::new(),
+            priorities: BTreeMap::new(),
+            waiting: BTreeMap::new(),
         }
+    }
+
+    /// The states' priorities in force (the policy's `[resources] priority`).
+    pub fn priorities(&self) -> &BTreeMap<String, i64> {
+        &self.priorities
+    }
+
+    /// Puts the states' priorities in force.
+    pub fn set_priorities(&mut self, priorities: BTreeMap<String, i64>) {
+        self.priorities = priorities;
+    }
+
+    fn priority(&self, state: &str) -> i64 {
+        self.priorities.get(state).copied().unwrap_or(0)
+    }
+
+    /// The waiting state of highest priority above `mine`, refused within
+    /// [`RESERVE_MS`] of `now_ms`.
+    fn reserved_for(&self, now_ms: u64, mine: i64) -> Option<(&str, i64)> {
+        self.waiting
+            .iter()
+            .filter(|(_, since)| now_ms.saturating_sub(**since) <= RESERVE_MS)
+            .map(|(state, _)| (state.as_str(), self.priority(state)))
+            .filter(|(_, priority)| *priority > mine)
+            .max_by_key(|(_, priority)| *priority)
     }
 
     /// Attempts whose executor is running.
@@ -182,17 +237,33 @@ impl<O: Clone> Worker<O> {
                 key,
                 attempt,
                 city,
+                state,
                 mayor,
             } => {
                 let slot = (key, attempt);
                 if self.attempts.contains_key(&slot) {
                     return Ok(());
                 }
+                let mine = self.priority(&state);
                 if self.running() >= self.capacity {
+                    self.waiting
+                        .retain(|_, since| now_ms.saturating_sub(*since) <= RESERVE_MS);
+                    if self.waiting.len() < MAX_WAITING_STATES || self.waiting.contains_key(&state)
+                    {
+                        self.waiting.insert(state, now_ms);
+                    }
                     return Err(Refused::Busy {
                         capacity: self.capacity,
                     });
                 }
+                if let Some((kept_for, priority)) = self.reserved_for(now_ms, mine) {
+                    return Err(Refused::Reserved {
+                        state: kept_for.to_string(),
+                        priority,
+                        mine,
+                    });
+                }
+                self.waiting.remove(&state);
                 self.attempts.insert(
                     slot.clone(),
                     Attempt {
@@ -305,6 +376,10 @@ impl<O: Clone> Worker<O> {
     /// Checks the invariants; only a bug breaks them.
     pub fn validate(&self) {
         assert!(self.running() <= self.capacity, "more running than slots");
+        assert!(
+            self.waiting.len() <= MAX_WAITING_STATES,
+            "waiting states over their bound"
+        );
         for ((key, attempt), held) in &self.attempts {
             assert!(*attempt >= 1, "{key}: attempt 0 held");
             if let Stage::Delivering {
@@ -336,10 +411,15 @@ mod tests {
     }
 
     fn execute(task: &str, attempt: u32) -> Input<&'static str> {
+        execute_for("technical", task, attempt)
+    }
+
+    fn execute_for(state: &str, task: &str, attempt: u32) -> Input<&'static str> {
         Input::Execute {
             key: key(task),
             attempt,
             city: "c-1".into(),
+            state: state.into(),
             mayor: NodeKey([9; 32]),
         }
     }
@@ -357,6 +437,65 @@ mod tests {
     fn drained(worker: &mut Worker<&'static str>) -> Vec<Command<&'static str>> {
         worker.validate();
         worker.drain().collect()
+    }
+
+    #[test]
+    fn a_free_slot_goes_to_the_waiting_state_of_higher_priority() {
+        let mut worker = Worker::new(1);
+        worker.set_priorities(BTreeMap::from([("technical".to_string(), 10)]));
+        assert_eq!(worker.handle(0, execute_for("market", "m1", 1)), Ok(()));
+        // technical waits for the only slot...
+        assert_eq!(
+            worker.handle(10, execute_for("technical", "t1", 1)),
+            Err(Refused::Busy { capacity: 1 })
+        );
+        let _ = worker.handle(
+            20,
+            Input::Finished {
+                key: key("m1"),
+                attempt: 1,
+                outcome: "done",
+            },
+        );
+        drained(&mut worker);
+        // ...so when it frees, market's next task is refused and technical's taken.
+        assert_eq!(
+            worker.handle(30, execute_for("market", "m2", 1)),
+            Err(Refused::Reserved {
+                state: "technical".into(),
+                priority: 10,
+                mine: 0
+            })
+        );
+        assert_eq!(worker.handle(40, execute_for("technical", "t1", 1)), Ok(()));
+        // technical no longer waits: first come again once the slot frees.
+        let _ = worker.handle(
+            50,
+            Input::Finished {
+                key: key("t1"),
+                attempt: 1,
+                outcome: "done",
+            },
+        );
+        assert_eq!(worker.handle(60, execute_for("market", "m2", 1)), Ok(()));
+        // A state of higher priority that stopped asking keeps nothing past RESERVE_MS.
+        assert_eq!(
+            worker.handle(70, execute_for("technical", "t2", 1)),
+            Err(Refused::Busy { capacity: 1 })
+        );
+        let _ = worker.handle(
+            80,
+            Input::Finished {
+                key: key("m2"),
+                attempt: 1,
+                outcome: "done",
+            },
+        );
+        assert_eq!(
+            worker.handle(80 + RESERVE_MS + 1, execute_for("market", "m3", 1)),
+            Ok(())
+        );
+        drained(&mut worker);
     }
 
     #[test]
