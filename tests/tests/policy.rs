@@ -2,8 +2,9 @@
 //! default in force; check, apply and show round-trip; an invalid document names its line
 //! and leaves the one in force; only the president's operator applies one; its rules
 //! refuse submissions (hard, soft until overridden) and admissions, and each decision is
-//! counted under its rule; a dispatch rule keeps tasks off the president's node. The
-//! communication policy bounds work messages per sender, and
+//! counted under its rule; a dispatch rule keeps tasks off the president's node, and so
+//! does a message rule refusing Executes there. The communication policy bounds work
+//! messages per sender, and
 //! the escalation policy sets how often a task lost to faults of the moment is reopened.
 
 use std::path::Path;
@@ -531,4 +532,65 @@ fn a_dispatch_rule_keeps_tasks_off_the_president_and_counts_its_decisions() {
     // once per task (a change of mayor could count a task again).
     let denied = counted("denied");
     assert!((20.0..=40.0).contains(&denied), "{denied} denials counted");
+}
+
+#[test]
+fn a_message_rule_refuses_work_messages_and_the_work_goes_elsewhere() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy(root.path(), 5);
+    let chief = &nodes[index_of(&nodes, &president)];
+    let members: Vec<Value> =
+        serde_json::from_str(&chief.cli(&["members", "--json"]).expect("members")).expect("json");
+    let state = members
+        .iter()
+        .find(|member| field(member, "peer_id").as_deref() == Some(president.as_str()))
+        .and_then(|member| field(member, "state"))
+        .expect("the president's state");
+    // Enforced where the message arrives: the president's node refuses Executes, so
+    // an attempt its mayor hands it is not taken and goes to another worker.
+    let rule = write(
+        root.path(),
+        "message.toml",
+        "[[rule]]\nname = \"no-execute-on-the-president\"\ncategory = \"communication\"\n\
+         at = \"message\"\nreason = \"the president's node runs no tasks\"\n\
+         when = { message = \"execute\", receiver_role = \"president\" }\n",
+    );
+    chief.cli(&["policy", "apply", &rule]).expect("applied");
+    wait_for("the policy on every node", || {
+        nodes
+            .iter()
+            .all(|node| version(node).is_some_and(|v| v >= 2))
+            .then_some(())
+    });
+    let mut spec = String::from("name = \"refused\"\n[[phase]]\nname = \"initiation\"\n");
+    for i in 0..20 {
+        spec.push_str(&format!(
+            "  [[phase.task]]\n  name = \"t{i:02}\"\n  state = \"{state}\"\n  \
+             executor = \"builtin\"\n  action = \"digest\"\n  input = \"part {i}\"\n  \
+             retries = 3\n"
+        ));
+    }
+    let id = nodes[0].submit(&spec).expect("submitted");
+    let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+    for task in all_tasks(&nodes, &id).values() {
+        let worker = field(task, "worker").expect("a worker");
+        assert_ne!(worker, president, "a task ran on the president: {task}");
+    }
+    let denied = chief
+        .metric(
+            "aamas_policy_decisions_total{at=\"message\",\
+             rule=\"no-execute-on-the-president\",outcome=\"denied\"}",
+        )
+        .unwrap_or(0.0);
+    assert!(denied >= 1.0, "the president refused no Execute");
+    let allowed: f64 = nodes
+        .iter()
+        .filter_map(|node| {
+            node.metric(
+                "aamas_policy_decisions_total{at=\"message\",rule=\"-\",outcome=\"allowed\"}",
+            )
+        })
+        .sum();
+    assert!(allowed >= 20.0, "{allowed} messages counted as allowed");
 }

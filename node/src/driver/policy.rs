@@ -274,28 +274,12 @@ impl Node {
         let president = self.president_key();
         let workers = self
             .registry(|registry| {
-                let mut governors = std::collections::BTreeSet::new();
-                let mut mayors = std::collections::BTreeSet::new();
-                for record in registry
-                    .states()
-                    .values()
-                    .filter_map(|s| s.governor.as_ref())
-                {
-                    governors.insert(record.node);
-                    mayors.extend(record.mayors.values().flatten().copied());
-                }
                 registry
                     .active_members()
                     .map(|(key, member)| {
-                        let roles = [
-                            (president == Some(*key), "president"),
-                            (governors.contains(key), "governor"),
-                            (mayors.contains(key), "mayor"),
-                        ];
-                        let roles = roles.iter().filter(|(holds, _)| *holds);
                         let facts = crate::roles::mayor::WorkerFacts {
                             peer: key.peer_id(),
-                            roles: roles.map(|(_, role)| *role).collect(),
+                            roles: member_roles(registry, president, key),
                             state: member.state.clone(),
                         };
                         (*key, facts)
@@ -304,6 +288,51 @@ impl Node {
             })
             .await?;
         Some(Arc::new(workers))
+    }
+
+    /// Judges a work message of kind `message` from `sender` by the policy's message
+    /// rules (when it has any), counted; the refusal of the first rule that denies.
+    /// The policy is the one last read (each work round reads it), so that a message
+    /// costs no Registry read unless the policy has message rules.
+    pub(crate) async fn judge_message(&self, sender: NodeKey, message: &str) -> Result<(), String> {
+        let cached = self
+            .policy_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, policy)| policy.clone());
+        let Some(policy) = cached else {
+            return Ok(());
+        };
+        if !policy.has_rules_at(Point::Message) {
+            return Ok(());
+        }
+        let president = self.president_key();
+        let me = self.identity.node_key();
+        let facts = self
+            .registry(|registry| {
+                let sender_state = registry
+                    .members()
+                    .get(&sender)
+                    .and_then(|m| m.state.clone());
+                policy::message_facts(
+                    message,
+                    sender.peer_id(),
+                    &member_roles(registry, president, &sender),
+                    sender_state,
+                    &member_roles(registry, president, &me),
+                )
+            })
+            .await;
+        let Some(facts) = facts else {
+            return Ok(());
+        };
+        let decision = policy.decide(Point::Message, &[facts], None);
+        self.count_decision(Point::Message, &decision, None);
+        match decision.denied_by() {
+            Some(rule) => Err(rule.refusal()),
+            None => Ok(()),
+        }
     }
 
     /// Which of `cities` (of `state`, in `group`'s Ledger) and which workers spent a hard
@@ -399,4 +428,33 @@ impl Node {
             }
         }
     }
+}
+
+/// The roles `key` holds as the Registry records them (the president as given): president,
+/// governor, mayor; `worker` when it holds none.
+fn member_roles(
+    registry: &aamas_consensus::registry::Registry,
+    president: Option<NodeKey>,
+    key: &NodeKey,
+) -> Vec<&'static str> {
+    let records = || {
+        registry
+            .states()
+            .values()
+            .filter_map(|s| s.governor.as_ref())
+    };
+    let mut roles = Vec::new();
+    if president == Some(*key) {
+        roles.push("president");
+    }
+    if records().any(|record| record.node == *key) {
+        roles.push("governor");
+    }
+    if records().any(|record| record.mayors.values().any(|mayor| *mayor == Some(*key))) {
+        roles.push("mayor");
+    }
+    if roles.is_empty() {
+        roles.push("worker");
+    }
+    roles
 }

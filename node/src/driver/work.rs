@@ -511,6 +511,12 @@ impl Node {
         if work.kind() != opened.header.kind {
             return refused("the work message does not match the envelope's kind".into());
         }
+        if let Err(reason) = self
+            .judge_message(opened.header.sender, work.action())
+            .await
+        {
+            return refused(reason);
+        }
         match self.handle_work(opened.header.sender, work).await {
             Ok(()) => RpcResponse::Ack,
             Err(reason) => refused(reason.to_string()),
@@ -563,6 +569,9 @@ impl Node {
             };
             if work.kind() != kind {
                 return Some("the work message does not match the envelope's kind".into());
+            }
+            if let Err(reason) = self.judge_message(sender, work.action()).await {
+                return Some(reason);
             }
             self.handle_work(sender, work)
                 .await

@@ -11,7 +11,7 @@
 //! [[rule]]
 //! name = "shell-only-in-technical"
 //! category = "security"            # resource | performance | security | escalation | communication
-//! at = "submission"                # where it is decided: submission | planning | admission | dispatch
+//! at = "submission"                # where: submission | planning | admission | dispatch | message
 //! enforcement = "hard"             # advisory (noted) | soft (overridable with a reason) | hard
 //! reason = "shell tasks run only in the technical state"
 //! when = { executor = ["shell"] }  # every key must match one of its values
@@ -63,6 +63,7 @@
 //! | planning   | executor, state, phase, owner  | tasks (of the plan), phase_index (1-8), retries, timeout_secs        |
 //! | admission  | skill, peer                    | members (this one included), capacity                                |
 //! | dispatch   | executor, state, phase, worker, role, skill, worker_state | worker_tasks (this one included), attempt |
+//! | message    | message, sender, sender_role, sender_state, receiver_role | none                          |
 //!
 //! A submission is judged once per task (with that task's executor, state, phase,
 //! retries and timeout) and once for the project as a whole; a rule that fires for
@@ -77,6 +78,13 @@
 //! no worker may take waits, pending. There is no request to carry an override reason,
 //! so a soft rule denies as a hard one does. Each rule that fires is counted once per
 //! task (not once per look), as `aamas_policy_decisions_total{at="dispatch"}`.
+//!
+//! At message the node a work message arrives at judges it by its kind (assign_tasks,
+//! reopen, propose, execute, outcome, progress), its sender (peer id, roles, state) and
+//! its own roles: a denied message is refused with the rule's reason, and its sender
+//! tries again as after any refusal (so a rule that denies a kind the work needs stalls
+//! that work until the policy changes). Soft acts as hard here too. Every message is
+//! counted, when the policy has message rules.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -145,6 +153,9 @@ pub enum Point {
     /// A mayor choosing the worker for a task's next attempt: a worker a rule denies is
     /// passed over (another is chosen, or the task waits for one).
     Dispatch,
+    /// A work message arriving at a node: a denied one is refused (its sender tries
+    /// again, as after any refusal).
+    Message,
 }
 
 impl Point {
@@ -155,6 +166,7 @@ impl Point {
             Point::Admission => "admission",
             Point::Planning => "planning",
             Point::Dispatch => "dispatch",
+            Point::Message => "message",
         }
     }
 }
@@ -205,6 +217,16 @@ pub enum Attr {
     Role,
     /// The state the worker belongs to (a worker of another state is lent).
     WorkerState,
+    /// A work message's kind: assign_tasks, reopen, propose, execute, outcome, progress.
+    Message,
+    /// The peer id of a message's sender.
+    Sender,
+    /// The roles its sender holds (`worker` when none).
+    SenderRole,
+    /// The state its sender belongs to.
+    SenderState,
+    /// The roles the receiving node holds (`worker` when none).
+    ReceiverRole,
 }
 
 /// A number a rule limits.
@@ -238,7 +260,7 @@ const TASK_POINTS: &[Point] = &[Point::Submission, Point::Planning];
 /// Where a task's own facts are known: the task points and dispatch.
 const TASK_AND_DISPATCH: &[Point] = &[Point::Submission, Point::Planning, Point::Dispatch];
 
-const ATTRS: [(&str, Attr, &[Point]); 9] = [
+const ATTRS: [(&str, Attr, &[Point]); 14] = [
     ("executor", Attr::Executor, TASK_AND_DISPATCH),
     ("state", Attr::State, TASK_AND_DISPATCH),
     ("phase", Attr::Phase, TASK_AND_DISPATCH),
@@ -248,6 +270,11 @@ const ATTRS: [(&str, Attr, &[Point]); 9] = [
     ("worker", Attr::Worker, &[Point::Dispatch]),
     ("role", Attr::Role, &[Point::Dispatch]),
     ("worker_state", Attr::WorkerState, &[Point::Dispatch]),
+    ("message", Attr::Message, &[Point::Message]),
+    ("sender", Attr::Sender, &[Point::Message]),
+    ("sender_role", Attr::SenderRole, &[Point::Message]),
+    ("sender_state", Attr::SenderState, &[Point::Message]),
+    ("receiver_role", Attr::ReceiverRole, &[Point::Message]),
 ];
 
 const COUNTERS: [(&str, Counter, &[Point]); 10] = [
@@ -1063,13 +1090,13 @@ fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
         ],
         index,
     )?;
-    let not_yet = ["resource_request", "message"];
+    let not_yet = ["resource_request"];
     if not_yet.contains(&raw.at.get_ref().as_str()) {
         return Err(error(
             Some(index.of(&raw.at)),
             format!(
                 "rules at {:?} are not enforced by this version yet: use submission, \
-                 planning, admission or dispatch",
+                 planning, admission, dispatch or message",
                 raw.at.get_ref()
             ),
         ));
@@ -1082,6 +1109,7 @@ fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
             ("planning", Point::Planning),
             ("admission", Point::Admission),
             ("dispatch", Point::Dispatch),
+            ("message", Point::Message),
         ],
         index,
     )?;
@@ -1156,13 +1184,14 @@ fn convert(raw: RawRule, index: &LineIndex) -> Result<Rule, PolicyError> {
                     .filter(|(_, _, points)| points.contains(&at))
                     .map(|(name, _, _)| *name)
                     .collect();
+                let keys = if keys.is_empty() {
+                    "no counter".to_string()
+                } else {
+                    keys.join(", ")
+                };
                 error(
                     Some(index.of(&limit)),
-                    format!(
-                        "rules at {} limit {}, not {key:?}",
-                        at.as_str(),
-                        keys.join(", ")
-                    ),
+                    format!("rules at {} limit {keys}, not {key:?}", at.as_str()),
                 )
             })?;
         max.push((counter, limit.into_inner()));
@@ -1327,7 +1356,7 @@ impl Policy {
         let mut decision = Decision::default();
         let also = match at {
             Point::Planning => Some(Point::Submission),
-            Point::Submission | Point::Admission | Point::Dispatch => None,
+            Point::Submission | Point::Admission | Point::Dispatch | Point::Message => None,
         };
         let mut indexes: Vec<usize> = [Some(at), also]
             .into_iter()
@@ -1441,6 +1470,26 @@ pub fn dispatch_facts(task: DispatchedTask<'_>, worker: DispatchWorker<'_>, atte
         .with(Attr::WorkerState, worker.state.map(str::to_string))
         .count(Counter::WorkerTasks, u64::from(worker.tasks))
         .count(Counter::Attempt, u64::from(attempt))
+}
+
+/// The facts of a work message of kind `message` from `sender` (its peer id, roles and
+/// state) to a node that holds `receiver_roles`.
+pub fn message_facts(
+    message: &str,
+    sender: String,
+    sender_roles: &[&'static str],
+    sender_state: Option<String>,
+    receiver_roles: &[&'static str],
+) -> Facts {
+    Facts::default()
+        .with(Attr::Message, [message.to_string()])
+        .with(Attr::Sender, [sender])
+        .with(Attr::SenderRole, sender_roles.iter().map(|r| r.to_string()))
+        .with(Attr::SenderState, sender_state)
+        .with(
+            Attr::ReceiverRole,
+            receiver_roles.iter().map(|r| r.to_string()),
+        )
 }
 
 /// The task side of a dispatch.
@@ -1647,9 +1696,15 @@ mod tests {
                 "a city or worker limit is hard",
             ),
             (
-                "\n[[rule]]\nname = \"r\"\ncategory = \"security\"\nat = \"message\"\n",
+                "\n[[rule]]\nname = \"r\"\ncategory = \"security\"\nat = \"resource_request\"\n",
                 5,
                 "not enforced by this version yet",
+            ),
+            (
+                "[[rule]]\nname = \"r\"\ncategory = \"communication\"\nat = \"message\"\n\
+                 max = { tasks = 3 }\n",
+                5,
+                "rules at message limit no counter, not \"tasks\"",
             ),
             (
                 "[[rule]]\nname = \"r\"\ncategory = \"security\"\nat = \"dispatch\"\n\
