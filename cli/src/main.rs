@@ -328,7 +328,7 @@ enum ResourcesCommand {
     Set {
         /// The state.
         state: String,
-        /// cpu_ms, tokens, api_calls or money_micros.
+        /// cpu_ms, tokens, api_calls, money_micros, memory_kib_s or storage_bytes.
         resource: String,
         /// Most per period.
         amount: u64,
@@ -1016,9 +1016,11 @@ fn print_project(project: &serde_json::Value) {
         );
         if let Some(used) = usage.get("used") {
             println!(
-                "measured use (every attempt): {} ms CPU, {} tokens, {} model calls, cost {} \
-                 (`aamas resources` shows the states' limits)",
+                "measured use (every attempt): {} ms CPU, {} KiB·s memory, {} bytes stored, \
+                 {} tokens, {} model calls, cost {} (`aamas resources` shows the states' limits)",
                 number(used, "cpu_ms"),
+                number(used, "memory_kib_s"),
+                number(used, "storage_bytes"),
                 number(used, "tokens"),
                 number(used, "api_calls"),
                 cost(number(used, "money_micros"))
@@ -1052,8 +1054,8 @@ fn resources(command: Option<ResourcesCommand>, target: Target) -> Result<()> {
             for state in states {
                 let used = state.used.as_ref();
                 println!(
-                    "state {}{}: {} attempts charged; {} ms CPU, {} tokens, {} model calls, \
-                     cost {}",
+                    "state {}{}: {} attempts charged; {} ms CPU, {} KiB·s memory, {} bytes \
+                     stored, {} tokens, {} model calls, cost {}",
                     state.state,
                     match state.spent {
                         Some(resource) => format!(" (HELD: its {resource} limit is spent)"),
@@ -1061,6 +1063,8 @@ fn resources(command: Option<ResourcesCommand>, target: Target) -> Result<()> {
                     },
                     state.attempts,
                     used.map_or(0, |u| u.cpu_ms),
+                    used.map_or(0, |u| u.memory_kib_s),
+                    used.map_or(0, |u| u.storage_bytes),
                     used.map_or(0, |u| u.tokens),
                     used.map_or(0, |u| u.api_calls),
                     cost(used.map_or(0, |u| u.money_micros)),

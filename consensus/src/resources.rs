@@ -4,7 +4,8 @@
 //! [`crate::registry::Registry`] and the governor copies into its Ledger.
 //!
 //! ```text
-//!   worker: attempt ─measure─► Usage { cpu_ms, tokens, api_calls, money_micros }
+//!   worker: attempt ─measure─► Usage { cpu_ms, tokens, api_calls, money_micros,
+//!                                      memory_kib_s, storage_bytes }
 //!   mayor:  ChargeAttempt(key, attempt, usage, now)  (before the outcome, once per attempt)
 //!   Ledger: task.used += usage; Account(state | city | worker).charge(usage, now)
 //!             Account = total + one Window per period (hour, day, 30-day month),
@@ -31,15 +32,22 @@ pub enum Resource {
     ApiCalls,
     /// Money, in millionths of the price unit, from the worker's configured prices.
     MoneyMicros,
+    /// Memory over time: the resident memory of a task's processes, sampled while they
+    /// run, in KiB-seconds (1 MiB held for one second is 1,024).
+    MemoryKibS,
+    /// Bytes of output kept as artefacts (counted once, not per copy).
+    StorageBytes,
 }
 
 impl Resource {
     /// Every resource, in order.
-    pub const ALL: [Resource; 4] = [
+    pub const ALL: [Resource; 6] = [
         Resource::CpuMs,
         Resource::Tokens,
         Resource::ApiCalls,
         Resource::MoneyMicros,
+        Resource::MemoryKibS,
+        Resource::StorageBytes,
     ];
 
     /// Its name in commands, documents and metrics.
@@ -49,6 +57,8 @@ impl Resource {
             Resource::Tokens => "tokens",
             Resource::ApiCalls => "api_calls",
             Resource::MoneyMicros => "money_micros",
+            Resource::MemoryKibS => "memory_kib_s",
+            Resource::StorageBytes => "storage_bytes",
         }
     }
 }
@@ -84,6 +94,10 @@ pub struct Usage {
     pub api_calls: u64,
     /// Money, millionths of the price unit.
     pub money_micros: u64,
+    /// Resident memory over time, KiB-seconds.
+    pub memory_kib_s: u64,
+    /// Output kept as artefacts, bytes.
+    pub storage_bytes: u64,
 }
 
 impl Usage {
@@ -94,6 +108,8 @@ impl Usage {
             Resource::Tokens => self.tokens,
             Resource::ApiCalls => self.api_calls,
             Resource::MoneyMicros => self.money_micros,
+            Resource::MemoryKibS => self.memory_kib_s,
+            Resource::StorageBytes => self.storage_bytes,
         }
     }
 
@@ -103,6 +119,8 @@ impl Usage {
         self.tokens = self.tokens.saturating_add(other.tokens);
         self.api_calls = self.api_calls.saturating_add(other.api_calls);
         self.money_micros = self.money_micros.saturating_add(other.money_micros);
+        self.memory_kib_s = self.memory_kib_s.saturating_add(other.memory_kib_s);
+        self.storage_bytes = self.storage_bytes.saturating_add(other.storage_bytes);
     }
 
     /// Whether nothing was used.

@@ -7,6 +7,8 @@
 //! stops nothing and raises a PerformanceAlert. A shell attempt that fails or times out
 //! is charged the CPU time it used, and counted in its worker's performance figures. A
 //! policy limit on each worker passes a worker that spent it over until it is lifted.
+//! Shell tasks are charged the memory their processes held over time and the output kept
+//! as artefacts, and a storage limit holds a state like any other.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -641,4 +643,91 @@ fn a_limit_on_each_worker_passes_spent_workers_over_until_the_policy_lifts_it() 
     apply("lifted.toml", 1_000_000);
     let end = wait_for_project_end(&nodes, &id, PROJECT_LIMIT);
     assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+}
+
+#[test]
+fn memory_and_storage_are_measured_and_a_storage_limit_holds_a_state() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy(root.path(), 3);
+    let chief = &nodes[index_of(&nodes, &president)];
+    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
+        .and_then(|governed| governed.into_iter().next())
+        .expect("a governed state");
+    // Each task keeps 5,000 bytes of output and holds its processes' memory a second.
+    const OUTPUT: u64 = 5_000;
+    const LIMIT: u64 = 6_000;
+    const COUNT: u64 = 8;
+    chief
+        .cli(&[
+            "resources",
+            "set",
+            &state,
+            "storage_bytes",
+            &LIMIT.to_string(),
+            "--per",
+            "total",
+        ])
+        .expect("a storage limit");
+    wait_for("the limit in force in the Ledger", || {
+        let view = shown(chief, &state)?;
+        let version = view["limits_version"].as_u64()?;
+        (version >= 1 && view["limits_in_force"].as_u64() == Some(version)).then_some(())
+    });
+    let mut spec = String::from("name = \"stored\"\n[[phase]]\nname = \"development\"\n");
+    for i in 0..COUNT {
+        spec.push_str(&format!(
+            "  [[phase.task]]\n  name = \"s{i}\"\n  state = \"{state}\"\n  \
+             executor = \"shell\"\n  command = \"head -c {OUTPUT} /dev/zero | tr -c x x; \
+             sleep 1\"\n  timeout_secs = 30\n"
+        ));
+    }
+    let id = nodes[0].submit(&spec).expect("submitted");
+    let request = wait_for("a ResourceRequest for storage", || {
+        requests(chief)
+            .into_iter()
+            .find(|request| request["status"] == "open" && request["resource"] == "storage_bytes")
+    });
+    let held = wait_for("the attempts in flight to finish", || {
+        let tasks = tasks_by_name(&nodes, &id);
+        let running = tasks
+            .values()
+            .any(|task| field(task, "status").as_deref() == Some("assigned"));
+        (tasks.len() == COUNT as usize && !running).then_some(tasks)
+    });
+    let done: Vec<&Value> = held
+        .values()
+        .filter(|task| field(task, "status").as_deref() == Some("succeeded"))
+        .collect();
+    assert!(
+        !done.is_empty() && done.len() < COUNT as usize,
+        "{} of {COUNT} ran before the limit held the rest",
+        done.len()
+    );
+    for task in &done {
+        assert_eq!(task["used"]["storage_bytes"], OUTPUT, "{task}");
+        let memory = task["used"]["memory_kib_s"].as_u64().unwrap_or(0);
+        assert!(
+            memory >= 200,
+            "{memory} KiB-s for a second of a shell: {task}"
+        );
+    }
+    // The state's account is the sum of its tasks', and passes the limit by at most one
+    // task per worker.
+    let view = shown(chief, &state).expect("the state's resources");
+    let stored = view["used"]["storage_bytes"].as_u64().unwrap_or(0);
+    assert_eq!(stored, OUTPUT * done.len() as u64, "{view}");
+    assert!(stored < LIMIT + 3 * OUTPUT, "{view}");
+    assert_eq!(view["spent"], "storage_bytes", "{view}");
+    // Approved: the rest run.
+    let id_of_request = request["id"].as_u64().expect("an id").to_string();
+    chief
+        .cli(&["resources", "approve", &id_of_request, "--amount", "100000"])
+        .expect("approved");
+    let end = wait_for_project_end(&nodes, &id, PROJECT_LIMIT);
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+    let view = wait_for("every task charged", || {
+        let view = shown(chief, &state)?;
+        (view["used"]["storage_bytes"].as_u64()? == OUTPUT * COUNT).then_some(view)
+    });
+    assert!(view["used"]["memory_kib_s"].as_u64().unwrap_or(0) >= 200 * COUNT);
 }

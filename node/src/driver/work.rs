@@ -989,6 +989,7 @@ impl Node {
                 Ok(digest) => {
                     if let Ok(execution) = &mut result {
                         execution.digest = Some(digest);
+                        execution.stored_bytes = execution.output.len() as u64;
                     }
                 }
                 Err(failure) => {
@@ -2287,6 +2288,8 @@ mod tests {
                 digest: None,
                 usage: None,
                 cpu_ms: 0,
+                memory_kib_s: 0,
+                stored_bytes: 0,
             }),
         };
         let payload = Payload::Report(Report {

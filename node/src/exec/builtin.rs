@@ -86,6 +86,8 @@ mod tests {
                 digest: None,
                 usage: None,
                 cpu_ms: 0,
+                memory_kib_s: 0,
+                stored_bytes: 0,
             }
         );
     }

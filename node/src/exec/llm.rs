@@ -547,6 +547,8 @@ fn parse_reply(body: &[u8]) -> Result<Execution, MalformedReply> {
         digest: None,
         usage,
         cpu_ms: 0,
+        memory_kib_s: 0,
+        stored_bytes: 0,
     })
 }
 
@@ -726,6 +728,8 @@ mod tests {
                     cost_micros: 80,
                 }),
                 cpu_ms: 0,
+                memory_kib_s: 0,
+                stored_bytes: 0,
             }
         );
         let seen = server.seen.lock().unwrap().clone();

@@ -76,6 +76,11 @@ pub struct Execution {
     /// CPU time of the task's processes (user and system, the shell and every child it
     /// waited for), measured by the worker; 0 for tasks run inside the node.
     pub cpu_ms: u64,
+    /// The resident memory of the task's processes over time, KiB-seconds, sampled by the
+    /// worker while they run; 0 for tasks run inside the node.
+    pub memory_kib_s: u64,
+    /// Bytes of output the worker kept as an artefact.
+    pub stored_bytes: u64,
 }
 
 impl Execution {
@@ -86,11 +91,13 @@ impl Execution {
             digest: None,
             usage: None,
             cpu_ms: 0,
+            memory_kib_s: 0,
+            stored_bytes: 0,
         }
     }
 
-    /// What the attempt used, as its account is charged: measured CPU, and the tokens,
-    /// call and cost of a model's reply.
+    /// What the attempt used, as its account is charged: measured CPU and memory, the
+    /// output kept, and the tokens, call and cost of a model's reply.
     pub fn used(&self) -> Usage {
         let usage = self.usage.as_ref();
         Usage {
@@ -98,6 +105,8 @@ impl Execution {
             tokens: usage.map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens)),
             api_calls: u64::from(usage.is_some()),
             money_micros: usage.map_or(0, |u| u.cost_micros),
+            memory_kib_s: self.memory_kib_s,
+            storage_bytes: self.stored_bytes,
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The shell executor: `/bin/sh` with ulimits, its own process group, a clean environment,
-//! the input on stdin, capped stdout and the stderr tail on failure.
+//! the input on stdin, capped stdout and the stderr tail on failure. What the task used
+//! is measured: its CPU time from `/proc` when it exits (or is stopped at its timeout),
+//! and its resident memory over time, sampled every [`MEMORY_SAMPLE`] while it runs.
 
 use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -28,6 +31,8 @@ const SHELL_DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const SHELL_READ_CHUNK_BYTES: usize = 8 * 1024;
 /// How long to wait for a killed task's shell to be reaped before leaving it to tokio.
 const SHELL_REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the resident memory of a running shell task's processes is sampled.
+pub const MEMORY_SAMPLE: Duration = Duration::from_millis(200);
 /// Applies the limits in the child shell, then replaces it with a shell running the
 /// task's command. The command arrives as `$4` and is never spliced into this script, so
 /// no quoting in it can change what the limits are. The CPU limit is soft at `$1` s
@@ -160,21 +165,36 @@ pub(super) async fn run_shell(
         return Err(unavailable("cannot start /bin/sh: its pipes are missing"));
     };
 
+    let memory = Arc::new(Mutex::new(MemoryUse::default()));
     let finished = tokio::time::timeout(timeout, async {
         let feed = async {
             // A command that does not read its input closes the pipe: not an error.
             let _ = stdin.write_all(input.as_bytes()).await;
             drop(stdin);
         };
-        let ((), stdout, stderr, (status, cpu_ms)) = tokio::join!(
-            feed,
-            read_capped(stdout, output_cap),
-            read_tail(stderr, SHELL_STDERR_TAIL_BYTES),
-            wait_measuring(&mut child)
-        );
+        let work = async {
+            tokio::join!(
+                feed,
+                read_capped(stdout, output_cap),
+                read_tail(stderr, SHELL_STDERR_TAIL_BYTES),
+                wait_measuring(&mut child)
+            )
+        };
+        let sampling = sample_memory(group, memory.clone());
+        let ((), stdout, stderr, (status, cpu_ms)) = tokio::select! {
+            done = work => done,
+            never = sampling => match never {},
+        };
         (stdout, stderr, status, cpu_ms)
     })
     .await;
+    let memory_kib_s = {
+        let mut memory = memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        memory.close(Instant::now());
+        memory.kib_s()
+    };
     // A task stopped at its timeout is charged what its processes used until then.
     let spent_ms = match (&finished, group) {
         (Err(_), Some(group)) => tokio::task::spawn_blocking(move || group_cpu_ms(group))
@@ -184,6 +204,7 @@ pub(super) async fn run_shell(
     };
     let cpu = |cpu_ms: u64| Usage {
         cpu_ms,
+        memory_kib_s,
         ..Usage::default()
     };
     // Whatever the command left running in its group goes with it. The shell has been
@@ -226,7 +247,90 @@ pub(super) async fn run_shell(
         digest: None,
         usage: None,
         cpu_ms,
+        memory_kib_s,
+        stored_bytes: 0,
     })
+}
+
+/// The resident memory of a task's processes over time: each sample holds until the next
+/// one (or the end).
+#[derive(Debug, Default)]
+struct MemoryUse {
+    /// The last sample: when, and KiB resident.
+    last: Option<(Instant, u64)>,
+    /// KiB-milliseconds so far.
+    kib_ms: u128,
+}
+
+impl MemoryUse {
+    /// Counts the last sample up to `at`, and takes `kib` from then on.
+    fn sample(&mut self, at: Instant, kib: u64) {
+        self.close(at);
+        self.last = Some((at, kib));
+    }
+
+    /// Counts the last sample up to `at`.
+    fn close(&mut self, at: Instant) {
+        if let Some((since, kib)) = self.last {
+            let held_ms = at.saturating_duration_since(since).as_millis();
+            self.kib_ms = self.kib_ms.saturating_add(u128::from(kib) * held_ms);
+            self.last = Some((at, kib));
+        }
+    }
+
+    fn kib_s(&self) -> u64 {
+        u64::try_from(self.kib_ms / 1_000).unwrap_or(u64::MAX)
+    }
+}
+
+/// Samples the resident memory of process group `group` every [`MEMORY_SAMPLE`] into
+/// `into`, from the start; never ends (it is dropped with the task).
+async fn sample_memory(
+    group: Option<u32>,
+    into: Arc<Mutex<MemoryUse>>,
+) -> std::convert::Infallible {
+    let mut ticker = tokio::time::interval(MEMORY_SAMPLE);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(group) = group else { continue };
+        let kib = tokio::task::spawn_blocking(move || group_rss_kib(group))
+            .await
+            .unwrap_or(0);
+        into.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sample(Instant::now(), kib);
+    }
+}
+
+/// The resident memory of the live processes of process group `group`, in KiB (`VmRSS`
+/// of `/proc/PID/status`; 0 where `/proc` cannot be read).
+fn group_rss_kib(group: u32) -> u64 {
+    group_members(group)
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| rss_kib_of_status(&status))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// The pids of the live processes of process group `group`.
+fn group_members(group: u32) -> impl Iterator<Item = String> {
+    let group = group.to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter(move |pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| process_group_of_stat(&stat) == Some(group.as_str()))
+        })
+}
+
+/// `VmRSS` of a `/proc/PID/status`, in KiB.
+fn rss_kib_of_status(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Waits for the shell and measures the CPU time it and the children it waited for used:
@@ -262,20 +366,8 @@ fn zombie_cpu_ms(pid: u32) -> Option<u64> {
 /// waited for, in milliseconds (0 where `/proc` cannot be read). A process of the group
 /// that already exited and was reaped by init is not counted.
 fn group_cpu_ms(group: u32) -> u64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let group = group.to_string();
-    entries
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
-        .filter(|stat| process_group_of_stat(stat) == Some(group.as_str()))
+    group_members(group)
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
         .filter_map(|stat| cpu_ms_of_stat(&stat))
         .fold(0u64, u64::saturating_add)
 }
@@ -478,6 +570,8 @@ mod tests {
                 digest: None,
                 usage: None,
                 cpu_ms: execution.cpu_ms,
+                memory_kib_s: execution.memory_kib_s,
+                stored_bytes: 0,
             }
         );
     }
@@ -673,6 +767,39 @@ mod tests {
         assert!(matches!(error, ExecError::Timeout { .. }), "{error:?}");
         // About a second of one core; at least a tenth of it on a loaded machine.
         assert!(error.used().cpu_ms >= 100, "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_task_is_charged_the_memory_its_processes_held_over_time() {
+        // A shell and a sleep hold a MiB or more for about a second: at least 200 KiB-s.
+        let execution = run(&shell("sleep 1; echo done"), "", LONG).await.unwrap();
+        assert!(
+            execution.memory_kib_s >= 200,
+            "{} KiB-s",
+            execution.memory_kib_s
+        );
+        assert_eq!(execution.used().memory_kib_s, execution.memory_kib_s);
+        // So is a task stopped at its timeout.
+        let error = run(&shell("sleep 5"), "", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ExecError::Timeout { .. }), "{error:?}");
+        assert!(error.used().memory_kib_s >= 200, "{error:?}");
+    }
+
+    #[test]
+    fn memory_over_time_holds_each_sample_until_the_next() {
+        let start = Instant::now();
+        let mut memory = MemoryUse::default();
+        memory.close(start);
+        assert_eq!(memory.kib_s(), 0, "nothing sampled yet");
+        memory.sample(start, 1_024);
+        memory.sample(start + Duration::from_millis(500), 2_048);
+        memory.close(start + Duration::from_millis(1_500));
+        assert_eq!(memory.kib_s(), 1_024 / 2 + 2_048);
+        let status = "Name:\tsh\nVmPeak:\t 9000 kB\nVmRSS:\t    1664 kB\nThreads:\t1\n";
+        assert_eq!(rss_kib_of_status(status), Some(1_664));
+        assert_eq!(rss_kib_of_status("Name:\tzombie\n"), None);
     }
 
     #[test]

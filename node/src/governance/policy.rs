@@ -30,7 +30,7 @@
 //! [[resources.limit]]              # put on the states when the policy is applied
 //! states = ["technical"]           # every state when left out
 //! of = "state"                     # state (the whole) | city (each) | worker (each)
-//! resource = "money_micros"        # cpu_ms | tokens | api_calls | money_micros
+//! resource = "money_micros"        # cpu_ms | tokens | api_calls | money_micros | memory_kib_s | storage_bytes
 //! amount = 5000000
 //! per = "day"                      # hour | day | month (30 days) | total
 //! hard = true                      # hard stops dispatch; soft raises an alert
