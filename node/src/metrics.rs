@@ -67,6 +67,8 @@ pub struct Metrics {
     pub mesh_task_slots: Gauge,
     /// Runs of the operator's scale hook, by outcome (ok, failed, timeout).
     pub scale_hook_runs: Family<Labels, Counter>,
+    /// Members the president moved from a quiet state to a busy one.
+    pub state_moves: Counter,
     /// 1 if this node is the president.
     pub is_president: Gauge,
     /// State groups this node governs.
@@ -181,6 +183,7 @@ impl Default for Metrics {
             mesh_open_tasks: Gauge::default(),
             mesh_task_slots: Gauge::default(),
             scale_hook_runs: Family::default(),
+            state_moves: Counter::default(),
             is_president: Gauge::default(),
             governs: Gauge::default(),
             bytes_sent: Counter::default(),
@@ -272,6 +275,11 @@ impl Default for Metrics {
             "scale_hook_runs",
             "Runs of this node's scale hook, by outcome",
             metrics.scale_hook_runs.clone(),
+        );
+        registry.register(
+            "state_moves",
+            "Members this node moved from a quiet state to a busy one, as president",
+            metrics.state_moves.clone(),
         );
         registry.register(
             "resource_requests",

@@ -2,7 +2,8 @@
 //! projects of 1,000) opens more cities in that state, every task completes with exactly
 //! one result, and the extra cities close again once the queue is empty. The policy's
 //! `[scaling]` sets the depth at which they open: 70 tasks keep one city under the
-//! default and open more under a target of 8.
+//! default and open more under a target of 8. States scale too, by the policy: a state
+//! whose open tasks per member pass its target takes a spare member of a quiet state.
 //!
 //! The tasks name the `technical` state, but five nodes do not always give every state a
 //! group: the president then moves a phase's tasks to a governed state. So the test
@@ -236,4 +237,88 @@ fn the_policy_sets_the_depth_at_which_cities_open() {
         );
         std::thread::sleep(POLL);
     }
+}
+
+/// Each state's members (peer ids) as `node`'s `aamas members` shows them.
+fn members_by_state(node: &Node) -> std::collections::BTreeMap<String, Vec<String>> {
+    let members: Vec<Value> = node
+        .cli(&["members", "--json"])
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let mut by_state: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for member in &members {
+        if let (Some(state), Some(peer)) = (field(member, "state"), field(member, "peer_id")) {
+            by_state.entry(state).or_default().push(peer);
+        }
+    }
+    by_state
+}
+
+#[test]
+fn the_president_moves_a_spare_member_from_a_quiet_state_to_a_busy_one() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<std::path::PathBuf> =
+        (1..=7).map(|i| root.path().join(format!("n{i}"))).collect();
+    let (token, _) = init(&dirs[0]);
+    let mut nodes = vec![Node::start(&dirs[0], None)];
+    let addr = first_listen_addr(&nodes[0]);
+    // Five members with the skill `market` crowd that state: it can spare some.
+    for (i, dir) in dirs[1..].iter().enumerate() {
+        let skills: &[&str] = if i < 5 { &["--skills", "market"] } else { &[] };
+        nodes.push(Node::start_with(dir, Some((&addr, &token)), skills));
+    }
+    let president = wait_for("the nodes to agree on a president", || {
+        agreed_president(&nodes.iter().collect::<Vec<_>>(), 7)
+    });
+    let governed = wait_for("a governor for each populated state", || {
+        agreed_governors(&nodes.iter().collect::<Vec<_>>())
+    });
+    let chief = &nodes[index_of(&nodes, &president)];
+    let before = members_by_state(chief);
+    assert!(
+        before.get("market").is_some_and(|m| m.len() >= 5),
+        "{before:?}"
+    );
+    // The busy state: a governed one other than market, with the fewest members.
+    let busy = governed
+        .iter()
+        .map(|(state, _, _)| state.clone())
+        .filter(|state| state != "market")
+        .min_by_key(|state| before.get(state).map_or(0, Vec::len))
+        .expect("a governed state besides market");
+    let policy = root.path().join("states.toml");
+    std::fs::write(
+        &policy,
+        "[scaling]\nstate_target_tasks = 2\nstate_cooldown_secs = 5\n",
+    )
+    .expect("write");
+    chief
+        .cli(&["policy", "apply", &policy.display().to_string()])
+        .expect("applied");
+    let mut spec = String::from("name = \"busy\"\n[[phase]]\nname = \"development\"\n");
+    for i in 0..40 {
+        let _ = write!(
+            spec,
+            "  [[phase.task]]\n  name = \"t{i:02}\"\n  state = \"{busy}\"\n  \
+             executor = \"shell\"\n  command = \"sleep 2\"\n  timeout_secs = 60\n"
+        );
+    }
+    let id = nodes[0].submit(&spec).expect("submitted");
+    let after = wait_for("a member moved into the busy state", || {
+        let now = members_by_state(chief);
+        let grew = now.get(&busy).map_or(0, Vec::len) > before.get(&busy).map_or(0, Vec::len);
+        grew.then_some(now)
+    });
+    // It came from market, the quiet state with members to spare.
+    assert!(
+        after.get("market").map_or(0, Vec::len) < before["market"].len(),
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        chief.metric("aamas_state_moves_total").unwrap_or(0.0) >= 1.0,
+        "the move was not counted"
+    );
+    let end = wait_for_project_end(&nodes, &id, BURST_LIMIT);
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
 }

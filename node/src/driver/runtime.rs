@@ -433,6 +433,8 @@ pub struct Node {
     pub(crate) scale_hook: Option<String>,
     /// When the scale hook last ran.
     pub(crate) scale_hook_ran: Mutex<Option<u64>>,
+    /// When this node, as president, last moved a member between states.
+    pub(crate) state_moved: Mutex<Option<u64>>,
     /// Evicted members this node has blocked (see [`Node::enforce_evictions`]).
     pub(crate) blocked: Mutex<std::collections::HashSet<PeerId>>,
     /// The Registry's members version at the last rebuild of the book and the roster.
@@ -2626,6 +2628,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         scale_hook: config.scale_hook.clone(),
         rate: Mutex::new(crate::governance::rate::RateLimiter::default()),
         scale_hook_ran: Mutex::new(None),
+        state_moved: Mutex::new(None),
         members_seen: Mutex::new(None),
         registry_version: Mutex::new((None, 0, None)),
         learners_added: Mutex::new(None),

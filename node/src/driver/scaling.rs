@@ -10,17 +10,22 @@
 //!        AAMAS_MEMBERS; at most SCALE_HOOK_TIMEOUT; counted by outcome)
 //! ```
 //!
+//! The president also moves members between states by their load
+//! ([`crate::governance::scaling::state_move`]: open tasks per member from the governors'
+//! reports, thresholds from `[scaling]`), one at a time, by `PlaceMember`.
+//!
 //! The hook is the operator's, set on the node (`--scale-hook`, never by the policy, so a
 //! policy applied by one operator never runs commands on another's machine). A systemd
 //! set-up can start another unit from it; a Kubernetes one can scale its StatefulSet.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use aamas_consensus::registry::ProjectStatus;
+use aamas_consensus::registry::{ProjectStatus, RegistryCommand};
 
 use crate::driver::runtime::{Node, now_ms};
-use crate::governance::scaling::{MeshLoad, Scaling, workers_wanted};
+use crate::governance::scaling::{MeshLoad, Scaling, StateLoad, state_move, workers_wanted};
 
 /// Longest a scale hook may run before it is killed.
 pub const SCALE_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,6 +88,79 @@ impl Node {
                 .get_or_create(&crate::metrics::labels(&[("outcome", outcome)]))
                 .inc();
         });
+    }
+
+    /// As president: moves one member from the quietest state that can spare one to the
+    /// busiest, by the `scaling` policy's state thresholds (`open`: open tasks by state,
+    /// from the governors' reports), at most once per its cool-down.
+    pub(crate) async fn rebalance_states(&self, scaling: &Scaling, open: &BTreeMap<String, u64>) {
+        if scaling.state_target_tasks.is_none() {
+            return;
+        }
+        let now = now_ms();
+        let cooldown = u64::from(scaling.state_cooldown_secs).saturating_mul(1_000);
+        let last = *self
+            .state_moved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|moved| now.saturating_sub(moved) < cooldown) {
+            return;
+        }
+        let alive = self.alive_members().await;
+        let loads = self
+            .registry(|registry| {
+                let mut loads: BTreeMap<String, StateLoad> = BTreeMap::new();
+                for (name, info) in registry.states() {
+                    // Its voters and mayors stay: moving them would unsettle its group
+                    // and cities.
+                    let mut voters: BTreeSet<_> = info.known_voters().into_iter().collect();
+                    if let Some(record) = &info.governor {
+                        voters.extend(record.mayors.values().flatten().copied());
+                    }
+                    let mut load = StateLoad {
+                        open_tasks: open.get(name).copied().unwrap_or(0),
+                        ..StateLoad::default()
+                    };
+                    let mut spare = Vec::new();
+                    for (key, member) in registry.members_in_state(name) {
+                        load.members += 1;
+                        if alive.contains(key) && !voters.contains(key) {
+                            // Those placed there by a skill that names it go last.
+                            spare.push((member.skills.contains(name), *key));
+                        }
+                    }
+                    spare.sort();
+                    load.spare = spare.into_iter().map(|(_, key)| key).collect();
+                    loads.insert(name.clone(), load);
+                }
+                loads
+            })
+            .await
+            .unwrap_or_default();
+        let Some((member, from, to)) = state_move(&loads, scaling) else {
+            return;
+        };
+        *self
+            .state_moved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
+        let key = [
+            b"move".as_slice(),
+            &member.0,
+            to.as_bytes(),
+            &now.to_be_bytes(),
+        ];
+        let command = RegistryCommand::PlaceMember {
+            node: member,
+            state: to.clone(),
+        };
+        match self.propose(&key, command).await {
+            Ok(()) => {
+                self.metrics.state_moves.inc();
+                tracing::info!(member = %member.peer_id(), from, to, "moved a member to a busier state");
+            }
+            Err(error) => tracing::warn!(%error, from, to, "moving a member between states failed"),
+        }
     }
 
     /// Whether the hook may run now; notes that it does.

@@ -1971,6 +1971,8 @@ impl Node {
             if let Err(error) = self.arbitrate_requests(&policy, None).await {
                 tracing::debug!(%error, "arbitrating ResourceRequests failed");
             }
+            self.rebalance_states(&policy.scaling, &president.open_tasks_by_state())
+                .await;
             president.set_policy(policy);
         }
         let now = now_ms();

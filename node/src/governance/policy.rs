@@ -42,6 +42,10 @@
 //! city_open_percent = 120          # open a city past 120% of the target (seed: 1.2×)
 //! city_close_percent = 50          # close an empty one below 50% (seed: 0.5×)
 //! city_cooldown_secs = 30          # least time after a change before a city closes
+//! state_target_tasks = 16          # open tasks per member a state aims for (off if unset)
+//! state_open_percent = 120         # a state past 120% of it is busy, and gets a member
+//! state_close_percent = 50         # from the quietest state below 50% that can spare one
+//! state_cooldown_secs = 60         # least time between two moves
 //!
 //! [communication]                  # how much one member may message another
 //! messages_per_sec = 5000          # work messages per sender, sustained
@@ -676,6 +680,10 @@ struct RawScaling {
     city_open_percent: Option<Spanned<u32>>,
     city_close_percent: Option<Spanned<u32>>,
     city_cooldown_secs: Option<u32>,
+    state_target_tasks: Option<Spanned<u32>>,
+    state_open_percent: Option<Spanned<u32>>,
+    state_close_percent: Option<Spanned<u32>>,
+    state_cooldown_secs: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -938,6 +946,40 @@ fn convert_city_scaling(
     }
     if let Some(cooldown) = raw.city_cooldown_secs {
         scaling.city_cooldown_secs = cooldown;
+    }
+    if let Some(target) = &raw.state_target_tasks {
+        if !(1..=MAX_CITY_TARGET_DEPTH).contains(target.get_ref()) {
+            return Err(error(
+                Some(index.of(target)),
+                format!("state_target_tasks is 1 to {MAX_CITY_TARGET_DEPTH}"),
+            ));
+        }
+        scaling.state_target_tasks = Some(*target.get_ref());
+    }
+    if let Some(open) = &raw.state_open_percent {
+        if !(101..=MAX_CITY_OPEN_PERCENT).contains(open.get_ref()) {
+            return Err(error(
+                Some(index.of(open)),
+                format!("state_open_percent is 101 to {MAX_CITY_OPEN_PERCENT}"),
+            ));
+        }
+        scaling.state_open_percent = *open.get_ref();
+    }
+    if let Some(close) = &raw.state_close_percent {
+        if *close.get_ref() >= scaling.state_open_percent {
+            return Err(error(
+                Some(index.of(close)),
+                format!(
+                    "state_close_percent must be below state_open_percent ({}), or members \
+                     would move back and forth",
+                    scaling.state_open_percent
+                ),
+            ));
+        }
+        scaling.state_close_percent = *close.get_ref();
+    }
+    if let Some(cooldown) = raw.state_cooldown_secs {
+        scaling.state_cooldown_secs = cooldown;
     }
     Ok(())
 }
@@ -1765,6 +1807,16 @@ mod tests {
                 "[scaling]\ncity_target_depth = 0\n",
                 2,
                 "city_target_depth is 1 to",
+            ),
+            (
+                "[scaling]\nstate_target_tasks = 0\n",
+                2,
+                "state_target_tasks is 1 to",
+            ),
+            (
+                "[scaling]\nstate_target_tasks = 8\nstate_close_percent = 120\n",
+                3,
+                "state_close_percent must be below state_open_percent (120)",
             ),
             (
                 "[resources]\napprove_up_to = { gpu = 1 }\n",

@@ -427,6 +427,26 @@ impl President {
         Self::default()
     }
 
+    /// Open (pending or assigned) tasks by state, from the governors' latest reports.
+    pub fn open_tasks_by_state(&self) -> BTreeMap<String, u64> {
+        let mut open: BTreeMap<String, u64> = BTreeMap::new();
+        for ((_, state), report) in &self.progress {
+            let count = report
+                .tasks
+                .values()
+                .filter(|(_, task)| {
+                    matches!(
+                        task.status,
+                        aamas_consensus::ledger::TaskStatus::Pending
+                            | aamas_consensus::ledger::TaskStatus::Assigned
+                    )
+                })
+                .count();
+            *open.entry(state.clone()).or_default() += count as u64;
+        }
+        open
+    }
+
     /// Puts `policy` in force: its ladder, and its rules for the plans checked from now
     /// on.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
