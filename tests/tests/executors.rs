@@ -2,14 +2,14 @@
 //! started with shell, and a mesh where no node runs shell refuses a project of shell
 //! tasks with the reason instead of letting its tasks wait for ever; a shell task runs in
 //! a Landlock sandbox that keeps it from the node's key, data dir and environment, from TCP
-//! and from signalling the node.
+//! and from signalling the node, and with a bound on the processes it starts.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aamas_tests::{
-    Node, agreed_governors, agreed_president, all_tasks, field, first_listen_addr, init, wait_for,
-    wait_for_project_end,
+    Node, agreed_governors, agreed_president, all_tasks, binary, field, first_listen_addr, init,
+    wait_for, wait_for_project_end,
 };
 
 const PROJECT_LIMIT: Duration = Duration::from_secs(120);
@@ -220,4 +220,38 @@ fn a_sandboxed_shell_task_cannot_read_the_nodes_key_or_environment() {
         std::fs::read_to_string(work.join("out")).expect("written in its workdir"),
         "ok\n"
     );
+}
+
+#[test]
+fn a_sandboxed_shell_task_cannot_start_more_than_its_share_of_processes() {
+    // The kernel does not bind root to RLIMIT_NPROC: the launcher runs as `nobody`
+    // (setpriv, as root), from a copy of the binary that user can reach.
+    let root = tempfile::tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let launcher = root.path().join("aamas");
+    std::fs::copy(binary(), &launcher).expect("copy the binary");
+    let script = "i=0; while [ $i -lt 400 ]; do sleep 2 & i=$((i+1)); done; wait";
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&launcher)
+        .args(["__aamas_shell_sandbox", "-", "--", "/bin/sh", "-c", script])
+        .output()
+        .expect("setpriv runs (as root)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Cannot fork") || stderr.contains("Resource temporarily unavailable"),
+        "400 processes started: {} {stderr}",
+        output.status
+    );
+    // Within its share, a task starts what it needs.
+    let script = "i=0; while [ $i -lt 50 ]; do true & i=$((i+1)); done; wait; echo ok";
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&launcher)
+        .args(["__aamas_shell_sandbox", "-", "--", "/bin/sh", "-c", script])
+        .output()
+        .expect("setpriv runs (as root)");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ok\n");
 }

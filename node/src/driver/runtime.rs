@@ -2493,7 +2493,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
                          unconfined as this node's user"
                     ))
                 })?;
-                if let Some(note) = note {
+                for note in note {
                     tracing::warn!("shell sandbox: {note}");
                 }
             }

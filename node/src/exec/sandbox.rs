@@ -8,6 +8,12 @@
 //! On an older kernel those parts are left out and the launcher says so on stderr
 //! ([`NETWORK_NOT_CONFINED`]), which the node's start-up probe logs.
 //!
+//! The launcher also bounds the task's processes: `RLIMIT_NPROC` at what the node's user
+//! runs already (processes and threads, counted in `/proc`) plus [`SHELL_PROCESSES`], so
+//! a fork bomb stops there. The kernel does not apply that limit to root: a node that
+//! runs as root is told so at start (run it as a user of its own, as the systemd unit in
+//! `deploy/` does).
+//!
 //! Landlock restricts the calling thread and what it executes, so it must be set up in
 //! a process of its own, single-threaded, before the task's shell starts: the node runs
 //! its own binary as the *launcher* (`aamas __aamas_shell_sandbox DIR -- /bin/sh ...`),
@@ -50,6 +56,11 @@ const LANDLOCK_ABI: ABI = ABI::V3;
 const NETWORK_ABI: ABI = ABI::V4;
 /// The Landlock ABI of the scopes (signals, abstract Unix sockets).
 const SCOPE_ABI: ABI = ABI::V6;
+/// Processes and threads a shell task may add to those its node's user runs already.
+pub const SHELL_PROCESSES: u64 = 256;
+/// What the start-up probe says of a node that runs as root.
+pub const ROOT_NOT_LIMITED: &str = "this node runs as root, for which the kernel does not \
+     apply the process limit of shell tasks (RLIMIT_NPROC): run it as a user of its own";
 /// What the launcher writes on stderr (after [`REFUSAL_PREFIX`]) when the kernel let it
 /// confine files but not the network or signals.
 pub const NETWORK_NOT_CONFINED: &str = "note: this kernel's Landlock has no network rights or scopes (Linux 6.12 or later has \
@@ -101,6 +112,9 @@ pub fn run_if_launcher() {
         refuse("usage: __aamas_shell_sandbox WORKDIR|- -- PROGRAM [ARGS...]".into());
     }
     let workdir = (workdir != "-").then(|| PathBuf::from(workdir));
+    if let Err(reason) = limit_processes() {
+        refuse(reason);
+    }
     match restrict(workdir.as_deref()) {
         Err(reason) => refuse(reason),
         Ok(Confined::FilesOnly) => eprintln!("{REFUSAL_PREFIX}{NETWORK_NOT_CONFINED}"),
@@ -109,6 +123,48 @@ pub fn run_if_launcher() {
     use std::os::unix::process::CommandExt as _;
     let error = std::process::Command::new(program).args(&args[5..]).exec();
     refuse(format!("cannot run {}: {error}", program.to_string_lossy()));
+}
+
+/// Limits this process and what it starts to [`SHELL_PROCESSES`] more processes (and
+/// threads) than its user runs now.
+fn limit_processes() -> Result<(), String> {
+    use nix::sys::resource::{Resource, setrlimit};
+    let running = user_tasks().ok_or("cannot count this user's processes in /proc")?;
+    let most = running.saturating_add(SHELL_PROCESSES);
+    setrlimit(Resource::RLIMIT_NPROC, most, most)
+        .map_err(|error| format!("cannot limit the task's processes: {error}"))
+}
+
+/// The processes' threads of this process's real user, from `/proc`.
+fn user_tasks() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = real_uid(&status)?;
+    let entries = std::fs::read_dir("/proc").ok()?;
+    let count = entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("status")).ok())
+        .filter(|status| real_uid(status) == Some(uid))
+        .map(|status| threads(&status).unwrap_or(1))
+        .fold(0u64, u64::saturating_add);
+    Some(count)
+}
+
+/// The real uid of a `/proc/PID/status`.
+fn real_uid(status: &str) -> Option<u32> {
+    let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The thread count of a `/proc/PID/status`.
+fn threads(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("Threads:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// What the kernel let the launcher confine.
@@ -179,9 +235,9 @@ fn restrict(workdir: Option<&Path>) -> Result<Confined, String> {
 
 /// Checks, at a node's start, that shell tasks can be sandboxed here: the data dir is
 /// outside what a task may read, and the launcher (this binary) sets Landlock up and runs
-/// a program under it. The error says what to do; `Ok(Some(note))`: files are confined
-/// but this kernel cannot confine the network or signals.
-pub fn probe(data_dir: &Path) -> Result<Option<&'static str>, String> {
+/// a program under it. The error says what to do; `Ok(notes)`: what is not confined here
+/// (the network and signals on an older kernel; the process limit for root).
+pub fn probe(data_dir: &Path) -> Result<Vec<&'static str>, String> {
     let data_dir = data_dir.canonicalize().map_err(|error| {
         format!(
             "cannot resolve the data dir {}: {error}",
@@ -207,9 +263,15 @@ pub fn probe(data_dir: &Path) -> Result<Option<&'static str>, String> {
         .map_err(|error| format!("cannot run the shell sandbox launcher: {error}"))?;
     if output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Ok(stderr
-            .contains(NETWORK_NOT_CONFINED)
-            .then_some(NETWORK_NOT_CONFINED));
+        let mut notes = Vec::new();
+        if stderr.contains(NETWORK_NOT_CONFINED) {
+            notes.push(NETWORK_NOT_CONFINED);
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if real_uid(&status) == Some(0) {
+            notes.push(ROOT_NOT_LIMITED);
+        }
+        return Ok(notes);
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     Err(match stderr.trim().strip_prefix(REFUSAL_PREFIX) {
@@ -232,6 +294,15 @@ mod tests {
         let refusal = probe(Path::new("/usr/share")).expect_err("under /usr");
         assert!(refusal.contains("is under /usr"), "{refusal}");
         assert!(probe(Path::new("/nonexistent/aamas")).is_err());
+    }
+
+    #[test]
+    fn a_status_gives_its_real_uid_and_threads() {
+        let status = "Name:\tsh\nUid:\t1000\t0\t0\t0\nThreads:\t7\n";
+        assert_eq!(real_uid(status), Some(1000));
+        assert_eq!(threads(status), Some(7));
+        assert_eq!(real_uid("Name:\tsh\n"), None);
+        assert!(user_tasks().is_some_and(|count| count >= 1));
     }
 
     #[test]
