@@ -66,7 +66,7 @@
 //! | submission | executor, state, phase, owner  | projects_running (this one included), tasks, phases, phase_index (1-8), retries, timeout_secs |
 //! | planning   | executor, state, phase, owner  | tasks (of the plan), phase_index (1-8), retries, timeout_secs        |
 //! | admission  | skill, peer                    | members (this one included), capacity                                |
-//! | dispatch   | executor, state, phase, worker, role, skill, worker_state | worker_tasks (this one included), attempt |
+//! | dispatch   | executor, state, phase, worker, role, skill, worker_state | worker_tasks, state_tasks (this one included), attempt |
 //! | message    | message, sender, sender_role, sender_state, receiver_role | none                          |
 //!
 //! A submission is judged once per task (with that task's executor, state, phase,
@@ -255,6 +255,8 @@ pub enum Counter {
     Capacity,
     /// Tasks of the state the worker would run at once, this one included.
     WorkerTasks,
+    /// Tasks the state would run at once, this one included.
+    StateTasks,
     /// The attempt a dispatch would start (1 for the first).
     Attempt,
 }
@@ -281,7 +283,7 @@ const ATTRS: [(&str, Attr, &[Point]); 14] = [
     ("receiver_role", Attr::ReceiverRole, &[Point::Message]),
 ];
 
-const COUNTERS: [(&str, Counter, &[Point]); 10] = [
+const COUNTERS: [(&str, Counter, &[Point]); 11] = [
     (
         "projects_running",
         Counter::ProjectsRunning,
@@ -295,6 +297,7 @@ const COUNTERS: [(&str, Counter, &[Point]); 10] = [
     ("members", Counter::Members, &[Point::Admission]),
     ("capacity", Counter::Capacity, &[Point::Admission]),
     ("worker_tasks", Counter::WorkerTasks, &[Point::Dispatch]),
+    ("state_tasks", Counter::StateTasks, &[Point::Dispatch]),
     ("attempt", Counter::Attempt, &[Point::Dispatch]),
 ];
 
@@ -1511,6 +1514,10 @@ pub fn dispatch_facts(task: DispatchedTask<'_>, worker: DispatchWorker<'_>, atte
         .with(Attr::Skill, worker.skills.iter().cloned())
         .with(Attr::WorkerState, worker.state.map(str::to_string))
         .count(Counter::WorkerTasks, u64::from(worker.tasks))
+        .count(
+            Counter::StateTasks,
+            u64::from(task.running).saturating_add(1),
+        )
         .count(Counter::Attempt, u64::from(attempt))
 }
 
@@ -1543,6 +1550,8 @@ pub struct DispatchedTask<'a> {
     pub state: &'a str,
     /// Its phase.
     pub phase: aamas_protocol::Phase,
+    /// Tasks of its state running now (assigned), not counting it.
+    pub running: u32,
 }
 
 /// The worker side of a dispatch.

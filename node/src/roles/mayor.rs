@@ -226,6 +226,8 @@ struct Look<'a> {
     workers: &'a BTreeMap<NodeKey, Worker>,
     alive: &'a BTreeSet<NodeKey>,
     load: BTreeMap<NodeKey, u32>,
+    /// The state's tasks assigned, with this tick's assignments.
+    running: u32,
     rules: Option<&'a DispatchRules>,
     /// Workers that spent a limit of their own.
     spent: &'a BTreeSet<NodeKey>,
@@ -273,6 +275,10 @@ impl Mayor {
                         workers: &state.workers,
                         alive,
                         load: state.load.clone(),
+                        running: state
+                            .load
+                            .values()
+                            .fold(0u32, |sum, n| sum.saturating_add(*n)),
                         rules: state.rules.as_deref(),
                         spent: &state.spent_workers,
                         hold: state.hold,
@@ -509,6 +515,7 @@ impl Mayor {
             return;
         };
         *look.load.entry(worker).or_default() += 1;
+        look.running = look.running.saturating_add(1);
         self.queue(Command::Propose {
             city: city.to_string(),
             command: LedgerCommand::AssignTask {
@@ -547,6 +554,7 @@ fn judge(
         executor,
         state: &rules.state,
         phase,
+        running: look.running,
     };
     let worker_role: [&'static str; 1] = ["worker"];
     for (key, worker) in look.workers {
@@ -820,6 +828,45 @@ max = { attempt = 1 }
                 assign("b", 2, 2)
             ]
         );
+    }
+
+    #[test]
+    fn a_dispatch_rule_on_state_tasks_bounds_the_tasks_running_at_once() {
+        let policy = policy::parse(
+            "[[rule]]\nname = \"one-at-a-time\"\ncategory = \"resource\"\n\
+             at = \"dispatch\"\nmax = { state_tasks = 1 }\n",
+        )
+        .expect("valid");
+        let facts = |n: u8| {
+            let facts = WorkerFacts {
+                peer: node(n).peer_id(),
+                roles: Vec::new(),
+                state: Some("technical".into()),
+            };
+            (node(n), facts)
+        };
+        let rules = Arc::new(DispatchRules {
+            policy: Arc::new(policy),
+            state: "technical".into(),
+            workers: Arc::new(BTreeMap::from([facts(1), facts(2)])),
+        });
+        let mut mayor = Mayor::new();
+        let with_rules = |state: &mut StateTasks| state.rules = Some(rules.clone());
+        // Two free workers, two tasks: one runs, the other waits for it.
+        let tasks = vec![(key("a"), pending(None, 0)), (key("b"), pending(None, 0))];
+        let commands = tick_with(&mut mayor, 0, tasks, &[1, 2], with_rules);
+        let assigned = |commands: &[Command]| {
+            commands
+                .iter()
+                .filter(|c| matches!(c, Command::Propose { .. }))
+                .count()
+        };
+        assert_eq!(assigned(&commands), 1, "{commands:?}");
+        // a is done: b goes.
+        let tasks = vec![(key("b"), pending(None, 0))];
+        let with_rules = |state: &mut StateTasks| state.rules = Some(rules.clone());
+        let commands = tick_with(&mut mayor, 1, tasks, &[1, 2], with_rules);
+        assert_eq!(assigned(&commands), 1, "{commands:?}");
     }
 
     #[test]
