@@ -820,6 +820,18 @@ fn print_performance(view: &aamas_node::driver::performance::PerformanceView) {
         mesh.transitions_passed,
         mesh.transitions_failed
     );
+    for (what, durations) in [
+        ("completed", &mesh.completed_seconds),
+        ("failed", &mesh.failed_seconds),
+    ] {
+        if let Some(d) = durations {
+            println!(
+                "  {what} projects took: mean {:.1} s, p50 {:.1} s, p90 {:.1} s, max {:.1} s \
+                 ({} of them)",
+                d.mean, d.p50, d.p90, d.max, d.count
+            );
+        }
+    }
 }
 
 fn print_status(status: &Status) {

@@ -318,6 +318,8 @@ pub struct Project {
     pub progress: BTreeMap<Phase, PhaseProgress>,
     /// When it was submitted, in the proposer's milliseconds.
     pub submitted_ms: u64,
+    /// When it completed or failed, in the proposer's milliseconds.
+    pub ended_ms: Option<u64>,
     /// The member it was submitted through: besides the president's own operator, the
     /// only member that may hold, resume, advance or archive it.
     pub owner: NodeKey,
@@ -477,6 +479,8 @@ pub enum RegistryCommand {
         id: String,
         /// The phase it must be in, so that a repeated command never skips a phase.
         from: Phase,
+        /// When, in the proposer's milliseconds (the end of a project it completes).
+        now_ms: u64,
     },
     /// Pauses a running project; holding a held project is a no-op.
     HoldProject {
@@ -494,6 +498,8 @@ pub enum RegistryCommand {
         id: String,
         /// Why.
         reason: String,
+        /// When, in the proposer's milliseconds.
+        now_ms: u64,
     },
     /// Forgets a completed or failed project; forgetting an unknown one is a no-op.
     RemoveProject {
@@ -591,6 +597,8 @@ pub enum RegistryCommand {
         approve: bool,
         /// Why, in the person's words (may be empty).
         note: String,
+        /// When, in the proposer's milliseconds (the end of a project it finishes).
+        now_ms: u64,
     },
     /// Commits the tasks an llm planned for the project's current phase. The same plan
     /// again is a no-op; another once one is committed is rejected.
@@ -735,10 +743,10 @@ impl Registry {
                 phase,
                 progress,
             } => self.set_project_progress(id, *phase, *progress),
-            C::AdvancePhase { id, from } => self.advance_phase(id, *from),
+            C::AdvancePhase { id, from, now_ms } => self.advance_phase(id, *from, *now_ms),
             C::HoldProject { id } => self.hold_or_resume(id, ProjectStatus::Held),
             C::ResumeProject { id } => self.hold_or_resume(id, ProjectStatus::Running),
-            C::FailProject { id, reason } => self.fail_project(id, reason),
+            C::FailProject { id, reason, now_ms } => self.fail_project(id, reason, *now_ms),
             C::RemoveProject { id } => self.remove_project(id),
             C::SetPolicy { key, value } => self.set_policy(key, value),
             C::ApplyPolicy { text, now_ms } => self.apply_policy(text, *now_ms),
@@ -761,7 +769,8 @@ impl Registry {
                 phase,
                 approve,
                 note,
-            } => self.decide_approval(id, *phase, *approve, note),
+                now_ms,
+            } => self.decide_approval(id, *phase, (*approve, note), *now_ms),
             C::SetPlan { id, phase, plan } => self.set_plan(id, *phase, plan),
             C::RefusePlan {
                 id,
@@ -1023,6 +1032,7 @@ impl Registry {
             progress: BTreeMap::new(),
             gates: BTreeMap::new(),
             submitted_ms: now_ms,
+            ended_ms: None,
             owner,
         };
         self.projects.insert(id.to_owned(), project);
@@ -1050,7 +1060,7 @@ impl Registry {
         OK
     }
 
-    fn advance_phase(&mut self, id: &str, from: Phase) -> Outcome {
+    fn advance_phase(&mut self, id: &str, from: Phase, now_ms: u64) -> Outcome {
         let project = self.project_mut(id)?;
         if project.status != ProjectStatus::Running {
             let status = &project.status;
@@ -1065,7 +1075,10 @@ impl Registry {
         let to = from.next();
         match to {
             Some(next) => project.phase = next,
-            None => project.status = ProjectStatus::Completed,
+            None => {
+                project.status = ProjectStatus::Completed;
+                project.ended_ms = Some(now_ms);
+            }
         }
         Ok(RegistryResponse::PhaseAdvanced { to })
     }
@@ -1080,7 +1093,7 @@ impl Registry {
         OK
     }
 
-    fn fail_project(&mut self, id: &str, reason: &str) -> Outcome {
+    fn fail_project(&mut self, id: &str, reason: &str, now_ms: u64) -> Outcome {
         check_size("failure reason", reason.len(), MAX_REASON_BYTES)?;
         let project = self.project_mut(id)?;
         match &project.status {
@@ -1093,6 +1106,7 @@ impl Registry {
         }
         let reason = reason.to_owned();
         project.status = ProjectStatus::Failed { reason };
+        project.ended_ms = Some(now_ms);
         OK
     }
 
@@ -1198,7 +1212,13 @@ impl Registry {
         OK
     }
 
-    fn decide_approval(&mut self, id: &str, phase: Phase, approve: bool, note: &str) -> Outcome {
+    fn decide_approval(
+        &mut self,
+        id: &str,
+        phase: Phase,
+        (approve, note): (bool, &str),
+        now_ms: u64,
+    ) -> Outcome {
         check_size("approval note", note.len(), MAX_NOTE_BYTES)?;
         let project = self.project_mut(id)?;
         let waiting = ProjectStatus::AwaitingApproval { phase };
@@ -1219,6 +1239,7 @@ impl Registry {
                 }
             );
             project.status = ProjectStatus::Failed { reason };
+            project.ended_ms = Some(now_ms);
             return OK;
         }
         project.gates.entry(phase).or_default().approval = Some(note.to_owned());
@@ -1226,7 +1247,10 @@ impl Registry {
         let to = phase.next();
         match to {
             Some(next) => project.phase = next,
-            None => project.status = ProjectStatus::Completed,
+            None => {
+                project.status = ProjectStatus::Completed;
+                project.ended_ms = Some(now_ms);
+            }
         }
         Ok(RegistryResponse::PhaseAdvanced { to })
     }
@@ -1893,7 +1917,11 @@ mod tests {
 
     fn advance(from: Phase) -> C {
         let id = "p1".to_owned();
-        C::AdvancePhase { id, from }
+        C::AdvancePhase {
+            id,
+            from,
+            now_ms: 2_000,
+        }
     }
 
     fn p1(make: fn(String) -> C) -> C {
@@ -2058,6 +2086,7 @@ mod tests {
         let fail = |id: String| C::FailProject {
             id,
             reason: "x".repeat(MAX_REASON_BYTES + 1),
+            now_ms: 2_000,
         };
         let table = [
             (add_state("", 1), "is empty"),
@@ -2133,6 +2162,7 @@ mod tests {
             phase,
             approve,
             note: note.to_owned(),
+            now_ms: 2_000,
         };
         refused(&mut registry, &decide(true, ""), "not awaiting approval");
         let wait = C::AwaitApproval { id: id(), phase };
@@ -2232,6 +2262,7 @@ mod tests {
             p1(|id| C::FailProject {
                 id,
                 reason: "cancelled".to_owned(),
+                now_ms: 2_000,
             }),
             C::SetPolicy {
                 key: "max_retries".to_owned(),
@@ -2530,6 +2561,8 @@ mod tests {
             (project.phase, &project.status),
             (Phase::Launch, &ProjectStatus::Completed)
         );
+        // Its end is recorded, from the command that completed it.
+        assert_eq!(project.ended_ms, Some(2_000));
         assert!(rejected(&run(&mut registry, &hold)));
         assert_eq!(run(&mut registry, &p1(|id| C::RemoveProject { id })), R::Ok);
         assert!(registry.projects().is_empty());

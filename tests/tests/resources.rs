@@ -531,6 +531,15 @@ fn failed_and_timed_out_attempts_are_charged_the_cpu_time_they_used() {
     );
     let mesh = &figures[0]["mesh"];
     assert_eq!(mesh["projects_failed"], 2, "{mesh}");
+    // Their run times come from the Registry: every node shows both.
+    for view in &figures {
+        let failed = &view["mesh"]["failed_seconds"];
+        assert_eq!(failed["count"], 2, "{view}");
+        assert!(
+            failed["max"].as_f64().is_some_and(|max| max > 0.0),
+            "{view}"
+        );
+    }
     assert_eq!(mesh["transitions_failed"], 2, "{mesh}");
     assert_eq!(mesh["transitions_passed"], 8, "{mesh}");
     let metric = |name: &str| -> f64 { nodes.iter().filter_map(|node| node.metric(name)).sum() };

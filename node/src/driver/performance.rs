@@ -108,6 +108,49 @@ pub struct MeshPerformance {
     pub transitions_failed: u64,
     /// `passed / (passed + failed)`; `None` before the first.
     pub transition_success_rate: Option<f64>,
+    /// How long the completed projects took, submission to completion (from the
+    /// Registry, so every node shows the same); `None` before the first.
+    pub completed_seconds: Option<Durations>,
+    /// How long the failed projects ran before they failed; `None` before the first.
+    pub failed_seconds: Option<Durations>,
+}
+
+/// A summary of durations, in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Durations {
+    /// How many.
+    pub count: u64,
+    /// Their mean.
+    pub mean: f64,
+    /// The median (nearest rank).
+    pub p50: f64,
+    /// The 90th percentile (nearest rank).
+    pub p90: f64,
+    /// The longest.
+    pub max: f64,
+}
+
+impl Durations {
+    /// The summary of `millis`; `None` when empty.
+    pub fn of(mut millis: Vec<u64>) -> Option<Self> {
+        if millis.is_empty() {
+            return None;
+        }
+        millis.sort_unstable();
+        let seconds = |ms: u64| ms as f64 / 1_000.0;
+        let rank = |p: f64| {
+            let index = ((p * millis.len() as f64).ceil() as usize).clamp(1, millis.len()) - 1;
+            seconds(millis[index])
+        };
+        let total: u64 = millis.iter().fold(0u64, |sum, ms| sum.saturating_add(*ms));
+        Some(Durations {
+            count: millis.len() as u64,
+            mean: seconds(total) / millis.len() as f64,
+            p50: rank(0.5),
+            p90: rank(0.9),
+            max: seconds(*millis.last().unwrap_or(&0)),
+        })
+    }
 }
 
 impl MeshPerformance {
@@ -150,9 +193,20 @@ impl Node {
         let mesh = self
             .registry(|registry| {
                 let mut mesh = MeshPerformance::default();
+                let (mut completed, mut failed) = (Vec::new(), Vec::new());
                 for project in registry.projects().values() {
                     mesh.add(project.phase, &project.status);
+                    let took = project
+                        .ended_ms
+                        .map(|ended| ended.saturating_sub(project.submitted_ms));
+                    match (&project.status, took) {
+                        (ProjectStatus::Completed, Some(took)) => completed.push(took),
+                        (ProjectStatus::Failed { .. }, Some(took)) => failed.push(took),
+                        _ => {}
+                    }
                 }
+                mesh.completed_seconds = Durations::of(completed);
+                mesh.failed_seconds = Durations::of(failed);
                 mesh
             })
             .await
@@ -188,6 +242,17 @@ mod tests {
         let idle = ExecutorPerformance::of("llm", &AttemptTally::default());
         assert_eq!((idle.success_rate, idle.error_rate), (0.0, 0.0));
         assert_eq!(idle.cpu_seconds_per_success, None);
+    }
+
+    #[test]
+    fn durations_summarise_by_nearest_rank() {
+        assert_eq!(Durations::of(Vec::new()), None);
+        let summary = Durations::of(vec![4_000, 1_000, 2_000, 3_000]).expect("four");
+        assert_eq!(summary.count, 4);
+        assert_eq!(summary.mean, 2.5);
+        assert_eq!(summary.p50, 2.0);
+        assert_eq!(summary.p90, 4.0);
+        assert_eq!(summary.max, 4.0);
     }
 
     #[test]

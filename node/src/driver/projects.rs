@@ -442,6 +442,7 @@ impl Node {
                 "advance" => RegistryCommand::AdvancePhase {
                     id: id.into(),
                     from: phase,
+                    now_ms: crate::driver::runtime::now_ms(),
                 },
                 "archive" => RegistryCommand::RemoveProject { id: id.into() },
                 "approve" | "reject" => match status {
@@ -450,6 +451,7 @@ impl Node {
                         phase,
                         approve: action == "approve",
                         note: note.unwrap_or_default().to_string(),
+                        now_ms: crate::driver::runtime::now_ms(),
                     },
                     other => {
                         return Err(ProjectError::NotAwaitingApproval {

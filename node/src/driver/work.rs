@@ -2060,7 +2060,7 @@ impl Node {
             } => self.spawn(async move {
                 let parts: Vec<&[u8]> = request.iter().map(Vec::as_slice).collect();
                 let transition = match &command {
-                    RegistryCommand::AdvancePhase { id, from } => Some((
+                    RegistryCommand::AdvancePhase { id, from, .. } => Some((
                         id.clone(),
                         if from.next().is_some() {
                             "advanced"

@@ -392,6 +392,8 @@ pub enum Command {
 /// The president's state: soft, rebuilt from the governors' next reports.
 #[derive(Debug, Default)]
 pub struct President {
+    /// The time of the input being handled (stamped on the commands that end phases).
+    now_ms: u64,
     /// The latest report of each (project, state).
     progress: BTreeMap<(String, String), StateProgress>,
     /// When tasks were last sent to each (project, phase, state).
@@ -456,6 +458,7 @@ impl President {
 
     /// Takes one input at `now_ms`.
     pub fn handle(&mut self, now_ms: u64, input: Input<'_>) {
+        self.now_ms = now_ms;
         match input {
             Input::Progress { state, projects } => {
                 for progress in projects {
@@ -627,6 +630,7 @@ impl President {
             RegistryCommand::AdvancePhase {
                 id: id.to_string(),
                 from: phase,
+                now_ms: self.now_ms,
             },
             Some(Event::PhaseTransition {
                 project: id.to_string(),
@@ -651,6 +655,7 @@ impl President {
                 RegistryCommand::FailProject {
                     id: id.to_string(),
                     reason: "its spec cannot be read".into(),
+                    now_ms,
                 },
                 None,
             );
@@ -1026,6 +1031,7 @@ impl President {
             RegistryCommand::FailProject {
                 id: id.to_string(),
                 reason: reason.chars().take(MAX_FAILURE_REASON).collect(),
+                now_ms: self.now_ms,
             },
             announce,
         );
@@ -2299,12 +2305,13 @@ mod tests {
         president.handle(0, progress("technical", &[("a", TaskStatus::Succeeded)]));
         president.handle(0, progress("financial", &[("b", TaskStatus::Succeeded)]));
         let commands = tick(&mut president, 10, Phase::Design, counts(2, 2, 0));
-        let advance = Command::Propose {
+        let advance = |now_ms: u64| Command::Propose {
             slot: [b"advance".as_slice(), b"p", b"design"].concat(),
             request: vec![b"advance".to_vec(), b"p".to_vec(), b"design".to_vec()],
             command: RegistryCommand::AdvancePhase {
                 id: "p".into(),
                 from: Phase::Design,
+                now_ms,
             },
             announce: Some(Event::PhaseTransition {
                 project: "p".into(),
@@ -2312,7 +2319,7 @@ mod tests {
                 to: Phase::Development,
             }),
         };
-        assert_eq!(commands, vec![advance.clone()]);
+        assert_eq!(commands, vec![advance(10)]);
         // Under way: not proposed again until it finishes.
         assert!(tick(&mut president, 20, Phase::Design, counts(2, 2, 0)).is_empty());
         president.handle(
@@ -2321,9 +2328,10 @@ mod tests {
                 slot: [b"advance".as_slice(), b"p", b"design"].concat(),
             },
         );
+        // Again, stamped with the time it is proposed at.
         assert_eq!(
             tick(&mut president, 40, Phase::Design, counts(2, 2, 0)),
-            vec![advance]
+            vec![advance(40)]
         );
         // A phase the spec does not have is passed through.
         let commands = tick(&mut president, 50, Phase::Feasibility, None);
