@@ -231,13 +231,15 @@ fn a_sandboxed_shell_task_cannot_start_more_than_its_share_of_processes() {
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let launcher = root.path().join("aamas");
     std::fs::copy(binary(), &launcher).expect("copy the binary");
-    let script = "i=0; while [ $i -lt 400 ]; do sleep 2 & i=$((i+1)); done; wait";
-    let output = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&launcher)
-        .args(["__aamas_shell_sandbox", "-", "--", "/bin/sh", "-c", script])
-        .output()
-        .expect("setpriv runs (as root)");
+    let as_nobody = |script: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&launcher)
+            .args(["__aamas_shell_sandbox", "-", "--", "/bin/sh", "-c", script])
+            .output()
+            .expect("setpriv runs (as root)")
+    };
+    let output = as_nobody("i=0; while [ $i -lt 400 ]; do sleep 2 & i=$((i+1)); done; wait");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("Cannot fork") || stderr.contains("Resource temporarily unavailable"),
@@ -245,13 +247,7 @@ fn a_sandboxed_shell_task_cannot_start_more_than_its_share_of_processes() {
         output.status
     );
     // Within its share, a task starts what it needs.
-    let script = "i=0; while [ $i -lt 50 ]; do true & i=$((i+1)); done; wait; echo ok";
-    let output = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&launcher)
-        .args(["__aamas_shell_sandbox", "-", "--", "/bin/sh", "-c", script])
-        .output()
-        .expect("setpriv runs (as root)");
+    let output = as_nobody("i=0; while [ $i -lt 50 ]; do true & i=$((i+1)); done; wait; echo ok");
     assert!(output.status.success(), "{output:?}");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "ok\n");
 }

@@ -28,6 +28,45 @@ fn write(root: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
+/// Applies the policy in `file` through the president's node `chief`, and waits until
+/// every node has it (the founder's policy is version 1).
+fn apply_everywhere(nodes: &[Node], chief: &Node, file: &str) {
+    chief.cli(&["policy", "apply", file]).expect("applied");
+    wait_for("the policy on every node", || {
+        nodes
+            .iter()
+            .all(|node| version(node).is_some_and(|v| v >= 2))
+            .then_some(())
+    });
+}
+
+/// The state of member `peer`, as `node` lists the members.
+fn state_of(node: &Node, peer: &str) -> Option<String> {
+    let members: Vec<Value> = serde_json::from_str(&node.cli(&["members", "--json"]).ok()?).ok()?;
+    members
+        .iter()
+        .find(|member| field(member, "peer_id").as_deref() == Some(peer))
+        .and_then(|member| field(member, "state"))
+}
+
+/// A one-phase project `name` of `count` builtin digest tasks in `state`, each with the
+/// lines `extra`.
+fn digests(name: &str, state: &str, count: usize, extra: &str) -> String {
+    let mut spec = format!("name = \"{name}\"\n[[phase]]\nname = \"initiation\"\n");
+    for i in 0..count {
+        spec.push_str(&format!(
+            "  [[phase.task]]\n  name = \"t{i:02}\"\n  state = \"{state}\"\n  \
+             executor = \"builtin\"\n  action = \"digest\"\n  input = \"part {i}\"\n{extra}"
+        ));
+    }
+    spec
+}
+
+/// A series summed over `nodes`.
+fn summed(nodes: &[Node], series: &str) -> f64 {
+    nodes.iter().filter_map(|node| node.metric(series)).sum()
+}
+
 /// A one-phase project of one task.
 fn one_task(executor: &str, state: &str, retries: u32) -> String {
     let body = if executor == "shell" {
@@ -338,13 +377,7 @@ fn an_error_rate_threshold_raises_its_own_alert() {
         "rate.toml",
         "[performance]\nworker_error_rate_percent = 50\nerror_rate_min_attempts = 4\n",
     );
-    chief.cli(&["policy", "apply", &policy]).expect("applied");
-    wait_for("the policy on every node", || {
-        nodes
-            .iter()
-            .all(|node| version(node).is_some_and(|v| v >= 2))
-            .then_some(())
-    });
+    apply_everywhere(&nodes, chief, &policy);
     let tree = chief.hierarchy().expect("hierarchy");
     let (state, _, _) = governors(&tree)
         .and_then(|states| states.into_iter().next())
@@ -402,21 +435,10 @@ fn the_communication_policy_bounds_work_messages_per_sender_and_work_still_finis
         "tight.toml",
         "[communication]\nmessages_per_sec = 2\nburst = 2\n",
     );
-    chief.cli(&["policy", "apply", &tight]).expect("applied");
-    wait_for("the policy on every node", || {
-        nodes
-            .iter()
-            .all(|node| version(node).is_some_and(|v| v >= 2))
-            .then_some(())
-    });
-    let mut spec = String::from("name = \"chatty\"\n[[phase]]\nname = \"initiation\"\n");
-    for i in 0..30 {
-        spec.push_str(&format!(
-            "  [[phase.task]]\n  name = \"t{i:02}\"\n  state = \"{state}\"\n  \
-             executor = \"builtin\"\n  action = \"digest\"\n  input = \"part {i}\"\n"
-        ));
-    }
-    let id = nodes[0].submit(&spec).expect("submitted");
+    apply_everywhere(&nodes, chief, &tight);
+    let id = nodes[0]
+        .submit(&digests("chatty", &state, 30, ""))
+        .expect("submitted");
     // Senders past 2 messages a second are refused and try again: the work finishes,
     // slower, and the refusals are counted.
     let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
@@ -475,13 +497,7 @@ fn a_dispatch_rule_keeps_tasks_off_the_president_and_counts_its_decisions() {
     let (nodes, president) = start_hierarchy(root.path(), 5);
     let chief = &nodes[index_of(&nodes, &president)];
     // The president's own state: its mayor must pass the president over.
-    let members: Vec<Value> =
-        serde_json::from_str(&chief.cli(&["members", "--json"]).expect("members")).expect("json");
-    let state = members
-        .iter()
-        .find(|member| field(member, "peer_id").as_deref() == Some(president.as_str()))
-        .and_then(|member| field(member, "state"))
-        .expect("the president's state");
+    let state = state_of(chief, &president).expect("the president's state");
     let rule = write(
         root.path(),
         "dispatch.toml",
@@ -489,21 +505,10 @@ fn a_dispatch_rule_keeps_tasks_off_the_president_and_counts_its_decisions() {
          at = \"dispatch\"\nreason = \"the president's node keeps its time for the mesh\"\n\
          when = { role = \"president\" }\n",
     );
-    chief.cli(&["policy", "apply", &rule]).expect("applied");
-    wait_for("the policy on every node", || {
-        nodes
-            .iter()
-            .all(|node| version(node).is_some_and(|v| v >= 2))
-            .then_some(())
-    });
-    let mut spec = String::from("name = \"elsewhere\"\n[[phase]]\nname = \"initiation\"\n");
-    for i in 0..20 {
-        spec.push_str(&format!(
-            "  [[phase.task]]\n  name = \"t{i:02}\"\n  state = \"{state}\"\n  \
-             executor = \"builtin\"\n  action = \"digest\"\n  input = \"part {i}\"\n"
-        ));
-    }
-    let id = nodes[0].submit(&spec).expect("submitted");
+    apply_everywhere(&nodes, chief, &rule);
+    let id = nodes[0]
+        .submit(&digests("elsewhere", &state, 20, ""))
+        .expect("submitted");
     let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
     assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
     let tasks = all_tasks(&nodes, &id);
@@ -512,25 +517,19 @@ fn a_dispatch_rule_keeps_tasks_off_the_president_and_counts_its_decisions() {
         let worker = field(task, "worker").expect("a worker");
         assert_ne!(worker, president, "a task ran on the president: {task}");
     }
-    let counted = |outcome: &str| -> f64 {
-        let series = format!(
-            "aamas_policy_decisions_total{{at=\"dispatch\",rule=\"not-on-the-president\",\
-             outcome=\"{outcome}\"}}"
-        );
-        nodes.iter().filter_map(|node| node.metric(&series)).sum()
-    };
-    let allowed: f64 = nodes
-        .iter()
-        .filter_map(|node| {
-            node.metric(
-                "aamas_policy_decisions_total{at=\"dispatch\",rule=\"-\",outcome=\"allowed\"}",
-            )
-        })
-        .sum();
+
+    let allowed = summed(
+        &nodes,
+        "aamas_policy_decisions_total{at=\"dispatch\",rule=\"-\",outcome=\"allowed\"}",
+    );
     assert!(allowed >= 20.0, "{allowed} dispatches counted as allowed");
     // The president, never busy, was passed over for each task: the rule is counted
     // once per task (a change of mayor could count a task again).
-    let denied = counted("denied");
+    let denied = summed(
+        &nodes,
+        "aamas_policy_decisions_total{at=\"dispatch\",rule=\"not-on-the-president\",\
+         outcome=\"denied\"}",
+    );
     assert!((20.0..=40.0).contains(&denied), "{denied} denials counted");
 }
 
@@ -539,13 +538,7 @@ fn a_message_rule_refuses_work_messages_and_the_work_goes_elsewhere() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, president) = start_hierarchy(root.path(), 5);
     let chief = &nodes[index_of(&nodes, &president)];
-    let members: Vec<Value> =
-        serde_json::from_str(&chief.cli(&["members", "--json"]).expect("members")).expect("json");
-    let state = members
-        .iter()
-        .find(|member| field(member, "peer_id").as_deref() == Some(president.as_str()))
-        .and_then(|member| field(member, "state"))
-        .expect("the president's state");
+    let state = state_of(chief, &president).expect("the president's state");
     // Enforced where the message arrives: the president's node refuses Executes, so
     // an attempt its mayor hands it is not taken and goes to another worker.
     let rule = write(
@@ -555,22 +548,10 @@ fn a_message_rule_refuses_work_messages_and_the_work_goes_elsewhere() {
          at = \"message\"\nreason = \"the president's node runs no tasks\"\n\
          when = { message = \"execute\", receiver_role = \"president\" }\n",
     );
-    chief.cli(&["policy", "apply", &rule]).expect("applied");
-    wait_for("the policy on every node", || {
-        nodes
-            .iter()
-            .all(|node| version(node).is_some_and(|v| v >= 2))
-            .then_some(())
-    });
-    let mut spec = String::from("name = \"refused\"\n[[phase]]\nname = \"initiation\"\n");
-    for i in 0..20 {
-        spec.push_str(&format!(
-            "  [[phase.task]]\n  name = \"t{i:02}\"\n  state = \"{state}\"\n  \
-             executor = \"builtin\"\n  action = \"digest\"\n  input = \"part {i}\"\n  \
-             retries = 3\n"
-        ));
-    }
-    let id = nodes[0].submit(&spec).expect("submitted");
+    apply_everywhere(&nodes, chief, &rule);
+    let id = nodes[0]
+        .submit(&digests("refused", &state, 20, "  retries = 3\n"))
+        .expect("submitted");
     let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
     assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
     for task in all_tasks(&nodes, &id).values() {
@@ -584,13 +565,9 @@ fn a_message_rule_refuses_work_messages_and_the_work_goes_elsewhere() {
         )
         .unwrap_or(0.0);
     assert!(denied >= 1.0, "the president refused no Execute");
-    let allowed: f64 = nodes
-        .iter()
-        .filter_map(|node| {
-            node.metric(
-                "aamas_policy_decisions_total{at=\"message\",rule=\"-\",outcome=\"allowed\"}",
-            )
-        })
-        .sum();
+    let allowed = summed(
+        &nodes,
+        "aamas_policy_decisions_total{at=\"message\",rule=\"-\",outcome=\"allowed\"}",
+    );
     assert!(allowed >= 20.0, "{allowed} messages counted as allowed");
 }

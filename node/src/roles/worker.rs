@@ -441,6 +441,14 @@ mod tests {
 
     #[test]
     fn a_free_slot_goes_to_the_waiting_state_of_higher_priority() {
+        let finish = |worker: &mut Worker<&'static str>, now_ms: u64, task: &str| {
+            let finished = Input::Finished {
+                key: key(task),
+                attempt: 1,
+                outcome: "done",
+            };
+            assert_eq!(worker.handle(now_ms, finished), Ok(()));
+        };
         let mut worker = Worker::new(1);
         worker.set_priorities(BTreeMap::from([("technical".to_string(), 10)]));
         assert_eq!(worker.handle(0, execute_for("market", "m1", 1)), Ok(()));
@@ -449,14 +457,7 @@ mod tests {
             worker.handle(10, execute_for("technical", "t1", 1)),
             Err(Refused::Busy { capacity: 1 })
         );
-        let _ = worker.handle(
-            20,
-            Input::Finished {
-                key: key("m1"),
-                attempt: 1,
-                outcome: "done",
-            },
-        );
+        finish(&mut worker, 20, "m1");
         drained(&mut worker);
         // ...so when it frees, market's next task is refused and technical's taken.
         assert_eq!(
@@ -469,28 +470,14 @@ mod tests {
         );
         assert_eq!(worker.handle(40, execute_for("technical", "t1", 1)), Ok(()));
         // technical no longer waits: first come again once the slot frees.
-        let _ = worker.handle(
-            50,
-            Input::Finished {
-                key: key("t1"),
-                attempt: 1,
-                outcome: "done",
-            },
-        );
+        finish(&mut worker, 50, "t1");
         assert_eq!(worker.handle(60, execute_for("market", "m2", 1)), Ok(()));
         // A state of higher priority that stopped asking keeps nothing past RESERVE_MS.
         assert_eq!(
             worker.handle(70, execute_for("technical", "t2", 1)),
             Err(Refused::Busy { capacity: 1 })
         );
-        let _ = worker.handle(
-            80,
-            Input::Finished {
-                key: key("m2"),
-                attempt: 1,
-                outcome: "done",
-            },
-        );
+        finish(&mut worker, 80, "m2");
         assert_eq!(
             worker.handle(80 + RESERVE_MS + 1, execute_for("market", "m3", 1)),
             Ok(())
