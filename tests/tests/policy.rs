@@ -491,23 +491,17 @@ fn the_escalation_policy_sets_how_often_a_task_lost_to_faults_is_reopened() {
     assert_eq!(task["attempt"], 4, "{task}");
 }
 
-#[test]
-fn a_dispatch_rule_keeps_tasks_off_the_president_and_counts_its_decisions() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let (nodes, president) = start_hierarchy(root.path(), 5);
-    let chief = &nodes[index_of(&nodes, &president)];
-    // The president's own state: its mayor must pass the president over.
-    let state = state_of(chief, &president).expect("the president's state");
-    let rule = write(
-        root.path(),
-        "dispatch.toml",
-        "[[rule]]\nname = \"not-on-the-president\"\ncategory = \"security\"\n\
-         at = \"dispatch\"\nreason = \"the president's node keeps its time for the mesh\"\n\
-         when = { role = \"president\" }\n",
-    );
-    apply_everywhere(&nodes, chief, &rule);
+/// Starts a 5-node hierarchy, applies the policy `rule`, runs 20 digest tasks in the
+/// president's own state (each with the lines `extra`) and checks that none ran on the
+/// president's node; the nodes and the president's index.
+fn tasks_kept_off_the_president(root: &Path, rule: &str, extra: &str) -> (Vec<Node>, usize) {
+    let (nodes, president) = start_hierarchy(root, 5);
+    let chief = index_of(&nodes, &president);
+    // The president's own state: its mayor would give it work without the rule.
+    let state = state_of(&nodes[chief], &president).expect("the president's state");
+    apply_everywhere(&nodes, &nodes[chief], &write(root, "rule.toml", rule));
     let id = nodes[0]
-        .submit(&digests("elsewhere", &state, 20, ""))
+        .submit(&digests("elsewhere", &state, 20, extra))
         .expect("submitted");
     let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
     assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
@@ -517,7 +511,19 @@ fn a_dispatch_rule_keeps_tasks_off_the_president_and_counts_its_decisions() {
         let worker = field(task, "worker").expect("a worker");
         assert_ne!(worker, president, "a task ran on the president: {task}");
     }
+    (nodes, chief)
+}
 
+#[test]
+fn a_dispatch_rule_keeps_tasks_off_the_president_and_counts_its_decisions() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, _) = tasks_kept_off_the_president(
+        root.path(),
+        "[[rule]]\nname = \"not-on-the-president\"\ncategory = \"security\"\n\
+         at = \"dispatch\"\nreason = \"the president's node keeps its time for the mesh\"\n\
+         when = { role = \"president\" }\n",
+        "",
+    );
     let allowed = summed(
         &nodes,
         "aamas_policy_decisions_total{at=\"dispatch\",rule=\"-\",outcome=\"allowed\"}",
@@ -536,29 +542,16 @@ fn a_dispatch_rule_keeps_tasks_off_the_president_and_counts_its_decisions() {
 #[test]
 fn a_message_rule_refuses_work_messages_and_the_work_goes_elsewhere() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (nodes, president) = start_hierarchy(root.path(), 5);
-    let chief = &nodes[index_of(&nodes, &president)];
-    let state = state_of(chief, &president).expect("the president's state");
     // Enforced where the message arrives: the president's node refuses Executes, so
     // an attempt its mayor hands it is not taken and goes to another worker.
-    let rule = write(
+    let (nodes, chief) = tasks_kept_off_the_president(
         root.path(),
-        "message.toml",
         "[[rule]]\nname = \"no-execute-on-the-president\"\ncategory = \"communication\"\n\
          at = \"message\"\nreason = \"the president's node runs no tasks\"\n\
          when = { message = \"execute\", receiver_role = \"president\" }\n",
+        "  retries = 3\n",
     );
-    apply_everywhere(&nodes, chief, &rule);
-    let id = nodes[0]
-        .submit(&digests("refused", &state, 20, "  retries = 3\n"))
-        .expect("submitted");
-    let end = wait_for_project_end(&nodes, &id, std::time::Duration::from_secs(240));
-    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
-    for task in all_tasks(&nodes, &id).values() {
-        let worker = field(task, "worker").expect("a worker");
-        assert_ne!(worker, president, "a task ran on the president: {task}");
-    }
-    let denied = chief
+    let denied = nodes[chief]
         .metric(
             "aamas_policy_decisions_total{at=\"message\",\
              rule=\"no-execute-on-the-president\",outcome=\"denied\"}",
