@@ -349,7 +349,12 @@ impl Node {
     /// `to` acknowledged it.
     pub(crate) async fn send_work(&self, to: NodeKey, work: &Work) -> Result<(), WorkError> {
         if to == self.identity.node_key() {
-            // To itself (one node holding several roles): no envelope, no network.
+            // To itself (one node holding several roles): no envelope, no network; judged
+            // by the message rules all the same, so that what they allow does not depend
+            // on which roles share a node.
+            if let Err(reason) = self.judge_message(to, work.action()).await {
+                return Err(crate::net::swarm::Unacked::Refused { reason }.into());
+            }
             return Box::pin(self.handle_work(to, work.clone())).await;
         }
         let bytes = postcard::to_stdvec(work).map_err(WorkError::Encode)?;

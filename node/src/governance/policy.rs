@@ -88,7 +88,8 @@
 //! its own roles: a denied message is refused with the rule's reason, and its sender
 //! tries again as after any refusal (so a rule that denies a kind the work needs stalls
 //! that work until the policy changes). Soft acts as hard here too. Every message is
-//! counted, when the policy has message rules.
+//! counted, when the policy has message rules. A message a node sends itself (when it
+//! holds both roles) is judged the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
 
