@@ -661,7 +661,7 @@ impl Client {
             }
             Err(ureq::Error::Status(code, response)) => {
                 let body = response.into_string().unwrap_or_default();
-                bail!("{url}: HTTP {code}: {body}")
+                bail!("{url}: HTTP {code}: {}", problem_detail(&body))
             }
             Err(error) => bail!("{url}: {error}"),
         }
@@ -695,7 +695,7 @@ impl Client {
                 .map_err(Failure::Final),
             Err(ureq::Error::Status(code, response)) => {
                 let body = response.into_string().unwrap_or_default();
-                let error = anyhow::anyhow!("{url}: HTTP {code}: {body}");
+                let error = anyhow::anyhow!("{url}: HTTP {code}: {}", problem_detail(&body));
                 // The president may be changing hands: the refusal says so.
                 if body.contains("no president") || code >= 500 {
                     Err(Failure::Transient(error))
@@ -725,11 +725,19 @@ impl Client {
                 .context("the API answered with invalid JSON"),
             Err(ureq::Error::Status(code, response)) => {
                 let body = response.into_string().unwrap_or_default();
-                bail!("{url}: HTTP {code}: {body}")
+                bail!("{url}: HTTP {code}: {}", problem_detail(&body))
             }
             Err(error) => bail!("{url}: {error}"),
         }
     }
+}
+
+/// The `detail` of an RFC 9457 problem the API answered with, or the body as it is.
+fn problem_detail(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|problem| problem.get("detail")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| body.to_string())
 }
 
 /// What is logged when RUST_LOG is not set: our own info, and only openraft's warnings

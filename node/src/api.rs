@@ -1,7 +1,14 @@
 //! The control API on localhost: HTTP/JSON behind a bearer token.
 //!
 //! The token is written to `DATA_DIR/api.token` (0600) and the bound address to
-//! `DATA_DIR/api.addr`; the CLI reads both. Requests without the token get 401.
+//! `DATA_DIR/api.addr`; the CLI reads both. Requests without the token get 401;
+//! `GET /api/v1/system/health` answers without one, for load balancers and probes.
+//!
+//! Every error is an RFC 9457 problem (`application/problem+json`: `type`, `title`,
+//! `status`, `detail`), whatever refused the request: a handler, the token check, the
+//! body limit, an extractor that could not read the path, query or body, or the router
+//! (an unknown path, a method the path does not take). [`problems`] turns any error
+//! answer that is not one yet into one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,11 +86,15 @@ async fn require_token(
 
 fn unauthorised(api: &Api) -> Response {
     api.node.metrics.api_unauthorized.inc();
-    (
+    let mut response = error(
         StatusCode::UNAUTHORIZED,
-        Json(serde_json::json!({"error": "missing or wrong bearer token; it is in DATA_DIR/api.token"})),
-    )
-        .into_response()
+        "missing or wrong bearer token; it is in DATA_DIR/api.token",
+    );
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 async fn health() -> Response {
@@ -102,12 +113,70 @@ async fn hierarchy(State(api): State<Api>) -> Response {
     Json(api.node.hierarchy().await).into_response()
 }
 
+/// The media type of an RFC 9457 problem.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+/// Most bytes of a non-problem error answer [`problems`] reads to carry as the detail.
+const MAX_WRAPPED_ERROR_BYTES: usize = 4 * 1024;
+
+/// An RFC 9457 problem: `about:blank`, so the title is the status's own phrase, and the
+/// detail says what went wrong with this request.
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": message.to_string(),
+    });
     (
         status,
-        Json(serde_json::json!({"error": message.to_string()})),
+        [(axum::http::header::CONTENT_TYPE, PROBLEM_JSON)],
+        body.to_string(),
     )
         .into_response()
+}
+
+/// Makes every error answer a problem: one that is not (an extractor's or the router's
+/// plain-text rejection) is rewritten with its text as the detail.
+async fn problems(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes() == PROBLEM_JSON.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_WRAPPED_ERROR_BYTES)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        match status {
+            StatusCode::NOT_FOUND => "no such route in this API (see /api/v1/...)".to_string(),
+            StatusCode::METHOD_NOT_ALLOWED => "this route does not take that method".to_string(),
+            _ => status.canonical_reason().unwrap_or("error").to_string(),
+        }
+    } else {
+        text
+    };
+    let mut problem = error(status, detail);
+    // Keep what told the client how to go on (Allow, WWW-Authenticate, Retry-After).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            problem.headers_mut().insert(name, value.clone());
+        }
+    }
+    problem
+}
+
+/// An unknown route.
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such route in this API (see /api/v1/...)",
+    )
 }
 
 /// A project request's failure as an answer: the request's own fault is a 400 (a 404
@@ -595,7 +664,6 @@ pub async fn serve(
     write_private(&node.data_dir.join("api.token"), &token)?;
     write_private(&node.data_dir.join("api.addr"), &bound.to_string())?;
     let app = Router::new()
-        .route("/api/v1/system/health", get(health))
         .route("/api/v1/system/status", get(status))
         .route("/api/v1/members", get(members))
         .route("/api/v1/hierarchy", get(hierarchy))
@@ -649,6 +717,10 @@ pub async fn serve(
             api.clone(),
             require_token,
         ))
+        // Added after the token check: it needs none.
+        .route("/api/v1/system/health", get(health))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(problems))
         .with_state(api);
     let serving = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {

@@ -369,6 +369,48 @@ impl Node {
         self.api_request_as(token.trim(), method, path, headers, body)
     }
 
+    /// One raw exchange with the node's API: `token` as the bearer (none: no
+    /// Authorization header), `headers` and `body` as given; the status code, the
+    /// Content-Type and the body of the answer.
+    pub fn api_exchange(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<(u16, Option<String>, String)> {
+        use std::io::{Read as _, Write as _};
+        let addr = std::fs::read_to_string(self.dir.join("api.addr")).ok()?;
+        let mut stream = std::net::TcpStream::connect(addr.trim()).ok()?;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
+        if let Some(token) = token {
+            head.push_str(&format!("Authorization: Bearer {}\r\n", token.trim()));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ));
+        stream.write_all(head.as_bytes()).ok()?;
+        // A server that refuses early may close before reading all of a large body.
+        let _ = stream.write_all(body);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let mut lines = head.lines();
+        let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let content_type = lines.find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_string())
+        });
+        Some((code, content_type, body.to_string()))
+    }
+
     /// [`Node::api_request`] with the bearer token `token` instead of the node's own.
     pub fn api_request_as(
         &self,

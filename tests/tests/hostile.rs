@@ -8,6 +8,8 @@
 //! - A member turned hostile: each move a plain member must not make (Raft RPCs for
 //!   others or far-ahead terms, a campaign, a governor report, a change of another's
 //!   project, an Execute) is refused and counted by reason (`node::authority`).
+//! - The API: no token, a wrong one, malformed or mistyped bodies, an oversized spec,
+//!   unknown ids and routes each get their 4xx as an RFC 9457 problem, never a 5xx.
 
 use aamas_node::driver::runtime::MeshFile;
 use aamas_node::net::swarm::{self, SwarmConfig};
@@ -465,4 +467,176 @@ fn a_hostile_members_moves_are_refused_and_counted() {
             .all(|state| state["term"].as_u64() != Some(99)),
         "{hierarchy}"
     );
+}
+
+/// What a hostile request is, its bearer token, method, path, headers and body, and
+/// the status it must get.
+type Case<'a> = (
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    &'a [u8],
+    u16,
+);
+
+#[test]
+fn hostile_api_requests_get_problem_details_and_never_a_server_error() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, _) = start_mesh(root.path(), 1);
+    let node = &nodes[0];
+    let token = std::fs::read_to_string(node.dir.join("api.token")).expect("the token");
+    let token = Some(token.trim());
+    let json = [("Content-Type", "application/json")];
+    let oversized = vec![b'x'; 2 * 1024 * 1024];
+    // (what, token, method, path, headers, body, the status expected)
+    let cases: Vec<Case<'_>> = vec![
+        ("no token", None, "GET", "/api/v1/projects", &[], b"", 401),
+        (
+            "a wrong token",
+            Some("not-the-token"),
+            "GET",
+            "/api/v1/members",
+            &[],
+            b"",
+            401,
+        ),
+        (
+            "malformed JSON",
+            token,
+            "POST",
+            "/api/v1/api-tokens",
+            &json,
+            b"{not json",
+            400,
+        ),
+        (
+            "wrong types",
+            token,
+            "POST",
+            "/api/v1/api-tokens",
+            &json,
+            br#"{"name": 5, "scope": true}"#,
+            422,
+        ),
+        (
+            "no content type",
+            token,
+            "POST",
+            "/api/v1/api-tokens",
+            &[],
+            br#"{"name":"a","scope":"read"}"#,
+            415,
+        ),
+        (
+            "an oversized spec",
+            token,
+            "POST",
+            "/api/v1/projects",
+            &[],
+            &oversized,
+            413,
+        ),
+        (
+            "an unknown project",
+            token,
+            "GET",
+            "/api/v1/projects/nope",
+            &[],
+            b"",
+            404,
+        ),
+        (
+            "an unknown alert",
+            token,
+            "POST",
+            "/api/v1/alerts/999/ack",
+            &json,
+            b"{}",
+            404,
+        ),
+        (
+            "a path of the wrong type",
+            token,
+            "POST",
+            "/api/v1/alerts/x/ack",
+            &json,
+            b"{}",
+            400,
+        ),
+        (
+            "an unknown API token",
+            token,
+            "DELETE",
+            "/api/v1/api-tokens/nope",
+            &[],
+            b"",
+            404,
+        ),
+        (
+            "a query of the wrong type",
+            token,
+            "POST",
+            "/api/v1/tokens?ttl_secs=soon",
+            &[],
+            b"",
+            400,
+        ),
+        (
+            "an unknown route",
+            token,
+            "GET",
+            "/api/v1/nothing",
+            &[],
+            b"",
+            404,
+        ),
+        (
+            "a method the route does not take",
+            token,
+            "DELETE",
+            "/api/v1/projects",
+            &[],
+            b"",
+            405,
+        ),
+        (
+            "an unknown resource",
+            token,
+            "PUT",
+            "/api/v1/resources/technical/gpu",
+            &json,
+            br#"{"amount":1,"per":"day"}"#,
+            404,
+        ),
+    ];
+    for (what, token, method, path, headers, body, expected) in cases {
+        let (code, content_type, text) = node
+            .api_exchange(token, method, path, headers, body)
+            .unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(code, expected, "{what}: {text}");
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/problem+json"),
+            "{what}: {text}"
+        );
+        let problem: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}: {text}"));
+        assert_eq!(problem["status"], expected, "{what}: {problem}");
+        assert_eq!(problem["type"], "about:blank", "{what}: {problem}");
+        assert!(
+            problem["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{what}: {problem}"
+        );
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: {problem}"
+        );
+    }
+    // Health answers probes without a token.
+    let (code, _, text) = node
+        .api_exchange(None, "GET", "/api/v1/system/health", &[], b"")
+        .expect("health");
+    assert_eq!((code, text.contains("ok")), (200, true), "{text}");
 }

@@ -53,6 +53,9 @@ pub enum AdminError {
     /// No ResourceRequest has that id.
     #[error("no resource request {0}; `aamas resources requests` lists them")]
     NoSuchRequest(u64),
+    /// No alert has that id.
+    #[error("no alert {0}; `aamas alerts` lists them")]
+    NoSuchAlert(u64),
     /// A member that had to take part did not answer.
     #[error("a member did not answer: {0}")]
     Unreachable(String),
@@ -88,7 +91,7 @@ impl AdminError {
                 400
             }
             Self::Refused(_) | Self::President(Unacked::Refused { .. }) => 403,
-            Self::NoSuchMember(_) | Self::NoSuchRequest(_) => 404,
+            Self::NoSuchMember(_) | Self::NoSuchRequest(_) | Self::NoSuchAlert(_) => 404,
             Self::NotCommitted(WriteError::Rejected(_)) => 409,
             Self::NoPresident
             | Self::NotCommitted(_)

@@ -225,6 +225,15 @@ impl Node {
         if note.len() > aamas_consensus::registry::MAX_NOTE_BYTES {
             return Err(AdminError::NoteTooLong);
         }
+        // An id this node's Registry copy does not know (it may lag a just-raised alert
+        // by a moment: ask again).
+        if self
+            .registry(|registry| registry.alerts().contains_key(&id))
+            .await
+            == Some(false)
+        {
+            return Err(AdminError::NoSuchAlert(id));
+        }
         let Some((peer, addrs)) = self.president_peer()? else {
             let command = RegistryCommand::AckAlert {
                 id,
