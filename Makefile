@@ -14,7 +14,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo tour test deps fmt lint layering unit bench clean sim-test
+.PHONY: demo tour test deps test-deps fmt lint layering unit bench clean sim-test
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -30,7 +30,11 @@ tour: deps
 	$(CARGO) run --locked -p aamas-protocol --example envelope_tour
 
 ## Formatting, lints (warnings are errors) and every test.
-test: deps fmt lint layering unit
+test: deps test-deps fmt lint layering unit
+
+## The outside checkers the tests run (the OpenAPI validator).
+test-deps:
+	@./scripts/ensure-test-deps.sh
 
 fmt:
 	$(CARGO) fmt --all -- --check

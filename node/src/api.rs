@@ -17,7 +17,6 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -28,6 +27,8 @@ use crate::driver::runtime::{Node, NodeError};
 #[derive(Clone)]
 struct Api {
     node: Arc<Node>,
+    /// The OpenAPI document of this API, as JSON (set once the router is built).
+    openapi: Arc<std::sync::OnceLock<String>>,
     /// The admin token of this run (`DATA_DIR/api.token`).
     token: Arc<String>,
     /// The named, scoped tokens ([`crate::access`]).
@@ -97,20 +98,145 @@ fn unauthorised(api: &Api) -> Response {
     response
 }
 
+#[utoipa::path(get, path = "/api/v1/system/health", tag = "system", security(()), responses((status = 200, description = "The node answers", body = serde_json::Value)))]
 async fn health() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/system/status", tag = "system", responses((status = 200, description = "This node: peer id, roles, president, members", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn status(State(api): State<Api>) -> Response {
     Json(api.node.status().await).into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/members", tag = "members", responses((status = 200, description = "The mesh's members, their states, roles and liveness", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn members(State(api): State<Api>) -> Response {
     Json(api.node.members().await).into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/hierarchy", tag = "members", responses((status = 200, description = "President, governors, mayors and workers", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn hierarchy(State(api): State<Api>) -> Response {
     Json(api.node.hierarchy().await).into_response()
+}
+
+/// An RFC 9457 problem: what every error answer of this API is.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `about:blank`: the title is the status's own phrase.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The HTTP status's phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+}
+
+/// The OpenAPI document's frame: its info, the bearer scheme every route but the health
+/// check needs, and the problem schema. The paths come from the handlers' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "AAMAS control API",
+        description = "One node's control API: the mesh's members and hierarchy, projects, \
+                       policy, resources, alerts and access. Every error is an RFC 9457 \
+                       problem (application/problem+json).",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(Problem)),
+    security(("bearer" = [])),
+    modifiers(&BearerScheme)
+)]
+struct ApiDoc;
+
+/// Adds the bearer token scheme (`DATA_DIR/api.token`, or a named API token).
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The node's token (DATA_DIR/api.token) or a named API token",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `GET /api/v1/openapi.json`: this API's OpenAPI 3.1 document, generated from the code.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", responses((status = 200, description = "The OpenAPI document", body = serde_json::Value)))]
+async fn openapi_json(State(api): State<Api>) -> Response {
+    match api.openapi.get() {
+        Some(document) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            document.clone(),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the document is not built yet",
+        ),
+    }
+}
+
+/// This API's OpenAPI document (what `GET /api/v1/openapi.json` serves).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    split().2
+}
+
+/// The routes that need a token, those that do not (the health check), and the
+/// document of both.
+fn split() -> (Router<Api>, Router<Api>, utoipa::openapi::OpenApi) {
+    let (protected, mut document) = router().split_for_parts();
+    let (open, open_document) = utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(health))
+        .split_for_parts();
+    document.merge(open_document);
+    (protected, open, document)
+}
+
+/// The routes that need a token, and their documentation; the token check, limits and
+/// state are put on by [`serve`].
+fn router() -> utoipa_axum::router::OpenApiRouter<Api> {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(status))
+        .routes(routes!(members))
+        .routes(routes!(hierarchy))
+        .routes(routes!(evict_member))
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
+        .routes(routes!(show_policy, apply_policy))
+        .routes(routes!(check_policy))
+        .routes(routes!(list_alerts))
+        .routes(routes!(performance))
+        .routes(routes!(ack_alert))
+        .routes(routes!(list_resources))
+        .routes(routes!(list_resource_requests))
+        .routes(routes!(approve_resource_request))
+        .routes(routes!(deny_resource_request))
+        .routes(routes!(set_limit, remove_limit))
+        .routes(routes!(create_api_token, list_api_tokens))
+        .routes(routes!(revoke_api_token))
+        .routes(routes!(submit_project, list_projects))
+        .routes(routes!(show_project))
+        .routes(routes!(change_phase))
+        .routes(routes!(project_tasks))
+        .routes(routes!(project_artifacts))
+        .routes(routes!(task_artifact))
+        .routes(routes!(openapi_json))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            MAX_SPEC_BODY_BYTES + 1024,
+        ))
+        .routes(routes!(metrics))
 }
 
 /// The media type of an RFC 9457 problem.
@@ -121,16 +247,16 @@ const MAX_WRAPPED_ERROR_BYTES: usize = 4 * 1024;
 /// An RFC 9457 problem: `about:blank`, so the title is the status's own phrase, and the
 /// detail says what went wrong with this request.
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": message.to_string(),
-    });
+    let problem = Problem {
+        kind: "about:blank".to_string(),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+        status: status.as_u16(),
+        detail: message.to_string(),
+    };
     (
         status,
         [(axum::http::header::CONTENT_TYPE, PROBLEM_JSON)],
-        body.to_string(),
+        serde_json::to_string(&problem).unwrap_or_default(),
     )
         .into_response()
 }
@@ -206,6 +332,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The header that carries an operator's reason to override soft policy rules.
 pub const POLICY_OVERRIDE: &str = "x-policy-override";
 
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body(content = String, description = "A project spec (TOML)", content_type = "text/plain"), params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the first project"), ("X-Policy-Override" = Option<String>, Header, description = "A reason to pass soft policy rules")), responses((status = 201, description = "The new project's id", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn submit_project(
     State(api): State<Api>,
     headers: axum::http::HeaderMap,
@@ -241,17 +368,20 @@ async fn submit_project(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", responses((status = 200, description = "Every project", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn list_projects(State(api): State<Api>) -> Response {
     Json(api.node.projects().await).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ShowQuery {
     /// Add the model use of the project's tasks (asks every state for its tasks).
     #[serde(default)]
     usage: bool,
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The project's id"), ShowQuery), responses((status = 200, description = "The project", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn show_project(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -269,16 +399,19 @@ async fn show_project(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{id}/tasks", tag = "projects", params(("id" = String, Path, description = "The project's id")), responses((status = 200, description = "The project's tasks", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn project_tasks(State(api): State<Api>, Path(id): Path<String>) -> Response {
     Json(api.node.project_tasks_anywhere(&id).await).into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{id}/artifacts", tag = "projects", params(("id" = String, Path, description = "The project's id")), responses((status = 200, description = "The project's artefacts", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn project_artifacts(State(api): State<Api>, Path(id): Path<String>) -> Response {
     Json(api.node.project_artifacts(&id).await).into_response()
 }
 
 /// The bytes of one task's artefact, checked against its committed digest: 404 when the
 /// task has no committed result, 503 when no holder answered with it.
+#[utoipa::path(get, path = "/api/v1/projects/{id}/artifacts/{task}", tag = "projects", params(("id" = String, Path, description = "The project's id"), ("task" = String, Path, description = "The task's name")), responses((status = 200, description = "The artefact's bytes, checked against the committed digest", content_type = "application/octet-stream"), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn task_artifact(
     State(api): State<Api>,
     Path((id, task)): Path<(String, String)>,
@@ -295,13 +428,14 @@ async fn task_artifact(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PhaseChange {
     action: String,
     #[serde(default)]
     note: Option<String>,
 }
 
+#[utoipa::path(put, path = "/api/v1/projects/{id}/phase", tag = "projects", params(("id" = String, Path, description = "The project's id")), request_body = PhaseChange, responses((status = 200, description = "Done", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn change_phase(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -323,12 +457,14 @@ async fn change_phase(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TokenQuery {
     ttl_secs: Option<u64>,
     uses: Option<u32>,
 }
 
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "members", params(TokenQuery), responses((status = 200, description = "A new join token", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn create_token(State(api): State<Api>, Query(query): Query<TokenQuery>) -> Response {
     let ttl = Duration::from_secs(query.ttl_secs.unwrap_or(3_600).clamp(1, 30 * 24 * 3_600));
     let uses = query.uses.unwrap_or(1);
@@ -345,6 +481,7 @@ async fn create_token(State(api): State<Api>, Query(query): Query<TokenQuery>) -
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "members", responses((status = 200, description = "The join tokens", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn list_tokens(State(api): State<Api>) -> Response {
     Json(api.node.join_tokens().await).into_response()
 }
@@ -356,6 +493,7 @@ fn admin_error(failure: crate::driver::admin::AdminError) -> Response {
 }
 
 /// `POST /api/v1/tokens/revoke` with the token's text as the body.
+#[utoipa::path(post, path = "/api/v1/tokens/revoke", tag = "members", request_body(content = String, description = "The join token", content_type = "text/plain"), responses((status = 200, description = "The token is revoked", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn revoke_token(State(api): State<Api>, body: String) -> Response {
     if body.len() > crate::token::MAX_TOKEN_CHARS {
         return error(
@@ -369,7 +507,7 @@ async fn revoke_token(State(api): State<Api>, body: String) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewApiToken {
     name: String,
     scope: String,
@@ -386,6 +524,7 @@ fn access_error(failure: &crate::access::AccessError) -> Response {
 
 /// `POST /api/v1/api-tokens` with `{"name", "scope"}`: a new named token; its secret is
 /// in the answer and nowhere else.
+#[utoipa::path(post, path = "/api/v1/api-tokens", tag = "access", request_body = NewApiToken, responses((status = 200, description = "The new token, shown once", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn create_api_token(State(api): State<Api>, Json(new): Json<NewApiToken>) -> Response {
     let scope = match Scope::parse(&new.scope) {
         Ok(scope) => scope,
@@ -408,6 +547,7 @@ async fn create_api_token(State(api): State<Api>, Json(new): Json<NewApiToken>) 
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "access", responses((status = 200, description = "The named tokens (names and scopes)", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn list_api_tokens(State(api): State<Api>) -> Response {
     let tokens = api
         .tokens
@@ -423,6 +563,7 @@ async fn list_api_tokens(State(api): State<Api>) -> Response {
     Json(listed).into_response()
 }
 
+#[utoipa::path(delete, path = "/api/v1/api-tokens/{name}", tag = "access", params(("name" = String, Path, description = "The token's name")), responses((status = 200, description = "Revoked", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn revoke_api_token(State(api): State<Api>, Path(name): Path<String>) -> Response {
     let revoked = api
         .tokens
@@ -440,6 +581,7 @@ async fn revoke_api_token(State(api): State<Api>, Path(name): Path<String>) -> R
 }
 
 /// `GET /api/v1/policy`: the policy in force.
+#[utoipa::path(get, path = "/api/v1/policy", tag = "policy", responses((status = 200, description = "The policy in force", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn show_policy(State(api): State<Api>) -> Response {
     match api.node.policy_view().await {
         Some(view) => Json(view).into_response(),
@@ -451,6 +593,7 @@ async fn show_policy(State(api): State<Api>) -> Response {
 }
 
 /// `PUT /api/v1/policy` with the document as the body: puts it in force.
+#[utoipa::path(put, path = "/api/v1/policy", tag = "policy", request_body(content = String, description = "A policy document (TOML)", content_type = "text/plain"), responses((status = 200, description = "The new version", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn apply_policy(State(api): State<Api>, body: String) -> Response {
     match api.node.apply_policy(&body).await {
         Ok(version) => Json(serde_json::json!({"version": version})).into_response(),
@@ -459,6 +602,7 @@ async fn apply_policy(State(api): State<Api>, body: String) -> Response {
 }
 
 /// `POST /api/v1/policy/check` with a document as the body: whether it would apply.
+#[utoipa::path(post, path = "/api/v1/policy/check", tag = "policy", request_body(content = String, description = "A policy document (TOML)", content_type = "text/plain"), responses((status = 200, description = "What the valid document says", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn check_policy(body: String) -> Response {
     match crate::governance::policy::parse(&body) {
         Ok(policy) => Json(crate::driver::policy::summary(&policy)).into_response(),
@@ -468,21 +612,24 @@ async fn check_policy(body: String) -> Response {
 
 /// `GET /api/v1/performance`: this node's figures as a worker and the mesh's phase
 /// transitions.
+#[utoipa::path(get, path = "/api/v1/performance", tag = "alerts", responses((status = 200, description = "This node's figures as a worker and the mesh's", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn performance(State(api): State<Api>) -> Response {
     Json(api.node.performance().await).into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", responses((status = 200, description = "PerformanceAlerts, open and acknowledged", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn list_alerts(State(api): State<Api>) -> Response {
     Json(api.node.alerts().await).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct AckBody {
     #[serde(default)]
     note: String,
 }
 
 /// `POST /api/v1/alerts/{id}/ack` with `{"note"}`.
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts", params(("id" = u64, Path, description = "The alert's id")), request_body = AckBody, responses((status = 200, description = "Acknowledged", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn ack_alert(
     State(api): State<Api>,
     Path(id): Path<u64>,
@@ -494,14 +641,17 @@ async fn ack_alert(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/resources", tag = "resources", responses((status = 200, description = "Each state's use against its limits", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn list_resources(State(api): State<Api>) -> Response {
     Json(api.node.resources().await).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LimitBody {
     amount: u64,
+    /// hour, day, month or total.
+    #[schema(value_type = String)]
     per: aamas_consensus::resources::Period,
     #[serde(default = "hard_by_default")]
     hard: bool,
@@ -513,6 +663,7 @@ fn hard_by_default() -> bool {
 
 /// `PUT /api/v1/resources/{state}/{resource}` with `{"amount", "per", "hard"}`: sets
 /// the state's limit (the president's operator only).
+#[utoipa::path(put, path = "/api/v1/resources/{state}/{resource}", tag = "resources", params(("state" = String, Path, description = "The state"), ("resource" = String, Path, description = "cpu_ms, tokens, api_calls, money_micros, memory_kib_s or storage_bytes")), request_body = LimitBody, responses((status = 200, description = "The limit is set", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn set_limit(
     State(api): State<Api>,
     Path((state, resource)): Path<(String, String)>,
@@ -536,6 +687,7 @@ async fn set_limit(
 }
 
 /// `DELETE /api/v1/resources/{state}/{resource}`: removes the state's limit.
+#[utoipa::path(delete, path = "/api/v1/resources/{state}/{resource}", tag = "resources", params(("state" = String, Path, description = "The state"), ("resource" = String, Path, description = "The resource")), responses((status = 200, description = "The limit is removed", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn remove_limit(
     State(api): State<Api>,
     Path((state, resource)): Path<(String, String)>,
@@ -552,11 +704,12 @@ async fn remove_limit(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/resources/requests", tag = "resources", responses((status = 200, description = "ResourceRequests, open and decided", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn list_resource_requests(State(api): State<Api>) -> Response {
     Json(api.node.resource_requests().await).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     #[serde(default)]
@@ -566,6 +719,7 @@ struct DecisionBody {
 }
 
 /// `POST /api/v1/resources/requests/{id}/approve` with `{"amount", "note"}`.
+#[utoipa::path(post, path = "/api/v1/resources/requests/{id}/approve", tag = "resources", params(("id" = u64, Path, description = "The request's id")), request_body = DecisionBody, responses((status = 200, description = "Approved", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn approve_resource_request(
     State(api): State<Api>,
     Path(id): Path<u64>,
@@ -582,6 +736,7 @@ async fn approve_resource_request(
 }
 
 /// `POST /api/v1/resources/requests/{id}/deny` with `{"note"}`.
+#[utoipa::path(post, path = "/api/v1/resources/requests/{id}/deny", tag = "resources", params(("id" = u64, Path, description = "The request's id")), request_body = DecisionBody, responses((status = 200, description = "Denied", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn deny_resource_request(
     State(api): State<Api>,
     Path(id): Path<u64>,
@@ -598,6 +753,7 @@ async fn deny_resource_request(
 }
 
 /// `DELETE /api/v1/members/{id}`: evicts the member.
+#[utoipa::path(delete, path = "/api/v1/members/{id}", tag = "members", params(("id" = String, Path, description = "The member's peer id")), responses((status = 200, description = "The member was evicted", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn evict_member(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.node.evict_member(&id).await {
         Ok(()) => Json(serde_json::json!({"evicted": id})).into_response(),
@@ -605,6 +761,7 @@ async fn evict_member(State(api): State<Api>, Path(id): Path<String>) -> Respons
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus metrics", content_type = "text/plain"), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
 async fn metrics(State(api): State<Api>) -> Response {
     let status = api.node.status().await;
     api.node
@@ -663,62 +820,21 @@ pub async fn serve(
         .map_err(|failure| NodeError::Invalid(format!("the API tokens: {failure}")))?;
     write_private(&node.data_dir.join("api.token"), &token)?;
     write_private(&node.data_dir.join("api.addr"), &bound.to_string())?;
-    let app = Router::new()
-        .route("/api/v1/system/status", get(status))
-        .route("/api/v1/members", get(members))
-        .route("/api/v1/hierarchy", get(hierarchy))
-        .route("/api/v1/members/{id}", axum::routing::delete(evict_member))
-        .route("/api/v1/tokens", post(create_token).get(list_tokens))
-        .route("/api/v1/tokens/revoke", post(revoke_token))
-        .route("/api/v1/policy", get(show_policy).put(apply_policy))
-        .route("/api/v1/policy/check", post(check_policy))
-        .route("/api/v1/alerts", get(list_alerts))
-        .route("/api/v1/performance", get(performance))
-        .route("/api/v1/alerts/{id}/ack", post(ack_alert))
-        .route("/api/v1/resources", get(list_resources))
-        .route("/api/v1/resources/requests", get(list_resource_requests))
-        .route(
-            "/api/v1/resources/requests/{id}/approve",
-            post(approve_resource_request),
-        )
-        .route(
-            "/api/v1/resources/requests/{id}/deny",
-            post(deny_resource_request),
-        )
-        .route(
-            "/api/v1/resources/{state}/{resource}",
-            put(set_limit).delete(remove_limit),
-        )
-        .route(
-            "/api/v1/api-tokens",
-            post(create_api_token).get(list_api_tokens),
-        )
-        .route(
-            "/api/v1/api-tokens/{name}",
-            axum::routing::delete(revoke_api_token),
-        )
-        .route("/api/v1/projects", post(submit_project).get(list_projects))
-        .route("/api/v1/projects/{id}", get(show_project))
-        .route("/api/v1/projects/{id}/phase", put(change_phase))
-        .route("/api/v1/projects/{id}/tasks", get(project_tasks))
-        .route("/api/v1/projects/{id}/artifacts", get(project_artifacts))
-        .route("/api/v1/projects/{id}/artifacts/{task}", get(task_artifact))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            MAX_SPEC_BODY_BYTES + 1024,
-        ))
-        .route("/metrics", get(metrics));
     let api = Api {
         node,
+        openapi: Arc::new(std::sync::OnceLock::new()),
         token: Arc::new(token),
         tokens: Arc::new(std::sync::Mutex::new(tokens)),
     };
-    let app = app
+    let (routes, health, document) = split();
+    let _ = api.openapi.set(document.to_json().unwrap_or_default());
+    // The health check is added after the token check, which it needs not.
+    let app = routes
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             require_token,
         ))
-        // Added after the token check: it needs none.
-        .route("/api/v1/system/health", get(health))
+        .merge(health)
         .fallback(not_found)
         .layer(axum::middleware::from_fn(problems))
         .with_state(api);

@@ -9,7 +9,8 @@
 //!   others or far-ahead terms, a campaign, a governor report, a change of another's
 //!   project, an Execute) is refused and counted by reason (`node::authority`).
 //! - The API: no token, a wrong one, malformed or mistyped bodies, an oversized spec,
-//!   unknown ids and routes each get their 4xx as an RFC 9457 problem, never a 5xx.
+//!   unknown ids and routes each get their 4xx as an RFC 9457 problem, never a 5xx. Its
+//!   OpenAPI document passes an outside validator, and every path in it is routed.
 
 use aamas_node::driver::runtime::MeshFile;
 use aamas_node::net::swarm::{self, SwarmConfig};
@@ -639,4 +640,76 @@ fn hostile_api_requests_get_problem_details_and_never_a_server_error() {
         .api_exchange(None, "GET", "/api/v1/system/health", &[], b"")
         .expect("health");
     assert_eq!((code, text.contains("ok")), (200, true), "{text}");
+}
+
+#[test]
+fn the_openapi_document_passes_an_outside_validator_and_every_path_in_it_answers() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, _) = start_mesh(root.path(), 1);
+    let node = &nodes[0];
+    let token = std::fs::read_to_string(node.dir.join("api.token")).expect("the token");
+    let token = Some(token.trim());
+    // Behind the token like the rest.
+    let (code, _, _) = node
+        .api_exchange(None, "GET", "/api/v1/openapi.json", &[], b"")
+        .expect("an answer");
+    assert_eq!(code, 401);
+    let (code, _, text) = node
+        .api_exchange(token, "GET", "/api/v1/openapi.json", &[], b"")
+        .expect("the document");
+    assert_eq!(code, 200, "{text}");
+    // An outside validator (openapi-spec-validator, which `make test` installs).
+    let file = root.path().join("openapi.json");
+    std::fs::write(&file, &text).expect("write");
+    let checked = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\n\
+             validate(json.load(open(sys.argv[1])))",
+        ])
+        .arg(&file)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        checked.status.success(),
+        "openapi-spec-validator: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let document: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        document["openapi"]
+    );
+    let paths = document["paths"].as_object().expect("paths");
+    // The health check is documented, and needs no token.
+    assert_eq!(
+        document["paths"]["/api/v1/system/health"]["get"]["security"],
+        serde_json::json!([{}])
+    );
+    // Every path and method in the document is routed: none gets the router's 404 or
+    // 405, and none a 5xx (ids and bodies here are placeholders: 4xx problems are fine).
+    let mut asked = 0;
+    for (path, operations) in paths {
+        let concrete = path
+            .split('/')
+            .map(|part| if part.starts_with('{') { "1" } else { part })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in operations.as_object().expect("operations").keys() {
+            let method = method.to_uppercase();
+            let (code, _, text) = node
+                .api_exchange(token, &method, &concrete, &[], b"")
+                .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+            assert!(
+                !text.contains("no such route") && code != 405,
+                "{method} {path} is in the document but not routed: {code} {text}"
+            );
+            assert!(code < 500, "{method} {path}: {code} {text}");
+            asked += 1;
+        }
+    }
+    assert!(asked >= 30, "only {asked} operations documented");
 }
