@@ -81,6 +81,9 @@ pub fn needed(method: &str, route: &str) -> Scope {
         ("POST", "/api/v1/policy/check") => Scope::Read,
         ("PUT", "/api/v1/projects/{id}/phase") => Scope::Operate,
         ("POST", "/api/v1/alerts/{id}/ack") => Scope::Operate,
+        ("POST", "/api/v1/governors/{id}/tasks") => Scope::Submit,
+        // Evicting through it needs admin: the handler checks.
+        ("POST", "/api/v1/agents/command") => Scope::Operate,
         // A route added without a rule here needs the most.
         _ => Scope::Admin,
     }

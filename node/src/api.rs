@@ -82,6 +82,9 @@ async fn require_token(
             format!("this API token has scope {scope}; {method} {route} needs {needed}"),
         );
     }
+    // A handler that acts by what its body asks (`/api/v1/agents/command`) checks more.
+    let mut request = request;
+    request.extensions_mut().insert(scope);
     next.run(request).await
 }
 
@@ -103,17 +106,17 @@ async fn health() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/system/status", tag = "system", responses((status = 200, description = "This node: peer id, roles, president, members", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/system/status", tag = "system", responses((status = 200, description = "This node: peer id, roles, president, members", body = serde_json::Value), Problems))]
 async fn status(State(api): State<Api>) -> Response {
     Json(api.node.status().await).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/members", tag = "members", responses((status = 200, description = "The mesh's members, their states, roles and liveness", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/members", tag = "members", responses((status = 200, description = "The mesh's members, their states, roles and liveness", body = serde_json::Value), Problems))]
 async fn members(State(api): State<Api>) -> Response {
     Json(api.node.members().await).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/hierarchy", tag = "members", responses((status = 200, description = "President, governors, mayors and workers", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/hierarchy", tag = "members", responses((status = 200, description = "President, governors, mayors and workers", body = serde_json::Value), Problems))]
 async fn hierarchy(State(api): State<Api>) -> Response {
     Json(api.node.hierarchy().await).into_response()
 }
@@ -233,10 +236,317 @@ fn router() -> utoipa_axum::router::OpenApiRouter<Api> {
         .routes(routes!(project_artifacts))
         .routes(routes!(task_artifact))
         .routes(routes!(openapi_json))
+        .routes(routes!(system_metrics))
+        .routes(routes!(governor_status))
+        .routes(routes!(governor_performance))
+        .routes(routes!(governor_tasks))
+        .routes(routes!(governor_resources))
+        .routes(routes!(agent_command))
         .layer(axum::extract::DefaultBodyLimit::max(
             MAX_SPEC_BODY_BYTES + 1024,
         ))
         .routes(routes!(metrics))
+}
+
+/// The error answers every route may give, as the document lists them.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Problems {
+    /// The request's fault (a bad body, path or query, no or a wrong token, an unknown
+    /// id), as an RFC 9457 problem.
+    #[response(status = "4XX", content_type = "application/problem+json")]
+    Client(Problem),
+    /// The mesh could not take it now (no president, not committed), as a problem.
+    #[response(status = "5XX", content_type = "application/problem+json")]
+    Server(Problem),
+}
+
+/// `GET /api/v1/system/metrics`: a JSON summary of the mesh as this node sees it (seed
+/// §10.1), for those who do not scrape `/metrics`.
+#[utoipa::path(get, path = "/api/v1/system/metrics", tag = "system", responses((status = 200, description = "Members, task slots, open tasks, projects, phase transitions, project times and this node's attempts", body = serde_json::Value), Problems))]
+async fn system_metrics(State(api): State<Api>) -> Response {
+    let status = api.node.status().await;
+    let load = api.node.mesh_load().await;
+    let performance = api.node.performance().await;
+    let mesh = &performance.mesh;
+    Json(serde_json::json!({
+        "peer_id": status.peer_id,
+        "president": status.president,
+        "term": status.term,
+        "members": load.members,
+        "task_slots": load.slots,
+        "open_tasks": load.open_tasks,
+        "projects": {
+            "open": mesh.projects_open,
+            "completed": mesh.projects_completed,
+            "failed": mesh.projects_failed,
+        },
+        "phase_transitions": {
+            "passed": mesh.transitions_passed,
+            "failed": mesh.transitions_failed,
+            "success_rate": mesh.transition_success_rate,
+        },
+        "completed_seconds": mesh.completed_seconds,
+        "failed_seconds": mesh.failed_seconds,
+        "attempts_here": performance.executors,
+    }))
+    .into_response()
+}
+
+/// The state a governor id names: a state's name, or the peer id of its governor.
+async fn governed_state(
+    api: &Api,
+    id: &str,
+) -> Result<crate::driver::runtime::StateView, Response> {
+    let hierarchy = api.node.hierarchy().await;
+    hierarchy
+        .states
+        .into_iter()
+        .find(|state| state.name == id || state.governor.as_deref() == Some(id))
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no state or governor {id:?}; `aamas hierarchy` lists them"),
+            )
+        })
+}
+
+/// `GET /api/v1/governors/{id}/status`: a state's governor, term, voters, cities,
+/// mayors and workers; `id` is the state's name or its governor's peer id.
+#[utoipa::path(get, path = "/api/v1/governors/{id}/status", tag = "governors", params(("id" = String, Path, description = "A state's name, or its governor's peer id")), responses((status = 200, description = "The state as this node's Registry copy has it", body = serde_json::Value), Problems))]
+async fn governor_status(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match governed_state(&api, &id).await {
+        Ok(state) => Json(state).into_response(),
+        Err(problem) => problem,
+    }
+}
+
+/// `GET /api/v1/governors/{id}/performance`: a state's attempts and use against its
+/// limits, and the open alerts about its members.
+#[utoipa::path(get, path = "/api/v1/governors/{id}/performance", tag = "governors", params(("id" = String, Path, description = "A state's name, or its governor's peer id")), responses((status = 200, description = "Attempts charged, use and limits, open alerts", body = serde_json::Value), Problems))]
+async fn governor_performance(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let state = match governed_state(&api, &id).await {
+        Ok(state) => state,
+        Err(problem) => return problem,
+    };
+    let resources = api
+        .node
+        .resources()
+        .await
+        .into_iter()
+        .find(|view| view.state == state.name);
+    let alerts: Vec<_> = api
+        .node
+        .alerts()
+        .await
+        .into_iter()
+        .filter(|alert| alert.acknowledged_ms.is_none() && state.workers.contains(&alert.subject))
+        .collect();
+    Json(serde_json::json!({
+        "state": state.name,
+        "governor": state.governor,
+        "workers": state.workers.len(),
+        "cities": state.cities.len(),
+        "resources": resources,
+        "open_alerts": alerts,
+    }))
+    .into_response()
+}
+
+/// `POST /api/v1/governors/{id}/tasks`: hands a state tasks, as a one-phase project of
+/// its own (`[[task]]` tables in TOML, each as a project's task without `state`).
+#[utoipa::path(post, path = "/api/v1/governors/{id}/tasks", tag = "governors", params(("id" = String, Path, description = "A state's name, or its governor's peer id")), request_body(content = String, description = "TOML: `name = \"...\"` (optional) and `[[task]]` tables", content_type = "text/plain"), responses((status = 201, description = "The project that carries the tasks", body = serde_json::Value), Problems))]
+async fn governor_tasks(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let state = match governed_state(&api, &id).await {
+        Ok(state) => state,
+        Err(problem) => return problem,
+    };
+    let spec = match tasks_as_project(&state.name, &body) {
+        Ok(spec) => spec,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    let request = headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|value| value.to_str().ok());
+    let submission = crate::driver::projects::Submission {
+        request,
+        override_reason: None,
+    };
+    match api.node.submit_project(&spec, submission).await {
+        Ok(project) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({"id": project, "state": state.name})),
+        )
+            .into_response(),
+        Err(reason) => project_error(reason),
+    }
+}
+
+/// A project spec of one `development` phase holding the `[[task]]` tables of `text`,
+/// each in `state`; the submission checks it like any other.
+fn tasks_as_project(state: &str, text: &str) -> Result<String, String> {
+    if text.len() > MAX_SPEC_BODY_BYTES {
+        return Err("the tasks are larger than 1 MiB".into());
+    }
+    let mut document: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let name = match document.remove("name") {
+        None => format!("{state}-tasks"),
+        Some(toml::Value::String(name)) => name,
+        Some(_) => return Err("name is a string".into()),
+    };
+    let Some(toml::Value::Array(tasks)) = document.remove("task") else {
+        return Err("no [[task]] tables".into());
+    };
+    if let Some(key) = document.keys().next() {
+        return Err(format!("unknown key {key:?}: use name and [[task]]"));
+    }
+    let mut placed = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let toml::Value::Table(mut task) = task else {
+            return Err("each [[task]] is a table".into());
+        };
+        if task.contains_key("state") {
+            return Err("a task here takes the governor's state: leave state out".into());
+        }
+        task.insert("state".into(), toml::Value::String(state.to_string()));
+        placed.push(toml::Value::Table(task));
+    }
+    let mut phase = toml::Table::new();
+    phase.insert("name".into(), toml::Value::String("development".into()));
+    phase.insert("task".into(), toml::Value::Array(placed));
+    let mut project = toml::Table::new();
+    project.insert("name".into(), toml::Value::String(name));
+    project.insert(
+        "phase".into(),
+        toml::Value::Array(vec![toml::Value::Table(phase)]),
+    );
+    toml::to_string(&project).map_err(|e| e.to_string())
+}
+
+/// `PUT /api/v1/governors/{id}/resources`: sets a limit of the state (as
+/// `PUT /api/v1/resources/{state}/{resource}` does).
+#[utoipa::path(put, path = "/api/v1/governors/{id}/resources", tag = "governors", params(("id" = String, Path, description = "A state's name, or its governor's peer id")), request_body = GovernorLimit, responses((status = 200, description = "The limit is set", body = serde_json::Value), Problems))]
+async fn governor_resources(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Json(body): Json<GovernorLimit>,
+) -> Response {
+    let state = match governed_state(&api, &id).await {
+        Ok(state) => state,
+        Err(problem) => return problem,
+    };
+    let resource = match body
+        .resource
+        .parse::<aamas_consensus::resources::Resource>()
+    {
+        Ok(resource) => resource,
+        Err(failure) => return error(StatusCode::BAD_REQUEST, failure),
+    };
+    let limit = aamas_consensus::resources::Limit {
+        amount: body.amount,
+        period: body.per,
+        hard: body.hard,
+    };
+    match api.node.set_limit(&state.name, resource, Some(limit)).await {
+        Ok(()) => Json(serde_json::json!({"state": state.name, "resource": resource.name()}))
+            .into_response(),
+        Err(failure) => admin_error(failure),
+    }
+}
+
+/// A limit set through a governor.
+#[derive(Deserialize, utoipa::ToSchema)]
+struct GovernorLimit {
+    /// cpu_ms, tokens, api_calls, money_micros, memory_kib_s or storage_bytes.
+    resource: String,
+    /// Most per period.
+    amount: u64,
+    /// hour, day, month or total.
+    #[schema(value_type = String)]
+    per: aamas_consensus::resources::Period,
+    /// Hard (dispatch stops) or soft (an alert); hard when left out.
+    #[serde(default = "hard_by_default")]
+    hard: bool,
+}
+
+/// One command to the mesh's agents (seed §10.1).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+enum AgentCommand {
+    /// Hold a project (its president stops dispatching its phases).
+    Hold {
+        /// The project.
+        project: String,
+    },
+    /// Resume a held project.
+    Resume {
+        /// The project.
+        project: String,
+    },
+    /// Move a project to its next phase.
+    Advance {
+        /// The project.
+        project: String,
+    },
+    /// Acknowledge a PerformanceAlert.
+    Ack {
+        /// The alert's id.
+        alert: u64,
+        /// Why, for the record.
+        #[serde(default)]
+        note: String,
+    },
+    /// Evict a member (admin scope).
+    Evict {
+        /// Its peer id.
+        member: String,
+    },
+}
+
+/// `POST /api/v1/agents/command`: one command to the mesh's agents: hold, resume or
+/// advance a project, acknowledge an alert (scope operate), evict a member (admin).
+#[utoipa::path(post, path = "/api/v1/agents/command", tag = "system", request_body = AgentCommand, responses((status = 200, description = "Done", body = serde_json::Value), Problems))]
+async fn agent_command(
+    State(api): State<Api>,
+    axum::Extension(scope): axum::Extension<Scope>,
+    Json(command): Json<AgentCommand>,
+) -> Response {
+    let project = |id: &str, action: &str| (id.to_string(), action.to_string());
+    let change = match &command {
+        AgentCommand::Hold { project: id } => Some(project(id, "hold")),
+        AgentCommand::Resume { project: id } => Some(project(id, "resume")),
+        AgentCommand::Advance { project: id } => Some(project(id, "advance")),
+        AgentCommand::Ack { .. } | AgentCommand::Evict { .. } => None,
+    };
+    if let Some((id, action)) = change {
+        return match api.node.change_project(&id, &action, None).await {
+            Ok(()) => Json(serde_json::json!({"project": id, "done": action})).into_response(),
+            Err(reason) => project_error(reason),
+        };
+    }
+    match command {
+        AgentCommand::Ack { alert, note } => match api.node.ack_alert(alert, &note).await {
+            Ok(()) => Json(serde_json::json!({"acknowledged": alert})).into_response(),
+            Err(failure) => admin_error(failure),
+        },
+        AgentCommand::Evict { member } if scope < Scope::Admin => {
+            api.node.metrics.api_forbidden.inc();
+            error(
+                StatusCode::FORBIDDEN,
+                format!("this API token has scope {scope}; evicting {member} needs admin"),
+            )
+        }
+        AgentCommand::Evict { member } => match api.node.evict_member(&member).await {
+            Ok(()) => Json(serde_json::json!({"evicted": member})).into_response(),
+            Err(failure) => admin_error(failure),
+        },
+        _ => error(StatusCode::BAD_REQUEST, "unknown command"),
+    }
 }
 
 /// The media type of an RFC 9457 problem.
@@ -332,7 +642,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The header that carries an operator's reason to override soft policy rules.
 pub const POLICY_OVERRIDE: &str = "x-policy-override";
 
-#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body(content = String, description = "A project spec (TOML)", content_type = "text/plain"), params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the first project"), ("X-Policy-Override" = Option<String>, Header, description = "A reason to pass soft policy rules")), responses((status = 201, description = "The new project's id", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body(content = String, description = "A project spec (TOML)", content_type = "text/plain"), params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the first project"), ("X-Policy-Override" = Option<String>, Header, description = "A reason to pass soft policy rules")), responses((status = 201, description = "The new project's id", body = serde_json::Value), Problems))]
 async fn submit_project(
     State(api): State<Api>,
     headers: axum::http::HeaderMap,
@@ -368,7 +678,7 @@ async fn submit_project(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", responses((status = 200, description = "Every project", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", responses((status = 200, description = "Every project", body = serde_json::Value), Problems))]
 async fn list_projects(State(api): State<Api>) -> Response {
     Json(api.node.projects().await).into_response()
 }
@@ -381,7 +691,7 @@ struct ShowQuery {
     usage: bool,
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The project's id"), ShowQuery), responses((status = 200, description = "The project", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The project's id"), ShowQuery), responses((status = 200, description = "The project", body = serde_json::Value), Problems))]
 async fn show_project(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -399,19 +709,19 @@ async fn show_project(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{id}/tasks", tag = "projects", params(("id" = String, Path, description = "The project's id")), responses((status = 200, description = "The project's tasks", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/projects/{id}/tasks", tag = "projects", params(("id" = String, Path, description = "The project's id")), responses((status = 200, description = "The project's tasks", body = serde_json::Value), Problems))]
 async fn project_tasks(State(api): State<Api>, Path(id): Path<String>) -> Response {
     Json(api.node.project_tasks_anywhere(&id).await).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{id}/artifacts", tag = "projects", params(("id" = String, Path, description = "The project's id")), responses((status = 200, description = "The project's artefacts", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/projects/{id}/artifacts", tag = "projects", params(("id" = String, Path, description = "The project's id")), responses((status = 200, description = "The project's artefacts", body = serde_json::Value), Problems))]
 async fn project_artifacts(State(api): State<Api>, Path(id): Path<String>) -> Response {
     Json(api.node.project_artifacts(&id).await).into_response()
 }
 
 /// The bytes of one task's artefact, checked against its committed digest: 404 when the
 /// task has no committed result, 503 when no holder answered with it.
-#[utoipa::path(get, path = "/api/v1/projects/{id}/artifacts/{task}", tag = "projects", params(("id" = String, Path, description = "The project's id"), ("task" = String, Path, description = "The task's name")), responses((status = 200, description = "The artefact's bytes, checked against the committed digest", content_type = "application/octet-stream"), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/projects/{id}/artifacts/{task}", tag = "projects", params(("id" = String, Path, description = "The project's id"), ("task" = String, Path, description = "The task's name")), responses((status = 200, description = "The artefact's bytes, checked against the committed digest", content_type = "application/octet-stream"), Problems))]
 async fn task_artifact(
     State(api): State<Api>,
     Path((id, task)): Path<(String, String)>,
@@ -435,7 +745,7 @@ struct PhaseChange {
     note: Option<String>,
 }
 
-#[utoipa::path(put, path = "/api/v1/projects/{id}/phase", tag = "projects", params(("id" = String, Path, description = "The project's id")), request_body = PhaseChange, responses((status = 200, description = "Done", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/api/v1/projects/{id}/phase", tag = "projects", params(("id" = String, Path, description = "The project's id")), request_body = PhaseChange, responses((status = 200, description = "Done", body = serde_json::Value), Problems))]
 async fn change_phase(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -464,7 +774,7 @@ struct TokenQuery {
     uses: Option<u32>,
 }
 
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "members", params(TokenQuery), responses((status = 200, description = "A new join token", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "members", params(TokenQuery), responses((status = 200, description = "A new join token", body = serde_json::Value), Problems))]
 async fn create_token(State(api): State<Api>, Query(query): Query<TokenQuery>) -> Response {
     let ttl = Duration::from_secs(query.ttl_secs.unwrap_or(3_600).clamp(1, 30 * 24 * 3_600));
     let uses = query.uses.unwrap_or(1);
@@ -481,7 +791,7 @@ async fn create_token(State(api): State<Api>, Query(query): Query<TokenQuery>) -
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "members", responses((status = 200, description = "The join tokens", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "members", responses((status = 200, description = "The join tokens", body = serde_json::Value), Problems))]
 async fn list_tokens(State(api): State<Api>) -> Response {
     Json(api.node.join_tokens().await).into_response()
 }
@@ -493,7 +803,7 @@ fn admin_error(failure: crate::driver::admin::AdminError) -> Response {
 }
 
 /// `POST /api/v1/tokens/revoke` with the token's text as the body.
-#[utoipa::path(post, path = "/api/v1/tokens/revoke", tag = "members", request_body(content = String, description = "The join token", content_type = "text/plain"), responses((status = 200, description = "The token is revoked", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/tokens/revoke", tag = "members", request_body(content = String, description = "The join token", content_type = "text/plain"), responses((status = 200, description = "The token is revoked", body = serde_json::Value), Problems))]
 async fn revoke_token(State(api): State<Api>, body: String) -> Response {
     if body.len() > crate::token::MAX_TOKEN_CHARS {
         return error(
@@ -524,7 +834,7 @@ fn access_error(failure: &crate::access::AccessError) -> Response {
 
 /// `POST /api/v1/api-tokens` with `{"name", "scope"}`: a new named token; its secret is
 /// in the answer and nowhere else.
-#[utoipa::path(post, path = "/api/v1/api-tokens", tag = "access", request_body = NewApiToken, responses((status = 200, description = "The new token, shown once", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/api-tokens", tag = "access", request_body = NewApiToken, responses((status = 200, description = "The new token, shown once", body = serde_json::Value), Problems))]
 async fn create_api_token(State(api): State<Api>, Json(new): Json<NewApiToken>) -> Response {
     let scope = match Scope::parse(&new.scope) {
         Ok(scope) => scope,
@@ -547,7 +857,7 @@ async fn create_api_token(State(api): State<Api>, Json(new): Json<NewApiToken>) 
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "access", responses((status = 200, description = "The named tokens (names and scopes)", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "access", responses((status = 200, description = "The named tokens (names and scopes)", body = serde_json::Value), Problems))]
 async fn list_api_tokens(State(api): State<Api>) -> Response {
     let tokens = api
         .tokens
@@ -563,7 +873,7 @@ async fn list_api_tokens(State(api): State<Api>) -> Response {
     Json(listed).into_response()
 }
 
-#[utoipa::path(delete, path = "/api/v1/api-tokens/{name}", tag = "access", params(("name" = String, Path, description = "The token's name")), responses((status = 200, description = "Revoked", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/api/v1/api-tokens/{name}", tag = "access", params(("name" = String, Path, description = "The token's name")), responses((status = 200, description = "Revoked", body = serde_json::Value), Problems))]
 async fn revoke_api_token(State(api): State<Api>, Path(name): Path<String>) -> Response {
     let revoked = api
         .tokens
@@ -581,7 +891,7 @@ async fn revoke_api_token(State(api): State<Api>, Path(name): Path<String>) -> R
 }
 
 /// `GET /api/v1/policy`: the policy in force.
-#[utoipa::path(get, path = "/api/v1/policy", tag = "policy", responses((status = 200, description = "The policy in force", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/policy", tag = "policy", responses((status = 200, description = "The policy in force", body = serde_json::Value), Problems))]
 async fn show_policy(State(api): State<Api>) -> Response {
     match api.node.policy_view().await {
         Some(view) => Json(view).into_response(),
@@ -593,7 +903,7 @@ async fn show_policy(State(api): State<Api>) -> Response {
 }
 
 /// `PUT /api/v1/policy` with the document as the body: puts it in force.
-#[utoipa::path(put, path = "/api/v1/policy", tag = "policy", request_body(content = String, description = "A policy document (TOML)", content_type = "text/plain"), responses((status = 200, description = "The new version", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/api/v1/policy", tag = "policy", request_body(content = String, description = "A policy document (TOML)", content_type = "text/plain"), responses((status = 200, description = "The new version", body = serde_json::Value), Problems))]
 async fn apply_policy(State(api): State<Api>, body: String) -> Response {
     match api.node.apply_policy(&body).await {
         Ok(version) => Json(serde_json::json!({"version": version})).into_response(),
@@ -602,7 +912,7 @@ async fn apply_policy(State(api): State<Api>, body: String) -> Response {
 }
 
 /// `POST /api/v1/policy/check` with a document as the body: whether it would apply.
-#[utoipa::path(post, path = "/api/v1/policy/check", tag = "policy", request_body(content = String, description = "A policy document (TOML)", content_type = "text/plain"), responses((status = 200, description = "What the valid document says", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/policy/check", tag = "policy", request_body(content = String, description = "A policy document (TOML)", content_type = "text/plain"), responses((status = 200, description = "What the valid document says", body = serde_json::Value), Problems))]
 async fn check_policy(body: String) -> Response {
     match crate::governance::policy::parse(&body) {
         Ok(policy) => Json(crate::driver::policy::summary(&policy)).into_response(),
@@ -612,12 +922,12 @@ async fn check_policy(body: String) -> Response {
 
 /// `GET /api/v1/performance`: this node's figures as a worker and the mesh's phase
 /// transitions.
-#[utoipa::path(get, path = "/api/v1/performance", tag = "alerts", responses((status = 200, description = "This node's figures as a worker and the mesh's", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/performance", tag = "alerts", responses((status = 200, description = "This node's figures as a worker and the mesh's", body = serde_json::Value), Problems))]
 async fn performance(State(api): State<Api>) -> Response {
     Json(api.node.performance().await).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", responses((status = 200, description = "PerformanceAlerts, open and acknowledged", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", responses((status = 200, description = "PerformanceAlerts, open and acknowledged", body = serde_json::Value), Problems))]
 async fn list_alerts(State(api): State<Api>) -> Response {
     Json(api.node.alerts().await).into_response()
 }
@@ -629,7 +939,7 @@ struct AckBody {
 }
 
 /// `POST /api/v1/alerts/{id}/ack` with `{"note"}`.
-#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts", params(("id" = u64, Path, description = "The alert's id")), request_body = AckBody, responses((status = 200, description = "Acknowledged", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts", params(("id" = u64, Path, description = "The alert's id")), request_body = AckBody, responses((status = 200, description = "Acknowledged", body = serde_json::Value), Problems))]
 async fn ack_alert(
     State(api): State<Api>,
     Path(id): Path<u64>,
@@ -641,7 +951,7 @@ async fn ack_alert(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/resources", tag = "resources", responses((status = 200, description = "Each state's use against its limits", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/resources", tag = "resources", responses((status = 200, description = "Each state's use against its limits", body = serde_json::Value), Problems))]
 async fn list_resources(State(api): State<Api>) -> Response {
     Json(api.node.resources().await).into_response()
 }
@@ -663,7 +973,7 @@ fn hard_by_default() -> bool {
 
 /// `PUT /api/v1/resources/{state}/{resource}` with `{"amount", "per", "hard"}`: sets
 /// the state's limit (the president's operator only).
-#[utoipa::path(put, path = "/api/v1/resources/{state}/{resource}", tag = "resources", params(("state" = String, Path, description = "The state"), ("resource" = String, Path, description = "cpu_ms, tokens, api_calls, money_micros, memory_kib_s or storage_bytes")), request_body = LimitBody, responses((status = 200, description = "The limit is set", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/api/v1/resources/{state}/{resource}", tag = "resources", params(("state" = String, Path, description = "The state"), ("resource" = String, Path, description = "cpu_ms, tokens, api_calls, money_micros, memory_kib_s or storage_bytes")), request_body = LimitBody, responses((status = 200, description = "The limit is set", body = serde_json::Value), Problems))]
 async fn set_limit(
     State(api): State<Api>,
     Path((state, resource)): Path<(String, String)>,
@@ -687,7 +997,7 @@ async fn set_limit(
 }
 
 /// `DELETE /api/v1/resources/{state}/{resource}`: removes the state's limit.
-#[utoipa::path(delete, path = "/api/v1/resources/{state}/{resource}", tag = "resources", params(("state" = String, Path, description = "The state"), ("resource" = String, Path, description = "The resource")), responses((status = 200, description = "The limit is removed", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/api/v1/resources/{state}/{resource}", tag = "resources", params(("state" = String, Path, description = "The state"), ("resource" = String, Path, description = "The resource")), responses((status = 200, description = "The limit is removed", body = serde_json::Value), Problems))]
 async fn remove_limit(
     State(api): State<Api>,
     Path((state, resource)): Path<(String, String)>,
@@ -704,7 +1014,7 @@ async fn remove_limit(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/resources/requests", tag = "resources", responses((status = 200, description = "ResourceRequests, open and decided", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/resources/requests", tag = "resources", responses((status = 200, description = "ResourceRequests, open and decided", body = serde_json::Value), Problems))]
 async fn list_resource_requests(State(api): State<Api>) -> Response {
     Json(api.node.resource_requests().await).into_response()
 }
@@ -719,7 +1029,7 @@ struct DecisionBody {
 }
 
 /// `POST /api/v1/resources/requests/{id}/approve` with `{"amount", "note"}`.
-#[utoipa::path(post, path = "/api/v1/resources/requests/{id}/approve", tag = "resources", params(("id" = u64, Path, description = "The request's id")), request_body = DecisionBody, responses((status = 200, description = "Approved", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/resources/requests/{id}/approve", tag = "resources", params(("id" = u64, Path, description = "The request's id")), request_body = DecisionBody, responses((status = 200, description = "Approved", body = serde_json::Value), Problems))]
 async fn approve_resource_request(
     State(api): State<Api>,
     Path(id): Path<u64>,
@@ -736,7 +1046,7 @@ async fn approve_resource_request(
 }
 
 /// `POST /api/v1/resources/requests/{id}/deny` with `{"note"}`.
-#[utoipa::path(post, path = "/api/v1/resources/requests/{id}/deny", tag = "resources", params(("id" = u64, Path, description = "The request's id")), request_body = DecisionBody, responses((status = 200, description = "Denied", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/resources/requests/{id}/deny", tag = "resources", params(("id" = u64, Path, description = "The request's id")), request_body = DecisionBody, responses((status = 200, description = "Denied", body = serde_json::Value), Problems))]
 async fn deny_resource_request(
     State(api): State<Api>,
     Path(id): Path<u64>,
@@ -753,7 +1063,7 @@ async fn deny_resource_request(
 }
 
 /// `DELETE /api/v1/members/{id}`: evicts the member.
-#[utoipa::path(delete, path = "/api/v1/members/{id}", tag = "members", params(("id" = String, Path, description = "The member's peer id")), responses((status = 200, description = "The member was evicted", body = serde_json::Value), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/api/v1/members/{id}", tag = "members", params(("id" = String, Path, description = "The member's peer id")), responses((status = 200, description = "The member was evicted", body = serde_json::Value), Problems))]
 async fn evict_member(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.node.evict_member(&id).await {
         Ok(()) => Json(serde_json::json!({"evicted": id})).into_response(),
@@ -761,7 +1071,7 @@ async fn evict_member(State(api): State<Api>, Path(id): Path<String>) -> Respons
     }
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus metrics", content_type = "text/plain"), (status = "4XX", description = "The request's fault, as an RFC 9457 problem", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "The mesh could not take it now (no president, not committed), as a problem", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus metrics", content_type = "text/plain"), Problems))]
 async fn metrics(State(api): State<Api>) -> Response {
     let status = api.node.status().await;
     api.node

@@ -1,7 +1,8 @@
 //! Projects through a mesh of real `aamas` processes: the template through all eight
 //! phases, with and without the death of the president, a governor and a worker (whose
 //! lost task the president reassigns); a task that always fails ends as an escalation
-//! that fails the phase; a malformed spec is refused with its line.
+//! that fails the phase; a malformed spec is refused with its line. The seed's system,
+//! governor and agent routes answer (seed §10.1).
 
 use std::time::Duration;
 
@@ -299,4 +300,146 @@ fn a_submission_retried_with_its_request_id_is_one_project() {
         )
         .expect("the API answers");
     assert!(status.contains("400"), "{status}: {body}");
+}
+
+#[test]
+fn the_seeds_system_governor_and_agent_routes_answer() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, president) = start_hierarchy(root.path(), 3);
+    let chief = &nodes[index_of(&nodes, &president)];
+    let token = std::fs::read_to_string(chief.dir.join("api.token")).expect("the token");
+    let token = token.trim().to_string();
+    let call = |token: &str, method: &str, path: &str, body: &str| -> (u16, Value) {
+        let json = [("Content-Type", "application/json")];
+        let headers: &[(&str, &str)] = if body.starts_with('{') { &json } else { &[] };
+        let (code, _, text) = chief
+            .api_exchange(Some(token), method, path, headers, body.as_bytes())
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    };
+    // The mesh in one JSON summary.
+    let (code, summary) = call(&token, "GET", "/api/v1/system/metrics", "");
+    assert_eq!(code, 200, "{summary}");
+    assert_eq!(summary["members"], 3, "{summary}");
+    assert_eq!(summary["president"], president.as_str(), "{summary}");
+    // A governor by its state's name, or by its own peer id.
+    let (state, governor, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
+        .and_then(|governed| governed.into_iter().next())
+        .expect("a governed state");
+    let (code, by_state) = call(
+        &token,
+        "GET",
+        &format!("/api/v1/governors/{state}/status"),
+        "",
+    );
+    assert_eq!(code, 200, "{by_state}");
+    assert_eq!(by_state["name"], state.as_str(), "{by_state}");
+    let (code, by_peer) = call(
+        &token,
+        "GET",
+        &format!("/api/v1/governors/{governor}/status"),
+        "",
+    );
+    assert_eq!(
+        (code, &by_peer["name"]),
+        (200, &by_state["name"]),
+        "{by_peer}"
+    );
+    let (code, unknown) = call(&token, "GET", "/api/v1/governors/atlantis/status", "");
+    assert_eq!(code, 404, "{unknown}");
+    // Tasks handed to a governor run in its state, as a project of their own.
+    let tasks = "[[task]]\nname = \"a\"\nexecutor = \"builtin\"\naction = \"digest\"\n\
+                 input = \"one\"\n[[task]]\nname = \"b\"\nexecutor = \"builtin\"\n\
+                 action = \"digest\"\ninput = \"two\"\n";
+    let (code, created) = call(
+        &token,
+        "POST",
+        &format!("/api/v1/governors/{state}/tasks"),
+        tasks,
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().expect("an id").to_string();
+    let end = wait_for_project_end(&nodes, &id, PROJECT_LIMIT);
+    assert_eq!(field(&end, "status").as_deref(), Some("completed"), "{end}");
+    for task in all_tasks(&nodes, &id).values() {
+        assert_eq!(
+            field(task, "state").as_deref(),
+            Some(state.as_str()),
+            "{task}"
+        );
+    }
+    let placed = "[[task]]\nname = \"a\"\nstate = \"market\"\nexecutor = \"builtin\"\n\
+                  action = \"digest\"\n";
+    let (code, refused) = call(
+        &token,
+        "POST",
+        &format!("/api/v1/governors/{state}/tasks"),
+        placed,
+    );
+    assert_eq!(code, 400, "{refused}");
+    // Its performance: the attempts charged (each kept a digest) and its open alerts.
+    let (code, figures) = call(
+        &token,
+        "GET",
+        &format!("/api/v1/governors/{state}/performance"),
+        "",
+    );
+    assert_eq!(code, 200, "{figures}");
+    assert!(
+        figures["resources"]["attempts"]
+            .as_u64()
+            .is_some_and(|n| n >= 2),
+        "{figures}"
+    );
+    // A limit set through the governor is the state's.
+    let limit = r#"{"resource": "tokens", "amount": 1000, "per": "day"}"#;
+    let (code, set) = call(
+        &token,
+        "PUT",
+        &format!("/api/v1/governors/{state}/resources"),
+        limit,
+    );
+    assert_eq!(code, 200, "{set}");
+    let (_, resources) = call(&token, "GET", "/api/v1/resources", "");
+    let limited = resources
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|view| view["state"] == state.as_str())
+        .map(|view| view["limits"].clone())
+        .expect("the state's resources");
+    assert_eq!(limited[0]["resource"], "tokens", "{limited}");
+    // Commands to the agents: a finished project cannot be held; an unknown command is
+    // a 422; an operator's token may not evict.
+    let hold = format!(r#"{{"command": "hold", "project": "{id}"}}"#);
+    let (code, held) = call(&token, "POST", "/api/v1/agents/command", &hold);
+    assert!((400..500).contains(&code), "{code} {held}");
+    let (code, unknown) = call(
+        &token,
+        "POST",
+        "/api/v1/agents/command",
+        r#"{"command": "launch"}"#,
+    );
+    assert_eq!(code, 422, "{unknown}");
+    let (code, created) = call(
+        &token,
+        "POST",
+        "/api/v1/api-tokens",
+        r#"{"name": "op", "scope": "operate"}"#,
+    );
+    assert_eq!(code, 200, "{created}");
+    let operator = created["token"].as_str().expect("the token").to_string();
+    let evict = format!(r#"{{"command": "evict", "member": "{governor}"}}"#);
+    let (code, forbidden) = call(&operator, "POST", "/api/v1/agents/command", &evict);
+    assert_eq!(code, 403, "{forbidden}");
+    let (code, missing) = call(
+        &operator,
+        "POST",
+        "/api/v1/agents/command",
+        r#"{"command": "ack", "alert": 99}"#,
+    );
+    assert_eq!(code, 404, "{missing}");
 }
