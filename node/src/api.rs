@@ -111,14 +111,89 @@ async fn status(State(api): State<Api>) -> Response {
     Json(api.node.status().await).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/members", tag = "members", responses((status = 200, description = "The mesh's members, their states, roles and liveness", body = serde_json::Value), Problems))]
-async fn members(State(api): State<Api>) -> Response {
-    Json(api.node.members().await).into_response()
+#[utoipa::path(get, path = "/api/v1/members", tag = "members", params(Page), responses((status = 200, description = "The mesh's members, their states, roles and liveness, by peer id; a Link header names the next page", body = serde_json::Value), Problems))]
+async fn members(State(api): State<Api>, Query(page): Query<Page>) -> Response {
+    let members = api.node.members().await;
+    paged("/api/v1/members", members, |m| m.peer_id.clone(), &page)
 }
 
 #[utoipa::path(get, path = "/api/v1/hierarchy", tag = "members", responses((status = 200, description = "President, governors, mayors and workers", body = serde_json::Value), Problems))]
 async fn hierarchy(State(api): State<Api>) -> Response {
     Json(api.node.hierarchy().await).into_response()
+}
+
+/// Most items one page of a list holds, and how many it holds unless `limit` says.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Which page of a list: at most `limit` items after the cursor `after` (the `next` of
+/// the page before, from its `Link` header).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct Page {
+    /// Items per page, 1 to 10,000 (10,000 when left out).
+    limit: Option<usize>,
+    /// The cursor of the previous page's last item (opaque; from its `Link` header).
+    after: Option<String>,
+}
+
+/// One page of `items`, in the order of their cursor (`key`), as JSON; a `Link: <...>;
+/// rel="next"` header when more follow. Lists are sorted by their ids, so a page asked
+/// for again holds the same items, less those removed meanwhile.
+fn paged<T: serde::Serialize>(
+    path: &str,
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    page: &Page,
+) -> Response {
+    let limit = page.limit.unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit is 1 to {MAX_PAGE}, not {limit}"),
+        );
+    }
+    let mut keyed: Vec<(String, T)> = items.into_iter().map(|item| (key(&item), item)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let start = page
+        .after
+        .as_ref()
+        .map_or(0, |after| keyed.partition_point(|(key, _)| key <= after));
+    let rest = keyed.len().saturating_sub(start);
+    let taken: Vec<(String, T)> = keyed.into_iter().skip(start).take(limit).collect();
+    let next = (rest > limit)
+        .then(|| taken.last().map(|(key, _)| key.clone()))
+        .flatten();
+    let body: Vec<T> = taken.into_iter().map(|(_, item)| item).collect();
+    let mut response = Json(body).into_response();
+    if let Some(next) = next {
+        let link = format!(
+            "<{path}?limit={limit}&after={}>; rel=\"next\"",
+            percent_encode(&next)
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&link) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::LINK, value);
+        }
+    }
+    response
+}
+
+/// `text` with every byte but unreserved ones (RFC 3986) percent-encoded.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// A numeric id as a cursor that sorts as the number does.
+fn numeric_key(id: u64) -> String {
+    format!("{id:020}")
 }
 
 /// An RFC 9457 problem: what every error answer of this API is.
@@ -678,9 +753,10 @@ async fn submit_project(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", responses((status = 200, description = "Every project", body = serde_json::Value), Problems))]
-async fn list_projects(State(api): State<Api>) -> Response {
-    Json(api.node.projects().await).into_response()
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", params(Page), responses((status = 200, description = "The projects, by id; a Link header names the next page", body = serde_json::Value), Problems))]
+async fn list_projects(State(api): State<Api>, Query(page): Query<Page>) -> Response {
+    let projects = api.node.projects().await;
+    paged("/api/v1/projects", projects, |p| p.id.clone(), &page)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -857,8 +933,8 @@ async fn create_api_token(State(api): State<Api>, Json(new): Json<NewApiToken>) 
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "access", responses((status = 200, description = "The named tokens (names and scopes)", body = serde_json::Value), Problems))]
-async fn list_api_tokens(State(api): State<Api>) -> Response {
+#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "access", params(Page), responses((status = 200, description = "The named tokens (names and scopes), by name; a Link header names the next page", body = serde_json::Value), Problems))]
+async fn list_api_tokens(State(api): State<Api>, Query(page): Query<Page>) -> Response {
     let tokens = api
         .tokens
         .lock()
@@ -870,7 +946,8 @@ async fn list_api_tokens(State(api): State<Api>) -> Response {
             serde_json::json!({"name": token.name, "scope": token.scope, "created_ms": token.created_ms})
         })
         .collect();
-    Json(listed).into_response()
+    let name = |token: &serde_json::Value| token["name"].as_str().unwrap_or_default().to_string();
+    paged("/api/v1/api-tokens", listed, name, &page)
 }
 
 #[utoipa::path(delete, path = "/api/v1/api-tokens/{name}", tag = "access", params(("name" = String, Path, description = "The token's name")), responses((status = 200, description = "Revoked", body = serde_json::Value), Problems))]
@@ -927,9 +1004,10 @@ async fn performance(State(api): State<Api>) -> Response {
     Json(api.node.performance().await).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", responses((status = 200, description = "PerformanceAlerts, open and acknowledged", body = serde_json::Value), Problems))]
-async fn list_alerts(State(api): State<Api>) -> Response {
-    Json(api.node.alerts().await).into_response()
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", params(Page), responses((status = 200, description = "PerformanceAlerts, open and acknowledged, by id; a Link header names the next page", body = serde_json::Value), Problems))]
+async fn list_alerts(State(api): State<Api>, Query(page): Query<Page>) -> Response {
+    let alerts = api.node.alerts().await;
+    paged("/api/v1/alerts", alerts, |a| numeric_key(a.id), &page)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -1014,9 +1092,15 @@ async fn remove_limit(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/resources/requests", tag = "resources", responses((status = 200, description = "ResourceRequests, open and decided", body = serde_json::Value), Problems))]
-async fn list_resource_requests(State(api): State<Api>) -> Response {
-    Json(api.node.resource_requests().await).into_response()
+#[utoipa::path(get, path = "/api/v1/resources/requests", tag = "resources", params(Page), responses((status = 200, description = "ResourceRequests, open and decided, by id; a Link header names the next page", body = serde_json::Value), Problems))]
+async fn list_resource_requests(State(api): State<Api>, Query(page): Query<Page>) -> Response {
+    let requests = api.node.resource_requests().await;
+    paged(
+        "/api/v1/resources/requests",
+        requests,
+        |r| numeric_key(r.id),
+        &page,
+    )
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -380,6 +380,24 @@ impl Node {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Option<(u16, Option<String>, String)> {
+        let (code, answered, body) =
+            self.api_exchange_headers(token, method, path, headers, body)?;
+        let content_type = answered
+            .into_iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+            .map(|(_, value)| value);
+        Some((code, content_type, body))
+    }
+
+    /// [`Node::api_exchange`] with every header of the answer.
+    pub fn api_exchange_headers(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<(u16, Vec<(String, String)>, String)> {
         use std::io::{Read as _, Write as _};
         let addr = std::fs::read_to_string(self.dir.join("api.addr")).ok()?;
         let mut stream = std::net::TcpStream::connect(addr.trim()).ok()?;
@@ -403,12 +421,13 @@ impl Node {
         let (head, body) = response.split_once("\r\n\r\n")?;
         let mut lines = head.lines();
         let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-        let content_type = lines.find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-type")
-                .then(|| value.trim().to_string())
-        });
-        Some((code, content_type, body.to_string()))
+        let answered = lines
+            .filter_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                Some((name.trim().to_string(), value.trim().to_string()))
+            })
+            .collect();
+        Some((code, answered, body.to_string()))
     }
 
     /// [`Node::api_request`] with the bearer token `token` instead of the node's own.

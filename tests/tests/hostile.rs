@@ -10,7 +10,8 @@
 //!   project, an Execute) is refused and counted by reason (`node::authority`).
 //! - The API: no token, a wrong one, malformed or mistyped bodies, an oversized spec,
 //!   unknown ids and routes each get their 4xx as an RFC 9457 problem, never a 5xx. Its
-//!   OpenAPI document passes an outside validator, and every path in it is routed.
+//!   OpenAPI document passes an outside validator, and every path in it is routed; lists
+//!   come in pages linked by their `Link` headers.
 
 use aamas_node::driver::runtime::MeshFile;
 use aamas_node::net::swarm::{self, SwarmConfig};
@@ -712,4 +713,81 @@ fn the_openapi_document_passes_an_outside_validator_and_every_path_in_it_answers
         }
     }
     assert!(asked >= 30, "only {asked} operations documented");
+}
+
+#[test]
+fn lists_come_in_pages_that_a_client_follows_by_their_link_headers() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, _) = start_mesh(root.path(), 1);
+    let node = &nodes[0];
+    let token = std::fs::read_to_string(node.dir.join("api.token")).expect("the token");
+    let token = Some(token.trim());
+    let json = [("Content-Type", "application/json")];
+    for name in ["e", "b", "d", "a", "c"] {
+        let body = format!(r#"{{"name": "{name}", "scope": "read"}}"#);
+        let (code, _, text) = node
+            .api_exchange(token, "POST", "/api/v1/api-tokens", &json, body.as_bytes())
+            .expect("created");
+        assert_eq!(code, 200, "{text}");
+    }
+    // Pages of two, in name order, each naming the next until the last.
+    let mut path = "/api/v1/api-tokens?limit=2".to_string();
+    let mut names = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (code, headers, text) = node
+            .api_exchange_headers(token, "GET", &path, &[], b"")
+            .expect("a page");
+        assert_eq!(code, 200, "{text}");
+        let page: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+        assert!(page.len() <= 2, "{text}");
+        names.extend(
+            page.iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_string)),
+        );
+        pages += 1;
+        let next = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("link"))
+            .and_then(|(_, link)| {
+                link.strip_prefix('<')?
+                    .split_once('>')
+                    .map(|(p, _)| p.to_string())
+            });
+        match next {
+            Some(next) => path = next,
+            None => break,
+        }
+    }
+    assert_eq!(names, ["a", "b", "c", "d", "e"]);
+    assert_eq!(pages, 3);
+    // Without a limit: all of them, with no Link.
+    let (_, headers, text) = node
+        .api_exchange_headers(token, "GET", "/api/v1/api-tokens", &[], b"")
+        .expect("all");
+    assert!(
+        !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("link"))
+    );
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&text)
+            .expect("json")
+            .len(),
+        5
+    );
+    // A limit out of range is the client's fault.
+    for limit in ["0", "10001", "many"] {
+        let (code, content_type, text) = node
+            .api_exchange(
+                token,
+                "GET",
+                &format!("/api/v1/alerts?limit={limit}"),
+                &[],
+                b"",
+            )
+            .expect("an answer");
+        assert_eq!(code, 400, "{limit}: {text}");
+        assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    }
 }
