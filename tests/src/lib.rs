@@ -397,7 +397,7 @@ impl Node {
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-    ) -> Option<(u16, Vec<(String, String)>, String)> {
+    ) -> Option<(u16, Headers, String)> {
         use std::io::{Read as _, Write as _};
         let addr = std::fs::read_to_string(self.dir.join("api.addr")).ok()?;
         let mut stream = std::net::TcpStream::connect(addr.trim()).ok()?;
@@ -460,6 +460,9 @@ impl Node {
         Some((head.lines().next()?.to_string(), body.to_string()))
     }
 }
+
+/// The headers of an HTTP answer, names and values, in order.
+pub type Headers = Vec<(String, String)>;
 
 /// Each state with workers: its governor and voters, as one node's hierarchy has them.
 pub fn governors(hierarchy: &Value) -> Option<Vec<(String, String, Vec<String>)>> {
