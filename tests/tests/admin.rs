@@ -1,7 +1,9 @@
 //! Mesh administration with the real `aamas` binary on 127.0.0.1: join tokens admit as
 //! many nodes as they say and no more, a revoked token admits no one, and an evicted
 //! member loses its federal seat to another, is dropped by every member, and can no
-//! longer act through the mesh; an API token reaches only the routes of its scope.
+//! longer act through the mesh; an API token reaches only the routes of its scope. The
+//! deploy files: the systemd unit passes `systemd-analyze verify`, its config starts a
+//! node, and the Grafana dashboard reads only metrics a node exports.
 
 use serde_json::Value;
 
@@ -274,4 +276,128 @@ fn an_api_token_reaches_only_the_routes_of_its_scope_and_outlives_a_restart() {
         .filter_map(|token| field(token, "name"))
         .collect();
     assert_eq!(names, ["submitter"]);
+}
+
+/// `deploy/FILE` of the repository.
+fn deploy_file(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file)
+}
+
+#[test]
+fn the_deploy_files_verify_and_the_dashboard_reads_only_metrics_a_node_has() {
+    // The systemd unit, with its ExecStart at the binary under test: systemd's own
+    // checker finds nothing to say.
+    let root = tempfile::tempdir().expect("tempdir");
+    let unit = std::fs::read_to_string(deploy_file("systemd/aamas.service")).expect("the unit");
+    let unit = unit.replace("/usr/local/bin/aamas", &binary().display().to_string());
+    let unit_path = root.path().join("aamas.service");
+    std::fs::write(&unit_path, unit).expect("write");
+    let verified = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit_path)
+        .output()
+        .expect("systemd-analyze runs");
+    let said = String::from_utf8_lossy(&verified.stderr);
+    assert!(
+        verified.status.success() && said.trim().is_empty(),
+        "{said}"
+    );
+    // The node's config file starts a node (its addresses and data dir overridden here).
+    let dir = root.path().join("n1");
+    init(&dir);
+    let config = deploy_file("systemd/node.toml").display().to_string();
+    let node = Node::start_with(
+        &dir,
+        None,
+        &[
+            "--config",
+            &config,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+        ],
+    );
+    let nodes = [node];
+    wait_for("the node to be president", || {
+        agreed_president(&nodes.iter().collect::<Vec<_>>(), 1)
+    });
+    // Every series the Grafana dashboard asks for is a family the node registers (one
+    // with labels is exported once it has a sample, so the registrations in
+    // node/src/metrics.rs are the list), and the node serves them.
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/src/metrics.rs"),
+    )
+    .expect("metrics.rs");
+    let registered: std::collections::BTreeSet<String> = source
+        .split("registry.register(")
+        .skip(1)
+        .filter_map(|call| call.split('"').nth(1))
+        .map(|name| format!("aamas_{name}"))
+        .collect();
+    assert!(registered.contains("aamas_members"), "{registered:?}");
+    let (code, _, exported) = nodes[0]
+        .api_exchange(
+            Some(
+                std::fs::read_to_string(dir.join("api.token"))
+                    .expect("token")
+                    .trim(),
+            ),
+            "GET",
+            "/metrics",
+            &[],
+            b"",
+        )
+        .expect("metrics");
+    assert_eq!(code, 200);
+    assert!(
+        exported.contains("# TYPE aamas_members gauge"),
+        "{exported}"
+    );
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy_file("grafana/aamas.json")).expect("the dashboard"),
+    )
+    .expect("json");
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expr");
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("aamas_"));
+            for name in names {
+                let family = ["_bucket", "_sum", "_count", "_total"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name);
+                assert!(
+                    registered.contains(family),
+                    "the dashboard asks for {name}, which no node exports ({expr})"
+                );
+                asked += 1;
+            }
+        }
+    }
+    assert!(asked >= 20, "{asked} series");
+    // Prometheus's scrape configuration reads /metrics with a bearer token from a file.
+    let checked = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, yaml\nc = yaml.safe_load(open(sys.argv[1]))\n\
+             job = c['scrape_configs'][0]\n\
+             assert job['metrics_path'] == '/metrics', job\n\
+             assert job['authorization']['type'] == 'Bearer', job\n\
+             assert job['authorization']['credentials_file'], job\n\
+             assert job['static_configs'][0]['targets'], job",
+        ])
+        .arg(deploy_file("prometheus/prometheus.yml"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
