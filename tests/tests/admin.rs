@@ -3,7 +3,8 @@
 //! member loses its federal seat to another, is dropped by every member, and can no
 //! longer act through the mesh; an API token reaches only the routes of its scope. The
 //! deploy files: the systemd unit passes `systemd-analyze verify`, its config starts a
-//! node, and the Grafana dashboard reads only metrics a node exports.
+//! node, the Dockerfile passes hadolint, and the Grafana dashboard reads only metrics a
+//! node exports.
 
 use serde_json::Value;
 
@@ -381,6 +382,17 @@ fn the_deploy_files_verify_and_the_dashboard_reads_only_metrics_a_node_has() {
         }
     }
     assert!(asked >= 20, "{asked} series");
+    // The container image's recipe: linted by hadolint (no Docker engine here to build
+    // it; `make test` installs hadolint), with nothing to say.
+    let linted = std::process::Command::new("hadolint")
+        .arg(deploy_file("docker/Dockerfile"))
+        .output()
+        .expect("hadolint runs (scripts/ensure-test-deps.sh installs it)");
+    assert!(
+        linted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&linted.stdout)
+    );
     // Prometheus's scrape configuration reads /metrics with a bearer token from a file.
     let checked = std::process::Command::new("python3")
         .args([
