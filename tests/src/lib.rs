@@ -365,8 +365,7 @@ impl Node {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Option<(String, String)> {
-        let token = std::fs::read_to_string(self.dir.join("api.token")).ok()?;
-        self.api_request_as(token.trim(), method, path, headers, body)
+        self.api_request_as(&self.api_token()?, method, path, headers, body)
     }
 
     /// One raw exchange with the node's API: `token` as the bearer (none: no
@@ -398,6 +397,41 @@ impl Node {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Option<(u16, Headers, String)> {
+        let (status, answered, body) = self.exchange(token, method, path, headers, body)?;
+        let code = status.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, answered, body))
+    }
+
+    /// [`Node::api_request`] with the bearer token `token` instead of the node's own.
+    pub fn api_request_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Option<(String, String)> {
+        let (status, _, body) =
+            self.exchange(Some(token), method, path, headers, body.as_bytes())?;
+        Some((status, body))
+    }
+
+    /// The node's own API token (`DATA_DIR/api.token`).
+    pub fn api_token(&self) -> Option<String> {
+        let token = std::fs::read_to_string(self.dir.join("api.token")).ok()?;
+        Some(token.trim().to_string())
+    }
+
+    /// One HTTP/1.1 exchange with the node's API over a fresh connection: the status
+    /// line, the headers and the body of the answer.
+    fn exchange(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<(String, Headers, String)> {
         use std::io::{Read as _, Write as _};
         let addr = std::fs::read_to_string(self.dir.join("api.addr")).ok()?;
         let mut stream = std::net::TcpStream::connect(addr.trim()).ok()?;
@@ -420,44 +454,14 @@ impl Node {
         let response = String::from_utf8_lossy(&response).into_owned();
         let (head, body) = response.split_once("\r\n\r\n")?;
         let mut lines = head.lines();
-        let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let status = lines.next()?.to_string();
         let answered = lines
             .filter_map(|line| {
                 let (name, value) = line.split_once(':')?;
                 Some((name.trim().to_string(), value.trim().to_string()))
             })
             .collect();
-        Some((code, answered, body.to_string()))
-    }
-
-    /// [`Node::api_request`] with the bearer token `token` instead of the node's own.
-    pub fn api_request_as(
-        &self,
-        token: &str,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> Option<(String, String)> {
-        use std::io::{Read as _, Write as _};
-        let addr = std::fs::read_to_string(self.dir.join("api.addr")).ok()?;
-        let mut stream = std::net::TcpStream::connect(addr.trim()).ok()?;
-        let extra: String = headers
-            .iter()
-            .map(|(name, value)| format!("{name}: {value}\r\n"))
-            .collect();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n{extra}\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            token.trim(),
-            body.len()
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        Some((head.lines().next()?.to_string(), body.to_string()))
+        Some((status, answered, body.to_string()))
     }
 }
 

@@ -341,11 +341,7 @@ fn the_deploy_files_verify_and_the_dashboard_reads_only_metrics_a_node_has() {
     assert!(registered.contains("aamas_members"), "{registered:?}");
     let (code, _, exported) = nodes[0]
         .api_exchange(
-            Some(
-                std::fs::read_to_string(dir.join("api.token"))
-                    .expect("token")
-                    .trim(),
-            ),
+            Some(&nodes[0].api_token().expect("token")),
             "GET",
             "/metrics",
             &[],

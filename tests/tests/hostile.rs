@@ -488,8 +488,8 @@ fn hostile_api_requests_get_problem_details_and_never_a_server_error() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, _) = start_mesh(root.path(), 1);
     let node = &nodes[0];
-    let token = std::fs::read_to_string(node.dir.join("api.token")).expect("the token");
-    let token = Some(token.trim());
+    let token = node.api_token().expect("the token");
+    let token = Some(token.as_str());
     let json = [("Content-Type", "application/json")];
     let oversized = vec![b'x'; 2 * 1024 * 1024];
     // (what, token, method, path, headers, body, the status expected)
@@ -648,8 +648,8 @@ fn the_openapi_document_passes_an_outside_validator_and_every_path_in_it_answers
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, _) = start_mesh(root.path(), 1);
     let node = &nodes[0];
-    let token = std::fs::read_to_string(node.dir.join("api.token")).expect("the token");
-    let token = Some(token.trim());
+    let token = node.api_token().expect("the token");
+    let token = Some(token.as_str());
     // Behind the token like the rest.
     let (code, _, _) = node
         .api_exchange(None, "GET", "/api/v1/openapi.json", &[], b"")
@@ -720,8 +720,8 @@ fn lists_come_in_pages_that_a_client_follows_by_their_link_headers() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, _) = start_mesh(root.path(), 1);
     let node = &nodes[0];
-    let token = std::fs::read_to_string(node.dir.join("api.token")).expect("the token");
-    let token = Some(token.trim());
+    let token = node.api_token().expect("the token");
+    let token = Some(token.as_str());
     let json = [("Content-Type", "application/json")];
     for name in ["e", "b", "d", "a", "c"] {
         let body = format!(r#"{{"name": "{name}", "scope": "read"}}"#);

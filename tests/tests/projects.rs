@@ -307,8 +307,7 @@ fn the_seeds_system_governor_and_agent_routes_answer() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, president) = start_hierarchy(root.path(), 3);
     let chief = &nodes[index_of(&nodes, &president)];
-    let token = std::fs::read_to_string(chief.dir.join("api.token")).expect("the token");
-    let token = token.trim().to_string();
+    let token = chief.api_token().expect("the token");
     let call = |token: &str, method: &str, path: &str, body: &str| -> (u16, Value) {
         let json = [("Content-Type", "application/json")];
         let headers: &[(&str, &str)] = if body.starts_with('{') { &json } else { &[] };
