@@ -527,9 +527,21 @@ async fn governor_resources(
         period: body.per,
         hard: body.hard,
     };
-    match api.node.set_limit(&state.name, resource, Some(limit)).await {
-        Ok(()) => Json(serde_json::json!({"state": state.name, "resource": resource.name()}))
-            .into_response(),
+    put_limit(&api, &state.name, resource, limit).await
+}
+
+/// Sets `state`'s limit on `resource` (the president's operator only), as both limit
+/// routes answer it.
+async fn put_limit(
+    api: &Api,
+    state: &str,
+    resource: aamas_consensus::resources::Resource,
+    limit: aamas_consensus::resources::Limit,
+) -> Response {
+    match api.node.set_limit(state, resource, Some(limit)).await {
+        Ok(()) => {
+            Json(serde_json::json!({"state": state, "resource": resource.name()})).into_response()
+        }
         Err(failure) => admin_error(failure),
     }
 }
@@ -1066,12 +1078,7 @@ async fn set_limit(
         period: body.per,
         hard: body.hard,
     };
-    match api.node.set_limit(&state, resource, Some(limit)).await {
-        Ok(()) => {
-            Json(serde_json::json!({"state": state, "resource": resource.name()})).into_response()
-        }
-        Err(failure) => admin_error(failure),
-    }
+    put_limit(&api, &state, resource, limit).await
 }
 
 /// `DELETE /api/v1/resources/{state}/{resource}`: removes the state's limit.
