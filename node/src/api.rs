@@ -24,6 +24,8 @@ use crate::access::{Scope, TokenStore};
 use crate::driver::projects::ProjectError;
 use crate::driver::runtime::{Node, NodeError};
 
+mod events;
+
 #[derive(Clone)]
 struct Api {
     node: Arc<Node>,
@@ -33,6 +35,8 @@ struct Api {
     token: Arc<String>,
     /// The named, scoped tokens ([`crate::access`]).
     tokens: Arc<std::sync::Mutex<TokenStore>>,
+    /// Event streams open now (at most [`events::MAX_EVENT_STREAMS`]).
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The scope of the request's bearer token: admin for this run's own token, the named
@@ -317,6 +321,7 @@ fn router() -> utoipa_axum::router::OpenApiRouter<Api> {
         .routes(routes!(governor_tasks))
         .routes(routes!(governor_resources))
         .routes(routes!(agent_command))
+        .routes(routes!(events::events))
         .layer(axum::extract::DefaultBodyLimit::max(
             MAX_SPEC_BODY_BYTES + 1024,
         ))
@@ -603,6 +608,12 @@ async fn agent_command(
     axum::Extension(scope): axum::Extension<Scope>,
     Json(command): Json<AgentCommand>,
 ) -> Response {
+    run_command(&api, scope, command).await
+}
+
+/// Carries out one agent command for a token of `scope` (the route and the event
+/// stream's WebSocket both take them).
+async fn run_command(api: &Api, scope: Scope, command: AgentCommand) -> Response {
     let project = |id: &str, action: &str| (id.to_string(), action.to_string());
     let change = match &command {
         AgentCommand::Hold { project: id } => Some(project(id, "hold")),
@@ -1226,6 +1237,7 @@ pub async fn serve(
         openapi: Arc::new(std::sync::OnceLock::new()),
         token: Arc::new(token),
         tokens: Arc::new(std::sync::Mutex::new(tokens)),
+        streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
     };
     let (routes, health, document) = split();
     let _ = api.openapi.set(document.to_json().unwrap_or_default());

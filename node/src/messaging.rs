@@ -212,6 +212,15 @@ impl Inbox {
         authority.mayors = roles.mayors;
     }
 
+    /// Adds a group key the inbox opens envelopes with (the newest few epochs are kept).
+    pub fn insert_group_key(&self, key: aamas_protocol::GroupKey) {
+        self.roster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .insert_group_key(key);
+    }
+
     /// How many members the roster holds: whose messages this node can check.
     pub fn known(&self) -> usize {
         self.roster

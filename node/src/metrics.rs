@@ -19,6 +19,8 @@ pub struct Metrics {
     pub api_unauthorized: Counter,
     /// API requests refused because the token's scope does not cover the route.
     pub api_forbidden: Counter,
+    /// Messages from event-stream (WebSocket) clients that were not JSON the stream takes.
+    pub api_bad_messages: Counter,
     /// Policy decisions, by decision point, the rule that decided (`-` when none fired)
     /// and outcome (allowed, advisory, overridden, denied).
     pub policy_decisions: Family<Labels, Counter>,
@@ -89,6 +91,17 @@ pub struct Metrics {
     pub duty_panics: Family<Labels, Counter>,
     /// Events published on this node's event bus ([`crate::events`]), by kind.
     pub events: Family<Labels, Counter>,
+    /// Events this node sealed for the mesh, by outcome (`sent`; `no_group_key` before
+    /// this node holds one; `failed`).
+    pub events_gossiped: Family<Labels, Counter>,
+    /// Event streams (WebSocket and server-sent events) open on this node's API.
+    pub event_streams: Gauge,
+    /// Event streams this node's API closed, by reason (`lagged`: the client fell
+    /// behind the log; `stalled`: a send did not complete in time; `ended`: the
+    /// client left or asked for no more; `full`: refused, too many streams).
+    pub event_streams_closed: Family<Labels, Counter>,
+    /// The newest group-key epoch this node holds (0: none yet).
+    pub group_key_epoch: Gauge,
     /// Attempts this node ran as a worker, by executor and outcome (`succeeded`,
     /// `failed`, `timed_out`, `unavailable`, `misconfigured`): its completion and error
     /// rates (seed §7.1).
@@ -163,6 +176,7 @@ impl Default for Metrics {
             api_unauthorized: Counter::default(),
             members_evicted: Counter::default(),
             api_forbidden: Counter::default(),
+            api_bad_messages: Counter::default(),
             policy_decisions: Family::default(),
             performance_alerts: Family::default(),
             resource_requests: Family::default(),
@@ -193,6 +207,10 @@ impl Default for Metrics {
             mirror_failed: Family::default(),
             duty_panics: Family::default(),
             events: Family::default(),
+            events_gossiped: Family::default(),
+            event_streams: Gauge::default(),
+            event_streams_closed: Family::default(),
+            group_key_epoch: Gauge::default(),
             attempts: Family::default(),
             attempt_seconds: Family::new_with_constructor(attempt_buckets),
             attempt_cpu_seconds: Family::default(),
@@ -230,6 +248,26 @@ impl Default for Metrics {
             "events",
             "Events published on this node's event bus, by kind",
             metrics.events.clone(),
+        );
+        registry.register(
+            "events_gossiped",
+            "Events this node sealed under the group key for the mesh, by outcome",
+            metrics.events_gossiped.clone(),
+        );
+        registry.register(
+            "event_streams",
+            "Event streams (WebSocket, server-sent events) open on this node's API",
+            metrics.event_streams.clone(),
+        );
+        registry.register(
+            "event_streams_closed",
+            "Event streams this node's API closed, by reason",
+            metrics.event_streams_closed.clone(),
+        );
+        registry.register(
+            "group_key_epoch",
+            "The newest group-key epoch this node holds (0: none yet)",
+            metrics.group_key_epoch.clone(),
         );
         registry.register(
             "duty_panics",
@@ -295,6 +333,11 @@ impl Default for Metrics {
             "api_forbidden",
             "API requests refused because the token's scope does not cover the route",
             metrics.api_forbidden.clone(),
+        );
+        registry.register(
+            "api_bad_messages",
+            "Messages from event-stream clients that were not JSON the stream takes",
+            metrics.api_bad_messages.clone(),
         );
         registry.register(
             "members_evicted",

@@ -268,6 +268,65 @@ impl GroupKey {
     pub fn secret_bytes(&self) -> &[u8; 32] {
         &self.key
     }
+
+    /// This key sealed for `member` alone (HPKE base mode to its X25519 key, bound to
+    /// the mesh, the epoch and the member): [`WRAPPED_GROUP_KEY_BYTES`] bytes that only
+    /// the member's secret opens. The Registry keeps one per member and epoch.
+    pub fn wrap_for(&self, mesh: MeshId, member: &PublicIdentity) -> Result<Vec<u8>, SealError> {
+        let refused = || SealError::Wrap { node: member.node };
+        let public = KemPublicKey::from_bytes(&member.encryption.0).map_err(|_| refused())?;
+        let info = group_key_info(mesh, self.epoch, &member.node);
+        let (encapsulated, sealed) = hpke::single_shot_seal::<HpkeChaCha, HkdfSha256, KemSuite>(
+            &OpModeS::Base,
+            &public,
+            &info,
+            &self.key[..],
+            &[],
+        )
+        .map_err(|_| refused())?;
+        let mut wrapped = Vec::with_capacity(WRAPPED_GROUP_KEY_BYTES);
+        wrapped.extend_from_slice(&encapsulated.to_bytes());
+        wrapped.extend_from_slice(&sealed);
+        Ok(wrapped)
+    }
+
+    /// Opens a key of `epoch` that [`GroupKey::wrap_for`] sealed for `me`; `None` when it
+    /// was sealed for another member, mesh or epoch, or is malformed.
+    pub fn unwrap(mesh: MeshId, epoch: u64, wrapped: &[u8], me: &Identity) -> Option<Self> {
+        if wrapped.len() != WRAPPED_GROUP_KEY_BYTES {
+            return None;
+        }
+        let (encapsulated, sealed) = wrapped.split_at(32);
+        let encapsulated = <KemSuite as hpke::Kem>::EncappedKey::from_bytes(encapsulated).ok()?;
+        let info = group_key_info(mesh, epoch, &me.node_key());
+        let key = Zeroizing::new(
+            hpke::single_shot_open::<HpkeChaCha, HkdfSha256, KemSuite>(
+                &OpModeR::Base,
+                me.encryption_secret(),
+                &encapsulated,
+                &info,
+                sealed,
+                &[],
+            )
+            .ok()?,
+        );
+        let key: [u8; 32] = key.as_slice().try_into().ok()?;
+        Some(Self::from_bytes(epoch, key))
+    }
+}
+
+/// HPKE `info` prefix of a wrapped group key; the mesh, the epoch and the member follow.
+const GROUP_KEY_INFO: &[u8] = b"aamas/1 group key";
+/// Size of a group key wrapped for one member: the encapsulated key, the key, its tag.
+pub const WRAPPED_GROUP_KEY_BYTES: usize = 32 + 32 + 16;
+
+fn group_key_info(mesh: MeshId, epoch: u64, member: &NodeKey) -> Vec<u8> {
+    let mut info = Vec::with_capacity(GROUP_KEY_INFO.len() + 16 + 8 + 32);
+    info.extend_from_slice(GROUP_KEY_INFO);
+    info.extend_from_slice(&mesh.0);
+    info.extend_from_slice(&epoch.to_be_bytes());
+    info.extend_from_slice(&member.0);
+    info
 }
 
 /// Who an envelope is sealed for.
@@ -713,6 +772,29 @@ pub(crate) fn decrypt_content(
 mod tests {
     use super::*;
     use crate::message::{Command, Priority};
+
+    #[test]
+    fn a_wrapped_group_key_opens_only_for_its_member_mesh_and_epoch() {
+        let mesh = MeshId::random().expect("rng");
+        let (member, other) = (
+            Identity::generate().expect("rng"),
+            Identity::generate().expect("rng"),
+        );
+        let key = GroupKey::generate(3).expect("rng");
+        let wrapped = key.wrap_for(mesh, &member.public()).expect("wrap");
+        assert_eq!(wrapped.len(), WRAPPED_GROUP_KEY_BYTES);
+        let opened = GroupKey::unwrap(mesh, 3, &wrapped, &member).expect("opens");
+        assert_eq!(opened.secret_bytes(), key.secret_bytes());
+        assert_eq!(opened.epoch(), 3);
+        assert!(GroupKey::unwrap(mesh, 3, &wrapped, &other).is_none());
+        assert!(GroupKey::unwrap(mesh, 4, &wrapped, &member).is_none());
+        let elsewhere = MeshId::random().expect("rng");
+        assert!(GroupKey::unwrap(elsewhere, 3, &wrapped, &member).is_none());
+        let mut flipped = wrapped.clone();
+        flipped[40] ^= 1;
+        assert!(GroupKey::unwrap(mesh, 3, &flipped, &member).is_none());
+        assert!(GroupKey::unwrap(mesh, 3, &wrapped[..79], &member).is_none());
+    }
     use crate::receive::{Delivery, Receiver, ReceiverConfig, Roster};
 
     const NOW_MS: u64 = 1_750_000_000_000;

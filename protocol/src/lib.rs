@@ -65,7 +65,7 @@ pub use codec::{
 };
 pub use envelope::{
     Audience, GroupKey, Header, MAX_SESSIONS, Outgoing, SESSION_LIFETIME_MS, SESSION_MAX_MESSAGES,
-    SealError, Sealed, Sealer, Sequencer, To,
+    SealError, Sealed, Sealer, Sequencer, To, WRAPPED_GROUP_KEY_BYTES,
 };
 pub use identity::{
     EncryptionKey, Identity, IdentityError, KEY_FILE_BYTES, PublicIdentity, verify_signature,

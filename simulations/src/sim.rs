@@ -157,7 +157,7 @@ struct Slot {
     events: Option<(usize, EventReceiver)>,
 }
 
-type EventReceiver = tokio::sync::broadcast::Receiver<aamas_node::events::Stamped>;
+type EventReceiver = tokio::sync::broadcast::Receiver<std::sync::Arc<aamas_node::events::Stamped>>;
 
 struct Project {
     id: String,
@@ -611,6 +611,8 @@ impl Sim {
                 continue;
             };
             let node = std::sync::Arc::as_ptr(&running.node) as usize;
+            // Each event once, where it was decided: the others saw it over gossip.
+            let me = running.node.peer_id().to_string();
             if slot.events.as_ref().is_none_or(|(read, _)| *read != node) {
                 slot.events = Some((node, running.node.subscribe_events()));
             }
@@ -620,6 +622,10 @@ impl Sim {
             loop {
                 match receiver.try_recv() {
                     Ok(stamped) => {
+                        if matches!(&stamped.event, BusEvent::Mesh { origin, .. } if *origin != me)
+                        {
+                            continue;
+                        }
                         *self
                             .events_seen
                             .entry(stamped.event.label().to_string())
@@ -632,11 +638,12 @@ impl Sim {
                                     outcome: TaskOutcome::Succeeded { result_digest },
                                     ..
                                 },
-                        } = stamped.event
+                            ..
+                        } = &stamped.event
                         {
                             let hex: String =
                                 result_digest.iter().map(|b| format!("{b:02x}")).collect();
-                            results.push((project, task, hex));
+                            results.push((project.clone(), task.clone(), hex));
                         }
                     }
                     Err(TryRecvError::Lagged(missed)) => self.events_missed += missed,

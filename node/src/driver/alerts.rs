@@ -14,8 +14,8 @@ use aamas_protocol::{Event, NodeKey};
 use serde::{Deserialize, Serialize};
 
 use crate::driver::admin::AdminError;
+use crate::driver::mesh_events::Scope;
 use crate::driver::runtime::{Node, now_ms};
-use crate::events::BusEvent;
 use crate::governance::monitor::{Thresholds, WorkerAlert};
 use crate::net::wire::Rpc;
 
@@ -211,8 +211,7 @@ impl Node {
                 .performance_alerts
                 .get_or_create(&crate::metrics::labels(&[("metric", &metric)]))
                 .inc();
-            self.events
-                .publish(now_ms(), BusEvent::Mesh { event }, &self.metrics);
+            self.emit(event, Scope::All).await;
             return Ok(());
         };
         let rpc = Rpc::RaiseAlert { alert };

@@ -34,6 +34,7 @@ pub mod admin;
 pub mod alerts;
 pub mod artifacts;
 pub mod courier;
+pub mod mesh_events;
 pub mod mirroring;
 pub(crate) mod owner;
 pub mod performance;

@@ -398,6 +398,13 @@ pub struct Node {
     /// What this node's roles decided or committed, and its role changes
     /// ([`crate::events`]).
     pub(crate) events: crate::events::EventBus,
+    /// The newest group key this node holds, which seals the events it emits
+    /// ([`crate::driver::mesh_events`]).
+    pub(crate) group_key: Mutex<Option<aamas_protocol::GroupKey>>,
+    /// The hierarchy in the Registry as this node last saw it, for its changes' events.
+    pub(crate) hierarchy_seen: Mutex<crate::driver::mesh_events::HierarchySeen>,
+    /// States whose topic this node joined to stream their events.
+    pub(crate) states_followed: Mutex<BTreeSet<String>>,
     skills: Vec<String>,
     capacity: u32,
     /// Set when the node stops or crashes: ends every task started by [`Node::spawn`].
@@ -533,6 +540,20 @@ pub struct Status {
     pub term: u64,
     /// Where this node listens.
     pub listen_addrs: Vec<String>,
+    /// The mesh's group key as this node knows it (events are sealed under it).
+    #[serde(default)]
+    pub group_key: GroupKeyView,
+}
+
+/// The mesh's group key, as one node sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupKeyView {
+    /// The Registry's current epoch (0: no key yet).
+    pub epoch: u64,
+    /// The members it is wrapped for, by peer id.
+    pub recipients: usize,
+    /// The newest epoch this node holds the key of.
+    pub held: u64,
 }
 
 /// The hierarchy as this node's Registry copy has it.
@@ -1031,9 +1052,13 @@ impl Node {
         match snapshot {
             Some((Some(members), authority)) => {
                 self.rebuilt_with(members.len());
+                self.note_hierarchy(&authority, Some(&members));
                 self.inbox.update(&members, authority);
             }
-            Some((None, authority)) => self.inbox.update_roles(authority),
+            Some((None, authority)) => {
+                self.note_hierarchy(&authority, None);
+                self.inbox.update_roles(authority);
+            }
             None => {}
         }
     }
@@ -1049,6 +1074,7 @@ impl Node {
         );
         if let Some(opened) = &verdict.opened {
             tracing::debug!(sender = %opened.header.sender, kind = ?opened.header.kind, "message opened");
+            self.take_event(opened);
         }
         if let Some(id) = verdict.accepted {
             let mut log = self
@@ -1303,21 +1329,23 @@ impl Node {
         (president, term)
     }
 
-    /// What this node knows.
-    /// A subscriber to this node's event bus: the seed's five events as this node's
-    /// roles decide or commit them, and its role changes, from now on (bounded: see
-    /// [`crate::events`]).
-    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<crate::events::Stamped> {
+    /// A subscriber to this node's event bus: the mesh's events as this node sees
+    /// them, from now on (bounded: see [`crate::events`]).
+    pub fn subscribe_events(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<Arc<crate::events::Stamped>> {
         self.events.subscribe()
     }
 
+    /// What this node knows.
     pub async fn status(&self) -> Status {
         let me = self.identity.node_key();
         let (president, term) = self.president_and_term();
         let is_president = president.as_ref().is_some_and(|(id, _)| *id == self.me());
         let is_governor = !self.governed().await.is_empty();
-        let (members, state, is_mayor) = self
+        let (members, state, is_mayor, (epoch, recipients)) = self
             .registry(|registry| {
+                let epoch = registry.group_key_epoch();
                 (
                     registry.active_members().count(),
                     registry
@@ -1325,10 +1353,14 @@ impl Node {
                         .get(&me)
                         .and_then(|member| member.state.clone()),
                     recorded_roles(registry).1.contains(&me.peer_id()),
+                    (
+                        epoch,
+                        registry.group_keys(epoch).map_or(0, |keys| keys.len()),
+                    ),
                 )
             })
             .await
-            .unwrap_or((0, None, false));
+            .unwrap_or((0, None, false, (0, 0)));
         self.metrics
             .members
             .set(i64::try_from(members).unwrap_or(i64::MAX));
@@ -1348,6 +1380,11 @@ impl Node {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            group_key: GroupKeyView {
+                epoch,
+                recipients,
+                held: self.group_key_epoch(),
+            },
         }
     }
 
@@ -2074,6 +2111,7 @@ impl Node {
             return;
         }
         self.found_state_groups().await;
+        self.keep_group_key().await;
         let now = now_ms();
         // Keys and states only: a member's Raft entry (its peer id and addresses) is
         // read for the one a change adds, not for every member twice a second.
@@ -2617,6 +2655,9 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         data_dir: config.data_dir.clone(),
         metrics,
         deliveries: Mutex::new(std::collections::VecDeque::new()),
+        group_key: Mutex::new(None),
+        hierarchy_seen: Mutex::new(Default::default()),
+        states_followed: Mutex::new(BTreeSet::new()),
         peer_ids: Mutex::new(HashMap::new()),
         member_peers: Mutex::new(HashMap::new()),
         blocked: Mutex::new(std::collections::HashSet::new()),
@@ -2773,6 +2814,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
                     ticking.enforce_evictions().await;
                 }
                 ticking.update_inbox(members_changed).await;
+                ticking.learn_group_keys().await;
             }
             ticking.update_liveness().await;
             ticking.subscribe_to_state().await;

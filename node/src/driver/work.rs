@@ -28,14 +28,13 @@ use aamas_consensus::ledger::{LedgerCommand, LedgerResponse, TaskKey, TaskStatus
 use aamas_consensus::registry::{PhaseProgress, ProjectStatus, RegistryCommand};
 use aamas_consensus::resources::Usage;
 use aamas_consensus::{Command as RaftCommand, Group, Outcome, Request};
-use aamas_protocol::{
-    Command, Event, MessageKind, NodeKey, Notification, Payload, Phase, Priority, Report,
-};
+use aamas_protocol::{Command, Event, MessageKind, NodeKey, Payload, Phase, Priority, Report};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::driver::artifacts::ArtifactFailure;
 use crate::driver::courier::{Lane, MAX_BATCH_ITEMS, MAX_CARRIERS, Parcel};
+use crate::driver::mesh_events::Scope;
 use crate::driver::owner::{Committed, Cores, Input, Inputs, Sending};
 use crate::driver::runtime::{Node, now_ms, peer_id, request_id};
 use crate::events::{BusEvent, Role};
@@ -668,8 +667,11 @@ impl Node {
         let event = task_event(&command);
         let applied = self.ledger_request(group, request_id(key), command).await?;
         if applied && let Some(event) = event {
-            self.events
-                .publish(now_ms(), BusEvent::Mesh { event }, &self.metrics);
+            let scope = match self.state_of_group(group.id()).await {
+                Some(state) => Scope::State(state),
+                None => Scope::All,
+            };
+            self.emit(event, scope).await;
         }
         Ok(applied)
     }
@@ -2089,14 +2091,7 @@ impl Node {
                                     "phase complete"
                                 );
                             }
-                            node.events.publish(
-                                now_ms(),
-                                BusEvent::Mesh {
-                                    event: event.clone(),
-                                },
-                                &node.metrics,
-                            );
-                            node.announce(event).await;
+                            node.emit(event, Scope::All).await;
                         }
                     }
                     Err(error) => tracing::debug!(%error, "a president's proposal failed"),
@@ -2220,34 +2215,6 @@ impl Node {
                 tracing::debug!(%project, %task, %failure, "a task's output is not readable yet");
                 None
             }
-        }
-    }
-
-    /// Publishes an event to every member on the `all` topic (best effort).
-    async fn announce(&self, event: Event) {
-        let members: Vec<aamas_protocol::PublicIdentity> = self
-            .registry(|registry| {
-                registry
-                    .active_members()
-                    .map(|(_, member)| member.identity)
-                    .take(255)
-                    .collect()
-            })
-            .await
-            .unwrap_or_default();
-        if members.is_empty() {
-            return;
-        }
-        let payload = Payload::Notification(Notification { event });
-        if let Err(error) = self
-            .publish(
-                &self.topics.all(),
-                &payload,
-                aamas_protocol::To::Members(&members),
-            )
-            .await
-        {
-            tracing::debug!(%error, "event not published");
         }
     }
 }
