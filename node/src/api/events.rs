@@ -208,6 +208,12 @@ pub(super) async fn events(
         agent: query.agent,
         kind: query.kind,
     };
+    if wants_socket && !follow {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "follow=false is for server-sent events; a WebSocket always follows",
+        );
+    }
     let upgrade = if wants_socket {
         let (mut parts, _) = request.into_parts();
         match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
@@ -217,12 +223,6 @@ pub(super) async fn events(
     } else {
         None
     };
-    if upgrade.is_some() && !follow {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "follow=false is for server-sent events; a WebSocket always follows",
-        );
-    }
     let Some(slot) = Slot::take(&api) else {
         api.node
             .metrics
