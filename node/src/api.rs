@@ -24,6 +24,7 @@ use crate::access::{Scope, TokenStore};
 use crate::driver::projects::ProjectError;
 use crate::driver::runtime::{Node, NodeError};
 
+mod dashboard;
 mod events;
 
 #[derive(Clone)]
@@ -279,6 +280,9 @@ fn split() -> (Router<Api>, Router<Api>, utoipa::openapi::OpenApi) {
     let (protected, mut document) = router().split_for_parts();
     let (open, open_document) = utoipa_axum::router::OpenApiRouter::new()
         .routes(utoipa_axum::routes!(health))
+        .routes(utoipa_axum::routes!(dashboard::page))
+        .routes(utoipa_axum::routes!(dashboard::script))
+        .routes(utoipa_axum::routes!(dashboard::style))
         .split_for_parts();
     document.merge(open_document);
     (protected, open, document)
