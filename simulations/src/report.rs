@@ -136,6 +136,11 @@ pub struct Report {
     pub federal_members: usize,
     /// Live nodes at the end that keep a mirror of the Registry from a relay.
     pub registry_mirrors: usize,
+    /// The newest group-key epoch a live node held at the end.
+    pub group_key_epoch: u64,
+    /// Live nodes at the end that held that epoch's key (events sealed under it reach
+    /// them).
+    pub group_key_holders: usize,
     /// Connections established during the run, mean per node that ever ran.
     pub connections_opened_per_node_mean: f64,
     /// Messages the fault layer lost.
@@ -275,6 +280,15 @@ impl Report {
                 format!(
                     "{} in the federal group, {} mirrored from relays",
                     self.federal_members, self.registry_mirrors
+                ),
+            ),
+            (
+                "group key",
+                format!(
+                    "epoch {}, held by {} of {} live nodes",
+                    self.group_key_epoch,
+                    self.group_key_holders,
+                    self.federal_members + self.registry_mirrors
                 ),
             ),
             (

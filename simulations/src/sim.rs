@@ -1328,6 +1328,15 @@ impl Sim {
             .live()
             .filter(|(_, running)| !running.node.in_federal_group())
             .count();
+        let epochs: Vec<u64> = self
+            .live()
+            .map(|(_, running)| running.node.group_key_epoch())
+            .collect();
+        let newest_epoch = epochs.iter().copied().max().unwrap_or(0);
+        let holding_newest = epochs
+            .iter()
+            .filter(|epoch| **epoch == newest_epoch)
+            .count();
         let opened: u64 = self
             .slots
             .iter()
@@ -1402,6 +1411,8 @@ impl Sim {
             connections_per_node_mean: open.iter().sum::<u64>() as f64 / open.len().max(1) as f64,
             connections_per_node_max: open.iter().copied().max().unwrap_or(0),
             registry_mirrors: mirrors,
+            group_key_epoch: newest_epoch,
+            group_key_holders: holding_newest,
             federal_members: open.len().saturating_sub(mirrors),
             connections_opened_per_node_mean: opened as f64 / nodes_ever.max(1) as f64,
             messages_dropped: self.faults.dropped(),

@@ -3,7 +3,8 @@
 //! member loses its federal seat to another, is dropped by every member, and can no
 //! longer act through the mesh; an API token reaches only the routes of its scope. The
 //! deploy files: the systemd unit passes `systemd-analyze verify`, its config starts a
-//! node, the Dockerfile passes hadolint, and the Grafana dashboard reads only metrics a
+//! node, the Dockerfile passes hadolint, the Kubernetes manifests pass
+//! kubernetes-validate, and the Grafana dashboard reads only metrics a
 //! node exports.
 
 use serde_json::Value;
@@ -407,5 +408,53 @@ fn the_deploy_files_verify_and_the_dashboard_reads_only_metrics_a_node_has() {
         checked.status.success(),
         "{}",
         String::from_utf8_lossy(&checked.stderr)
+    );
+    // The Kubernetes manifests pass the API's schemas (kubernetes-validate, strict: no
+    // field a schema does not know), and the pod's start script is valid sh that joins
+    // through pod 0 by name with the Secret's token.
+    let validated = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(deploy_file("kubernetes/aamas.yaml"))
+        .output()
+        .expect("kubernetes-validate runs (scripts/ensure-test-deps.sh installs it)");
+    assert!(
+        validated.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&validated.stdout),
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    let script = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, yaml\n\
+             docs = list(yaml.safe_load_all(open(sys.argv[1])))\n\
+             kinds = sorted(d['kind'] for d in docs)\n\
+             assert kinds == ['Service', 'Service', 'StatefulSet'], kinds\n\
+             headless = [d for d in docs if d['metadata']['name'] == 'aamas'][0]['spec']\n\
+             assert headless['clusterIP'] == 'None' and headless['publishNotReadyAddresses']\n\
+             pod = [d for d in docs if d['kind'] == 'StatefulSet'][0]['spec']['template']['spec']\n\
+             c = pod['containers'][0]\n\
+             assert c['securityContext']['readOnlyRootFilesystem'] and pod['securityContext']['runAsNonRoot']\n\
+             assert c['readinessProbe']['httpGet']['path'] == '/api/v1/system/health'\n\
+             print(c['args'][0])",
+        ])
+        .arg(deploy_file("kubernetes/aamas.yaml"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        script.status.success(),
+        "{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    let script = String::from_utf8(script.stdout).expect("utf-8");
+    assert!(script.contains("/dns4/aamas-0.aamas.${POD_NAMESPACE}.svc.cluster.local/tcp/4001"));
+    let syntax = std::process::Command::new("sh")
+        .args(["-n", "-c", &script])
+        .output()
+        .expect("sh runs");
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
     );
 }

@@ -2259,6 +2259,7 @@ async fn join(
         JoinToken::decode(token).map_err(|error| NodeError::JoinRefused(error.to_string()))?;
     // The token must at least parse before we contact anyone; the president checks it.
     let _ = parsed;
+    let addr = resolve_join_addr(addr).await?;
     let target_peer = match addr.iter().last() {
         Some(libp2p::multiaddr::Protocol::P2p(peer)) => peer,
         // No peer id in the address: connect and learn who answers there.
@@ -2269,6 +2270,67 @@ async fn join(
             .map_err(|error| NodeError::JoinRefused(format!("cannot reach {addr}: {error}")))?,
     };
     join_through(node, target_peer, vec![addr], token, skills, JOIN_PATIENCE).await
+}
+
+/// How long a join address by name (`/dns4/HOST/...`) may take to resolve: in a
+/// Kubernetes StatefulSet the first pod's name appears shortly after the others start.
+pub const JOIN_RESOLVE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A join address with its host name (`/dns/`, `/dns4/`, `/dns6/`) replaced by an
+/// address the host resolves to (with the system's resolver, retried for
+/// [`JOIN_RESOLVE_PATIENCE`]); any other address as it is. Only the join is dialled by
+/// name: members know one another by the addresses they announce.
+async fn resolve_join_addr(addr: Multiaddr) -> Result<Multiaddr, NodeError> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let (host, want_v4, want_v6) = match parts.next() {
+        Some(Protocol::Dns(host)) => (host.to_string(), true, true),
+        Some(Protocol::Dns4(host)) => (host.to_string(), true, false),
+        Some(Protocol::Dns6(host)) => (host.to_string(), false, true),
+        _ => return Ok(addr),
+    };
+    let rest: Vec<Protocol<'_>> = parts.collect();
+    let port = rest
+        .iter()
+        .find_map(|part| match part {
+            Protocol::Tcp(port) | Protocol::Udp(port) => Some(*port),
+            _ => None,
+        })
+        .ok_or_else(|| NodeError::JoinRefused(format!("{addr} names no TCP or UDP port")))?;
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let found = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map(|found| found.map(|socket| socket.ip()).collect::<Vec<_>>());
+        let failure = match found {
+            Ok(ips) => {
+                let ip = ips
+                    .into_iter()
+                    .find(|ip| (ip.is_ipv4() && want_v4) || (ip.is_ipv6() && want_v6));
+                match ip {
+                    Some(ip) => {
+                        let mut resolved = Multiaddr::from(ip);
+                        for part in rest {
+                            resolved.push(part);
+                        }
+                        tracing::info!(%addr, %resolved, "join address resolved");
+                        return Ok(resolved);
+                    }
+                    None => format!("{host} has no address of that family"),
+                }
+            }
+            Err(error) => error.to_string(),
+        };
+        if started.elapsed() >= JOIN_RESOLVE_PATIENCE {
+            return Err(NodeError::JoinRefused(format!(
+                "cannot resolve {host}: {failure}"
+            )));
+        }
+        tracing::info!(%host, %failure, "join address not resolvable yet; trying again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// A member that restarted tells the president its (possibly new) addresses, trying
@@ -3003,6 +3065,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_join_address_by_name_resolves_to_an_address_and_keeps_its_port_and_peer() {
+        let peer = libp2p::PeerId::random();
+        let named: Multiaddr = format!("/dns4/localhost/tcp/4001/p2p/{peer}")
+            .parse()
+            .expect("multiaddr");
+        let resolved = resolve_join_addr(named).await.expect("localhost resolves");
+        let expected: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")
+            .parse()
+            .expect("multiaddr");
+        assert_eq!(resolved, expected);
+        let plain: Multiaddr = "/ip4/10.0.0.1/tcp/1".parse().expect("multiaddr");
+        assert_eq!(
+            resolve_join_addr(plain.clone()).await.expect("as is"),
+            plain
+        );
+        let portless: Multiaddr = "/dns4/localhost".parse().expect("multiaddr");
+        assert!(resolve_join_addr(portless).await.is_err());
+    }
 
     #[test]
     fn learner_changes_space_out_as_the_group_grows() {
