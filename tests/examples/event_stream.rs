@@ -6,7 +6,7 @@
 //! then the 100 clients read the node's whole kept log at once (`from=0`), which gives
 //! the events per second one node streams to 100 clients as fast as they read.
 //!
-//! Run: `cargo build --release -p aamas-cli && AAMAS_BIN=target/release/aamas cargo run --release -p aamas-tests --example event_stream -- 2000 100`
+//! Run: `cargo build --release -p aamas-cli && AAMAS_BIN=target/release/aamas cargo run --release -p aamas-tests --example event_stream -- 1000 100`
 //! (tasks, clients). Figures are kept in `docs/PERFORMANCE.md`.
 
 use std::time::{Duration, Instant};
@@ -57,7 +57,7 @@ async fn client(
     let (mut socket, _) = tokio_tungstenite::client_async(request, tcp)
         .await
         .expect("handshake");
-    let mut delays = Vec::with_capacity(want);
+    let mut delays = Vec::with_capacity(want.min(1 << 16));
     let (mut first, mut last) = (None, None);
     let deadline = tokio::time::Instant::now() + limit;
     while delays.len() < want {
@@ -117,7 +117,7 @@ async fn round(
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let tasks: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2_000);
+    let tasks: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000);
     let clients: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100);
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, president) = start_hierarchy(root.path(), 5);
