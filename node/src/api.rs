@@ -111,18 +111,18 @@ async fn health() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/system/status", tag = "system", responses((status = 200, description = "This node: peer id, roles, president, members", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/system/status", tag = "system", responses((status = 200, description = "This node: peer id, roles, president, members", body = crate::driver::runtime::Status), Problems))]
 async fn status(State(api): State<Api>) -> Response {
     Json(api.node.status().await).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/members", tag = "members", params(Page), responses((status = 200, description = "The mesh's members, their states, roles and liveness, by peer id; a Link header names the next page", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/members", tag = "members", params(Page), responses((status = 200, description = "The mesh's members, their states, roles and liveness, by peer id; a Link header names the next page", body = Vec<crate::driver::runtime::MemberView>), Problems))]
 async fn members(State(api): State<Api>, Query(page): Query<Page>) -> Response {
     let members = api.node.members().await;
     paged("/api/v1/members", members, |m| m.peer_id.clone(), &page)
 }
 
-#[utoipa::path(get, path = "/api/v1/hierarchy", tag = "members", responses((status = 200, description = "President, governors, mayors and workers", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/hierarchy", tag = "members", responses((status = 200, description = "President, governors, mayors and workers", body = crate::driver::runtime::Hierarchy), Problems))]
 async fn hierarchy(State(api): State<Api>) -> Response {
     Json(api.node.hierarchy().await).into_response()
 }
@@ -397,7 +397,7 @@ async fn governed_state(
 
 /// `GET /api/v1/governors/{id}/status`: a state's governor, term, voters, cities,
 /// mayors and workers; `id` is the state's name or its governor's peer id.
-#[utoipa::path(get, path = "/api/v1/governors/{id}/status", tag = "governors", params(("id" = String, Path, description = "A state's name, or its governor's peer id")), responses((status = 200, description = "The state as this node's Registry copy has it", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/governors/{id}/status", tag = "governors", params(("id" = String, Path, description = "A state's name, or its governor's peer id")), responses((status = 200, description = "The state as this node's Registry copy has it", body = crate::driver::runtime::StateView), Problems))]
 async fn governor_status(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match governed_state(&api, &id).await {
         Ok(state) => Json(state).into_response(),
@@ -780,7 +780,7 @@ async fn submit_project(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", params(Page), responses((status = 200, description = "The projects, by id; a Link header names the next page", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", params(Page), responses((status = 200, description = "The projects, by id; a Link header names the next page", body = Vec<crate::driver::projects::ProjectView>), Problems))]
 async fn list_projects(State(api): State<Api>, Query(page): Query<Page>) -> Response {
     let projects = api.node.projects().await;
     paged("/api/v1/projects", projects, |p| p.id.clone(), &page)
@@ -794,7 +794,7 @@ struct ShowQuery {
     usage: bool,
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The project's id"), ShowQuery), responses((status = 200, description = "The project", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The project's id"), ShowQuery), responses((status = 200, description = "The project", body = crate::driver::projects::ProjectView), Problems))]
 async fn show_project(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -812,12 +812,12 @@ async fn show_project(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{id}/tasks", tag = "projects", params(("id" = String, Path, description = "The project's id")), responses((status = 200, description = "The project's tasks", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/projects/{id}/tasks", tag = "projects", params(("id" = String, Path, description = "The project's id")), responses((status = 200, description = "The project's tasks", body = Vec<crate::net::wire::TaskView>), Problems))]
 async fn project_tasks(State(api): State<Api>, Path(id): Path<String>) -> Response {
     Json(api.node.project_tasks_anywhere(&id).await).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{id}/artifacts", tag = "projects", params(("id" = String, Path, description = "The project's id")), responses((status = 200, description = "The project's artefacts", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/projects/{id}/artifacts", tag = "projects", params(("id" = String, Path, description = "The project's id")), responses((status = 200, description = "The project's artefacts", body = Vec<crate::driver::artifacts::ArtifactView>), Problems))]
 async fn project_artifacts(State(api): State<Api>, Path(id): Path<String>) -> Response {
     Json(api.node.project_artifacts(&id).await).into_response()
 }
@@ -1026,12 +1026,12 @@ async fn check_policy(body: String) -> Response {
 
 /// `GET /api/v1/performance`: this node's figures as a worker and the mesh's phase
 /// transitions.
-#[utoipa::path(get, path = "/api/v1/performance", tag = "alerts", responses((status = 200, description = "This node's figures as a worker and the mesh's", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/performance", tag = "alerts", responses((status = 200, description = "This node's figures as a worker and the mesh's", body = crate::driver::performance::PerformanceView), Problems))]
 async fn performance(State(api): State<Api>) -> Response {
     Json(api.node.performance().await).into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", params(Page), responses((status = 200, description = "PerformanceAlerts, open and acknowledged, by id; a Link header names the next page", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", params(Page), responses((status = 200, description = "PerformanceAlerts, open and acknowledged, by id; a Link header names the next page", body = Vec<crate::driver::alerts::AlertView>), Problems))]
 async fn list_alerts(State(api): State<Api>, Query(page): Query<Page>) -> Response {
     let alerts = api.node.alerts().await;
     paged("/api/v1/alerts", alerts, |a| numeric_key(a.id), &page)
@@ -1056,7 +1056,7 @@ async fn ack_alert(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/resources", tag = "resources", responses((status = 200, description = "Each state's use against its limits", body = serde_json::Value), Problems))]
+#[utoipa::path(get, path = "/api/v1/resources", tag = "resources", responses((status = 200, description = "Each state's use against its limits", body = Vec<crate::driver::resources::StateResources>), Problems))]
 async fn list_resources(State(api): State<Api>) -> Response {
     Json(api.node.resources().await).into_response()
 }

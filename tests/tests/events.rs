@@ -3,7 +3,8 @@
 //! template's eight phase transitions and every task's completion, sealed under the
 //! group key and gossiped by the members that committed them; `aamas events` prints the
 //! same from server-sent events; after an eviction the group key is rotated to an epoch
-//! wrapped for the remaining members only, and the evicted member never holds it.
+//! wrapped for the remaining members only, and the evicted member never holds it. The
+//! read routes' answers match the schemas of the OpenAPI document (jsonschema).
 
 use std::path::Path;
 use std::process::Command;
@@ -188,6 +189,56 @@ fn a_websocket_on_a_node_that_runs_no_task_sees_every_phase_and_task_of_a_projec
         .expect("aamas events");
     assert_eq!(line.lines().count(), 8, "{line}");
     assert!(line.contains("Launch"), "{line}");
+
+    // The answers of the read routes match the schemas the OpenAPI document gives them
+    // (checked by jsonschema, with a project, its tasks and artefacts to show).
+    let state = tasks
+        .keys()
+        .next()
+        .map(|(state, _)| state.clone())
+        .expect("a state");
+    let routes = [
+        ("/api/v1/system/status", "/api/v1/system/status".to_string()),
+        ("/api/v1/members", "/api/v1/members".to_string()),
+        ("/api/v1/hierarchy", "/api/v1/hierarchy".to_string()),
+        ("/api/v1/projects", "/api/v1/projects".to_string()),
+        ("/api/v1/projects/{id}", format!("/api/v1/projects/{id}")),
+        (
+            "/api/v1/projects/{id}/tasks",
+            format!("/api/v1/projects/{id}/tasks"),
+        ),
+        (
+            "/api/v1/projects/{id}/artifacts",
+            format!("/api/v1/projects/{id}/artifacts"),
+        ),
+        ("/api/v1/performance", "/api/v1/performance".to_string()),
+        ("/api/v1/alerts", "/api/v1/alerts".to_string()),
+        ("/api/v1/resources", "/api/v1/resources".to_string()),
+        (
+            "/api/v1/governors/{id}/status",
+            format!("/api/v1/governors/{state}/status"),
+        ),
+    ];
+    let pairs: Vec<String> = routes
+        .iter()
+        .map(|(template, path)| format!("{template}={path}"))
+        .collect();
+    let checked = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/check_responses.py"
+        ))
+        .arg(format!("http://{}", addr.trim()))
+        .arg(observer.api_token().expect("token"))
+        .args(&pairs)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 #[test]

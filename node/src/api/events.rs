@@ -412,6 +412,51 @@ async fn close(socket: &mut WebSocket, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{BusEvent, EventBus};
+    use crate::metrics::Metrics;
+
+    fn member(n: u64) -> BusEvent {
+        BusEvent::Membership {
+            member: format!("m{n}"),
+            joined: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_falls_behind_the_log_is_dropped_with_how_far() {
+        let (bus, metrics) = (EventBus::new(4), Metrics::default());
+        let mut reader = Reader::new(bus.resume(None), Filter::default(), 0, true);
+        for n in 0..10 {
+            bus.publish(n, member(n), &metrics);
+        }
+        assert!(matches!(reader.next().await, Next::Lagged(6)));
+    }
+
+    #[tokio::test]
+    async fn a_reader_resumes_filters_and_ends_with_the_log_when_it_does_not_follow() {
+        let (bus, metrics) = (EventBus::new(8), Metrics::default());
+        for n in 0..5 {
+            bus.publish(n, member(n), &metrics);
+        }
+        let filter = Filter {
+            agent: Some("m3".into()),
+            ..Filter::default()
+        };
+        let mut reader = Reader::new(bus.resume(Some(1)), filter, 1, false);
+        match reader.next().await {
+            Next::Event(stamped) => assert_eq!(stamped.index, 3),
+            _ => panic!("the kept event of m3"),
+        }
+        assert!(matches!(reader.next().await, Next::Closed));
+        // A follower sees the next event once, though it is both kept and live.
+        let mut follower = Reader::new(bus.resume(Some(4)), Filter::default(), 4, true);
+        bus.publish(5, member(5), &metrics);
+        let indexes = [follower.next().await, follower.next().await].map(|next| match next {
+            Next::Event(stamped) => stamped.index,
+            _ => u64::MAX,
+        });
+        assert_eq!(indexes, [4, 5]);
+    }
 
     #[test]
     fn client_messages_are_subscriptions_or_agent_commands() {

@@ -25,7 +25,7 @@ pub const WORKER_FAILURES: &str = "worker_failures_in_a_row";
 pub const WORKER_ERROR_RATE: &str = "worker_error_rate_percent";
 
 /// An alert as `aamas alerts` prints it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertView {
     /// Its id (for `aamas alerts ack`).
     pub id: u64,

@@ -160,7 +160,7 @@ impl ArtifactState {
 }
 
 /// One artefact of a project, as `GET /api/v1/projects/{id}/artifacts` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ArtifactView {
     /// The task that produced it.
     pub task: String,

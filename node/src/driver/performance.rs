@@ -20,7 +20,7 @@ use crate::driver::runtime::Node;
 use crate::metrics::AttemptTally;
 
 /// A node's performance figures (`GET /api/v1/performance`, `aamas performance`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PerformanceView {
     /// The node.
     pub peer_id: String,
@@ -31,7 +31,7 @@ pub struct PerformanceView {
 }
 
 /// A node's attempts with one executor since it started.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecutorPerformance {
     /// `builtin`, `llm` or `shell`.
     pub executor: String,
@@ -94,7 +94,7 @@ impl ExecutorPerformance {
 }
 
 /// The mesh's projects and phase transitions, from a Registry copy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MeshPerformance {
     /// Projects running (or held, or awaiting a person's approval).
     pub projects_open: u64,
@@ -116,7 +116,7 @@ pub struct MeshPerformance {
 }
 
 /// A summary of durations, in seconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Durations {
     /// How many.
     pub count: u64,

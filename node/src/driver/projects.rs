@@ -15,7 +15,7 @@ use crate::net::wire::{Rpc, RpcResponse};
 use crate::spec;
 
 /// One phase of a project as `aamas project show` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PhaseView {
     /// Its lowercase name.
     pub name: String,
@@ -29,6 +29,7 @@ pub struct PhaseView {
     pub tasks_failed: u32,
     /// The rounds of its llm gate's review, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
     pub reviews: Vec<aamas_consensus::registry::Review>,
     /// The note of the person who approved it at its human gate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,7 +40,7 @@ pub struct PhaseView {
 }
 
 /// A project as `aamas project show` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectView {
     /// Its id.
     pub id: String,
@@ -56,6 +57,7 @@ pub struct ProjectView {
     /// What its tasks used of models (filled by `GET /api/v1/projects/{id}?usage=true`,
     /// which reads every state's tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub usage: Option<ProjectUsage>,
 }
 

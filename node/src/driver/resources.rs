@@ -43,13 +43,15 @@ pub(crate) type Ask = (String, Resource, bool);
 const ASK_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One limit of a state and what was used against it in its current window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LimitView {
     /// The resource.
+    #[schema(value_type = String)]
     pub resource: Resource,
     /// Most per period.
     pub amount: u64,
     /// The period.
+    #[schema(value_type = String)]
     pub period: Period,
     /// Hard (dispatch stops) or soft (an alert).
     pub hard: bool,
@@ -58,21 +60,25 @@ pub struct LimitView {
 }
 
 /// A state's resources as `aamas resources show` prints them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StateResources {
     /// The state.
     pub state: String,
     /// Its limits with their use.
     pub limits: Vec<LimitView>,
     /// Everything its attempts used; `None` when no copy of its Ledger answered.
+    #[schema(value_type = Option<Object>)]
     pub used: Option<Usage>,
     /// Attempts charged.
     pub attempts: u64,
     /// Use by city.
+    #[schema(value_type = Object)]
     pub cities: BTreeMap<String, Usage>,
     /// Use by worker (peer id).
+    #[schema(value_type = Object)]
     pub workers: BTreeMap<String, Usage>,
     /// The hard limit that holds its tasks back, if one does.
+    #[schema(value_type = Option<String>)]
     pub spent: Option<Resource>,
     /// The Registry's version of its limits.
     pub limits_version: u64,
@@ -85,15 +91,18 @@ pub struct StateResources {
 }
 
 /// A limit the policy puts on each city or each worker of a state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScopedLimitView {
     /// city or worker.
+    #[schema(value_type = String)]
     pub of: crate::governance::policy::LimitScope,
     /// The resource.
+    #[schema(value_type = String)]
     pub resource: Resource,
     /// Most per period, for each.
     pub amount: u64,
     /// The period.
+    #[schema(value_type = String)]
     pub period: Period,
     /// The cities (names) or workers (peer ids) that spent it at the Ledger's clock:
     /// nothing more is dispatched to or through them until their next period.

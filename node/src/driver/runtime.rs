@@ -524,7 +524,7 @@ impl std::fmt::Debug for Node {
 }
 
 /// A snapshot of what this node knows, for `status`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Status {
     /// This node.
     pub peer_id: String,
@@ -546,7 +546,7 @@ pub struct Status {
 }
 
 /// The mesh's group key, as one node sees it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct GroupKeyView {
     /// The Registry's current epoch (0: no key yet).
     pub epoch: u64,
@@ -557,7 +557,7 @@ pub struct GroupKeyView {
 }
 
 /// The hierarchy as this node's Registry copy has it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Hierarchy {
     /// The president's peer id, if known.
     pub president: Option<String>,
@@ -570,7 +570,7 @@ pub struct Hierarchy {
 }
 
 /// One state of the hierarchy.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct StateView {
     /// Its name.
     pub name: String,
@@ -589,7 +589,7 @@ pub struct StateView {
 }
 
 /// One city of a state.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CityView {
     /// Its name.
     pub name: String,
@@ -601,7 +601,7 @@ pub struct CityView {
 }
 
 /// One member as `members` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct MemberView {
     /// Its peer id.
     pub peer_id: String,

@@ -259,7 +259,7 @@ pub enum RpcResponse {
 }
 
 /// One task as a state's Ledger has it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskView {
     /// Its name.
     pub name: String,
@@ -281,9 +281,11 @@ pub struct TaskView {
     pub reopened: u32,
     /// What its result used of a model, when it called one.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub usage: Option<aamas_consensus::ledger::TaskUsage>,
     /// What its charged attempts used, in all, as measured by their workers.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub used: aamas_consensus::resources::Usage,
 }
 
