@@ -504,6 +504,33 @@ pub fn agreed_governors(nodes: &[&Node]) -> Option<Vec<(String, String, Vec<Stri
     (consistent && !first.is_empty() && views.iter().all(|view| *view == first)).then_some(first)
 }
 
+/// A state with a governor on which every node agrees (the first by name).
+pub fn governed_state(nodes: &[Node]) -> String {
+    agreed_governors(&nodes.iter().collect::<Vec<_>>())
+        .and_then(|governed| governed.into_iter().next())
+        .map(|(state, _, _)| state)
+        .expect("a governed state")
+}
+
+/// The version of the policy in force on `node`, if it answers.
+pub fn policy_version(node: &Node) -> Option<u64> {
+    let shown = node.cli(&["policy", "show", "--json"]).ok()?;
+    let shown: Value = serde_json::from_str(&shown).ok()?;
+    shown.get("version")?.as_u64()
+}
+
+/// Applies the policy in `file` through the president's node `chief`, and waits until
+/// every node has it (the founder's policy is version 1).
+pub fn apply_policy_everywhere(nodes: &[Node], chief: &Node, file: &str) {
+    chief.cli(&["policy", "apply", file]).expect("applied");
+    wait_for("the policy on every node", || {
+        nodes
+            .iter()
+            .all(|node| policy_version(node).is_some_and(|v| v >= 2))
+            .then_some(())
+    });
+}
+
 /// Starts `n` nodes: one founds the mesh, the others join it; waits for one president.
 pub fn start_mesh(root: &Path, n: usize) -> (Vec<Node>, String) {
     start_mesh_env(root, n, &[])

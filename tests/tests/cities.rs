@@ -206,21 +206,7 @@ fn the_policy_sets_the_depth_at_which_cities_open() {
          city_close_percent = 50\ncity_cooldown_secs = 20\n",
     )
     .expect("write");
-    chief
-        .cli(&["policy", "apply", &path.display().to_string()])
-        .expect("applied");
-    wait_for("the policy on every node", || {
-        nodes
-            .iter()
-            .all(|node| {
-                node.cli(&["policy", "show", "--json"])
-                    .ok()
-                    .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-                    .and_then(|view| view.get("version").and_then(Value::as_u64))
-                    .is_some_and(|version| version >= 2)
-            })
-            .then_some(())
-    });
+    apply_policy_everywhere(&nodes, chief, &path.display().to_string());
     let id = nodes[0].submit(&burst("busy", 70)).expect("submitted");
     let most = most_until_done(&nodes, &id);
     assert!(most >= 2, "a target of 8 opened no city for 70 tasks");

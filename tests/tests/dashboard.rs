@@ -15,9 +15,7 @@ fn the_dashboard_shows_the_hierarchy_a_project_advancing_and_an_alert() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, president) = start_hierarchy(root.path(), 5);
     let chief = &nodes[index_of(&nodes, &president)];
-    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
-        .and_then(|governed| governed.into_iter().next())
-        .expect("a governed state");
+    let state = governed_state(&nodes);
     let template = String::from_utf8(aamas(&["project", "template"]).stdout).expect("utf-8");
     let id = nodes[1].submit(&template).expect("submitted");
     // Three tasks of four failing attempts each: a worker fails three in a row, and the

@@ -96,25 +96,7 @@ fn a_websocket_on_a_node_that_runs_no_task_sees_every_phase_and_task_of_a_projec
          at = \"dispatch\"\nreason = \"the observer only watches\"\n\
          when = {{ worker = \"{observer_id}\" }}\n"
     );
-    chief
-        .cli(&[
-            "policy",
-            "apply",
-            &write(root.path(), "observer.toml", &rule),
-        ])
-        .expect("applied");
-    wait_for("the policy on every node", || {
-        nodes
-            .iter()
-            .all(|node| {
-                node.cli(&["policy", "show", "--json"])
-                    .ok()
-                    .and_then(|shown| serde_json::from_str::<Value>(&shown).ok())
-                    .and_then(|shown| shown.get("version")?.as_u64())
-                    .is_some_and(|version| version >= 2)
-            })
-            .then_some(())
-    });
+    apply_policy_everywhere(&nodes, chief, &write(root.path(), "observer.toml", &rule));
     let id = nodes[0].submit(&template()).expect("submit");
 
     // From index 0: the events before the socket opened come from the node's log.
@@ -246,9 +228,7 @@ fn after_an_eviction_the_group_key_is_rotated_for_the_members_left() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, president) = start_hierarchy(root.path(), 5);
     let chief = &nodes[index_of(&nodes, &president)];
-    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
-        .and_then(|governed| governed.into_iter().next())
-        .expect("a governed state");
+    let state = governed_state(&nodes);
     // Every member holds the key of the current epoch, wrapped for all five.
     let before = wait_for("every member to hold the group key", || {
         let keys: Vec<(u64, u64, u64)> = nodes.iter().map(group_key).collect::<Option<_>>()?;

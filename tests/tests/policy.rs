@@ -18,26 +18,10 @@ fn shown(node: &Node) -> Option<Value> {
     serde_json::from_str(&node.cli(&["policy", "show", "--json"]).ok()?).ok()
 }
 
-fn version(node: &Node) -> Option<u64> {
-    shown(node)?.get("version")?.as_u64()
-}
-
 fn write(root: &Path, name: &str, text: &str) -> String {
     let path = root.join(name);
     std::fs::write(&path, text).expect("write");
     path.display().to_string()
-}
-
-/// Applies the policy in `file` through the president's node `chief`, and waits until
-/// every node has it (the founder's policy is version 1).
-fn apply_everywhere(nodes: &[Node], chief: &Node, file: &str) {
-    chief.cli(&["policy", "apply", file]).expect("applied");
-    wait_for("the policy on every node", || {
-        nodes
-            .iter()
-            .all(|node| version(node).is_some_and(|v| v >= 2))
-            .then_some(())
-    });
 }
 
 /// The state of member `peer`, as `node` lists the members.
@@ -139,7 +123,7 @@ fn a_policy_round_trips_refuses_by_its_rules_and_an_invalid_one_changes_nothing(
         "{status}: {body}"
     );
     assert_eq!(
-        version(chief),
+        policy_version(chief),
         Some(1),
         "an invalid policy changed the one in force"
     );
@@ -377,7 +361,7 @@ fn an_error_rate_threshold_raises_its_own_alert() {
         "rate.toml",
         "[performance]\nworker_error_rate_percent = 50\nerror_rate_min_attempts = 4\n",
     );
-    apply_everywhere(&nodes, chief, &policy);
+    apply_policy_everywhere(&nodes, chief, &policy);
     let tree = chief.hierarchy().expect("hierarchy");
     let (state, _, _) = governors(&tree)
         .and_then(|states| states.into_iter().next())
@@ -435,7 +419,7 @@ fn the_communication_policy_bounds_work_messages_per_sender_and_work_still_finis
         "tight.toml",
         "[communication]\nmessages_per_sec = 2\nburst = 2\n",
     );
-    apply_everywhere(&nodes, chief, &tight);
+    apply_policy_everywhere(&nodes, chief, &tight);
     let id = nodes[0]
         .submit(&digests("chatty", &state, 30, ""))
         .expect("submitted");
@@ -467,9 +451,7 @@ fn the_escalation_policy_sets_how_often_a_task_lost_to_faults_is_reopened() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, president) = start_hierarchy_env(root.path(), 3, &env);
     let chief = &nodes[index_of(&nodes, &president)];
-    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
-        .and_then(|governed| governed.into_iter().next())
-        .expect("a governed state");
+    let state = governed_state(&nodes);
     let ladder = write(
         root.path(),
         "ladder.toml",
@@ -499,7 +481,7 @@ fn tasks_kept_off_the_president(root: &Path, rule: &str, extra: &str) -> (Vec<No
     let chief = index_of(&nodes, &president);
     // The president's own state: its mayor would give it work without the rule.
     let state = state_of(&nodes[chief], &president).expect("the president's state");
-    apply_everywhere(&nodes, &nodes[chief], &write(root, "rule.toml", rule));
+    apply_policy_everywhere(&nodes, &nodes[chief], &write(root, "rule.toml", rule));
     let id = nodes[0]
         .submit(&digests("elsewhere", &state, 20, extra))
         .expect("submitted");

@@ -62,9 +62,7 @@ fn tasks_by_name(nodes: &[Node], id: &str) -> BTreeMap<String, Value> {
 fn metered_mesh(root: &std::path::Path, llm: &MockLlm) -> (Vec<Node>, usize, String) {
     let (nodes, president) = start_hierarchy_env(root, 3, &llm.env());
     let chief = index_of(&nodes, &president);
-    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
-        .and_then(|governed| governed.into_iter().next())
-        .expect("a governed state");
+    let state = governed_state(&nodes);
     (nodes, chief, state)
 }
 
@@ -659,9 +657,7 @@ fn memory_and_storage_are_measured_and_a_storage_limit_holds_a_state() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, president) = start_hierarchy(root.path(), 3);
     let chief = &nodes[index_of(&nodes, &president)];
-    let (state, _, _) = agreed_governors(&nodes.iter().collect::<Vec<_>>())
-        .and_then(|governed| governed.into_iter().next())
-        .expect("a governed state");
+    let state = governed_state(&nodes);
     // Each task keeps 5,000 bytes of output and holds its processes' memory a second.
     const OUTPUT: u64 = 5_000;
     const LIMIT: u64 = 6_000;
