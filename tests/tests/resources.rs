@@ -125,6 +125,17 @@ fn a_spent_limit_stops_dispatch_raises_a_request_and_resumes_once_approved() {
         field(&request, "reason").is_some_and(|reason| reason.contains("task(s) wait")),
         "{request}"
     );
+    // The seed's ResourceRequest event reaches the member's event stream.
+    let event = wait_for("the ResourceRequest event", || {
+        let printed = member
+            .cli(&["events", "--json", "--kind", "resource_request"])
+            .ok()?;
+        let event: Value = serde_json::from_str(printed.lines().next()?).ok()?;
+        Some(event)
+    });
+    let body = &event["event"]["ResourceRequest"];
+    assert_eq!(body["resource"], "BudgetUnits", "{event}");
+    assert!(body["amount"].as_u64().is_some_and(|a| a > 0), "{event}");
     // Once the attempts in flight are done, nothing more is dispatched.
     let held = wait_for("the attempts in flight to finish", || {
         let tasks = tasks_by_name(&nodes, &id);

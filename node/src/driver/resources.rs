@@ -694,10 +694,21 @@ impl Node {
         ]
         .concat();
         let (state, resource) = (request.state.clone(), request.resource);
+        // The seed's event, for the resources it has a kind of the same unit for.
+        let event = seed_kind(resource).map(|kind| aamas_protocol::Event::ResourceRequest {
+            resource: kind,
+            amount: request.amount,
+            reason: request.reason.clone(),
+        });
         let command = RegistryCommand::RaiseResourceRequest { request };
         self.propose(&[b"resource-request", &key], command)
             .await
             .map_err(AdminError::NotCommitted)?;
+        if let Some(event) = event {
+            // Decided by the president for the mesh: every member hears of it.
+            self.emit(event, crate::driver::mesh_events::Scope::All)
+                .await;
+        }
         self.metrics
             .resource_requests
             .get_or_create(&crate::metrics::labels(&[("resource", resource.name())]))
@@ -839,5 +850,18 @@ fn state_resources(
         spent,
         limits_version: *limits_version,
         limits_in_force: accounts.map(|a| a.limits_version),
+    }
+}
+
+/// The seed's kind of `resource` (seed §6.2), where one measures it in the same unit;
+/// API calls and memory over time (KiB·s) have none.
+fn seed_kind(resource: Resource) -> Option<aamas_protocol::ResourceKind> {
+    use aamas_protocol::ResourceKind;
+    match resource {
+        Resource::CpuMs => Some(ResourceKind::ComputeMilliCpuSeconds),
+        Resource::Tokens => Some(ResourceKind::LlmTokens),
+        Resource::MoneyMicros => Some(ResourceKind::BudgetUnits),
+        Resource::StorageBytes => Some(ResourceKind::StorageBytes),
+        Resource::ApiCalls | Resource::MemoryKibS => None,
     }
 }
