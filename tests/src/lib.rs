@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod campaign;
 pub mod llm;
 
 /// Bound on every wait: generous for a loaded CI machine; a healthy run takes seconds.
@@ -169,6 +170,15 @@ impl Node {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the node's process, if it runs.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .status();
+        }
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -185,6 +195,26 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `aamas project submit FILE --json` through the node on data dir `dir`: the project
+/// id, or the error text.
+pub fn submit_in(dir: &Path, spec: &str) -> Result<String, String> {
+    let file = dir.with_extension(format!("spec-{}.toml", std::process::id()));
+    std::fs::write(&file, spec).map_err(|e| format!("write the spec: {e}"))?;
+    let output = aamas(&[
+        "project",
+        "submit",
+        "--data-dir",
+        &dir.display().to_string(),
+        "--json",
+        &file.display().to_string(),
+    ]);
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let answer: Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    field(&answer, "id").ok_or_else(|| "no id".into())
 }
 
 /// Polls `probe` until it gives a value, for at most [`WAIT`].
@@ -568,23 +598,7 @@ pub fn start_hierarchy_env(root: &Path, n: usize, env: &[(String, String)]) -> (
 impl Node {
     /// `aamas project submit FILE --json`: the project id, or the error text.
     pub fn submit(&self, spec: &str) -> Result<String, String> {
-        let file = self
-            .dir
-            .with_extension(format!("spec-{}.toml", std::process::id()));
-        std::fs::write(&file, spec).expect("write the spec");
-        let output = aamas(&[
-            "project",
-            "submit",
-            "--data-dir",
-            &self.dir.display().to_string(),
-            "--json",
-            &file.display().to_string(),
-        ]);
-        if !output.status.success() {
-            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-        }
-        let answer: Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
-        field(&answer, "id").ok_or_else(|| "no id".into())
+        submit_in(&self.dir, spec)
     }
 
     /// `aamas ARGS --data-dir DIR` on this node: stdout (trimmed) on success, else the
@@ -770,6 +784,77 @@ impl Hosts {
     /// Brings host `i`'s switch port back up.
     pub fn heal(&self, i: usize) {
         ip(&["-n", &self.switch(), "link", "set", &self.port(i), "up"]);
+    }
+
+    /// Splits the switch: the hosts in `side` go to a second bridge, where they reach
+    /// one another but none of the rest (each side of a partition works on its own).
+    pub fn split(&self, side: &[usize]) {
+        let switch = self.switch();
+        if quiet_ip(&["-n", &switch, "link", "show", "br1"]).is_none() {
+            ip(&["-n", &switch, "link", "add", "br1", "type", "bridge"]);
+            ip(&["-n", &switch, "link", "set", "br1", "up"]);
+        }
+        for i in side {
+            ip(&[
+                "-n",
+                &switch,
+                "link",
+                "set",
+                &self.port(*i),
+                "master",
+                "br1",
+            ]);
+        }
+    }
+
+    /// Puts every host back on the one bridge (ends a [`Hosts::split`]).
+    pub fn unsplit(&self) {
+        for i in 1..=self.count {
+            ip(&[
+                "-n",
+                &self.switch(),
+                "link",
+                "set",
+                &self.port(i),
+                "master",
+                "br0",
+            ]);
+        }
+    }
+
+    /// Drops `percent` of the packets host `i` receives on its data link, at random
+    /// (nftables' `numgen random`; the kernel here has no netem).
+    pub fn lose(&self, i: usize, percent: u8) {
+        let rules = format!(
+            "table inet aamas_loss {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
+             iifname \"{}d{i}\" numgen random mod 100 < {percent} drop\n  }}\n}}\n",
+            self.tag
+        );
+        let file = std::env::temp_dir().join(format!("{}-loss-{i}.nft", self.tag));
+        std::fs::write(&file, rules).expect("write the nft rules");
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.netns(i), "nft", "-f"])
+            .arg(&file)
+            .status()
+            .expect("nft runs (apt-get install nftables)");
+        assert!(status.success(), "nft -f {}", file.display());
+    }
+
+    /// Ends a [`Hosts::lose`] on host `i`.
+    pub fn stop_losing(&self, i: usize) {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns(i),
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "aamas_loss",
+            ])
+            .stderr(Stdio::null())
+            .status();
     }
 
     fn delete(&self) {

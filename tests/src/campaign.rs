@@ -1,0 +1,616 @@
+//! Fault campaigns on real hosts: `aamas` processes, each in a network namespace of its
+//! own on one switch ([`Hosts`]), run a workload of projects while a seeded schedule
+//! of faults hits them; at the end every fault is healed and checkers read the history
+//! and each node's own replicas.
+//!
+//! ```text
+//!   seed ─► schedule: partition (a side of 1 or 2 hosts, or the president alone),
+//!           pause (SIGSTOP ... SIGCONT), kill -9 and restart, packet loss (nftables)
+//!   workload: a small project every second, to a random reachable host; each answer
+//!             (acknowledged with an id, or refused) is recorded with its time
+//!   observer: each node's (term, president) twice a second
+//!   end: heal all ─► wait for every acknowledged project to end ─► checkers
+//! ```
+//!
+//! Checkers (a violation names what it saw):
+//! - **lost**: an acknowledged project no node has, or that never completes;
+//! - **two results**: a task whose replicas (every node's copy of its state's Ledger)
+//!   hold two different results;
+//! - **two presidents**: a term in which two nodes named different presidents;
+//! - **diverged**: after the heal, nodes that do not agree on the president and members.
+//!
+//! The leader check trusts each node's report of its own Raft view (openraft's
+//! metrics); the persisted votes and logs are not read yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{Hosts, Node, field, first_listen_addr, governed_state, init, wait_for};
+
+/// A fault a campaign can apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A minority side (one or two hosts, chosen by the seed) cut from the rest.
+    Partition,
+    /// The president's host alone on its side.
+    IsolatePresident,
+    /// One host's process stopped (SIGSTOP), then continued.
+    Pause,
+    /// One host's process killed (SIGKILL) and started again on its data dir.
+    Kill,
+    /// A share of one host's incoming packets dropped.
+    Loss,
+}
+
+impl Kind {
+    /// Parses a name as [`Kind`] serialises it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "partition" => Self::Partition,
+            "isolate_president" => Self::IsolatePresident,
+            "pause" => Self::Pause,
+            "kill" => Self::Kill,
+            "loss" => Self::Loss,
+            _ => return None,
+        })
+    }
+}
+
+/// A campaign's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Hosts (3 to 9).
+    pub hosts: usize,
+    /// Everything random comes from it.
+    pub seed: u64,
+    /// How long faults are applied (the heal and the checks come after).
+    pub duration: Duration,
+    /// The kinds of fault the schedule draws from.
+    pub kinds: Vec<Kind>,
+}
+
+/// SplitMix64: small, seeded, the same sequence for the same seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// One fault of the schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// When it starts, from the campaign's start (ms).
+    pub at_ms: u64,
+    /// How long it lasts (ms).
+    pub lasts_ms: u64,
+    /// What.
+    pub kind: Kind,
+    /// The hosts it hits (from 1); empty for the president, found when it starts.
+    pub hosts: Vec<usize>,
+    /// For a loss: the share dropped (%).
+    pub percent: u8,
+}
+
+/// The schedule of `config`: faults one after another, each 5 to 15 s with 3 to 8 s of
+/// calm between, until the duration is used. The same config gives the same schedule.
+pub fn schedule(config: &Config) -> Vec<Step> {
+    let mut rng = Rng::new(config.seed);
+    let mut steps = Vec::new();
+    let mut at = 3_000;
+    let end = config.duration.as_millis() as u64;
+    while !config.kinds.is_empty() {
+        let lasts = 5_000 + rng.below(10_001);
+        if at + lasts > end {
+            break;
+        }
+        let kind = config.kinds[rng.below(config.kinds.len() as u64) as usize];
+        let host = 1 + rng.below(config.hosts as u64) as usize;
+        let hosts = match kind {
+            Kind::IsolatePresident => Vec::new(),
+            Kind::Partition => {
+                // A minority: one host, or two when there are five or more.
+                let mut side = vec![host];
+                if config.hosts >= 5 && rng.below(2) == 1 {
+                    side.push(1 + (host % config.hosts));
+                }
+                side
+            }
+            _ => vec![host],
+        };
+        let percent = if kind == Kind::Loss {
+            20 + rng.below(31) as u8
+        } else {
+            0
+        };
+        steps.push(Step {
+            at_ms: at,
+            lasts_ms: lasts,
+            kind,
+            hosts,
+            percent,
+        });
+        at += lasts + 3_000 + rng.below(5_001);
+    }
+    steps
+}
+
+/// One submission of the workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Submission {
+    /// When it was sent (ms from the start).
+    pub at_ms: u64,
+    /// How long until its answer (ms).
+    pub took_ms: u64,
+    /// The host it went to.
+    pub host: usize,
+    /// The project's id when acknowledged.
+    pub id: Option<String>,
+    /// The refusal, when not.
+    pub error: Option<String>,
+}
+
+/// A fault as it was applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    /// The step.
+    pub step: Step,
+    /// The hosts it hit in the end (the president's, for an isolation).
+    pub hit: Vec<usize>,
+    /// When it began and ended (ms from the start).
+    pub from_ms: u64,
+    /// When it was healed.
+    pub to_ms: u64,
+}
+
+/// What a campaign did and found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Hosts.
+    pub hosts: usize,
+    /// The faults, in order.
+    pub faults: Vec<Applied>,
+    /// Every submission, in order.
+    pub submissions: Vec<Submission>,
+    /// Each term and the presidents nodes named in it.
+    pub presidents: BTreeMap<u64, BTreeSet<String>>,
+    /// Stretches in which no submission was acknowledged (from, to, ms), longer than 3 s.
+    pub unavailable: Vec<(u64, u64)>,
+    /// Acknowledged projects, and how many completed.
+    pub acknowledged: usize,
+    /// Acknowledged projects that completed.
+    pub completed: usize,
+    /// Tasks checked across replicas.
+    pub tasks_checked: usize,
+    /// Everything a checker found wrong.
+    pub violations: Vec<String>,
+    /// From the first fault to the end of the checks (s).
+    pub secs: f64,
+}
+
+impl Report {
+    /// A page a person reads: the seed, the faults on a timeline, the workload, the
+    /// unavailability, and the verdict.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "campaign on {} hosts, seed {} ({:.0} s)\n",
+            self.hosts, self.seed, self.secs
+        );
+        for fault in &self.faults {
+            out.push_str(&format!(
+                "  {:>7.1} s .. {:>7.1} s  {:?} on hosts {:?}{}\n",
+                fault.from_ms as f64 / 1e3,
+                fault.to_ms as f64 / 1e3,
+                fault.step.kind,
+                fault.hit,
+                if fault.step.percent > 0 {
+                    format!(" ({}% lost)", fault.step.percent)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        let acked = self.submissions.iter().filter(|s| s.id.is_some()).count();
+        out.push_str(&format!(
+            "  workload: {} submissions, {acked} acknowledged, {} completed; {} tasks checked\n",
+            self.submissions.len(),
+            self.completed,
+            self.tasks_checked
+        ));
+        for (from, to) in &self.unavailable {
+            out.push_str(&format!(
+                "  no acknowledgement {:.1} s .. {:.1} s ({:.1} s)\n",
+                *from as f64 / 1e3,
+                *to as f64 / 1e3,
+                (to - from) as f64 / 1e3
+            ));
+        }
+        out.push_str(&format!("  terms seen: {}\n", self.presidents.len()));
+        if self.violations.is_empty() {
+            out.push_str("  verdict: passed, no violation\n");
+        } else {
+            for violation in &self.violations {
+                out.push_str(&format!("  VIOLATION {violation}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// A small project of four digest tasks in `state`.
+fn project(n: usize, state: &str) -> String {
+    let mut spec = format!("name = \"c{n}\"\n[[phase]]\nname = \"development\"\n");
+    for t in 0..4 {
+        spec.push_str(&format!(
+            "  [[phase.task]]\n  name = \"t{t}\"\n  state = \"{state}\"\n  executor = \"builtin\"\n  \
+             action = \"digest\"\n  input = \"{n}-{t}\"\n  retries = 2\n"
+        ));
+    }
+    spec
+}
+
+/// What the campaign's threads share.
+struct Shared {
+    nodes: Vec<Mutex<Node>>,
+    /// Hosts that take no submission now (paused or killed).
+    down: Mutex<BTreeSet<usize>>,
+    stop: std::sync::atomic::AtomicBool,
+    start: Instant,
+}
+
+impl Shared {
+    fn ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// Runs a campaign under `root` (data dirs, logs). Needs root, iproute2 and nftables.
+pub fn run(root: &Path, config: &Config) -> Report {
+    let steps = schedule(config);
+    let hosts = Hosts::new(config.hosts);
+    let dirs: Vec<PathBuf> = (1..=config.hosts)
+        .map(|i| root.join(format!("n{i}")))
+        .collect();
+    let (token, _) = init(&dirs[0]);
+    let mut nodes = vec![hosts.start(1, &dirs[0], None)];
+    let addr = first_listen_addr(&nodes[0]);
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        nodes.push(hosts.start(i + 1, dir, Some((&addr, &token))));
+    }
+    wait_for("the hosts to agree on a president", || {
+        crate::agreed_president(&nodes.iter().collect::<Vec<_>>(), config.hosts as u64)
+    });
+    wait_for("a governor for each populated state", || {
+        crate::agreed_governors(&nodes.iter().collect::<Vec<_>>())
+    });
+    let state = governed_state(&nodes);
+    let shared = Arc::new(Shared {
+        nodes: nodes.into_iter().map(Mutex::new).collect(),
+        down: Mutex::new(BTreeSet::new()),
+        stop: std::sync::atomic::AtomicBool::new(false),
+        start: Instant::now(),
+    });
+    let hosts_n = config.hosts;
+
+    // The workload.
+    let workload = {
+        let shared = shared.clone();
+        let seed = config.seed;
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(seed ^ 0xA5A5);
+            let mut out = Vec::new();
+            let mut n = 0;
+            while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let host = 1 + rng.below(hosts_n as u64) as usize;
+                if shared.down.lock().expect("down").contains(&host) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                let at_ms = shared.ms();
+                let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
+                let answer = crate::submit_in(&dir, &project(n, &state));
+                n += 1;
+                out.push(Submission {
+                    at_ms,
+                    took_ms: shared.ms() - at_ms,
+                    host,
+                    id: answer.as_ref().ok().cloned(),
+                    error: answer.err(),
+                });
+                std::thread::sleep(Duration::from_millis(1_000));
+            }
+            out
+        })
+    };
+    // The observer of (term, president).
+    let observer = {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            let mut seen: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+            while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, node) in shared.nodes.iter().enumerate() {
+                    if shared.down.lock().expect("down").contains(&(i + 1)) {
+                        continue;
+                    }
+                    let dir = node.lock().expect("node").dir.clone();
+                    if let Some((term, president)) = view(&dir) {
+                        seen.entry(term).or_default().insert(president);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            seen
+        })
+    };
+
+    // The faults.
+    let mut applied = Vec::new();
+    for step in &steps {
+        let wait = step.at_ms.saturating_sub(shared.ms());
+        std::thread::sleep(Duration::from_millis(wait));
+        let hit = match step.kind {
+            Kind::IsolatePresident => president_host(&shared).into_iter().collect(),
+            _ => step.hosts.clone(),
+        };
+        let from_ms = shared.ms();
+        apply(&hosts, &shared, step.kind, &hit, step.percent);
+        std::thread::sleep(Duration::from_millis(step.lasts_ms));
+        heal(&hosts, &shared, step.kind, &hit);
+        applied.push(Applied {
+            step: step.clone(),
+            hit,
+            from_ms,
+            to_ms: shared.ms(),
+        });
+    }
+    let end = config.duration.as_millis() as u64;
+    std::thread::sleep(Duration::from_millis(end.saturating_sub(shared.ms())));
+    shared
+        .stop
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let submissions = workload.join().expect("workload");
+    let presidents = observer.join().expect("observer");
+
+    // The checks, after every fault is healed.
+    let mut violations = Vec::new();
+    for (term, named) in &presidents {
+        if named.len() > 1 {
+            violations.push(format!("two presidents in term {term}: {named:?}"));
+        }
+    }
+    let nodes: Vec<std::sync::MutexGuard<'_, Node>> = shared
+        .nodes
+        .iter()
+        .map(|n| n.lock().expect("node"))
+        .collect();
+    let acked: Vec<&String> = submissions.iter().filter_map(|s| s.id.as_ref()).collect();
+    let mut completed = 0;
+    let mut tasks_checked = 0;
+    let limit = Instant::now() + Duration::from_secs(240);
+    for id in &acked {
+        let status = loop {
+            let status = nodes
+                .iter()
+                .find_map(|node| node.project(id))
+                .and_then(|project| field(&project, "status"));
+            let ended = matches!(status.as_deref(), Some("completed" | "failed"));
+            if ended || Instant::now() >= limit {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        match status.as_deref() {
+            Some("completed") => completed += 1,
+            None => violations.push(format!("lost: acknowledged project {id} is on no node")),
+            Some(other) => violations.push(format!(
+                "acknowledged project {id} is {other} after the heal, not completed"
+            )),
+        }
+        // Every replica's result of every task: one result per task.
+        let mut results: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for node in &nodes {
+            for task in node.tasks(id) {
+                if let (Some(name), Some(result)) = (field(&task, "name"), field(&task, "result")) {
+                    results.entry(name).or_default().insert(result);
+                }
+            }
+        }
+        tasks_checked += results.len();
+        for (task, seen) in results {
+            if seen.len() > 1 {
+                violations.push(format!("two results for {id}/{task}: {seen:?}"));
+            }
+        }
+    }
+    let converged = {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let views: Vec<Option<(String, u64)>> = nodes
+                .iter()
+                .map(|node| {
+                    let status = node.status()?;
+                    Some((
+                        field(&status, "president")?,
+                        status.get("members")?.as_u64()?,
+                    ))
+                })
+                .collect();
+            let agreed = views.iter().all(|v| v.is_some() && *v == views[0]);
+            if agreed || Instant::now() >= deadline {
+                break agreed.then_some(()).ok_or(views);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    if let Err(views) = converged {
+        violations.push(format!("diverged after the heal: {views:?}"));
+    }
+    Report {
+        seed: config.seed,
+        hosts: config.hosts,
+        faults: applied,
+        unavailable: unavailable(&submissions),
+        acknowledged: acked.len(),
+        submissions,
+        presidents,
+        completed,
+        tasks_checked,
+        violations,
+        secs: shared.start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Stretches longer than 3 s between two acknowledged submissions.
+fn unavailable(submissions: &[Submission]) -> Vec<(u64, u64)> {
+    let acked: Vec<u64> = submissions
+        .iter()
+        .filter(|s| s.id.is_some())
+        .map(|s| s.at_ms + s.took_ms)
+        .collect();
+    acked
+        .windows(2)
+        .filter(|w| w[1] - w[0] > 3_000)
+        .map(|w| (w[0], w[1]))
+        .collect()
+}
+
+fn apply(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], percent: u8) {
+    match kind {
+        Kind::Partition | Kind::IsolatePresident => {
+            if !hit.is_empty() {
+                hosts.split(hit);
+            }
+        }
+        Kind::Pause => {
+            for host in hit {
+                shared.down.lock().expect("down").insert(*host);
+                shared.nodes[host - 1].lock().expect("node").signal("STOP");
+            }
+        }
+        Kind::Kill => {
+            for host in hit {
+                shared.down.lock().expect("down").insert(*host);
+                shared.nodes[host - 1].lock().expect("node").kill();
+            }
+        }
+        Kind::Loss => {
+            for host in hit {
+                hosts.lose(*host, percent);
+            }
+        }
+    }
+}
+
+fn heal(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize]) {
+    match kind {
+        Kind::Partition | Kind::IsolatePresident => hosts.unsplit(),
+        Kind::Pause => {
+            for host in hit {
+                shared.nodes[host - 1].lock().expect("node").signal("CONT");
+                shared.down.lock().expect("down").remove(host);
+            }
+        }
+        Kind::Kill => {
+            for host in hit {
+                let mut node = shared.nodes[host - 1].lock().expect("node");
+                let dir = node.dir.clone();
+                *node = hosts.start(*host, &dir, None);
+                drop(node);
+                shared.down.lock().expect("down").remove(host);
+            }
+        }
+        Kind::Loss => {
+            for host in hit {
+                hosts.stop_losing(*host);
+            }
+        }
+    }
+}
+
+/// The host of the president most nodes name now.
+fn president_host(shared: &Shared) -> Option<usize> {
+    let dirs: Vec<PathBuf> = shared
+        .nodes
+        .iter()
+        .map(|node| node.lock().expect("node").dir.clone())
+        .collect();
+    let peers: Vec<Option<String>> = dirs
+        .iter()
+        .map(|dir| field(&status_of(dir)?, "peer_id"))
+        .collect();
+    let president = dirs.iter().find_map(|dir| view(dir).map(|(_, p)| p))?;
+    peers
+        .iter()
+        .position(|peer| peer.as_deref() == Some(president.as_str()))
+        .map(|i| i + 1)
+}
+
+/// `aamas status --json` of the node on `dir`, with a short timeout.
+fn status_of(dir: &Path) -> Option<Value> {
+    let output = crate::aamas(&["status", "--data-dir", &dir.display().to_string(), "--json"]);
+    output
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&output.stdout).ok())
+        .flatten()
+}
+
+/// The node's (term, president), when it names one.
+fn view(dir: &Path) -> Option<(u64, String)> {
+    let status = status_of(dir)?;
+    Some((status.get("term")?.as_u64()?, field(&status, "president")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule_and_another_seed_another() {
+        let config = |seed| Config {
+            hosts: 5,
+            seed,
+            duration: Duration::from_secs(600),
+            kinds: vec![Kind::Partition, Kind::Pause, Kind::Kill, Kind::Loss],
+        };
+        let one = schedule(&config(7));
+        assert_eq!(one, schedule(&config(7)));
+        assert_ne!(one, schedule(&config(8)));
+        assert!(one.len() > 10, "{} steps in 10 minutes", one.len());
+        for step in &one {
+            assert!(step.at_ms + step.lasts_ms <= 600_000);
+            assert!(step.hosts.iter().all(|h| (1..=5).contains(h)));
+            assert!(step.hosts.len() <= 2, "a partition's side is a minority");
+        }
+        // Steps never overlap.
+        assert!(
+            one.windows(2)
+                .all(|w| w[0].at_ms + w[0].lasts_ms < w[1].at_ms)
+        );
+    }
+}
