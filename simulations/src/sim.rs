@@ -864,9 +864,11 @@ impl Sim {
 
     async fn partition(&mut self, isolate: Target, fraction: f64) -> Result<()> {
         // The minority holds the victim and no other federal voter, so that the
-        // majority side holds a quorum of the federal group and can elect: that needs
-        // three voters at least, which a mesh that just formed may not have yet.
-        let wanted = 3.min(self.live_indices().len());
+        // majority side holds a quorum of the federal group and can elect. A mesh that
+        // just formed is still adding voters (up to five): a change under way when the
+        // cut comes can leave the majority short of the joint quorum (the new voters in
+        // the minority), so the cut waits until the group has all five.
+        let wanted = aamas_node::roles::president::FEDERAL_VOTERS.min(self.live_indices().len());
         let voters: HashSet<String> = loop {
             let voters: HashSet<String> = match self.live().next() {
                 Some((_, running)) => running

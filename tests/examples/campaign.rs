@@ -22,6 +22,7 @@ fn main() {
             Kind::Kill,
             Kind::Loss,
         ],
+        env: Vec::new(),
     };
     let mut report_dir = std::path::PathBuf::from("campaign-report");
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -73,6 +73,8 @@ pub struct Config {
     pub duration: Duration,
     /// The kinds of fault the schedule draws from.
     pub kinds: Vec<Kind>,
+    /// Put in every node's environment (a planted bug's switch, say).
+    pub env: Vec<(String, String)>,
 }
 
 /// SplitMix64: small, seeded, the same sequence for the same seed.
@@ -297,10 +299,11 @@ pub fn run(root: &Path, config: &Config) -> Report {
         .map(|i| root.join(format!("n{i}")))
         .collect();
     let (token, _) = init(&dirs[0]);
-    let mut nodes = vec![hosts.start(1, &dirs[0], None)];
+    let env = &config.env;
+    let mut nodes = vec![hosts.start_env(1, &dirs[0], None, env)];
     let addr = first_listen_addr(&nodes[0]);
     for (i, dir) in dirs.iter().enumerate().skip(1) {
-        nodes.push(hosts.start(i + 1, dir, Some((&addr, &token))));
+        nodes.push(hosts.start_env(i + 1, dir, Some((&addr, &token)), env));
     }
     wait_for("the hosts to agree on a president", || {
         crate::agreed_president(&nodes.iter().collect::<Vec<_>>(), config.hosts as u64)
@@ -380,7 +383,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
         let from_ms = shared.ms();
         apply(&hosts, &shared, step.kind, &hit, step.percent);
         std::thread::sleep(Duration::from_millis(step.lasts_ms));
-        heal(&hosts, &shared, step.kind, &hit);
+        heal(&hosts, &shared, step.kind, &hit, env);
         applied.push(Applied {
             step: step.clone(),
             hit,
@@ -411,7 +414,10 @@ pub fn run(root: &Path, config: &Config) -> Report {
     let acked: Vec<&String> = submissions.iter().filter_map(|s| s.id.as_ref()).collect();
     let mut completed = 0;
     let mut tasks_checked = 0;
-    let limit = Instant::now() + Duration::from_secs(240);
+    // A committed project reaches every node's Registry copy within seconds of the heal;
+    // one that is on no node after LOST_AFTER was never committed.
+    let checking = Instant::now();
+    let limit = checking + Duration::from_secs(240);
     for id in &acked {
         let status = loop {
             let status = nodes
@@ -419,7 +425,8 @@ pub fn run(root: &Path, config: &Config) -> Report {
                 .find_map(|node| node.project(id))
                 .and_then(|project| field(&project, "status"));
             let ended = matches!(status.as_deref(), Some("completed" | "failed"));
-            if ended || Instant::now() >= limit {
+            let lost = status.is_none() && checking.elapsed() >= LOST_AFTER;
+            if ended || lost || Instant::now() >= limit {
                 break status;
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -485,6 +492,10 @@ pub fn run(root: &Path, config: &Config) -> Report {
     }
 }
 
+/// How long after the heal an acknowledged project may still be missing from every
+/// node before it counts as lost.
+pub const LOST_AFTER: Duration = Duration::from_secs(30);
+
 /// Stretches longer than 3 s between two acknowledged submissions.
 fn unavailable(submissions: &[Submission]) -> Vec<(u64, u64)> {
     let acked: Vec<u64> = submissions
@@ -526,7 +537,7 @@ fn apply(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], percent: u8)
     }
 }
 
-fn heal(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize]) {
+fn heal(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], env: &[(String, String)]) {
     match kind {
         Kind::Partition | Kind::IsolatePresident => hosts.unsplit(),
         Kind::Pause => {
@@ -539,7 +550,7 @@ fn heal(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize]) {
             for host in hit {
                 let mut node = shared.nodes[host - 1].lock().expect("node");
                 let dir = node.dir.clone();
-                *node = hosts.start(*host, &dir, None);
+                *node = hosts.start_env(*host, &dir, None, env);
                 drop(node);
                 shared.down.lock().expect("down").remove(host);
             }
@@ -597,6 +608,7 @@ mod tests {
             seed,
             duration: Duration::from_secs(600),
             kinds: vec![Kind::Partition, Kind::Pause, Kind::Kill, Kind::Loss],
+            env: Vec::new(),
         };
         let one = schedule(&config(7));
         assert_eq!(one, schedule(&config(7)));

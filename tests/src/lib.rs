@@ -766,13 +766,25 @@ impl Hosts {
     /// Starts `aamas node` on host `i` with data dir `dir`, listening for peers on the
     /// switch and serving its API towards the test.
     pub fn start(&self, i: usize, dir: &Path, join: Option<(&str, &str)>) -> Node {
+        self.start_env(i, dir, join, &[])
+    }
+
+    /// [`Hosts::start`] with `env` in the node's environment.
+    pub fn start_env(
+        &self,
+        i: usize,
+        dir: &Path,
+        join: Option<(&str, &str)>,
+        env: &[(String, String)],
+    ) -> Node {
         let listen = format!("/ip4/{}/tcp/0", self.data_ip(i));
         let api = format!("{}:0", self.api_ip(i));
-        Node::start_in(
+        Node::start_env(
             Some(&self.netns(i)),
             dir,
             join,
             &["--listen", &listen, "--api", &api],
+            env,
         )
     }
 

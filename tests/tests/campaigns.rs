@@ -16,6 +16,7 @@ fn campaign(kinds: &[Kind], seed: u64) {
         seed,
         duration: Duration::from_secs(45),
         kinds: kinds.to_vec(),
+        env: Vec::new(),
     };
     let report = campaign::run(root.path(), &config);
     let text = report.text();
@@ -39,4 +40,32 @@ fn a_campaign_of_pauses_loses_nothing() {
 #[test]
 fn a_campaign_of_packet_loss_loses_nothing() {
     campaign(&[Kind::Loss], 13);
+}
+
+/// The checkers can fail: with the planted bug on (a president acknowledges every third
+/// submission without committing it), the same kind of campaign reports lost
+/// acknowledged projects.
+#[test]
+fn a_planted_lost_acknowledgement_is_caught() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        hosts: 5,
+        seed: 12,
+        duration: Duration::from_secs(20),
+        kinds: vec![Kind::Pause],
+        env: vec![(
+            aamas_node::driver::projects::PLANTED_LOST_ACK.to_string(),
+            "1".to_string(),
+        )],
+    };
+    let report = campaign::run(root.path(), &config);
+    let text = report.text();
+    println!("{text}");
+    assert!(report.acknowledged >= 3, "{text}");
+    let lost = report
+        .violations
+        .iter()
+        .filter(|violation| violation.starts_with("lost: acknowledged project"))
+        .count();
+    assert!(lost >= 1, "the checker missed the planted bug: {text}");
 }

@@ -334,6 +334,10 @@ impl Node {
                 .await
                 .map_err(ProjectError::PolicyDenied)?;
             }
+            if planted_lost_ack() {
+                tracing::error!(project = %id, "PLANTED BUG: acknowledged, never committed");
+                return Ok(id);
+            }
             let command = RegistryCommand::SubmitProject {
                 id: id.clone(),
                 name: parsed.name.clone(),
@@ -603,4 +607,19 @@ mod tests {
         assert!(check_request_id("a b").is_err());
         assert!(check_request_id("a/b").is_err());
     }
+}
+
+/// The environment variable of the planted bug: set to `1`, a president acknowledges
+/// every third project it is asked to submit without committing it. For the fault
+/// campaigns' test that a checker catches a lost acknowledgement
+/// (`tests/tests/campaigns.rs`) and for nothing else; a node with it set says so at
+/// every such acknowledgement.
+pub const PLANTED_LOST_ACK: &str = "AAMAS_TEST_PLANTED_BUG_LOST_ACK";
+
+/// Whether this submission is one the planted bug loses.
+fn planted_lost_ack() -> bool {
+    static PLANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let planted = *PLANTED.get_or_init(|| std::env::var(PLANTED_LOST_ACK).is_ok_and(|v| v == "1"));
+    planted && COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 3 == 2
 }
