@@ -594,21 +594,6 @@ pub fn check_request_id(request: &str) -> Result<(), ProjectError> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_short_plain_words() {
-        assert!(check_request_id("0123abcd-ef.GH_").is_ok());
-        assert!(check_request_id(&"a".repeat(MAX_REQUEST_ID_BYTES)).is_ok());
-        assert!(check_request_id("").is_err());
-        assert!(check_request_id(&"a".repeat(MAX_REQUEST_ID_BYTES + 1)).is_err());
-        assert!(check_request_id("a b").is_err());
-        assert!(check_request_id("a/b").is_err());
-    }
-}
-
 /// The environment variable of the planted bug: set to `1`, a president acknowledges
 /// every third project it is asked to submit without committing it. For the fault
 /// campaigns' test that a checker catches a lost acknowledgement
@@ -622,4 +607,19 @@ fn planted_lost_ack() -> bool {
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let planted = *PLANTED.get_or_init(|| std::env::var(PLANTED_LOST_ACK).is_ok_and(|v| v == "1"));
     planted && COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 3 == 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_short_plain_words() {
+        assert!(check_request_id("0123abcd-ef.GH_").is_ok());
+        assert!(check_request_id(&"a".repeat(MAX_REQUEST_ID_BYTES)).is_ok());
+        assert!(check_request_id("").is_err());
+        assert!(check_request_id(&"a".repeat(MAX_REQUEST_ID_BYTES + 1)).is_err());
+        assert!(check_request_id("a b").is_err());
+        assert!(check_request_id("a/b").is_err());
+    }
 }
