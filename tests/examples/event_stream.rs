@@ -133,10 +133,7 @@ async fn main() {
             id.is_some_and(|id| id != president && !governors.contains(&id))
         })
         .unwrap_or(&nodes[0]);
-    let addr = std::fs::read_to_string(watched.dir.join("api.addr"))
-        .expect("api.addr")
-        .trim()
-        .to_string();
+    let addr = watched.api_addr().expect("api.addr");
     let token = watched.api_token().expect("token");
 
     // Live: the clients connect, then the project runs.

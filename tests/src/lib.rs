@@ -446,6 +446,12 @@ impl Node {
         Some((status, body))
     }
 
+    /// The address the node's API listens on (`DATA_DIR/api.addr`), while it runs.
+    pub fn api_addr(&self) -> Option<String> {
+        let addr = std::fs::read_to_string(self.dir.join("api.addr")).ok()?;
+        Some(addr.trim().to_string())
+    }
+
     /// The node's own API token (`DATA_DIR/api.token`).
     pub fn api_token(&self) -> Option<String> {
         let token = std::fs::read_to_string(self.dir.join("api.token")).ok()?;
@@ -463,8 +469,8 @@ impl Node {
         body: &[u8],
     ) -> Option<(String, Headers, String)> {
         use std::io::{Read as _, Write as _};
-        let addr = std::fs::read_to_string(self.dir.join("api.addr")).ok()?;
-        let mut stream = std::net::TcpStream::connect(addr.trim()).ok()?;
+        let addr = self.api_addr()?;
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
         if let Some(token) = token {
             head.push_str(&format!("Authorization: Bearer {}\r\n", token.trim()));

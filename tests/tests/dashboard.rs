@@ -29,14 +29,14 @@ fn the_dashboard_shows_the_hierarchy_a_project_advancing_and_an_alert() {
     }
     nodes[2].submit(&failing).expect("submitted");
 
-    let addr = std::fs::read_to_string(chief.dir.join("api.addr")).expect("api.addr");
+    let addr = chief.api_addr().expect("api.addr");
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     let output = Command::new("node")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/dashboard.mjs"
         ))
-        .arg(format!("http://{}", addr.trim()))
+        .arg(format!("http://{}", addr))
         .arg(chief.api_token().expect("token"))
         .arg(&id)
         .arg(&shots)

@@ -100,8 +100,8 @@ fn a_websocket_on_a_node_that_runs_no_task_sees_every_phase_and_task_of_a_projec
     let id = nodes[0].submit(&template()).expect("submit");
 
     // From index 0: the events before the socket opened come from the node's log.
-    let addr = std::fs::read_to_string(observer.dir.join("api.addr")).expect("api.addr");
-    let url = format!("ws://{}/api/v1/events?from=0&project={id}", addr.trim());
+    let addr = observer.api_addr().expect("api.addr");
+    let url = format!("ws://{}/api/v1/events?from=0&project={id}", addr);
     let subscribe = format!("{{\"type\":\"subscribe\",\"project\":\"{id}\"}}");
     let output = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ws_events.py"))
@@ -210,7 +210,7 @@ fn a_websocket_on_a_node_that_runs_no_task_sees_every_phase_and_task_of_a_projec
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/check_responses.py"
         ))
-        .arg(format!("http://{}", addr.trim()))
+        .arg(format!("http://{}", addr))
         .arg(observer.api_token().expect("token"))
         .args(&pairs)
         .output()

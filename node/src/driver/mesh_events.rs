@@ -102,9 +102,23 @@ impl Node {
         };
         let keys: BTreeSet<NodeKey> = members.keys().copied().collect();
         let plan = plan_key(epoch, &recipients, &keys);
-        // Sharing needs the current key; a president that cannot open it rotates.
-        let current =
-            mine.and_then(|wrapped| GroupKey::unwrap(mesh, epoch, &wrapped, &self.identity));
+        // Sharing needs the current key: the one this node holds, else its own wrapped
+        // entry opened (only then, not every round); a president without it rotates.
+        let current = match plan {
+            KeyPlan::Share(_) => {
+                let held = self
+                    .group_key
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_ref()
+                    .filter(|held| held.epoch() == epoch)
+                    .map(copy);
+                held.or_else(|| {
+                    mine.and_then(|wrapped| GroupKey::unwrap(mesh, epoch, &wrapped, &self.identity))
+                })
+            }
+            _ => None,
+        };
         let plan = match plan {
             KeyPlan::Share(_) if current.is_none() => KeyPlan::Rotate,
             plan => plan,
