@@ -15,7 +15,7 @@
 //!   aamas policy apply ─► president ─► SetLimit for each `[[resources.limit]]` that differs
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use aamas_consensus::Group;
@@ -466,8 +466,9 @@ impl Node {
 
     /// As president: `policy`'s verdict on every open ResourceRequest, the states of
     /// higher priority first ([`crate::governance::policy::Resources::arbitrate`]), and
-    /// the approvals committed. Each verdict is counted when the request is `fresh` (just
-    /// raised) or approved, so a request waiting for the next period is counted once.
+    /// the approvals committed. A verdict is counted when it is new for its request (just
+    /// raised, or changed by a policy applied since) or an approval, so a request waiting
+    /// for the next period is counted once. `fresh` names a request just raised.
     pub(crate) async fn arbitrate_requests(
         &self,
         policy: &crate::governance::policy::Policy,
@@ -485,8 +486,10 @@ impl Node {
             }
             return Ok(());
         }
-        // One arbitration at a time: each reads what the approvals before it granted.
-        let _arbitrating = self.arbitrating.lock().await;
+        // One arbitration at a time: each reads what the approvals before it granted. The
+        // lock keeps each open request's last verdict, so that a verdict is counted once
+        // per request, when it is new (a policy applied since can change it).
+        let mut last_verdicts = self.arbitrating.lock().await;
         let now = now_ms();
         let since = resources.pool_period.window_start(now);
         let looked = self
@@ -518,20 +521,26 @@ impl Node {
         let Some((open, granted)) = looked else {
             return Ok(());
         };
+        // Forget the requests decided since (bounded by the open ones).
+        let open_ids: BTreeSet<u64> = open.iter().map(|request| request.id).collect();
+        last_verdicts.retain(|id, _| open_ids.contains(id));
         if open.is_empty() {
             return Ok(());
         }
-        for (request, verdict) in resources.arbitrate(&open, &granted) {
-            let id = request.id;
-            let is_fresh = fresh.is_some_and(|(state, resource)| {
-                request.state == state && request.resource == resource
-            });
-            if is_fresh || verdict == Verdict::Approve {
-                self.count_request_verdict(request.resource, verdict);
+        let verdicts = resources.arbitrate(&open, &granted);
+        // Every verdict is counted before any approval commits: whoever sees an approval
+        // also sees the refusals decided with it.
+        for (request, verdict) in &verdicts {
+            let changed = last_verdicts.insert(request.id, *verdict) != Some(*verdict);
+            if changed || *verdict == Verdict::Approve {
+                self.count_request_verdict(request.resource, *verdict);
             }
+        }
+        for (request, verdict) in verdicts {
             if verdict != Verdict::Approve {
                 continue;
             }
+            let id = request.id;
             let (state, resource, amount) = (&request.state, request.resource, request.amount);
             let decision = ResourceDecision {
                 approved: true,

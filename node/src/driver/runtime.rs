@@ -428,8 +428,10 @@ pub struct Node {
     /// counted once while it waits.
     pub(crate) ungoverned_by_tier: Mutex<BTreeSet<String>>,
     /// Held while the president arbitrates ResourceRequests: a round and a request just
-    /// raised must not both see the same room in a pool and approve past it.
-    pub(crate) arbitrating: tokio::sync::Mutex<()>,
+    /// raised must not both see the same room in a pool and approve past it. It keeps
+    /// the last verdict on each open request, so each new verdict is counted once.
+    pub(crate) arbitrating:
+        tokio::sync::Mutex<std::collections::BTreeMap<u64, crate::governance::policy::Verdict>>,
     /// This node's view, as a mayor, of its workers' outcomes.
     pub(crate) monitor: Mutex<crate::governance::monitor::Monitor>,
     /// When this node, as a mayor, last asked about each state's resource.
@@ -2725,7 +2727,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         blocked: Mutex::new(std::collections::HashSet::new()),
         policy_cache: Mutex::new(None),
         ungoverned_by_tier: Mutex::new(BTreeSet::new()),
-        arbitrating: tokio::sync::Mutex::new(()),
+        arbitrating: tokio::sync::Mutex::new(std::collections::BTreeMap::new()),
         monitor: Mutex::new(crate::governance::monitor::Monitor::default()),
         resource_asks: Mutex::new(BTreeMap::new()),
         scale_hook: config.scale_hook.clone(),
