@@ -1,6 +1,6 @@
 //! The simulator's fault layer: one [`SimFaults`] shared by every node of a run decides
 //! each message's fate (see `aamas_node::net::faults`): partitions first, then loss, then
-//! delay.
+//! delay. A partition also cuts connections: none is kept or made across it.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -34,6 +34,8 @@ pub struct SimFaults {
     dice: AtomicU64,
     dropped: AtomicU64,
     delayed: AtomicU64,
+    /// Connections refused or closed across a partition.
+    cut: AtomicU64,
 }
 
 impl SimFaults {
@@ -44,6 +46,7 @@ impl SimFaults {
             dice: AtomicU64::new(seed ^ 0xFA17_FA17_FA17_FA17),
             dropped: AtomicU64::new(0),
             delayed: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
         }
     }
 
@@ -62,6 +65,19 @@ impl SimFaults {
         self.delayed.load(Ordering::Relaxed)
     }
 
+    /// Connections refused or closed across a partition so far.
+    pub fn connections_cut(&self) -> u64 {
+        self.cut.load(Ordering::Relaxed)
+    }
+
+    fn across(state: &FaultState, from: &PeerId, to: &PeerId) -> bool {
+        if state.sides.is_empty() {
+            return false;
+        }
+        let side = |peer: &PeerId| state.sides.get(peer).copied().unwrap_or(0);
+        side(from) != side(to)
+    }
+
     fn roll(&self) -> u64 {
         let mut z = self
             .dice
@@ -76,12 +92,9 @@ impl SimFaults {
 impl Faults for SimFaults {
     fn fate(&self, from: &PeerId, to: &PeerId) -> Fate {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        if !state.sides.is_empty() {
-            let side = |peer: &PeerId| state.sides.get(peer).copied().unwrap_or(0);
-            if side(from) != side(to) {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return Fate::Drop;
-            }
+        if Self::across(&state, from, to) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Fate::Drop;
         }
         if state.drop_percent > 0.0 {
             // A roll in [0, 100) with 1/10,000 resolution.
@@ -103,6 +116,15 @@ impl Faults for SimFaults {
         self.delayed.fetch_add(1, Ordering::Relaxed);
         Fate::Delay(state.delay + Duration::from_micros(extra))
     }
+
+    fn reachable(&self, from: &PeerId, to: &PeerId) -> bool {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if Self::across(&state, from, to) {
+            self.cut.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 #[cfg(test)]
@@ -121,8 +143,13 @@ mod tests {
         assert_eq!(faults.fate(&a, &c), Fate::Drop);
         assert_eq!(faults.fate(&c, &b), Fate::Drop);
         assert_eq!(faults.dropped(), 2);
+        assert!(faults.reachable(&a, &b), "both on side 0");
+        assert!(!faults.reachable(&a, &c), "across the cut");
+        assert!(!faults.reachable(&c, &b), "across the cut");
+        assert_eq!(faults.connections_cut(), 2);
         faults.update(|state| state.sides.clear());
         assert_eq!(faults.fate(&a, &c), Fate::Deliver, "healed");
+        assert!(faults.reachable(&a, &c), "healed");
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub struct Report {
     pub messages_dropped: u64,
     /// Messages the fault layer delayed.
     pub messages_delayed: u64,
+    /// Connections the fault layer refused or closed across a partition.
+    pub connections_cut: u64,
     /// Federal terms in which a president was seen.
     pub terms_seen: usize,
     /// (state, term) pairs in which a governor was seen.
@@ -294,8 +296,8 @@ impl Report {
             (
                 "fault layer",
                 format!(
-                    "{} messages dropped, {} delayed",
-                    self.messages_dropped, self.messages_delayed
+                    "{} messages dropped, {} delayed; {} connections refused or cut",
+                    self.messages_dropped, self.messages_delayed, self.connections_cut
                 ),
             ),
             (

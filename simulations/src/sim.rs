@@ -61,6 +61,8 @@ const RESULTS_EVERY: Duration = Duration::from_secs(2);
 const PROBE_PATIENCE: Duration = Duration::from_secs(5);
 /// How long after a heal the hierarchy may take to place every member.
 const PLACEMENT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long every connection across a new partition may take to close.
+const CUT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How to run a simulation.
 #[derive(Debug, Clone)]
@@ -258,9 +260,9 @@ impl Sim {
             shared_memory: Some(self.shared_memory.clone()),
             // Above 60 nodes Kademlia's bootstrap would connect every node to every other.
             kademlia: raft.heartbeat_interval_ms <= 100,
-            // The simulator's partitions drop messages, not connections, and a thousand
-            // nodes on two cores answer late: libp2p's own ping timing (15 s, 20 s)
-            // keeps connections that are slow, not cut.
+            // A thousand nodes on two cores answer late: libp2p's own ping timing (15 s,
+            // 20 s) keeps connections that are slow. (Partitions close connections
+            // themselves: see aamas_node::net::faults::Cut.)
             liveness: Some(aamas_node::net::swarm::Liveness {
                 interval: Duration::from_secs(15),
                 timeout: Duration::from_secs(20),
@@ -915,7 +917,7 @@ impl Sim {
             .iter()
             .filter_map(|index| Some((self.slots[*index].peer?, 1)))
             .collect();
-        self.faults.update(|state| state.sides = sides);
+        self.faults.update(|state| state.sides = sides.clone());
         let cut = Instant::now();
         self.moment(
             "fault",
@@ -925,6 +927,7 @@ impl Sim {
                 short(&peer)
             ),
         );
+        self.await_cut(&sides).await?;
         let majority: HashSet<usize> = rest.into_iter().collect();
         if isolate == Target::President {
             self.wait_president(Some(&peer), Some(&majority)).await?;
@@ -935,6 +938,43 @@ impl Sim {
         }
         self.minority = Some(minority);
         Ok(())
+    }
+
+    /// Waits until no live node holds a connection across the partition `sides` (each
+    /// closes its own within `CUT_CHECK`), as a real network's cut would leave them.
+    async fn await_cut(&mut self, sides: &HashMap<PeerId, u8>) -> Result<()> {
+        let started = Instant::now();
+        let side = |peer: &PeerId| sides.get(peer).copied().unwrap_or(0);
+        loop {
+            let mut across = 0usize;
+            for (_, running) in self.live() {
+                let me = running.node.peer_id();
+                across += running
+                    .node
+                    .connected_peers()
+                    .await
+                    .iter()
+                    .filter(|peer| side(peer) != side(&me))
+                    .count();
+            }
+            if across == 0 {
+                self.moment(
+                    "fault",
+                    format!(
+                        "no connection across the partition after {} ms",
+                        millis(started.elapsed())
+                    ),
+                );
+                return Ok(());
+            }
+            if started.elapsed() > CUT_PATIENCE {
+                bail!(
+                    "{across} connections still cross the partition after {} s",
+                    CUT_PATIENCE.as_secs()
+                );
+            }
+            tokio::time::sleep(aamas_node::net::faults::CUT_CHECK).await;
+        }
     }
 
     async fn heal(&mut self) -> Result<()> {
@@ -1431,6 +1471,7 @@ impl Sim {
             connections_opened_per_node_mean: opened as f64 / nodes_ever.max(1) as f64,
             messages_dropped: self.faults.dropped(),
             messages_delayed: self.faults.delayed(),
+            connections_cut: self.faults.connections_cut(),
             terms_seen: self.checker.terms(),
             governor_terms_seen: self.checker.governor_terms(),
             results_seen: self.checker.tasks_with_results(),

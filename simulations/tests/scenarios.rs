@@ -135,6 +135,14 @@ fn partition_heal() {
         report.failovers
     );
     assert!(report.messages_dropped > 0, "the partition cut messages");
+    assert!(report.connections_cut > 0, "the partition cut connections");
+    assert!(
+        report.timeline.iter().any(|moment| moment
+            .what
+            .starts_with("no connection across the partition")),
+        "every connection across the partition closed: {:?}",
+        report.timeline
+    );
     probes_arrived(&report, 0.98);
 }
 

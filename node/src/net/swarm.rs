@@ -37,7 +37,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::net::faults::{Fate, Faults, MAX_DELAYED};
+use crate::net::faults::{CUT_CHECK, Cut, Fate, Faults, MAX_DELAYED};
 use crate::net::wire::{Codec, PROTOCOL, Rpc, RpcResponse};
 
 /// Bound of the command and inbound queues.
@@ -63,6 +63,8 @@ struct Behaviour {
     limits: connection_limits::Behaviour,
     /// Evicted members: their connections are closed and refused.
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// The simulator's cuts (only with a fault layer): connections across one refused.
+    cut: Toggle<Cut>,
     rpc: request_response::Behaviour<Codec>,
     gossip: gossipsub::Behaviour,
     identify: identify::Behaviour,
@@ -525,6 +527,7 @@ pub async fn start(
                 };
                 Ok(Behaviour {
                     blocked: allow_block_list::Behaviour::default(),
+                    cut: Toggle::from(config.faults.clone().map(|faults| Cut::new(peer, faults))),
                     limits: connection_limits::Behaviour::new(
                         connection_limits::ConnectionLimits::default()
                             .with_max_established(Some(MAX_CONNECTIONS))
@@ -694,8 +697,23 @@ async fn run(
         libp2p::swarm::ConnectionId,
         oneshot::Sender<Result<PeerId, NetworkError>>,
     > = HashMap::new();
+    let mut cut_check = tokio::time::interval(CUT_CHECK);
+    cut_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = cut_check.tick(), if faults.is_some() => {
+                if let Some(faults) = &faults {
+                    let cut: Vec<PeerId> = swarm
+                        .connected_peers()
+                        .filter(|peer| !faults.reachable(&me, peer))
+                        .copied()
+                        .collect();
+                    for peer in cut {
+                        tracing::debug!(%peer, "fault layer: connection cut");
+                        let _ = swarm.disconnect_peer_id(peer);
+                    }
+                }
+            }
             Some(item) = due.recv() => match item {
                 Due::Request { peer, rpc, reply } => {
                     let id = swarm.behaviour_mut().rpc.send_request(&peer, rpc);
