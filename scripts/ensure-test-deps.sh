@@ -65,6 +65,8 @@ if ! command -v hadolint >/dev/null 2>&1; then
 fi
 
 apt_install nftables nft
+# Clock skews in fault campaigns (libfaketime).
+apt_install faketime faketime
 apt_install chromium chromium
 if ! command -v npm >/dev/null 2>&1; then
   echo "error: npm not found; the dashboard test drives chromium with playwright-core" >&2

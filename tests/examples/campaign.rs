@@ -1,14 +1,18 @@
-//! A fault campaign on real hosts (see `aamas_tests::campaign`): N `aamas` processes,
-//! each in a network namespace of its own, a workload of projects, a seeded schedule of
+//! Fault campaigns on real hosts (see `aamas_tests::campaign`): N `aamas` processes, each
+//! in a network namespace of its own, a workload of projects, a seeded schedule of
 //! partitions, pauses, kills and packet loss, then checkers on the history and on every
-//! node's replicas. Writes `report.json` and `report.txt` to the report dir and exits 1
-//! on a violation. Needs root, iproute2 and nftables.
+//! node's replicas. One seed (`--seed S`) or a sweep (`--seeds A..B`, `--parallel P`
+//! campaigns at once); each seed's `report.json` and `report.txt` go to `DIR/seed-S/`,
+//! a sweep's totals to `DIR/summary.txt`. Exits 1 on a violation. Needs root, iproute2
+//! and nftables.
 //!
-//! Run: `cargo build --release -p aamas-cli && AAMAS_BIN=target/release/aamas cargo run --release -p aamas-tests --example campaign -- --hosts 5 --seed 1 --duration 600 --kinds partition,isolate_president,pause,kill,loss --report DIR`
+//! Run: `cargo build --release --workspace --bins --examples && AAMAS_BIN=target/release/aamas target/release/examples/campaign --hosts 5 --seed 1 --duration 600 --kinds partition,isolate_president,pause,kill,loss,clock_skew --report DIR`
 
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use aamas_tests::campaign::{self, Config, Kind};
+use aamas_tests::campaign::{self, Config, Kind, Report};
 
 fn main() {
     let mut config = Config {
@@ -21,16 +25,24 @@ fn main() {
             Kind::Pause,
             Kind::Kill,
             Kind::Loss,
+            Kind::ClockSkew,
         ],
         env: Vec::new(),
     };
-    let mut report_dir = std::path::PathBuf::from("campaign-report");
+    let mut report_dir = PathBuf::from("campaign-report");
+    let mut seeds = None;
+    let mut parallel = 1usize;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut pairs = args.chunks(2);
     while let Some([flag, value]) = pairs.next() {
         match flag.as_str() {
             "--hosts" => config.hosts = value.parse().expect("--hosts N (3 to 9)"),
             "--seed" => config.seed = value.parse().expect("--seed N"),
+            "--seeds" => {
+                let (from, to) = value.split_once("..").expect("--seeds A..B");
+                seeds = Some(from.parse::<u64>().expect("A")..=to.parse::<u64>().expect("B"));
+            }
+            "--parallel" => parallel = value.parse().expect("--parallel N"),
             "--duration" => {
                 config.duration = Duration::from_secs(value.parse().expect("--duration SECS"));
             }
@@ -39,7 +51,7 @@ fn main() {
                     .split(',')
                     .map(|name| {
                         Kind::parse(name).unwrap_or_else(|| {
-                            panic!("unknown kind {name:?}: partition, isolate_president, pause, kill, loss")
+                            panic!("unknown kind {name:?}: partition, isolate_president, pause, kill, loss, clock_skew")
                         })
                     })
                     .collect();
@@ -49,18 +61,169 @@ fn main() {
         }
     }
     assert!((3..=9).contains(&config.hosts), "--hosts 3 to 9");
-    let root = tempfile::tempdir().expect("tempdir");
-    let report = campaign::run(root.path(), &config);
+    assert!((1..=8).contains(&parallel), "--parallel 1 to 8");
+    let Some(seeds) = seeds else {
+        let report = one(&config, &report_dir).expect("the campaign ran");
+        print!("{}", report.text());
+        if !report.violations.is_empty() {
+            std::process::exit(1);
+        }
+        return;
+    };
+    // A sweep: `parallel` threads take the next seed until none is left.
+    let queue = Mutex::new(seeds.clone().collect::<Vec<u64>>().into_iter());
+    let results: Mutex<Vec<(u64, Result<Report, String>)>> = Mutex::default();
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| {
+                loop {
+                    let Some(seed) = queue.lock().expect("queue").next() else {
+                        return;
+                    };
+                    let config = Config {
+                        seed,
+                        ..config.clone()
+                    };
+                    let dir = report_dir.join(format!("seed-{seed}"));
+                    let outcome = one(&config, &dir);
+                    match &outcome {
+                        Ok(report) => eprintln!(
+                            "seed {seed}: {} faults, {} acknowledged, {} violations",
+                            report.faults.len(),
+                            report.acknowledged,
+                            report.violations.len()
+                        ),
+                        Err(error) => eprintln!("seed {seed}: did not run: {error}"),
+                    }
+                    results.lock().expect("results").push((seed, outcome));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("results");
+    results.sort_by_key(|(seed, _)| *seed);
+    let text = summary(&config, &results);
     std::fs::create_dir_all(&report_dir).expect("report dir");
-    std::fs::write(
-        report_dir.join("report.json"),
-        serde_json::to_string_pretty(&report).expect("json"),
-    )
-    .expect("write report.json");
-    let text = report.text();
-    std::fs::write(report_dir.join("report.txt"), &text).expect("write report.txt");
+    std::fs::write(report_dir.join("summary.txt"), &text).expect("write summary.txt");
     print!("{text}");
-    if !report.violations.is_empty() {
+    let failed = results
+        .iter()
+        .any(|(_, outcome)| outcome.as_ref().map_or(true, |r| !r.violations.is_empty()));
+    if failed {
         std::process::exit(1);
     }
+}
+
+/// Runs one campaign and writes its reports to `dir`; a campaign that could not run (a
+/// mesh that never formed, say: the runner panics) is an error, not a pass.
+fn one(config: &Config, dir: &Path) -> Result<Report, String> {
+    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        campaign::run(root.path(), config)
+    }))
+    .map_err(|panic| {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".into())
+    })?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("report.json"), json).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("report.txt"), report.text()).map_err(|e| e.to_string())?;
+    Ok(report)
+}
+
+/// A sweep's totals: seeds run and passed, faults by kind, acknowledged and completed
+/// projects, violations by checker, leaders per term, and the president isolations'
+/// time until the majority committed again (p50, p99, max).
+fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String {
+    let reports: Vec<&Report> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .collect();
+    let mut faults = std::collections::BTreeMap::<String, usize>::new();
+    let mut recovered: Vec<u64> = Vec::new();
+    let mut not_recovered = 0;
+    for report in &reports {
+        for fault in &report.faults {
+            *faults.entry(format!("{:?}", fault.step.kind)).or_default() += 1;
+            if fault.step.kind == Kind::IsolatePresident && !fault.hit.is_empty() {
+                match fault.recovered_ms {
+                    Some(ms) => recovered.push(ms),
+                    None => not_recovered += 1,
+                }
+            }
+        }
+    }
+    recovered.sort_unstable();
+    let at = |q: f64| {
+        recovered
+            .get(((recovered.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .map_or("-".to_string(), |ms| format!("{:.1} s", *ms as f64 / 1e3))
+    };
+    let count = |prefix: &str| {
+        reports
+            .iter()
+            .flat_map(|r| &r.violations)
+            .filter(|v| v.starts_with(prefix))
+            .count()
+    };
+    let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
+    let most_presidents = reports
+        .iter()
+        .flat_map(|r| r.presidents.values().map(|named| named.len()))
+        .max()
+        .unwrap_or(0);
+    let mut out = format!(
+        "sweep: {} seeds ({} to {}) of {}-host campaigns of {} s, kinds {:?}\n",
+        results.len(),
+        results.first().map_or(0, |(s, _)| *s),
+        results.last().map_or(0, |(s, _)| *s),
+        config.hosts,
+        config.duration.as_secs(),
+        config.kinds
+    );
+    out.push_str(&format!(
+        "  ran: {}, passed: {}, did not run: {}\n",
+        reports.len(),
+        reports.iter().filter(|r| r.violations.is_empty()).count(),
+        results.len() - reports.len()
+    ));
+    out.push_str(&format!("  faults applied: {faults:?}\n"));
+    out.push_str(&format!(
+        "  acknowledged projects: {}, completed: {}, tasks checked: {}\n",
+        reports.iter().map(|r| r.acknowledged).sum::<usize>(),
+        reports.iter().map(|r| r.completed).sum::<usize>(),
+        reports.iter().map(|r| r.tasks_checked).sum::<usize>(),
+    ));
+    out.push_str(&format!(
+        "  violations: {violations} (lost {}, two results {}, two presidents {}, diverged {})\n",
+        count("lost"),
+        count("two results"),
+        count("two presidents"),
+        count("diverged")
+    ));
+    out.push_str(&format!(
+        "  most presidents named in one term: {most_presidents}\n"
+    ));
+    out.push_str(&format!(
+        "  president isolated: {} times; the majority committed again after p50 {}, p99 {}, \
+         max {}; not before the heal: {not_recovered}\n",
+        recovered.len() + not_recovered,
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    ));
+    for (seed, outcome) in results {
+        match outcome {
+            Ok(report) if report.violations.is_empty() => {}
+            Ok(report) => {
+                out.push_str(&format!("  seed {seed}: {:?}\n", report.violations));
+            }
+            Err(error) => out.push_str(&format!("  seed {seed}: did not run: {error}\n")),
+        }
+    }
+    out
 }

@@ -46,6 +46,9 @@ pub enum Kind {
     Kill,
     /// A share of one host's incoming packets dropped.
     Loss,
+    /// One host's wall clock set seconds to minutes off (libfaketime; its monotonic
+    /// clock, which timers and Raft use, keeps time).
+    ClockSkew,
 }
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             "pause" => Self::Pause,
             "kill" => Self::Kill,
             "loss" => Self::Loss,
+            "clock_skew" => Self::ClockSkew,
             _ => return None,
         })
     }
@@ -93,6 +97,8 @@ pub struct Step {
     pub hosts: Vec<usize>,
     /// For a loss: the share dropped (%).
     pub percent: u8,
+    /// For a clock skew: how far off the host's wall clock is set (s).
+    pub skew_s: i64,
 }
 
 /// The schedule of `config`: faults one after another, each 5 to 15 s with 3 to 8 s of
@@ -126,12 +132,19 @@ pub fn schedule(config: &Config) -> Vec<Step> {
         } else {
             0
         };
+        let skew_s = if kind == Kind::ClockSkew {
+            let off = 30 + rng.below(571) as i64;
+            if rng.below(2) == 0 { off } else { -off }
+        } else {
+            0
+        };
         steps.push(Step {
             at_ms: at,
             lasts_ms: lasts,
             kind,
             hosts,
             percent,
+            skew_s,
         });
         at += lasts + 3_000 + rng.below(5_001);
     }
@@ -164,6 +177,13 @@ pub struct Applied {
     pub from_ms: u64,
     /// When it was healed.
     pub to_ms: u64,
+    /// For an isolation of the president: from the cut until a host on the majority
+    /// side acknowledged a submission, that is until the majority committed again (ms);
+    /// `None` if it did not before the heal.
+    pub recovered_ms: Option<u64>,
+    /// For a clock skew: how far off the host said its clock was (its status's
+    /// `clock_ms` against the runner's clock, s), read once the skew was set.
+    pub observed_skew_s: Option<i64>,
 }
 
 /// What a campaign did and found.
@@ -208,10 +228,25 @@ impl Report {
                 fault.to_ms as f64 / 1e3,
                 fault.step.kind,
                 fault.hit,
-                if fault.step.percent > 0 {
-                    format!(" ({}% lost)", fault.step.percent)
-                } else {
-                    String::new()
+                match (fault.step.percent, fault.step.kind, fault.recovered_ms) {
+                    (percent, _, _) if percent > 0 => format!(" ({percent}% lost)"),
+                    (_, Kind::IsolatePresident, Some(ms)) => {
+                        format!(
+                            " (the majority committed again after {:.1} s)",
+                            ms as f64 / 1e3
+                        )
+                    }
+                    (_, Kind::IsolatePresident, None) => {
+                        " (the majority did not commit before the heal)".to_string()
+                    }
+                    (_, Kind::ClockSkew, _) => format!(
+                        " ({:+} s; the node's clock said {})",
+                        fault.step.skew_s,
+                        fault
+                            .observed_skew_s
+                            .map_or("nothing".to_string(), |s| format!("{s:+} s"))
+                    ),
+                    _ => String::new(),
                 }
             ));
         }
@@ -277,11 +312,15 @@ pub fn run(root: &Path, config: &Config) -> Report {
         .map(|i| root.join(format!("n{i}")))
         .collect();
     let (token, _) = init(&dirs[0]);
-    let env = &config.env;
-    let mut nodes = vec![hosts.start_env(1, &dirs[0], None, env)];
+    let skewed = config.kinds.contains(&Kind::ClockSkew);
+    let envs: Vec<Vec<(String, String)>> = dirs
+        .iter()
+        .map(|dir| host_env(&config.env, skewed.then_some(dir.as_path())))
+        .collect();
+    let mut nodes = vec![hosts.start_env(1, &dirs[0], None, &envs[0])];
     let addr = first_listen_addr(&nodes[0]);
     for (i, dir) in dirs.iter().enumerate().skip(1) {
-        nodes.push(hosts.start_env(i + 1, dir, Some((&addr, &token)), env));
+        nodes.push(hosts.start_env(i + 1, dir, Some((&addr, &token)), &envs[i]));
     }
     wait_for("the hosts to agree on a president", || {
         crate::agreed_president(&nodes.iter().collect::<Vec<_>>(), config.hosts as u64)
@@ -302,6 +341,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
     let workload = {
         let shared = shared.clone();
         let seed = config.seed;
+        let state = state.clone();
         std::thread::spawn(move || {
             let mut rng = Rng::new(seed ^ 0xA5A5);
             let mut out = Vec::new();
@@ -351,6 +391,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
 
     // The faults.
     let mut applied = Vec::new();
+    let probes: Mutex<Vec<Submission>> = Mutex::default();
     for step in &steps {
         let wait = step.at_ms.saturating_sub(shared.ms());
         std::thread::sleep(Duration::from_millis(wait));
@@ -359,14 +400,33 @@ pub fn run(root: &Path, config: &Config) -> Report {
             _ => step.hosts.clone(),
         };
         let from_ms = shared.ms();
-        apply(&hosts, &shared, step.kind, &hit, step.percent);
-        std::thread::sleep(Duration::from_millis(step.lasts_ms));
-        heal(&hosts, &shared, step.kind, &hit, env);
+        apply(&hosts, &shared, step, &hit);
+        let observed_skew_s = (step.kind == Kind::ClockSkew)
+            .then(|| observed_skew(&shared, &hit, step.skew_s))
+            .flatten();
+        let recovered_ms = (step.kind == Kind::IsolatePresident && !hit.is_empty())
+            .then(|| {
+                recovery(
+                    &shared,
+                    &hit,
+                    &state,
+                    from_ms,
+                    from_ms + step.lasts_ms,
+                    &probes,
+                )
+            })
+            .flatten();
+        std::thread::sleep(Duration::from_millis(
+            (from_ms + step.lasts_ms).saturating_sub(shared.ms()),
+        ));
+        heal(&hosts, &shared, step.kind, &hit, &envs);
         applied.push(Applied {
             step: step.clone(),
             hit,
             from_ms,
             to_ms: shared.ms(),
+            recovered_ms,
+            observed_skew_s,
         });
     }
     let end = config.duration.as_millis() as u64;
@@ -374,7 +434,9 @@ pub fn run(root: &Path, config: &Config) -> Report {
     shared
         .stop
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let submissions = workload.join().expect("workload");
+    let mut submissions = workload.join().expect("workload");
+    submissions.extend(probes.into_inner().expect("probes"));
+    submissions.sort_by_key(|submission| submission.at_ms);
     let presidents = observer.join().expect("observer");
 
     // The checks, after every fault is healed.
@@ -470,6 +532,44 @@ pub fn run(root: &Path, config: &Config) -> Report {
     }
 }
 
+/// Submits to hosts outside `isolated` (one at a time, 100 ms apart) from the cut at
+/// `from_ms` until one is acknowledged or `until_ms`: how long the majority took to
+/// commit again (ms). Every submission is kept in `probes`, for the checkers.
+fn recovery(
+    shared: &Shared,
+    isolated: &[usize],
+    state: &str,
+    from_ms: u64,
+    until_ms: u64,
+    probes: &Mutex<Vec<Submission>>,
+) -> Option<u64> {
+    let majority: Vec<usize> = (1..=shared.nodes.len())
+        .filter(|host| !isolated.contains(host))
+        .collect();
+    let mut turn = 0;
+    while shared.ms() < until_ms {
+        let host = majority[turn % majority.len()];
+        turn += 1;
+        let at_ms = shared.ms();
+        let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
+        let answer = crate::submit_in(&dir, &project(1_000_000 + turn, state));
+        let acked_ms = shared.ms();
+        let acked = answer.is_ok();
+        probes.lock().expect("probes").push(Submission {
+            at_ms,
+            took_ms: acked_ms - at_ms,
+            host,
+            id: answer.as_ref().ok().cloned(),
+            error: answer.err(),
+        });
+        if acked {
+            return Some(acked_ms - from_ms);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
 /// How long after the heal an acknowledged project may still be missing from every
 /// node before it counts as lost.
 pub const LOST_AFTER: Duration = Duration::from_secs(30);
@@ -488,8 +588,69 @@ fn unavailable(submissions: &[Submission]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn apply(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], percent: u8) {
-    match kind {
+/// The library that sets a process's wall clock off (Debian's `faketime`).
+pub const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// The file holding a host's clock offset (libfaketime reads it every second).
+fn skew_file(dir: &Path) -> PathBuf {
+    dir.with_extension("faketime")
+}
+
+/// `env`, plus, for a campaign with clock skews, libfaketime reading the offset of the
+/// host on `dir` from its file (at first `+0`); monotonic clocks are left alone.
+fn host_env(env: &[(String, String)], skewed: Option<&Path>) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    if let Some(dir) = skewed {
+        assert!(
+            Path::new(FAKETIME_LIBRARY).exists(),
+            "clock skews need {FAKETIME_LIBRARY}: apt-get install faketime"
+        );
+        let file = skew_file(dir);
+        std::fs::write(&file, "+0").expect("write the clock offset");
+        env.extend([
+            ("LD_PRELOAD".to_string(), FAKETIME_LIBRARY.to_string()),
+            (
+                "FAKETIME_TIMESTAMP_FILE".to_string(),
+                file.display().to_string(),
+            ),
+            ("FAKETIME_CACHE_DURATION".to_string(), "1".to_string()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+            ("FAKETIME_DONT_RESET".to_string(), "1".to_string()),
+        ]);
+    }
+    env
+}
+
+/// The skewed host's clock against the runner's, from the `clock_ms` of its status
+/// (against the middle of the request), once it is within 5 s of `wanted` (libfaketime
+/// rereads its file every second) or after 5 s.
+fn observed_skew(shared: &Shared, hit: &[usize], wanted: i64) -> Option<i64> {
+    let host = *hit.first()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let millis = |time: std::time::SystemTime| {
+        time.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64)
+    };
+    let mut seen = None;
+    while Instant::now() < deadline {
+        let sent = millis(std::time::SystemTime::now());
+        let status = shared.nodes[host - 1].lock().expect("node").status();
+        let received = millis(std::time::SystemTime::now());
+        if let Some(clock) = status.and_then(|status| status.get("clock_ms")?.as_i64()) {
+            let off = (clock - (sent + received) / 2) as f64 / 1e3;
+            seen = Some(off.round() as i64);
+            if (off - wanted as f64).abs() <= 5.0 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    seen
+}
+
+fn apply(hosts: &Hosts, shared: &Shared, step: &Step, hit: &[usize]) {
+    let percent = step.percent;
+    match step.kind {
         Kind::Partition | Kind::IsolatePresident => {
             if !hit.is_empty() {
                 hosts.split(hit);
@@ -512,10 +673,17 @@ fn apply(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], percent: u8)
                 hosts.lose(*host, percent);
             }
         }
+        Kind::ClockSkew => {
+            for host in hit {
+                let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
+                std::fs::write(skew_file(&dir), format!("{:+}", step.skew_s))
+                    .expect("write the clock offset");
+            }
+        }
     }
 }
 
-fn heal(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], env: &[(String, String)]) {
+fn heal(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], envs: &[Vec<(String, String)>]) {
     match kind {
         Kind::Partition | Kind::IsolatePresident => hosts.unsplit(),
         Kind::Pause => {
@@ -528,7 +696,7 @@ fn heal(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], env: &[(Strin
             for host in hit {
                 let mut node = shared.nodes[host - 1].lock().expect("node");
                 let dir = node.dir.clone();
-                *node = hosts.start_env(*host, &dir, None, env);
+                *node = hosts.start_env(*host, &dir, None, &envs[host - 1]);
                 drop(node);
                 shared.down.lock().expect("down").remove(host);
             }
@@ -536,6 +704,12 @@ fn heal(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], env: &[(Strin
         Kind::Loss => {
             for host in hit {
                 hosts.stop_losing(*host);
+            }
+        }
+        Kind::ClockSkew => {
+            for host in hit {
+                let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
+                std::fs::write(skew_file(&dir), "+0").expect("write the clock offset");
             }
         }
     }

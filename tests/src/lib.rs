@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub mod campaign;
 pub mod llm;
+pub mod restarts;
 
 /// Bound on every wait: generous for a loaded CI machine; a healthy run takes seconds.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -83,12 +84,27 @@ impl Node {
         extra: &[&str],
         env: &[(String, String)],
     ) -> Self {
+        Self::start_durable(netns, dir, join, extra, env, false)
+    }
+
+    /// [`Node::start_env`]; with `fsync`, the node syncs its writes as it does by default
+    /// (the tests' nodes do not unless asked: a killed process loses no page cache).
+    pub fn start_durable(
+        netns: Option<&str>,
+        dir: &Path,
+        join: Option<(&str, &str)>,
+        extra: &[&str],
+        env: &[(String, String)],
+        fsync: bool,
+    ) -> Self {
         let mut args = vec![
             "node".to_string(),
             "--data-dir".into(),
             dir.display().to_string(),
-            "--no-fsync".into(),
         ];
+        if !fsync {
+            args.push("--no-fsync".into());
+        }
         if let Some((addr, token)) = join {
             args.extend(["--join".into(), addr.into(), "--token".into(), token.into()]);
         }
@@ -194,13 +210,44 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            self.keep_log();
+        }
+    }
+}
+
+impl Node {
+    /// For a failed test: copies the node's log to `$TMPDIR/aamas-failed-logs/` (its
+    /// data dir goes with the test's) and prints where, with the log's last lines.
+    fn keep_log(&self) {
+        let log = self.dir.with_extension("log");
+        let Ok(text) = std::fs::read_to_string(&log) else {
+            return;
+        };
+        let kept = std::env::temp_dir().join("aamas-failed-logs").join(format!(
+            "{}-{}",
+            std::process::id(),
+            log.display().to_string().replace('/', "_")
+        ));
+        let _ = std::fs::create_dir_all(kept.parent().unwrap_or(Path::new(".")));
+        let _ = std::fs::write(&kept, &text);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        eprintln!(
+            "--- {} (kept in {}), last lines:\n{tail}",
+            log.display(),
+            kept.display()
+        );
     }
 }
 
 /// `aamas project submit FILE --json` through the node on data dir `dir`: the project
 /// id, or the error text.
 pub fn submit_in(dir: &Path, spec: &str) -> Result<String, String> {
-    let file = dir.with_extension(format!("spec-{}.toml", std::process::id()));
+    // One file per call: threads of one test may submit to one node at once.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = dir.with_extension(format!("spec-{}-{call}.toml", std::process::id()));
     std::fs::write(&file, spec).map_err(|e| format!("write the spec: {e}"))?;
     let output = aamas(&[
         "project",
@@ -210,6 +257,7 @@ pub fn submit_in(dir: &Path, spec: &str) -> Result<String, String> {
         "--json",
         &file.display().to_string(),
     ]);
+    let _ = std::fs::remove_file(&file);
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }
@@ -783,14 +831,27 @@ impl Hosts {
         join: Option<(&str, &str)>,
         env: &[(String, String)],
     ) -> Node {
+        self.start_durable(i, dir, join, env, false)
+    }
+
+    /// [`Hosts::start_env`], syncing writes with `fsync` ([`Node::start_durable`]).
+    pub fn start_durable(
+        &self,
+        i: usize,
+        dir: &Path,
+        join: Option<(&str, &str)>,
+        env: &[(String, String)],
+        fsync: bool,
+    ) -> Node {
         let listen = format!("/ip4/{}/tcp/0", self.data_ip(i));
         let api = format!("{}:0", self.api_ip(i));
-        Node::start_env(
+        Node::start_durable(
             Some(&self.netns(i)),
             dir,
             join,
             &["--listen", &listen, "--api", &api],
             env,
+            fsync,
         )
     }
 

@@ -2,12 +2,14 @@
 //! iproute2 and nftables): one of partitions, one of pauses, one of packet loss, each
 //! with a workload of projects and the checkers of `aamas_tests::campaign` (no
 //! acknowledged project lost or left unfinished, one result per task on every replica,
-//! one president per term, every node agreeing after the heal). A longer run is one
-//! command: `tests/examples/campaign.rs`.
+//! one president per term, every node agreeing after the heal), and a short loop of
+//! `kill -9` restarts under write load. A longer run is one command:
+//! `tests/examples/campaign.rs`, `tests/examples/restarts.rs`.
 
 use std::time::Duration;
 
 use aamas_tests::campaign::{self, Config, Kind};
+use aamas_tests::restarts;
 
 fn campaign(kinds: &[Kind], seed: u64) {
     let root = tempfile::tempdir().expect("tempdir");
@@ -42,6 +44,39 @@ fn a_campaign_of_packet_loss_loses_nothing() {
     campaign(&[Kind::Loss], 13);
 }
 
+/// Clock skews of minutes (libfaketime on the node's wall clock) with pauses: nothing
+/// is lost, and each skew was in force (the node's own status showed its clock off).
+#[test]
+fn a_campaign_of_clock_skews_loses_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        hosts: 5,
+        seed: 14,
+        duration: Duration::from_secs(45),
+        kinds: vec![Kind::ClockSkew, Kind::Pause],
+        env: Vec::new(),
+    };
+    let report = campaign::run(root.path(), &config);
+    let text = report.text();
+    println!("{text}");
+    let skews: Vec<_> = report
+        .faults
+        .iter()
+        .filter(|fault| fault.step.kind == Kind::ClockSkew)
+        .collect();
+    assert!(!skews.is_empty(), "no clock skew in the schedule: {text}");
+    for fault in skews {
+        let observed = fault.observed_skew_s.expect("the skewed node answered");
+        assert!(
+            (observed - fault.step.skew_s).abs() <= 5,
+            "set {} s off, the node's clock was {observed} s off: {text}",
+            fault.step.skew_s
+        );
+    }
+    assert!(report.acknowledged > 0, "nothing acknowledged: {text}");
+    assert!(report.violations.is_empty(), "{text}");
+}
+
 /// The checkers can fail: with the planted bug on (a president acknowledges every third
 /// submission without committing it), the same kind of campaign reports lost
 /// acknowledged projects.
@@ -68,4 +103,26 @@ fn a_planted_lost_acknowledgement_is_caught() {
         .filter(|violation| violation.starts_with("lost: acknowledged project"))
         .count();
     assert!(lost >= 1, "the checker missed the planted bug: {text}");
+}
+
+/// Ten `kill -9` restarts of random hosts (the president among them, as the seed has
+/// it) while two writers submit: every acknowledged project is on every node, and ends.
+#[test]
+fn kill_nine_restarts_under_write_load_lose_no_acknowledged_write() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = restarts::Config {
+        hosts: 3,
+        seed: 21,
+        restarts: 10,
+        writers: 2,
+        fsync: true,
+        env: Vec::new(),
+    };
+    let report = restarts::run(root.path(), &config);
+    let text = report.text();
+    println!("{text}");
+    assert_eq!(report.restarts, 10, "{text}");
+    assert!(report.acknowledged > 0, "nothing acknowledged: {text}");
+    assert_eq!(report.completed, report.acknowledged, "{text}");
+    assert!(report.violations.is_empty(), "{text}");
 }

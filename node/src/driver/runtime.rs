@@ -545,6 +545,11 @@ pub struct Status {
     /// The mesh's group key as this node knows it (events are sealed under it).
     #[serde(default)]
     pub group_key: GroupKeyView,
+    /// This node's wall clock when it answered (ms since the Unix epoch), to compare
+    /// with other nodes' and the operator's: leases and timers keep monotonic time, but
+    /// token expiry, resource periods and events' times read this one.
+    #[serde(default)]
+    pub clock_ms: u64,
 }
 
 /// The mesh's group key, as one node sees it.
@@ -1387,6 +1392,7 @@ impl Node {
                 recipients,
                 held: self.group_key_epoch(),
             },
+            clock_ms: now_ms(),
         }
     }
 
@@ -1401,6 +1407,11 @@ impl Node {
             }
         }
         governs
+    }
+
+    /// The peers this node holds a connection to now.
+    pub async fn connected_peers(&self) -> Vec<PeerId> {
+        self.handle.connected_peers().await
     }
 
     /// Every member, as this node's Registry copy has them.
