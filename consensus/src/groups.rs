@@ -606,6 +606,31 @@ impl<T: RaftTransport> Groups<T> {
         ids
     }
 
+    /// The first open group (by id) whose Raft core stopped for good, with why: a
+    /// storage write that failed (a full disk, say) stops openraft's core, and the group
+    /// takes and replicates nothing on this node until it opens again (a restart).
+    /// Groups stopped by [`Groups::shutdown`] are not open.
+    pub fn stopped(&self) -> Option<(GroupId, String)> {
+        let groups = self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stopped: Vec<(GroupId, String)> = groups
+            .iter()
+            .filter_map(|(id, group)| {
+                let metrics = group.raft.metrics();
+                let metrics = metrics.borrow();
+                match &metrics.running_state {
+                    Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+                    Err(fatal) => Some((*id, fatal.to_string())),
+                }
+            })
+            .collect();
+        stopped.sort_unstable_by_key(|(id, _)| *id);
+        stopped.into_iter().next()
+    }
+
     /// Stops every group (their state stays on disk).
     pub async fn shutdown(&self) {
         let groups: Vec<Group> = self

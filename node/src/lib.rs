@@ -56,13 +56,30 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     driver::runtime::start(config, |node, addr| Box::pin(api::serve(node, addr))).await
 }
 
-/// Runs a node until `shutdown` resolves, then stops it.
+/// Runs a node until `shutdown` resolves, then stops it; or until one of its Raft
+/// groups stops for good (a write to its disk failed, say), then stops it at once, as a
+/// crash would, and returns why ([`NodeError::GroupStopped`]): a node that cannot write
+/// must not go on answering as if it could.
 pub async fn run(
     config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let running = start(config).await?;
-    shutdown.await;
-    running.stop().await;
-    Ok(())
+    let stopped = tokio::select! {
+        () = shutdown => None,
+        error = running.group_stopped() => Some(error),
+    };
+    match stopped {
+        None => {
+            running.stop().await;
+            Ok(())
+        }
+        Some(error) => {
+            tracing::error!(%error, "stopping");
+            if let Err(crash) = running.crash().await {
+                tracing::warn!(%crash, "stopping after the group stopped");
+            }
+            Err(error)
+        }
+    }
 }

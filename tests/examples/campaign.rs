@@ -132,6 +132,9 @@ fn one(config: &Config, dir: &Path) -> Result<Report, String> {
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("report.json"), json).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("report.txt"), report.text()).map_err(|e| e.to_string())?;
+    if !report.violations.is_empty() {
+        aamas_tests::keep_logs(root.path(), dir);
+    }
     Ok(report)
 }
 

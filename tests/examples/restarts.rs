@@ -50,6 +50,7 @@ fn main() {
     std::fs::write(report_dir.join("report.txt"), &text).expect("write report.txt");
     print!("{text}");
     if !report.violations.is_empty() {
+        aamas_tests::keep_logs(root.path(), &report_dir);
         std::process::exit(1);
     }
 }

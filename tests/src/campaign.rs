@@ -49,6 +49,12 @@ pub enum Kind {
     /// One host's wall clock set seconds to minutes off (libfaketime; its monotonic
     /// clock, which timers and Raft use, keeps time).
     ClockSkew,
+    /// The other hosts split into two halves that cannot reach each other, while one
+    /// bridge host reaches both (nftables drops on each side).
+    Bridge,
+    /// One host's data dir (a tmpfs of its own in such campaigns) filled to the last
+    /// byte, then freed; a node that stopped for it is started again, as systemd would.
+    DiskFull,
 }
 
 impl Kind {
@@ -61,6 +67,8 @@ impl Kind {
             "kill" => Self::Kill,
             "loss" => Self::Loss,
             "clock_skew" => Self::ClockSkew,
+            "bridge" => Self::Bridge,
+            "disk_full" => Self::DiskFull,
             _ => return None,
         })
     }
@@ -93,7 +101,8 @@ pub struct Step {
     pub lasts_ms: u64,
     /// What.
     pub kind: Kind,
-    /// The hosts it hits (from 1); empty for the president, found when it starts.
+    /// The hosts it hits (from 1); empty for the president, found when it starts. For a
+    /// bridge: the bridge host first, then the first half; the rest is the other half.
     pub hosts: Vec<usize>,
     /// For a loss: the share dropped (%).
     pub percent: u8,
@@ -122,6 +131,17 @@ pub fn schedule(config: &Config) -> Vec<Step> {
                 let mut side = vec![host];
                 if config.hosts >= 5 && rng.below(2) == 1 {
                     side.push(1 + (host % config.hosts));
+                }
+                side
+            }
+            Kind::Bridge => {
+                // The bridge, then a half of the others (chosen by the seed).
+                let mut others: Vec<usize> =
+                    (1..=config.hosts).filter(|other| *other != host).collect();
+                let mut side = vec![host];
+                for _ in 0..others.len() / 2 {
+                    let at = rng.below(others.len() as u64) as usize;
+                    side.push(others.swap_remove(at));
                 }
                 side
             }
@@ -184,6 +204,9 @@ pub struct Applied {
     /// For a clock skew: how far off the host said its clock was (its status's
     /// `clock_ms` against the runner's clock, s), read once the skew was set.
     pub observed_skew_s: Option<i64>,
+    /// For a full disk: what the node said when it stopped (its exit and last error),
+    /// if it stopped before the space came back.
+    pub stopped_with: Option<String>,
 }
 
 /// What a campaign did and found.
@@ -239,6 +262,18 @@ impl Report {
                     (_, Kind::IsolatePresident, None) => {
                         " (the majority did not commit before the heal)".to_string()
                     }
+                    (_, Kind::DiskFull, _) => format!(
+                        " ({})",
+                        fault
+                            .stopped_with
+                            .as_deref()
+                            .unwrap_or("the node did not stop")
+                    ),
+                    (_, Kind::Bridge, _) => format!(
+                        " (host {} bridges {:?} and the rest)",
+                        fault.hit.first().copied().unwrap_or(0),
+                        fault.hit.get(1..).unwrap_or_default()
+                    ),
                     (_, Kind::ClockSkew, _) => format!(
                         " ({:+} s; the node's clock said {})",
                         fault.step.skew_s,
@@ -311,6 +346,11 @@ pub fn run(root: &Path, config: &Config) -> Report {
     let dirs: Vec<PathBuf> = (1..=config.hosts)
         .map(|i| root.join(format!("n{i}")))
         .collect();
+    // Data dirs that can fill: a small tmpfs each, unmounted at the end.
+    let _disks = config
+        .kinds
+        .contains(&Kind::DiskFull)
+        .then(|| Disks::mount(&dirs));
     let (token, _) = init(&dirs[0]);
     let skewed = config.kinds.contains(&Kind::ClockSkew);
     let envs: Vec<Vec<(String, String)>> = dirs
@@ -419,7 +459,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
         std::thread::sleep(Duration::from_millis(
             (from_ms + step.lasts_ms).saturating_sub(shared.ms()),
         ));
-        heal(&hosts, &shared, step.kind, &hit, &envs);
+        let stopped_with = heal(&hosts, &shared, step.kind, &hit, &envs);
         applied.push(Applied {
             step: step.clone(),
             hit,
@@ -427,6 +467,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
             to_ms: shared.ms(),
             recovered_ms,
             observed_skew_s,
+            stopped_with,
         });
     }
     let end = config.duration.as_millis() as u64;
@@ -532,9 +573,49 @@ pub fn run(root: &Path, config: &Config) -> Report {
     }
 }
 
-/// Submits to hosts outside `isolated` (one at a time, 100 ms apart) from the cut at
-/// `from_ms` until one is acknowledged or `until_ms`: how long the majority took to
-/// commit again (ms). Every submission is kept in `probes`, for the checkers.
+/// How long a recovery probe waits for its answer: a node that forwards to a president
+/// cut off waits for its RPC's timeout (10 s), so the probe gives up and tries again,
+/// as a client with a deadline would.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// `POST /api/v1/projects` of `spec` to the API at `addr`, answered within `timeout`:
+/// the new project's id, or why not.
+fn post_project(addr: &str, token: &str, spec: &str, timeout: Duration) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "POST /api/v1/projects HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{spec}",
+        spec.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("no answer within {timeout:?}: {e}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+    if !head.starts_with("HTTP/1.1 201") {
+        return Err(format!(
+            "{}: {body}",
+            head.lines().next().unwrap_or_default()
+        ));
+    }
+    let body: Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    field(&body, "id").ok_or_else(|| "no id".to_string())
+}
+
+/// Submits to hosts outside `isolated` (one at a time, each given [`PROBE_TIMEOUT`],
+/// 50 ms apart, so the figure is good to about half a second) from the cut at `from_ms` until one is acknowledged or `until_ms`: how
+/// long the majority took to commit again (ms). Every submission is kept in `probes`,
+/// for the checkers (one that timed out may still commit: it is not acknowledged).
 fn recovery(
     shared: &Shared,
     isolated: &[usize],
@@ -551,8 +632,19 @@ fn recovery(
         let host = majority[turn % majority.len()];
         turn += 1;
         let at_ms = shared.ms();
-        let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
-        let answer = crate::submit_in(&dir, &project(1_000_000 + turn, state));
+        let (addr, token) = {
+            let node = shared.nodes[host - 1].lock().expect("node");
+            (node.api_addr(), node.api_token())
+        };
+        let answer = match (addr, token) {
+            (Some(addr), Some(token)) => post_project(
+                &addr,
+                &token,
+                &project(1_000_000 + turn, state),
+                PROBE_TIMEOUT,
+            ),
+            _ => Err("no API address yet".to_string()),
+        };
         let acked_ms = shared.ms();
         let acked = answer.is_ok();
         probes.lock().expect("probes").push(Submission {
@@ -565,7 +657,7 @@ fn recovery(
         if acked {
             return Some(acked_ms - from_ms);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     None
 }
@@ -576,11 +668,14 @@ pub const LOST_AFTER: Duration = Duration::from_secs(30);
 
 /// Stretches longer than 3 s between two acknowledged submissions.
 fn unavailable(submissions: &[Submission]) -> Vec<(u64, u64)> {
-    let acked: Vec<u64> = submissions
+    // Answers come back out of the order of their requests (the probes run beside the
+    // workload).
+    let mut acked: Vec<u64> = submissions
         .iter()
         .filter(|s| s.id.is_some())
         .map(|s| s.at_ms + s.took_ms)
         .collect();
+    acked.sort_unstable();
     acked
         .windows(2)
         .filter(|w| w[1] - w[0] > 3_000)
@@ -680,10 +775,39 @@ fn apply(hosts: &Hosts, shared: &Shared, step: &Step, hit: &[usize]) {
                     .expect("write the clock offset");
             }
         }
+        Kind::DiskFull => {
+            for host in hit {
+                let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
+                fill(&dir.join(FILLER));
+            }
+        }
+        Kind::Bridge => {
+            let (half, other) = halves(shared.nodes.len(), hit);
+            for host in &half {
+                hosts.block(*host, &other);
+            }
+            for host in &other {
+                hosts.block(*host, &half);
+            }
+        }
     }
 }
 
-fn heal(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], envs: &[Vec<(String, String)>]) {
+/// A bridge fault's two halves: `hit` is the bridge, then the first half.
+fn halves(hosts: usize, hit: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let half: Vec<usize> = hit.iter().skip(1).copied().collect();
+    let other: Vec<usize> = (1..=hosts).filter(|host| !hit.contains(host)).collect();
+    (half, other)
+}
+
+/// Ends a fault; for a full disk, what the node said if it stopped.
+fn heal(
+    hosts: &Hosts,
+    shared: &Shared,
+    kind: Kind,
+    hit: &[usize],
+    envs: &[Vec<(String, String)>],
+) -> Option<String> {
     match kind {
         Kind::Partition | Kind::IsolatePresident => hosts.unsplit(),
         Kind::Pause => {
@@ -711,6 +835,78 @@ fn heal(hosts: &Hosts, shared: &Shared, kind: Kind, hit: &[usize], envs: &[Vec<(
                 let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
                 std::fs::write(skew_file(&dir), "+0").expect("write the clock offset");
             }
+        }
+        Kind::Bridge => {
+            for host in 1..=shared.nodes.len() {
+                hosts.unblock(host);
+            }
+        }
+        Kind::DiskFull => {
+            let mut said = None;
+            for host in hit {
+                let mut node = shared.nodes[host - 1].lock().expect("node");
+                let dir = node.dir.clone();
+                let _ = std::fs::remove_file(dir.join(FILLER));
+                // The supervisor's part (systemd's Restart=on-failure): a node that
+                // stopped starts again, now that there is space.
+                if let Some(stopped) = node.exited() {
+                    *node = hosts.start_env(*host, &dir, None, &envs[host - 1]);
+                    said = Some(stopped);
+                }
+            }
+            return said;
+        }
+    }
+    None
+}
+
+/// The file that fills a data dir.
+const FILLER: &str = "filler";
+
+/// Each host's data dir on a tmpfs of this size, for campaigns that fill disks: small
+/// enough that RocksDB cannot preallocate its write-ahead log's usual room (1.1 times a
+/// 64 MiB memtable), so that a full disk shows within seconds of writing.
+const DISK_BYTES: u64 = 48 << 20;
+
+/// Writes `file` until its disk is full.
+fn fill(file: &Path) {
+    use std::io::Write as _;
+    let Ok(mut out) = std::fs::File::create(file) else {
+        return;
+    };
+    let chunk = vec![0u8; 1 << 20];
+    while out.write_all(&chunk).is_ok() {}
+    // The last bytes a partial chunk could not take.
+    while out.write_all(&chunk[..4096]).is_ok() {}
+    while out.write_all(&[0]).is_ok() {}
+}
+
+/// The data dirs mounted as small tmpfs, unmounted (lazily: the nodes may still hold
+/// them) when dropped.
+struct Disks(Vec<PathBuf>);
+
+impl Disks {
+    fn mount(dirs: &[PathBuf]) -> Self {
+        for dir in dirs {
+            std::fs::create_dir_all(dir).expect("data dir");
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={DISK_BYTES}"), "tmpfs"])
+                .arg(dir)
+                .status()
+                .expect("mount runs");
+            assert!(status.success(), "mount a tmpfs on {}", dir.display());
+        }
+        Self(dirs.to_vec())
+    }
+}
+
+impl Drop for Disks {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(dir)
+                .status();
         }
     }
 }

@@ -115,7 +115,12 @@ impl Node {
         }
         args.extend(extra.iter().map(|arg| arg.to_string()));
         std::fs::create_dir_all(dir).expect("data dir");
-        let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
+        // Appended to: a node started again on its data dir follows its earlier runs.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .expect("log file");
         let mut command = match netns {
             Some(netns) => {
                 let mut command = Command::new("ip");
@@ -193,6 +198,22 @@ impl Node {
                 .args([format!("-{signal}"), child.id().to_string()])
                 .status();
         }
+    }
+
+    /// Whether the node's process has exited (of itself: a node that cannot write its
+    /// disk stops), and the last error line of its log if so.
+    pub fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        let status = child.try_wait().ok()??;
+        let log = std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default();
+        let error = log
+            .lines()
+            .rev()
+            .find(|line| line.starts_with("Error: "))
+            .unwrap_or("no error line in its log")
+            .to_string();
+        self.child = None;
+        Some(format!("exited ({status}): {error}"))
     }
 
     /// `kill -9`.
@@ -546,6 +567,23 @@ impl Node {
             })
             .collect();
         Some((status, answered, body.to_string()))
+    }
+}
+
+/// Copies the nodes' logs (`*.log`) under `root` into `to`, for a run that found a
+/// violation: the data dirs go with the run's temporary dir.
+pub fn keep_logs(root: &Path, to: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(to);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "log")
+            && let Some(name) = path.file_name()
+        {
+            let _ = std::fs::copy(&path, to.join(name));
+        }
     }
 }
 
@@ -931,6 +969,45 @@ impl Hosts {
                 "table",
                 "inet",
                 "aamas_loss",
+            ])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Drops every packet between host `i` and the hosts in `peers` on the data link,
+    /// both ways, at host `i` (an nftables table of its own): with [`Hosts::block`] on
+    /// both sides of a pair the two cannot talk, while each still reaches every other
+    /// host, as a bridge host between two halves does.
+    pub fn block(&self, i: usize, peers: &[usize]) {
+        let ips: Vec<String> = peers.iter().map(|peer| self.data_ip(*peer)).collect();
+        let set = ips.join(", ");
+        let rules = format!(
+            "table inet aamas_block {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
+             ip saddr {{ {set} }} drop\n  }}\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    \
+             ip daddr {{ {set} }} drop\n  }}\n}}\n"
+        );
+        let file = std::env::temp_dir().join(format!("{}-block-{i}.nft", self.tag));
+        std::fs::write(&file, rules).expect("write the nft rules");
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.netns(i), "nft", "-f"])
+            .arg(&file)
+            .status()
+            .expect("nft runs (apt-get install nftables)");
+        assert!(status.success(), "nft -f {}", file.display());
+    }
+
+    /// Ends a [`Hosts::block`] on host `i`.
+    pub fn unblock(&self, i: usize) {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns(i),
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "aamas_block",
             ])
             .stderr(Stdio::null())
             .status();

@@ -1,9 +1,10 @@
-//! Three short fault campaigns on five real hosts (network namespaces, needs root,
-//! iproute2 and nftables): one of partitions, one of pauses, one of packet loss, each
-//! with a workload of projects and the checkers of `aamas_tests::campaign` (no
-//! acknowledged project lost or left unfinished, one result per task on every replica,
-//! one president per term, every node agreeing after the heal), and a short loop of
-//! `kill -9` restarts under write load. A longer run is one command:
+//! Short fault campaigns on five real hosts (network namespaces, needs root, iproute2,
+//! nftables and libfaketime): one of partitions (a minority, the president alone, a
+//! bridge host between two halves), one of pauses, one of packet loss, one of clock
+//! skews, one of full disks, each with a workload of projects and the checkers of `aamas_tests::campaign`
+//! (no acknowledged project lost or left unfinished, one result per task on every
+//! replica, one president per term, every node agreeing after the heal), and a short
+//! loop of `kill -9` restarts under write load. A longer run is one command:
 //! `tests/examples/campaign.rs`, `tests/examples/restarts.rs`.
 
 use std::time::Duration;
@@ -31,7 +32,7 @@ fn campaign(kinds: &[Kind], seed: u64) {
 
 #[test]
 fn a_campaign_of_partitions_loses_nothing() {
-    campaign(&[Kind::Partition, Kind::IsolatePresident], 11);
+    campaign(&[Kind::Partition, Kind::IsolatePresident, Kind::Bridge], 11);
 }
 
 #[test]
@@ -71,6 +72,38 @@ fn a_campaign_of_clock_skews_loses_nothing() {
             (observed - fault.step.skew_s).abs() <= 5,
             "set {} s off, the node's clock was {observed} s off: {text}",
             fault.step.skew_s
+        );
+    }
+    assert!(report.acknowledged > 0, "nothing acknowledged: {text}");
+    assert!(report.violations.is_empty(), "{text}");
+}
+
+/// Full disks (each data dir a 48 MiB tmpfs, filled to the last byte): a node that
+/// cannot write stops and says why, starts again once there is space (the campaign
+/// plays systemd's part), and nothing acknowledged is lost.
+#[test]
+fn a_campaign_of_full_disks_loses_nothing_and_says_why_a_node_stopped() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        hosts: 5,
+        seed: 3,
+        duration: Duration::from_secs(45),
+        kinds: vec![Kind::DiskFull],
+        env: Vec::new(),
+    };
+    let report = campaign::run(root.path(), &config);
+    let text = report.text();
+    println!("{text}");
+    let stops: Vec<&String> = report
+        .faults
+        .iter()
+        .filter_map(|fault| fault.stopped_with.as_ref())
+        .collect();
+    assert!(!stops.is_empty(), "no node stopped for a full disk: {text}");
+    for said in stops {
+        assert!(
+            said.contains("its disk is full. Free space there"),
+            "a stop that does not say the disk is full: {said}"
         );
     }
     assert!(report.acknowledged > 0, "nothing acknowledged: {text}");

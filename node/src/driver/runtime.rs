@@ -169,6 +169,24 @@ pub enum NodeError {
     /// A Raft group failed (boxed: openraft's errors are large).
     #[error(transparent)]
     Group(Box<aamas_consensus::GroupError>),
+    /// A Raft group's core stopped for good while the node ran (a storage write failed):
+    /// the node exits rather than stay up unable to write.
+    #[error(
+        "Raft group {group} stopped: {reason}. This node cannot write its data dir \
+         {data_dir}{hint}; it stopped rather than go on half-working. What it acknowledged \
+         is on its disk and on the group's other members; start it again (systemd's \
+         Restart=on-failure does) once the cause is fixed"
+    )]
+    GroupStopped {
+        /// The group.
+        group: aamas_consensus::GroupId,
+        /// Why, as openraft gave it.
+        reason: String,
+        /// The data dir.
+        data_dir: String,
+        /// What to do about it, when the cause is known.
+        hint: String,
+    },
 }
 
 impl From<aamas_consensus::GroupError> for NodeError {
@@ -2505,7 +2523,32 @@ impl std::fmt::Debug for Running {
 /// How long [`Running::crash`] waits for the node's tasks to let go of its database.
 pub const CRASH_CLOSE_LIMIT: Duration = Duration::from_secs(30);
 
+/// How often a running node checks that its Raft groups still run.
+pub const GROUP_CHECK: Duration = Duration::from_millis(500);
+
 impl Running {
+    /// Resolves once one of the node's Raft groups stopped for good (see
+    /// [`aamas_consensus::Groups::stopped`]), with the error to stop the node with.
+    pub async fn group_stopped(&self) -> NodeError {
+        loop {
+            if let Some((group, reason)) = self.node.groups.stopped() {
+                let data_dir = self.node.data_dir.display().to_string();
+                let hint = if reason.contains("No space left") {
+                    ": its disk is full. Free space there".to_string()
+                } else {
+                    String::new()
+                };
+                return NodeError::GroupStopped {
+                    group,
+                    reason,
+                    data_dir,
+                    hint,
+                };
+            }
+            tokio::time::sleep(GROUP_CHECK).await;
+        }
+    }
+
     /// Stops abruptly, as a crash would: no hand-over and no flush (the simulator's
     /// crash fault). Raft state already synced stays on disk.
     ///
