@@ -6,6 +6,7 @@
 //!   DATA_DIR/raft/         RocksDB: every Raft group of this node
 //!   DATA_DIR/api.token     bearer token of the control API (0600)
 //!   DATA_DIR/api.addr      the control API's bound address
+//!   DATA_DIR/listen.addrs  where libp2p listened: a restart takes the same ports
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -2279,6 +2280,36 @@ pub(crate) fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
     addrs.iter().filter_map(|addr| addr.parse().ok()).collect()
 }
 
+/// The file in the data dir that keeps the addresses the node listened on, one per line.
+const LISTEN_ADDRS_FILE: &str = "listen.addrs";
+
+/// The addresses the node listened on in its previous run (none on a first start, or
+/// when the file is unreadable: the node then listens where its configuration says).
+fn previous_listen_addrs(data_dir: &Path) -> Vec<Multiaddr> {
+    std::fs::read_to_string(data_dir.join(LISTEN_ADDRS_FILE))
+        .map(|text| {
+            text.lines()
+                .take(64)
+                .filter_map(|line| line.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Keeps where the node listens, so that a restart with a port-0 listen address takes
+/// the same ports again: members that hold its old addresses still reach it (with every
+/// port new, three members restarted in turn could each hold only stale addresses of
+/// the others, and none would ever reach another).
+fn save_listen_addrs(data_dir: &Path, listen: &[String]) {
+    let path = data_dir.join(LISTEN_ADDRS_FILE);
+    let temporary = path.with_extension("addrs.tmp");
+    let written = std::fs::write(&temporary, listen.join("\n"))
+        .and_then(|()| std::fs::rename(&temporary, &path));
+    if let Err(error) = written {
+        tracing::warn!(path = %path.display(), %error, "could not keep the listen addresses");
+    }
+}
+
 /// Joins through `addr` with `token`, following redirects to the president.
 async fn join(
     node: &Node,
@@ -2379,7 +2410,14 @@ async fn announce(node: &Node) {
         })
         .await
         .unwrap_or_default();
-    for _ in 0..JOIN_ATTEMPTS {
+    let mut pause = JOIN_RETRY_MIN;
+    for round in 0..JOIN_ATTEMPTS {
+        if round > 0 {
+            // A round fails at once when every known address is stale: pause, so that
+            // the rounds span long enough for a member to come back.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(JOIN_RETRY_MAX);
+        }
         for (peer, addrs) in &known {
             if join_through(
                 node,
@@ -2682,8 +2720,10 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
         .map_err(|error| NodeError::Invalid(error.to_string()))?;
     let metrics = crate::metrics::Metrics::default();
+    let previous = previous_listen_addrs(&config.data_dir);
     let swarm_config = swarm::SwarmConfig {
         listen: config.listen.clone(),
+        previous,
         mdns: config.mdns,
         bytes_sent: metrics.bytes_sent.clone(),
         kademlia: config.kademlia,
@@ -2738,6 +2778,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         .map(ToString::to_string)
         .collect();
     book.insert(me, handle.peer_id(), parse_addrs(&listen));
+    save_listen_addrs(&config.data_dir, &listen);
     let (work, cores, work_inputs) = crate::driver::work::WorkState::new(
         identity.node_key(),
         usize::try_from(config.capacity.clamp(1, MAX_WORKER_CAPACITY)).unwrap_or(1),

@@ -78,6 +78,10 @@ struct Behaviour {
 pub struct SwarmConfig {
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
+    /// Addresses this node listened on before (a restart's previous run): a listen
+    /// address with port 0 takes the port it had then when that port is free, so that
+    /// the addresses the other members hold for it stay good (see [`preferred`]).
+    pub previous: Vec<Multiaddr>,
     /// Discover peers on the local network with mDNS.
     pub mdns: bool,
     /// Counts every byte written to a TCP or in-process connection (below Noise, so
@@ -560,9 +564,19 @@ pub async fn start(
         .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     for addr in listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|error| setup(&error))?;
+        let reused = preferred(addr, &config.previous)
+            .is_some_and(|previous| match swarm.listen_on(previous.clone()) {
+                Ok(_) => true,
+                Err(error) => {
+                    tracing::info!(%previous, %error, "the previous port is taken; listening on a new one");
+                    false
+                }
+            });
+        if !reused {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|error| setup(&error))?;
+        }
     }
     // Wait until every listener has an address, so that callers can publish them.
     let mut pending = listen.len();
@@ -606,6 +620,43 @@ pub async fn start(
         },
         Incoming { requests, gossip },
     ))
+}
+
+/// The address among `previous` that `addr` asks for when `addr` lets the system pick
+/// its port (a TCP or UDP port 0): the same address but for a port that is not 0.
+pub fn preferred(addr: &Multiaddr, previous: &[Multiaddr]) -> Option<Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    fn zeroed(addr: &Multiaddr) -> (Multiaddr, bool) {
+        let mut any = false;
+        let zeroed = addr
+            .iter()
+            .filter(|part| !matches!(part, Protocol::P2p(_)))
+            .map(|part| match part {
+                Protocol::Tcp(port) => {
+                    any |= port == 0;
+                    Protocol::Tcp(0)
+                }
+                Protocol::Udp(port) => {
+                    any |= port == 0;
+                    Protocol::Udp(0)
+                }
+                other => other,
+            })
+            .collect();
+        (zeroed, any)
+    }
+    let (wanted, picks_port) = zeroed(addr);
+    if !picks_port {
+        return None;
+    }
+    previous.iter().find_map(|old| {
+        let (template, zero) = zeroed(old);
+        (!zero && template == wanted).then(|| {
+            old.iter()
+                .filter(|part| !matches!(part, Protocol::P2p(_)))
+                .collect()
+        })
+    })
 }
 
 /// Tells the swarm, and Kademlia when it runs, where `peer` listens.
@@ -942,5 +993,36 @@ impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Counted<S> {
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::preferred;
+    use libp2p::Multiaddr;
+
+    fn addr(text: &str) -> Multiaddr {
+        text.parse().expect("multiaddr")
+    }
+
+    #[test]
+    fn a_port_zero_address_prefers_its_previous_port() {
+        let previous = [
+            addr("/ip4/10.0.0.2/tcp/4100"),
+            addr("/ip4/10.0.0.1/udp/4200/quic-v1"),
+            addr("/ip4/10.0.0.1/tcp/4300/p2p/12D3KooWGtFKu26UcwF7MNUuUbyqjRDg5HMKz3oAitM8kq7Q3TmB"),
+        ];
+        assert_eq!(
+            preferred(&addr("/ip4/10.0.0.1/tcp/0"), &previous),
+            Some(addr("/ip4/10.0.0.1/tcp/4300"))
+        );
+        assert_eq!(
+            preferred(&addr("/ip4/10.0.0.1/udp/0/quic-v1"), &previous),
+            Some(addr("/ip4/10.0.0.1/udp/4200/quic-v1"))
+        );
+        // Another host, a fixed port, or nothing before: no preference.
+        assert_eq!(preferred(&addr("/ip4/10.0.0.3/tcp/0"), &previous), None);
+        assert_eq!(preferred(&addr("/ip4/10.0.0.1/tcp/5000"), &previous), None);
+        assert_eq!(preferred(&addr("/ip4/10.0.0.1/tcp/0"), &[]), None);
     }
 }
