@@ -631,15 +631,6 @@ pub enum RegistryCommand {
         /// The new group key wrapped for each recipient, all active members.
         wrapped: BTreeMap<NodeKey, Vec<u8>>,
     },
-    /// Gives members admitted since the current epoch began that epoch's key, each
-    /// wrapped for itself. Entries the epoch already has are kept as they are, so
-    /// repeating it is a no-op.
-    ShareGroupKey {
-        /// Exactly the current epoch.
-        epoch: u64,
-        /// The current key wrapped for each new recipient, all active members.
-        wrapped: BTreeMap<NodeKey, Vec<u8>>,
-    },
     /// Sets (or with `None` removes) a state's limit on one resource.
     SetLimit {
         /// The state.
@@ -662,6 +653,17 @@ pub enum RegistryCommand {
         id: u64,
         /// The decision.
         decision: ResourceDecision,
+    },
+    // New variants go last: postcard writes a variant's index, and logs already on
+    // disk hold the old ones.
+    /// Gives members admitted since the current epoch began that epoch's key, each
+    /// wrapped for itself. Entries the epoch already has are kept as they are, so
+    /// repeating it is a no-op.
+    ShareGroupKey {
+        /// Exactly the current epoch.
+        epoch: u64,
+        /// The current key wrapped for each new recipient, all active members.
+        wrapped: BTreeMap<NodeKey, Vec<u8>>,
     },
 }
 
@@ -2725,5 +2727,15 @@ mod tests {
         let back: Registry = postcard::from_bytes(&bytes).expect("decode");
         back.validate();
         assert_eq!(back, registry);
+    }
+
+    /// Logs on disk hold commands by postcard's variant index: a variant inserted
+    /// anywhere but last would make them decode as another command.
+    #[test]
+    fn commands_keep_their_variant_index_on_disk() {
+        let tag = |command: &C| postcard::to_allocvec(command).expect("encode")[0];
+        assert_eq!(tag(&add_state("s", 1)), 0);
+        assert_eq!(tag(&rotate(1, &[(1, 48)])), 27);
+        assert_eq!(tag(&share(1, &[(1, 48)])), 31);
     }
 }
