@@ -441,7 +441,39 @@ impl Sim {
                         .all(|state| state.workers.is_empty() || state.governor.is_some())
             })
         })
-        .await
+        .await?;
+        // A formed mesh survives the loss of any one node, its president included.
+        self.wait_federal_voters().await.map(|_| ())
+    }
+
+    /// Waits until the federal group has its voters (FEDERAL_VOTERS, or every live node
+    /// when fewer), as a live node sees them; returns them. Until then a crash or a cut
+    /// can leave too few voters to elect (the founder alone, at first).
+    async fn wait_federal_voters(&mut self) -> Result<HashSet<String>> {
+        let wanted = aamas_node::roles::president::FEDERAL_VOTERS.min(self.live_indices().len());
+        loop {
+            let voters: HashSet<String> = match self.live().next() {
+                Some((_, running)) => running
+                    .node
+                    .hierarchy()
+                    .await
+                    .federal_voters
+                    .into_iter()
+                    .collect(),
+                None => HashSet::new(),
+            };
+            if voters.len() >= wanted {
+                return Ok(voters);
+            }
+            if Instant::now() > self.deadline {
+                bail!(
+                    "the federal group had {} voters of {wanted} at the time limit",
+                    voters.len()
+                );
+            }
+            self.observe(false).await;
+            tokio::time::sleep(PRESIDENT_POLL).await;
+        }
     }
 
     /// Starts `count` new nodes that join through a live node, JOIN_BATCH at a time, and
@@ -870,27 +902,7 @@ impl Sim {
         // just formed is still adding voters (up to five): a change under way when the
         // cut comes can leave the majority short of the joint quorum (the new voters in
         // the minority), so the cut waits until the group has all five.
-        let wanted = aamas_node::roles::president::FEDERAL_VOTERS.min(self.live_indices().len());
-        let voters: HashSet<String> = loop {
-            let voters: HashSet<String> = match self.live().next() {
-                Some((_, running)) => running
-                    .node
-                    .hierarchy()
-                    .await
-                    .federal_voters
-                    .into_iter()
-                    .collect(),
-                None => HashSet::new(),
-            };
-            if voters.len() >= wanted {
-                break voters;
-            }
-            if Instant::now() > self.deadline {
-                bail!("the federal group never had {wanted} voters to partition");
-            }
-            self.observe(false).await;
-            tokio::time::sleep(PRESIDENT_POLL).await;
-        };
+        let voters = self.wait_federal_voters().await?;
         let (victim, peer, _) = self.victim(isolate).await?;
         let live = self.live_indices();
         let mut fill: Vec<usize> = live

@@ -2252,23 +2252,24 @@ impl Node {
                         Err(error) => tracing::warn!(%error, "adding federal learners failed"),
                     }
                 }
-                FederalChange::AddVoter(id) => {
-                    let keys: Vec<NodeKey> =
-                        members.get(&id).map(|(key, _)| *key).into_iter().collect();
-                    let node = self
-                        .member_nodes(&keys)
-                        .await
-                        .remove(&id)
-                        .unwrap_or_default();
-                    if let Err(error) = federal.raft().add_learner(id, node.clone(), true).await {
-                        tracing::warn!(%error, "adding a learner failed");
-                        return;
+                FederalChange::AddVoters(ids) => {
+                    let keys: Vec<NodeKey> = ids
+                        .iter()
+                        .filter_map(|id| members.get(id).map(|(key, _)| *key))
+                        .collect();
+                    let mut nodes = self.member_nodes(&keys).await;
+                    for id in &ids {
+                        let node = nodes.remove(id).unwrap_or_default();
+                        if let Err(error) = federal.raft().add_learner(*id, node, true).await {
+                            tracing::warn!(%error, "adding a learner failed");
+                            return;
+                        }
                     }
                     let mut new_voters = voters.clone();
-                    new_voters.insert(id);
+                    new_voters.extend(ids.iter().copied());
                     match federal.raft().change_membership(new_voters, false).await {
-                        Ok(_) => tracing::info!(node = %node.peer_id, "added a federal voter"),
-                        Err(error) => tracing::warn!(%error, "adding a voter failed"),
+                        Ok(_) => tracing::info!(?ids, "added federal voters"),
+                        Err(error) => tracing::warn!(%error, "adding voters failed"),
                     }
                 }
             }

@@ -166,8 +166,9 @@ pub enum FederalChange {
     RemoveRelay(NodeId),
     /// Add live members as learners, in one change.
     AddLearners(BTreeSet<NodeId>),
-    /// Add a voter (the group has fewer than [`FEDERAL_VOTERS`]).
-    AddVoter(NodeId),
+    /// Add voters, in one change (the group has fewer than [`FEDERAL_VOTERS`]): two
+    /// from an odd count, so that the group never rests at two.
+    AddVoters(BTreeSet<NodeId>),
 }
 
 /// The federal membership changes due now, in order: a dead voter replaced (then nothing
@@ -223,24 +224,42 @@ pub fn plan_federal(view: &FederalView<'_>) -> Vec<FederalChange> {
     if !missing.is_empty() && (view.learner_gap_passed || missing.len() >= LEARNERS_PER_TICK) {
         changes.push(FederalChange::AddLearners(missing));
     }
-    if view.voters.len() < FEDERAL_VOTERS.min(view.members.len()) {
-        // Spread voters over states: the next one from the state with fewest voters.
+    let wanted_voters = FEDERAL_VOTERS.min(view.members.len());
+    if view.voters.len() < wanted_voters {
+        // Two at a time from an odd count (1 to 3, 3 to 5): a group of two voters, or a
+        // change whose old or new half has two, cannot elect once either is lost, and the
+        // leader is the one most likely to be.
+        let count = if view.voters.len() % 2 == 1 && wanted_voters - view.voters.len() >= 2 {
+            2
+        } else {
+            1
+        };
+        // Spread voters over states: each next one from the state with fewest voters.
         let mut per_state: BTreeMap<Option<&str>, usize> = BTreeMap::new();
         for voter in view.voters {
             let state = view.members.get(voter).and_then(|s| s.as_deref());
             *per_state.entry(state).or_default() += 1;
         }
-        if let Some(id) = view
-            .members
-            .iter()
-            .filter(|(id, _)| !view.voters.contains(id) && alive(**id))
-            .min_by_key(|(id, state)| {
-                let state = state.as_deref();
-                (per_state.get(&state).copied().unwrap_or(0), **id)
-            })
-            .map(|(id, _)| *id)
-        {
-            changes.push(FederalChange::AddVoter(id));
+        let mut added = BTreeSet::new();
+        for _ in 0..count {
+            let Some((id, state)) = view
+                .members
+                .iter()
+                .filter(|(id, _)| !view.voters.contains(id) && !added.contains(*id) && alive(**id))
+                .min_by_key(|(id, state)| {
+                    let state = state.as_deref();
+                    (per_state.get(&state).copied().unwrap_or(0), **id)
+                })
+            else {
+                break;
+            };
+            *per_state.entry(state.as_deref()).or_default() += 1;
+            added.insert(*id);
+        }
+        // One live candidate where two were wanted still adds it: the log is then on two
+        // disks, and the next round makes it three.
+        if !added.is_empty() {
+            changes.push(FederalChange::AddVoters(added));
         }
     }
     changes
@@ -2611,7 +2630,7 @@ mod tests {
             })
             .is_empty()
         );
-        // All alive: 4 and 5 join as learners, and one of them as a voter.
+        // All alive: 4 and 5 join as learners, and both as voters (3 to 5 in one change).
         let mut all_alive = last_seen.clone();
         all_alive.insert(2, now);
         let view = FederalView {
@@ -2622,9 +2641,58 @@ mod tests {
             plan_federal(&view),
             vec![
                 FederalChange::AddLearners(ids(&[4, 5])),
-                FederalChange::AddVoter(4)
+                FederalChange::AddVoters(ids(&[4, 5]))
             ]
         );
+    }
+
+    #[test]
+    fn voters_are_added_two_at_a_time_from_an_odd_count_and_spread_over_states() {
+        let members: BTreeMap<NodeId, Option<String>> = [
+            (1, Some("a".to_string())),
+            (2, Some("a".to_string())),
+            (3, Some("b".to_string())),
+            (4, Some("c".to_string())),
+            (5, Some("c".to_string())),
+        ]
+        .into();
+        let last_seen: BTreeMap<NodeId, u64> = (1..=5).map(|id| (id, 10_000)).collect();
+        let learners = ids(&[2, 3, 4, 5]);
+        let plan = |voters: &BTreeSet<NodeId>, members: &BTreeMap<NodeId, Option<String>>| {
+            plan_federal(&FederalView {
+                me: 1,
+                voters,
+                learners: &learners,
+                members,
+                last_seen: &last_seen,
+                changing: false,
+                wanted: 5,
+                learner_gap_passed: true,
+                now_ms: 10_000,
+            })
+        };
+        // 1 to 3: never two. From state a's founder, the next two come from b and c.
+        assert_eq!(
+            plan(&ids(&[1]), &members),
+            vec![FederalChange::AddVoters(ids(&[3, 4]))]
+        );
+        // An even count (a mesh that had two members) takes one, to three.
+        assert_eq!(
+            plan(&ids(&[1, 3]), &members),
+            vec![FederalChange::AddVoters(ids(&[4]))]
+        );
+        // Four members want four voters: 3 to 4 is one.
+        let four: BTreeMap<NodeId, Option<String>> = members
+            .iter()
+            .filter(|(id, _)| **id != 5)
+            .map(|(id, state)| (*id, state.clone()))
+            .collect();
+        assert_eq!(
+            plan(&ids(&[1, 3, 4]), &four),
+            vec![FederalChange::AddVoters(ids(&[2]))]
+        );
+        // Five voters of five members: nothing.
+        assert!(plan(&ids(&[1, 2, 3, 4, 5]), &members).is_empty());
     }
 
     #[test]
