@@ -451,6 +451,10 @@ pub struct Node {
     /// the last verdict on each open request, so each new verdict is counted once.
     pub(crate) arbitrating:
         tokio::sync::Mutex<std::collections::BTreeMap<u64, crate::governance::policy::Verdict>>,
+    /// Held while the president places a newcomer in a state: two admissions at once
+    /// must not both count the states before either placement commits, and put both
+    /// newcomers in the same least-populated state.
+    placing: tokio::sync::Mutex<()>,
     /// This node's view, as a mayor, of its workers' outcomes.
     pub(crate) monitor: Mutex<crate::governance::monitor::Monitor>,
     /// When this node, as a mayor, last asked about each state's resource.
@@ -1656,7 +1660,8 @@ impl Node {
         )
         .await?;
         // Place it: a state named like one of its skills, else the least populated
-        // ([`crate::roles::president::place`]).
+        // ([`crate::roles::president::place`]), one placement at a time.
+        let _placing = self.placing.lock().await;
         let choice = self
             .registry(|registry| {
                 let placed = registry
@@ -2824,6 +2829,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         policy_cache: Mutex::new(None),
         ungoverned_by_tier: Mutex::new(BTreeSet::new()),
         arbitrating: tokio::sync::Mutex::new(std::collections::BTreeMap::new()),
+        placing: tokio::sync::Mutex::new(()),
         monitor: Mutex::new(crate::governance::monitor::Monitor::default()),
         resource_asks: Mutex::new(BTreeMap::new()),
         scale_hook: config.scale_hook.clone(),
