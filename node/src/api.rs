@@ -322,7 +322,7 @@ fn router() -> utoipa_axum::router::OpenApiRouter<Api> {
         .routes(routes!(system_metrics))
         .routes(routes!(governor_status))
         .routes(routes!(governor_performance))
-        .routes(routes!(governor_tasks))
+        .routes(routes!(governor_tasks, governor_task_list))
         .routes(routes!(governor_resources))
         .routes(routes!(agent_command))
         .routes(routes!(events::events))
@@ -469,6 +469,69 @@ async fn governor_tasks(
             .into_response(),
         Err(reason) => project_error(reason),
     }
+}
+
+/// A task of a state, with its project.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct GovernorTask {
+    /// The project.
+    project: String,
+    /// The task.
+    task: crate::net::wire::TaskView,
+}
+
+/// `GET /api/v1/governors/{id}/tasks`: the tasks in the state, by project and task name,
+/// in pages; projects are read in order, eight at a time, until the page is full.
+#[utoipa::path(get, path = "/api/v1/governors/{id}/tasks", tag = "governors", params(("id" = String, Path, description = "A state's name, or its governor's peer id"), Page), responses((status = 200, description = "The state's tasks; a Link header names the next page", body = Vec<GovernorTask>), Problems))]
+async fn governor_task_list(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(page): Query<Page>,
+) -> Response {
+    let state = match governed_state(&api, &id).await {
+        Ok(state) => state,
+        Err(problem) => return problem,
+    };
+    // The cursor sorts as (project, task): no id holds a NUL.
+    let key = |project: &str, task: &str| format!("{project}\u{0}{task}");
+    let from = page
+        .after
+        .as_deref()
+        .map(|after| after.split('\u{0}').next().unwrap_or_default().to_string());
+    let mut projects: Vec<String> = api
+        .node
+        .projects()
+        .await
+        .into_iter()
+        .map(|project| project.id)
+        .filter(|id| from.as_ref().is_none_or(|from| id >= from))
+        .collect();
+    projects.sort_unstable();
+    let wanted = page.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    let mut tasks: Vec<GovernorTask> = Vec::new();
+    let mut beyond = 0;
+    for chunk in projects.chunks(8) {
+        for (project, task) in api.node.state_tasks(&state.name, chunk).await {
+            if page
+                .after
+                .as_ref()
+                .is_none_or(|after| key(&project, &task.name) > *after)
+            {
+                beyond += 1;
+            }
+            tasks.push(GovernorTask { project, task });
+        }
+        // One more than a page tells whether another follows.
+        if beyond > wanted {
+            break;
+        }
+    }
+    paged(
+        &format!("/api/v1/governors/{}/tasks", state.name),
+        tasks,
+        |task| key(&task.project, &task.task.name),
+        &page,
+    )
 }
 
 /// A project spec of one `development` phase holding the `[[task]]` tables of `text`,

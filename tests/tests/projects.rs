@@ -370,6 +370,51 @@ fn the_seeds_system_governor_and_agent_routes_answer() {
             "{task}"
         );
     }
+    // The state's tasks, by project and name, in pages that follow one another.
+    let (code, listed) = call(
+        &token,
+        "GET",
+        &format!("/api/v1/governors/{state}/tasks"),
+        "",
+    );
+    assert_eq!(code, 200, "{listed}");
+    let names: Vec<&str> = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|row| row["project"] == id.as_str())
+        .inspect(|row| {
+            assert_eq!(row["task"]["state"], state.as_str(), "{row}");
+            assert_eq!(row["task"]["status"], "succeeded", "{row}");
+        })
+        .filter_map(|row| row["task"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"], "{listed}");
+    let mut path = format!("/api/v1/governors/{state}/tasks?limit=1");
+    let mut paged = Vec::new();
+    for _ in 0..10 {
+        let (code, headers, body) = chief
+            .api_exchange_headers(Some(&token), "GET", &path, &[], b"")
+            .expect("the API answers");
+        assert_eq!(code, 200, "{body}");
+        let rows: Vec<Value> = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(rows.len(), 1, "{body}");
+        paged.push(
+            rows[0]["task"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let next = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("link"))
+            .and_then(|(_, link)| Some(link.split_once('<')?.1.split_once('>')?.0.to_string()));
+        match next {
+            Some(next) => path = next,
+            None => break,
+        }
+    }
+    assert_eq!(paged, ["a", "b"], "one task a page, then no next link");
     let placed = "[[task]]\nname = \"a\"\nstate = \"market\"\nexecutor = \"builtin\"\n\
                   action = \"digest\"\n";
     let (code, refused) = call(

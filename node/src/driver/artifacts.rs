@@ -614,6 +614,74 @@ impl Node {
         tasks
     }
 
+    /// The tasks in `state` of each of `projects`, with their project: from this node's
+    /// copy of the state's Ledger when it holds one, else from the state's voters (the
+    /// first that answers, for each project; eight projects asked at a time).
+    pub async fn state_tasks(&self, state: &str, projects: &[String]) -> Vec<(String, TaskView)> {
+        use futures::StreamExt as _;
+        let mut local = false;
+        for group in self.groups.ids() {
+            if self.state_of_group(group).await.as_deref() == Some(state) {
+                local = true;
+                break;
+            }
+        }
+        let voters: Vec<NodeKey> = if local {
+            Vec::new()
+        } else {
+            self.registry(|registry| {
+                registry
+                    .states()
+                    .get(state)
+                    .map(|info| info.known_voters())
+                    .unwrap_or_default()
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let asks: Vec<_> = projects
+            .iter()
+            .map(|project| self.tasks_in_state(project.clone(), state, local, &voters))
+            .collect();
+        futures::stream::iter(asks)
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The tasks of `project` in `state`: from this node's copy when `local`, else from
+    /// the first of `voters` that answers.
+    async fn tasks_in_state(
+        &self,
+        project: String,
+        state: &str,
+        local: bool,
+        voters: &[NodeKey],
+    ) -> Vec<(String, TaskView)> {
+        let mut found = Vec::new();
+        if local {
+            found = self.project_tasks(&project).await;
+        } else {
+            for voter in voters {
+                let rpc = Rpc::ProjectTasks {
+                    project: project.clone(),
+                };
+                if let Ok(RpcResponse::Tasks(tasks)) = self.artifact_ask(*voter, rpc).await {
+                    found = tasks;
+                    break;
+                }
+            }
+        }
+        found
+            .into_iter()
+            .filter(|task| task.state == state)
+            .map(|task| (project.clone(), task))
+            .collect()
+    }
+
     /// The artefacts of a project: one per task with a committed result.
     pub async fn project_artifacts(&self, project: &str) -> Vec<ArtifactView> {
         self.project_tasks_anywhere(project)
