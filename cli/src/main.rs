@@ -1592,7 +1592,8 @@ fn main() -> Result<()> {
                 capacity: capacity
                     .or(file.capacity)
                     .unwrap_or(aamas_node::driver::runtime::WORKER_CAPACITY),
-                faults: None,
+                // Fault campaigns' switch; unset (always, outside them), no fault layer.
+                faults: aamas_node::net::faults::FileFaults::from_env(),
                 memtable_bytes: None,
                 shared_memory: None,
                 kademlia: true,

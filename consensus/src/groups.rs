@@ -616,7 +616,7 @@ impl<T: RaftTransport> Groups<T> {
             .groups
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut stopped: Vec<(GroupId, String)> = groups
+        groups
             .iter()
             .filter_map(|(id, group)| {
                 let metrics = group.raft.metrics();
@@ -626,9 +626,7 @@ impl<T: RaftTransport> Groups<T> {
                     Err(fatal) => Some((*id, fatal.to_string())),
                 }
             })
-            .collect();
-        stopped.sort_unstable_by_key(|(id, _)| *id);
-        stopped.into_iter().next()
+            .min_by_key(|(id, _)| *id)
     }
 
     /// Stops every group (their state stays on disk).

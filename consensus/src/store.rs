@@ -288,6 +288,61 @@ impl Store {
     }
 }
 
+/// One Raft group's vote as a node's database holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistedVote {
+    /// The group.
+    pub group: GroupId,
+    /// The vote's term.
+    pub term: u64,
+    /// Whom the node voted for (itself, when it stood).
+    pub voted_for: Option<NodeId>,
+    /// Whether a quorum granted it: `voted_for` led the group in `term`.
+    pub committed: bool,
+}
+
+/// The vote of every group in the node database at `path` (a node's `DATA_DIR/raft`),
+/// read without taking the database: RocksDB's read-only open, which a running node does
+/// not prevent (it reads the writes not yet flushed from RocksDB's own log; its info log
+/// goes to `raft.reads/`). For checkers outside the node, which trust its disk rather
+/// than what it says.
+pub fn read_votes(path: &Path) -> Result<Vec<PersistedVote>, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    // RocksDB's info log of this open goes beside the database, not over the node's.
+    let mut options = Options::default();
+    options.set_db_log_dir(path.with_extension("reads"));
+    options.set_keep_log_file_num(1);
+    let db = DB::open_cf_for_read_only(&options, path, [CF_META], false).map_err(open_error)?;
+    let cf = db.cf_handle(CF_META).ok_or_else(|| StoreError::Format {
+        path: path.to_owned(),
+        found: 0,
+        expected: STORE_FORMAT,
+    })?;
+    let mut votes = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::Start) {
+        let (key, value) = item.map_err(open_error)?;
+        if key.len() != 8 + META_VOTE.len() || !key.ends_with(META_VOTE) {
+            continue;
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&key[..8]);
+        // A value that does not decode is skipped: the node itself would refuse it.
+        let Ok(vote) = postcard::from_bytes::<Vote<NodeId>>(&value) else {
+            continue;
+        };
+        votes.push(PersistedVote {
+            group: GroupId::from_be_bytes(id),
+            term: vote.leader_id().get_term(),
+            voted_for: vote.leader_id().voted_for(),
+            committed: vote.is_committed(),
+        });
+    }
+    Ok(votes)
+}
+
 /// Marks a new database with [`STORE_FORMAT`]; refuses one in any other format.
 fn check_format(db: &DB, path: &Path) -> Result<(), StoreError> {
     let open_error = |source| StoreError::Open {
@@ -876,6 +931,41 @@ mod tests {
             "{error:?}"
         );
         assert!(error.to_string().contains("format 9"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn votes_are_read_from_outside_while_the_store_is_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+        let (mut federal, _) = store.group(0).expect("group 0");
+        let (mut state, _) = store.group(5).expect("group 5");
+        federal
+            .save_vote(&Vote::new_committed(4, 2))
+            .await
+            .expect("save");
+        state.save_vote(&Vote::new(7, 3)).await.expect("save");
+        // Not flushed, and the node still holds the database.
+        let mut votes = read_votes(dir.path()).expect("read");
+        votes.sort_by_key(|vote| vote.group);
+        assert_eq!(
+            votes,
+            vec![
+                PersistedVote {
+                    group: 0,
+                    term: 4,
+                    voted_for: Some(2),
+                    committed: true
+                },
+                PersistedVote {
+                    group: 5,
+                    term: 7,
+                    voted_for: Some(3),
+                    committed: false
+                },
+            ]
+        );
+        let missing = read_votes(&dir.path().join("none")).expect_err("no database");
+        assert!(matches!(missing, StoreError::Open { .. }), "{missing:?}");
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aamas_node::net::faults::{Fate, Faults};
+use aamas_node::net::faults::{Dice, Fate, Faults};
 use libp2p::PeerId;
 
 /// What the layer does now.
@@ -28,10 +28,8 @@ pub struct FaultState {
 #[derive(Debug)]
 pub struct SimFaults {
     state: RwLock<FaultState>,
-    /// The per-message dice: SplitMix64 over a counter seeded by the run's seed. Which
-    /// message gets which number depends on scheduling, so loss is reproducible in rate,
-    /// not message by message.
-    dice: AtomicU64,
+    /// The per-message dice, seeded by the run's seed.
+    dice: Dice,
     dropped: AtomicU64,
     delayed: AtomicU64,
     /// Connections refused or closed across a partition.
@@ -43,7 +41,7 @@ impl SimFaults {
     pub fn new(seed: u64) -> Self {
         Self {
             state: RwLock::new(FaultState::default()),
-            dice: AtomicU64::new(seed ^ 0xFA17_FA17_FA17_FA17),
+            dice: Dice::new(seed ^ 0xFA17_FA17_FA17_FA17),
             dropped: AtomicU64::new(0),
             delayed: AtomicU64::new(0),
             cut: AtomicU64::new(0),
@@ -77,16 +75,6 @@ impl SimFaults {
         let side = |peer: &PeerId| state.sides.get(peer).copied().unwrap_or(0);
         side(from) != side(to)
     }
-
-    fn roll(&self) -> u64 {
-        let mut z = self
-            .dice
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 impl Faults for SimFaults {
@@ -98,7 +86,7 @@ impl Faults for SimFaults {
         }
         if state.drop_percent > 0.0 {
             // A roll in [0, 100) with 1/10,000 resolution.
-            let roll = (self.roll() % 1_000_000) as f64 / 10_000.0;
+            let roll = (self.dice.roll() % 1_000_000) as f64 / 10_000.0;
             if roll < state.drop_percent {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return Fate::Drop;
@@ -111,7 +99,7 @@ impl Faults for SimFaults {
         let extra = if jitter_us == 0 {
             0
         } else {
-            self.roll() % (jitter_us + 1)
+            self.dice.roll() % (jitter_us + 1)
         };
         self.delayed.fetch_add(1, Ordering::Relaxed);
         Fate::Delay(state.delay + Duration::from_micros(extra))

@@ -6,7 +6,7 @@
 //! a sweep's totals to `DIR/summary.txt`. Exits 1 on a violation. Needs root, iproute2
 //! and nftables.
 //!
-//! Run: `cargo build --release --workspace --bins --examples && AAMAS_BIN=target/release/aamas target/release/examples/campaign --hosts 5 --seed 1 --duration 600 --kinds partition,isolate_president,pause,kill,loss,clock_skew --report DIR`
+//! Run: `cargo build --release --workspace --bins --examples && AAMAS_BIN=target/release/aamas target/release/examples/campaign --hosts 5 --seed 1 --duration 600 --kinds partition,isolate_president,pause,kill,loss,bridge,delay,duplicate,clock_skew --report DIR`
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,6 +25,9 @@ fn main() {
             Kind::Pause,
             Kind::Kill,
             Kind::Loss,
+            Kind::Bridge,
+            Kind::Delay,
+            Kind::Duplicate,
             Kind::ClockSkew,
         ],
         env: Vec::new(),
@@ -132,6 +135,7 @@ fn one(config: &Config, dir: &Path) -> Result<Report, String> {
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("report.json"), json).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("report.txt"), report.text()).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("timeline.svg"), report.svg()).map_err(|e| e.to_string())?;
     if !report.violations.is_empty() {
         aamas_tests::keep_logs(root.path(), dir);
     }
@@ -202,11 +206,19 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
         reports.iter().map(|r| r.tasks_checked).sum::<usize>(),
     ));
     out.push_str(&format!(
-        "  violations: {violations} (lost {}, two results {}, two presidents {}, diverged {})\n",
+        "  violations: {violations} (lost {}, two results {}, two presidents {}, two leaders {}, \
+         diverged {})\n",
         count("lost"),
         count("two results"),
         count("two presidents"),
+        count("two leaders"),
         count("diverged")
+    ));
+    out.push_str(&format!(
+        "  persisted votes: {} group terms with a leader, from {} reads ({} failed)\n",
+        reports.iter().map(|r| r.leader_terms).sum::<usize>(),
+        reports.iter().map(|r| r.vote_reads).sum::<u64>(),
+        reports.iter().map(|r| r.vote_reads_failed).sum::<u64>(),
     ));
     out.push_str(&format!(
         "  most presidents named in one term: {most_presidents}\n"

@@ -5,7 +5,9 @@
 //!
 //! ```text
 //!   seed ─► schedule: partition (a side of 1 or 2 hosts, or the president alone),
-//!           pause (SIGSTOP ... SIGCONT), kill -9 and restart, packet loss (nftables)
+//!           pause (SIGSTOP ... SIGCONT), kill -9 and restart, packet loss (nftables),
+//!           a bridge host, delays and duplicates (the node's fault layer), clock skew,
+//!           a full disk
 //!   workload: a small project every second, to a random reachable host; each answer
 //!             (acknowledged with an id, or refused) is recorded with its time
 //!   observer: each node's (term, president) twice a second
@@ -17,10 +19,14 @@
 //! - **two results**: a task whose replicas (every node's copy of its state's Ledger)
 //!   hold two different results;
 //! - **two presidents**: a term in which two nodes named different presidents;
+//! - **two leaders**: a Raft group and term in which two nodes' disks hold committed
+//!   votes for different leaders (every node's database read twice a second and at the
+//!   end, from outside: [`Votes`]);
 //! - **diverged**: after the heal, nodes that do not agree on the president and members.
 //!
-//! The leader check trusts each node's report of its own Raft view (openraft's
-//! metrics); the persisted votes and logs are not read yet.
+//! The two-presidents check trusts each node's report of its Raft view; the two-leaders
+//! check trusts only their disks, but samples them: a vote overwritten between two reads
+//! is not seen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -55,6 +61,12 @@ pub enum Kind {
     /// One host's data dir (a tmpfs of its own in such campaigns) filled to the last
     /// byte, then freed; a node that stopped for it is started again, as systemd would.
     DiskFull,
+    /// Every message to or from one host delayed, each by its own share of a jitter, so
+    /// that they overtake each other (the node's fault layer: [`faults_file`]).
+    Delay,
+    /// A share of one host's outbound requests sent twice, the copy up to a second late
+    /// (the node's fault layer): receivers see repeats and stale messages.
+    Duplicate,
 }
 
 impl Kind {
@@ -69,6 +81,8 @@ impl Kind {
             "clock_skew" => Self::ClockSkew,
             "bridge" => Self::Bridge,
             "disk_full" => Self::DiskFull,
+            "delay" => Self::Delay,
+            "duplicate" => Self::Duplicate,
             _ => return None,
         })
     }
@@ -104,8 +118,12 @@ pub struct Step {
     /// The hosts it hits (from 1); empty for the president, found when it starts. For a
     /// bridge: the bridge host first, then the first half; the rest is the other half.
     pub hosts: Vec<usize>,
-    /// For a loss: the share dropped (%).
+    /// For a loss: the share dropped (%); for a duplication: the share sent twice (%).
     pub percent: u8,
+    /// For a delay: every message's delay (ms).
+    pub delay_ms: u64,
+    /// For a delay or a duplication: up to this much more delay, at random (ms).
+    pub jitter_ms: u64,
     /// For a clock skew: how far off the host's wall clock is set (s).
     pub skew_s: i64,
 }
@@ -158,12 +176,20 @@ pub fn schedule(config: &Config) -> Vec<Step> {
         } else {
             0
         };
+        // Drawn only for these kinds, so that schedules without them stay as they were.
+        let (percent, delay_ms, jitter_ms) = match kind {
+            Kind::Delay => (0, 20 + rng.below(181), 50 + rng.below(451)),
+            Kind::Duplicate => (20 + rng.below(31) as u8, 0, rng.below(1_001)),
+            _ => (percent, 0, 0),
+        };
         steps.push(Step {
             at_ms: at,
             lasts_ms: lasts,
             kind,
             hosts,
             percent,
+            delay_ms,
+            jitter_ms,
             skew_s,
         });
         at += lasts + 3_000 + rng.below(5_001);
@@ -230,6 +256,13 @@ pub struct Report {
     pub completed: usize,
     /// Tasks checked across replicas.
     pub tasks_checked: usize,
+    /// Terms of a Raft group (the federal one or a state's) in which some node's disk
+    /// held a vote granted by a quorum, that is a leader.
+    pub leader_terms: usize,
+    /// Reads of the nodes' persisted votes, and those that failed (a full disk, say).
+    pub vote_reads: u64,
+    /// Of those, the reads that failed.
+    pub vote_reads_failed: u64,
     /// Everything a checker found wrong.
     pub violations: Vec<String>,
     /// From the first fault to the end of the checks (s).
@@ -252,6 +285,14 @@ impl Report {
                 fault.step.kind,
                 fault.hit,
                 match (fault.step.percent, fault.step.kind, fault.recovered_ms) {
+                    (_, Kind::Delay, _) => format!(
+                        " ({} ms + up to {} ms)",
+                        fault.step.delay_ms, fault.step.jitter_ms
+                    ),
+                    (percent, Kind::Duplicate, _) => format!(
+                        " ({percent}% of requests twice, the copy up to {} ms late)",
+                        fault.step.jitter_ms
+                    ),
                     (percent, _, _) if percent > 0 => format!(" ({percent}% lost)"),
                     (_, Kind::IsolatePresident, Some(ms)) => {
                         format!(
@@ -301,6 +342,11 @@ impl Report {
             ));
         }
         out.push_str(&format!("  terms seen: {}\n", self.presidents.len()));
+        out.push_str(&format!(
+            "  persisted votes: {} group terms with a leader, from {} reads of the nodes' \
+             disks ({} failed)\n",
+            self.leader_terms, self.vote_reads, self.vote_reads_failed
+        ));
         if self.violations.is_empty() {
             out.push_str("  verdict: passed, no violation\n");
         } else {
@@ -309,6 +355,136 @@ impl Report {
             }
         }
         out
+    }
+}
+
+impl Report {
+    /// The campaign as a picture (SVG): time across; a row per host with its faults as
+    /// coloured bars; below, the workload's submissions as ticks (green acknowledged, red
+    /// refused, at the time of the answer) and the stretches without an
+    /// acknowledgement shaded.
+    pub fn svg(&self) -> String {
+        const LEFT: f64 = 90.0;
+        const WIDTH: f64 = 900.0;
+        const ROW: f64 = 22.0;
+        let end_ms = self
+            .submissions
+            .iter()
+            .map(|s| s.at_ms + s.took_ms)
+            .chain(self.faults.iter().map(|f| f.to_ms))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let x = |ms: u64| LEFT + WIDTH * ms as f64 / end_ms as f64;
+        let workload_y = 30.0 + ROW * self.hosts as f64 + 10.0;
+        let height = workload_y + 2.0 * ROW + 60.0;
+        let mut out = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
+             font-family=\"sans-serif\" font-size=\"12\">\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+             <text x=\"{LEFT}\" y=\"18\">campaign on {} hosts, seed {}: {} acknowledged, {} \
+             completed, {} violations</text>\n",
+            LEFT + WIDTH + 20.0,
+            self.hosts,
+            self.seed,
+            self.acknowledged,
+            self.completed,
+            self.violations.len()
+        );
+        for (from, to) in &self.unavailable {
+            out.push_str(&format!(
+                "<rect class=\"unavailable\" x=\"{:.1}\" y=\"26\" width=\"{:.1}\" \
+                 height=\"{:.1}\" fill=\"#eeeeee\"><title>no acknowledgement {:.1} s .. \
+                 {:.1} s</title></rect>\n",
+                x(*from),
+                x(*to) - x(*from),
+                workload_y + ROW - 26.0,
+                *from as f64 / 1e3,
+                *to as f64 / 1e3
+            ));
+        }
+        for host in 1..=self.hosts {
+            let y = 30.0 + ROW * (host - 1) as f64;
+            out.push_str(&format!(
+                "<text x=\"8\" y=\"{:.1}\">host {host}</text>\n\
+                 <line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" \
+                 stroke=\"#cccccc\"/>\n",
+                y + 14.0,
+                LEFT + WIDTH,
+                y + ROW / 2.0,
+                y + ROW / 2.0
+            ));
+        }
+        for fault in &self.faults {
+            let name = serde_json::to_value(fault.step.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            for host in &fault.hit {
+                let y = 30.0 + ROW * (host - 1) as f64 + 3.0;
+                out.push_str(&format!(
+                    "<rect class=\"fault\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" \
+                     height=\"{:.1}\" fill=\"{}\"><title>{name} {:.1} s .. {:.1} s</title>\
+                     </rect>\n<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">{name}</text>\n",
+                    x(fault.from_ms),
+                    (x(fault.to_ms) - x(fault.from_ms)).max(1.0),
+                    ROW - 6.0,
+                    colour(fault.step.kind),
+                    fault.from_ms as f64 / 1e3,
+                    fault.to_ms as f64 / 1e3,
+                    x(fault.from_ms) + 2.0,
+                    y + 12.0
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "<text x=\"8\" y=\"{:.1}\">workload</text>\n",
+            workload_y + 14.0
+        ));
+        for submission in &self.submissions {
+            let at = x(submission.at_ms + submission.took_ms);
+            let (class, fill) = if submission.id.is_some() {
+                ("acknowledged", "#2e7d32")
+            } else {
+                ("refused", "#c62828")
+            };
+            out.push_str(&format!(
+                "<line class=\"{class}\" x1=\"{at:.1}\" x2=\"{at:.1}\" y1=\"{:.1}\" \
+                 y2=\"{:.1}\" stroke=\"{fill}\"/>\n",
+                workload_y + 2.0,
+                workload_y + ROW - 2.0
+            ));
+        }
+        // The time axis, every 10 s.
+        let axis_y = workload_y + ROW + 14.0;
+        for second in (0..=end_ms / 1_000).step_by(10) {
+            out.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{axis_y:.1}\" font-size=\"10\">{second} s</text>\n",
+                x(second * 1_000)
+            ));
+        }
+        out.push_str(&format!(
+            "<text x=\"{LEFT}\" y=\"{:.1}\" font-size=\"10\">grey: no acknowledgement for \
+             more than 3 s; ticks: answers (green acknowledged, red refused)</text>\n</svg>\n",
+            axis_y + 20.0
+        ));
+        out
+    }
+}
+
+/// A fault kind's colour in [`Report::svg`].
+fn colour(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Partition => "#90caf9",
+        Kind::IsolatePresident => "#1565c0",
+        Kind::Pause => "#ffe082",
+        Kind::Kill => "#ef9a9a",
+        Kind::Loss => "#ce93d8",
+        Kind::ClockSkew => "#a5d6a7",
+        Kind::Bridge => "#80deea",
+        Kind::DiskFull => "#bcaaa4",
+        Kind::Delay => "#ffcc80",
+        Kind::Duplicate => "#f48fb1",
     }
 }
 
@@ -353,9 +529,19 @@ pub fn run(root: &Path, config: &Config) -> Report {
         .then(|| Disks::mount(&dirs));
     let (token, _) = init(&dirs[0]);
     let skewed = config.kinds.contains(&Kind::ClockSkew);
+    let layered = config.kinds.contains(&Kind::Delay) || config.kinds.contains(&Kind::Duplicate);
     let envs: Vec<Vec<(String, String)>> = dirs
         .iter()
-        .map(|dir| host_env(&config.env, skewed.then_some(dir.as_path())))
+        .map(|dir| {
+            let mut env = host_env(&config.env, skewed.then_some(dir.as_path()));
+            if layered {
+                env.push((
+                    aamas_node::net::faults::TEST_FAULTS.to_string(),
+                    faults_file(dir).display().to_string(),
+                ));
+            }
+            env
+        })
         .collect();
     let mut nodes = vec![hosts.start_env(1, &dirs[0], None, &envs[0])];
     let addr = first_listen_addr(&nodes[0]);
@@ -413,19 +599,22 @@ pub fn run(root: &Path, config: &Config) -> Report {
         let shared = shared.clone();
         std::thread::spawn(move || {
             let mut seen: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+            let mut votes = Votes::default();
             while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for (i, node) in shared.nodes.iter().enumerate() {
+                    let dir = node.lock().expect("node").dir.clone();
+                    // The disk, whether the process runs or not.
+                    votes.read(i + 1, &dir);
                     if shared.down.lock().expect("down").contains(&(i + 1)) {
                         continue;
                     }
-                    let dir = node.lock().expect("node").dir.clone();
                     if let Some((term, president)) = view(&dir) {
                         seen.entry(term).or_default().insert(president);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
-            seen
+            (seen, votes)
         })
     };
 
@@ -478,7 +667,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
     let mut submissions = workload.join().expect("workload");
     submissions.extend(probes.into_inner().expect("probes"));
     submissions.sort_by_key(|submission| submission.at_ms);
-    let presidents = observer.join().expect("observer");
+    let (presidents, mut votes) = observer.join().expect("observer");
 
     // The checks, after every fault is healed.
     let mut violations = Vec::new();
@@ -558,6 +747,10 @@ pub fn run(root: &Path, config: &Config) -> Report {
     if let Err(views) = converged {
         violations.push(format!("diverged after the heal: {views:?}"));
     }
+    for (i, node) in nodes.iter().enumerate() {
+        votes.read(i + 1, &node.dir);
+    }
+    violations.extend(votes.two_leaders());
     Report {
         seed: config.seed,
         hosts: config.hosts,
@@ -568,6 +761,9 @@ pub fn run(root: &Path, config: &Config) -> Report {
         presidents,
         completed,
         tasks_checked,
+        leader_terms: votes.leaders.len(),
+        vote_reads: votes.reads,
+        vote_reads_failed: votes.failed,
         violations,
         secs: shared.start.elapsed().as_secs_f64(),
     }
@@ -581,34 +777,18 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// `POST /api/v1/projects` of `spec` to the API at `addr`, answered within `timeout`:
 /// the new project's id, or why not.
 fn post_project(addr: &str, token: &str, spec: &str, timeout: Duration) -> Result<String, String> {
-    use std::io::{Read as _, Write as _};
-    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let request = format!(
-        "POST /api/v1/projects HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{spec}",
-        spec.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .map_err(|e| format!("no answer within {timeout:?}: {e}"))?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
-    if !head.starts_with("HTTP/1.1 201") {
-        return Err(format!(
-            "{}: {body}",
-            head.lines().next().unwrap_or_default()
-        ));
+    let request = crate::HttpRequest {
+        token: Some(token),
+        method: "POST",
+        path: "/api/v1/projects",
+        headers: &[("Content-Type", "text/plain")],
+        body: spec.as_bytes(),
+    };
+    let (status, _, body) = crate::http_exchange(addr, &request, Some(timeout))?;
+    if !status.starts_with("HTTP/1.1 201") {
+        return Err(format!("{status}: {body}"));
     }
-    let body: Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let body: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
     field(&body, "id").ok_or_else(|| "no id".to_string())
 }
 
@@ -689,6 +869,12 @@ pub const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketi
 /// The file holding a host's clock offset (libfaketime reads it every second).
 fn skew_file(dir: &Path) -> PathBuf {
     dir.with_extension("faketime")
+}
+
+/// The fault file of the node on `dir` ([`aamas_node::net::faults::FileFaults`]): no file,
+/// no fault.
+pub fn faults_file(dir: &Path) -> PathBuf {
+    dir.with_extension("faults")
 }
 
 /// `env`, plus, for a campaign with clock skews, libfaketime reading the offset of the
@@ -781,6 +967,22 @@ fn apply(hosts: &Hosts, shared: &Shared, step: &Step, hit: &[usize]) {
                 fill(&dir.join(FILLER));
             }
         }
+        Kind::Delay | Kind::Duplicate => {
+            let text = format!(
+                "delay_ms = {}\njitter_ms = {}\nduplicate_percent = {}\n",
+                step.delay_ms,
+                step.jitter_ms,
+                if step.kind == Kind::Duplicate {
+                    percent
+                } else {
+                    0
+                }
+            );
+            for host in hit {
+                let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
+                std::fs::write(faults_file(&dir), &text).expect("write the fault file");
+            }
+        }
         Kind::Bridge => {
             let (half, other) = halves(shared.nodes.len(), hit);
             for host in &half {
@@ -839,6 +1041,12 @@ fn heal(
         Kind::Bridge => {
             for host in 1..=shared.nodes.len() {
                 hosts.unblock(host);
+            }
+        }
+        Kind::Delay | Kind::Duplicate => {
+            for host in hit {
+                let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
+                let _ = std::fs::remove_file(faults_file(&dir));
             }
         }
         Kind::DiskFull => {
@@ -939,6 +1147,60 @@ fn status_of(dir: &Path) -> Option<Value> {
         .flatten()
 }
 
+/// What the nodes' disks said of their Raft votes: for each group and term, the leaders
+/// that committed votes named, and on which hosts. Read from the databases themselves
+/// ([`aamas_consensus::read_votes`]), never from what a node reports.
+#[derive(Debug, Default)]
+pub struct Votes {
+    /// (group, term) → leader → hosts whose disk held that committed vote.
+    pub leaders: BTreeMap<(u64, u64), BTreeMap<u64, BTreeSet<usize>>>,
+    /// Reads made.
+    pub reads: u64,
+    /// Reads that failed.
+    pub failed: u64,
+}
+
+impl Votes {
+    /// Reads the votes on the disk of `host`, whose data dir is `dir`.
+    pub fn read(&mut self, host: usize, dir: &Path) {
+        self.reads += 1;
+        match aamas_consensus::read_votes(&dir.join("raft")) {
+            Ok(votes) => {
+                for vote in votes {
+                    self.record(host, vote);
+                }
+            }
+            Err(_) => self.failed += 1,
+        }
+    }
+
+    /// Records one vote that `host`'s disk held.
+    pub fn record(&mut self, host: usize, vote: aamas_consensus::PersistedVote) {
+        if let (true, Some(leader)) = (vote.committed, vote.voted_for) {
+            self.leaders
+                .entry((vote.group, vote.term))
+                .or_default()
+                .entry(leader)
+                .or_default()
+                .insert(host);
+        }
+    }
+
+    /// A violation for every group and term in which committed votes named two leaders.
+    pub fn two_leaders(&self) -> Vec<String> {
+        self.leaders
+            .iter()
+            .filter(|(_, leaders)| leaders.len() > 1)
+            .map(|((group, term), leaders)| {
+                format!(
+                    "two leaders of group {group} in term {term} on the nodes' disks \
+                     (leader: hosts): {leaders:?}"
+                )
+            })
+            .collect()
+    }
+}
+
 /// The node's (term, president), when it names one.
 fn view(dir: &Path) -> Option<(u64, String)> {
     let status = status_of(dir)?;
@@ -948,6 +1210,101 @@ fn view(dir: &Path) -> Option<(u64, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_picture_has_a_bar_per_fault_and_host_and_a_tick_per_answer() {
+        let step = |kind, at_ms| Step {
+            at_ms,
+            lasts_ms: 5_000,
+            kind,
+            hosts: vec![1, 2],
+            percent: 0,
+            delay_ms: 0,
+            jitter_ms: 0,
+            skew_s: 0,
+        };
+        let applied = |kind, at_ms: u64, hit: Vec<usize>| Applied {
+            step: step(kind, at_ms),
+            hit,
+            from_ms: at_ms,
+            to_ms: at_ms + 5_000,
+            recovered_ms: None,
+            observed_skew_s: None,
+            stopped_with: None,
+        };
+        let submission = |at_ms, id: Option<&str>| Submission {
+            at_ms,
+            took_ms: 40,
+            host: 1,
+            id: id.map(str::to_string),
+            error: id.is_none().then(|| "refused".to_string()),
+        };
+        let submissions = vec![
+            submission(1_000, Some("p1")),
+            submission(2_000, None),
+            submission(9_000, Some("p2")),
+        ];
+        let report = Report {
+            seed: 4,
+            hosts: 3,
+            faults: vec![
+                applied(Kind::Partition, 2_000, vec![1, 2]),
+                applied(Kind::Pause, 10_000, vec![3]),
+            ],
+            unavailable: unavailable(&submissions),
+            submissions,
+            presidents: BTreeMap::new(),
+            acknowledged: 2,
+            completed: 2,
+            tasks_checked: 8,
+            leader_terms: 2,
+            vote_reads: 10,
+            vote_reads_failed: 0,
+            violations: Vec::new(),
+            secs: 20.0,
+        };
+        let svg = report.svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("class=\"fault\"").count(), 3, "{svg}");
+        assert_eq!(svg.matches("class=\"acknowledged\"").count(), 2);
+        assert_eq!(svg.matches("class=\"refused\"").count(), 1);
+        assert_eq!(
+            svg.matches("class=\"unavailable\"").count(),
+            1,
+            "1.0 s to 9.0 s"
+        );
+        assert!(
+            svg.contains("<title>pause 10.0 s .. 15.0 s</title>"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn committed_votes_naming_two_leaders_in_one_term_are_a_violation() {
+        let vote = |group, term, voted_for, committed| aamas_consensus::PersistedVote {
+            group,
+            term,
+            voted_for: Some(voted_for),
+            committed,
+        };
+        let mut votes = Votes::default();
+        votes.record(1, vote(0, 3, 7, true));
+        votes.record(2, vote(0, 3, 7, true));
+        // A vote not granted yet is a candidacy, not a leader: a split vote is fine.
+        votes.record(3, vote(0, 3, 9, false));
+        votes.record(3, vote(0, 4, 9, true));
+        // The same node id leading another group in the same term is no conflict.
+        votes.record(4, vote(2, 3, 9, true));
+        assert!(votes.two_leaders().is_empty(), "{:?}", votes.two_leaders());
+        assert_eq!(votes.leaders.len(), 3);
+        votes.record(5, vote(0, 3, 9, true));
+        let found = votes.two_leaders();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("group 0 in term 3") && found[0].contains("{7: {1, 2}, 9: {5}}"),
+            "{found:?}"
+        );
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_schedule_and_another_seed_another() {

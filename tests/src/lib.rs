@@ -537,37 +537,89 @@ impl Node {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Option<(String, Headers, String)> {
-        use std::io::{Read as _, Write as _};
-        let addr = self.api_addr()?;
-        let mut stream = std::net::TcpStream::connect(addr).ok()?;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
-        if let Some(token) = token {
-            head.push_str(&format!("Authorization: Bearer {}\r\n", token.trim()));
-        }
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        ));
-        stream.write_all(head.as_bytes()).ok()?;
-        // A server that refuses early may close before reading all of a large body.
-        let _ = stream.write_all(body);
-        let mut response = Vec::new();
-        let _ = stream.read_to_end(&mut response);
-        let response = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        let mut lines = head.lines();
-        let status = lines.next()?.to_string();
-        let answered = lines
-            .filter_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                Some((name.trim().to_string(), value.trim().to_string()))
-            })
-            .collect();
-        Some((status, answered, body.to_string()))
+        let request = HttpRequest {
+            token,
+            method,
+            path,
+            headers,
+            body,
+        };
+        http_exchange(&self.api_addr()?, &request, None).ok()
     }
+}
+
+/// One HTTP/1.1 request, for [`http_exchange`].
+#[derive(Debug)]
+pub struct HttpRequest<'a> {
+    /// The bearer token, if any.
+    pub token: Option<&'a str>,
+    /// The method.
+    pub method: &'a str,
+    /// The path and query.
+    pub path: &'a str,
+    /// More headers.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// One HTTP/1.1 exchange with `addr` over a fresh connection: the status line, the
+/// headers and the body of the answer. With a `timeout`, connecting and each read wait
+/// at most that long, and an answer not in time is an error.
+pub fn http_exchange(
+    addr: &str,
+    request: &HttpRequest<'_>,
+    timeout: Option<Duration>,
+) -> Result<(String, Headers, String), String> {
+    use std::io::{Read as _, Write as _};
+    let socket: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut stream = match timeout {
+        Some(timeout) => std::net::TcpStream::connect_timeout(&socket, timeout),
+        None => std::net::TcpStream::connect(socket),
+    }
+    .map_err(|e| format!("{addr}: {e}"))?;
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: x\r\n",
+        request.method, request.path
+    );
+    if let Some(token) = request.token {
+        head.push_str(&format!("Authorization: Bearer {}\r\n", token.trim()));
+    }
+    for (name, value) in request.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        request.body.len()
+    ));
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| e.to_string())?;
+    // A server that refuses early may close before reading all of a large body.
+    let _ = stream.write_all(request.body);
+    let mut response = Vec::new();
+    if let Err(error) = stream.read_to_end(&mut response)
+        && matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    {
+        return Err(format!("no answer within {timeout:?}: {error}"));
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+    let mut lines = head.lines();
+    let status = lines.next().ok_or("no status line")?.to_string();
+    let answered = lines
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect();
+    Ok((status, answered, body.to_string()))
 }
 
 /// Copies the nodes' logs (`*.log`) under `root` into `to`, for a run that found a
@@ -942,36 +994,20 @@ impl Hosts {
     /// Drops `percent` of the packets host `i` receives on its data link, at random
     /// (nftables' `numgen random`; the kernel here has no netem).
     pub fn lose(&self, i: usize, percent: u8) {
-        let rules = format!(
-            "table inet aamas_loss {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
-             iifname \"{}d{i}\" numgen random mod 100 < {percent} drop\n  }}\n}}\n",
-            self.tag
+        self.apply_table(
+            i,
+            "aamas_loss",
+            &format!(
+                "  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
+                 iifname \"{}d{i}\" numgen random mod 100 < {percent} drop\n  }}\n",
+                self.tag
+            ),
         );
-        let file = std::env::temp_dir().join(format!("{}-loss-{i}.nft", self.tag));
-        std::fs::write(&file, rules).expect("write the nft rules");
-        let status = Command::new("ip")
-            .args(["netns", "exec", &self.netns(i), "nft", "-f"])
-            .arg(&file)
-            .status()
-            .expect("nft runs (apt-get install nftables)");
-        assert!(status.success(), "nft -f {}", file.display());
     }
 
     /// Ends a [`Hosts::lose`] on host `i`.
     pub fn stop_losing(&self, i: usize) {
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns(i),
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "aamas_loss",
-            ])
-            .stderr(Stdio::null())
-            .status();
+        self.delete_table(i, "aamas_loss");
     }
 
     /// Drops every packet between host `i` and the hosts in `peers` on the data link,
@@ -981,13 +1017,28 @@ impl Hosts {
     pub fn block(&self, i: usize, peers: &[usize]) {
         let ips: Vec<String> = peers.iter().map(|peer| self.data_ip(*peer)).collect();
         let set = ips.join(", ");
-        let rules = format!(
-            "table inet aamas_block {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
-             ip saddr {{ {set} }} drop\n  }}\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    \
-             ip daddr {{ {set} }} drop\n  }}\n}}\n"
+        self.apply_table(
+            i,
+            "aamas_block",
+            &format!(
+                "  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
+                 ip saddr {{ {set} }} drop\n  }}\n  chain output {{\n    \
+                 type filter hook output priority 0; policy accept;\n    \
+                 ip daddr {{ {set} }} drop\n  }}\n"
+            ),
         );
-        let file = std::env::temp_dir().join(format!("{}-block-{i}.nft", self.tag));
-        std::fs::write(&file, rules).expect("write the nft rules");
+    }
+
+    /// Ends a [`Hosts::block`] on host `i`.
+    pub fn unblock(&self, i: usize) {
+        self.delete_table(i, "aamas_block");
+    }
+
+    /// Loads the nftables table `inet name` with `chains` in host `i`'s namespace.
+    fn apply_table(&self, i: usize, name: &str, chains: &str) {
+        let file = std::env::temp_dir().join(format!("{}-{name}-{i}.nft", self.tag));
+        std::fs::write(&file, format!("table inet {name} {{\n{chains}}}\n"))
+            .expect("write the nft rules");
         let status = Command::new("ip")
             .args(["netns", "exec", &self.netns(i), "nft", "-f"])
             .arg(&file)
@@ -996,8 +1047,8 @@ impl Hosts {
         assert!(status.success(), "nft -f {}", file.display());
     }
 
-    /// Ends a [`Hosts::block`] on host `i`.
-    pub fn unblock(&self, i: usize) {
+    /// Deletes the nftables table `inet name` from host `i`'s namespace, if it is there.
+    fn delete_table(&self, i: usize, name: &str) {
         let _ = Command::new("ip")
             .args([
                 "netns",
@@ -1007,7 +1058,7 @@ impl Hosts {
                 "delete",
                 "table",
                 "inet",
-                "aamas_block",
+                name,
             ])
             .stderr(Stdio::null())
             .status();

@@ -1,7 +1,7 @@
 //! Short fault campaigns on five real hosts (network namespaces, needs root, iproute2,
 //! nftables and libfaketime): one of partitions (a minority, the president alone, a
-//! bridge host between two halves), one of pauses, one of packet loss, one of clock
-//! skews, one of full disks, each with a workload of projects and the checkers of `aamas_tests::campaign`
+//! bridge host between two halves), one of pauses, one of packet loss, one of delays
+//! and duplicates, one of clock skews, one of full disks, each with a workload of projects and the checkers of `aamas_tests::campaign`
 //! (no acknowledged project lost or left unfinished, one result per task on every
 //! replica, one president per term, every node agreeing after the heal), and a short
 //! loop of `kill -9` restarts under write load. A longer run is one command:
@@ -12,7 +12,16 @@ use std::time::Duration;
 use aamas_tests::campaign::{self, Config, Kind};
 use aamas_tests::restarts;
 
-fn campaign(kinds: &[Kind], seed: u64) {
+/// Writes the campaign's timeline to `target/tmp/campaigns/seed-N.svg`, for a person.
+fn keep_picture(report: &campaign::Report) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("campaigns");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("seed-{}.svg", report.seed)), report.svg());
+}
+
+/// Runs a 45 s campaign of `kinds` on five hosts: its root (data dirs and logs), its
+/// report and the report's text, printed, with its picture kept.
+fn run(kinds: &[Kind], seed: u64) -> (tempfile::TempDir, campaign::Report, String) {
     let root = tempfile::tempdir().expect("tempdir");
     let config = Config {
         hosts: 5,
@@ -24,6 +33,12 @@ fn campaign(kinds: &[Kind], seed: u64) {
     let report = campaign::run(root.path(), &config);
     let text = report.text();
     println!("{text}");
+    keep_picture(&report);
+    (root, report, text)
+}
+
+fn campaign(kinds: &[Kind], seed: u64) {
+    let (_root, report, text) = run(kinds, seed);
     assert!(!report.faults.is_empty(), "no fault applied: {text}");
     assert!(report.acknowledged > 0, "nothing acknowledged: {text}");
     assert!(report.tasks_checked > 0, "no task checked: {text}");
@@ -45,21 +60,38 @@ fn a_campaign_of_packet_loss_loses_nothing() {
     campaign(&[Kind::Loss], 13);
 }
 
+/// Delays with jitter (messages overtake each other) and duplicated requests (late
+/// copies), by the nodes' own fault layer: nothing is lost, and every host hit had the
+/// fault in force (its log says what its layer changed to).
+#[test]
+fn a_campaign_of_delays_and_duplicates_loses_nothing() {
+    let (root, report, text) = run(&[Kind::Delay, Kind::Duplicate], 15);
+    for kind in [Kind::Delay, Kind::Duplicate] {
+        assert!(
+            report.faults.iter().any(|fault| fault.step.kind == kind),
+            "no {kind:?} in the schedule: {text}"
+        );
+    }
+    for fault in &report.faults {
+        for host in &fault.hit {
+            let log = std::fs::read_to_string(root.path().join(format!("n{host}.log")))
+                .unwrap_or_default();
+            assert!(
+                log.contains("test fault layer changed"),
+                "host {host}'s log never shows its fault layer changing: {text}"
+            );
+        }
+    }
+    assert!(report.acknowledged > 0, "nothing acknowledged: {text}");
+    assert!(report.tasks_checked > 0, "no task checked: {text}");
+    assert!(report.violations.is_empty(), "{text}");
+}
+
 /// Clock skews of minutes (libfaketime on the node's wall clock) with pauses: nothing
 /// is lost, and each skew was in force (the node's own status showed its clock off).
 #[test]
 fn a_campaign_of_clock_skews_loses_nothing() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        hosts: 5,
-        seed: 14,
-        duration: Duration::from_secs(45),
-        kinds: vec![Kind::ClockSkew, Kind::Pause],
-        env: Vec::new(),
-    };
-    let report = campaign::run(root.path(), &config);
-    let text = report.text();
-    println!("{text}");
+    let (_root, report, text) = run(&[Kind::ClockSkew, Kind::Pause], 14);
     let skews: Vec<_> = report
         .faults
         .iter()
@@ -83,17 +115,7 @@ fn a_campaign_of_clock_skews_loses_nothing() {
 /// plays systemd's part), and nothing acknowledged is lost.
 #[test]
 fn a_campaign_of_full_disks_loses_nothing_and_says_why_a_node_stopped() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        hosts: 5,
-        seed: 3,
-        duration: Duration::from_secs(45),
-        kinds: vec![Kind::DiskFull],
-        env: Vec::new(),
-    };
-    let report = campaign::run(root.path(), &config);
-    let text = report.text();
-    println!("{text}");
+    let (_root, report, text) = run(&[Kind::DiskFull], 3);
     let stops: Vec<&String> = report
         .faults
         .iter()

@@ -797,6 +797,14 @@ async fn run(
                             Fate::Drop => {
                                 let _ = reply.send(Err(NetworkError::Request { peer, reason: "fault layer: message dropped".into() }));
                             }
+                            Fate::Twice(delay) => {
+                                // The copy's answer goes nowhere: its receiver is dropped.
+                                let (unread, _) = oneshot::channel();
+                                let copy = Due::Request { peer, rpc: rpc.clone(), reply: unread };
+                                let id = swarm.behaviour_mut().rpc.send_request(&peer, rpc);
+                                pending.insert(id, reply);
+                                drop(hold(copy, delay, &delayed));
+                            }
                         }
                     }
                     Command::Respond { channel, response } => {
@@ -868,7 +876,7 @@ async fn run(
                     request_response::Message::Request { request, channel, .. } => {
                         let request = Inbound { peer, rpc: request, channel };
                         match fate(&peer, &me) {
-                            Fate::Deliver => outlets.request(request),
+                            Fate::Deliver | Fate::Twice(_) => outlets.request(request),
                             // Dropping the response channel closes the stream: the
                             // requester gets an error, as after a lost message.
                             Fate::Drop => drop(request),
@@ -906,7 +914,7 @@ async fn run(
                         data: message.data,
                     };
                     let refused = match fate(&propagation_source, &me) {
-                        Fate::Deliver => outlets.gossip(held),
+                        Fate::Deliver | Fate::Twice(_) => outlets.gossip(held),
                         Fate::Drop => Some(held),
                         Fate::Delay(delay) => match hold(Due::Gossip(held), delay, &delayed) {
                             Some(Due::Gossip(held)) => Some(held),

@@ -20,7 +20,7 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/aamas/rpc/1");
 pub const MAX_RPC_BYTES: usize = 4 << 20;
 
 /// A request from one node to another.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Rpc {
     /// Raft AppendEntries for a group.
     Append {
