@@ -153,9 +153,11 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
     let mut faults = std::collections::BTreeMap::<String, usize>::new();
     let mut recovered: Vec<u64> = Vec::new();
     let mut not_recovered = 0;
+    let mut failovers: Vec<u64> = Vec::new();
     for report in &reports {
         for fault in &report.faults {
             *faults.entry(format!("{:?}", fault.step.kind)).or_default() += 1;
+            failovers.extend(fault.failover_ms);
             if fault.step.kind == Kind::IsolatePresident && !fault.hit.is_empty() {
                 match fault.recovered_ms {
                     Some(ms) => recovered.push(ms),
@@ -165,11 +167,13 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
         }
     }
     recovered.sort_unstable();
-    let at = |q: f64| {
-        recovered
-            .get(((recovered.len() as f64 * q).ceil() as usize).saturating_sub(1))
+    failovers.sort_unstable();
+    let quantile = |values: &[u64], q: f64| {
+        values
+            .get(((values.len() as f64 * q).ceil() as usize).saturating_sub(1))
             .map_or("-".to_string(), |ms| format!("{:.1} s", *ms as f64 / 1e3))
     };
+    let at = |q: f64| quantile(&recovered, q);
     let count = |prefix: &str| {
         reports
             .iter()
@@ -230,6 +234,14 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
         at(0.5),
         at(0.99),
         at(1.0)
+    ));
+    out.push_str(&format!(
+        "  a new president after a fault on the president's host: {} times, p50 {}, p99 {}, \
+         max {} (from the observer's samples, about a second apart)\n",
+        failovers.len(),
+        quantile(&failovers, 0.5),
+        quantile(&failovers, 0.99),
+        quantile(&failovers, 1.0)
     ));
     for (seed, outcome) in results {
         match outcome {

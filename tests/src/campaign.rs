@@ -233,6 +233,23 @@ pub struct Applied {
     /// For a full disk: what the node said when it stopped (its exit and last error),
     /// if it stopped before the space came back.
     pub stopped_with: Option<String>,
+    /// For a fault that hit the president's host: from its start until a host it did
+    /// not hit named another president (ms, as good as the observer's samples, about a
+    /// second); `None` when none did before the heal or the president was not hit.
+    pub failover_ms: Option<u64>,
+}
+
+/// One look of the observer at one node: its (term, president) at `at_ms`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// When (ms from the start).
+    pub at_ms: u64,
+    /// The host looked at.
+    pub host: usize,
+    /// Its term.
+    pub term: u64,
+    /// The president it named.
+    pub president: String,
 }
 
 /// What a campaign did and found.
@@ -279,7 +296,7 @@ impl Report {
         );
         for fault in &self.faults {
             out.push_str(&format!(
-                "  {:>7.1} s .. {:>7.1} s  {:?} on hosts {:?}{}\n",
+                "  {:>7.1} s .. {:>7.1} s  {:?} on hosts {:?}{}{}\n",
                 fault.from_ms as f64 / 1e3,
                 fault.to_ms as f64 / 1e3,
                 fault.step.kind,
@@ -323,7 +340,11 @@ impl Report {
                             .map_or("nothing".to_string(), |s| format!("{s:+} s"))
                     ),
                     _ => String::new(),
-                }
+                },
+                fault.failover_ms.map_or(String::new(), |ms| format!(
+                    "; a new president after {:.1} s",
+                    ms as f64 / 1e3
+                ))
             ));
         }
         let acked = self.submissions.iter().filter(|s| s.id.is_some()).count();
@@ -555,6 +576,11 @@ pub fn run(root: &Path, config: &Config) -> Report {
         crate::agreed_governors(&nodes.iter().collect::<Vec<_>>())
     });
     let state = governed_state(&nodes);
+    // Each host's peer id (its identity stays with its data dir across restarts).
+    let peers: Vec<Option<String>> = nodes
+        .iter()
+        .map(|node| field(&status_of(&node.dir)?, "peer_id"))
+        .collect();
     let shared = Arc::new(Shared {
         nodes: nodes.into_iter().map(Mutex::new).collect(),
         down: Mutex::new(BTreeSet::new()),
@@ -598,7 +624,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
     let observer = {
         let shared = shared.clone();
         std::thread::spawn(move || {
-            let mut seen: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+            let mut samples: Vec<Sample> = Vec::new();
             let mut votes = Votes::default();
             while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for (i, node) in shared.nodes.iter().enumerate() {
@@ -609,12 +635,17 @@ pub fn run(root: &Path, config: &Config) -> Report {
                         continue;
                     }
                     if let Some((term, president)) = view(&dir) {
-                        seen.entry(term).or_default().insert(president);
+                        samples.push(Sample {
+                            at_ms: shared.ms(),
+                            host: i + 1,
+                            term,
+                            president,
+                        });
                     }
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
-            (seen, votes)
+            (samples, votes)
         })
     };
 
@@ -657,6 +688,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
             recovered_ms,
             observed_skew_s,
             stopped_with,
+            failover_ms: None,
         });
     }
     let end = config.duration.as_millis() as u64;
@@ -667,7 +699,17 @@ pub fn run(root: &Path, config: &Config) -> Report {
     let mut submissions = workload.join().expect("workload");
     submissions.extend(probes.into_inner().expect("probes"));
     submissions.sort_by_key(|submission| submission.at_ms);
-    let (presidents, mut votes) = observer.join().expect("observer");
+    let (samples, mut votes) = observer.join().expect("observer");
+    let mut presidents: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for sample in &samples {
+        presidents
+            .entry(sample.term)
+            .or_default()
+            .insert(sample.president.clone());
+    }
+    for fault in &mut applied {
+        fault.failover_ms = failover(&samples, &peers, fault);
+    }
 
     // The checks, after every fault is healed.
     let mut violations = Vec::new();
@@ -1147,6 +1189,34 @@ fn status_of(dir: &Path) -> Option<Value> {
         .flatten()
 }
 
+/// The failover after `fault`, from the observer's `samples` and each host's peer id:
+/// when the president named last before the fault (by the hosts it would hit) is on a
+/// host it hit, the time until a host it did not hit named another president.
+fn failover(samples: &[Sample], peers: &[Option<String>], fault: &Applied) -> Option<u64> {
+    let before = samples
+        .iter()
+        .filter(|sample| sample.at_ms < fault.from_ms && !fault.hit.contains(&sample.host))
+        .max_by_key(|sample| sample.at_ms)?;
+    let old = &before.president;
+    let old_host = peers
+        .iter()
+        .position(|peer| peer.as_deref() == Some(old.as_str()))?
+        + 1;
+    if !fault.hit.contains(&old_host) {
+        return None;
+    }
+    samples
+        .iter()
+        .filter(|sample| {
+            sample.at_ms >= fault.from_ms
+                && sample.at_ms <= fault.to_ms
+                && !fault.hit.contains(&sample.host)
+                && sample.president != *old
+        })
+        .map(|sample| sample.at_ms - fault.from_ms)
+        .min()
+}
+
 /// What the nodes' disks said of their Raft votes: for each group and term, the leaders
 /// that committed votes named, and on which hosts. Read from the databases themselves
 /// ([`aamas_consensus::read_votes`]), never from what a node reports.
@@ -1231,6 +1301,7 @@ mod tests {
             recovered_ms: None,
             observed_skew_s: None,
             stopped_with: None,
+            failover_ms: None,
         };
         let submission = |at_ms, id: Option<&str>| Submission {
             at_ms,
@@ -1277,6 +1348,48 @@ mod tests {
             svg.contains("<title>pause 10.0 s .. 15.0 s</title>"),
             "{svg}"
         );
+    }
+
+    #[test]
+    fn a_failover_is_timed_from_the_hosts_the_fault_did_not_hit() {
+        let sample = |at_ms, host, president: &str| Sample {
+            at_ms,
+            host,
+            term: 1,
+            president: president.to_string(),
+        };
+        let peers = vec![Some("a".to_string()), Some("b".to_string()), None];
+        let samples = vec![
+            sample(900, 2, "a"),
+            sample(1_200, 1, "a"),
+            // The paused president still names itself; the others name b later.
+            sample(2_000, 1, "a"),
+            sample(2_500, 2, "a"),
+            sample(4_100, 3, "b"),
+            sample(4_600, 2, "b"),
+        ];
+        let fault = |hit: Vec<usize>| Applied {
+            step: Step {
+                at_ms: 1_000,
+                lasts_ms: 5_000,
+                kind: Kind::Pause,
+                hosts: hit.clone(),
+                percent: 0,
+                delay_ms: 0,
+                jitter_ms: 0,
+                skew_s: 0,
+            },
+            hit,
+            from_ms: 1_000,
+            to_ms: 6_000,
+            recovered_ms: None,
+            observed_skew_s: None,
+            stopped_with: None,
+            failover_ms: None,
+        };
+        assert_eq!(failover(&samples, &peers, &fault(vec![1])), Some(3_100));
+        // Host 3 paused: the president was not hit.
+        assert_eq!(failover(&samples, &peers, &fault(vec![3])), None);
     }
 
     #[test]
