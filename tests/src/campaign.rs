@@ -457,6 +457,17 @@ impl Report {
                     y + 12.0
                 ));
             }
+            if let (Some(ms), Some(host)) = (fault.failover_ms, fault.hit.first()) {
+                let at = x(fault.from_ms + ms);
+                let y = 30.0 + ROW * (*host - 1) as f64;
+                out.push_str(&format!(
+                    "<line class=\"failover\" x1=\"{at:.1}\" x2=\"{at:.1}\" y1=\"{y:.1}\" \
+                     y2=\"{:.1}\" stroke=\"black\" stroke-width=\"2\"><title>a new president \
+                     after {:.1} s</title></line>\n",
+                    y + ROW,
+                    ms as f64 / 1e3
+                ));
+            }
         }
         out.push_str(&format!(
             "<text x=\"8\" y=\"{:.1}\">workload</text>\n",
@@ -486,7 +497,8 @@ impl Report {
         }
         out.push_str(&format!(
             "<text x=\"{LEFT}\" y=\"{:.1}\" font-size=\"10\">grey: no acknowledgement for \
-             more than 3 s; ticks: answers (green acknowledged, red refused)</text>\n</svg>\n",
+             more than 3 s; ticks: answers (green acknowledged, red refused); black bar: a new \
+             president</text>\n</svg>\n",
             axis_y + 20.0
         ));
         out
