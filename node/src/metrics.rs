@@ -389,9 +389,10 @@ impl Default for Metrics {
             "Seconds a worker took to place the copies of one output",
             metrics.artifact_copy_seconds.clone(),
         );
-        registry.register(
-            "artifact_bytes_kept",
+        registry.register_with_unit(
+            "artifact_kept",
             "Bytes of outputs whose copies were placed",
+            prometheus_client::registry::Unit::Bytes,
             metrics.artifact_bytes_kept.clone(),
         );
         registry.register(
@@ -419,9 +420,10 @@ impl Default for Metrics {
             "State groups this node leads",
             metrics.governs.clone(),
         );
-        registry.register(
-            "transport_bytes_sent",
+        registry.register_with_unit(
+            "transport_sent",
             "Bytes written to TCP and in-process connections, framing and encryption included",
+            prometheus_client::registry::Unit::Bytes,
             metrics.bytes_sent.clone(),
         );
         registry.register(
@@ -478,5 +480,38 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("aamas_api_unauthorized_total 1"), "{text}");
+    }
+
+    /// Prometheus's conventions: a counter ends in `_total`, and a metric of bytes or
+    /// seconds names its unit (before `_total`).
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let text = Metrics::default().encode();
+        let mut checked = 0;
+        for line in text.lines() {
+            let Some(help) = line.strip_prefix("# HELP ") else {
+                continue;
+            };
+            let (name, help) = help.split_once(' ').expect("a HELP line has text");
+            let kind = text
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("# TYPE {name} ")))
+                .expect("a TYPE line");
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            if kind == "counter" {
+                assert!(
+                    text.contains(&format!("{name}_total")) || name.ends_with("_total"),
+                    "counter {name}"
+                );
+            }
+            if help.starts_with("Bytes") {
+                assert!(base.ends_with("_bytes"), "{name}: {help}");
+            }
+            if help.starts_with("Seconds") {
+                assert!(base.ends_with("_seconds"), "{name}: {help}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 20, "{checked} metrics checked:\n{text}");
     }
 }

@@ -2,7 +2,7 @@
 //! SIZE MiB; each worker keeps its output and has two voters of the task's state pull
 //! copies in 256 KiB chunks before it reports the result. Prints the write throughput
 //! (bytes kept ÷ time to place the copies, from the nodes' `aamas_artifact_copy_seconds`
-//! and `aamas_artifact_bytes_kept`) and the read throughput of `GET
+//! and `aamas_artifact_kept_bytes_total`) and the read throughput of `GET
 //! /api/v1/projects/{id}/artifacts/{task}` on a node that does not hold the artefact
 //! (it pulls it from a holder and checks the digest), with a node that does as a
 //! comparison.
@@ -69,7 +69,7 @@ fn main() {
         Some("completed"),
         "{project}"
     );
-    let kept = metric_sum(&nodes, "aamas_artifact_bytes_kept_total");
+    let kept = metric_sum(&nodes, "aamas_artifact_kept_bytes_total");
     let copying = metric_sum(&nodes, "aamas_artifact_copy_seconds_sum");
     println!(
         "{tasks} outputs of {mib} MiB: project done in {elapsed:.2?}; copies placed at {:.1} MiB/s per output (kept {:.0} MiB in {copying:.2} s of copying, summed over the workers)",

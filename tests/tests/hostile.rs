@@ -145,7 +145,7 @@ fn replayed_tampered_and_non_member_gossip_is_rejected_and_counted() {
     // The injector's TCP connection carried this node's side of Noise, Yamux and
     // gossipsub: the transport counted those bytes.
     assert!(
-        counter(&metrics, "aamas_transport_bytes_sent_total", "") > 0,
+        counter(&metrics, "aamas_transport_sent_bytes_total", "") > 0,
         "{metrics}"
     );
 }
