@@ -320,6 +320,22 @@ impl Group {
         }
     }
 
+    /// A read index for a linearizable read on another member: the leader confirms its
+    /// leadership with a quorum and answers the log index a read must see (its commit
+    /// index then, applied here before it answers). A member that has applied up to it
+    /// reads its own copy as the leader would have.
+    pub async fn read_index(&self) -> Result<u64, ReadError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(read) => Ok(read.map_or(0, |log_id| log_id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(ReadError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(error) => Err(ReadError::Failed(error.to_string())),
+        }
+    }
+
     /// Reads this member's copy of the state machine, without any coordination: it may be
     /// behind the leader (stale), but never shows anything uncommitted.
     pub async fn read_local<R>(&self, read: impl FnOnce(&Machine) -> R) -> R {

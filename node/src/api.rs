@@ -309,7 +309,7 @@ fn router() -> utoipa_axum::router::OpenApiRouter<Api> {
         .routes(routes!(list_resource_requests))
         .routes(routes!(approve_resource_request))
         .routes(routes!(deny_resource_request))
-        .routes(routes!(set_limit, remove_limit))
+        .routes(routes!(set_limit, remove_limit, get_limit))
         .routes(routes!(create_api_token, list_api_tokens))
         .routes(routes!(revoke_api_token))
         .routes(routes!(submit_project, list_projects))
@@ -1157,6 +1157,55 @@ async fn set_limit(
         hard: body.hard,
     };
     put_limit(&api, &state, resource, limit).await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ReadQuery {
+    /// Read linearizably: the president confirms its lead with a quorum and this node
+    /// answers once its copy has caught up (a 503 when that cannot be done in 2 s);
+    /// otherwise this node's own copy answers, which may lag.
+    #[serde(default)]
+    consistent: bool,
+}
+
+/// `GET /api/v1/resources/{state}/{resource}`: the state's limit on the resource (`null`
+/// when it has none), from this node's Registry copy or, with `?consistent=true`,
+/// linearizably.
+#[utoipa::path(get, path = "/api/v1/resources/{state}/{resource}", tag = "resources", params(("state" = String, Path, description = "The state"), ("resource" = String, Path, description = "cpu_ms, tokens, api_calls, money_micros, memory_kib_s or storage_bytes"), ReadQuery), responses((status = 200, description = "The limit, or null", body = serde_json::Value), Problems))]
+async fn get_limit(
+    State(api): State<Api>,
+    Path((state, resource)): Path<(String, String)>,
+    Query(query): Query<ReadQuery>,
+) -> Response {
+    let resource = match resource.parse::<aamas_consensus::resources::Resource>() {
+        Ok(resource) => resource,
+        Err(failure) => return error(StatusCode::NOT_FOUND, failure),
+    };
+    let read = |registry: &aamas_consensus::registry::Registry| {
+        registry
+            .states()
+            .get(&state)
+            .map(|info| info.limits.get(&resource).copied())
+    };
+    let found = if query.consistent {
+        match api.node.registry_linearizable(read).await {
+            Ok(found) => found,
+            Err(reason) => return error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        }
+    } else {
+        api.node.registry(read).await.flatten()
+    };
+    match found {
+        Some(limit) => Json(serde_json::json!({
+            "state": state,
+            "resource": resource.name(),
+            "limit": limit,
+            "consistent": query.consistent,
+        }))
+        .into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no state {state:?}")),
+    }
 }
 
 /// `DELETE /api/v1/resources/{state}/{resource}`: removes the state's limit.

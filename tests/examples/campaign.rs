@@ -211,12 +211,28 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
     ));
     out.push_str(&format!(
         "  violations: {violations} (lost {}, two results {}, two presidents {}, two leaders {}, \
-         diverged {})\n",
+         stale reads {}, diverged {})\n",
         count("lost"),
         count("two results"),
         count("two presidents"),
         count("two leaders"),
+        count("stale read"),
         count("diverged")
+    ));
+    out.push_str(&format!(
+        "  register: {} writes, {} consistent reads answered, {} refused\n",
+        reports
+            .iter()
+            .map(|r| r.register.iter().filter(|op| op.write).count())
+            .sum::<usize>(),
+        reports
+            .iter()
+            .map(|r| r.register.iter().filter(|op| !op.write).count())
+            .sum::<usize>(),
+        reports
+            .iter()
+            .map(|r| r.register_reads_refused)
+            .sum::<u64>(),
     ));
     out.push_str(&format!(
         "  persisted votes: {} group terms with a leader, from {} reads ({} failed)\n",

@@ -278,6 +278,11 @@ pub struct Report {
     pub leader_terms: usize,
     /// Reads of the nodes' persisted votes, and those that failed (a full disk, say).
     pub vote_reads: u64,
+    /// The register's history: every write, and every read that was answered.
+    pub register: Vec<RegisterOp>,
+    /// Consistent reads refused (a 503: no read index, or a copy that did not catch up)
+    /// or not answered.
+    pub register_reads_refused: u64,
     /// Of those, the reads that failed.
     pub vote_reads_failed: u64,
     /// Everything a checker found wrong.
@@ -367,6 +372,17 @@ impl Report {
             "  persisted votes: {} group terms with a leader, from {} reads of the nodes' \
              disks ({} failed)\n",
             self.leader_terms, self.vote_reads, self.vote_reads_failed
+        ));
+        let writes = self.register.iter().filter(|op| op.write).count();
+        out.push_str(&format!(
+            "  register: {writes} writes ({} acknowledged), {} consistent reads answered, {} \
+             refused\n",
+            self.register
+                .iter()
+                .filter(|op| op.write && op.complete_ms.is_some())
+                .count(),
+            self.register.len() - writes,
+            self.register_reads_refused
         ));
         if self.violations.is_empty() {
             out.push_str("  verdict: passed, no violation\n");
@@ -540,6 +556,8 @@ struct Shared {
     down: Mutex<BTreeSet<usize>>,
     stop: std::sync::atomic::AtomicBool,
     start: Instant,
+    /// The host of the president most nodes named at the observer's last look.
+    president: Mutex<Option<usize>>,
 }
 
 impl Shared {
@@ -598,6 +616,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
         down: Mutex::new(BTreeSet::new()),
         stop: std::sync::atomic::AtomicBool::new(false),
         start: Instant::now(),
+        president: Mutex::new(None),
     });
     let hosts_n = config.hosts;
 
@@ -635,10 +654,12 @@ pub fn run(root: &Path, config: &Config) -> Report {
     // The observer of (term, president).
     let observer = {
         let shared = shared.clone();
+        let peers = peers.clone();
         std::thread::spawn(move || {
             let mut samples: Vec<Sample> = Vec::new();
             let mut votes = Votes::default();
             while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let round = samples.len();
                 for (i, node) in shared.nodes.iter().enumerate() {
                     let dir = node.lock().expect("node").dir.clone();
                     // The disk, whether the process runs or not.
@@ -655,9 +676,81 @@ pub fn run(root: &Path, config: &Config) -> Report {
                         });
                     }
                 }
+                // The president most of this round's looks named, and its host.
+                let mut named: BTreeMap<&str, usize> = BTreeMap::new();
+                for sample in &samples[round..] {
+                    *named.entry(sample.president.as_str()).or_default() += 1;
+                }
+                let most = named.into_iter().max_by_key(|(_, count)| *count);
+                let host = most.and_then(|(president, _)| {
+                    peers
+                        .iter()
+                        .position(|peer| peer.as_deref() == Some(president))
+                        .map(|i| i + 1)
+                });
+                *shared.president.lock().expect("president") = host;
                 std::thread::sleep(Duration::from_millis(500));
             }
             (samples, votes)
+        })
+    };
+
+    // The register: one writer of increasing amounts at the president's host, one
+    // reader at random hosts that are up.
+    let register_write = {
+        let shared = shared.clone();
+        let path = format!("/api/v1/resources/{state}/api_calls");
+        std::thread::spawn(move || {
+            let mut ops = Vec::new();
+            let mut next = 1;
+            while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Limits are set by the president's operator only: at its host.
+                let Some(host) = *shared.president.lock().expect("president") else {
+                    std::thread::sleep(Duration::from_millis(300));
+                    continue;
+                };
+                let body = format!(r#"{{"amount": {next}, "per": "total", "hard": false}}"#);
+                if let Some((_, invoke_ms, answer)) =
+                    register_call(&shared, host, "PUT", &path, &body)
+                {
+                    ops.push(RegisterOp {
+                        write: true,
+                        value: Some(next),
+                        host,
+                        invoke_ms,
+                        complete_ms: answer.map(|(done, _)| done),
+                    });
+                    next += 1;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            ops
+        })
+    };
+    let register_read = {
+        let shared = shared.clone();
+        let path = format!("/api/v1/resources/{state}/api_calls?consistent=true");
+        let seed = config.seed;
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(seed ^ 0x5EED_0002);
+            let mut ops = Vec::new();
+            let mut refused = 0;
+            while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let host = 1 + rng.below(hosts_n as u64) as usize;
+                match register_call(&shared, host, "GET", &path, "") {
+                    Some((_, invoke_ms, Some((done, body)))) => ops.push(RegisterOp {
+                        write: false,
+                        value: body["limit"]["amount"].as_u64(),
+                        host,
+                        invoke_ms,
+                        complete_ms: Some(done),
+                    }),
+                    Some((_, _, None)) => refused += 1,
+                    None => {}
+                }
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            (ops, refused)
         })
     };
 
@@ -712,6 +805,10 @@ pub fn run(root: &Path, config: &Config) -> Report {
     submissions.extend(probes.into_inner().expect("probes"));
     submissions.sort_by_key(|submission| submission.at_ms);
     let (samples, mut votes) = observer.join().expect("observer");
+    let mut register = register_write.join().expect("register writer");
+    let (reads, register_reads_refused) = register_read.join().expect("register reader");
+    register.extend(reads);
+    register.sort_by_key(|op| op.invoke_ms);
     let mut presidents: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     for sample in &samples {
         presidents
@@ -805,6 +902,13 @@ pub fn run(root: &Path, config: &Config) -> Report {
         votes.read(i + 1, &node.dir);
     }
     violations.extend(votes.two_leaders());
+    let stale = stale_reads(&register);
+    if stale.len() > 10 {
+        violations.extend(stale[..10].iter().cloned());
+        violations.push(format!("stale read: {} more", stale.len() - 10));
+    } else {
+        violations.extend(stale);
+    }
     Report {
         seed: config.seed,
         hosts: config.hosts,
@@ -817,6 +921,8 @@ pub fn run(root: &Path, config: &Config) -> Report {
         tasks_checked,
         leader_terms: votes.leaders.len(),
         vote_reads: votes.reads,
+        register,
+        register_reads_refused,
         vote_reads_failed: votes.failed,
         violations,
         secs: shared.start.elapsed().as_secs_f64(),
@@ -827,6 +933,44 @@ pub fn run(root: &Path, config: &Config) -> Report {
 /// cut off waits for its RPC's timeout (10 s), so the probe gives up and tries again,
 /// as a client with a deadline would.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One call of the register workload to `host`, unless it is down: the host, when it
+/// was sent (ms), and, when it was answered with a 2xx, when and its JSON body.
+#[allow(clippy::type_complexity)]
+fn register_call(
+    shared: &Shared,
+    host: usize,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(usize, u64, Option<(u64, Value)>)> {
+    if shared.down.lock().expect("down").contains(&host) {
+        return None;
+    }
+    let (addr, token) = {
+        let node = shared.nodes[host - 1].lock().expect("node");
+        (node.api_addr()?, node.api_token()?)
+    };
+    let json = [("Content-Type", "application/json")];
+    let request = crate::HttpRequest {
+        token: Some(&token),
+        method,
+        path,
+        headers: if body.is_empty() { &[] } else { &json },
+        body: body.as_bytes(),
+    };
+    let invoke_ms = shared.ms();
+    let answer = crate::http_exchange(&addr, &request, Some(Duration::from_secs(3)))
+        .ok()
+        .filter(|(status, _, _)| status.starts_with("HTTP/1.1 2"))
+        .map(|(_, _, body)| {
+            (
+                shared.ms(),
+                serde_json::from_str(&body).unwrap_or(Value::Null),
+            )
+        });
+    Some((host, invoke_ms, answer))
+}
 
 /// `POST /api/v1/projects` of `spec` to the API at `addr`, answered within `timeout`:
 /// the new project's id, or why not.
@@ -1201,6 +1345,115 @@ fn status_of(dir: &Path) -> Option<Value> {
         .flatten()
 }
 
+/// One operation on the register the campaign writes and reads: the `api_calls` limit
+/// of the workload's state (`PUT` and `GET /api/v1/resources/{state}/api_calls`, the
+/// reads with `?consistent=true`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RegisterOp {
+    /// A write (else a read).
+    pub write: bool,
+    /// The amount written, or read (`None`: no limit).
+    pub value: Option<u64>,
+    /// The host asked.
+    pub host: usize,
+    /// When it was sent (ms from the start).
+    pub invoke_ms: u64,
+    /// When its answer came. A write without a definite answer (an error, a timeout)
+    /// has none: it may still take effect, at any time after it was sent. Reads without
+    /// an answer are not kept.
+    pub complete_ms: Option<u64>,
+}
+
+/// Stale reads in a register history of unique values: conditions every linearizable
+/// history meets, each a sound violation (this is not a full linearizability search):
+/// a read sees a value written before it ended; it does not see "no limit" once a write
+/// was acknowledged before it began; it does not see a value that a later acknowledged
+/// write overwrote before it began; and a read that began after another ended does not
+/// see an older value than that one saw.
+pub fn stale_reads(ops: &[RegisterOp]) -> Vec<String> {
+    let writes: BTreeMap<u64, &RegisterOp> = ops
+        .iter()
+        .filter(|op| op.write)
+        .filter_map(|op| Some((op.value?, op)))
+        .collect();
+    let acked: Vec<&RegisterOp> = writes
+        .values()
+        .copied()
+        .filter(|w| w.complete_ms.is_some())
+        .collect();
+    let reads: Vec<(&RegisterOp, u64)> = ops
+        .iter()
+        .filter(|op| !op.write)
+        .filter_map(|op| Some((op, op.complete_ms?)))
+        .collect();
+    // `a` was acknowledged before `b` was sent: `a` precedes `b` in every order.
+    let before =
+        |a: &RegisterOp, b: &RegisterOp| a.complete_ms.is_some_and(|done| done < b.invoke_ms);
+    let mut found = Vec::new();
+    for (read, done) in &reads {
+        let at = format!(
+            "stale read: host {} read {:?} over {} .. {} ms",
+            read.host, read.value, read.invoke_ms, done
+        );
+        match read.value {
+            None => {
+                if let Some(write) = acked.iter().find(|w| before(w, read)) {
+                    found.push(format!(
+                        "{at}, after {:?} was acknowledged at {:?} ms",
+                        write.value, write.complete_ms
+                    ));
+                }
+            }
+            Some(value) => match writes.get(&value) {
+                None => found.push(format!("{at}: a value never written")),
+                Some(write) if write.invoke_ms > *done => {
+                    found.push(format!(
+                        "{at}: a value written only at {} ms",
+                        write.invoke_ms
+                    ));
+                }
+                Some(write) => {
+                    if let Some(newer) = acked.iter().find(|w| before(write, w) && before(w, read))
+                    {
+                        found.push(format!(
+                            "{at}: {:?} overwrote it over {} .. {:?} ms",
+                            newer.value, newer.invoke_ms, newer.complete_ms
+                        ));
+                    }
+                }
+            },
+        }
+    }
+    for (first, first_done) in &reads {
+        for (second, _) in &reads {
+            if *first_done >= second.invoke_ms {
+                continue;
+            }
+            let older = match (first.value, second.value) {
+                (Some(_), None) => true,
+                (Some(one), Some(two)) => match (writes.get(&one), writes.get(&two)) {
+                    (Some(one), Some(two)) => before(two, one),
+                    _ => false,
+                },
+                _ => false,
+            };
+            if older {
+                found.push(format!(
+                    "stale read: host {} read {:?} at {} .. {:?} ms after host {} read {:?} \
+                     by {first_done} ms",
+                    second.host,
+                    second.value,
+                    second.invoke_ms,
+                    second.complete_ms,
+                    first.host,
+                    first.value
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// The failover after `fault`, from the observer's `samples` and each host's peer id:
 /// when the president named last before the fault (by the hosts it would hit) is on a
 /// host it hit, the time until a host it did not hit named another president.
@@ -1342,6 +1595,8 @@ mod tests {
             tasks_checked: 8,
             leader_terms: 2,
             vote_reads: 10,
+            register: Vec::new(),
+            register_reads_refused: 0,
             vote_reads_failed: 0,
             violations: Vec::new(),
             secs: 20.0,
@@ -1360,6 +1615,52 @@ mod tests {
             svg.contains("<title>pause 10.0 s .. 15.0 s</title>"),
             "{svg}"
         );
+    }
+
+    #[test]
+    fn stale_reads_are_found_and_concurrent_ones_are_not() {
+        let op = |write, value, invoke_ms, complete_ms| RegisterOp {
+            write,
+            value,
+            host: 1,
+            invoke_ms,
+            complete_ms,
+        };
+        let history = vec![
+            op(true, Some(1), 0, Some(10)),
+            op(true, Some(2), 20, Some(30)),
+            // Concurrent with write 3 (never acknowledged): either value is fine.
+            op(true, Some(3), 40, None),
+            op(false, Some(2), 45, Some(50)),
+            op(false, Some(3), 60, Some(70)),
+            op(false, Some(2), 80, Some(90)),
+        ];
+        // Write 3 has no answer, so it may land at any time after 40, or never: reads
+        // of 2 or 3 are both fine on their own. But the read that began at 80 saw 2
+        // after a read that ended at 70 saw 3, and 2 precedes 3 in every order (it was
+        // acknowledged before 3 was sent): that one is stale.
+        let found = stale_reads(&history);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("read Some(2) at 80"), "{found:?}");
+        // Without that last read, nothing is wrong.
+        assert!(stale_reads(&history[..5]).is_empty());
+        // A read of 1 after 2 was acknowledged is stale; a read of "no limit" after 1
+        // was, too; a value never written is wrong.
+        let found = stale_reads(&[
+            op(true, Some(1), 0, Some(10)),
+            op(true, Some(2), 20, Some(30)),
+            op(false, Some(1), 35, Some(40)),
+            op(false, None, 41, Some(42)),
+            op(false, Some(9), 43, Some(44)),
+        ]);
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(found[0].contains("Some(2) overwrote it"), "{found:?}");
+        assert!(
+            found[1].contains("after Some(1) was acknowledged"),
+            "{found:?}"
+        );
+        assert!(found[2].contains("never written"), "{found:?}");
+        assert!(found[3].contains("read None at 41"), "{found:?}");
     }
 
     #[test]

@@ -160,6 +160,37 @@ fn a_planted_lost_acknowledgement_is_caught() {
     assert!(lost >= 1, "the checker missed the planted bug: {text}");
 }
 
+/// The stale-read checker can fail: with the planted bug on (a consistent read answers
+/// from the node's own copy, without the president's read index), a campaign of
+/// partitions reports stale reads on the cut-off side; without it, the same campaign
+/// reports none (`a_campaign_of_partitions_loses_nothing`).
+#[test]
+fn a_planted_stale_read_is_caught() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        hosts: 5,
+        seed: 16,
+        duration: Duration::from_secs(30),
+        kinds: vec![Kind::Partition],
+        env: vec![(
+            aamas_node::driver::runtime::PLANTED_STALE_READ.to_string(),
+            "1".to_string(),
+        )],
+    };
+    let report = campaign::run(root.path(), &config);
+    let text = report.text();
+    println!("{text}");
+    let stale = report
+        .violations
+        .iter()
+        .filter(|violation| violation.starts_with("stale read"))
+        .count();
+    assert!(
+        stale >= 1,
+        "the checker missed the planted stale reads: {text}"
+    );
+}
+
 /// Ten `kill -9` restarts of random hosts (the president among them, as the seed has
 /// it) while two writers submit: every acknowledged project is on every node, and ends.
 #[test]

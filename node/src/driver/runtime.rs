@@ -1310,6 +1310,59 @@ impl Node {
             .await
     }
 
+    /// Reads the Registry linearizably: the president confirms with a quorum that it
+    /// still leads and names the index a read must see ([`Rpc::ReadIndex`]); this node
+    /// reads its own copy once it has applied that far. What cannot be read so (no
+    /// president, no quorum, a copy that does not catch up within
+    /// [`LINEARIZABLE_READ_LIMIT`]) is an error, never a stale answer.
+    pub async fn registry_linearizable<R>(
+        &self,
+        read: impl FnOnce(&Registry) -> R,
+    ) -> Result<R, String> {
+        if planted_stale_read() {
+            tracing::warn!("{PLANTED_STALE_READ}: a consistent read answers from this copy");
+            return self
+                .registry(read)
+                .await
+                .ok_or_else(|| "this node holds no Registry copy".to_string());
+        }
+        let index = match self.federal() {
+            Some(federal) if federal.leader() == Some(self.me()) => federal
+                .read_index()
+                .await
+                .map_err(|error| error.to_string())?,
+            _ => {
+                let (_, peer) = self.president().ok_or("no president is known")?;
+                let key =
+                    NodeKey::from_peer_id(&peer).ok_or("the president's id is not a peer id")?;
+                let rpc = Rpc::ReadIndex {
+                    group: FEDERAL_GROUP,
+                };
+                match self.ask_within(&key, rpc, LINEARIZABLE_READ_LIMIT).await {
+                    Ok(RpcResponse::ReadIndex(Ok(index))) => index,
+                    Ok(RpcResponse::ReadIndex(Err(reason)) | RpcResponse::Refused { reason }) => {
+                        return Err(format!("the president gave no read index: {reason}"));
+                    }
+                    Ok(other) => return Err(format!("the president answered {other:?}")),
+                    Err(error) => return Err(format!("the president did not answer: {error}")),
+                }
+            }
+        };
+        let deadline = tokio::time::Instant::now() + LINEARIZABLE_READ_LIMIT;
+        while self.registry_index().unwrap_or(0) < index {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "this node's Registry copy did not reach index {index} within \
+                     {LINEARIZABLE_READ_LIMIT:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.registry(read)
+            .await
+            .ok_or_else(|| "this node holds no Registry copy".to_string())
+    }
+
     /// The index of the last Registry entry this node applied, in the federal group or
     /// in its mirror, whichever is further.
     fn registry_index(&self) -> Option<u64> {
@@ -2072,6 +2125,12 @@ impl Node {
             (Rpc::ProjectTasks { project }, Some(_)) => {
                 RpcResponse::Tasks(self.project_tasks(&project).await)
             }
+            (Rpc::ReadIndex { group }, Some(_)) => {
+                RpcResponse::ReadIndex(match self.groups.get(group) {
+                    Some(open) => open.read_index().await.map_err(|error| error.to_string()),
+                    None => Err(format!("group {group} is not open here")),
+                })
+            }
             (Rpc::StateAccounts { state }, Some(_)) => {
                 RpcResponse::Accounts(self.local_accounts(&state).await)
             }
@@ -2281,6 +2340,22 @@ impl Node {
         }
     }
 }
+
+/// The environment variable of a planted bug: set to `1`, a consistent Registry read
+/// ([`Node::registry_linearizable`]) answers from this node's copy without the
+/// president's read index, as a plain read does. For the fault campaigns' test that the
+/// stale-read checker catches it (`tests/tests/campaigns.rs`) and for nothing else; a
+/// node with it set says so at every such read.
+pub const PLANTED_STALE_READ: &str = "AAMAS_TEST_PLANTED_BUG_STALE_READ";
+
+fn planted_stale_read() -> bool {
+    static PLANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PLANTED.get_or_init(|| std::env::var(PLANTED_STALE_READ).is_ok_and(|v| v == "1"))
+}
+
+/// How long a linearizable Registry read waits for the president's read index, and then
+/// for this node's copy to apply up to it.
+pub const LINEARIZABLE_READ_LIMIT: Duration = Duration::from_secs(2);
 
 pub(crate) fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
     addrs.iter().filter_map(|addr| addr.parse().ok()).collect()

@@ -191,6 +191,12 @@ pub enum Rpc {
         /// The project.
         project: String,
     },
+    // New variants go last: postcard writes a variant's index.
+    /// The leader's read index of a group, for a linearizable read on the asker.
+    ReadIndex {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// The answer to an [`Rpc`].
@@ -256,6 +262,10 @@ pub enum RpcResponse {
     /// To an [`Rpc::Envelope`] that carried several work messages: one answer each, in
     /// order; `None` acknowledges it, `Some` is why it was refused.
     Each(Vec<Option<String>>),
+    // New variants go last: postcard writes a variant's index.
+    /// To [`Rpc::ReadIndex`]: the index a linearizable read must see, or why the leader
+    /// could not give one.
+    ReadIndex(Result<u64, String>),
 }
 
 /// One task as a state's Ledger has it.
