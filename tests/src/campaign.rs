@@ -682,12 +682,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
                     *named.entry(sample.president.as_str()).or_default() += 1;
                 }
                 let most = named.into_iter().max_by_key(|(_, count)| *count);
-                let host = most.and_then(|(president, _)| {
-                    peers
-                        .iter()
-                        .position(|peer| peer.as_deref() == Some(president))
-                        .map(|i| i + 1)
-                });
+                let host = most.and_then(|(president, _)| host_of(&peers, president));
                 *shared.president.lock().expect("president") = host;
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -710,8 +705,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
                     continue;
                 };
                 let body = format!(r#"{{"amount": {next}, "per": "total", "hard": false}}"#);
-                if let Some((_, invoke_ms, answer)) =
-                    register_call(&shared, host, "PUT", &path, &body)
+                if let Some((invoke_ms, answer)) = register_call(&shared, host, "PUT", &path, &body)
                 {
                     ops.push(RegisterOp {
                         write: true,
@@ -738,14 +732,14 @@ pub fn run(root: &Path, config: &Config) -> Report {
             while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let host = 1 + rng.below(hosts_n as u64) as usize;
                 match register_call(&shared, host, "GET", &path, "") {
-                    Some((_, invoke_ms, Some((done, body)))) => ops.push(RegisterOp {
+                    Some((invoke_ms, Some((done, body)))) => ops.push(RegisterOp {
                         write: false,
                         value: body["limit"]["amount"].as_u64(),
                         host,
                         invoke_ms,
                         complete_ms: Some(done),
                     }),
-                    Some((_, _, None)) => refused += 1,
+                    Some((_, None)) => refused += 1,
                     None => {}
                 }
                 std::thread::sleep(Duration::from_millis(150));
@@ -761,7 +755,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
         let wait = step.at_ms.saturating_sub(shared.ms());
         std::thread::sleep(Duration::from_millis(wait));
         let hit = match step.kind {
-            Kind::IsolatePresident => president_host(&shared).into_iter().collect(),
+            Kind::IsolatePresident => president_host(&shared, &peers).into_iter().collect(),
             _ => step.hosts.clone(),
         };
         let from_ms = shared.ms();
@@ -934,16 +928,15 @@ pub fn run(root: &Path, config: &Config) -> Report {
 /// as a client with a deadline would.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// One call of the register workload to `host`, unless it is down: the host, when it
-/// was sent (ms), and, when it was answered with a 2xx, when and its JSON body.
-#[allow(clippy::type_complexity)]
+/// One call of the register workload to `host`, unless it is down: when it was sent
+/// (ms), and, when it was answered with a 2xx, when and its JSON body.
 fn register_call(
     shared: &Shared,
     host: usize,
     method: &str,
     path: &str,
     body: &str,
-) -> Option<(usize, u64, Option<(u64, Value)>)> {
+) -> Option<(u64, Option<(u64, Value)>)> {
     if shared.down.lock().expect("down").contains(&host) {
         return None;
     }
@@ -969,7 +962,7 @@ fn register_call(
                 serde_json::from_str(&body).unwrap_or(Value::Null),
             )
         });
-    Some((host, invoke_ms, answer))
+    Some((invoke_ms, answer))
 }
 
 /// `POST /api/v1/projects` of `spec` to the API at `addr`, answered within `timeout`:
@@ -1318,20 +1311,19 @@ impl Drop for Disks {
 }
 
 /// The host of the president most nodes name now.
-fn president_host(shared: &Shared) -> Option<usize> {
-    let dirs: Vec<PathBuf> = shared
+fn president_host(shared: &Shared, peers: &[Option<String>]) -> Option<usize> {
+    let president = shared
         .nodes
         .iter()
-        .map(|node| node.lock().expect("node").dir.clone())
-        .collect();
-    let peers: Vec<Option<String>> = dirs
-        .iter()
-        .map(|dir| field(&status_of(dir)?, "peer_id"))
-        .collect();
-    let president = dirs.iter().find_map(|dir| view(dir).map(|(_, p)| p))?;
+        .find_map(|node| view(&node.lock().expect("node").dir).map(|(_, p)| p))?;
+    host_of(peers, &president)
+}
+
+/// The host (from 1) whose node has the peer id `peer`.
+fn host_of(peers: &[Option<String>], peer: &str) -> Option<usize> {
     peers
         .iter()
-        .position(|peer| peer.as_deref() == Some(president.as_str()))
+        .position(|known| known.as_deref() == Some(peer))
         .map(|i| i + 1)
 }
 
@@ -1463,10 +1455,7 @@ fn failover(samples: &[Sample], peers: &[Option<String>], fault: &Applied) -> Op
         .filter(|sample| sample.at_ms < fault.from_ms && !fault.hit.contains(&sample.host))
         .max_by_key(|sample| sample.at_ms)?;
     let old = &before.president;
-    let old_host = peers
-        .iter()
-        .position(|peer| peer.as_deref() == Some(old.as_str()))?
-        + 1;
+    let old_host = host_of(peers, old)?;
     if !fault.hit.contains(&old_host) {
         return None;
     }
