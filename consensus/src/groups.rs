@@ -418,6 +418,17 @@ impl Group {
         (term, member)
     }
 
+    /// This member's vote, when it is newer than `than`. A member refuses a leader's
+    /// AppendEntries or snapshot from a sender outside the group, but a leader of an older
+    /// term must still learn that it is one: a president cut off and replaced while it
+    /// was away otherwise goes on leading the members it took with it, for good, when
+    /// the partition heals. Told the newer vote (as Raft tells any stale leader), it
+    /// steps down.
+    pub fn newer_vote(&self, than: &openraft::Vote<NodeId>) -> Option<openraft::Vote<NodeId>> {
+        let vote = self.raft.metrics().borrow().vote;
+        (vote > *than).then_some(vote)
+    }
+
     /// The current term.
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term

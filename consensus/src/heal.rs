@@ -7,9 +7,71 @@
 //! one joint-consensus membership change.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::groups::Group;
 use crate::types::{MemberNode, NodeId};
+
+/// The longest [`add_caught_up_learner`] waits for a new learner to catch up.
+pub const LEARNER_CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `change` (a change of `group`'s membership, proposed by this member as its
+/// leader) and gives it up, with an error, if this member stops leading first.
+///
+/// A leader cut off from its quorum waits for ever on a change it cannot commit, and
+/// openraft may never answer one whose leader was deposed; the president's duties waited
+/// with it, for good (seen after a partition healed in the 50-node `partition-heal`
+/// scenario). A change given up so is harmless: this member no longer leads, and what it
+/// proposed is committed by its successor or overwritten. A change under way at a
+/// leader that still leads is never cut short (openraft proposes the second, uniform
+/// half of a joint change from the caller's future).
+pub async fn while_leading<T, E: std::fmt::Display>(
+    group: &Group,
+    change: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    let waiting = group.raft().wait(None);
+    let deposed = waiting.metrics(|m| m.current_leader != Some(m.id), "no longer the leader");
+    tokio::select! {
+        done = change => done.map_err(|error| error.to_string()),
+        _ = deposed => Err("this member stopped leading the group before the change \
+                             was committed".to_string()),
+    }
+}
+
+/// Adds `id` to `group` as a learner and waits (at most `limit`, and only while this
+/// member leads) until it holds the log up to the change that added it: a voter is
+/// made only of a learner that has caught up, so that the group does not wait on a
+/// member without the log. openraft's own blocking wait has no time limit and does not
+/// end when its leader is deposed.
+pub async fn add_caught_up_learner(
+    group: &Group,
+    id: NodeId,
+    node: MemberNode,
+    limit: Duration,
+) -> Result<(), String> {
+    let raft = group.raft();
+    let added = while_leading(group, raft.add_learner(id, node, false)).await?;
+    let wanted = added.log_id.index;
+    let waiting = raft.wait(Some(limit));
+    let caught_up = waiting.metrics(
+        |m| {
+            m.current_leader != Some(m.id)
+                || m.replication.as_ref().is_some_and(|replication| {
+                    replication
+                        .get(&id)
+                        .is_some_and(|matched| matched.is_some_and(|at| at.index >= wanted))
+                })
+        },
+        "the new learner has caught up",
+    );
+    let metrics = caught_up
+        .await
+        .map_err(|error| format!("learner {id} did not catch up: {error}"))?;
+    if metrics.current_leader != Some(metrics.id) {
+        return Err("this member stopped leading the group before the learner caught up".into());
+    }
+    Ok(())
+}
 
 /// A planned swap of one dead voter for one healthy non-voter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,21 +206,17 @@ pub async fn replace_dead_voter(
     let failed = |reason: String| HealError::ChangeFailed { dead, with, reason };
     let node = candidates.get(&with).cloned().unwrap_or_default();
     tracing::info!(group = group.id(), dead, with, "replacing dead voter");
-    // Blocking: returns once the learner has caught up, so the swap does not leave the
-    // group waiting on a member without the log.
-    group
-        .raft()
-        .add_learner(with, node, true)
+    // The learner catches up first, so the swap does not leave the group waiting on a
+    // member without the log.
+    add_caught_up_learner(group, with, node, LEARNER_CATCH_UP_LIMIT)
         .await
-        .map_err(|error| failed(error.to_string()))?;
+        .map_err(failed)?;
     let mut new_voters = voters;
     new_voters.remove(&dead);
     new_voters.insert(with);
-    group
-        .raft()
-        .change_membership(new_voters, false)
+    while_leading(group, group.raft().change_membership(new_voters, false))
         .await
-        .map_err(|error| failed(error.to_string()))?;
+        .map_err(failed)?;
     Ok(HealOutcome::Replaced(replacement))
 }
 
@@ -187,14 +245,9 @@ pub async fn remove_member(group: &Group, node: NodeId) -> Result<Removal, HealE
         return Ok(Removal::NotInGroup);
     };
     tracing::info!(group = group.id(), node, "removing a member that leaves");
-    group
-        .raft()
-        .change_membership(change, false)
+    while_leading(group, group.raft().change_membership(change, false))
         .await
-        .map_err(|error| HealError::RemoveFailed {
-            node,
-            reason: error.to_string(),
-        })?;
+        .map_err(|reason| HealError::RemoveFailed { node, reason })?;
     Ok(Removal::Removed)
 }
 

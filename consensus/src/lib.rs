@@ -44,8 +44,8 @@ mod types;
 
 pub use groups::{Committed, Group, GroupError, Groups, RaftConfig, ReadError, WriteError};
 pub use heal::{
-    HealError, HealOutcome, Removal, Replacement, plan_replacement, remove_member,
-    replace_dead_voter,
+    HealError, HealOutcome, LEARNER_CATCH_UP_LIMIT, Removal, Replacement, add_caught_up_learner,
+    plan_replacement, remove_member, replace_dead_voter, while_leading,
 };
 pub use machine::{
     Batch, BatchResponse, Command, FEDERAL_GROUP, MAX_REMEMBERED_REQUESTS, Machine, Outcome,

@@ -332,11 +332,18 @@ impl Mirror {
     }
 
     /// Notes the leader a relay named in `term`; an older term than one already noted
-    /// is ignored.
+    /// is ignored, and so is an answer that names no leader. A relay between two
+    /// leaders names none, and so does a member taken out of the group while it was cut
+    /// off, which campaigns alone in ever later terms until it learns: taken as news, its
+    /// later term hid the president every other member named, for good (seen after a
+    /// partition healed in the 50-node `partition-heal` scenario).
     pub fn note_leader(&self, term: u64, leader: Option<NodeId>) {
+        let Some(leader) = leader else {
+            return;
+        };
         let mut known = self.leader.lock().unwrap_or_else(PoisonError::into_inner);
-        if term > known.0 || (term == known.0 && leader.is_some()) {
-            *known = (term, leader);
+        if term >= known.0 {
+            *known = (term, Some(leader));
         }
     }
 

@@ -415,6 +415,31 @@ async fn a_removed_learner_stops_hearing_a_leader_though_it_still_names_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_names_its_newer_vote_to_a_leader_of_an_older_term_only() {
+    let cluster = Cluster::start(3, fast_config()).await;
+    let members = cluster.ids();
+    cluster.create_group(G, &members).await;
+    let leader = cluster.leader(G, &members).await;
+    cluster.write(G, &members, add_state(0, "s0")).await;
+    let follower = members
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let group = cluster.group(follower, G);
+    let vote = group.raft().metrics().borrow().vote;
+    let term = vote.leader_id().term;
+    assert!(term >= 1, "a leader was elected");
+    // A leader of an older term (one cut off and replaced, say) is told the newer vote;
+    // the leader of this term, or of a later one, is not.
+    let older = openraft::Vote::new_committed(term - 1, leader);
+    assert_eq!(group.newer_vote(&older), Some(vote));
+    assert_eq!(group.newer_vote(&vote), None);
+    let later = openraft::Vote::new_committed(term + 1, follower);
+    assert_eq!(group.newer_vote(&later), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_groups_run_in_one_process() {
     let config = RaftConfig {
         // 50 groups × 3 members share two cores: slower heartbeats keep elections calm.
@@ -620,4 +645,13 @@ async fn a_mirror_follows_a_group_from_any_member_by_entries_and_by_snapshot() {
     assert!(reopened.applied_index().is_some());
     let (_, _) = follow(&reopened, &other, small).await;
     assert_eq!(mirrored_names(&reopened).await, state_names(&other).await);
+
+    // The leader relays name: a later term wins, an older one and none are ignored.
+    reopened.note_leader(2, Some(5));
+    reopened.note_leader(9, None);
+    assert_eq!(reopened.leader(), (Some(5), 2), "no leader is no news");
+    reopened.note_leader(1, Some(7));
+    assert_eq!(reopened.leader(), (Some(5), 2), "an older term is ignored");
+    reopened.note_leader(3, Some(6));
+    assert_eq!(reopened.leader(), (Some(6), 3));
 }

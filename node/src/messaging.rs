@@ -205,6 +205,14 @@ impl Inbox {
 
     /// Replaces the president, the governors and the mayors, keeping the roster and
     /// each member's state (for when only roles changed).
+    /// The president the inbox allows commands from now.
+    pub fn president(&self) -> Option<NodeKey> {
+        self.authority
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .president
+    }
+
     pub fn update_roles(&self, roles: Authority) {
         let mut authority = self.authority.lock().unwrap_or_else(|p| p.into_inner());
         authority.president = roles.president;

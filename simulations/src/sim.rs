@@ -6,7 +6,7 @@
 //!   (timeline), committed results (checker, every RESULTS_EVERY), the progress line
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -735,8 +735,17 @@ impl Sim {
         not: Option<&str>,
         among: Option<&HashSet<usize>>,
     ) -> Result<String> {
+        let mut told = Instant::now();
         loop {
             self.observe(false).await;
+            // With the progress line on, who names whom every 10 s of waiting.
+            if self.progress.is_some() && told.elapsed() >= Duration::from_secs(10) {
+                told = Instant::now();
+                eprintln!(
+                    "  one president not agreed yet: {}",
+                    self.claims_by_president(among).await
+                );
+            }
             let named: Vec<Option<String>> = self
                 .live()
                 .filter(|(index, _)| among.is_none_or(|among| among.contains(index)))
@@ -748,10 +757,86 @@ impl Sim {
                 return Ok(president);
             }
             if Instant::now() > self.deadline {
-                bail!("no agreed president before the time limit");
+                bail!(
+                    "no agreed president before the time limit ({})",
+                    self.claims_by_president(among).await
+                );
             }
             tokio::time::sleep(PRESIDENT_POLL).await;
         }
+    }
+
+    /// The president most live nodes name, and how it sees itself: whether it claims
+    /// the office, and where its Registry copy comes from.
+    async fn president_views(&self) -> String {
+        let mut named: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, running) in self.live() {
+            if let Some(president) = running.node.president_claim().0 {
+                *named.entry(president).or_default() += 1;
+            }
+        }
+        let Some((president, count)) = named.into_iter().max_by_key(|(_, count)| *count) else {
+            return "no node names a president".into();
+        };
+        let own = self
+            .index_of(&president)
+            .and_then(|index| self.slots[index].running.as_ref())
+            .map_or("not live".to_string(), |running| {
+                let (named, term, is_me) = running.node.president_claim();
+                format!(
+                    "it names {:?} in term {term} (claims the office: {is_me}); {}",
+                    named.as_deref().map(short),
+                    running.node.registry_copy()
+                )
+            });
+        format!(
+            "{count} nodes name {} as president; {own}",
+            short(&president)
+        )
+    }
+
+    /// Who names whom as president, for a failure's message: each president named
+    /// (or none), by how many nodes, in which federal terms, with a few of them.
+    async fn claims_by_president(&self, among: Option<&HashSet<usize>>) -> String {
+        let mut by: BTreeMap<String, (usize, BTreeSet<u64>, Vec<String>)> = BTreeMap::new();
+        for (index, running) in self.live() {
+            if among.is_some_and(|among| !among.contains(&index)) {
+                continue;
+            }
+            let (president, term, _) = running.node.president_claim();
+            let side = if self.minority.as_ref().is_some_and(|m| m.contains(&index)) {
+                "minority"
+            } else {
+                "majority"
+            };
+            let federal = running.node.status().await.term;
+            let entry = by
+                .entry(president.as_deref().map_or("none", short).to_string())
+                .or_default();
+            entry.0 += 1;
+            entry.1.insert(term);
+            if entry.2.is_empty() {
+                entry.2.push(format!(
+                    "{} ({side}, federal term {federal}: {})",
+                    short(&running.node.peer_id().to_string()),
+                    running.node.registry_copy()
+                ));
+            } else if entry.2.len() < 4 {
+                entry.2.push(format!(
+                    "{} ({side}, federal term {federal})",
+                    short(&running.node.peer_id().to_string())
+                ));
+            }
+        }
+        by.iter()
+            .map(|(president, (count, terms, some))| {
+                format!(
+                    "{president} named by {count} in terms {terms:?}, e.g. {}",
+                    some.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     // ---- steps -------------------------------------------------------------------------
@@ -991,10 +1076,12 @@ impl Sim {
 
     async fn heal(&mut self) -> Result<()> {
         self.faults.update(|state| state.sides.clear());
-        self.minority = None;
         let healed = Instant::now();
         self.moment("heal", "partition heals");
-        self.wait_president(None, None).await?;
+        // The sides are kept until one president is agreed, for a failure to name them.
+        let agreed = self.wait_president(None, None).await;
+        self.minority = None;
+        agreed?;
         self.failovers.push(Failover {
             what: "heal: one president again".into(),
             ms: millis(healed.elapsed()),
@@ -1262,7 +1349,10 @@ impl Sim {
             }
         }
         if seen.is_empty() {
-            return "none in any live Ledger (the president has not handed them out)".into();
+            return format!(
+                "none in any live Ledger (the president has not handed them out; {})",
+                self.president_views().await
+            );
         }
         seen.values()
             .take(10)

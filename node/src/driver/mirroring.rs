@@ -157,6 +157,48 @@ impl Node {
         )
     }
 
+    /// Lets this node's federal copy start elections only while the freshest Registry
+    /// copy it has counts it among the voters.
+    ///
+    /// A voter the president replaced while it was cut off (a president isolated for
+    /// longer than [`crate::roles::president::VOTER_DEAD_TIMEOUT_MS`], say) is never told:
+    /// its own log still names it a voter, so it campaigns, alone and refused, in ever
+    /// later terms. Added back as a relay, it then answered the president's first
+    /// AppendEntries with its higher term, and the president stepped down; elected again
+    /// in a later term, it met a still later one, and so on: no president held office
+    /// for long (seen in the 50-node `partition-heal` scenario). Its mirror (it follows no
+    /// leader, so it mirrors) shows the committed membership without it: from then on it
+    /// waits for a leader instead, and one added back as a relay follows at once.
+    pub(crate) async fn govern_federal_elections(&self) {
+        let Some(federal) = self.groups.get(FEDERAL_GROUP) else {
+            return;
+        };
+        let me = self.me();
+        let voter = self
+            .federal_membership()
+            .await
+            .voter_ids()
+            .any(|id| id == me);
+        federal.raft().runtime_config().elect(voter);
+        // Logged only where the two copies disagree: a relay never campaigns anyway.
+        let off = !voter && federal.voters().contains(&me);
+        let was_off = self
+            .federal_elections_off
+            .swap(off, std::sync::atomic::Ordering::Relaxed);
+        if was_off != off {
+            tracing::info!(
+                elections = !off,
+                "{}",
+                if off {
+                    "the committed federal membership no longer counts this node a voter: \
+                     it waits for a leader instead of campaigning"
+                } else {
+                    "this node's federal copy and the committed membership agree again"
+                }
+            );
+        }
+    }
+
     /// The federal group's membership as this node's freshest Registry copy has it.
     pub(crate) async fn federal_membership(&self) -> openraft::Membership<NodeId, MemberNode> {
         match self.groups.get(FEDERAL_GROUP) {
@@ -229,6 +271,8 @@ impl Node {
         let mut turn = 0_usize;
         let mut pause = MIRROR_RETRY_MIN;
         let mut last: Vec<NodeId> = Vec::new();
+        // Refusals in a row since the last catch-up or change of the list.
+        let mut refused = 0_usize;
         loop {
             if self.follows_by_raft() {
                 tokio::time::sleep(MIRROR_IDLE).await;
@@ -237,12 +281,14 @@ impl Node {
             let relays = self.relays().await;
             if relays != last {
                 turn = 0;
+                refused = 0;
                 last.clone_from(&relays);
             }
             let before = (self.mirror.applied_index(), self.mirror.leader());
             let failure = match self.catch_up_once(&relays, turn).await {
                 Ok(()) => {
                     pause = MIRROR_RETRY_MIN;
+                    refused = 0;
                     if (self.mirror.applied_index(), self.mirror.leader()) != before {
                         self.note_change();
                     }
@@ -255,6 +301,18 @@ impl Node {
                 .get_or_create(&crate::metrics::labels(&[("reason", failure)]))
                 .inc();
             turn = turn.wrapping_add(1);
+            // A refusal is a quick, definite answer (a relay taken out of the group, or
+            // one no leader reaches): the next relay is asked at once, until every one
+            // refused in a row. After a partition heals, a mirror's list may start with
+            // a dozen relays taken out meanwhile; waiting out a growing pause after each
+            // kept it on the old president for 30 to 50 s.
+            if failure == "refused" {
+                refused += 1;
+                if refused < relays.len() {
+                    continue;
+                }
+                refused = 0;
+            }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MIRROR_RETRY_MAX);
         }

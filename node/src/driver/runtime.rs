@@ -493,6 +493,9 @@ pub struct Node {
     pub(crate) relay_hint: Mutex<Option<NodeId>>,
     /// Whether the mirror was written to disk with this node admitted in it.
     pub(crate) mirror_saved_admitted: std::sync::atomic::AtomicBool,
+    /// Whether this node's federal copy may not start elections: see
+    /// [`Node::govern_federal_elections`].
+    pub(crate) federal_elections_off: std::sync::atomic::AtomicBool,
 }
 
 /// What the last rebuild of the book and the inbox saw: the Registry's applied index
@@ -1878,6 +1881,36 @@ impl Node {
         }
     }
 
+    /// The newer vote to answer a leader's RPC that was refused for coming from outside
+    /// `group` with, when this member's vote is newer than the leader's `vote` (see
+    /// [`aamas_consensus::Group::newer_vote`]); counted. No answer for other refusals:
+    /// the sender is not entitled to lead this group at all.
+    fn tell_stale_leader(
+        &self,
+        group: aamas_consensus::GroupId,
+        refusal: &crate::roles::authority::Refusal,
+        vote: &openraft::Vote<NodeId>,
+    ) -> Option<openraft::Vote<NodeId>> {
+        if !matches!(refusal, crate::roles::authority::Refusal::NotInGroup { .. }) {
+            return None;
+        }
+        let newer = self.groups.get(group)?.newer_vote(vote)?;
+        self.metrics
+            .rpc_refused
+            .get_or_create(&crate::metrics::labels(&[(
+                "reason",
+                "not_in_group_told_newer_vote",
+            )]))
+            .inc();
+        tracing::debug!(
+            group,
+            ?vote,
+            ?newer,
+            "told a stale leader outside the group of a newer vote"
+        );
+        Some(newer)
+    }
+
     /// The checks of [`crate::roles::authority::raft`] for a Raft RPC of `sender` into `group`
     /// (opened here on first contact).
     async fn admit_raft(
@@ -2173,7 +2206,12 @@ impl Node {
                     Ok(()) => {
                         RpcResponse::Append(self.groups.handle_append_entries(group, rpc).await)
                     }
-                    Err(refusal) => self.refuse(&refusal),
+                    Err(refusal) => match self.tell_stale_leader(group, &refusal, &rpc.vote) {
+                        Some(vote) => RpcResponse::Append(Ok(Ok(
+                            openraft::raft::AppendEntriesResponse::HigherVote(vote),
+                        ))),
+                        None => self.refuse(&refusal),
+                    },
                 }
             }
             (Rpc::Vote { group, rpc }, Some(sender)) => {
@@ -2189,7 +2227,14 @@ impl Node {
                     Ok(()) => {
                         RpcResponse::Snapshot(self.groups.handle_install_snapshot(group, rpc).await)
                     }
-                    Err(refusal) => self.refuse(&refusal),
+                    Err(refusal) => {
+                        match self.tell_stale_leader(group, &refusal, &rpc.vote) {
+                            Some(vote) => RpcResponse::Snapshot(Ok(Ok(
+                                openraft::raft::InstallSnapshotResponse { vote },
+                            ))),
+                            None => self.refuse(&refusal),
+                        }
+                    }
                 }
             }
         };
@@ -2284,7 +2329,12 @@ impl Node {
                 // mirrors a relay until the president makes it a relay again.
                 FederalChange::RemoveRelay(dead) => {
                     let change = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([dead]));
-                    match federal.raft().change_membership(change, false).await {
+                    match aamas_consensus::while_leading(
+                        &federal,
+                        federal.raft().change_membership(change, false),
+                    )
+                    .await
+                    {
                         Ok(_) => tracing::info!(
                             relay = dead,
                             "took a dead relay out of the federal group"
@@ -2307,10 +2357,12 @@ impl Node {
                         .into_iter()
                         .map(|id| (id, MemberNode::default()))
                         .collect();
-                    match federal
-                        .raft()
-                        .change_membership(openraft::ChangeMembers::AddNodes(nodes), false)
-                        .await
+                    let change = openraft::ChangeMembers::AddNodes(nodes);
+                    match aamas_consensus::while_leading(
+                        &federal,
+                        federal.raft().change_membership(change, false),
+                    )
+                    .await
                     {
                         Ok(_) => tracing::info!(added, "added federal learners"),
                         Err(error) => tracing::warn!(%error, "adding federal learners failed"),
@@ -2324,14 +2376,26 @@ impl Node {
                     let mut nodes = self.member_nodes(&keys).await;
                     for id in &ids {
                         let node = nodes.remove(id).unwrap_or_default();
-                        if let Err(error) = federal.raft().add_learner(*id, node, true).await {
+                        if let Err(error) = aamas_consensus::add_caught_up_learner(
+                            &federal,
+                            *id,
+                            node,
+                            aamas_consensus::LEARNER_CATCH_UP_LIMIT,
+                        )
+                        .await
+                        {
                             tracing::warn!(%error, "adding a learner failed");
                             return;
                         }
                     }
                     let mut new_voters = voters.clone();
                     new_voters.extend(ids.iter().copied());
-                    match federal.raft().change_membership(new_voters, false).await {
+                    match aamas_consensus::while_leading(
+                        &federal,
+                        federal.raft().change_membership(new_voters, false),
+                    )
+                    .await
+                    {
                         Ok(_) => tracing::info!(?ids, "added federal voters"),
                         Err(error) => tracing::warn!(%error, "adding voters failed"),
                     }
@@ -2920,6 +2984,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
         mirror,
         relay_hint: Mutex::new(None),
         mirror_saved_admitted: std::sync::atomic::AtomicBool::new(false),
+        federal_elections_off: std::sync::atomic::AtomicBool::new(false),
         inbox: Inbox::new(mesh.mesh),
         topics: Topics::new(mesh.mesh),
         sealer: Mutex::new(aamas_protocol::Sealer::new(
@@ -3058,6 +3123,7 @@ pub async fn start(config: NodeConfig, serve: Serve) -> Result<Running, NodeErro
                 ticking.learn_group_keys().await;
             }
             ticking.update_liveness().await;
+            ticking.govern_federal_elections().await;
             ticking.subscribe_to_state().await;
             let look_anyway = {
                 let mut looked = looked

@@ -493,6 +493,18 @@ impl Node {
             &self.metrics,
         ) {
             Ok(opened) => opened,
+            // Who this node takes commands from, for the sender (whose view differs).
+            Err(reason @ crate::messaging::DirectRefused::Unauthorised(_)) => {
+                return refused(format!(
+                    "{reason} (this node takes commands from president {}; its Registry \
+                     copy names {})",
+                    self.inbox
+                        .president()
+                        .map_or("none".to_string(), |key| key.peer_id()),
+                    self.president()
+                        .map_or("none".to_string(), |(_, peer)| peer)
+                ));
+            }
             Err(reason) => return refused(reason.to_string()),
         };
         let (action, body) = match &opened.payload {
