@@ -285,6 +285,9 @@ pub struct Report {
     pub register_reads_refused: u64,
     /// Of those, the reads that failed.
     pub vote_reads_failed: u64,
+    /// Tasks of acknowledged projects with a committed result, over time: (ms, tasks),
+    /// about once a second.
+    pub progress: Vec<(u64, u64)>,
     /// Everything a checker found wrong.
     pub violations: Vec<String>,
     /// From the first fault to the end of the checks (s).
@@ -359,6 +362,17 @@ impl Report {
             self.completed,
             self.tasks_checked
         ));
+        let (under, outside) = self.throughput();
+        out.push_str(&format!(
+            "  tasks committed: {} per second under faults ({} in {:.0} s), {} per second \
+             outside them ({} in {:.0} s); the workload offers 4 a second\n",
+            under.per_second(),
+            under.tasks,
+            under.ms as f64 / 1e3,
+            outside.per_second(),
+            outside.tasks,
+            outside.ms as f64 / 1e3
+        ));
         for (from, to) in &self.unavailable {
             out.push_str(&format!(
                 "  no acknowledgement {:.1} s .. {:.1} s ({:.1} s)\n",
@@ -395,7 +409,50 @@ impl Report {
     }
 }
 
+/// Tasks committed in a stretch of time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Throughput {
+    /// Tasks that got their result.
+    pub tasks: u64,
+    /// The time (ms).
+    pub ms: u64,
+}
+
+impl Throughput {
+    /// Tasks per second, to one decimal ("-" with no time).
+    pub fn per_second(&self) -> String {
+        if self.ms == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}", self.tasks as f64 * 1e3 / self.ms as f64)
+        }
+    }
+}
+
 impl Report {
+    /// Tasks committed while some fault was applied, and while none was: each gap
+    /// between two looks at the progress counts for the side its middle falls on.
+    pub fn throughput(&self) -> (Throughput, Throughput) {
+        let mut under = Throughput::default();
+        let mut outside = Throughput::default();
+        let faulty = |ms: u64| {
+            self.faults
+                .iter()
+                .any(|fault| fault.from_ms <= ms && ms < fault.to_ms)
+        };
+        for pair in self.progress.windows(2) {
+            let ((from, before), (to, after)) = (pair[0], pair[1]);
+            let side = if faulty(from + (to - from) / 2) {
+                &mut under
+            } else {
+                &mut outside
+            };
+            side.tasks += after.saturating_sub(before);
+            side.ms += to - from;
+        }
+        (under, outside)
+    }
+
     /// The campaign as a picture (SVG): time across; a row per host with its faults as
     /// coloured bars; below, the workload's submissions as ticks (green acknowledged, red
     /// refused, at the time of the answer) and the stretches without an
@@ -414,7 +471,8 @@ impl Report {
             .max(1);
         let x = |ms: u64| LEFT + WIDTH * ms as f64 / end_ms as f64;
         let workload_y = 30.0 + ROW * self.hosts as f64 + 10.0;
-        let height = workload_y + 2.0 * ROW + 60.0;
+        let tasks_y = workload_y + ROW + 4.0;
+        let height = tasks_y + 2.0 * ROW + 2.0 * ROW + 60.0;
         let mut out = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
              font-family=\"sans-serif\" font-size=\"12\">\n\
@@ -503,8 +561,28 @@ impl Report {
                 workload_y + ROW - 2.0
             ));
         }
+        // Committed tasks, rising over time: flat where faults stall the work.
+        let most = self.progress.last().map_or(0, |(_, tasks)| *tasks).max(1);
+        let points: Vec<String> = self
+            .progress
+            .iter()
+            .map(|(ms, tasks)| {
+                format!(
+                    "{:.1},{:.1}",
+                    x(*ms),
+                    tasks_y + 2.0 * ROW * (1.0 - *tasks as f64 / most as f64)
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "<text x=\"8\" y=\"{:.1}\">tasks</text>\n<polyline class=\"tasks\" \
+             points=\"{}\" fill=\"none\" stroke=\"#37474f\"><title>{most} tasks committed \
+             by the end</title></polyline>\n",
+            tasks_y + 14.0,
+            points.join(" ")
+        ));
         // The time axis, every 10 s.
-        let axis_y = workload_y + ROW + 14.0;
+        let axis_y = tasks_y + 2.0 * ROW + 14.0;
         for second in (0..=end_ms / 1_000).step_by(10) {
             out.push_str(&format!(
                 "<text x=\"{:.1}\" y=\"{axis_y:.1}\" font-size=\"10\">{second} s</text>\n",
@@ -514,7 +592,7 @@ impl Report {
         out.push_str(&format!(
             "<text x=\"{LEFT}\" y=\"{:.1}\" font-size=\"10\">grey: no acknowledgement for \
              more than 3 s; ticks: answers (green acknowledged, red refused); black bar: a new \
-             president</text>\n</svg>\n",
+             president; line: tasks committed so far</text>\n</svg>\n",
             axis_y + 20.0
         ));
         out
@@ -558,6 +636,8 @@ struct Shared {
     start: Instant,
     /// The host of the president most nodes named at the observer's last look.
     president: Mutex<Option<usize>>,
+    /// The ids of the acknowledged projects, as they are acknowledged.
+    acked: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -617,6 +697,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
         stop: std::sync::atomic::AtomicBool::new(false),
         start: Instant::now(),
         president: Mutex::new(None),
+        acked: Mutex::default(),
     });
     let hosts_n = config.hosts;
 
@@ -639,6 +720,9 @@ pub fn run(root: &Path, config: &Config) -> Report {
                 let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
                 let answer = crate::submit_in(&dir, &project(n, &state));
                 n += 1;
+                if let Ok(id) = &answer {
+                    shared.acked.lock().expect("acked").push(id.clone());
+                }
                 out.push(Submission {
                     at_ms,
                     took_ms: shared.ms() - at_ms,
@@ -748,6 +832,12 @@ pub fn run(root: &Path, config: &Config) -> Report {
         })
     };
 
+    // Committed tasks over time, for the throughput under faults.
+    let progress = {
+        let shared = shared.clone();
+        std::thread::spawn(move || committed_tasks(&shared))
+    };
+
     // The faults.
     let mut applied = Vec::new();
     let probes: Mutex<Vec<Submission>> = Mutex::default();
@@ -801,6 +891,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
     let (samples, mut votes) = observer.join().expect("observer");
     let mut register = register_write.join().expect("register writer");
     let (reads, register_reads_refused) = register_read.join().expect("register reader");
+    let progress = progress.join().expect("progress");
     register.extend(reads);
     register.sort_by_key(|op| op.invoke_ms);
     let mut presidents: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
@@ -917,6 +1008,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
         vote_reads: votes.reads,
         register,
         register_reads_refused,
+        progress,
         vote_reads_failed: votes.failed,
         violations,
         secs: shared.start.elapsed().as_secs_f64(),
@@ -963,6 +1055,61 @@ fn register_call(
             )
         });
     Some((invoke_ms, answer))
+}
+
+/// Follows the acknowledged projects until the campaign stops: about once a second, asks
+/// one host that is up (the next in turn; one that does not answer within 3 s is passed
+/// over for the next project) for each project not yet ended, and records how
+/// many tasks have a committed result, each project counted at the most any host showed.
+fn committed_tasks(shared: &Shared) -> Vec<(u64, u64)> {
+    let mut done: BTreeMap<String, (u64, bool)> = BTreeMap::new();
+    let mut samples = Vec::new();
+    let mut turn = 0usize;
+    while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let started = Instant::now();
+        for id in shared.acked.lock().expect("acked").iter() {
+            done.entry(id.clone()).or_default();
+        }
+        let open: Vec<String> = done
+            .iter()
+            .filter(|(_, (_, ended))| !ended)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in open {
+            if started.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            let down = shared.down.lock().expect("down").clone();
+            let hosts = shared.nodes.len();
+            let Some(host) = (0..hosts)
+                .map(|step| 1 + (turn + step) % hosts)
+                .find(|host| !down.contains(host))
+            else {
+                break;
+            };
+            let path = format!("/api/v1/projects/{id}");
+            let Some((_, Some((_, project)))) = register_call(shared, host, "GET", &path, "")
+            else {
+                turn += 1;
+                continue;
+            };
+            let tasks: u64 = project["phases"]
+                .as_array()
+                .map(|phases| {
+                    phases
+                        .iter()
+                        .filter_map(|phase| phase["tasks_done"].as_u64())
+                        .sum()
+                })
+                .unwrap_or(0);
+            let ended = matches!(project["status"].as_str(), Some("completed" | "failed"));
+            let entry = done.entry(id).or_default();
+            *entry = (entry.0.max(tasks), entry.1 || ended);
+        }
+        samples.push((shared.ms(), done.values().map(|(tasks, _)| tasks).sum()));
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+    }
+    samples
 }
 
 /// `POST /api/v1/projects` of `spec` to the API at `addr`, answered within `timeout`:
@@ -1018,6 +1165,9 @@ fn recovery(
         };
         let acked_ms = shared.ms();
         let acked = answer.is_ok();
+        if let Ok(id) = &answer {
+            shared.acked.lock().expect("acked").push(id.clone());
+        }
         probes.lock().expect("probes").push(Submission {
             at_ms,
             took_ms: acked_ms - at_ms,
@@ -1587,9 +1737,45 @@ mod tests {
             register: Vec::new(),
             register_reads_refused: 0,
             vote_reads_failed: 0,
+            // Four tasks a second, none while the partition (2 s to 7 s) holds, then the
+            // stalled ones at once; the pause (10 s to 15 s) slows nothing.
+            progress: (0..=20)
+                .map(|s: u64| {
+                    let tasks = match s {
+                        0..=2 => 4 * s,
+                        3..=7 => 8,
+                        _ => 4 * s,
+                    };
+                    (s * 1_000, tasks)
+                })
+                .collect(),
             violations: Vec::new(),
             secs: 20.0,
         };
+        let (under, outside) = report.throughput();
+        // Gaps whose middle falls in 2..7 s or 10..15 s count under faults: none in
+        // the partition, 4 a second in the pause; the 24 at 7..8 s count outside.
+        assert_eq!(
+            under,
+            Throughput {
+                tasks: 20,
+                ms: 10_000
+            }
+        );
+        assert_eq!(
+            outside,
+            Throughput {
+                tasks: 60,
+                ms: 10_000
+            }
+        );
+        assert_eq!(under.per_second(), "2.0");
+        assert_eq!(Throughput::default().per_second(), "-");
+        assert!(
+            report
+                .text()
+                .contains("2.0 per second under faults (20 in 10 s)")
+        );
         let svg = report.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("class=\"fault\"").count(), 3, "{svg}");
@@ -1604,6 +1790,7 @@ mod tests {
             svg.contains("<title>pause 10.0 s .. 15.0 s</title>"),
             "{svg}"
         );
+        assert_eq!(svg.matches("class=\"tasks\"").count(), 1);
     }
 
     #[test]
