@@ -36,6 +36,16 @@ fn main() {
     let mut seeds = None;
     let mut parallel = 1usize;
     let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "usage: campaign [--hosts N] [--seed S | --seeds A..B [--parallel P]] \
+                         [--duration SECS] [--kinds KIND,...] [--report DIR]";
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        println!("{USAGE}\nkinds: {}", Kind::NAMES);
+        return;
+    }
+    if args.len() % 2 == 1 {
+        eprintln!("{} has no value\n{USAGE}", args[args.len() - 1]);
+        std::process::exit(2);
+    }
     let mut pairs = args.chunks(2);
     while let Some([flag, value]) = pairs.next() {
         match flag.as_str() {
@@ -53,9 +63,8 @@ fn main() {
                 config.kinds = value
                     .split(',')
                     .map(|name| {
-                        Kind::parse(name).unwrap_or_else(|| {
-                            panic!("unknown kind {name:?}: partition, isolate_president, pause, kill, loss, clock_skew")
-                        })
+                        Kind::parse(name)
+                            .unwrap_or_else(|| panic!("unknown kind {name:?}: {}", Kind::NAMES))
                     })
                     .collect();
             }
@@ -242,6 +251,27 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
     ));
     out.push_str(&format!(
         "  most presidents named in one term: {most_presidents}\n"
+    ));
+    let (mut under, mut outside) = (
+        campaign::Throughput::default(),
+        campaign::Throughput::default(),
+    );
+    for report in &reports {
+        let (u, o) = report.throughput();
+        under.tasks += u.tasks;
+        under.ms += u.ms;
+        outside.tasks += o.tasks;
+        outside.ms += o.ms;
+    }
+    out.push_str(&format!(
+        "  tasks committed: {} per second under faults ({} in {:.0} s), {} per second outside \
+         them ({} in {:.0} s)\n",
+        under.per_second(),
+        under.tasks,
+        under.ms as f64 / 1e3,
+        outside.per_second(),
+        outside.tasks,
+        outside.ms as f64 / 1e3
     ));
     out.push_str(&format!(
         "  president isolated: {} times; the majority committed again after p50 {}, p99 {}, \

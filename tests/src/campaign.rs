@@ -70,6 +70,10 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind's name, as [`Kind::parse`] takes it.
+    pub const NAMES: &'static str = "partition, isolate_president, pause, kill, loss, \
+                                     clock_skew, bridge, disk_full, delay, duplicate";
+
     /// Parses a name as [`Kind`] serialises it.
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {

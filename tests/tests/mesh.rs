@@ -105,7 +105,8 @@ fn a_one_node_mesh_holds_every_role() {
 fn sigterm_hands_over_and_exits_cleanly() {
     let root = tempfile::tempdir().expect("tempdir");
     let (mut nodes, president) = start_mesh(root.path(), 3);
-    // Once all three vote in the federal group (the president adds them one at a time).
+    // Once all three vote in the federal group (the president adds the two others in
+    // one change).
     wait_for("three federal voters", || {
         let tree = nodes[0].hierarchy()?;
         (tree.get("federal_voters")?.as_array()?.len() == 3).then_some(())
