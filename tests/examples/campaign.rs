@@ -258,20 +258,12 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
     );
     for report in &reports {
         let (u, o) = report.throughput();
-        under.tasks += u.tasks;
-        under.ms += u.ms;
-        outside.tasks += o.tasks;
-        outside.ms += o.ms;
+        under.add(u);
+        outside.add(o);
     }
     out.push_str(&format!(
-        "  tasks committed: {} per second under faults ({} in {:.0} s), {} per second outside \
-         them ({} in {:.0} s)\n",
-        under.per_second(),
-        under.tasks,
-        under.ms as f64 / 1e3,
-        outside.per_second(),
-        outside.tasks,
-        outside.ms as f64 / 1e3
+        "  {}\n",
+        campaign::Throughput::line(under, outside)
     ));
     out.push_str(&format!(
         "  president isolated: {} times; the majority committed again after p50 {}, p99 {}, \

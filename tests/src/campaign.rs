@@ -368,14 +368,8 @@ impl Report {
         ));
         let (under, outside) = self.throughput();
         out.push_str(&format!(
-            "  tasks committed: {} per second under faults ({} in {:.0} s), {} per second \
-             outside them ({} in {:.0} s); the workload offers 4 a second\n",
-            under.per_second(),
-            under.tasks,
-            under.ms as f64 / 1e3,
-            outside.per_second(),
-            outside.tasks,
-            outside.ms as f64 / 1e3
+            "  {}; the workload offers 4 a second\n",
+            Throughput::line(under, outside)
         ));
         for (from, to) in &self.unavailable {
             out.push_str(&format!(
@@ -423,6 +417,27 @@ pub struct Throughput {
 }
 
 impl Throughput {
+    /// Adds another stretch's tasks and time.
+    pub fn add(&mut self, other: Throughput) {
+        self.tasks += other.tasks;
+        self.ms += other.ms;
+    }
+
+    /// "tasks committed: R per second under faults (N in S s), R per second outside
+    /// them (N in S s)", for the reports.
+    pub fn line(under: Throughput, outside: Throughput) -> String {
+        format!(
+            "tasks committed: {} per second under faults ({} in {:.0} s), {} per second \
+             outside them ({} in {:.0} s)",
+            under.per_second(),
+            under.tasks,
+            under.ms as f64 / 1e3,
+            outside.per_second(),
+            outside.tasks,
+            outside.ms as f64 / 1e3
+        )
+    }
+
     /// Tasks per second, to one decimal ("-" with no time).
     pub fn per_second(&self) -> String {
         if self.ms == 0 {
