@@ -54,7 +54,7 @@ pub use machine::{
 pub use mirror::{Catchup, CatchupError, CatchupLimits, Mirror, MirrorError};
 pub use network::{GroupNetwork, GroupNetworkFactory, RaftTransport, RemoteResult, TransportError};
 pub use store::{
-    CloseWatch, LogStore, PersistedVote, STORE_FORMAT, SharedMemory, StateMachineStore, Store,
-    StoreConfig, StoreError, read_votes,
+    CloseWatch, LogStore, PersistedEntry, PersistedLog, PersistedVote, STORE_FORMAT, SharedMemory,
+    StateMachineStore, Store, StoreConfig, StoreError, read_logs, read_votes,
 };
 pub use types::{GroupId, MemberNode, NodeId, RequestId, TypeConfig};

@@ -19,6 +19,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::RwLock;
 
 use crate::machine::{Applied, BatchResponse, Machine};
@@ -343,6 +344,88 @@ pub fn read_votes(path: &Path) -> Result<Vec<PersistedVote>, StoreError> {
     Ok(votes)
 }
 
+/// One Raft group's log as a node's database holds it: what [`read_logs`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedLog {
+    /// The group.
+    pub group: GroupId,
+    /// The last entry the node knew to be committed, by index; `None` when it had saved
+    /// none. It is saved without an fsync, so after a crash it may lag: never run ahead.
+    pub committed: Option<u64>,
+    /// The entries kept (those not purged into a snapshot), in index order.
+    pub entries: Vec<PersistedEntry>,
+}
+
+/// One log entry as a node's database holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistedEntry {
+    /// Its index.
+    pub index: u64,
+    /// The term of the leader that appended it.
+    pub term: u64,
+    /// The first eight bytes of the SHA-256 of its stored bytes, which hold its log id
+    /// and payload: two nodes that hold the same entry hold the same digest.
+    pub digest: u64,
+}
+
+/// The log of every group in the node database at `path`, read without taking the
+/// database, as [`read_votes`] does. For checkers outside the node: two entries with
+/// the same index and term but different digests mean two leaders in one term, and two
+/// committed entries that differ at one index mean a committed write lost.
+pub fn read_logs(path: &Path) -> Result<Vec<PersistedLog>, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let format_error = || StoreError::Format {
+        path: path.to_owned(),
+        found: 0,
+        expected: STORE_FORMAT,
+    };
+    let mut options = Options::default();
+    options.set_db_log_dir(path.with_extension("reads"));
+    options.set_keep_log_file_num(1);
+    let db =
+        DB::open_cf_for_read_only(&options, path, [CF_LOG, CF_META], false).map_err(open_error)?;
+    let meta = db.cf_handle(CF_META).ok_or_else(format_error)?;
+    let log = db.cf_handle(CF_LOG).ok_or_else(format_error)?;
+    let mut logs: Vec<PersistedLog> = Vec::new();
+    for item in db.iterator_cf(log, IteratorMode::Start) {
+        let (key, value) = item.map_err(open_error)?;
+        let (16, Some(group), Some(index)) = (key.len(), group_of(&key), index_of(&key)) else {
+            continue;
+        };
+        // An entry that does not decode is skipped: the node itself would refuse it.
+        let Ok(entry) = postcard::from_bytes::<Entry<TypeConfig>>(&value) else {
+            continue;
+        };
+        let digest = Sha256::digest(&value);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        if logs.last().is_none_or(|last| last.group != group) {
+            let committed = db
+                .get_cf(meta, group_key(group, META_COMMITTED))
+                .map_err(open_error)?
+                .and_then(|bytes| postcard::from_bytes::<Option<LogId<NodeId>>>(&bytes).ok())
+                .flatten()
+                .map(|log_id| log_id.index);
+            logs.push(PersistedLog {
+                group,
+                committed,
+                entries: Vec::new(),
+            });
+        }
+        if let Some(last) = logs.last_mut() {
+            last.entries.push(PersistedEntry {
+                index,
+                term: entry.log_id.leader_id.term,
+                digest: u64::from_be_bytes(first),
+            });
+        }
+    }
+    Ok(logs)
+}
+
 /// Marks a new database with [`STORE_FORMAT`]; refuses one in any other format.
 fn check_format(db: &DB, path: &Path) -> Result<(), StoreError> {
     let open_error = |source| StoreError::Open {
@@ -422,6 +505,12 @@ fn log_key(group: GroupId, index: u64) -> [u8; 16] {
     key[..8].copy_from_slice(&group.to_be_bytes());
     key[8..].copy_from_slice(&index.to_be_bytes());
     key
+}
+
+fn group_of(key: &[u8]) -> Option<GroupId> {
+    key.get(..8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(GroupId::from_be_bytes)
 }
 
 fn index_of(key: &[u8]) -> Option<u64> {
@@ -965,6 +1054,53 @@ mod tests {
             ]
         );
         let missing = read_votes(&dir.path().join("none")).expect_err("no database");
+        assert!(matches!(missing, StoreError::Open { .. }), "{missing:?}");
+    }
+
+    #[tokio::test]
+    async fn logs_are_read_from_outside_with_their_terms_digests_and_commit() {
+        use openraft::storage::RaftLogStorageExt;
+        let entry = |term, index, payload| Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 0), index),
+            payload,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+        let (mut federal, _) = store.group(0).expect("group 0");
+        let (mut state, _) = store.group(5).expect("group 5");
+        federal
+            .blocking_append([
+                entry(1, 1, EntryPayload::Blank),
+                entry(2, 2, EntryPayload::Blank),
+            ])
+            .await
+            .expect("append");
+        federal
+            .save_committed(Some(LogId::new(openraft::CommittedLeaderId::new(1, 0), 1)))
+            .await
+            .expect("commit");
+        state
+            .blocking_append([entry(3, 1, EntryPayload::Blank)])
+            .await
+            .expect("append");
+        // Not flushed, and the node still holds the database.
+        let logs = read_logs(dir.path()).expect("read");
+        assert_eq!(logs.len(), 2, "{logs:?}");
+        let (federal_log, state_log) = (&logs[0], &logs[1]);
+        assert_eq!((federal_log.group, federal_log.committed), (0, Some(1)));
+        assert_eq!((state_log.group, state_log.committed), (5, None));
+        let terms = |log: &PersistedLog| {
+            log.entries
+                .iter()
+                .map(|entry| (entry.index, entry.term))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(terms(federal_log), vec![(1, 1), (2, 2)]);
+        assert_eq!(terms(state_log), vec![(1, 3)]);
+        // The same payload at another term or index is another entry.
+        assert_ne!(federal_log.entries[0].digest, state_log.entries[0].digest);
+        assert_ne!(federal_log.entries[0].digest, federal_log.entries[1].digest);
+        let missing = read_logs(&dir.path().join("none")).expect_err("no database");
         assert!(matches!(missing, StoreError::Open { .. }), "{missing:?}");
     }
 

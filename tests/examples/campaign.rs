@@ -250,6 +250,12 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
         reports.iter().map(|r| r.vote_reads_failed).sum::<u64>(),
     ));
     out.push_str(&format!(
+        "  persisted logs: {} committed entries compared, from {} reads ({} failed)\n",
+        reports.iter().map(|r| r.committed_entries).sum::<usize>(),
+        reports.iter().map(|r| r.log_reads).sum::<u64>(),
+        reports.iter().map(|r| r.log_reads_failed).sum::<u64>(),
+    ));
+    out.push_str(&format!(
         "  most presidents named in one term: {most_presidents}\n"
     ));
     let (mut under, mut outside) = (

@@ -22,11 +22,16 @@
 //! - **two leaders**: a Raft group and term in which two nodes' disks hold committed
 //!   votes for different leaders (every node's database read twice a second and at the
 //!   end, from outside: [`Votes`]);
+//! - **two entries**: a Raft group whose logs, on the nodes' disks, hold two different
+//!   entries at one index and term (two leaders in a term, by Raft's Log Matching), or
+//!   two different committed entries at one index (a committed write lost); every
+//!   database read every five seconds and at the end ([`Logs`]);
 //! - **diverged**: after the heal, nodes that do not agree on the president and members.
 //!
 //! The two-presidents check trusts each node's report of its Raft view; the two-leaders
-//! check trusts only their disks, but samples them: a vote overwritten between two reads
-//! is not seen.
+//! and two-entries checks trust only their disks, but sample them: a vote or an
+//! uncommitted entry overwritten between two reads is not seen. Entries purged into a
+//! snapshot are not compared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -289,6 +294,12 @@ pub struct Report {
     pub register_reads_refused: u64,
     /// Of those, the reads that failed.
     pub vote_reads_failed: u64,
+    /// Log entries (group and index) that some node's disk held as committed.
+    pub committed_entries: usize,
+    /// Reads of the nodes' Raft logs, and those that failed.
+    pub log_reads: u64,
+    /// Of those, the reads that failed.
+    pub log_reads_failed: u64,
     /// Tasks of acknowledged projects with a committed result, over time: (ms, tasks),
     /// about once a second.
     pub progress: Vec<(u64, u64)>,
@@ -384,6 +395,11 @@ impl Report {
             "  persisted votes: {} group terms with a leader, from {} reads of the nodes' \
              disks ({} failed)\n",
             self.leader_terms, self.vote_reads, self.vote_reads_failed
+        ));
+        out.push_str(&format!(
+            "  persisted logs: {} committed entries compared, from {} reads of the nodes' \
+             disks ({} failed)\n",
+            self.committed_entries, self.log_reads, self.log_reads_failed
         ));
         let writes = self.register.iter().filter(|op| op.write).count();
         out.push_str(&format!(
@@ -761,12 +777,18 @@ pub fn run(root: &Path, config: &Config) -> Report {
         std::thread::spawn(move || {
             let mut samples: Vec<Sample> = Vec::new();
             let mut votes = Votes::default();
+            let mut logs = Logs::default();
+            let mut rounds = 0u64;
             while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let round = samples.len();
+                rounds += 1;
                 for (i, node) in shared.nodes.iter().enumerate() {
                     let dir = node.lock().expect("node").dir.clone();
                     // The disk, whether the process runs or not.
                     votes.read(i + 1, &dir);
+                    if rounds.is_multiple_of(10) {
+                        logs.read(i + 1, &dir);
+                    }
                     if shared.down.lock().expect("down").contains(&(i + 1)) {
                         continue;
                     }
@@ -789,7 +811,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
                 *shared.president.lock().expect("president") = host;
                 std::thread::sleep(Duration::from_millis(500));
             }
-            (samples, votes)
+            (samples, votes, logs)
         })
     };
 
@@ -907,7 +929,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
     let mut submissions = workload.join().expect("workload");
     submissions.extend(probes.into_inner().expect("probes"));
     submissions.sort_by_key(|submission| submission.at_ms);
-    let (samples, mut votes) = observer.join().expect("observer");
+    let (samples, mut votes, mut logs) = observer.join().expect("observer");
     let mut register = register_write.join().expect("register writer");
     let (reads, register_reads_refused) = register_read.join().expect("register reader");
     let progress = progress.join().expect("progress");
@@ -1004,8 +1026,10 @@ pub fn run(root: &Path, config: &Config) -> Report {
     }
     for (i, node) in nodes.iter().enumerate() {
         votes.read(i + 1, &node.dir);
+        logs.read(i + 1, &node.dir);
     }
     violations.extend(votes.two_leaders());
+    violations.extend(logs.two_entries());
     let stale = stale_reads(&register);
     if stale.len() > 10 {
         violations.extend(stale[..10].iter().cloned());
@@ -1029,6 +1053,9 @@ pub fn run(root: &Path, config: &Config) -> Report {
         register_reads_refused,
         progress,
         vote_reads_failed: votes.failed,
+        committed_entries: logs.committed.len(),
+        log_reads: logs.reads,
+        log_reads_failed: logs.failed,
         violations,
         secs: shared.start.elapsed().as_secs_f64(),
     }
@@ -1694,6 +1721,87 @@ impl Votes {
     }
 }
 
+/// Hosts whose disk held one entry, by what tells the entry apart.
+type HostsBy<K> = BTreeMap<K, BTreeSet<usize>>;
+
+/// What the nodes' disks held of their Raft logs, read from the databases themselves
+/// ([`aamas_consensus::read_logs`]), never from what a node reports.
+#[derive(Debug, Default)]
+pub struct Logs {
+    /// (group, index, term) → entry digest → hosts whose disk held that entry.
+    pub entries: BTreeMap<(u64, u64, u64), HostsBy<u64>>,
+    /// (group, index) → (term, digest) → hosts whose disk held it as committed.
+    pub committed: BTreeMap<(u64, u64), HostsBy<(u64, u64)>>,
+    /// Reads made.
+    pub reads: u64,
+    /// Reads that failed.
+    pub failed: u64,
+}
+
+impl Logs {
+    /// Reads the logs on the disk of `host`, whose data dir is `dir`.
+    pub fn read(&mut self, host: usize, dir: &Path) {
+        self.reads += 1;
+        match aamas_consensus::read_logs(&dir.join("raft")) {
+            Ok(logs) => {
+                for log in logs {
+                    self.record(host, &log);
+                }
+            }
+            Err(_) => self.failed += 1,
+        }
+    }
+
+    /// Records one group's log that `host`'s disk held.
+    pub fn record(&mut self, host: usize, log: &aamas_consensus::PersistedLog) {
+        for entry in &log.entries {
+            self.entries
+                .entry((log.group, entry.index, entry.term))
+                .or_default()
+                .entry(entry.digest)
+                .or_default()
+                .insert(host);
+            if log
+                .committed
+                .is_some_and(|committed| entry.index <= committed)
+            {
+                self.committed
+                    .entry((log.group, entry.index))
+                    .or_default()
+                    .entry((entry.term, entry.digest))
+                    .or_default()
+                    .insert(host);
+            }
+        }
+    }
+
+    /// A violation for every index and term of a group that held two different entries,
+    /// and every index at which two different entries were committed.
+    pub fn two_entries(&self) -> Vec<String> {
+        let in_a_term = self
+            .entries
+            .iter()
+            .filter(|(_, digests)| digests.len() > 1)
+            .map(|((group, index, term), digests)| {
+                format!(
+                    "two entries at index {index} of group {group} in term {term} on the \
+                     nodes' disks (two leaders in one term; digest: hosts): {digests:?}"
+                )
+            });
+        let committed = self
+            .committed
+            .iter()
+            .filter(|(_, entries)| entries.len() > 1)
+            .map(|((group, index), entries)| {
+                format!(
+                    "two committed entries at index {index} of group {group} on the nodes' \
+                     disks ((term, digest): hosts): {entries:?}"
+                )
+            });
+        in_a_term.chain(committed).collect()
+    }
+}
+
 /// The node's (term, president), when it names one.
 fn view(dir: &Path) -> Option<(u64, String)> {
     let status = status_of(dir)?;
@@ -1756,6 +1864,9 @@ mod tests {
             register: Vec::new(),
             register_reads_refused: 0,
             vote_reads_failed: 0,
+            committed_entries: 30,
+            log_reads: 2,
+            log_reads_failed: 0,
             // Four tasks a second, none while the partition (2 s to 7 s) holds, then the
             // stalled ones at once; the pause (10 s to 15 s) slows nothing.
             progress: (0..=20)
@@ -1923,6 +2034,49 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
             found[0].contains("group 0 in term 3") && found[0].contains("{7: {1, 2}, 9: {5}}"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn two_entries_at_one_index_and_term_or_two_committed_at_one_index_are_a_violation() {
+        let log = |group, committed, entries: &[(u64, u64, u64)]| aamas_consensus::PersistedLog {
+            group,
+            committed,
+            entries: entries
+                .iter()
+                .map(|&(index, term, digest)| aamas_consensus::PersistedEntry {
+                    index,
+                    term,
+                    digest,
+                })
+                .collect(),
+        };
+        let mut logs = Logs::default();
+        logs.record(1, &log(0, Some(2), &[(1, 1, 10), (2, 1, 20), (3, 2, 30)]));
+        logs.record(2, &log(0, Some(3), &[(1, 1, 10), (2, 1, 20), (3, 2, 30)]));
+        // An uncommitted entry of an older term, later replaced: Raft allows it.
+        logs.record(3, &log(0, Some(2), &[(2, 1, 20), (3, 1, 31)]));
+        // Another group's entries are its own.
+        logs.record(4, &log(5, Some(1), &[(1, 1, 99)]));
+        assert!(logs.two_entries().is_empty(), "{:?}", logs.two_entries());
+        assert_eq!(logs.committed.len(), 4);
+        // Two leaders of term 2 appending at index 3.
+        logs.record(5, &log(0, None, &[(3, 2, 32)]));
+        let found = logs.two_entries();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("index 3 of group 0 in term 2")
+                && found[0].contains("{30: {1, 2}, 32: {5}}"),
+            "{found:?}"
+        );
+        // A committed entry that another node holds as committed in another term.
+        logs.record(3, &log(0, Some(3), &[(3, 1, 31)]));
+        let found = logs.two_entries();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[1].contains("two committed entries at index 3 of group 0")
+                && found[1].contains("(1, 31): {3}, (2, 30): {2}"),
             "{found:?}"
         );
     }
