@@ -220,12 +220,16 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
     ));
     out.push_str(&format!(
         "  violations: {violations} (lost {}, two results {}, two presidents {}, two leaders {}, \
-         stale reads {}, diverged {})\n",
+         two entries {}, two committed entries {}, stale reads {}, not linearizable {}, \
+         diverged {})\n",
         count("lost"),
         count("two results"),
         count("two presidents"),
         count("two leaders"),
+        count("two entries"),
+        count("two committed entries"),
         count("stale read"),
+        count("not linearizable"),
         count("diverged")
     ));
     out.push_str(&format!(
@@ -248,6 +252,16 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
         reports.iter().map(|r| r.leader_terms).sum::<usize>(),
         reports.iter().map(|r| r.vote_reads).sum::<u64>(),
         reports.iter().map(|r| r.vote_reads_failed).sum::<u64>(),
+    ));
+    let verdicts = |pick: fn(&campaign::register::Verdict) -> bool| {
+        reports.iter().filter(|r| pick(&r.register_verdict)).count()
+    };
+    out.push_str(&format!(
+        "  register histories, by a full linearizability search: {} linearizable, {} not, \
+         {} undecided\n",
+        verdicts(|v| matches!(v, campaign::register::Verdict::Linearizable { .. })),
+        verdicts(|v| matches!(v, campaign::register::Verdict::NotLinearizable { .. })),
+        verdicts(|v| matches!(v, campaign::register::Verdict::GaveUp)),
     ));
     out.push_str(&format!(
         "  persisted logs: {} committed entries compared, from {} reads ({} failed)\n",

@@ -43,6 +43,8 @@ use serde_json::Value;
 
 use crate::{Hosts, Node, field, first_listen_addr, governed_state, init, wait_for};
 
+pub mod register;
+
 /// A fault a campaign can apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -292,6 +294,8 @@ pub struct Report {
     /// Consistent reads refused (a 503: no read index, or a copy that did not catch up)
     /// or not answered.
     pub register_reads_refused: u64,
+    /// What the full linearizability search of the register's history found.
+    pub register_verdict: register::Verdict,
     /// Of those, the reads that failed.
     pub vote_reads_failed: u64,
     /// Log entries (group and index) that some node's disk held as committed.
@@ -411,6 +415,10 @@ impl Report {
                 .count(),
             self.register.len() - writes,
             self.register_reads_refused
+        ));
+        out.push_str(&format!(
+            "  register history: {}\n",
+            self.register_verdict.describe()
         ));
         if self.violations.is_empty() {
             out.push_str("  verdict: passed, no violation\n");
@@ -1030,6 +1038,10 @@ pub fn run(root: &Path, config: &Config) -> Report {
     }
     violations.extend(votes.two_leaders());
     violations.extend(logs.two_entries());
+    let register_verdict = register::check(&register, register::STEP_LIMIT);
+    if let register::Verdict::NotLinearizable { .. } = &register_verdict {
+        violations.push(register_verdict.describe());
+    }
     let stale = stale_reads(&register);
     if stale.len() > 10 {
         violations.extend(stale[..10].iter().cloned());
@@ -1051,6 +1063,7 @@ pub fn run(root: &Path, config: &Config) -> Report {
         vote_reads: votes.reads,
         register,
         register_reads_refused,
+        register_verdict,
         progress,
         vote_reads_failed: votes.failed,
         committed_entries: logs.committed.len(),
@@ -1536,7 +1549,7 @@ fn status_of(dir: &Path) -> Option<Value> {
 /// One operation on the register the campaign writes and reads: the `api_calls` limit
 /// of the workload's state (`PUT` and `GET /api/v1/resources/{state}/api_calls`, the
 /// reads with `?consistent=true`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RegisterOp {
     /// A write (else a read).
     pub write: bool,
@@ -1863,6 +1876,7 @@ mod tests {
             vote_reads: 10,
             register: Vec::new(),
             register_reads_refused: 0,
+            register_verdict: register::Verdict::Linearizable { steps: 0 },
             vote_reads_failed: 0,
             committed_entries: 30,
             log_reads: 2,

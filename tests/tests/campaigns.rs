@@ -189,6 +189,13 @@ fn a_planted_stale_read_is_caught() {
         stale >= 1,
         "the checker missed the planted stale reads: {text}"
     );
+    assert!(
+        matches!(
+            report.register_verdict,
+            campaign::register::Verdict::NotLinearizable { .. }
+        ),
+        "the linearizability search missed the planted stale reads: {text}"
+    );
 }
 
 /// Ten `kill -9` restarts of random hosts (the president among them, as the seed has
