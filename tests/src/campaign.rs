@@ -298,12 +298,16 @@ pub struct Report {
     pub register_verdict: register::Verdict,
     /// Of those, the reads that failed.
     pub vote_reads_failed: u64,
+    /// Time the vote reads took, in all (ms).
+    pub vote_reads_ms: u64,
     /// Log entries (group and index) that some node's disk held as committed.
     pub committed_entries: usize,
     /// Reads of the nodes' Raft logs, and those that failed.
     pub log_reads: u64,
     /// Of those, the reads that failed.
     pub log_reads_failed: u64,
+    /// Time the log reads took, in all (ms).
+    pub log_reads_ms: u64,
     /// Tasks of acknowledged projects with a committed result, over time: (ms, tasks),
     /// about once a second.
     pub progress: Vec<(u64, u64)>,
@@ -395,15 +399,22 @@ impl Report {
             ));
         }
         out.push_str(&format!("  terms seen: {}\n", self.presidents.len()));
+        let mean = |ms: u64, reads: u64| ms as f64 / reads.max(1) as f64;
         out.push_str(&format!(
             "  persisted votes: {} group terms with a leader, from {} reads of the nodes' \
-             disks ({} failed)\n",
-            self.leader_terms, self.vote_reads, self.vote_reads_failed
+             disks ({} failed, {:.1} ms a read)\n",
+            self.leader_terms,
+            self.vote_reads,
+            self.vote_reads_failed,
+            mean(self.vote_reads_ms, self.vote_reads)
         ));
         out.push_str(&format!(
             "  persisted logs: {} committed entries compared, from {} reads of the nodes' \
-             disks ({} failed)\n",
-            self.committed_entries, self.log_reads, self.log_reads_failed
+             disks ({} failed, {:.1} ms a read)\n",
+            self.committed_entries,
+            self.log_reads,
+            self.log_reads_failed,
+            mean(self.log_reads_ms, self.log_reads)
         ));
         let writes = self.register.iter().filter(|op| op.write).count();
         out.push_str(&format!(
@@ -1066,9 +1077,11 @@ pub fn run(root: &Path, config: &Config) -> Report {
         register_verdict,
         progress,
         vote_reads_failed: votes.failed,
+        vote_reads_ms: votes.took.as_millis() as u64,
         committed_entries: logs.committed.len(),
         log_reads: logs.reads,
         log_reads_failed: logs.failed,
+        log_reads_ms: logs.took.as_millis() as u64,
         violations,
         secs: shared.start.elapsed().as_secs_f64(),
     }
@@ -1691,13 +1704,18 @@ pub struct Votes {
     pub reads: u64,
     /// Reads that failed.
     pub failed: u64,
+    /// Time spent reading, in all.
+    pub took: Duration,
 }
 
 impl Votes {
     /// Reads the votes on the disk of `host`, whose data dir is `dir`.
     pub fn read(&mut self, host: usize, dir: &Path) {
         self.reads += 1;
-        match aamas_consensus::read_votes(&dir.join("raft")) {
+        let start = Instant::now();
+        let read = aamas_consensus::read_votes(&dir.join("raft"));
+        self.took += start.elapsed();
+        match read {
             Ok(votes) => {
                 for vote in votes {
                     self.record(host, vote);
@@ -1749,13 +1767,18 @@ pub struct Logs {
     pub reads: u64,
     /// Reads that failed.
     pub failed: u64,
+    /// Time spent reading, in all.
+    pub took: Duration,
 }
 
 impl Logs {
     /// Reads the logs on the disk of `host`, whose data dir is `dir`.
     pub fn read(&mut self, host: usize, dir: &Path) {
         self.reads += 1;
-        match aamas_consensus::read_logs(&dir.join("raft")) {
+        let start = Instant::now();
+        let read = aamas_consensus::read_logs(&dir.join("raft"));
+        self.took += start.elapsed();
+        match read {
             Ok(logs) => {
                 for log in logs {
                     self.record(host, &log);
@@ -1878,9 +1901,11 @@ mod tests {
             register_reads_refused: 0,
             register_verdict: register::Verdict::Linearizable { steps: 0 },
             vote_reads_failed: 0,
+            vote_reads_ms: 20,
             committed_entries: 30,
             log_reads: 2,
             log_reads_failed: 0,
+            log_reads_ms: 4,
             // Four tasks a second, none while the partition (2 s to 7 s) holds, then the
             // stalled ones at once; the pause (10 s to 15 s) slows nothing.
             progress: (0..=20)
