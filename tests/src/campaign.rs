@@ -1071,17 +1071,17 @@ pub fn run(root: &Path, config: &Config) -> Report {
         completed,
         tasks_checked,
         leader_terms: votes.leaders.len(),
-        vote_reads: votes.reads,
+        vote_reads: votes.disk.reads,
         register,
         register_reads_refused,
         register_verdict,
         progress,
-        vote_reads_failed: votes.failed,
-        vote_reads_ms: votes.took.as_millis() as u64,
+        vote_reads_failed: votes.disk.failed,
+        vote_reads_ms: votes.disk.took.as_millis() as u64,
         committed_entries: logs.committed.len(),
-        log_reads: logs.reads,
-        log_reads_failed: logs.failed,
-        log_reads_ms: logs.took.as_millis() as u64,
+        log_reads: logs.disk.reads,
+        log_reads_failed: logs.disk.failed,
+        log_reads_ms: logs.disk.took.as_millis() as u64,
         violations,
         secs: shared.start.elapsed().as_secs_f64(),
     }
@@ -1700,6 +1700,14 @@ fn failover(samples: &[Sample], peers: &[Option<String>], fault: &Applied) -> Op
 pub struct Votes {
     /// (group, term) → leader → hosts whose disk held that committed vote.
     pub leaders: BTreeMap<(u64, u64), BTreeMap<u64, BTreeSet<usize>>>,
+    /// The reads made.
+    pub disk: DiskReads,
+}
+
+/// Reads of the nodes' databases from outside: how many, how many failed (a full disk,
+/// a database being written as it opens), and the time they took.
+#[derive(Debug, Default)]
+pub struct DiskReads {
     /// Reads made.
     pub reads: u64,
     /// Reads that failed.
@@ -1708,20 +1716,28 @@ pub struct Votes {
     pub took: Duration,
 }
 
+impl DiskReads {
+    /// Makes one read, counted and timed; `None` if it failed.
+    fn read<T, E>(&mut self, read: impl FnOnce() -> Result<T, E>) -> Option<T> {
+        self.reads += 1;
+        let start = Instant::now();
+        let outcome = read();
+        self.took += start.elapsed();
+        if outcome.is_err() {
+            self.failed += 1;
+        }
+        outcome.ok()
+    }
+}
+
 impl Votes {
     /// Reads the votes on the disk of `host`, whose data dir is `dir`.
     pub fn read(&mut self, host: usize, dir: &Path) {
-        self.reads += 1;
-        let start = Instant::now();
-        let read = aamas_consensus::read_votes(&dir.join("raft"));
-        self.took += start.elapsed();
-        match read {
-            Ok(votes) => {
-                for vote in votes {
-                    self.record(host, vote);
-                }
-            }
-            Err(_) => self.failed += 1,
+        let read = self
+            .disk
+            .read(|| aamas_consensus::read_votes(&dir.join("raft")));
+        for vote in read.into_iter().flatten() {
+            self.record(host, vote);
         }
     }
 
@@ -1763,28 +1779,18 @@ pub struct Logs {
     pub entries: BTreeMap<(u64, u64, u64), HostsBy<u64>>,
     /// (group, index) → (term, digest) → hosts whose disk held it as committed.
     pub committed: BTreeMap<(u64, u64), HostsBy<(u64, u64)>>,
-    /// Reads made.
-    pub reads: u64,
-    /// Reads that failed.
-    pub failed: u64,
-    /// Time spent reading, in all.
-    pub took: Duration,
+    /// The reads made.
+    pub disk: DiskReads,
 }
 
 impl Logs {
     /// Reads the logs on the disk of `host`, whose data dir is `dir`.
     pub fn read(&mut self, host: usize, dir: &Path) {
-        self.reads += 1;
-        let start = Instant::now();
-        let read = aamas_consensus::read_logs(&dir.join("raft"));
-        self.took += start.elapsed();
-        match read {
-            Ok(logs) => {
-                for log in logs {
-                    self.record(host, &log);
-                }
-            }
-            Err(_) => self.failed += 1,
+        let read = self
+            .disk
+            .read(|| aamas_consensus::read_logs(&dir.join("raft")));
+        for log in read.into_iter().flatten() {
+            self.record(host, &log);
         }
     }
 
