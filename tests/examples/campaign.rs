@@ -3,8 +3,9 @@
 //! partitions, pauses, kills and packet loss, then checkers on the history and on every
 //! node's replicas. One seed (`--seed S`) or a sweep (`--seeds A..B`, `--parallel P`
 //! campaigns at once); each seed's `report.json` and `report.txt` go to `DIR/seed-S/`,
-//! a sweep's totals to `DIR/summary.txt`. Exits 1 on a violation. Needs root, iproute2
-//! and nftables.
+//! a sweep's totals to `DIR/summary.txt`, and the nodes' logs to the seed's directory when
+//! it found a violation (or always, with `--logs always`). Exits 1 on a violation. Needs
+//! root, iproute2 and nftables.
 //!
 //! Run: `cargo build --release --workspace --bins --examples && AAMAS_BIN=target/release/aamas target/release/examples/campaign --hosts 5 --seed 1 --duration 600 --kinds partition,isolate_president,pause,kill,loss,bridge,delay,duplicate,clock_skew --report DIR`
 
@@ -35,9 +36,11 @@ fn main() {
     let mut report_dir = PathBuf::from("campaign-report");
     let mut seeds = None;
     let mut parallel = 1usize;
+    let mut keep_logs = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     const USAGE: &str = "usage: campaign [--hosts N] [--seed S | --seeds A..B [--parallel P]] \
-                         [--duration SECS] [--kinds KIND,...] [--report DIR]";
+                         [--duration SECS] [--kinds KIND,...] [--report DIR] \
+                         [--logs always|violations]";
     if args.iter().any(|arg| arg == "--help" || arg == "-h") {
         println!("{USAGE}\nkinds: {}", Kind::NAMES);
         return;
@@ -69,13 +72,20 @@ fn main() {
                     .collect();
             }
             "--report" => report_dir = value.into(),
+            "--logs" => {
+                keep_logs = match value.as_str() {
+                    "always" => true,
+                    "violations" => false,
+                    other => panic!("--logs always|violations, not {other:?}"),
+                }
+            }
             other => panic!("unknown flag {other}"),
         }
     }
     assert!((3..=9).contains(&config.hosts), "--hosts 3 to 9");
     assert!((1..=8).contains(&parallel), "--parallel 1 to 8");
     let Some(seeds) = seeds else {
-        let report = one(&config, &report_dir).expect("the campaign ran");
+        let report = one(&config, &report_dir, keep_logs).expect("the campaign ran");
         print!("{}", report.text());
         if !report.violations.is_empty() {
             std::process::exit(1);
@@ -97,7 +107,7 @@ fn main() {
                         ..config.clone()
                     };
                     let dir = report_dir.join(format!("seed-{seed}"));
-                    let outcome = one(&config, &dir);
+                    let outcome = one(&config, &dir, keep_logs);
                     match &outcome {
                         Ok(report) => eprintln!(
                             "seed {seed}: {} faults, {} acknowledged, {} violations",
@@ -126,9 +136,10 @@ fn main() {
     }
 }
 
-/// Runs one campaign and writes its reports to `dir`; a campaign that could not run (a
+/// Runs one campaign and writes its reports to `dir`, with the nodes' logs when it found
+/// a violation or `keep_logs` says so; a campaign that could not run (a
 /// mesh that never formed, say: the runner panics) is an error, not a pass.
-fn one(config: &Config, dir: &Path) -> Result<Report, String> {
+fn one(config: &Config, dir: &Path, keep_logs: bool) -> Result<Report, String> {
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
     let report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         campaign::run(root.path(), config)
@@ -145,7 +156,7 @@ fn one(config: &Config, dir: &Path) -> Result<Report, String> {
     std::fs::write(dir.join("report.json"), json).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("report.txt"), report.text()).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("timeline.svg"), report.svg()).map_err(|e| e.to_string())?;
-    if !report.violations.is_empty() {
+    if keep_logs || !report.violations.is_empty() {
         aamas_tests::keep_logs(root.path(), dir);
     }
     Ok(report)
