@@ -133,7 +133,8 @@ pub struct Step {
     pub percent: u8,
     /// For a delay: every message's delay (ms).
     pub delay_ms: u64,
-    /// For a delay or a duplication: up to this much more delay, at random (ms).
+    /// For a delay: up to this much more delay, at random (ms). For a duplication: a
+    /// copy goes out up to this long after its original, which goes at once (ms).
     pub jitter_ms: u64,
     /// For a clock skew: how far off the host's wall clock is set (s).
     pub skew_s: i64,
@@ -1381,16 +1382,18 @@ fn apply(hosts: &Hosts, shared: &Shared, step: &Step, hit: &[usize]) {
             }
         }
         Kind::Delay | Kind::Duplicate => {
-            let text = format!(
-                "delay_ms = {}\njitter_ms = {}\nduplicate_percent = {}\n",
-                step.delay_ms,
-                step.jitter_ms,
-                if step.kind == Kind::Duplicate {
-                    percent
-                } else {
-                    0
-                }
-            );
+            // A duplicate delays nothing but its copies, up to `jitter_ms` late.
+            let text = if step.kind == Kind::Duplicate {
+                format!(
+                    "duplicate_percent = {percent}\ncopy_late_ms = {}\n",
+                    step.jitter_ms
+                )
+            } else {
+                format!(
+                    "delay_ms = {}\njitter_ms = {}\n",
+                    step.delay_ms, step.jitter_ms
+                )
+            };
             for host in hit {
                 let dir = shared.nodes[host - 1].lock().expect("node").dir.clone();
                 std::fs::write(faults_file(&dir), &text).expect("write the fault file");

@@ -195,8 +195,10 @@ const MAX_FILE_DELAY_MS: u64 = 10_000;
 /// ```toml
 /// delay_ms = 50           # every message to or from this node waits this long
 /// jitter_ms = 100         # and up to this much more, at random: messages overtake each other
-/// duplicate_percent = 20  # this share of its outbound requests is sent twice, the copy
-///                         # after the delay and jitter
+/// duplicate_percent = 20  # this share of its outbound requests is sent twice: the
+///                         # original at once, the copy after the delay and jitter
+/// copy_late_ms = 800      # or, when given, the copy up to this long after its original,
+///                         # at random (a duplicate that delays nothing else)
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,15 +212,22 @@ pub struct FileFaultState {
     /// Percent of outbound requests sent twice (0 to 100).
     #[serde(default)]
     pub duplicate_percent: u8,
+    /// When not 0, a copy goes out up to this long after its original, uniformly (ms),
+    /// instead of after the delay and jitter.
+    #[serde(default)]
+    pub copy_late_ms: u64,
 }
 
 impl FileFaultState {
     /// Parses a fault file's text; a value out of its bounds is an error.
     pub fn parse(text: &str) -> Result<Self, String> {
         let state: Self = toml::from_str(text).map_err(|error| error.message().to_string())?;
-        if state.delay_ms > MAX_FILE_DELAY_MS || state.jitter_ms > MAX_FILE_DELAY_MS {
+        if [state.delay_ms, state.jitter_ms, state.copy_late_ms]
+            .iter()
+            .any(|&ms| ms > MAX_FILE_DELAY_MS)
+        {
             return Err(format!(
-                "delay_ms and jitter_ms are at most {MAX_FILE_DELAY_MS}"
+                "delay_ms, jitter_ms and copy_late_ms are at most {MAX_FILE_DELAY_MS}"
             ));
         }
         if state.duplicate_percent > 100 {
@@ -324,7 +333,12 @@ impl Faults for FileFaults {
             && self.dice.roll() % 100 < u64::from(state.duplicate_percent)
         {
             self.duplicated.fetch_add(1, Ordering::Relaxed);
-            return Fate::Twice(delay);
+            let copy_after = if state.copy_late_ms == 0 {
+                delay
+            } else {
+                Duration::from_millis(self.dice.roll() % (state.copy_late_ms + 1))
+            };
+            return Fate::Twice(copy_after);
         }
         if delay.is_zero() {
             return Fate::Deliver;
@@ -346,7 +360,8 @@ mod tests {
             Ok(FileFaultState {
                 delay_ms: 5,
                 jitter_ms: 0,
-                duplicate_percent: 20
+                duplicate_percent: 20,
+                copy_late_ms: 0,
             })
         );
         for (text, says) in [
@@ -355,6 +370,7 @@ mod tests {
             ("delay_ms = \"5\"", "invalid type"),
             ("jitter_ms = 10001", "at most 10000"),
             ("duplicate_percent = 101", "at most 100"),
+            ("copy_late_ms = 10001", "at most 10000"),
         ] {
             let error = FileFaultState::parse(text).expect_err(text);
             assert!(error.contains(says), "{text}: {error}");
@@ -407,5 +423,37 @@ mod tests {
         std::fs::remove_file(&path).expect("remove");
         faults.state.lock().expect("state").0 = None;
         assert_eq!(faults.fate(&a, &b), Fate::Deliver);
+
+        // A duplicate alone: the other messages go at once, and the copies up to
+        // `copy_late_ms` after their originals, spread over that span.
+        std::fs::write(&path, "duplicate_percent = 50\ncopy_late_ms = 800").expect("write");
+        faults.state.lock().expect("state").0 = None;
+        let (mut delivered, mut copies) = (0, Vec::new());
+        for _ in 0..2_000 {
+            match faults.fate(&a, &b) {
+                Fate::Deliver => delivered += 1,
+                Fate::Twice(after) => copies.push(after),
+                other => panic!("a duplicate fault delays nothing: {other:?}"),
+            }
+        }
+        assert!(
+            (800..1_200).contains(&delivered),
+            "{delivered} of 2000 once at 50%"
+        );
+        assert!(
+            copies
+                .iter()
+                .all(|after| *after <= Duration::from_millis(800))
+        );
+        assert!(
+            copies
+                .iter()
+                .any(|after| *after < Duration::from_millis(200))
+        );
+        assert!(
+            copies
+                .iter()
+                .any(|after| *after > Duration::from_millis(600))
+        );
     }
 }
