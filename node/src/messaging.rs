@@ -203,8 +203,6 @@ impl Inbox {
         *self.authority.lock().unwrap_or_else(|p| p.into_inner()) = authority;
     }
 
-    /// Replaces the president, the governors and the mayors, keeping the roster and
-    /// each member's state (for when only roles changed).
     /// The president the inbox allows commands from now.
     pub fn president(&self) -> Option<NodeKey> {
         self.authority
@@ -213,6 +211,8 @@ impl Inbox {
             .president
     }
 
+    /// Replaces the president, the governors and the mayors, keeping the roster and
+    /// each member's state (for when only roles changed).
     pub fn update_roles(&self, roles: Authority) {
         let mut authority = self.authority.lock().unwrap_or_else(|p| p.into_inner());
         authority.president = roles.president;
