@@ -312,30 +312,23 @@ pub fn read_votes(path: &Path) -> Result<Vec<PersistedVote>, StoreError> {
         path: path.to_owned(),
         source,
     };
-    // RocksDB's info log of this open goes beside the database, not over the node's.
-    let mut options = Options::default();
-    options.set_db_log_dir(path.with_extension("reads"));
-    options.set_keep_log_file_num(1);
-    let db = DB::open_cf_for_read_only(&options, path, [CF_META], false).map_err(open_error)?;
-    let cf = db.cf_handle(CF_META).ok_or_else(|| StoreError::Format {
-        path: path.to_owned(),
-        found: 0,
-        expected: STORE_FORMAT,
-    })?;
+    let db = open_from_outside(path, &[CF_META])?;
+    let cf = family_from_outside(&db, path, CF_META)?;
     let mut votes = Vec::new();
     for item in db.iterator_cf(cf, IteratorMode::Start) {
         let (key, value) = item.map_err(open_error)?;
         if key.len() != 8 + META_VOTE.len() || !key.ends_with(META_VOTE) {
             continue;
         }
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&key[..8]);
+        let Some(group) = group_of(&key) else {
+            continue;
+        };
         // A value that does not decode is skipped: the node itself would refuse it.
         let Ok(vote) = postcard::from_bytes::<Vote<NodeId>>(&value) else {
             continue;
         };
         votes.push(PersistedVote {
-            group: GroupId::from_be_bytes(id),
+            group,
             term: vote.leader_id().get_term(),
             voted_for: vote.leader_id().voted_for(),
             committed: vote.is_committed(),
@@ -377,18 +370,9 @@ pub fn read_logs(path: &Path) -> Result<Vec<PersistedLog>, StoreError> {
         path: path.to_owned(),
         source,
     };
-    let format_error = || StoreError::Format {
-        path: path.to_owned(),
-        found: 0,
-        expected: STORE_FORMAT,
-    };
-    let mut options = Options::default();
-    options.set_db_log_dir(path.with_extension("reads"));
-    options.set_keep_log_file_num(1);
-    let db =
-        DB::open_cf_for_read_only(&options, path, [CF_LOG, CF_META], false).map_err(open_error)?;
-    let meta = db.cf_handle(CF_META).ok_or_else(format_error)?;
-    let log = db.cf_handle(CF_LOG).ok_or_else(format_error)?;
+    let db = open_from_outside(path, &[CF_LOG, CF_META])?;
+    let meta = family_from_outside(&db, path, CF_META)?;
+    let log = family_from_outside(&db, path, CF_LOG)?;
     let mut logs: Vec<PersistedLog> = Vec::new();
     for item in db.iterator_cf(log, IteratorMode::Start) {
         let (key, value) = item.map_err(open_error)?;
@@ -424,6 +408,33 @@ pub fn read_logs(path: &Path) -> Result<Vec<PersistedLog>, StoreError> {
         }
     }
     Ok(logs)
+}
+
+/// The node database at `path`, opened read-only with `families`, as the checkers
+/// outside the node read it ([`read_votes`], [`read_logs`]). RocksDB's info log of this
+/// open goes beside the database (`raft.reads/`), not over the node's.
+fn open_from_outside(path: &Path, families: &[&str]) -> Result<DB, StoreError> {
+    let mut options = Options::default();
+    options.set_db_log_dir(path.with_extension("reads"));
+    options.set_keep_log_file_num(1);
+    DB::open_cf_for_read_only(&options, path, families, false).map_err(|source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A column family of a database [`open_from_outside`]; a database without it is not
+/// a node's (a format error).
+fn family_from_outside<'db>(
+    db: &'db DB,
+    path: &Path,
+    name: &str,
+) -> Result<&'db rocksdb::ColumnFamily, StoreError> {
+    db.cf_handle(name).ok_or_else(|| StoreError::Format {
+        path: path.to_owned(),
+        found: 0,
+        expected: STORE_FORMAT,
+    })
 }
 
 /// Marks a new database with [`STORE_FORMAT`]; refuses one in any other format.
