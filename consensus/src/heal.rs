@@ -76,6 +76,33 @@ pub async fn add_caught_up_learner(
     Ok(())
 }
 
+/// Proposes `change` to `group`'s membership, as its leader, through [`while_leading`].
+pub async fn change_membership(
+    group: &Group,
+    change: impl Into<openraft::ChangeMembers<NodeId, MemberNode>>,
+) -> Result<(), String> {
+    while_leading(group, group.raft().change_membership(change, false))
+        .await
+        .map(|_| ())
+}
+
+/// Makes `voters` the voters of `group`, as its leader: each of `newcomers` is first
+/// added as a learner and waited for until it has caught up ([`add_caught_up_learner`],
+/// at most [`LEARNER_CATCH_UP_LIMIT`] each), so that the group never waits on a voter
+/// without the log; then one change of membership.
+pub async fn change_voters(
+    group: &Group,
+    newcomers: impl IntoIterator<Item = (NodeId, MemberNode)>,
+    voters: BTreeSet<NodeId>,
+) -> Result<(), String> {
+    for (id, node) in newcomers {
+        add_caught_up_learner(group, id, node, LEARNER_CATCH_UP_LIMIT)
+            .await
+            .map_err(|error| format!("adding learner {id}: {error}"))?;
+    }
+    change_membership(group, voters).await
+}
+
 /// A planned swap of one dead voter for one healthy non-voter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replacement {
@@ -209,15 +236,10 @@ pub async fn replace_dead_voter(
     let failed = |reason: String| HealError::ChangeFailed { dead, with, reason };
     let node = candidates.get(&with).cloned().unwrap_or_default();
     tracing::info!(group = group.id(), dead, with, "replacing dead voter");
-    // The learner catches up first, so the swap does not leave the group waiting on a
-    // member without the log.
-    add_caught_up_learner(group, with, node, LEARNER_CATCH_UP_LIMIT)
-        .await
-        .map_err(failed)?;
     let mut new_voters = voters;
     new_voters.remove(&dead);
     new_voters.insert(with);
-    while_leading(group, group.raft().change_membership(new_voters, false))
+    change_voters(group, [(with, node)], new_voters)
         .await
         .map_err(failed)?;
     Ok(HealOutcome::Replaced(replacement))
@@ -248,7 +270,7 @@ pub async fn remove_member(group: &Group, node: NodeId) -> Result<Removal, HealE
         return Ok(Removal::NotInGroup);
     };
     tracing::info!(group = group.id(), node, "removing a member that leaves");
-    while_leading(group, group.raft().change_membership(change, false))
+    change_membership(group, change)
         .await
         .map_err(|reason| HealError::RemoveFailed { node, reason })?;
     Ok(Removal::Removed)

@@ -45,7 +45,8 @@ mod types;
 pub use groups::{Committed, Group, GroupError, Groups, RaftConfig, ReadError, WriteError};
 pub use heal::{
     HealError, HealOutcome, LEARNER_CATCH_UP_LIMIT, Removal, Replacement, add_caught_up_learner,
-    plan_replacement, remove_member, replace_dead_voter, while_leading,
+    change_membership, change_voters, plan_replacement, remove_member, replace_dead_voter,
+    while_leading,
 };
 pub use machine::{
     Batch, BatchResponse, Command, FEDERAL_GROUP, MAX_REMEMBERED_REQUESTS, Machine, Outcome,

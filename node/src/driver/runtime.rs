@@ -2329,13 +2329,8 @@ impl Node {
                 // mirrors a relay until the president makes it a relay again.
                 FederalChange::RemoveRelay(dead) => {
                     let change = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([dead]));
-                    match aamas_consensus::while_leading(
-                        &federal,
-                        federal.raft().change_membership(change, false),
-                    )
-                    .await
-                    {
-                        Ok(_) => tracing::info!(
+                    match aamas_consensus::change_membership(&federal, change).await {
+                        Ok(()) => tracing::info!(
                             relay = dead,
                             "took a dead relay out of the federal group"
                         ),
@@ -2358,13 +2353,8 @@ impl Node {
                         .map(|id| (id, MemberNode::default()))
                         .collect();
                     let change = openraft::ChangeMembers::AddNodes(nodes);
-                    match aamas_consensus::while_leading(
-                        &federal,
-                        federal.raft().change_membership(change, false),
-                    )
-                    .await
-                    {
-                        Ok(_) => tracing::info!(added, "added federal learners"),
+                    match aamas_consensus::change_membership(&federal, change).await {
+                        Ok(()) => tracing::info!(added, "added federal learners"),
                         Err(error) => tracing::warn!(%error, "adding federal learners failed"),
                     }
                 }
@@ -2374,29 +2364,14 @@ impl Node {
                         .filter_map(|id| members.get(id).map(|(key, _)| *key))
                         .collect();
                     let mut nodes = self.member_nodes(&keys).await;
-                    for id in &ids {
-                        let node = nodes.remove(id).unwrap_or_default();
-                        if let Err(error) = aamas_consensus::add_caught_up_learner(
-                            &federal,
-                            *id,
-                            node,
-                            aamas_consensus::LEARNER_CATCH_UP_LIMIT,
-                        )
-                        .await
-                        {
-                            tracing::warn!(%error, "adding a learner failed");
-                            return;
-                        }
-                    }
+                    let learners: Vec<(NodeId, MemberNode)> = ids
+                        .iter()
+                        .map(|id| (*id, nodes.remove(id).unwrap_or_default()))
+                        .collect();
                     let mut new_voters = voters.clone();
                     new_voters.extend(ids.iter().copied());
-                    match aamas_consensus::while_leading(
-                        &federal,
-                        federal.raft().change_membership(new_voters, false),
-                    )
-                    .await
-                    {
-                        Ok(_) => tracing::info!(?ids, "added federal voters"),
+                    match aamas_consensus::change_voters(&federal, learners, new_voters).await {
+                        Ok(()) => tracing::info!(?ids, "added federal voters"),
                         Err(error) => tracing::warn!(%error, "adding voters failed"),
                     }
                 }

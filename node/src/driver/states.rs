@@ -374,24 +374,10 @@ impl Node {
         if newcomers.is_empty() {
             return;
         }
-        for (id, node) in self.member_nodes(&newcomers).await {
-            if let Err(error) = aamas_consensus::add_caught_up_learner(
-                group,
-                id,
-                node,
-                aamas_consensus::LEARNER_CATCH_UP_LIMIT,
-            )
-            .await
-            {
-                tracing::warn!(state, %error, "adding a state learner failed");
-                return;
-            }
-        }
         let mut grown = voters;
         grown.extend(newcomers.iter().map(node_id));
-        match aamas_consensus::while_leading(group, group.raft().change_membership(grown, false))
-            .await
-        {
+        let learners = self.member_nodes(&newcomers).await;
+        match aamas_consensus::change_voters(group, learners, grown).await {
             Ok(_) => tracing::info!(state, voters = ?newcomers, "added state voters"),
             Err(error) => tracing::warn!(state, %error, "adding state voters failed"),
         }
