@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aamas_tests::campaign::{self, Config, Kind, Report};
+use aamas_tests::campaign::{self, Config, DiskReads, Kind, Report};
 
 fn main() {
     let mut config = Config {
@@ -258,13 +258,15 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
             .map(|r| r.register_reads_refused)
             .sum::<u64>(),
     ));
-    let vote_reads = reports.iter().map(|r| r.vote_reads).sum::<u64>();
+    let (mut vote_reads, mut log_reads) = (DiskReads::default(), DiskReads::default());
+    for report in &reports {
+        vote_reads.add(report.vote_reads);
+        log_reads.add(report.log_reads);
+    }
     out.push_str(&format!(
-        "  persisted votes: {} group terms with a leader, from {vote_reads} reads ({} failed, \
-         {:.1} ms a read)\n",
+        "  persisted votes: {} group terms with a leader, from {}\n",
         reports.iter().map(|r| r.leader_terms).sum::<usize>(),
-        reports.iter().map(|r| r.vote_reads_failed).sum::<u64>(),
-        reports.iter().map(|r| r.vote_reads_ms).sum::<u64>() as f64 / vote_reads.max(1) as f64,
+        vote_reads.line()
     ));
     let verdicts = |pick: fn(&campaign::register::Verdict) -> bool| {
         reports.iter().filter(|r| pick(&r.register_verdict)).count()
@@ -276,13 +278,10 @@ fn summary(config: &Config, results: &[(u64, Result<Report, String>)]) -> String
         verdicts(|v| matches!(v, campaign::register::Verdict::NotLinearizable { .. })),
         verdicts(|v| matches!(v, campaign::register::Verdict::GaveUp)),
     ));
-    let log_reads = reports.iter().map(|r| r.log_reads).sum::<u64>();
     out.push_str(&format!(
-        "  persisted logs: {} committed entries compared, from {log_reads} reads ({} failed, \
-         {:.1} ms a read)\n",
+        "  persisted logs: {} committed entries compared, from {}\n",
         reports.iter().map(|r| r.committed_entries).sum::<usize>(),
-        reports.iter().map(|r| r.log_reads_failed).sum::<u64>(),
-        reports.iter().map(|r| r.log_reads_ms).sum::<u64>() as f64 / log_reads.max(1) as f64,
+        log_reads.line()
     ));
     out.push_str(&format!(
         "  most presidents named in one term: {most_presidents}\n"

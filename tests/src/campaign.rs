@@ -288,8 +288,8 @@ pub struct Report {
     /// Terms of a Raft group (the federal one or a state's) in which some node's disk
     /// held a vote granted by a quorum, that is a leader.
     pub leader_terms: usize,
-    /// Reads of the nodes' persisted votes, and those that failed (a full disk, say).
-    pub vote_reads: u64,
+    /// Reads of the nodes' persisted votes.
+    pub vote_reads: DiskReads,
     /// The register's history: every write, and every read that was answered.
     pub register: Vec<RegisterOp>,
     /// Consistent reads refused (a 503: no read index, or a copy that did not catch up)
@@ -297,18 +297,10 @@ pub struct Report {
     pub register_reads_refused: u64,
     /// What the full linearizability search of the register's history found.
     pub register_verdict: register::Verdict,
-    /// Of those, the reads that failed.
-    pub vote_reads_failed: u64,
-    /// Time the vote reads took, in all (ms).
-    pub vote_reads_ms: u64,
     /// Log entries (group and index) that some node's disk held as committed.
     pub committed_entries: usize,
-    /// Reads of the nodes' Raft logs, and those that failed.
-    pub log_reads: u64,
-    /// Of those, the reads that failed.
-    pub log_reads_failed: u64,
-    /// Time the log reads took, in all (ms).
-    pub log_reads_ms: u64,
+    /// Reads of the nodes' Raft logs.
+    pub log_reads: DiskReads,
     /// Tasks of acknowledged projects with a committed result, over time: (ms, tasks),
     /// about once a second.
     pub progress: Vec<(u64, u64)>,
@@ -400,22 +392,15 @@ impl Report {
             ));
         }
         out.push_str(&format!("  terms seen: {}\n", self.presidents.len()));
-        let mean = |ms: u64, reads: u64| ms as f64 / reads.max(1) as f64;
         out.push_str(&format!(
-            "  persisted votes: {} group terms with a leader, from {} reads of the nodes' \
-             disks ({} failed, {:.1} ms a read)\n",
+            "  persisted votes: {} group terms with a leader, from {}\n",
             self.leader_terms,
-            self.vote_reads,
-            self.vote_reads_failed,
-            mean(self.vote_reads_ms, self.vote_reads)
+            self.vote_reads.line()
         ));
         out.push_str(&format!(
-            "  persisted logs: {} committed entries compared, from {} reads of the nodes' \
-             disks ({} failed, {:.1} ms a read)\n",
+            "  persisted logs: {} committed entries compared, from {}\n",
             self.committed_entries,
-            self.log_reads,
-            self.log_reads_failed,
-            mean(self.log_reads_ms, self.log_reads)
+            self.log_reads.line()
         ));
         let writes = self.register.iter().filter(|op| op.write).count();
         out.push_str(&format!(
@@ -1072,17 +1057,13 @@ pub fn run(root: &Path, config: &Config) -> Report {
         completed,
         tasks_checked,
         leader_terms: votes.leaders.len(),
-        vote_reads: votes.disk.reads,
+        vote_reads: votes.disk,
         register,
         register_reads_refused,
         register_verdict,
         progress,
-        vote_reads_failed: votes.disk.failed,
-        vote_reads_ms: votes.disk.took.as_millis() as u64,
         committed_entries: logs.committed.len(),
-        log_reads: logs.disk.reads,
-        log_reads_failed: logs.disk.failed,
-        log_reads_ms: logs.disk.took.as_millis() as u64,
+        log_reads: logs.disk,
         violations,
         secs: shared.start.elapsed().as_secs_f64(),
     }
@@ -1709,7 +1690,7 @@ pub struct Votes {
 
 /// Reads of the nodes' databases from outside: how many, how many failed (a full disk,
 /// a database being written as it opens), and the time they took.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct DiskReads {
     /// Reads made.
     pub reads: u64,
@@ -1730,6 +1711,23 @@ impl DiskReads {
             self.failed += 1;
         }
         outcome.ok()
+    }
+
+    /// Adds another run's reads.
+    pub fn add(&mut self, other: DiskReads) {
+        self.reads += other.reads;
+        self.failed += other.failed;
+        self.took += other.took;
+    }
+
+    /// "N reads of the nodes' disks (F failed, M ms a read)", for the reports.
+    pub fn line(&self) -> String {
+        format!(
+            "{} reads of the nodes' disks ({} failed, {:.1} ms a read)",
+            self.reads,
+            self.failed,
+            self.took.as_secs_f64() * 1e3 / self.reads.max(1) as f64
+        )
     }
 }
 
@@ -1905,16 +1903,20 @@ mod tests {
             completed: 2,
             tasks_checked: 8,
             leader_terms: 2,
-            vote_reads: 10,
+            vote_reads: DiskReads {
+                reads: 10,
+                failed: 0,
+                took: Duration::from_millis(20),
+            },
             register: Vec::new(),
             register_reads_refused: 0,
             register_verdict: register::Verdict::Linearizable { steps: 0 },
-            vote_reads_failed: 0,
-            vote_reads_ms: 20,
             committed_entries: 30,
-            log_reads: 2,
-            log_reads_failed: 0,
-            log_reads_ms: 4,
+            log_reads: DiskReads {
+                reads: 2,
+                failed: 0,
+                took: Duration::from_millis(4),
+            },
             // Four tasks a second, none while the partition (2 s to 7 s) holds, then the
             // stalled ones at once; the pause (10 s to 15 s) slows nothing.
             progress: (0..=20)
